@@ -1,0 +1,124 @@
+"""The Starlette app factory: explicit routes, resources opened and closed in the lifespan."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+from arq.connections import RedisSettings, create_pool
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import FileResponse, JSONResponse, Response
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+
+from ..config import Settings
+from ..events import EventLog
+from ..gateway import Gateway
+from ..jobs import JobService
+from ..queue import JobQueue
+from ..store import open_store
+from ..tasks import TaskRegistry, default_registry
+from ..worker import json_deserializer, json_serializer
+from .errors import ApiError, error_response, handle_api_error, handle_http_exception, handle_unexpected
+from .jobs import create_job, get_job
+from .state import AppState, app_state
+from .streams import job_events
+
+STATIC_DIR = Path(__file__).resolve().parent.parent.parent / "static"
+
+
+async def healthz(request: Request) -> Response:
+    state = app_state(request)
+    checks: dict[str, str] = {}
+    try:
+        await state.redis.ping()
+        checks["redis"] = "ok"
+    except Exception as exc:
+        checks["redis"] = f"error: {exc.__class__.__name__}"
+    try:
+        await state.store.ping()
+        checks["store"] = "ok"
+    except Exception as exc:
+        checks["store"] = f"error: {exc.__class__.__name__}"
+    ok = all(v == "ok" for v in checks.values())
+    body = {
+        "status": "ok" if ok else "degraded",
+        "checks": checks,
+        "gateway": {"connections": state.gateway.connections},
+    }
+    return JSONResponse(body, status_code=200 if ok else 503)
+
+
+async def index(request: Request) -> Response:
+    return FileResponse(STATIC_DIR / "index.html", headers={"Cache-Control": "no-cache"})
+
+
+def create_app(settings: Settings, *, redis_url: str, registry: TaskRegistry | None = None) -> Starlette:
+    registry = registry or default_registry()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[dict[str, AppState]]:
+        redis = await create_pool(
+            RedisSettings.from_dsn(redis_url),
+            job_serializer=json_serializer,
+            job_deserializer=json_deserializer,
+            default_queue_name=settings.queue_name,
+        )
+        store = open_store(settings)
+        await store.open()
+        events = EventLog(redis, maxlen=settings.event_stream_maxlen)
+        gateway = Gateway(redis)
+        await gateway.start()
+        jobs = JobService(
+            store=store,
+            queue=JobQueue(redis, queue_name=settings.queue_name),
+            events=events,
+            registry=registry,
+            max_attempts=settings.max_attempts,
+        )
+        try:
+            yield {"aijobs": AppState(settings, redis, store, events, gateway, jobs)}
+        finally:
+            await gateway.stop()
+            await store.close()
+            await redis.aclose()
+
+    routes = [
+        Route("/", index, methods=["GET"]),
+        Route("/healthz", healthz, methods=["GET"]),
+        Route("/api/jobs", create_job, methods=["POST"]),
+        Route("/api/jobs/{job_id}", get_job, methods=["GET"], name="get_job"),
+        Route("/api/jobs/{job_id}/events", job_events, methods=["GET"], name="job_events"),
+        Mount("/static", StaticFiles(directory=STATIC_DIR), name="static"),
+    ]
+
+    async def not_found_route(request: Request, exc: Exception) -> Response:
+        if isinstance(exc, HTTPException) and exc.status_code == 404:
+            return error_response(404, "not_found", f"No such endpoint: {request.method} {request.url.path}")
+        return await handle_http_exception(request, exc)
+
+    return Starlette(
+        routes=routes,
+        lifespan=lifespan,
+        exception_handlers={
+            ApiError: handle_api_error,
+            HTTPException: not_found_route,
+            Exception: handle_unexpected,
+        },
+    )
+
+
+def app_from_env() -> Starlette:
+    """The zero-argument factory the Procfile's `uvicorn --factory` calls."""
+    from ..logs import setup_logging
+
+    settings = Settings.from_env()
+    setup_logging(settings.log_level, json_lines=settings.log_json)
+    if not settings.redis_url:
+        raise SystemExit(
+            "REDIS_URL is not set: run `aijobs dev` (starts an embedded Redis) or point REDIS_URL at Redis."
+        )
+    return create_app(settings, redis_url=settings.redis_url)

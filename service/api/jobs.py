@@ -1,0 +1,75 @@
+"""REST endpoints for jobs: submit, read (the polling fallback, with ETag and a suggested interval)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from ..jobs import JobRequestError
+from .auth import current_user
+from .errors import ApiError, not_found
+from .state import app_state
+
+
+async def read_json(request: Request, limit: int) -> Any:
+    """The body as JSON, refusing oversized or malformed input before it costs anything."""
+    if request.headers.get("content-type", "").split(";")[0].strip() not in ("application/json", ""):
+        raise ApiError(415, "unsupported_media_type", "Send the body as JSON (Content-Type: application/json).")
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise ApiError(413, "body_too_large", f"The request body is larger than {limit} bytes.")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise ApiError(413, "body_too_large", f"The request body is larger than {limit} bytes.")
+        chunks.append(chunk)
+    raw = b"".join(chunks)
+    if not raw.strip():
+        raise ApiError(400, "invalid_json", "The request body is empty; send a JSON object.")
+    try:
+        return json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ApiError(400, "invalid_json", f"The request body is not valid JSON ({exc}).") from None
+
+
+def job_links(request: Request, job_id: str) -> dict[str, str]:
+    return {
+        "self": str(request.url_for("get_job", job_id=job_id).path),
+        "events": str(request.url_for("job_events", job_id=job_id).path),
+    }
+
+
+async def create_job(request: Request) -> Response:
+    state = app_state(request)
+    user = current_user(request)
+    body = await read_json(request, state.settings.max_body_bytes)
+    try:
+        job = await state.jobs.submit(user, body)
+    except JobRequestError as exc:
+        extra = {"field": exc.field} if exc.field else {}
+        raise ApiError(422 if exc.code != "invalid_body" else 400, exc.code, exc.message, **extra) from None
+    payload = state.jobs.public(job)
+    payload["links"] = job_links(request, job.id)
+    return JSONResponse(payload, status_code=202, headers={"Location": payload["links"]["self"]})
+
+
+async def get_job(request: Request) -> Response:
+    state = app_state(request)
+    job = await state.store.get_owned(request.path_params["job_id"], current_user(request))
+    if job is None:
+        raise not_found()
+    etag = f'W/"{job.seq}"'
+    headers = {"ETag": etag, "Cache-Control": "no-cache"}
+    interval = state.jobs.poll_interval(job)
+    if interval is not None:
+        headers["X-Poll-Interval"] = str(interval)
+    if etag in [t.strip() for t in request.headers.get("if-none-match", "").split(",")]:
+        return Response(status_code=304, headers=headers)
+    payload = state.jobs.public(job)
+    payload["links"] = job_links(request, job.id)
+    return JSONResponse(payload, headers=headers)

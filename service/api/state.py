@@ -1,0 +1,28 @@
+"""What the web process holds open for its lifetime, handed to handlers through the lifespan state."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from arq.connections import ArqRedis
+from starlette.requests import HTTPConnection
+
+from ..config import Settings
+from ..events import EventLog
+from ..gateway import Gateway
+from ..jobs import JobService
+from ..store.base import JobStore
+
+
+@dataclass(frozen=True, slots=True)
+class AppState:
+    settings: Settings
+    redis: ArqRedis
+    store: JobStore
+    events: EventLog
+    gateway: Gateway
+    jobs: JobService
+
+
+def app_state(conn: HTTPConnection) -> AppState:
+    return conn.state.aijobs  # type: ignore[no-any-return]

@@ -1,0 +1,131 @@
+"""Server-Sent Events: a job's story, resumable with Last-Event-ID, ending on its terminal event.
+
+A new watcher gets one `snapshot` event (the whole job, id = its seq), then every event after it. A watcher
+that reconnects with `Last-Event-ID: N` gets the events after N from the job's Redis Stream, then live
+ones: no gap, no duplicate. If the Stream cannot cover the gap (trimmed, or Redis lost its data), it gets a
+`snapshot` with reason `gap` from the store instead of a silent hole. The stream closes after the
+terminal event, so nobody waits on a job that is already done.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+from sse_starlette import EventSourceResponse
+from starlette.requests import Request
+from starlette.responses import Response
+
+from ..events import EventLog
+from ..gateway import Gateway, Subscriber
+from ..jobs import JobService
+from ..models import TERMINAL_STATUSES, Event, EventKind, dumps
+from ..store.base import JobStore
+from .auth import current_user
+from .errors import ApiError, not_found
+from .state import app_state
+
+RETRY_MS = 2000
+
+
+def sse_frame(event: Event) -> bytes:
+    """One whole SSE event: id (the job's seq), the event kind, and the JSON on a single data line."""
+    return f"id: {event.seq}\nevent: {event.kind.value}\ndata: {dumps(event.to_dict())}\n\n".encode()
+
+
+def parse_resume_point(raw: str | None) -> int | None:
+    if raw is None or raw == "":
+        return None
+    if not raw.isdigit() or len(raw) > 12:
+        raise ApiError(400, "invalid_last_event_id", "Last-Event-ID must be the id of an event from this job.")
+    return int(raw)
+
+
+class JobWatch:
+    """Delivers one job's events to one client in seq order, catching up from the Stream when needed."""
+
+    def __init__(self, *, job_id: str, user_id: str, store: JobStore, events: EventLog, jobs: JobService) -> None:
+        self.job_id = job_id
+        self.user_id = user_id
+        self.store = store
+        self.events = events
+        self.jobs = jobs
+        self.last = 0
+        self.done = False
+
+    def _accept(self, event: Event) -> bool:
+        if event.seq <= self.last:
+            return False
+        self.last = event.seq
+        self.done = event.terminal or (
+            event.kind is EventKind.SNAPSHOT and event.data["job"]["status"] in TERMINAL_STATUSES
+        )
+        return True
+
+    async def snapshot(self, reason: str) -> list[Event]:
+        job = await self.store.get(self.job_id)
+        if job is None:
+            self.done = True
+            return []
+        event = self.jobs.snapshot_event(job, reason=reason)
+        return [event] if self._accept(event) else []
+
+    async def catch_up(self, after: int | None) -> list[Event]:
+        """Everything after `after` (None: a new watcher, who starts from a snapshot)."""
+        if after is None:
+            out = await self.snapshot("initial")
+        else:
+            self.last = after
+            out = []
+        if self.done:
+            return out
+        replay = await self.events.read_after(self.job_id, self.last)
+        if not replay or replay[0].seq != self.last + 1:
+            job = await self.store.get(self.job_id)
+            if job is not None and job.seq > self.last:
+                out += await self.snapshot("gap")
+        out += [e for e in replay if self._accept(e)]
+        return out
+
+    def live(self, batch: list[Event]) -> list[Event]:
+        return [e for e in batch if self._accept(e)]
+
+
+async def watch_events(watch: JobWatch, gateway: Gateway, after: int | None, ping: float) -> AsyncIterator[bytes]:
+    sub = Subscriber(watch.user_id, {watch.job_id})
+    await gateway.subscribe(sub)
+    try:
+        yield f"retry: {RETRY_MS}\n\n".encode()
+        for event in await watch.catch_up(after):
+            yield sse_frame(event)
+        while not watch.done:
+            if not await sub.wait(timeout=ping):
+                continue
+            if sub.resync:
+                sub.resync = False
+                sub.drain()
+                batch = await watch.catch_up(watch.last)
+            else:
+                batch = watch.live(sub.drain())
+            for event in batch:
+                yield sse_frame(event)
+    finally:
+        await gateway.unsubscribe(sub)
+
+
+async def job_events(request: Request) -> Response:
+    state = app_state(request)
+    user = current_user(request)
+    job_id = request.path_params["job_id"]
+    job = await state.store.get_owned(job_id, user)
+    if job is None:
+        raise not_found()
+    after = parse_resume_point(request.headers.get("last-event-id") or request.query_params.get("after"))
+    if after is not None and after > job.seq:
+        raise ApiError(400, "invalid_last_event_id", "Last-Event-ID is ahead of this job's events.")
+    watch = JobWatch(job_id=job_id, user_id=user, store=state.store, events=state.events, jobs=state.jobs)
+    return EventSourceResponse(
+        watch_events(watch, state.gateway, after, state.settings.sse_ping_seconds),
+        ping=state.settings.sse_ping_seconds,
+        send_timeout=30,
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )

@@ -1,0 +1,111 @@
+"""The `aijobs` command: dev (everything on embedded defaults), web, worker, settings."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+from .config import Settings, SettingsError, settings_table
+from .embedded import die_with_parent, redis_url_for
+from .logs import setup_logging
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _settings() -> Settings:
+    try:
+        return Settings.from_env()
+    except SettingsError as exc:
+        raise SystemExit(f"aijobs: bad setting: {exc}") from None
+
+
+def cmd_dev(args: argparse.Namespace) -> int:
+    """Embedded Redis (unless REDIS_URL is set), then the Procfile's own lines through honcho."""
+    settings = _settings()
+    setup_logging(settings.log_level, json_lines=settings.log_json)
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    with redis_url_for(settings.redis_url, settings.data_dir) as url:
+        bin_dir = str(Path(sys.executable).parent)  # the Procfile's uvicorn/aijobs live beside this python
+        env = dict(
+            os.environ, REDIS_URL=url, PYTHONUNBUFFERED="1", PATH=f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"
+        )
+        env.setdefault("DATABASE_URL", settings.database_url)
+        env.setdefault("HOST", settings.host)
+        port = settings.port
+        ai = (
+            "simulated AI provider (set AI_API_KEY to use a real one)"
+            if settings.uses_simulated_ai
+            else settings.ai_base_url or "OpenAI"
+        )
+        print(
+            f"\n  aijobs is starting: open http://{settings.host}:{port}/\n"
+            f"  Redis: {url}   store: {settings.database_url}   AI: {ai}\n",
+            flush=True,
+        )
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "honcho", "start", "-f", str(ROOT / "Procfile"), "-d", str(ROOT), "-p", str(port)],
+            env=env,
+            preexec_fn=die_with_parent,
+        )
+        try:
+            return proc.wait()
+        except KeyboardInterrupt:
+            proc.send_signal(signal.SIGINT)
+            try:
+                return proc.wait(15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                return proc.wait()
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from arq.worker import Worker
+
+    from .worker import build_worker
+
+    settings = _settings()
+    setup_logging(settings.log_level, json_lines=settings.log_json)
+    if not settings.redis_url:
+        raise SystemExit("aijobs worker: REDIS_URL is not set: run `aijobs dev`, or point REDIS_URL at Redis.")
+    worker: Worker = build_worker(settings, redis_url=settings.redis_url, burst=args.burst)
+    worker.run()
+    return 0
+
+
+def cmd_web(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    settings = _settings()
+    uvicorn.run("service.api.app:app_from_env", factory=True, host=settings.host, port=settings.port, log_config=None)
+    return 0
+
+
+def cmd_settings(args: argparse.Namespace) -> int:
+    rows = settings_table()
+    width = max(len(r[0]) for r in rows)
+    for env, default, doc in rows:
+        print(f"{env:<{width}}  {default or '(unset)':<28}  {doc}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="aijobs", description="Slow AI requests as background jobs with live progress."
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("dev", help="run web + worker on embedded defaults").set_defaults(fn=cmd_dev)
+    sub.add_parser("web", help="run the web process (REDIS_URL required)").set_defaults(fn=cmd_web)
+    w = sub.add_parser("worker", help="run a worker process (REDIS_URL required)")
+    w.add_argument("--burst", action="store_true", help="exit once the queue is empty")
+    w.set_defaults(fn=cmd_worker)
+    sub.add_parser("settings", help="list every setting with its default").set_defaults(fn=cmd_settings)
+    args = parser.parse_args(argv)
+    return int(args.fn(args))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

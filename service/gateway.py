@@ -1,0 +1,199 @@
+"""The push gateway: one Redis subscription per web process, fanned out in-process to SSE and WebSocket clients.
+
+Each watching client is a `Subscriber` with a small bounded buffer. Progress events for a job are
+coalesced (latest wins) and consecutive text deltas are merged, so a slow client costs little; status
+events are never dropped. If a buffer still overflows, or the Redis subscription had to be re-made
+(pub/sub is at-most-once), the subscriber is flagged `resync` and its owner re-reads the job's Stream from
+the last seq it delivered: nothing is lost, it only arrives by the slower path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections import deque
+
+from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from .events import USER_CHANNEL_PREFIX, user_channel
+from .models import Event, EventKind
+
+log = logging.getLogger("aijobs.gateway")
+
+
+class Subscriber:
+    """One client's view of the live events of one user's jobs (all of them, or a set of ids)."""
+
+    def __init__(self, user_id: str, job_ids: set[str] | None = None, *, maxsize: int = 256) -> None:
+        self.user_id = user_id
+        self.job_ids = job_ids  # None: every job of the user
+        self.maxsize = maxsize
+        self.buffer: deque[Event] = deque()
+        self.resync = False
+        self._wake = asyncio.Event()
+
+    def wants(self, job_id: str) -> bool:
+        return self.job_ids is None or job_id in self.job_ids
+
+    def offer(self, event: Event) -> None:
+        if event.kind is EventKind.PROGRESS:
+            for i, old in enumerate(self.buffer):
+                if old.kind is EventKind.PROGRESS and old.job_id == event.job_id:
+                    del self.buffer[i]  # keep order by seq: drop the stale one, append the new one
+                    break
+        elif event.kind is EventKind.DELTA and self.buffer:
+            last = self.buffer[-1]
+            if last.kind is EventKind.DELTA and last.job_id == event.job_id:
+                merged = Event(
+                    job_id=event.job_id,
+                    seq=event.seq,
+                    kind=EventKind.DELTA,
+                    data={**event.data, "text": last.data.get("text", "") + event.data.get("text", "")},
+                    ts=event.ts,
+                )
+                self.buffer[-1] = merged
+                self._wake.set()
+                return
+        if len(self.buffer) >= self.maxsize:
+            self.buffer.clear()
+            self.resync = True
+        else:
+            self.buffer.append(event)
+        self._wake.set()
+
+    def mark_resync(self) -> None:
+        self.resync = True
+        self._wake.set()
+
+    async def wait(self, timeout: float | None = None) -> bool:
+        """Wait until there is something to deliver (or a resync); False on timeout."""
+        if self.buffer or self.resync:
+            return True
+        self._wake.clear()
+        try:
+            await asyncio.wait_for(self._wake.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True
+
+    def drain(self) -> list[Event]:
+        out = list(self.buffer)
+        self.buffer.clear()
+        return out
+
+
+class Gateway:
+    def __init__(self, redis: Redis) -> None:
+        self.redis = redis
+        self._subs: dict[str, set[Subscriber]] = {}
+        self._confirmed: dict[str, asyncio.Event] = {}
+        self._task: asyncio.Task[None] | None = None
+        self._pubsub = redis.pubsub(ignore_subscribe_messages=False)
+        self._lock = asyncio.Lock()
+        self.received = 0
+
+    @property
+    def connections(self) -> int:
+        return sum(len(s) for s in self._subs.values())
+
+    @property
+    def channels(self) -> int:
+        return len(self._subs)
+
+    async def start(self) -> None:
+        # A channel nobody publishes on keeps the connection in subscribed mode even with no clients.
+        await self._pubsub.subscribe(USER_CHANNEL_PREFIX + "-gateway")
+        self._task = asyncio.create_task(self._listen(), name="aijobs-gateway")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        with contextlib.suppress(Exception):
+            await self._pubsub.aclose()
+
+    async def subscribe(self, sub: Subscriber, timeout: float = 5.0) -> None:
+        """Register a client; returns once Redis confirmed the user's channel, so nothing published later is missed."""
+        channel = user_channel(sub.user_id)
+        async with self._lock:
+            subs = self._subs.setdefault(sub.user_id, set())
+            subs.add(sub)
+            confirmed = self._confirmed.get(channel)
+            if confirmed is None:
+                confirmed = self._confirmed[channel] = asyncio.Event()
+                await self._pubsub.subscribe(channel)
+        try:
+            await asyncio.wait_for(confirmed.wait(), timeout)
+        except BaseException:
+            await self.unsubscribe(sub)
+            raise
+
+    async def unsubscribe(self, sub: Subscriber) -> None:
+        channel = user_channel(sub.user_id)
+        async with self._lock:
+            subs = self._subs.get(sub.user_id)
+            if subs is None:
+                return
+            subs.discard(sub)
+            if not subs:
+                del self._subs[sub.user_id]
+                self._confirmed.pop(channel, None)
+                with contextlib.suppress(RedisConnectionError, RedisTimeoutError):
+                    await self._pubsub.unsubscribe(channel)
+
+    def _dispatch(self, channel: str, payload: bytes | str) -> None:
+        user_id = channel[len(USER_CHANNEL_PREFIX) :]
+        subs = self._subs.get(user_id)
+        if not subs:
+            return
+        try:
+            event = Event.from_dict(json.loads(payload))
+        except (ValueError, KeyError):
+            log.warning("undecodable event dropped", extra={"channel": channel})
+            return
+        for sub in subs:
+            if sub.wants(event.job_id):
+                sub.offer(event)
+
+    async def _listen(self) -> None:
+        backoff = 0.1
+        while True:
+            try:
+                msg = await self._pubsub.get_message(timeout=1.0)
+                backoff = 0.1
+            except (RedisConnectionError, RedisTimeoutError, OSError, RuntimeError) as exc:
+                log.warning("gateway lost its Redis subscription; resubscribing", extra={"error": str(exc)})
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+                await self._resubscribe()
+                continue
+            if msg is None:
+                continue
+            kind = msg["type"]
+            channel = msg["channel"].decode() if isinstance(msg["channel"], bytes) else msg["channel"]
+            if kind == "message":
+                self.received += 1
+                self._dispatch(channel, msg["data"])
+            elif kind == "subscribe":
+                event = self._confirmed.get(channel)
+                if event is not None:
+                    event.set()
+
+    async def _resubscribe(self) -> None:
+        """A fresh connection and subscriptions; everyone re-reads their streams for what was missed."""
+        with contextlib.suppress(Exception):
+            await self._pubsub.aclose()
+        self._pubsub = self.redis.pubsub(ignore_subscribe_messages=False)
+        try:
+            channels = [USER_CHANNEL_PREFIX + "-gateway", *(user_channel(u) for u in self._subs)]
+            await self._pubsub.subscribe(*channels)
+        except (RedisConnectionError, RedisTimeoutError, OSError):
+            return  # the listen loop will try again
+        for subs in self._subs.values():
+            for sub in subs:
+                sub.mark_resync()

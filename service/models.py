@@ -1,0 +1,143 @@
+"""The shapes on the wire and in the store. Imports nothing of ours."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+
+class JobStatus(StrEnum):
+    QUEUED = "queued"
+    PROCESSING = "processing"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    EXPIRED = "expired"
+
+
+TERMINAL_STATUSES = frozenset({JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED, JobStatus.EXPIRED})
+ACTIVE_STATUSES = frozenset({JobStatus.QUEUED, JobStatus.PROCESSING})
+
+
+def now() -> float:
+    return time.time()
+
+
+def iso(ts: float | None) -> str | None:
+    if ts is None:
+        return None
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def dumps(value: Any) -> str:
+    """The one JSON encoder: compact, UTF-8, stable across processes."""
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+@dataclass(slots=True)
+class JobError:
+    message: str
+    code: str
+    retryable: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"message": self.message, "code": self.code, "retryable": self.retryable}
+
+
+@dataclass(slots=True)
+class Job:
+    id: str
+    user_id: str
+    type: str
+    input: dict[str, Any]
+    status: JobStatus = JobStatus.QUEUED
+    priority: int = 5
+    result: Any = None
+    error: JobError | None = None
+    attempts: int = 0
+    max_attempts: int = 3
+    percentage: float = 0.0
+    current_step: str | None = None
+    partial_output: str | None = None
+    model: str | None = None
+    usage: dict[str, Any] | None = None
+    lease_token: str | None = None
+    worker_id: str | None = None
+    seq: int = 0
+    created_at: float = field(default_factory=now)
+    started_at: float | None = None
+    completed_at: float | None = None
+    updated_at: float = field(default_factory=now)
+
+    @property
+    def terminal(self) -> bool:
+        return self.status in TERMINAL_STATUSES
+
+    def to_public(self, *, eta: float | None = None, poll_interval: float | None = None) -> dict[str, Any]:
+        """The job as users see it; an allowlist of fields (no lease token, no worker internals)."""
+        body: dict[str, Any] = {
+            "job_id": self.id,
+            "type": self.type,
+            "status": self.status.value,
+            "priority": self.priority,
+            "progress": {
+                "percentage": round(self.percentage, 1),
+                "current_step": self.current_step,
+                "estimated_time_remaining": eta,
+            },
+            "attempt": self.attempts,
+            "max_attempts": self.max_attempts,
+            "input": self.input,
+            "result": self.result,
+            "partial_output": self.partial_output if not self.result else None,
+            "error": self.error.to_dict() if self.error else None,
+            "model": self.model,
+            "usage": self.usage,
+            "last_seq": self.seq,
+            "created_at": iso(self.created_at),
+            "started_at": iso(self.started_at),
+            "completed_at": iso(self.completed_at),
+            "updated_at": iso(self.updated_at),
+        }
+        if poll_interval is not None:
+            body["poll_interval"] = poll_interval
+        return body
+
+
+class EventKind(StrEnum):
+    """What an event says; a state change is never coalesced away, progress and deltas may be."""
+
+    STATUS = "status"  # queued / processing / completed / failed / cancelled / expired
+    PROGRESS = "progress"
+    DELTA = "delta"  # a piece of streamed text output
+    SNAPSHOT = "snapshot"  # the whole job: first thing a watcher gets, and the answer to a gap in replay
+
+
+@dataclass(slots=True)
+class Event:
+    job_id: str
+    seq: int
+    kind: EventKind
+    data: dict[str, Any]
+    ts: float = field(default_factory=now)
+
+    @property
+    def terminal(self) -> bool:
+        return self.kind is EventKind.STATUS and self.data.get("status") in TERMINAL_STATUSES
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"job_id": self.job_id, "seq": self.seq, "kind": self.kind.value, "ts": round(self.ts, 3), **self.data}
+
+    def to_json(self) -> str:
+        return dumps(self.to_dict())
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> Event:
+        data = {k: v for k, v in raw.items() if k not in {"job_id", "seq", "kind", "ts"}}
+        return cls(
+            job_id=raw["job_id"], seq=int(raw["seq"]), kind=EventKind(raw["kind"]), data=data, ts=float(raw["ts"])
+        )

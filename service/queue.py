@@ -1,0 +1,49 @@
+"""Our queue interface, with arq underneath (kept swappable: arq is in maintenance mode).
+
+Priority rule: arq runs ready jobs in order of their score (a time in ms). We give each job a head start
+of `priority × PRIORITY_STEP_SECONDS`, so among waiting jobs a higher priority runs first, yet a job of
+priority 1 that has waited longer than (10 − 1) × 10 s = 90 s overtakes any newly arrived priority-10 job:
+nothing is starved forever. Each arq job id is `<job id>.<attempt>`, so enqueueing the same attempt twice
+(the reconciler, a retried request) is a no-op while the first copy is still waiting.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from arq.connections import ArqRedis
+
+PRIORITY_STEP_SECONDS = 10.0
+DEFAULT_PRIORITY = 5
+RUN_JOB_FUNCTION = "run_job"
+
+
+def queue_score_ms(enqueued_at: float, priority: int, defer_seconds: float = 0.0) -> float:
+    return (enqueued_at - priority * PRIORITY_STEP_SECONDS + defer_seconds) * 1000
+
+
+class JobQueue:
+    def __init__(self, redis: ArqRedis, *, queue_name: str) -> None:
+        self.redis = redis
+        self.queue_name = queue_name
+
+    async def enqueue(self, job_id: str, *, attempt: int, priority: int, defer_seconds: float = 0.0) -> bool:
+        """Put one attempt of a job on the queue; False if that attempt is already there."""
+        start = datetime.now(UTC) + timedelta(seconds=defer_seconds - priority * PRIORITY_STEP_SECONDS)
+        job = await self.redis.enqueue_job(
+            RUN_JOB_FUNCTION,
+            job_id,
+            _job_id=f"{job_id}.{attempt}",
+            _queue_name=self.queue_name,
+            _defer_until=start,
+            _expires=timedelta(days=2),
+        )
+        return job is not None
+
+    async def depth(self) -> int:
+        return int(await self.redis.zcard(self.queue_name))
+
+    async def position(self, job_id: str, attempt: int) -> int | None:
+        """How many waiting jobs run before this one (0: next), or None if it is not waiting."""
+        rank = await self.redis.zrank(self.queue_name, f"{job_id}.{attempt}")
+        return None if rank is None else int(rank)

