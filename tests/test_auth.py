@@ -128,3 +128,40 @@ def test_cli_creates_users_and_prints_the_token_once(settings: Settings) -> None
     assert "dave" in listed.stdout and token not in listed.stdout
     db = settings.sqlite_path.read_bytes()
     assert token.encode() not in db  # only its hash is kept
+
+
+async def test_current_user_works_for_websocket_connections_too(settings: Settings) -> None:
+    """The push gateway's WebSocket handler calls current_user(ws): refused before accept, or the user id."""
+    from starlette.exceptions import WebSocketException
+    from starlette.websockets import WebSocket
+
+    from service.api.auth import AuthMiddleware, current_user
+
+    token = await make_user(settings, "wendy")
+    seen: list[str] = []
+
+    async def ws_app(scope, receive, send) -> None:  # type: ignore[no-untyped-def]
+        try:
+            seen.append(current_user(WebSocket(scope, receive, send)))
+        except WebSocketException as exc:
+            seen.append(f"refused {exc.code}")
+
+    # The middleware needs the app's accounts, which live in the lifespan state of the running app.
+    import redis.asyncio as aioredis
+
+    from service.api.accounts import STATE_KEY, build_accounts
+    from service.store import open_store
+
+    assert settings.redis_url
+    store, r = open_store(settings), aioredis.from_url(settings.redis_url)
+    await store.open()
+    try:
+        state = {STATE_KEY: build_accounts(settings, store, r)}
+        mw = AuthMiddleware(ws_app)
+        for headers in ([], [(b"authorization", f"Bearer {token}".encode())]):
+            scope = {"type": "websocket", "path": "/api/ws", "headers": headers, "state": state}
+            await mw(scope, None, None)  # type: ignore[arg-type]
+    finally:
+        await store.close()
+        await r.aclose()
+    assert seen[0] == "refused 1008" and len(seen[1]) == 32
