@@ -137,8 +137,8 @@ async def _users(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_users(args: argparse.Namespace) -> int:
     """`aijobs users create NAME` (prints the token once) and `aijobs users list`."""
     settings = _settings()
-    if args.action == "create" and not args.name:
-        raise SystemExit("aijobs users create: give the new user's NAME")
+    if args.action == "create" and not (args.name and len(args.name) <= 64 and args.name.isprintable()):
+        raise SystemExit("aijobs users create: give the new user's NAME (1-64 printable characters)")
     return asyncio.run(_users(args, settings))
 
 
