@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 import signal
 import subprocess
@@ -12,6 +13,8 @@ from pathlib import Path
 from .config import Settings, SettingsError, settings_table
 from .embedded import die_with_parent, redis_url_for
 from .logs import setup_logging
+from .models import iso
+from .store import open_store
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -34,6 +37,8 @@ def cmd_dev(args: argparse.Namespace) -> int:
             os.environ, REDIS_URL=url, PYTHONUNBUFFERED="1", PATH=f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"
         )
         env.setdefault("DATABASE_URL", settings.database_url)
+        env.setdefault("AIJOBS_DEMO_LOGIN", "true")  # dev only: the page signs in as `demo` by itself
+        demo = asyncio.run(_ensure_user(settings, "demo")) if _parse_demo(env) else None
         env.setdefault("HOST", settings.host)
         port = settings.port
         ai = (
@@ -43,7 +48,13 @@ def cmd_dev(args: argparse.Namespace) -> int:
         )
         print(
             f"\n  aijobs is starting: open http://{settings.host}:{port}/\n"
-            f"  Redis: {url}   store: {settings.database_url}   AI: {ai}\n",
+            f"  Redis: {url}   store: {settings.database_url}   AI: {ai}\n"
+            + (
+                f"  Signed in as the demo user '{demo}' automatically (AIJOBS_DEMO_LOGIN=true; dev only).\n"
+                "  API clients: make a token with `aijobs users create NAME`, send 'Authorization: Bearer <token>'.\n"
+                if demo
+                else ""
+            ),
             flush=True,
         )
         proc = subprocess.Popen(
@@ -84,6 +95,53 @@ def cmd_web(args: argparse.Namespace) -> int:
     return 0
 
 
+def _parse_demo(env: dict[str, str]) -> bool:
+    return env.get("AIJOBS_DEMO_LOGIN", "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+async def _ensure_user(settings: Settings, name: str) -> str:
+    from .store.users import UserStore
+
+    store = open_store(settings)
+    await store.open()
+    try:
+        return (await UserStore(store).get_or_create(name)).name  # type: ignore[arg-type]
+    finally:
+        await store.close()
+
+
+async def _users(args: argparse.Namespace, settings: Settings) -> int:
+    from .store.users import UserExists, UserStore
+
+    store = open_store(settings)
+    await store.open()
+    try:
+        users = UserStore(store)  # type: ignore[arg-type]
+        if args.action == "create":
+            try:
+                user, token = await users.create(args.name)
+            except UserExists:
+                print(f"aijobs users: a user named {args.name!r} already exists", file=sys.stderr)
+                return 1
+            print(f"Created user {user.name} ({user.id}). Its API token, shown this once (only a hash is kept):")
+            print(f"\n  {token}\n")
+            print("Send it as 'Authorization: Bearer <token>'.")
+            return 0
+        for user in await users.list():
+            print(f"{user.id}  {iso(user.created_at)}  {user.name}")
+        return 0
+    finally:
+        await store.close()
+
+
+def cmd_users(args: argparse.Namespace) -> int:
+    """`aijobs users create NAME` (prints the token once) and `aijobs users list`."""
+    settings = _settings()
+    if args.action == "create" and not (args.name and len(args.name) <= 64 and args.name.isprintable()):
+        raise SystemExit("aijobs users create: give the new user's NAME (1-64 printable characters)")
+    return asyncio.run(_users(args, settings))
+
+
 def cmd_settings(args: argparse.Namespace) -> int:
     rows = settings_table()
     width = max(len(r[0]) for r in rows)
@@ -103,6 +161,10 @@ def main(argv: list[str] | None = None) -> int:
     w.add_argument("--burst", action="store_true", help="exit once the queue is empty")
     w.set_defaults(fn=cmd_worker)
     sub.add_parser("settings", help="list every setting with its default").set_defaults(fn=cmd_settings)
+    u = sub.add_parser("users", help="create a user (prints its API token once) or list users")
+    u.add_argument("action", choices=["create", "list"])
+    u.add_argument("name", nargs="?", help="the new user's name (create)")
+    u.set_defaults(fn=cmd_users)
     args = parser.parse_args(argv)
     return int(args.fn(args))
 

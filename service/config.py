@@ -93,6 +93,47 @@ class Settings:
             "doc": "Extra origins allowed to open WebSockets (comma-separated); the app's own origin is always allowed",
         },
     )
+    secret_key: str | None = field(
+        default=None,
+        metadata={
+            "env": "SECRET_KEY",
+            "doc": "Server secret that signs session cookies and encrypts users' provider keys; unset: generated "
+            "once into <AIJOBS_DATA_DIR>/secret_key (set it when web and workers do not share that directory)",
+            "secret": True,
+        },
+    )
+    demo_login: bool = field(
+        default=False,
+        metadata={
+            "env": "AIJOBS_DEMO_LOGIN",
+            "doc": "Sign browsers opening / in as user `demo` (`aijobs dev` turns it on; never in production)",
+        },
+    )
+    max_active_jobs: int = field(
+        default=20, metadata={"env": "MAX_ACTIVE_JOBS", "doc": "Queued plus processing jobs one user may have"}
+    )
+    submissions_per_minute: int = field(
+        default=60, metadata={"env": "SUBMISSIONS_PER_MINUTE", "doc": "Jobs one user may submit in any 60 s"}
+    )
+    max_streams: int = field(
+        default=10,
+        metadata={"env": "MAX_STREAMS", "doc": "Open SSE/WebSocket streams one user may hold on one web process"},
+    )
+    max_input_bytes: str = field(
+        default="titles=80000,summary=200000,chat=400000,image=16000",
+        metadata={"env": "MAX_INPUT_BYTES", "doc": "Largest job input per type, in bytes of JSON (type=bytes,...)"},
+    )
+    ai_prices: str = field(
+        default="gpt-4o-mini=0.15/0.60,gpt-4o=2.50/10.00,sim-1=0.10/0.20",
+        metadata={
+            "env": "AI_PRICES",
+            "doc": "USD per million prompt/completion tokens by model (model=in/out,...); unlisted models have no cost",
+        },
+    )
+    stats_window_seconds: float = field(
+        default=3600.0,
+        metadata={"env": "STATS_WINDOW_SECONDS", "doc": "Recent window for the averages in GET /api/stats"},
+    )
     log_level: str = field(default="INFO", metadata={"env": "LOG_LEVEL", "doc": "Logging level"})
     log_json: bool = field(
         default=True, metadata={"env": "LOG_JSON", "doc": "Structured JSON logs (false: plain text)"}
@@ -110,6 +151,12 @@ class Settings:
             ("MAX_BODY_BYTES", self.max_body_bytes >= 1024, "must be at least 1024"),
             ("EVENT_STREAM_MAXLEN", self.event_stream_maxlen >= 100, "must be at least 100"),
             ("SSE_PING_SECONDS", self.sse_ping_seconds > 0, "must be positive"),
+            ("MAX_ACTIVE_JOBS", self.max_active_jobs >= 1, "must be at least 1"),
+            ("SUBMISSIONS_PER_MINUTE", self.submissions_per_minute >= 1, "must be at least 1"),
+            ("MAX_STREAMS", self.max_streams >= 1, "must be at least 1"),
+            ("MAX_INPUT_BYTES", _parses(parse_byte_caps, self.max_input_bytes), "must look like type=bytes,..."),
+            ("AI_PRICES", _parses(parse_prices, self.ai_prices), "must look like model=in/out,... (USD per 1M)"),
+            ("STATS_WINDOW_SECONDS", self.stats_window_seconds > 0, "must be positive"),
             ("DATABASE_URL", self.database_url.startswith("sqlite:///"), "only sqlite:///path is supported so far"),
             (
                 "LOG_LEVEL",
@@ -162,6 +209,38 @@ class Settings:
                 value = "***"
             parts.append(f"{f.name}={value!r}")
         return f"Settings({', '.join(parts)})"
+
+
+def parse_byte_caps(raw: str) -> dict[str, int]:
+    """`titles=80000,chat=400000` → {"titles": 80000, "chat": 400000}."""
+    caps: dict[str, int] = {}
+    for part in _parse_list(raw):
+        name, _, value = part.partition("=")
+        if not name.strip() or int(value) < 1:
+            raise ValueError(part)
+        caps[name.strip()] = int(value)
+    return caps
+
+
+def parse_prices(raw: str) -> dict[str, tuple[float, float]]:
+    """`gpt-4o-mini=0.15/0.60` → {"gpt-4o-mini": (0.15, 0.60)}: USD per million prompt/completion tokens."""
+    prices: dict[str, tuple[float, float]] = {}
+    for part in _parse_list(raw):
+        name, _, value = part.partition("=")
+        prompt, _, completion = value.partition("/")
+        pin, pout = float(prompt), float(completion)
+        if not name.strip() or pin < 0 or pout < 0:
+            raise ValueError(part)
+        prices[name.strip()] = (pin, pout)
+    return prices
+
+
+def _parses(parser: Callable[[str], Any], raw: str) -> bool:
+    try:
+        parser(raw)
+    except ValueError:
+        return False
+    return True
 
 
 def _field_for_env(env: str) -> str:

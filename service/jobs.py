@@ -68,12 +68,14 @@ class JobService:
             raise JobRequestError("invalid_input", f"{where} {exc.message}.", field=where) from None
         return job_type, to_dict(parsed), priority
 
-    async def submit(self, user_id: str, body: Any) -> Job:
-        """Store first, then announce, then enqueue: a 202 is only given for a job the store holds."""
+    async def submit(self, user_id: str, body: Any, *, job_id: str | None = None) -> Job:
+        """Store first, then announce, then enqueue: a 202 is only given for a job the store holds.
+
+        `job_id` is given when something must be stored under the id before the job (a sealed provider key)."""
         job_type, job_input, priority = self.validate(body)
         spec = self.registry.get(job_type)
         job = Job(
-            id=str(uuid.uuid4()),
+            id=job_id or str(uuid.uuid4()),
             user_id=user_id,
             type=job_type,
             input=job_input,

@@ -11,6 +11,7 @@ import asyncio
 import logging
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -149,6 +150,9 @@ class RunContext:
         await self._emit(job, EventKind.DELTA, {"text": piece})
 
 
+ProviderKeyOpener = Callable[[Job], Awaitable[str | None]]  # the user's own provider key for a job, if any
+
+
 class JobRunner:
     """Runs one attempt of one job; shared by every arq job in a worker process."""
 
@@ -162,6 +166,7 @@ class JobRunner:
         provider: Provider,
         worker_id: str,
         default_timeout: float,
+        provider_keys: ProviderKeyOpener | None = None,
     ) -> None:
         self.store = store
         self.events = events
@@ -170,6 +175,7 @@ class JobRunner:
         self.provider = provider
         self.worker_id = worker_id
         self.default_timeout = default_timeout
+        self.provider_keys: ProviderKeyOpener | None = provider_keys
 
     async def _announce(self, job: Job | None) -> Job | None:
         if job is not None:
@@ -199,6 +205,8 @@ class JobRunner:
         log.info("job started", extra={"job_id": job.id, "type": job.type, "attempt": job.attempts})
         try:
             data = spec.parse_input(job.input)
+            if self.provider_keys is not None:
+                ctx.api_key = await self.provider_keys(job)  # the user's own key, decrypted just in time
             result = await asyncio.wait_for(spec.fn(ctx, data), timeout=spec.timeout or self.default_timeout)
             await ctx.flush()
         except asyncio.CancelledError:

@@ -13,13 +13,17 @@ from arq import Worker, func
 from arq.connections import RedisSettings
 
 from .config import Settings
+from .crypto import KeyBox, load_server_secret
 from .events import EventLog
+from .provider_keys import ProviderKeys
 from .providers.base import Provider
 from .providers.factory import build_provider
 from .queue import RUN_JOB_FUNCTION, JobQueue
 from .runner import JobRunner
 from .store import open_store
+from .store.users import JobSecrets
 from .tasks import TaskRegistry, default_registry
+from .workers_registry import WorkerHeartbeat
 
 
 def json_serializer(value: Any) -> bytes:
@@ -32,7 +36,10 @@ def json_deserializer(raw: bytes) -> Any:
 
 async def run_job(ctx: dict[str, Any], job_id: str) -> str:
     runner: JobRunner = ctx["runner"]
-    return await runner.run(job_id)
+    outcome = await runner.run(job_id)
+    if outcome in ("completed", "failed"):  # the job is over: its sealed provider key (if any) goes too
+        await ctx["provider_keys"].forget(job_id)
+    return outcome
 
 
 def build_worker(
@@ -60,7 +67,12 @@ def build_worker(
             sim_delay=settings.sim_delay,
             client=http,
         )
-        ctx.update(store=store, http=http, provider=ai)
+        keys = ProviderKeys(JobSecrets(store), KeyBox(load_server_secret(settings)))  # type: ignore[arg-type]
+        heartbeat = WorkerHeartbeat(
+            ctx["redis"], queue_name=settings.queue_name, worker_id=worker_id, concurrency=settings.worker_concurrency
+        )
+        await heartbeat.start()
+        ctx.update(store=store, http=http, provider=ai, provider_keys=keys, heartbeat=heartbeat)
         ctx["runner"] = JobRunner(
             store=store,
             events=EventLog(ctx["redis"], maxlen=settings.event_stream_maxlen),
@@ -69,9 +81,12 @@ def build_worker(
             provider=ai,
             worker_id=worker_id,
             default_timeout=settings.job_timeout,
+            provider_keys=keys,
         )
 
     async def shutdown(ctx: dict[str, Any]) -> None:
+        if "heartbeat" in ctx:
+            await ctx["heartbeat"].stop()
         if "store" in ctx:
             await ctx["store"].close()
         if provider is None and "provider" in ctx:

@@ -17,6 +17,8 @@ from arq.worker import Worker
 from service.api.app import create_app
 from service.config import Settings
 from service.embedded import EmbeddedRedis
+from service.store import open_store
+from service.store.users import UserStore
 from service.worker import build_worker
 
 
@@ -95,9 +97,35 @@ async def worker(settings: Settings) -> AsyncIterator[Worker]:
         yield w
 
 
+async def make_user(settings: Settings, name: str) -> str:
+    """Create a user in the store, as `aijobs users create` does, and return its API token."""
+    store = open_store(settings)
+    await store.open()
+    try:
+        _, token = await UserStore(store).create(name)  # type: ignore[arg-type]
+    finally:
+        await store.close()
+    return token
+
+
+@contextlib.asynccontextmanager
+async def user_client(web: LiveServer, settings: Settings, name: str) -> AsyncIterator[httpx.AsyncClient]:
+    token = await make_user(settings, name)
+    async with httpx.AsyncClient(base_url=web.url, timeout=10, headers={"Authorization": f"Bearer {token}"}) as c:
+        yield c
+
+
 @pytest.fixture
-async def client(web: LiveServer) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(base_url=web.url, timeout=10) as c:
+async def client(web: LiveServer, settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
+    """Signed in as the test user `alice` (Bearer token)."""
+    async with user_client(web, settings, "alice") as c:
+        yield c
+
+
+@pytest.fixture
+async def client_b(web: LiveServer, settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
+    """A second user, `bob`, for isolation tests."""
+    async with user_client(web, settings, "bob") as c:
         yield c
 
 

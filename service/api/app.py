@@ -5,10 +5,12 @@ from __future__ import annotations
 import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 from arq.connections import RedisSettings, create_pool
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Mount, Route
@@ -22,9 +24,14 @@ from ..queue import JobQueue
 from ..store import open_store
 from ..tasks import TaskRegistry, default_registry
 from ..worker import json_deserializer, json_serializer
+from .accounts import STATE_KEY, build_accounts, create_session, delete_session, me, sign_in_demo
+from .auth import AuthMiddleware
 from .errors import ApiError, error_response, handle_api_error, handle_http_exception, handle_unexpected
+from .history import list_jobs
 from .jobs import create_job, get_job
+from .openapi import openapi_json
 from .state import AppState, app_state
+from .stats import stats
 from .streams import job_events
 
 STATIC_DIR = Path(__file__).resolve().parent.parent.parent / "static"
@@ -53,14 +60,16 @@ async def healthz(request: Request) -> Response:
 
 
 async def index(request: Request) -> Response:
-    return FileResponse(STATIC_DIR / "index.html", headers={"Cache-Control": "no-cache"})
+    response = FileResponse(STATIC_DIR / "index.html", headers={"Cache-Control": "no-cache"})
+    await sign_in_demo(request, response)  # AIJOBS_DEMO_LOGIN (dev): the page works at once
+    return response
 
 
 def create_app(settings: Settings, *, redis_url: str, registry: TaskRegistry | None = None) -> Starlette:
     registry = registry or default_registry()
 
     @contextlib.asynccontextmanager
-    async def lifespan(app: Starlette) -> AsyncIterator[dict[str, AppState]]:
+    async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
         redis = await create_pool(
             RedisSettings.from_dsn(redis_url),
             job_serializer=json_serializer,
@@ -79,8 +88,9 @@ def create_app(settings: Settings, *, redis_url: str, registry: TaskRegistry | N
             registry=registry,
             max_attempts=settings.max_attempts,
         )
+        accounts = build_accounts(settings, store, redis)
         try:
-            yield {"aijobs": AppState(settings, redis, store, events, gateway, jobs)}
+            yield {"aijobs": AppState(settings, redis, store, events, gateway, jobs), STATE_KEY: accounts}
         finally:
             await gateway.stop()
             await store.close()
@@ -92,6 +102,12 @@ def create_app(settings: Settings, *, redis_url: str, registry: TaskRegistry | N
         Route("/api/jobs", create_job, methods=["POST"]),
         Route("/api/jobs/{job_id}", get_job, methods=["GET"], name="get_job"),
         Route("/api/jobs/{job_id}/events", job_events, methods=["GET"], name="job_events"),
+        Route("/api/jobs", list_jobs, methods=["GET"], name="list_jobs"),
+        Route("/api/stats", stats, methods=["GET"], name="stats"),
+        Route("/api/session", create_session, methods=["POST"]),
+        Route("/api/session", delete_session, methods=["DELETE"]),
+        Route("/api/me", me, methods=["GET"]),
+        Route("/api/openapi.json", openapi_json(registry), methods=["GET"]),
         Mount("/static", StaticFiles(directory=STATIC_DIR), name="static"),
     ]
 
@@ -103,6 +119,7 @@ def create_app(settings: Settings, *, redis_url: str, registry: TaskRegistry | N
     return Starlette(
         routes=routes,
         lifespan=lifespan,
+        middleware=[Middleware(AuthMiddleware)],
         exception_handlers={
             ApiError: handle_api_error,
             HTTPException: not_found_route,

@@ -1,11 +1,91 @@
-"""Who is calling. Until accounts land, every caller is the shared `anonymous` user."""
+"""Who is calling: a Bearer API token (API clients) or a signed session cookie (browsers, EventSource).
+
+`AuthMiddleware` identifies the caller once per HTTP request or WebSocket handshake and leaves the answer in the
+scope; `current_user(conn)` is the one entry point handlers use, and it refuses anyone unidentified. Routes that
+never call it (/, /healthz, /static, the OpenAPI document) stay public.
+"""
 
 from __future__ import annotations
 
-from starlette.requests import HTTPConnection
+from dataclasses import dataclass
+from http.cookies import CookieError, SimpleCookie
 
-ANONYMOUS = "anonymous"
+from starlette.exceptions import WebSocketException
+from starlette.requests import HTTPConnection
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from .errors import ApiError
+
+SESSION_COOKIE = "aijobs_session"
+SESSION_MAX_AGE = 7 * 24 * 3600
+_SCOPE_KEY = "aijobs.identity"
+HOW_TO_AUTH = (
+    "Send 'Authorization: Bearer <token>' (make a token with `aijobs users create NAME`), "
+    "or sign in through POST /api/session to get a session cookie."
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    user_id: str | None
+    problem: str | None = None  # why a credential that was sent was refused
+
+
+class AuthMiddleware:
+    """Pure ASGI (so it also covers WebSocket handshakes and never buffers a stream)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] in ("http", "websocket"):
+            scope[_SCOPE_KEY] = await identify(scope)
+        await self.app(scope, receive, send)
+
+
+async def identify(scope: Scope) -> Identity:
+    from .accounts import accounts_from_scope
+
+    acc = accounts_from_scope(scope)
+    if acc is None:
+        return Identity(None)
+    headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
+    auth = headers.get("authorization")
+    if auth is not None:
+        scheme, _, token = auth.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            return Identity(None, "The Authorization header must be 'Bearer <token>'.")
+        user = await acc.users.by_token(token.strip())
+        if user is None:
+            return Identity(None, "That API token is not valid.")
+        return Identity(user.id)
+    cookie = _session_cookie(headers.get("cookie"))
+    if cookie:
+        user_id = acc.signer.verify(cookie)
+        if user_id is None:
+            return Identity(None, "Your session has expired or is not valid; sign in again.")
+        return Identity(user_id)
+    return Identity(None)
+
+
+def _session_cookie(raw: str | None) -> str | None:
+    if not raw:
+        return None
+    jar: SimpleCookie = SimpleCookie()
+    try:
+        jar.load(raw)
+    except CookieError:
+        return None
+    morsel = jar.get(SESSION_COOKIE)
+    return morsel.value if morsel else None
 
 
 def current_user(conn: HTTPConnection) -> str:
-    return ANONYMOUS
+    """The caller's user id, or a refusal: 401 JSON over HTTP, a policy-violation close (HTTP 403) for a WebSocket."""
+    identity: Identity | None = conn.scope.get(_SCOPE_KEY)
+    if identity is not None and identity.user_id is not None:
+        return identity.user_id
+    problem = identity.problem if identity and identity.problem else "You are not signed in."
+    if conn.scope["type"] == "websocket":
+        raise WebSocketException(code=1008, reason="unauthenticated")
+    raise ApiError(401, "unauthenticated", f"{problem} {HOW_TO_AUTH}", headers={"WWW-Authenticate": "Bearer"})

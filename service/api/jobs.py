@@ -12,6 +12,7 @@ from ..jobs import JobRequestError
 from .auth import current_user
 from .errors import ApiError, not_found
 from .state import app_state
+from .submit_rules import check_limits, seal_provider_key, take_provider_key
 
 
 async def read_json(request: Request, limit: int) -> Any:
@@ -48,8 +49,12 @@ async def create_job(request: Request) -> Response:
     state = app_state(request)
     user = current_user(request)
     body = await read_json(request, state.settings.max_body_bytes)
+    provider_key = take_provider_key(request, body)
     try:
-        job = await state.jobs.submit(user, body)
+        job_type, job_input, _ = state.jobs.validate(body)
+        await check_limits(request, user, job_type, job_input)
+        job_id = await seal_provider_key(request, user, provider_key) if provider_key else None
+        job = await state.jobs.submit(user, body, job_id=job_id)
     except JobRequestError as exc:
         extra = {"field": exc.field} if exc.field else {}
         raise ApiError(422 if exc.code != "invalid_body" else 400, exc.code, exc.message, **extra) from None

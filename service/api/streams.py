@@ -14,15 +14,18 @@ from collections.abc import AsyncIterator
 from sse_starlette import EventSourceResponse
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
 
 from ..events import EventLog
 from ..gateway import Gateway, Subscriber
 from ..jobs import JobService
+from ..limits import StreamSlot
 from ..models import TERMINAL_STATUSES, Event, EventKind, dumps
 from ..store.base import JobStore
 from .auth import current_user
 from .errors import ApiError, not_found
 from .state import app_state
+from .submit_rules import acquire_stream_slot
 
 RETRY_MS = 2000
 
@@ -123,9 +126,29 @@ async def job_events(request: Request) -> Response:
     if after is not None and after > job.seq:
         raise ApiError(400, "invalid_last_event_id", "Last-Event-ID is ahead of this job's events.")
     watch = JobWatch(job_id=job_id, user_id=user, store=state.store, events=state.events, jobs=state.jobs)
-    return EventSourceResponse(
-        watch_events(watch, state.gateway, after, state.settings.sse_ping_seconds),
-        ping=state.settings.sse_ping_seconds,
-        send_timeout=30,
-        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    slot = acquire_stream_slot(request, user)
+    return ReleasingResponse(
+        EventSourceResponse(
+            watch_events(watch, state.gateway, after, state.settings.sse_ping_seconds),
+            ping=state.settings.sse_ping_seconds,
+            send_timeout=30,
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        ),
+        slot,
     )
+
+
+class ReleasingResponse(Response):
+    """Runs a streaming response and releases its stream slot however it ends (done, disconnect, error)."""
+
+    def __init__(self, inner: Response, slot: StreamSlot) -> None:
+        self.inner = inner
+        self.slot = slot
+        self.status_code = inner.status_code
+        self.background = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await self.inner(scope, receive, send)
+        finally:
+            self.slot.release()

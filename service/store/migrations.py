@@ -34,4 +34,21 @@ MIGRATIONS: list[str] = [
     CREATE INDEX jobs_user_created ON jobs (user_id, created_at DESC);
     CREATE INDEX jobs_status_created ON jobs (status, created_at);
     """,
+    # 2: users (only a hash of each API token), users' own provider keys (AES-GCM ciphertext, deleted when the
+    # job ends), and an index for per-user active-job counts and history filters.
+    """
+    CREATE TABLE users (
+        id TEXT PRIMARY KEY,
+        name TEXT NOT NULL UNIQUE,
+        token_hash TEXT NOT NULL UNIQUE,
+        created_at REAL NOT NULL
+    );
+    CREATE TABLE job_secrets (
+        job_id TEXT PRIMARY KEY,
+        user_id TEXT NOT NULL,
+        ciphertext BLOB NOT NULL,
+        created_at REAL NOT NULL
+    );
+    CREATE INDEX jobs_user_status ON jobs (user_id, status);
+    """,
 ]

@@ -1,0 +1,148 @@
+"""Accounts in the web process: what auth, limits and history need, and the browser session endpoints.
+
+Browsers never carry a long-lived token in a URL: POST /api/session trades a token (or, with AIJOBS_DEMO_LOGIN,
+nothing) for an HttpOnly SameSite=Lax cookie, which EventSource and same-origin fetch send by themselves.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from starlette.requests import HTTPConnection, Request
+from starlette.responses import JSONResponse, Response
+from starlette.types import Scope
+
+from ..config import Settings
+from ..crypto import KeyBox, SessionSigner, load_server_secret
+from ..limits import StreamSlots, SubmissionLimits
+from ..store.queries import JobQueries
+from ..store.sqlite import SQLiteJobStore
+from ..store.users import JobSecrets, UserStore
+from ..usage import PriceTable
+from .auth import SESSION_COOKIE, SESSION_MAX_AGE, current_user
+from .errors import ApiError
+
+DEMO_USER = "demo"
+STATE_KEY = "aijobs_accounts"
+
+
+@dataclass(frozen=True, slots=True)
+class Accounts:
+    settings: Settings
+    users: UserStore
+    secrets: JobSecrets
+    queries: JobQueries
+    signer: SessionSigner
+    keybox: KeyBox
+    limits: SubmissionLimits
+    slots: StreamSlots
+    prices: PriceTable
+
+
+def build_accounts(settings: Settings, store: Any, redis: Any) -> Accounts:
+    if not isinstance(store, SQLiteJobStore):
+        raise RuntimeError("accounts need the SQLite store")
+    secret = load_server_secret(settings)
+    return Accounts(
+        settings=settings,
+        users=UserStore(store),
+        secrets=JobSecrets(store),
+        queries=JobQueries(store),
+        signer=SessionSigner(secret, SESSION_MAX_AGE),
+        keybox=KeyBox(secret),
+        limits=SubmissionLimits(settings, redis),
+        slots=StreamSlots(settings.max_streams),
+        prices=PriceTable(settings.ai_prices),
+    )
+
+
+def accounts_from_scope(scope: Scope) -> Accounts | None:
+    state = scope.get("state")
+    return state.get(STATE_KEY) if isinstance(state, dict) else None
+
+
+def accounts(conn: HTTPConnection) -> Accounts:
+    found = accounts_from_scope(conn.scope)
+    if found is None:
+        raise RuntimeError("accounts are not set up: the app's lifespan did not run")
+    return found
+
+
+def set_session(request: Request, response: Response, acc: Accounts, user_id: str) -> None:
+    response.set_cookie(
+        SESSION_COOKIE,
+        acc.signer.sign(user_id),
+        max_age=SESSION_MAX_AGE,
+        path="/",
+        httponly=True,
+        samesite="lax",
+        secure=request.url.scheme == "https",
+    )
+
+
+async def sign_in_demo(request: Request, response: Response) -> None:
+    """With AIJOBS_DEMO_LOGIN, a browser without a valid session becomes the demo user (dev only)."""
+    acc = accounts(request)
+    if not acc.settings.demo_login:
+        return
+    try:
+        current_user(request)
+        return
+    except ApiError:
+        pass
+    demo = await acc.users.get_or_create(DEMO_USER)
+    set_session(request, response, acc, demo.id)
+
+
+async def create_session(request: Request) -> Response:
+    acc = accounts(request)
+    raw = await request.body()
+    token: Any = None
+    if raw.strip():
+        try:
+            body = json.loads(raw)
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            raise ApiError(400, "invalid_json", "The request body is not valid JSON.") from None
+        if not isinstance(body, dict) or set(body) - {"token"}:
+            raise ApiError(400, "invalid_body", 'Send {"token": "aij_…"}, or an empty body for the demo login.')
+        token = body.get("token")
+    if token is not None:
+        if not isinstance(token, str) or not token:
+            raise ApiError(422, "invalid_token", "'token' must be an API token string.", field="token")
+        user = await acc.users.by_token(token)
+        if user is None:
+            raise ApiError(401, "unauthenticated", "That API token is not valid.")
+    elif acc.settings.demo_login:
+        user = await acc.users.get_or_create(DEMO_USER)
+    else:
+        raise ApiError(401, "unauthenticated", 'Send {"token": "aij_…"} (make one with `aijobs users create NAME`).')
+    response = JSONResponse({"user": user.to_public()})
+    set_session(request, response, acc, user.id)
+    return response
+
+
+async def delete_session(request: Request) -> Response:
+    response = Response(status_code=204)
+    response.delete_cookie(SESSION_COOKIE, path="/", httponly=True, samesite="lax")
+    return response
+
+
+async def me(request: Request) -> Response:
+    acc = accounts(request)
+    user = await acc.users.by_id(current_user(request))
+    if user is None:
+        raise ApiError(401, "unauthenticated", "Your user no longer exists; sign in again.")
+    s = acc.settings
+    return JSONResponse(
+        {
+            "user": user.to_public(),
+            "limits": {
+                "max_active_jobs": s.max_active_jobs,
+                "submissions_per_minute": s.submissions_per_minute,
+                "max_streams": s.max_streams,
+                "max_input_bytes": acc.limits.byte_caps,
+            },
+        }
+    )

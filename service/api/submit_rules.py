@@ -1,0 +1,74 @@
+"""What POST /api/jobs checks beyond the input schema: per-user limits, and the user's own provider key.
+
+The key may come as the body's `user_provided_key` field or the `X-Provider-Key` header. It is sealed (AES-GCM,
+associated data user|job) and stored as ciphertext under the job id before the job exists, so no worker can
+pick the job up without it; it is never put in the job, its input, the Redis payload, a log line or a response.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from typing import Any
+
+from starlette.requests import Request
+
+from ..limits import LimitExceeded
+from .accounts import accounts
+from .errors import ApiError
+
+KEY_FIELD = "user_provided_key"
+KEY_HEADER = "x-provider-key"
+MAX_KEY_CHARS = 512
+KEY_PATTERN = re.compile(rf"[!-~]{{1,{MAX_KEY_CHARS}}}")  # printable ASCII, no spaces (the OpenAPI pattern too)
+
+
+def take_provider_key(request: Request, body: Any) -> str | None:
+    """Remove the key from the body (so nothing downstream ever sees it) and check its shape, never its value."""
+    from_body = body.pop(KEY_FIELD, None) if isinstance(body, dict) else None
+    from_header = request.headers.get(KEY_HEADER)
+    if from_body is not None and from_header is not None:
+        raise ApiError(400, "provider_key_twice", f"Send the provider key once: '{KEY_FIELD}' or X-Provider-Key.")
+    key = from_body if from_body is not None else from_header
+    if key is None:
+        return None
+    if not isinstance(key, str) or not KEY_PATTERN.fullmatch(key):
+        raise ApiError(
+            422,
+            "invalid_provider_key",
+            f"'{KEY_FIELD}' must be a provider API key: 1-{MAX_KEY_CHARS} printable ASCII characters, no spaces.",
+            field=KEY_FIELD,
+        )
+    return key
+
+
+def _refuse(exc: LimitExceeded) -> ApiError:
+    headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after is not None else None
+    return ApiError(exc.status, exc.code, exc.message, headers=headers)
+
+
+async def check_limits(request: Request, user_id: str, job_type: str, job_input: Any) -> None:
+    """Cheapest first; the per-minute budget is spent only by a submission that passed everything else."""
+    acc = accounts(request)
+    try:
+        acc.limits.check_input_size(job_type, job_input)
+        acc.limits.check_active(await acc.queries.count_active(user_id))
+        await acc.limits.take_submission(user_id)
+    except LimitExceeded as exc:
+        raise _refuse(exc) from None
+
+
+def acquire_stream_slot(request: Any, user_id: str) -> Any:
+    """A StreamSlot for one SSE/WebSocket stream, or a 429 refusal; the caller must release() it when done."""
+    try:
+        return accounts(request).slots.acquire(user_id)
+    except LimitExceeded as exc:
+        raise _refuse(exc) from None
+
+
+async def seal_provider_key(request: Request, user_id: str, key: str) -> str:
+    """Store the sealed key under a fresh job id and return that id, for the job to be created with."""
+    acc = accounts(request)
+    job_id = str(uuid.uuid4())
+    await acc.secrets.put(job_id, user_id, acc.keybox.seal(key, user_id=user_id, job_id=job_id))
+    return job_id

@@ -1,0 +1,127 @@
+"""The server secret and what it protects: signed session cookies and users' own provider keys.
+
+One secret (SECRET_KEY, or a file generated once in the data dir) yields independent keys per purpose through
+HKDF, so a cookie signature can never be replayed as an encryption key. Provider keys are sealed with AES-GCM
+(authenticated) with `user_id|job_id` as associated data: a ciphertext copied to another job or user won't open.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import logging
+import os
+import secrets
+import time
+from pathlib import Path
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from .config import Settings
+
+log = logging.getLogger("aijobs.crypto")
+
+SECRET_FILE = "secret_key"
+_SEALED_VERSION = b"\x01"
+
+
+def load_server_secret(settings: Settings) -> bytes:
+    """SECRET_KEY if set; otherwise the data dir's secret file, created once (0600) by whichever process is first."""
+    if settings.secret_key:
+        return settings.secret_key.encode()
+    path = settings.data_dir / SECRET_FILE
+    if not path.exists():
+        _create_secret_file(path)
+    raw = path.read_text().strip()
+    if len(raw) < 32:
+        raise RuntimeError(f"{path} holds no usable secret; delete it to make a new one, or set SECRET_KEY")
+    return raw.encode()
+
+
+def _create_secret_file(path: Path) -> None:
+    """Write to a private temp file, then hard-link it into place: atomic, and a concurrent starter's file wins."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_urlsafe(48) + "\n")
+        try:
+            os.link(tmp, path)
+            log.warning("SECRET_KEY is not set: generated one into %s; set SECRET_KEY in production", path)
+        except FileExistsError:
+            pass
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def derive_key(secret: bytes, purpose: str) -> bytes:
+    return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=f"aijobs:{purpose}".encode()).derive(secret)
+
+
+def hash_token(token: str) -> str:
+    """API tokens are random and long, so one SHA-256 is enough (no password stretching needed)."""
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def new_token() -> str:
+    return "aij_" + secrets.token_urlsafe(32)
+
+
+def _b64(raw: bytes) -> str:
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+
+class SessionSigner:
+    """`<user_id>.<expires>.<hmac>`: stateless, so every web process can check a cookie without a lookup."""
+
+    def __init__(self, secret: bytes, max_age: int) -> None:
+        self._key = derive_key(secret, "session")
+        self.max_age = max_age
+
+    def _mac(self, body: str) -> str:
+        return _b64(hmac.new(self._key, body.encode(), hashlib.sha256).digest())
+
+    def sign(self, user_id: str, *, now: float | None = None) -> str:
+        body = f"{user_id}.{int((now or time.time()) + self.max_age)}"
+        return f"{body}.{self._mac(body)}"
+
+    def verify(self, value: str, *, now: float | None = None) -> str | None:
+        """The user id, or None for anything forged, malformed or expired."""
+        user_id, _, rest = value.partition(".")
+        expires, _, mac = rest.partition(".")
+        if not user_id or not expires.isdigit() or not mac:
+            return None
+        if not hmac.compare_digest(mac, self._mac(f"{user_id}.{expires}")):
+            return None
+        if int(expires) < (now or time.time()):
+            return None
+        return user_id
+
+
+class KeyBox:
+    """Seals a user's provider key for one job; only someone holding the server secret can open it."""
+
+    def __init__(self, secret: bytes) -> None:
+        self._aead = AESGCM(derive_key(secret, "provider-keys"))
+
+    @staticmethod
+    def _aad(user_id: str, job_id: str) -> bytes:
+        return f"{user_id}|{job_id}".encode()
+
+    def seal(self, plaintext: str, *, user_id: str, job_id: str) -> bytes:
+        nonce = os.urandom(12)
+        return _SEALED_VERSION + nonce + self._aead.encrypt(nonce, plaintext.encode(), self._aad(user_id, job_id))
+
+    def open(self, sealed: bytes, *, user_id: str, job_id: str) -> str | None:
+        """The key, or None if the ciphertext was tampered with, moved, or sealed under another secret."""
+        if len(sealed) < 1 + 12 + 16 or sealed[:1] != _SEALED_VERSION:
+            return None
+        try:
+            return self._aead.decrypt(sealed[1:13], sealed[13:], self._aad(user_id, job_id)).decode()
+        except InvalidTag:
+            return None

@@ -1,0 +1,137 @@
+"""Per-user limits, so no one user can exhaust a shared deployment (or its AI bill).
+
+Every check runs before a job is stored: a refusal costs nothing and nothing already accepted is ever dropped.
+Submissions per minute is a sliding window in Redis (shared by all web processes); active jobs are counted in
+the store (the truth); open streams are counted per web process, in memory, so a crashed process leaks nothing.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import uuid
+from typing import Any
+
+from redis.asyncio import Redis
+
+from .config import Settings, parse_byte_caps
+from .models import dumps
+
+# Drop entries older than the window, then admit (and record) the submission if under the limit; otherwise
+# answer how many ms until the oldest entry leaves the window.
+_SLIDING_WINDOW = """
+local key, now, window, limit = KEYS[1], tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+redis.call('ZREMRANGEBYSCORE', key, '-inf', now - window)
+if redis.call('ZCARD', key) < limit then
+  redis.call('ZADD', key, now, ARGV[4])
+  redis.call('PEXPIRE', key, window)
+  return 0
+end
+local oldest = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
+return math.max(1, tonumber(oldest[2]) + window - now)
+"""
+
+WINDOW_MS = 60_000
+
+
+class LimitExceeded(Exception):
+    """A refusal: HTTP status, stable code, a message that says what to do, and Retry-After when it helps."""
+
+    def __init__(self, status: int, code: str, message: str, *, retry_after: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.retry_after = retry_after
+
+
+class SubmissionLimits:
+    def __init__(self, settings: Settings, redis: Redis) -> None:
+        self.settings = settings
+        self.redis = redis
+        self.byte_caps = parse_byte_caps(settings.max_input_bytes)
+        self._window = redis.register_script(_SLIDING_WINDOW)
+
+    def check_input_size(self, job_type: str, job_input: Any) -> None:
+        cap = self.byte_caps.get(job_type)
+        if cap is None:
+            return
+        size = len(dumps(job_input).encode())
+        if size > cap:
+            raise LimitExceeded(
+                413, "input_too_large", f"A {job_type} job's input may be at most {cap} bytes of JSON (got {size})."
+            )
+
+    def check_active(self, active: int) -> None:
+        limit = self.settings.max_active_jobs
+        if active >= limit:
+            raise LimitExceeded(
+                429,
+                "too_many_active_jobs",
+                f"You already have {active} jobs queued or running (the limit is {limit}); "
+                "wait for one to finish, then submit again.",
+                retry_after=5,
+            )
+
+    async def take_submission(self, user_id: str) -> None:
+        """Count this submission against the user's per-minute budget, or refuse it with a Retry-After."""
+        limit = self.settings.submissions_per_minute
+        wait_ms = int(
+            await self._window(
+                keys=[f"aijobs:rate:submit:{user_id}"],
+                args=[int(time.time() * 1000), WINDOW_MS, limit, uuid.uuid4().hex],
+            )
+        )
+        if wait_ms > 0:
+            seconds = max(1, math.ceil(wait_ms / 1000))
+            raise LimitExceeded(
+                429,
+                "rate_limited",
+                f"You may submit {limit} jobs per minute; try again in {seconds} s.",
+                retry_after=seconds,
+            )
+
+
+class StreamSlot:
+    """One open stream; release() is idempotent so every exit path may call it."""
+
+    def __init__(self, slots: StreamSlots, user_id: str) -> None:
+        self._slots = slots
+        self.user_id = user_id
+        self._held = True
+
+    def release(self) -> None:
+        if self._held:
+            self._held = False
+            self._slots._release(self.user_id)
+
+
+class StreamSlots:
+    """Open SSE/WebSocket streams per user on this web process. Handlers call acquire() and release the slot."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._open: dict[str, int] = {}
+
+    def acquire(self, user_id: str) -> StreamSlot:
+        held = self._open.get(user_id, 0)
+        if held >= self.limit:
+            raise LimitExceeded(
+                429,
+                "too_many_streams",
+                f"You already have {held} live streams open (the limit is {self.limit}); close one, or poll "
+                "GET /api/jobs/{id} instead.",
+                retry_after=5,
+            )
+        self._open[user_id] = held + 1
+        return StreamSlot(self, user_id)
+
+    def _release(self, user_id: str) -> None:
+        left = self._open.get(user_id, 0) - 1
+        if left > 0:
+            self._open[user_id] = left
+        else:
+            self._open.pop(user_id, None)
+
+    def held(self, user_id: str) -> int:
+        return self._open.get(user_id, 0)

@@ -1,0 +1,99 @@
+"""Users, their API tokens (as SHA-256 hashes only) and sealed per-job provider keys, in the SQLite store.
+
+Kept apart from the job store's lifecycle code: it shares the store's connection and migrations, nothing else.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import uuid
+from dataclasses import dataclass
+
+from ..crypto import hash_token, new_token
+from ..models import iso, now
+from .sqlite import SQLiteJobStore
+
+
+class UserExists(ValueError):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class User:
+    id: str
+    name: str
+    created_at: float
+
+    def to_public(self) -> dict[str, str | None]:
+        return {"id": self.id, "name": self.name, "created_at": iso(self.created_at)}
+
+
+class UserStore:
+    def __init__(self, store: SQLiteJobStore) -> None:
+        self.store = store
+
+    async def create(self, name: str) -> tuple[User, str]:
+        """A new user and their API token: the token is returned this once and never stored."""
+        token = new_token()
+        user = User(id=uuid.uuid4().hex, name=name, created_at=now())
+        try:
+            await self.store.db.execute(
+                "INSERT INTO users (id, name, token_hash, created_at) VALUES (?, ?, ?, ?)",
+                (user.id, user.name, hash_token(token), user.created_at),
+            )
+        except sqlite3.IntegrityError:
+            raise UserExists(name) from None
+        return user, token
+
+    async def get_or_create(self, name: str) -> User:
+        """The named user, made on first use (the dev demo user); its token is never shown."""
+        found = await self.by_name(name)
+        if found is not None:
+            return found
+        try:
+            user, _ = await self.create(name)
+        except UserExists:
+            found = await self.by_name(name)
+            assert found is not None
+            return found
+        return user
+
+    async def _one(self, sql: str, params: tuple[str, ...]) -> User | None:
+        async with self.store.db.execute(sql, params) as cur:
+            row = await cur.fetchone()
+        return User(id=row["id"], name=row["name"], created_at=row["created_at"]) if row else None
+
+    async def by_token(self, token: str) -> User | None:
+        return await self._one("SELECT id, name, created_at FROM users WHERE token_hash = ?", (hash_token(token),))
+
+    async def by_id(self, user_id: str) -> User | None:
+        return await self._one("SELECT id, name, created_at FROM users WHERE id = ?", (user_id,))
+
+    async def by_name(self, name: str) -> User | None:
+        return await self._one("SELECT id, name, created_at FROM users WHERE name = ?", (name,))
+
+    async def list(self) -> list[User]:
+        async with self.store.db.execute("SELECT id, name, created_at FROM users ORDER BY created_at") as cur:
+            rows = await cur.fetchall()
+        return [User(id=r["id"], name=r["name"], created_at=r["created_at"]) for r in rows]
+
+
+class JobSecrets:
+    """Sealed provider keys, one per job; only ciphertext is ever written, and it is deleted when the job ends."""
+
+    def __init__(self, store: SQLiteJobStore) -> None:
+        self.store = store
+
+    async def put(self, job_id: str, user_id: str, ciphertext: bytes) -> None:
+        await self.store.db.execute(
+            "INSERT INTO job_secrets (job_id, user_id, ciphertext, created_at) VALUES (?, ?, ?, ?)",
+            (job_id, user_id, ciphertext, now()),
+        )
+
+    async def get(self, job_id: str) -> bytes | None:
+        async with self.store.db.execute("SELECT ciphertext FROM job_secrets WHERE job_id = ?", (job_id,)) as cur:
+            row = await cur.fetchone()
+        return bytes(row["ciphertext"]) if row else None
+
+    async def delete(self, job_id: str) -> None:
+        await self.store.db.execute("DELETE FROM job_secrets WHERE job_id = ?", (job_id,))

@@ -1,0 +1,34 @@
+"""What a job cost: tokens from the provider's usage (estimated for the simulated one) times a price table."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .config import parse_prices
+
+
+class PriceTable:
+    """USD per million prompt/completion tokens by model; a dated model name (`gpt-4o-mini-2024-07-18`) takes the
+    price of its longest listed prefix; a model not listed costs None (unknown), never a made-up number."""
+
+    def __init__(self, raw: str) -> None:
+        self.prices = parse_prices(raw)
+
+    def price(self, model: str | None) -> tuple[float, float] | None:
+        if not model:
+            return None
+        if model in self.prices:
+            return self.prices[model]
+        best = max((name for name in self.prices if model.startswith(name)), key=len, default=None)
+        return self.prices[best] if best else None
+
+    def cost(self, model: str | None, prompt_tokens: int, completion_tokens: int) -> float | None:
+        price = self.price(model)
+        if price is None:
+            return None
+        return round((prompt_tokens * price[0] + completion_tokens * price[1]) / 1_000_000, 8)
+
+    def job_cost(self, model: str | None, usage: dict[str, Any] | None) -> float | None:
+        if not usage:
+            return None
+        return self.cost(model, int(usage.get("prompt_tokens", 0)), int(usage.get("completion_tokens", 0)))
