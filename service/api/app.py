@@ -24,6 +24,7 @@ from ..tasks import TaskRegistry, default_registry
 from ..worker import json_deserializer, json_serializer
 from .errors import ApiError, error_response, handle_api_error, handle_http_exception, handle_unexpected
 from .jobs import create_job, get_job
+from .lifecycle import cancel_job, retry_job
 from .state import AppState, app_state
 from .streams import job_events
 
@@ -78,6 +79,7 @@ def create_app(settings: Settings, *, redis_url: str, registry: TaskRegistry | N
             events=events,
             registry=registry,
             max_attempts=settings.max_attempts,
+            max_wait=settings.job_max_wait,
         )
         try:
             yield {"aijobs": AppState(settings, redis, store, events, gateway, jobs)}
@@ -92,6 +94,8 @@ def create_app(settings: Settings, *, redis_url: str, registry: TaskRegistry | N
         Route("/api/jobs", create_job, methods=["POST"]),
         Route("/api/jobs/{job_id}", get_job, methods=["GET"], name="get_job"),
         Route("/api/jobs/{job_id}/events", job_events, methods=["GET"], name="job_events"),
+        Route("/api/jobs/{job_id}/cancel", cancel_job, methods=["POST"], name="cancel_job"),
+        Route("/api/jobs/{job_id}/retry", retry_job, methods=["POST"], name="retry_job"),
         Mount("/static", StaticFiles(directory=STATIC_DIR), name="static"),
     ]
 

@@ -8,7 +8,7 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from ..jobs import JobRequestError
+from ..jobs import JobRequestError, StoreUnavailable
 from .auth import current_user
 from .errors import ApiError, not_found
 from .state import app_state
@@ -48,14 +48,34 @@ async def create_job(request: Request) -> Response:
     state = app_state(request)
     user = current_user(request)
     body = await read_json(request, state.settings.max_body_bytes)
+    key = request.headers.get("idempotency-key")
+    replayed = False
     try:
-        job = await state.jobs.submit(user, body)
+        if key is None:
+            job = await state.jobs.submit(user, body)
+        else:
+            job, created = await state.jobs.submit_idempotent(user, body, key)
+            replayed = not created
     except JobRequestError as exc:
         extra = {"field": exc.field} if exc.field else {}
         raise ApiError(422 if exc.code != "invalid_body" else 400, exc.code, exc.message, **extra) from None
-    payload = state.jobs.public(job)
+    except StoreUnavailable:
+        raise store_unavailable() from None
+    payload = await state.jobs.describe(job)
     payload["links"] = job_links(request, job.id)
-    return JSONResponse(payload, status_code=202, headers={"Location": payload["links"]["self"]})
+    headers = {"Location": payload["links"]["self"]}
+    if replayed:
+        headers["Idempotent-Replayed"] = "true"
+    return JSONResponse(payload, status_code=202, headers=headers)
+
+
+def store_unavailable() -> ApiError:
+    return ApiError(
+        503,
+        "store_unavailable",
+        "The job store cannot take jobs right now; nothing was created. Try again shortly.",
+        headers={"Retry-After": "5"},
+    )
 
 
 async def get_job(request: Request) -> Response:
@@ -70,6 +90,6 @@ async def get_job(request: Request) -> Response:
         headers["X-Poll-Interval"] = str(interval)
     if etag in [t.strip() for t in request.headers.get("if-none-match", "").split(",")]:
         return Response(status_code=304, headers=headers)
-    payload = state.jobs.public(job)
+    payload = await state.jobs.describe(job)
     payload["links"] = job_links(request, job.id)
     return JSONResponse(payload, headers=headers)
