@@ -39,7 +39,9 @@ async def test_cancel_running_job_on_another_process(
             "input": {"messages": [{"role": "user", "content": "Tell me a long story [[slow:20]]"}]},
         }
         job_id = (await client.post("/api/jobs", json=body)).json()["job_id"]
+        deadline = time.monotonic() + 15
         while not (await client.get(f"/api/jobs/{job_id}")).json()["partial_output"]:
+            assert time.monotonic() < deadline, "the job never streamed any output"
             await asyncio.sleep(0.05)
         t0 = time.monotonic()
         c = await client.post(f"/api/jobs/{job_id}/cancel")
