@@ -35,7 +35,7 @@ class Estimate:
 
 
 class QueueEstimator:
-    def __init__(self, store: JobStore, queue: JobQueue, *, cache_seconds: float = 2.0) -> None:
+    def __init__(self, store: JobStore, queue: JobQueue, *, cache_seconds: float = 1.0) -> None:
         self.store = store
         self.queue = queue
         self.cache_seconds = cache_seconds
@@ -47,10 +47,9 @@ class QueueEstimator:
         if cached is not None and time.monotonic() - cached[0] < self.cache_seconds:
             return cached[1]
         recent = await self.store.recent_durations(job_type)
-        if recent:
-            value = sum(recent) / len(recent)
-        else:
-            value = registry.get(job_type).typical_seconds if job_type in registry else 5.0
+        if not recent:  # not cached: the first measurement should count at once
+            return registry.get(job_type).typical_seconds if job_type in registry else 5.0
+        value = sum(recent) / len(recent)
         self._durations[job_type] = (time.monotonic(), value)
         return value
 
