@@ -81,7 +81,10 @@ class Maintenance:
             )
             await self._announce(done)
             if done.status is JobStatus.QUEUED:
-                await self.queue.enqueue(done.id, ticket=done.seq, priority=done.priority)
+                try:
+                    await self.queue.enqueue(done.id, ticket=done.seq, priority=done.priority)
+                except Exception as exc:  # Redis is down: the reconciler enqueues it once Redis is back
+                    log.warning("could not enqueue a taken-over job", extra={"job_id": done.id, "error": repr(exc)})
         return taken
 
     async def reconcile(self) -> int:
