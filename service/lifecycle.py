@@ -91,6 +91,11 @@ class Maintenance:
         """Enqueue every queued job Redis lacks (or holds only as a stale, never-claimed run)."""
         fixed = 0
         for job in await self.store.list_queued(older_than=now() - RECONCILE_GRACE):
+            if job.cancel_requested:  # flagged while running, then given back: it must not wait forever
+                cancelled = await self.store.cancel_queued(job.id, job.user_id)
+                if cancelled is not None:
+                    await self._announce(cancelled)
+                continue
             if await self.queue.holds(job.id, job.seq):
                 stale = job.updated_at < now() - self.settings.lease_seconds and await self.queue.redis.exists(
                     in_progress_key_prefix + arq_job_id(job.id, job.seq)

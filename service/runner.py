@@ -247,6 +247,8 @@ class JobRunner:
         return job
 
     async def _enqueue(self, job: Job, delay: float = 0.0) -> None:
+        if job.status is not JobStatus.QUEUED:  # a cancel arrived while it was being given back
+            return
         try:
             await self.queue.enqueue(job.id, ticket=job.seq, priority=job.priority, defer_seconds=delay)
         except Exception as exc:  # the reconciler enqueues whatever the store has queued and Redis lacks

@@ -239,16 +239,22 @@ class SQLiteJobStore:
         next_model: bool = False,
         record: dict[str, Any] | None = None,
     ) -> Job | None:
-        """Back to the queue: `refund` gives the attempt back (shutdown), `next_model` moves down the fallback chain."""
+        """Back to the queue: `refund` gives the attempt back (shutdown), `next_model` moves down the fallback chain.
+
+        A job flagged for cancel ends `cancelled` instead, since no claim would ever take it again.
+        """
         t = now()
         rec = dumps(record) if record else None
         attempts_sql = "attempts - 1" if refund else ("0" if next_model else "attempts")
         return await self._one(
-            "UPDATE jobs SET status = 'queued', lease_token = NULL, lease_expires_at = NULL, worker_id = NULL, "
+            "UPDATE jobs SET status = CASE WHEN cancel_requested = 1 THEN 'cancelled' ELSE 'queued' END, "
+            "completed_at = CASE WHEN cancel_requested = 1 THEN ? ELSE NULL END, "
+            "lease_token = NULL, lease_expires_at = NULL, worker_id = NULL, "
             f"error = ?, current_step = ?, updated_at = ?, ready_at = ?, seq = seq + 1, attempts = {attempts_sql}, "
             f"model_index = model_index + ?, {_HISTORY_APPEND} "
             f"WHERE id = ? AND lease_token = ? AND status = 'processing' RETURNING {_COLUMNS}",
             (
+                t,
                 dumps(error.to_dict()) if error else None,
                 step,
                 t,
