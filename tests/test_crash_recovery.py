@@ -7,8 +7,10 @@ import signal
 from pathlib import Path
 
 import httpx
+from redis.asyncio import Redis
 
 from service.config import Settings
+from service.events import EventLog
 
 from .conftest import wait_for_status
 from .procs import pid_of, spawn, store_row, workers
@@ -76,6 +78,11 @@ async def test_sigstop_past_lease_late_writes_refused(
             await asyncio.sleep(0.1)
         final = store_row(settings, job_id)
         assert final["status"] == "completed" and final["seq"] == done["last_seq"]  # nothing written after
+        log = await EventLog(client_redis := Redis.from_url(settings.redis_url or "")).read_after(job_id, 0)
+        await client_redis.aclose()
+        seqs = [e.seq for e in log]
+        assert seqs == sorted(set(seqs)) and seqs[-1] == final["seq"]  # one ordered story, ending where the store does
+        assert log[-1].terminal and log[-1].data["status"] == "completed"
 
 
 async def test_poison_pill_ends_worker_lost(client: httpx.AsyncClient, settings: Settings, tmp_path: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 from dataclasses import replace
 from pathlib import Path
 
@@ -101,3 +102,18 @@ async def test_store_that_cannot_take_the_job_is_refused(settings: Settings, tmp
         assert await redis.zcard(settings.queue_name) == 0  # nothing was enqueued either
     finally:
         await redis.aclose()
+
+
+async def test_api_answers_503_when_the_store_refuses(client: httpx.AsyncClient, settings: Settings) -> None:
+    """A store that cannot write (here: a trigger aborting every insert, as a full disk would) gets no 2xx."""
+    with sqlite3.connect(settings.sqlite_path) as db:
+        db.execute("CREATE TRIGGER refuse BEFORE INSERT ON jobs BEGIN SELECT RAISE(ABORT, 'disk full'); END")
+    r = await client.post("/api/jobs", json={"type": "summary", "input": {"text": "x"}})
+    assert r.status_code == 503 and r.json()["error"]["code"] == "store_unavailable"
+    assert int(r.headers["Retry-After"]) > 0
+    assert settings.redis_url
+    with sqlite3.connect(settings.sqlite_path) as db:
+        assert db.execute("SELECT COUNT(*) FROM jobs").fetchone()[0] == 0
+        db.execute("DROP TRIGGER refuse")
+    ok = await client.post("/api/jobs", json={"type": "summary", "input": {"text": "x"}})
+    assert ok.status_code == 202
