@@ -124,6 +124,7 @@ class RunContext:
     _pending: list[str] = field(default_factory=list)
     _last_flush: float = 0.0
     _percentage: float = 0.0
+    _started: float = field(default_factory=time.monotonic)
 
     async def _emit(self, job: Job | None, kind: EventKind, data: dict[str, Any]) -> None:
         if job is None:
@@ -137,7 +138,11 @@ class RunContext:
         await self.flush()
         self._percentage = max(0.0, min(100.0, float(percentage)))
         job = await self.store.progress(self.job_id, self.token, percentage=self._percentage, step=step)
-        await self._emit(job, EventKind.PROGRESS, {"percentage": round(self._percentage, 1), "current_step": step})
+        data: dict[str, Any] = {"percentage": round(self._percentage, 1), "current_step": step}
+        if self._percentage >= 5:  # time left, extrapolated from this attempt's pace so far
+            elapsed = time.monotonic() - self._started
+            data["estimated_time_remaining"] = round(elapsed * (100 - self._percentage) / self._percentage, 1)
+        await self._emit(job, EventKind.PROGRESS, data)
 
     async def delta(self, text: str) -> None:
         if not text:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import signal
+import sqlite3
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -143,3 +145,32 @@ async def test_retry_endpoint_links_new_job(client: httpx.AsyncClient, worker: o
     await wait_for_status(client, ok["job_id"], {"completed"})
     refused = await client.post(f"/api/jobs/{ok['job_id']}/retry")
     assert refused.status_code == 409 and refused.json()["error"]["code"] == "job_not_retryable"
+
+
+async def test_cancel_seen_by_heartbeat_when_the_message_is_lost(client: httpx.AsyncClient, settings: Settings) -> None:
+    """Pub/sub is at-most-once: a flag in the store alone (no message sent) still stops the run."""
+    async with run_worker(replace(settings, heartbeat_seconds=0.3, lease_seconds=3)):
+        body = {"type": "chat", "input": {"messages": [{"role": "user", "content": "Long story [[slow:20]]"}]}}
+        job_id = (await client.post("/api/jobs", json=body)).json()["job_id"]
+        await wait_for_status(client, job_id, {"processing"})
+        with sqlite3.connect(settings.sqlite_path) as db:  # what the API does, minus the control message
+            db.execute("UPDATE jobs SET cancel_requested = 1 WHERE id = ?", (job_id,))
+        done = await wait_for_status(client, job_id, {"cancelled", "completed", "failed"}, timeout=5)
+        assert done["status"] == "cancelled"
+
+
+async def test_cancel_job_of_dead_worker(client: httpx.AsyncClient, settings: Settings, tmp_path: Path) -> None:
+    """The worker died: cancel answers with the flag set, and the sweeper ends the job cancelled, not re-run."""
+    with workers(settings, tmp_path) as started:
+        w = spawn(started, settings, tmp_path)
+        job_id = (await client.post("/api/jobs", json={"type": "summary", "input": {"text": "x [[slow:20]]"}})).json()[
+            "job_id"
+        ]
+        await wait_for_status(client, job_id, {"processing"})
+        w.signal(signal.SIGKILL)
+        await w.wait_exit()
+        c = await client.post(f"/api/jobs/{job_id}/cancel")
+        assert c.status_code == 200 and c.json()["cancel_requested"] is True
+        spawn(started, settings, tmp_path)  # its sweeper finds the lapsed lease
+        done = await wait_for_status(client, job_id, {"cancelled", "completed", "failed"}, timeout=15)
+        assert done["status"] == "cancelled" and done["attempt"] == 1

@@ -9,6 +9,7 @@ from dataclasses import replace
 import httpx
 import pytest
 from arq.connections import RedisSettings, create_pool
+from redis.asyncio import Redis
 
 from service.config import Settings
 from service.events import EventLog, stream_key
@@ -64,6 +65,9 @@ async def test_position_and_eta_are_honest(client: httpx.AsyncClient, settings: 
         if running["status"] == "processing":
             assert running["progress"]["estimated_time_remaining"] is not None
         await wait_for_status(client, ids[-1], {"completed"})
+        events = await EventLog(client_redis := Redis.from_url(settings.redis_url or "")).read_after(ids[-1], 0)
+        await client_redis.aclose()
+    assert any("estimated_time_remaining" in e.data for e in events if e.kind.value == "progress")
     row = store_row(settings, ids[-1])
     actual = row["started_at"] - row["created_at"]
     estimated = queue["estimated_wait"]
