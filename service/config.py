@@ -112,7 +112,7 @@ class Settings:
         },
     )
     shutdown_grace: float = field(
-        default=20.0,
+        default=10.0,
         metadata={"env": "SHUTDOWN_GRACE", "doc": "Seconds a SIGTERMed worker lets running jobs finish"},
     )
     retry_base: float = field(default=1.0, metadata={"env": "RETRY_BASE", "doc": "First retry delay in seconds"})

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import json
 import logging
 import time
 import uuid
@@ -13,7 +14,7 @@ from typing import Any
 from .coordination import publish_cancel
 from .estimates import Estimate, QueueEstimator
 from .events import EventLog
-from .models import Event, EventKind, Job, JobStatus, dumps
+from .models import Event, EventKind, Job, JobStatus
 from .queue import DEFAULT_PRIORITY, JobQueue
 from .runner import status_event
 from .schema import ValidationError, to_dict
@@ -130,7 +131,7 @@ class JobService:
         if not key or len(key) > 255:
             raise JobRequestError("invalid_idempotency_key", "Idempotency-Key must be 1-255 characters.")
         self.validate(body)
-        digest = hashlib.sha256(dumps(body).encode()).hexdigest()
+        digest = hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
         since = time.time() - IDEMPOTENCY_TTL
         job_id = str(uuid.uuid4())
         for _ in range(50):

@@ -129,6 +129,9 @@ async def test_idempotency_key(client: httpx.AsyncClient) -> None:
     assert a.json()["job_id"] == b.json()["job_id"] and b.headers["Idempotent-Replayed"] == "true"
     other = await client.post("/api/jobs", json={**body, "priority": 9}, headers={"Idempotency-Key": "k-1"})
     assert other.status_code == 422 and other.json()["error"]["code"] == "idempotency_key_reused"
+    reordered = {"input": body["input"], "type": body["type"]}  # same request, keys in another order
+    same = await client.post("/api/jobs", json=reordered, headers={"Idempotency-Key": "k-1"})
+    assert same.status_code == 202 and same.json()["job_id"] == a.json()["job_id"]
     fresh = await client.post("/api/jobs", json=body, headers={"Idempotency-Key": "k-2"})
     assert fresh.json()["job_id"] != a.json()["job_id"]
 
