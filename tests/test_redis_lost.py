@@ -44,7 +44,7 @@ async def test_redis_restarted_empty_with_jobs_queued_and_running(
     s = replace(settings, redis_url=redis.url)
     async with serve(create_app(s, redis_url=redis.url)) as live, httpx.AsyncClient(base_url=live.url) as client:
         with workers(s, tmp_path) as started:
-            spawn(started, s, tmp_path, WORKER_CONCURRENCY="1")
+            w = spawn(started, s, tmp_path, WORKER_CONCURRENCY="1")
             running = await client.post("/api/jobs", json={"type": "summary", "input": {"text": "a [[slow:3]]"}})
             running_id = running.json()["job_id"]
             await wait_for_status(client, running_id, {"processing"})
@@ -57,6 +57,8 @@ async def test_redis_restarted_empty_with_jobs_queued_and_running(
                 done = await wait_for_status(client, job_id, {"completed", "failed", "cancelled"}, timeout=40)
                 assert done["status"] == "completed", done
             assert all(store_row(s, j)["status"] == "completed" for j in queued_ids)
+            assert store_row(s, running_id)["attempts"] == 1  # the running job was not disturbed
+            assert w.proc.poll() is None, w.log()[-2000:]  # and the worker rode out the outage
 
 
 async def test_redis_down_while_submitting(settings: Settings, tmp_path: Path, own_redis) -> None:  # type: ignore[no-untyped-def]
