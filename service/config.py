@@ -139,6 +139,49 @@ class Settings:
         default=True, metadata={"env": "LOG_JSON", "doc": "Structured JSON logs (false: plain text)"}
     )
 
+    lease_seconds: float = field(
+        default=30.0, metadata={"env": "LEASE_SECONDS", "doc": "Seconds a run's lease lasts without a heartbeat"}
+    )
+    heartbeat_seconds: float = field(
+        default=10.0, metadata={"env": "HEARTBEAT_SECONDS", "doc": "Seconds between lease renewals of a running job"}
+    )
+    sweep_seconds: float = field(
+        default=15.0,
+        metadata={
+            "env": "SWEEP_SECONDS",
+            "doc": "Seconds between sweeps for lapsed leases, lost queue entries, expiry",
+        },
+    )
+    shutdown_grace: float = field(
+        default=10.0,
+        metadata={"env": "SHUTDOWN_GRACE", "doc": "Seconds a SIGTERMed worker lets running jobs finish"},
+    )
+    retry_base: float = field(default=1.0, metadata={"env": "RETRY_BASE", "doc": "First retry delay in seconds"})
+    retry_cap: float = field(default=30.0, metadata={"env": "RETRY_CAP", "doc": "Longest retry delay in seconds"})
+    ai_fallback_models: tuple[str, ...] = field(
+        default=(),
+        metadata={
+            "env": "AI_FALLBACK_MODELS",
+            "doc": "Chat models tried in order after AI_MODEL fails (comma-separated)",
+        },
+    )
+    job_max_wait: float = field(
+        default=0.0,
+        metadata={"env": "JOB_MAX_WAIT", "doc": "Seconds a job may wait before it expires; 0: its type's (300)"},
+    )
+    retention_completed: float = field(
+        default=7 * 86400.0,
+        metadata={"env": "RETENTION_COMPLETED", "doc": "Seconds completed jobs are kept before they are purged"},
+    )
+    retention_failed: float = field(
+        default=30 * 86400.0,
+        metadata={"env": "RETENTION_FAILED", "doc": "Seconds failed, cancelled and expired jobs are kept"},
+    )
+    event_retention: float = field(
+        default=86400.0,
+        metadata={"env": "EVENT_RETENTION", "doc": "Seconds a finished job's event stream is kept for replay"},
+    )
+
     def __post_init__(self) -> None:
         checks: list[tuple[str, bool, str]] = [
             ("PORT", 0 <= self.port <= 65535, "must be 0-65535"),
@@ -157,6 +200,12 @@ class Settings:
             ("MAX_INPUT_BYTES", _parses(parse_byte_caps, self.max_input_bytes), "must look like type=bytes,..."),
             ("AI_PRICES", _parses(parse_prices, self.ai_prices), "must look like model=in/out,... (USD per 1M)"),
             ("STATS_WINDOW_SECONDS", self.stats_window_seconds > 0, "must be positive"),
+            ("LEASE_SECONDS", self.lease_seconds > 0, "must be positive"),
+            ("HEARTBEAT_SECONDS", 0 < self.heartbeat_seconds < self.lease_seconds, "must be positive and < lease"),
+            ("SWEEP_SECONDS", self.sweep_seconds > 0, "must be positive"),
+            ("SHUTDOWN_GRACE", self.shutdown_grace >= 0, "must be zero or more"),
+            ("RETRY_BASE", self.retry_base >= 0, "must be zero or more"),
+            ("RETRY_CAP", self.retry_cap >= self.retry_base, "must be at least RETRY_BASE"),
             ("DATABASE_URL", self.database_url.startswith("sqlite:///"), "only sqlite:///path is supported so far"),
             (
                 "LOG_LEVEL",

@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import hashlib
+import json
 import logging
+import time
 import uuid
 from typing import Any
 
+from .coordination import publish_cancel
+from .estimates import Estimate, QueueEstimator
 from .events import EventLog
 from .models import Event, EventKind, Job, JobStatus
 from .queue import DEFAULT_PRIORITY, JobQueue
@@ -27,15 +34,31 @@ class JobRequestError(ValueError):
         self.field = field
 
 
+IDEMPOTENCY_TTL = 24 * 3600.0
+
+
+class StoreUnavailable(RuntimeError):
+    """The store could not take the job: nothing was promised, the client should try again later."""
+
+
 class JobService:
     def __init__(
-        self, *, store: JobStore, queue: JobQueue, events: EventLog, registry: TaskRegistry, max_attempts: int
+        self,
+        *,
+        store: JobStore,
+        queue: JobQueue,
+        events: EventLog,
+        registry: TaskRegistry,
+        max_attempts: int,
+        max_wait: float = 0.0,
     ) -> None:
         self.store = store
         self.queue = queue
         self.events = events
         self.registry = registry
         self.max_attempts = max_attempts
+        self.max_wait = max_wait  # 0: each type's own
+        self.estimates = QueueEstimator(store, queue)
 
     def validate(self, body: Any) -> tuple[str, dict[str, Any], int]:
         if not isinstance(body, dict):
@@ -68,10 +91,12 @@ class JobService:
             raise JobRequestError("invalid_input", f"{where} {exc.message}.", field=where) from None
         return job_type, to_dict(parsed), priority
 
-    async def submit(self, user_id: str, body: Any, *, job_id: str | None = None) -> Job:
+    async def submit(self, user_id: str, body: Any, *, job_id: str | None = None, retry_of: str | None = None) -> Job:
         """Store first, then announce, then enqueue: a 202 is only given for a job the store holds.
 
-        `job_id` is given when something must be stored under the id before the job (a sealed provider key)."""
+        If Redis is down the job is still accepted (the store has it) and the reconciler enqueues it later;
+        if the store cannot take it, StoreUnavailable (503) and nothing was promised.
+        """
         job_type, job_input, priority = self.validate(body)
         spec = self.registry.get(job_type)
         job = Job(
@@ -82,12 +107,107 @@ class JobService:
             priority=priority,
             max_attempts=spec.max_attempts or self.max_attempts,
             current_step="Waiting for a worker…",
+            retry_of=retry_of,
         )
-        await self.store.create(job)
-        await self.events.publish(user_id, status_event(job))
-        await self.queue.enqueue(job.id, attempt=0, priority=priority)
+        job.ready_at = job.created_at
+        job.expires_at = job.created_at + (self.max_wait or spec.max_wait)
+        try:
+            await self.store.create(job)
+        except Exception as exc:
+            log.error("the store refused a job", extra={"error": repr(exc)})
+            raise StoreUnavailable() from exc
+        try:
+            await self.events.publish(user_id, status_event(job))
+            await self.queue.enqueue(job.id, ticket=job.seq, priority=priority)
+        except Exception as exc:
+            log.warning(
+                "job stored but not enqueued; the reconciler will", extra={"job_id": job.id, "error": repr(exc)}
+            )
         log.info("job accepted", extra={"job_id": job.id, "type": job_type, "user_id": user_id})
         return job
+
+    async def submit_idempotent(
+        self, user_id: str, body: Any, key: str, *, job_id: str | None = None
+    ) -> tuple[Job, bool]:
+        """The same key and body within 24 h gives the same job (False: not new); another body is refused."""
+        if not key or len(key) > 255:
+            raise JobRequestError("invalid_idempotency_key", "Idempotency-Key must be 1-255 characters.")
+        self.validate(body)
+        digest = hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+        since = time.time() - IDEMPOTENCY_TTL
+        job_id = job_id or str(uuid.uuid4())
+        for _ in range(50):
+            try:
+                held = await self.store.idempotency_get(user_id, key, since=since)
+                if held is None and await self.store.idempotency_put(user_id, key, digest, job_id, since=since):
+                    return await self.submit(user_id, body, job_id=job_id), True
+                held = held or await self.store.idempotency_get(user_id, key, since=since)
+            except StoreUnavailable:
+                raise
+            except Exception as exc:
+                raise StoreUnavailable() from exc
+            if held is not None:
+                if held[0] != digest:
+                    raise JobRequestError(
+                        "idempotency_key_reused",
+                        "This Idempotency-Key was already used with a different request body.",
+                    )
+                existing = await self.store.get(held[1])
+                if existing is not None:
+                    return existing, False
+            await asyncio.sleep(0.05)  # the first request holds the key and is still storing its job
+        raise StoreUnavailable()
+
+    async def cancel(self, user_id: str, job_id: str, *, wait: float = 2.0) -> Job | None:
+        """Cancel a job: queued ones at once, running ones by their worker (within ~1 s); None if unknown.
+
+        Raises JobRequestError('job_finished') for a job that already ended other than cancelled.
+        """
+        job = await self.store.cancel_queued(job_id, user_id)
+        if job is not None:
+            await self._announce(job)
+            return job
+        job = await self.store.request_cancel(job_id, user_id)
+        if job is None:
+            job = await self.store.get_owned(job_id, user_id)
+            if job is None:
+                return None
+            if job.status is JobStatus.CANCELLED:
+                return job
+            if job.terminal:
+                raise JobRequestError("job_finished", f"The job already ended ({job.status.value}); nothing to cancel.")
+            return await self.cancel(user_id, job_id, wait=wait)  # it changed state under us: try again
+        with contextlib.suppress(Exception):
+            await publish_cancel(self.queue.redis, job_id)
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:  # answer with the outcome when the worker is quick, as it should be
+            current = await self.store.get(job_id)
+            if current is None or current.terminal:
+                return current
+            await asyncio.sleep(0.05)
+        return await self.store.get(job_id)
+
+    async def retry(self, user_id: str, job_id: str) -> Job | None:
+        """A new job with the same request, linked to the old one; only for jobs that did not complete."""
+        old = await self.store.get_owned(job_id, user_id)
+        if old is None:
+            return None
+        if old.status not in (JobStatus.FAILED, JobStatus.CANCELLED, JobStatus.EXPIRED):
+            raise JobRequestError(
+                "job_not_retryable", f"Only failed, cancelled or expired jobs can be retried; this one is {old.status}."
+            )
+        body = {"type": old.type, "input": old.input, "priority": old.priority}
+        return await self.submit(user_id, body, retry_of=old.id)
+
+    async def _announce(self, job: Job) -> None:
+        try:
+            await self.events.publish(job.user_id, status_event(job))
+        except Exception as exc:
+            log.warning("could not publish an event", extra={"job_id": job.id, "error": repr(exc)})
+
+    async def describe(self, job: Job) -> dict[str, Any]:
+        """The public job with honest estimates: queue position and wait, or time remaining."""
+        return self.public(job, estimate=await self.estimates.estimate(job, self.registry))
 
     def poll_interval(self, job: Job) -> float | None:
         if job.terminal:
@@ -104,10 +224,14 @@ class JobService:
             return round(max(0.0, elapsed * (100 - job.percentage) / job.percentage), 1)
         return round(typical * (1 - job.percentage / 100), 1)
 
-    def public(self, job: Job) -> dict[str, Any]:
-        return job.to_public(eta=self.eta(job), poll_interval=self.poll_interval(job))
+    def public(self, job: Job, *, estimate: Estimate | None = None) -> dict[str, Any]:
+        eta = estimate.remaining if estimate is not None else self.eta(job)
+        body = job.to_public(eta=eta, poll_interval=self.poll_interval(job))
+        body["queue"] = estimate.queue_dict() if estimate is not None and job.status is JobStatus.QUEUED else None
+        return body
 
-    def snapshot_event(self, job: Job, *, reason: str) -> Event:
+    def snapshot_event(self, job: Job, *, reason: str, estimate: Estimate | None = None) -> Event:
         """The whole job as one event: the first thing a new watcher gets, and the answer to a gap."""
         kind = EventKind.SNAPSHOT
-        return Event(job_id=job.id, seq=job.seq, kind=kind, data={"reason": reason, "job": self.public(job)})
+        data = {"reason": reason, "job": self.public(job, estimate=estimate)}
+        return Event(job_id=job.id, seq=job.seq, kind=kind, data=data)

@@ -72,6 +72,13 @@ class Job:
     started_at: float | None = None
     completed_at: float | None = None
     updated_at: float = field(default_factory=now)
+    lease_expires_at: float | None = None
+    cancel_requested: bool = False
+    ready_at: float | None = None  # when a queued job may run (later than now while a retry backs off)
+    expires_at: float | None = None  # a job not started by then becomes `expired`
+    history: list[dict[str, Any]] = field(default_factory=list)  # one entry per finished attempt
+    model_index: int = 0  # position in the type's model fallback chain
+    retry_of: str | None = None
 
     @property
     def terminal(self) -> bool:
@@ -103,6 +110,14 @@ class Job:
             "completed_at": iso(self.completed_at),
             "updated_at": iso(self.updated_at),
         }
+        body["cancel_requested"] = self.cancel_requested
+        body["next_attempt_at"] = (
+            iso(self.ready_at)
+            if self.status is JobStatus.QUEUED and self.ready_at and self.ready_at > now() and self.attempts
+            else None
+        )
+        body["attempts"] = self.history
+        body["retry_of"] = self.retry_of
         if poll_interval is not None:
             body["poll_interval"] = poll_interval
         return body

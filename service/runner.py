@@ -8,21 +8,24 @@ store accepted is published as an event, with the seq the store gave it. A run t
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import random
 import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from .coordination import ProviderBackoff
 from .events import EventLog
-from .models import Event, EventKind, Job, JobError, JobStatus
+from .models import Event, EventKind, Job, JobError, JobStatus, iso, now
 from .providers.base import ChatMessage, ChatResult, ImageResult, Provider, Usage
-from .providers.errors import ProviderError
+from .providers.errors import ProviderError, RateLimited
 from .queue import JobQueue
 from .schema import ValidationError
 from .store.base import JobStore
-from .tasks.registry import TaskRegistry
+from .tasks.registry import TaskRegistry, TaskSpec
 
 log = logging.getLogger("aijobs.runner")
 
@@ -48,6 +51,8 @@ def status_data(job: Job) -> dict[str, Any]:
         )
     elif job.error:
         data["error"] = job.error.to_dict()
+    if job.status is JobStatus.QUEUED and job.attempts and job.ready_at and job.ready_at > now():
+        data["next_attempt_at"] = iso(job.ready_at)
     return data
 
 
@@ -58,10 +63,11 @@ def status_event(job: Job) -> Event:
 class RecordingProvider:
     """Wraps the provider for one run, to learn which model answered and how many tokens it cost."""
 
-    def __init__(self, inner: Provider) -> None:
+    def __init__(self, inner: Provider, *, model: str | None = None) -> None:
         self._inner = inner
         self.name = inner.name
-        self.default_model = inner.default_model
+        self.default_model = model or inner.default_model
+        self.requested = model  # the fallback chain's model for this attempt, if the type has a chain
         self.model: str | None = None
         self.prompt_tokens = 0
         self.completion_tokens = 0
@@ -74,6 +80,8 @@ class RecordingProvider:
         self.estimated = self.estimated or usage.estimated
 
     async def chat(self, messages: list[ChatMessage], **kwargs: Any) -> ChatResult:
+        if self.requested and not kwargs.get("model"):
+            kwargs["model"] = self.requested
         result = await self._inner.chat(messages, **kwargs)
         self._record(result.model, result.usage)
         return result
@@ -117,17 +125,25 @@ class RunContext:
     _pending: list[str] = field(default_factory=list)
     _last_flush: float = 0.0
     _percentage: float = 0.0
+    _started: float = field(default_factory=time.monotonic)
 
     async def _emit(self, job: Job | None, kind: EventKind, data: dict[str, Any]) -> None:
         if job is None:
             raise LeaseLost(self.job_id)
-        await self.events.publish(self.user_id, Event(job_id=self.job_id, seq=job.seq, kind=kind, data=data))
+        try:
+            await self.events.publish(self.user_id, Event(job_id=self.job_id, seq=job.seq, kind=kind, data=data))
+        except Exception as exc:  # the store took the write; a watcher resyncs from it
+            log.warning("could not publish an event", extra={"job_id": self.job_id, "error": repr(exc)})
 
     async def progress(self, percentage: float, step: str | None = None) -> None:
         await self.flush()
         self._percentage = max(0.0, min(100.0, float(percentage)))
         job = await self.store.progress(self.job_id, self.token, percentage=self._percentage, step=step)
-        await self._emit(job, EventKind.PROGRESS, {"percentage": round(self._percentage, 1), "current_step": step})
+        data: dict[str, Any] = {"percentage": round(self._percentage, 1), "current_step": step}
+        if self._percentage >= 5:  # time left, extrapolated from this attempt's pace so far
+            elapsed = time.monotonic() - self._started
+            data["estimated_time_remaining"] = round(elapsed * (100 - self._percentage) / self._percentage, 1)
+        await self._emit(job, EventKind.PROGRESS, data)
 
     async def delta(self, text: str) -> None:
         if not text:
@@ -153,8 +169,36 @@ class RunContext:
 ProviderKeyOpener = Callable[[Job], Awaitable[str | None]]  # the user's own provider key for a job, if any
 
 
+class HeldBack(Exception):
+    """The job's provider/model is paused (a shared 429 back-off): wait in the queue, spend no attempt."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__(f"provider paused for {seconds:.1f} s")
+        self.seconds = seconds
+
+
+@dataclass
+class ActiveRun:
+    """One attempt in flight in this process: its token, its task, and why we stopped it (if we did)."""
+
+    job_id: str
+    token: str
+    task: asyncio.Task[Any] | None = None
+    stop_reason: str | None = None  # "cancel" | "lease_lost"
+
+    def stop(self, reason: str) -> None:
+        if self.stop_reason is None:
+            self.stop_reason = reason
+        if self.task is not None and not self.task.done():
+            self.task.cancel()
+
+
 class JobRunner:
-    """Runs one attempt of one job; shared by every arq job in a worker process."""
+    """Runs one attempt of one job; shared by every arq job in a worker process.
+
+    The attempt holds a lease in the store, renewed by a heartbeat; a heartbeat that finds the lease gone
+    (taken over after a pause) or the job flagged for cancel stops the task at once.
+    """
 
     def __init__(
         self,
@@ -167,6 +211,12 @@ class JobRunner:
         worker_id: str,
         default_timeout: float,
         provider_keys: ProviderKeyOpener | None = None,
+        lease_seconds: float = 30.0,
+        heartbeat_seconds: float = 10.0,
+        retry_base: float = 1.0,
+        retry_cap: float = 30.0,
+        chat_models: tuple[str, ...] = (),
+        backoff: ProviderBackoff | None = None,
     ) -> None:
         self.store = store
         self.events = events
@@ -176,21 +226,61 @@ class JobRunner:
         self.worker_id = worker_id
         self.default_timeout = default_timeout
         self.provider_keys: ProviderKeyOpener | None = provider_keys
+        self.lease_seconds = lease_seconds
+        self.heartbeat_seconds = heartbeat_seconds
+        self.retry_base = retry_base
+        self.retry_cap = retry_cap
+        self.chat_models = chat_models
+        self.backoff = backoff
+        self.active: dict[str, ActiveRun] = {}
+
+    def cancel_local(self, job_id: str) -> None:
+        """A cancel message arrived: stop the run if this process holds it (others ignore it)."""
+        run = self.active.get(job_id)
+        if run is not None:
+            run.stop("cancel")
+
+    def chain(self, spec: TaskSpec[Any]) -> tuple[str, ...]:
+        if spec.models:
+            return spec.models
+        return self.chat_models if spec.kind == "chat" else ()
+
+    def _model_at(self, spec: TaskSpec[Any], index: int) -> str | None:
+        chain = self.chain(spec)
+        return chain[min(index, len(chain) - 1)] if chain else None
 
     async def _announce(self, job: Job | None) -> Job | None:
         if job is not None:
-            await self.events.publish(job.user_id, status_event(job))
+            try:
+                await self.events.publish(job.user_id, status_event(job))
+            except Exception as exc:  # the store holds the truth; watchers resync from it
+                log.warning("could not publish an event", extra={"job_id": job.id, "error": repr(exc)})
         return job
 
-    async def run(self, job_id: str) -> str:
+    async def _enqueue(self, job: Job, delay: float = 0.0) -> None:
+        if job.status is not JobStatus.QUEUED:  # a cancel arrived while it was being given back
+            return
+        try:
+            await self.queue.enqueue(job.id, ticket=job.seq, priority=job.priority, defer_seconds=delay)
+        except Exception as exc:  # the reconciler enqueues whatever the store has queued and Redis lacks
+            log.warning("could not enqueue; the reconciler will", extra={"job_id": job.id, "error": repr(exc)})
+
+    async def run(self, job_id: str, ticket: int | None = None) -> str:
+        if self.backoff is not None:
+            await self._check_backoff(job_id, ticket)
         token = uuid.uuid4().hex
-        job = await self._announce(await self.store.claim(job_id, worker_id=self.worker_id, token=token))
+        job = await self._announce(
+            await self.store.claim(
+                job_id, worker_id=self.worker_id, token=token, ticket=ticket, lease_seconds=self.lease_seconds
+            )
+        )
         if job is None:
             current = await self.store.get(job_id)
             log.info("job not claimable", extra={"job_id": job_id, "status": current and current.status.value})
             return "skipped"
         spec = self.registry.get(job.type)
-        ai = RecordingProvider(self.provider)
+        model = self._model_at(spec, job.model_index)
+        ai = RecordingProvider(self.provider, model=model)
         ctx = RunContext(
             job_id=job.id,
             user_id=job.user_id,
@@ -201,68 +291,179 @@ class JobRunner:
             store=self.store,
             events=self.events,
         )
+        run = ActiveRun(job.id, token)
+        self.active[job.id] = run
+        heartbeat = asyncio.create_task(self._heartbeat(run))
         started = time.monotonic()
         log.info("job started", extra={"job_id": job.id, "type": job.type, "attempt": job.attempts})
         try:
-            data = spec.parse_input(job.input)
-            if self.provider_keys is not None:
-                ctx.api_key = await self.provider_keys(job)  # the user's own key, decrypted just in time
-            result = await asyncio.wait_for(spec.fn(ctx, data), timeout=spec.timeout or self.default_timeout)
+            run.task = asyncio.create_task(self._attempt(spec, ctx, job))
+            try:
+                result = await run.task
+            except asyncio.CancelledError:
+                current = asyncio.current_task()
+                if run.stop_reason == "cancel":
+                    await asyncio.shield(self._cancelled(job, token, ctx, time.monotonic() - started))
+                    if current is not None and current.cancelling():
+                        raise
+                    return "cancelled"
+                if run.stop_reason == "lease_lost" and not (current is not None and current.cancelling()):
+                    log.warning("lease lost, run stopped", extra={"job_id": job.id})
+                    return "lease_lost"
+                # Shutdown: give the job back without spending the attempt.
+                await self._give_back(job, token, ctx)
+                raise
+            except LeaseLost:
+                log.warning("lease lost, run abandoned", extra={"job_id": job.id})
+                return "lease_lost"
+            except Exception as exc:
+                return await self._failed(job, spec, token, ctx, exc, time.monotonic() - started)
+            seconds = time.monotonic() - started
+            finished = await self._announce(
+                await self.store.finish(
+                    job.id,
+                    token,
+                    status=JobStatus.COMPLETED,
+                    result=result,
+                    model=ai.model,
+                    usage=ai.usage(),
+                    record=attempt_record(job, ai.model or model or ai.default_model, None, seconds),
+                )
+            )
+            log.info("job completed", extra={"job_id": job.id, "type": job.type, "seconds": round(seconds, 3)})
+            return "completed" if finished else "lease_lost"
+        finally:
+            heartbeat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await heartbeat
+            if self.active.get(job.id) is run:
+                del self.active[job.id]
+
+    async def _check_backoff(self, job_id: str, ticket: int | None) -> None:
+        job = await self.store.get(job_id)
+        if job is None or job.status is not JobStatus.QUEUED or (ticket is not None and job.seq != ticket):
+            return  # the claim will refuse it
+        spec = self.registry.get(job.type)
+        model = self._model_at(spec, job.model_index) or self.provider.default_model
+        assert self.backoff is not None
+        wait = await self.backoff.remaining(self.provider.name, model)
+        if wait > 0:
+            raise HeldBack(wait)
+
+    async def _attempt(self, spec: TaskSpec[Any], ctx: RunContext, job: Job) -> Any:
+        data = spec.parse_input(job.input)
+        if self.provider_keys is not None:
+            ctx.api_key = await self.provider_keys(job)  # the user's own key, decrypted just in time
+        result = await asyncio.wait_for(spec.fn(ctx, data), timeout=spec.timeout or self.default_timeout)
+        await ctx.flush()
+        return result
+
+    async def _heartbeat(self, run: ActiveRun) -> None:
+        """Renew the lease; stop the run when it is gone, flagged for cancel, or unrenewable for a whole lease."""
+        last_ok = time.monotonic()
+        while True:
+            await asyncio.sleep(self.heartbeat_seconds)
+            try:
+                job = await self.store.renew(run.job_id, run.token, lease_seconds=self.lease_seconds)
+            except Exception as exc:
+                log.warning("lease renewal failed", extra={"job_id": run.job_id, "error": repr(exc)})
+                if time.monotonic() - last_ok > self.lease_seconds:
+                    run.stop("lease_lost")
+                    return
+                continue
+            if job is None:
+                run.stop("lease_lost")
+                return
+            last_ok = time.monotonic()
+            if job.cancel_requested:
+                run.stop("cancel")
+                return
+
+    async def _cancelled(self, job: Job, token: str, ctx: RunContext, seconds: float) -> None:
+        """Stopped on request: keep the partial output, say `cancelled`, all fenced by this run's token."""
+        try:
             await ctx.flush()
-        except asyncio.CancelledError:
-            # Shutdown: give the job back without spending the attempt; arq will run it again.
-            await self._give_back(job, token, ctx)
-            raise
         except LeaseLost:
-            log.warning("lease lost, run abandoned", extra={"job_id": job.id})
-            return "lease_lost"
-        except Exception as exc:
-            return await self._failed(job, token, ctx, exc, time.monotonic() - started)
-        finished = await self._announce(
+            return
+        error = JobError(message="Cancelled on request.", code="cancelled", retryable=False)
+        await self._announce(
             await self.store.finish(
-                job.id, token, status=JobStatus.COMPLETED, result=result, model=ai.model, usage=ai.usage()
+                job.id,
+                token,
+                status=JobStatus.CANCELLED,
+                model=ctx.ai.model,
+                usage=ctx.ai.usage(),
+                record=attempt_record(job, ctx.ai.model or ctx.ai.requested, error, seconds),
             )
         )
-        log.info(
-            "job completed",
-            extra={"job_id": job.id, "type": job.type, "seconds": round(time.monotonic() - started, 3)},
-        )
-        return "completed" if finished else "lease_lost"
+        log.info("job cancelled", extra={"job_id": job.id})
 
     async def _give_back(self, job: Job, token: str, ctx: RunContext) -> None:
+        async def give_back() -> None:
+            with contextlib.suppress(LeaseLost):
+                await ctx.flush()
+            requeued = await self._announce(
+                await self.store.requeue(job.id, token, error=None, step="Waiting for a worker…", refund=True)
+            )
+            if requeued is not None:
+                await self._enqueue(requeued)
+                log.info("job given back on shutdown", extra={"job_id": job.id})
+
         try:
-            await asyncio.shield(self._requeue(job, token, ctx, None, "Waiting for a worker…"))
+            await asyncio.shield(give_back())
         except Exception:
             log.exception("could not give the job back", extra={"job_id": job.id})
 
-    async def _requeue(self, job: Job, token: str, ctx: RunContext, error: JobError | None, step: str) -> Job | None:
-        if ctx._pending:
-            await ctx.flush()
-        return await self._announce(await self.store.requeue(job.id, token, error=error, step=step))
-
-    async def _failed(self, job: Job, token: str, ctx: RunContext, exc: Exception, seconds: float) -> str:
+    async def _failed(
+        self, job: Job, spec: TaskSpec[Any], token: str, ctx: RunContext, exc: Exception, seconds: float
+    ) -> str:
         error = to_job_error(exc)
+        model = ctx.ai.model or ctx.ai.requested or self.provider.default_model
+        record = attempt_record(job, model, error, seconds)
         if ctx._pending:
             try:
                 await ctx.flush()
             except LeaseLost:
                 return "lease_lost"
+        retry_after = getattr(exc, "retry_after", None)
+        if isinstance(exc, RateLimited) and retry_after and self.backoff is not None:
+            with contextlib.suppress(Exception):
+                await self.backoff.pause(self.provider.name, model, float(retry_after))
+        chain = self.chain(spec)
         if error.retryable and job.attempts < job.max_attempts:
-            delay = retry_delay(job.attempts, getattr(exc, "retry_after", None))
-            requeued = await self._requeue(
-                job, token, ctx, error, f"Retrying in {delay:.0f} s (attempt {job.attempts + 1} of {job.max_attempts})…"
+            delay = retry_delay(job.attempts, retry_after, base=self.retry_base, cap=self.retry_cap)
+            step = f"Retrying in {delay:.0f} s (attempt {job.attempts + 1} of {job.max_attempts})…"
+            requeued = await self._announce(
+                await self.store.requeue(job.id, token, error=error, step=step, delay=delay, record=record)
             )
             if requeued is None:
                 return "lease_lost"
-            await self.queue.enqueue(job.id, attempt=requeued.attempts, priority=job.priority, defer_seconds=delay)
+            await self._enqueue(requeued, delay)
             log.warning(
                 "job attempt failed, retrying",
                 extra={"job_id": job.id, "code": error.code, "attempt": job.attempts, "delay": delay},
             )
             return "retrying"
+        if job.model_index + 1 < len(chain):
+            following = chain[job.model_index + 1]
+            step = f"{model} failed ({error.code}); trying {following}…"
+            requeued = await self._announce(
+                await self.store.requeue(job.id, token, error=error, step=step, next_model=True, record=record)
+            )
+            if requeued is None:
+                return "lease_lost"
+            await self._enqueue(requeued)
+            log.warning("model failed, falling back", extra={"job_id": job.id, "model": model, "next": following})
+            return "fallback"
         finished = await self._announce(
             await self.store.finish(
-                job.id, token, status=JobStatus.FAILED, error=error, model=ctx.ai.model, usage=ctx.ai.usage()
+                job.id,
+                token,
+                status=JobStatus.FAILED,
+                error=error,
+                model=ctx.ai.model,
+                usage=ctx.ai.usage(),
+                record=record,
             )
         )
         log.warning(
@@ -272,10 +473,19 @@ class JobRunner:
         return "failed" if finished else "lease_lost"
 
 
-def retry_delay(attempt: int, retry_after: float | None, *, base: float = 1.0, cap: float = 30.0) -> float:
-    """Exponential backoff with full jitter over the upper half; a provider's Retry-After wins."""
-    import random
+def attempt_record(job: Job, model: str | None, error: JobError | None, seconds: float) -> dict[str, Any]:
+    """One line of a job's attempt history: which model, what went wrong (if anything), how long it took."""
+    return {
+        "attempt": job.attempts,
+        "model": model,
+        "error": error.code if error else None,
+        "seconds": round(seconds, 3),
+        "at": iso(now()),
+    }
 
+
+def retry_delay(attempt: int, retry_after: float | None, *, base: float = 1.0, cap: float = 30.0) -> float:
+    """Exponential backoff (base × 2^(n-1), capped) with jitter over the upper half; a provider's Retry-After wins."""
     if retry_after is not None:
         return max(0.0, float(retry_after))
     ceiling = min(cap, base * 2 ** (attempt - 1))

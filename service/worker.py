@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import os
 import socket
@@ -9,17 +11,19 @@ import uuid
 from typing import Any
 
 import httpx
-from arq import Worker, func
+from arq import Retry, Worker, cron, func
 from arq.connections import RedisSettings
 
 from .config import Settings
+from .coordination import ProviderBackoff, listen_for_cancels, unregister_worker
 from .crypto import KeyBox, load_server_secret
 from .events import EventLog
+from .lifecycle import Maintenance
 from .provider_keys import ProviderKeys
 from .providers.base import Provider
 from .providers.factory import build_provider
-from .queue import RUN_JOB_FUNCTION, JobQueue
-from .runner import JobRunner
+from .queue import RUN_JOB_FUNCTION, JobQueue, parse_arq_job_id
+from .runner import HeldBack, JobRunner
 from .store import open_store
 from .store.users import JobSecrets
 from .tasks import TaskRegistry, default_registry
@@ -36,10 +40,19 @@ def json_deserializer(raw: bytes) -> Any:
 
 async def run_job(ctx: dict[str, Any], job_id: str) -> str:
     runner: JobRunner = ctx["runner"]
-    outcome = await runner.run(job_id)
+    _, ticket = parse_arq_job_id(str(ctx.get("job_id", "")))
+    try:
+        outcome = await runner.run(job_id, ticket)
+    except HeldBack as held:  # a shared provider back-off: wait in the queue, no attempt spent
+        raise Retry(defer=held.seconds) from None
     if outcome in ("completed", "failed"):  # the job is over: its sealed provider key (if any) goes too
         await ctx["provider_keys"].forget(job_id)
     return outcome
+
+
+async def cleanup_job(ctx: dict[str, Any]) -> int:
+    maintenance: Maintenance = ctx["maintenance"]
+    return await maintenance.cleanup()
 
 
 def build_worker(
@@ -73,20 +86,42 @@ def build_worker(
         )
         await heartbeat.start()
         ctx.update(store=store, http=http, provider=ai, provider_keys=keys, heartbeat=heartbeat)
-        ctx["runner"] = JobRunner(
+        events = EventLog(ctx["redis"], maxlen=settings.event_stream_maxlen)
+        queue = JobQueue(ctx["redis"], queue_name=settings.queue_name)
+        chat_models = (settings.ai_model, *settings.ai_fallback_models) if settings.ai_fallback_models else ()
+        runner = ctx["runner"] = JobRunner(
             store=store,
-            events=EventLog(ctx["redis"], maxlen=settings.event_stream_maxlen),
-            queue=JobQueue(ctx["redis"], queue_name=settings.queue_name),
+            events=events,
+            queue=queue,
             registry=registry,
             provider=ai,
             worker_id=worker_id,
             default_timeout=settings.job_timeout,
             provider_keys=keys,
+            lease_seconds=settings.lease_seconds,
+            heartbeat_seconds=settings.heartbeat_seconds,
+            retry_base=settings.retry_base,
+            retry_cap=settings.retry_cap,
+            chat_models=chat_models,
+            backoff=ProviderBackoff(ctx["redis"]),
         )
+        maintenance = ctx["maintenance"] = Maintenance(
+            store=store, queue=queue, events=events, settings=settings, worker_id=worker_id
+        )
+        ctx["background"] = [
+            asyncio.create_task(maintenance.run_forever()),
+            asyncio.create_task(listen_for_cancels(ctx["redis"], runner.cancel_local)),
+        ]
 
     async def shutdown(ctx: dict[str, Any]) -> None:
         if "heartbeat" in ctx:
             await ctx["heartbeat"].stop()
+        for task in ctx.get("background", []):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        with contextlib.suppress(Exception):
+            await unregister_worker(ctx["redis"], settings.queue_name, worker_id, settings.worker_concurrency)
         if "store" in ctx:
             await ctx["store"].close()
         if provider is None and "provider" in ctx:
@@ -97,6 +132,8 @@ def build_worker(
     max_timeout = max([settings.job_timeout, *(s.timeout or 0 for s in registry)])
     return Worker(
         functions=[func(run_job, name=RUN_JOB_FUNCTION, max_tries=1000, timeout=max_timeout + 30)],
+        cron_jobs=[cron(cleanup_job, name="aijobs:cleanup", second={0}, unique=True, timeout=60)],
+        job_completion_wait=settings.shutdown_grace,  # type: ignore[arg-type]  # SIGTERM: finish, then give back
         queue_name=settings.queue_name,
         redis_settings=RedisSettings.from_dsn(redis_url),
         on_startup=startup,

@@ -29,6 +29,7 @@ from .auth import AuthMiddleware
 from .errors import ApiError, error_response, handle_api_error, handle_http_exception, handle_unexpected
 from .history import list_jobs
 from .jobs import create_job, get_job
+from .lifecycle import cancel_job, retry_job
 from .openapi import openapi_json
 from .state import AppState, app_state
 from .stats import stats
@@ -87,6 +88,7 @@ def create_app(settings: Settings, *, redis_url: str, registry: TaskRegistry | N
             events=events,
             registry=registry,
             max_attempts=settings.max_attempts,
+            max_wait=settings.job_max_wait,
         )
         accounts = build_accounts(settings, store, redis)
         try:
@@ -108,6 +110,8 @@ def create_app(settings: Settings, *, redis_url: str, registry: TaskRegistry | N
         Route("/api/session", delete_session, methods=["DELETE"]),
         Route("/api/me", me, methods=["GET"]),
         Route("/api/openapi.json", openapi_json(registry), methods=["GET"]),
+        Route("/api/jobs/{job_id}/cancel", cancel_job, methods=["POST"], name="cancel_job"),
+        Route("/api/jobs/{job_id}/retry", retry_job, methods=["POST"], name="retry_job"),
         Mount("/static", StaticFiles(directory=STATIC_DIR), name="static"),
     ]
 

@@ -8,7 +8,7 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from ..jobs import JobRequestError
+from ..jobs import JobRequestError, StoreUnavailable
 from .auth import current_user
 from .errors import ApiError, not_found
 from .state import app_state
@@ -50,17 +50,37 @@ async def create_job(request: Request) -> Response:
     user = current_user(request)
     body = await read_json(request, state.settings.max_body_bytes)
     provider_key = take_provider_key(request, body)
+    key = request.headers.get("idempotency-key")
+    replayed = False
     try:
         job_type, job_input, _ = state.jobs.validate(body)
         await check_limits(request, user, job_type, job_input)
         job_id = await seal_provider_key(request, user, provider_key) if provider_key else None
-        job = await state.jobs.submit(user, body, job_id=job_id)
+        if key is None:
+            job = await state.jobs.submit(user, body, job_id=job_id)
+        else:
+            job, created = await state.jobs.submit_idempotent(user, body, key, job_id=job_id)
+            replayed = not created
     except JobRequestError as exc:
         extra = {"field": exc.field} if exc.field else {}
         raise ApiError(422 if exc.code != "invalid_body" else 400, exc.code, exc.message, **extra) from None
-    payload = state.jobs.public(job)
+    except StoreUnavailable:
+        raise store_unavailable() from None
+    payload = await state.jobs.describe(job)
     payload["links"] = job_links(request, job.id)
-    return JSONResponse(payload, status_code=202, headers={"Location": payload["links"]["self"]})
+    headers = {"Location": payload["links"]["self"]}
+    if replayed:
+        headers["Idempotent-Replayed"] = "true"
+    return JSONResponse(payload, status_code=202, headers=headers)
+
+
+def store_unavailable() -> ApiError:
+    return ApiError(
+        503,
+        "store_unavailable",
+        "The job store cannot take jobs right now; nothing was created. Try again shortly.",
+        headers={"Retry-After": "5"},
+    )
 
 
 async def get_job(request: Request) -> Response:
@@ -75,6 +95,6 @@ async def get_job(request: Request) -> Response:
         headers["X-Poll-Interval"] = str(interval)
     if etag in [t.strip() for t in request.headers.get("if-none-match", "").split(",")]:
         return Response(status_code=304, headers=headers)
-    payload = state.jobs.public(job)
+    payload = await state.jobs.describe(job)
     payload["links"] = job_links(request, job.id)
     return JSONResponse(payload, headers=headers)

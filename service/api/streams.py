@@ -69,7 +69,8 @@ class JobWatch:
         if job is None:
             self.done = True
             return []
-        event = self.jobs.snapshot_event(job, reason=reason)
+        estimate = await self.jobs.estimates.estimate(job, self.jobs.registry)
+        event = self.jobs.snapshot_event(job, reason=reason, estimate=estimate)
         return [event] if self._accept(event) else []
 
     async def catch_up(self, after: int | None) -> list[Event]:

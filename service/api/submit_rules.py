@@ -7,10 +7,12 @@ pick the job up without it; it is never put in the job, its input, the Redis pay
 
 from __future__ import annotations
 
+import logging
 import re
 import uuid
 from typing import Any
 
+from redis.exceptions import RedisError
 from starlette.requests import Request
 
 from ..limits import LimitExceeded
@@ -21,6 +23,9 @@ KEY_FIELD = "user_provided_key"
 KEY_HEADER = "x-provider-key"
 MAX_KEY_CHARS = 512
 KEY_PATTERN = re.compile(rf"[!-~]{{1,{MAX_KEY_CHARS}}}")  # printable ASCII, no spaces (the OpenAPI pattern too)
+
+
+log = logging.getLogger("aijobs.api")
 
 
 def take_provider_key(request: Request, body: Any) -> str | None:
@@ -53,7 +58,11 @@ async def check_limits(request: Request, user_id: str, job_type: str, job_input:
     try:
         acc.limits.check_input_size(job_type, job_input)
         acc.limits.check_active(await acc.queries.count_active(user_id))
-        await acc.limits.take_submission(user_id)
+        try:
+            await acc.limits.take_submission(user_id)
+        except (RedisError, OSError) as exc:
+            # The store is the truth and still takes jobs; refusing everyone for Redis' sake would lose work.
+            log.warning("rate limit unchecked: Redis unavailable", extra={"user_id": user_id, "error": repr(exc)})
     except LimitExceeded as exc:
         raise _refuse(exc) from None
 

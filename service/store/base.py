@@ -29,8 +29,10 @@ class JobStore(Protocol):
     async def get_owned(self, job_id: str, user_id: str) -> Job | None:
         """The job, only if it belongs to this user: others' jobs look exactly like missing ones."""
 
-    async def claim(self, job_id: str, *, worker_id: str, token: str) -> Job | None:
-        """Move a queued job to processing under a new lease; None if it is not queued any more."""
+    async def claim(
+        self, job_id: str, *, worker_id: str, token: str, ticket: int | None = None, lease_seconds: float = 30.0
+    ) -> Job | None:
+        """Move a queued job to processing under a new lease; None if it is not queued (with this ticket) any more."""
 
     async def progress(
         self, job_id: str, token: str, *, percentage: float, step: str | None, partial_output: str | None = None
@@ -46,11 +48,65 @@ class JobStore(Protocol):
         error: JobError | None = None,
         model: str | None = None,
         usage: dict[str, Any] | None = None,
+        record: dict[str, Any] | None = None,
     ) -> Job | None:
         """Write a terminal state (completed/failed/cancelled) and drop the lease."""
 
-    async def requeue(self, job_id: str, token: str, *, error: JobError | None, step: str | None) -> Job | None:
+    async def requeue(
+        self,
+        job_id: str,
+        token: str,
+        *,
+        error: JobError | None,
+        step: str | None,
+        delay: float = 0.0,
+        refund: bool = False,
+        next_model: bool = False,
+        record: dict[str, Any] | None = None,
+    ) -> Job | None:
         """Give the job back to the queue for another attempt."""
 
     async def list_active(self) -> list[Job]:
         """Queued and processing jobs: what the queue must hold, used to rebuild it."""
+
+    # The lifecycle (leases, cancel, recovery, expiry, estimates, idempotency): see SQLiteJobStore for the rules.
+    async def renew(self, job_id: str, token: str, *, lease_seconds: float) -> Job | None: ...
+
+    async def cancel_queued(self, job_id: str, user_id: str) -> Job | None: ...
+
+    async def request_cancel(self, job_id: str, user_id: str) -> Job | None: ...
+
+    async def expired_leases(self) -> list[Job]: ...
+
+    async def take_over(
+        self,
+        job_id: str,
+        token: str | None,
+        *,
+        status: JobStatus,
+        error: JobError | None,
+        step: str,
+        record: dict[str, Any] | None,
+    ) -> Job | None: ...
+
+    async def touch_queued(self, job_id: str, seq: int, *, step: str) -> Job | None: ...
+
+    async def list_queued(self, *, older_than: float) -> list[Job]: ...
+
+    async def expire_overdue(self) -> list[Job]: ...
+
+    async def purge(self, *, completed_before: float, others_before: float, idempotency_before: float) -> list[str]: ...
+
+    async def finished_before(self, before: float, *, limit: int = 1000) -> list[str]: ...
+
+    async def queue_ahead(self, job: Job) -> int: ...
+
+    async def running(self) -> list[Job]: ...
+
+    async def recent_durations(self, job_type: str, *, limit: int = 20) -> list[float]: ...
+
+    async def idempotency_get(self, user_id: str, key: str, *, since: float) -> tuple[str, str] | None: ...
+
+    async def idempotency_put(
+        self, user_id: str, key: str, request_hash: str, job_id: str, *, since: float
+    ) -> bool: ...

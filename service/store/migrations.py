@@ -52,3 +52,25 @@ MIGRATIONS: list[str] = [
     CREATE INDEX jobs_user_status ON jobs (user_id, status);
     """,
 ]
+
+# 2: the job lifecycle (leases, cancel, retries, fallback, idempotency, expiry). Appended, never edited.
+MIGRATIONS.append(
+    """
+    ALTER TABLE jobs ADD COLUMN lease_expires_at REAL;
+    ALTER TABLE jobs ADD COLUMN cancel_requested INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE jobs ADD COLUMN ready_at REAL;
+    ALTER TABLE jobs ADD COLUMN expires_at REAL;
+    ALTER TABLE jobs ADD COLUMN history TEXT;
+    ALTER TABLE jobs ADD COLUMN model_index INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE jobs ADD COLUMN retry_of TEXT;
+    CREATE INDEX jobs_status_lease ON jobs (status, lease_expires_at);
+    CREATE TABLE idempotency_keys (
+        user_id TEXT NOT NULL,
+        key TEXT NOT NULL,
+        request_hash TEXT NOT NULL,
+        job_id TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        PRIMARY KEY (user_id, key)
+    );
+    """
+)

@@ -15,7 +15,11 @@ from .migrations import MIGRATIONS
 
 _COLUMNS = (
     "id, user_id, type, status, priority, input, result, error, attempts, max_attempts, percentage, current_step, "
-    "partial_output, model, usage, lease_token, worker_id, seq, created_at, started_at, completed_at, updated_at"
+    "partial_output, model, usage, lease_token, worker_id, seq, created_at, started_at, completed_at, updated_at, "
+    "lease_expires_at, cancel_requested, ready_at, expires_at, history, model_index, retry_of"
+)
+_HISTORY_APPEND = (
+    "history = CASE WHEN ? IS NULL THEN history ELSE json_insert(COALESCE(history, '[]'), '$[#]', json(?)) END"
 )
 
 
@@ -44,6 +48,13 @@ def _row_to_job(row: aiosqlite.Row) -> Job:
         started_at=row["started_at"],
         completed_at=row["completed_at"],
         updated_at=row["updated_at"],
+        lease_expires_at=row["lease_expires_at"],
+        cancel_requested=bool(row["cancel_requested"]),
+        ready_at=row["ready_at"],
+        expires_at=row["expires_at"],
+        history=json.loads(row["history"]) if row["history"] else [],
+        model_index=row["model_index"],
+        retry_of=row["retry_of"],
     )
 
 
@@ -116,7 +127,7 @@ class SQLiteJobStore:
     async def create(self, job: Job) -> Job:
         job.seq = 1
         await self.db.execute(
-            f"INSERT INTO jobs ({_COLUMNS}) VALUES ({', '.join('?' * 22)})",
+            f"INSERT INTO jobs ({_COLUMNS}) VALUES ({', '.join('?' * 29)})",
             (
                 job.id,
                 job.user_id,
@@ -140,6 +151,13 @@ class SQLiteJobStore:
                 None,
                 None,
                 job.updated_at,
+                None,
+                0,
+                job.ready_at if job.ready_at is not None else job.created_at,
+                job.expires_at,
+                None,
+                0,
+                job.retry_of,
             ),
         )
         return job
@@ -150,14 +168,18 @@ class SQLiteJobStore:
     async def get_owned(self, job_id: str, user_id: str) -> Job | None:
         return await self._one(f"SELECT {_COLUMNS} FROM jobs WHERE id = ? AND user_id = ?", (job_id, user_id))
 
-    async def claim(self, job_id: str, *, worker_id: str, token: str) -> Job | None:
+    async def claim(
+        self, job_id: str, *, worker_id: str, token: str, ticket: int | None = None, lease_seconds: float = 30.0
+    ) -> Job | None:
+        """Only a queued, uncancelled job whose queue ticket (its seq when queued) matches is taken."""
         t = now()
         return await self._one(
             "UPDATE jobs SET status = 'processing', attempts = attempts + 1, lease_token = ?, worker_id = ?, "
-            "started_at = COALESCE(started_at, ?), updated_at = ?, seq = seq + 1, error = NULL, "
-            "current_step = 'Starting…' "
-            f"WHERE id = ? AND status = 'queued' RETURNING {_COLUMNS}",
-            (token, worker_id, t, t, job_id),
+            "lease_expires_at = ?, started_at = COALESCE(started_at, ?), updated_at = ?, seq = seq + 1, "
+            "error = NULL, current_step = 'Starting…', percentage = 0, partial_output = NULL "
+            "WHERE id = ? AND status = 'queued' AND cancel_requested = 0 AND (? IS NULL OR seq = ?) "
+            f"RETURNING {_COLUMNS}",
+            (token, worker_id, t + lease_seconds, t, t, job_id, ticket, ticket),
         )
 
     async def progress(
@@ -180,13 +202,15 @@ class SQLiteJobStore:
         error: JobError | None = None,
         model: str | None = None,
         usage: dict[str, Any] | None = None,
+        record: dict[str, Any] | None = None,
     ) -> Job | None:
         t = now()
         percentage_sql = "100" if status is JobStatus.COMPLETED else "percentage"
+        rec = dumps(record) if record else None
         return await self._one(
             f"UPDATE jobs SET status = ?, result = ?, error = ?, model = COALESCE(?, model), "
             f"usage = COALESCE(?, usage), percentage = {percentage_sql}, lease_token = NULL, "
-            "completed_at = ?, updated_at = ?, seq = seq + 1 "
+            f"lease_expires_at = NULL, completed_at = ?, updated_at = ?, seq = seq + 1, {_HISTORY_APPEND} "
             f"WHERE id = ? AND lease_token = ? AND status = 'processing' RETURNING {_COLUMNS}",
             (
                 status.value,
@@ -196,22 +220,221 @@ class SQLiteJobStore:
                 dumps(usage) if usage else None,
                 t,
                 t,
+                rec,
+                rec,
                 job_id,
                 token,
             ),
         )
 
-    async def requeue(self, job_id: str, token: str, *, error: JobError | None, step: str | None) -> Job | None:
+    async def requeue(
+        self,
+        job_id: str,
+        token: str,
+        *,
+        error: JobError | None,
+        step: str | None,
+        delay: float = 0.0,
+        refund: bool = False,
+        next_model: bool = False,
+        record: dict[str, Any] | None = None,
+    ) -> Job | None:
+        """Back to the queue: `refund` gives the attempt back (shutdown), `next_model` moves down the fallback chain.
+
+        A job flagged for cancel ends `cancelled` instead, since no claim would ever take it again.
+        """
+        t = now()
+        rec = dumps(record) if record else None
+        attempts_sql = "attempts - 1" if refund else ("0" if next_model else "attempts")
         return await self._one(
-            "UPDATE jobs SET status = 'queued', lease_token = NULL, worker_id = NULL, error = ?, "
-            "current_step = ?, updated_at = ?, seq = seq + 1 "
+            "UPDATE jobs SET status = CASE WHEN cancel_requested = 1 THEN 'cancelled' ELSE 'queued' END, "
+            "completed_at = CASE WHEN cancel_requested = 1 THEN ? ELSE NULL END, "
+            "lease_token = NULL, lease_expires_at = NULL, worker_id = NULL, "
+            f"error = ?, current_step = ?, updated_at = ?, ready_at = ?, seq = seq + 1, attempts = {attempts_sql}, "
+            f"model_index = model_index + ?, {_HISTORY_APPEND} "
             f"WHERE id = ? AND lease_token = ? AND status = 'processing' RETURNING {_COLUMNS}",
-            (dumps(error.to_dict()) if error else None, step, now(), job_id, token),
+            (
+                t,
+                dumps(error.to_dict()) if error else None,
+                step,
+                t,
+                t + delay,
+                1 if next_model else 0,
+                rec,
+                rec,
+                job_id,
+                token,
+            ),
         )
 
     async def list_active(self) -> list[Job]:
         async with self.db.execute(
             f"SELECT {_COLUMNS} FROM jobs WHERE status IN ('queued', 'processing') ORDER BY created_at"
         ) as cur:
+            rows = await cur.fetchall()
+        return [_row_to_job(r) for r in rows]
+
+    # --- the job lifecycle: leases, cancel, recovery, expiry, queue estimates, idempotency -------------
+
+    async def renew(self, job_id: str, token: str, *, lease_seconds: float) -> Job | None:
+        """Extend this run's lease; None once the run lost it. Not an event: seq stays."""
+        return await self._one(
+            f"UPDATE jobs SET lease_expires_at = ? WHERE id = ? AND lease_token = ? AND status = 'processing' "
+            f"RETURNING {_COLUMNS}",
+            (now() + lease_seconds, job_id, token),
+        )
+
+    async def cancel_queued(self, job_id: str, user_id: str) -> Job | None:
+        """A queued job is cancelled on the spot, so no worker can claim it afterwards."""
+        t = now()
+        return await self._one(
+            "UPDATE jobs SET status = 'cancelled', cancel_requested = 1, completed_at = ?, updated_at = ?, "
+            "seq = seq + 1, current_step = 'Cancelled', error = NULL "
+            f"WHERE id = ? AND user_id = ? AND status = 'queued' RETURNING {_COLUMNS}",
+            (t, t, job_id, user_id),
+        )
+
+    async def request_cancel(self, job_id: str, user_id: str) -> Job | None:
+        """Flag a running job; its owner sees the flag (control message or heartbeat) and stops."""
+        return await self._one(
+            "UPDATE jobs SET cancel_requested = 1 "
+            f"WHERE id = ? AND user_id = ? AND status = 'processing' RETURNING {_COLUMNS}",
+            (job_id, user_id),
+        )
+
+    async def expired_leases(self) -> list[Job]:
+        return await self._many(
+            f"SELECT {_COLUMNS} FROM jobs WHERE status = 'processing' AND lease_expires_at < ?", (now(),)
+        )
+
+    async def take_over(
+        self,
+        job_id: str,
+        token: str | None,
+        *,
+        status: JobStatus,
+        error: JobError | None,
+        step: str,
+        record: dict[str, Any] | None,
+    ) -> Job | None:
+        """Revoke a lapsed lease (only if still lapsed and unchanged): back to queued, or a terminal state."""
+        t = now()
+        rec = dumps(record) if record else None
+        return await self._one(
+            "UPDATE jobs SET status = ?, lease_token = NULL, lease_expires_at = NULL, worker_id = NULL, error = ?, "
+            "current_step = ?, updated_at = ?, ready_at = ?, completed_at = CASE WHEN ? THEN ? ELSE NULL END, "
+            f"seq = seq + 1, {_HISTORY_APPEND} "
+            "WHERE id = ? AND status = 'processing' AND lease_token IS ? AND lease_expires_at < ? "
+            f"RETURNING {_COLUMNS}",
+            (
+                status.value,
+                dumps(error.to_dict()) if error else None,
+                step,
+                t,
+                t,
+                status is not JobStatus.QUEUED,
+                t,
+                rec,
+                rec,
+                job_id,
+                token,
+                t,
+            ),
+        )
+
+    async def touch_queued(self, job_id: str, seq: int, *, step: str) -> Job | None:
+        """Give a queued job a new queue ticket (its seq), so a lost or stale queue entry can be replaced."""
+        return await self._one(
+            "UPDATE jobs SET seq = seq + 1, current_step = ?, updated_at = ? "
+            f"WHERE id = ? AND status = 'queued' AND seq = ? RETURNING {_COLUMNS}",
+            (step, now(), job_id, seq),
+        )
+
+    async def list_queued(self, *, older_than: float) -> list[Job]:
+        return await self._many(
+            f"SELECT {_COLUMNS} FROM jobs WHERE status = 'queued' AND updated_at < ? ORDER BY created_at",
+            (older_than,),
+        )
+
+    async def expire_overdue(self) -> list[Job]:
+        """Queued jobs never started within their maximum wait become `expired`."""
+        t = now()
+        error = dumps(
+            {"message": "No worker started this job within its maximum wait.", "code": "expired", "retryable": False}
+        )
+        return await self._many(
+            "UPDATE jobs SET status = 'expired', error = ?, current_step = 'Expired', completed_at = ?, "
+            "updated_at = ?, seq = seq + 1 "
+            f"WHERE status = 'queued' AND started_at IS NULL AND expires_at < ? RETURNING {_COLUMNS}",
+            (error, t, t, t),
+        )
+
+    async def purge(self, *, completed_before: float, others_before: float, idempotency_before: float) -> list[str]:
+        """Delete finished jobs past their retention (failed ones are kept longer); returns their ids."""
+        async with self.db.execute(
+            "DELETE FROM jobs WHERE (status = 'completed' AND completed_at < ?) "
+            "OR (status IN ('failed', 'cancelled', 'expired') AND completed_at < ?) RETURNING id",
+            (completed_before, others_before),
+        ) as cur:
+            ids = [row[0] for row in await cur.fetchall()]
+        await self.db.execute("DELETE FROM idempotency_keys WHERE created_at < ?", (idempotency_before,))
+        return ids
+
+    async def finished_before(self, before: float, *, limit: int = 1000) -> list[str]:
+        async with self.db.execute(
+            "SELECT id FROM jobs WHERE completed_at < ? AND status IN ('completed','failed','cancelled','expired') "
+            "ORDER BY completed_at DESC LIMIT ?",
+            (before, limit),
+        ) as cur:
+            return [row[0] for row in await cur.fetchall()]
+
+    async def queue_ahead(self, job: Job) -> int:
+        """Queued jobs that run before this one under the priority rule (ready time minus priority head start)."""
+        from ..queue import PRIORITY_STEP_SECONDS
+
+        mine = (job.ready_at or job.created_at) - job.priority * PRIORITY_STEP_SECONDS
+        async with self.db.execute(
+            "SELECT COUNT(*) FROM jobs WHERE status = 'queued' AND id != ? AND "
+            "(COALESCE(ready_at, created_at) - priority * ?) < ?",
+            (job.id, PRIORITY_STEP_SECONDS, mine),
+        ) as cur:
+            row = await cur.fetchone()
+        return int(row[0]) if row else 0
+
+    async def running(self) -> list[Job]:
+        return await self._many(f"SELECT {_COLUMNS} FROM jobs WHERE status = 'processing'", ())
+
+    async def recent_durations(self, job_type: str, *, limit: int = 20) -> list[float]:
+        """How long the last completed first-attempt runs of a type took, newest first."""
+        async with self.db.execute(
+            "SELECT completed_at - started_at FROM jobs WHERE type = ? AND status = 'completed' AND attempts = 1 "
+            "ORDER BY completed_at DESC LIMIT ?",
+            (job_type, limit),
+        ) as cur:
+            return [float(row[0]) for row in await cur.fetchall()]
+
+    async def idempotency_get(self, user_id: str, key: str, *, since: float) -> tuple[str, str] | None:
+        """(request hash, job id) for a key this user used since `since`."""
+        async with self.db.execute(
+            "SELECT request_hash, job_id FROM idempotency_keys WHERE user_id = ? AND key = ? AND created_at >= ?",
+            (user_id, key, since),
+        ) as cur:
+            row = await cur.fetchone()
+        return (row[0], row[1]) if row else None
+
+    async def idempotency_put(self, user_id: str, key: str, request_hash: str, job_id: str, *, since: float) -> bool:
+        """Reserve the key for this job; False if another request holds it (a stale one is replaced)."""
+        await self.db.execute(
+            "DELETE FROM idempotency_keys WHERE user_id = ? AND key = ? AND created_at < ?", (user_id, key, since)
+        )
+        async with self.db.execute(
+            "INSERT OR IGNORE INTO idempotency_keys (user_id, key, request_hash, job_id, created_at) "
+            "VALUES (?, ?, ?, ?, ?)",
+            (user_id, key, request_hash, job_id, now()),
+        ) as cur:
+            return cur.rowcount == 1
+
+    async def _many(self, sql: str, params: tuple[Any, ...]) -> list[Job]:
+        async with self.db.execute(sql, params) as cur:
             rows = await cur.fetchall()
         return [_row_to_job(r) for r in rows]

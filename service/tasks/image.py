@@ -29,4 +29,6 @@ async def image(ctx: TaskContext, data: ImageInput) -> dict[str, list[str]]:
 
 
 def register(registry: TaskRegistry) -> None:
-    registry.task("image", input=ImageInput, timeout=600, poll_interval=5.0, max_wait=300, typical_seconds=10)(image)
+    registry.task(
+        "image", input=ImageInput, timeout=600, poll_interval=5.0, max_wait=300, typical_seconds=10, kind="image"
+    )(image)

@@ -24,6 +24,8 @@ class TaskSpec(Generic[In]):
     poll_interval: float = 2.0  # what a polling client is told to wait between polls
     max_wait: float = 300.0  # seconds a job may wait in the queue before it expires
     typical_seconds: float = 5.0  # an ETA before any run of this type has been measured
+    models: tuple[str, ...] = ()  # fallback chain tried in order; () = AI_MODEL then AI_FALLBACK_MODELS
+    kind: str = "chat"  # which provider call it makes: "chat" types share the configured chat model chain
 
     def parse_input(self, data: Any) -> In:
         return parse(self.input_type, data)
@@ -47,6 +49,8 @@ class TaskRegistry:
         poll_interval: float = 2.0,
         max_wait: float = 300.0,
         typical_seconds: float = 5.0,
+        models: tuple[str, ...] = (),
+        kind: str = "chat",
     ) -> Callable[[TaskFn], TaskFn]:
         def register(fn: TaskFn) -> TaskFn:
             if name in self._specs:
@@ -61,6 +65,8 @@ class TaskRegistry:
                 poll_interval=poll_interval,
                 max_wait=max_wait,
                 typical_seconds=typical_seconds,
+                models=models,
+                kind=kind,
             )
             return fn
 

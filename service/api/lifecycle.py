@@ -1,0 +1,42 @@
+"""Acting on a job after submission: cancel it, or retry one that did not complete."""
+
+from __future__ import annotations
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from ..jobs import JobRequestError, StoreUnavailable
+from .auth import current_user
+from .errors import ApiError, not_found
+from .jobs import job_links, store_unavailable
+from .state import app_state
+
+
+async def cancel_job(request: Request) -> Response:
+    """200 with the job (cancelled, or still stopping if its worker is slow to answer); 409 once finished."""
+    state = app_state(request)
+    try:
+        job = await state.jobs.cancel(current_user(request), request.path_params["job_id"])
+    except JobRequestError as exc:
+        raise ApiError(409, exc.code, exc.message) from None
+    if job is None:
+        raise not_found()
+    payload = await state.jobs.describe(job)
+    payload["links"] = job_links(request, job.id)
+    return JSONResponse(payload)
+
+
+async def retry_job(request: Request) -> Response:
+    """202 with a new job that repeats the old one's request; `retry_of` links them."""
+    state = app_state(request)
+    try:
+        job = await state.jobs.retry(current_user(request), request.path_params["job_id"])
+    except JobRequestError as exc:
+        raise ApiError(409, exc.code, exc.message) from None
+    except StoreUnavailable:
+        raise store_unavailable() from None
+    if job is None:
+        raise not_found()
+    payload = await state.jobs.describe(job)
+    payload["links"] = job_links(request, job.id)
+    return JSONResponse(payload, status_code=202, headers={"Location": payload["links"]["self"]})

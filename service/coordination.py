@@ -1,0 +1,108 @@
+"""State workers share through Redis, none of it the truth (the store is): cancel messages, provider
+back-off, and which workers are alive with how many slots.
+
+Each piece is an optimisation with a fallback: a lost cancel message is caught by the heartbeat (which reads
+`cancel_requested` from the store), a lost back-off only means a few extra 429s, a lost worker list only
+makes an ETA unknown for one sweep.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections.abc import Callable
+
+from redis.asyncio import Redis
+
+log = logging.getLogger("aijobs.coordination")
+
+CONTROL_CHANNEL = "aijobs:control"
+BACKOFF_PREFIX = "aijobs:backoff:"
+WORKERS_PREFIX = "aijobs:workers:"
+
+# Extend a pause, never shorten it: a later, shorter Retry-After must not lift an earlier, longer one.
+_PAUSE_LUA = """
+local left = redis.call('PTTL', KEYS[1])
+if left < tonumber(ARGV[1]) then redis.call('SET', KEYS[1], '1', 'PX', ARGV[1]) end
+return 1
+"""
+
+
+async def publish_cancel(redis: Redis, job_id: str) -> None:
+    """Tell every worker to stop this job now; the one running it does, fenced by its token."""
+    await redis.publish(CONTROL_CHANNEL, json.dumps({"cancel": job_id}))
+
+
+async def listen_for_cancels(redis: Redis, on_cancel: Callable[[str], None], *, retry: float = 1.0) -> None:
+    """Follow the control channel until cancelled, resubscribing after any Redis error."""
+    while True:
+        pubsub = redis.pubsub(ignore_subscribe_messages=True)
+        try:
+            await pubsub.subscribe(CONTROL_CHANNEL)
+            while True:
+                message = await pubsub.get_message(timeout=1.0)
+                if message is None:
+                    continue
+                with contextlib.suppress(ValueError, KeyError, TypeError):
+                    on_cancel(str(json.loads(message["data"])["cancel"]))
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.warning("control channel lost, resubscribing", extra={"error": repr(exc)})
+            await asyncio.sleep(retry)
+        finally:
+            with contextlib.suppress(Exception):
+                await pubsub.aclose()
+
+
+class ProviderBackoff:
+    """A provider/model pause every worker honours: one 429 with Retry-After holds back the whole burst."""
+
+    def __init__(self, redis: Redis) -> None:
+        self.redis = redis
+        self._script = redis.register_script(_PAUSE_LUA)
+
+    @staticmethod
+    def key(provider: str, model: str) -> str:
+        return f"{BACKOFF_PREFIX}{provider}:{model}"
+
+    async def pause(self, provider: str, model: str, seconds: float) -> None:
+        if seconds > 0:
+            await self._script(keys=[self.key(provider, model)], args=[int(seconds * 1000)])
+
+    async def remaining(self, provider: str, model: str) -> float:
+        """Seconds the pause still lasts (0: go ahead). Redis trouble means no pause: the call decides."""
+        try:
+            ms = await self.redis.pttl(self.key(provider, model))
+        except Exception:
+            return 0.0
+        return max(0.0, ms / 1000) if ms and ms > 0 else 0.0
+
+
+async def register_worker(redis: Redis, queue_name: str, worker_id: str, capacity: int, ttl: float) -> None:
+    """Say this worker is alive with `capacity` slots for the next `ttl` seconds."""
+    key = WORKERS_PREFIX + queue_name
+    now_ms = time.time() * 1000
+    async with redis.pipeline(transaction=True) as pipe:
+        pipe.zremrangebyscore(key, "-inf", now_ms)
+        pipe.zadd(key, {f"{worker_id}|{capacity}": now_ms + ttl * 1000})
+        pipe.pexpire(key, int(ttl * 1000) + 1000)
+        await pipe.execute()
+
+
+async def unregister_worker(redis: Redis, queue_name: str, worker_id: str, capacity: int) -> None:
+    await redis.zrem(WORKERS_PREFIX + queue_name, f"{worker_id}|{capacity}")
+
+
+async def live_capacity(redis: Redis, queue_name: str) -> int:
+    """Job slots of every worker that said it was alive recently."""
+    members = await redis.zrangebyscore(WORKERS_PREFIX + queue_name, time.time() * 1000, "+inf")
+    total = 0
+    for member in members:
+        raw = member.decode() if isinstance(member, bytes) else str(member)
+        with contextlib.suppress(ValueError):
+            total += int(raw.rpartition("|")[2])
+    return total

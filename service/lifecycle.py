@@ -1,0 +1,160 @@
+"""Keeping every job moving when parts fail: the sweeper, the reconciler, expiry and cleanup.
+
+Every worker runs this loop; all its writes are conditional, so two workers sweeping at once do no harm.
+- Sweeper: a processing job whose lease lapsed (its worker died, froze or lost the store) is taken back:
+  queued again with a new queue ticket, or `failed` with `worker_lost` once it has used all its attempts
+  (a poison pill that kills every worker it touches), or `cancelled` if a cancel was asked for.
+- Reconciler: a queued job that Redis does not hold (Redis restarted empty, or was down when the job was
+  submitted) gets a new ticket and is enqueued again. The store is the truth; Redis is rebuilt from it.
+- Expiry: a job not started within its maximum wait becomes `expired`.
+- Cleanup (an arq cron, once a minute across all workers): finished jobs past their retention are deleted,
+  and finished jobs' event streams are dropped after EVENT_RETENTION (a late watcher gets a snapshot).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from arq.constants import in_progress_key_prefix
+
+from .config import Settings
+from .coordination import register_worker
+from .events import EventLog, stream_key
+from .models import Job, JobError, JobStatus, now
+from .queue import JobQueue, arq_job_id
+from .runner import attempt_record, status_event
+from .store.base import JobStore
+
+log = logging.getLogger("aijobs.lifecycle")
+
+RECONCILE_GRACE = 2.0  # seconds a queued job may sit between its store write and its enqueue
+
+
+class Maintenance:
+    def __init__(
+        self, *, store: JobStore, queue: JobQueue, events: EventLog, settings: Settings, worker_id: str = ""
+    ) -> None:
+        self.store = store
+        self.queue = queue
+        self.events = events
+        self.settings = settings
+        self.worker_id = worker_id
+
+    async def _announce(self, job: Job) -> None:
+        try:
+            await self.events.publish(job.user_id, status_event(job))
+        except Exception as exc:
+            log.warning("could not publish an event", extra={"job_id": job.id, "error": repr(exc)})
+
+    async def sweep_leases(self) -> int:
+        """Take back every job whose lease lapsed; returns how many."""
+        taken = 0
+        for job in await self.store.expired_leases():
+            lost = JobError(
+                message="The worker running this job stopped responding; it runs again on another worker.",
+                code="worker_lost",
+                retryable=True,
+            )
+            if job.cancel_requested:
+                status, error, step = JobStatus.CANCELLED, None, "Cancelled"
+            elif job.attempts >= job.max_attempts:
+                status, step = JobStatus.FAILED, "Failed"
+                error = JobError(
+                    message=f"The worker running this job stopped responding on all {job.max_attempts} attempts; "
+                    "the job itself is probably what stops it.",
+                    code="worker_lost",
+                    retryable=False,
+                )
+            else:
+                status, error, step = JobStatus.QUEUED, lost, "Waiting for a worker (the last one stopped)…"
+            record = attempt_record(job, job.model, lost, now() - (job.started_at or now()))
+            done = await self.store.take_over(
+                job.id, job.lease_token, status=status, error=error, step=step, record=record
+            )
+            if done is None:
+                continue
+            taken += 1
+            log.warning(
+                "lapsed lease taken over", extra={"job_id": job.id, "worker": job.worker_id, "now": done.status.value}
+            )
+            await self._announce(done)
+            if done.status is JobStatus.QUEUED:
+                try:
+                    await self.queue.enqueue(done.id, ticket=done.seq, priority=done.priority)
+                except Exception as exc:  # Redis is down: the reconciler enqueues it once Redis is back
+                    log.warning("could not enqueue a taken-over job", extra={"job_id": done.id, "error": repr(exc)})
+        return taken
+
+    async def reconcile(self) -> int:
+        """Enqueue every queued job Redis lacks (or holds only as a stale, never-claimed run)."""
+        fixed = 0
+        for job in await self.store.list_queued(older_than=now() - RECONCILE_GRACE):
+            if job.cancel_requested:  # flagged while running, then given back: it must not wait forever
+                cancelled = await self.store.cancel_queued(job.id, job.user_id)
+                if cancelled is not None:
+                    await self._announce(cancelled)
+                continue
+            if await self.queue.holds(job.id, job.seq):
+                stale = job.updated_at < now() - self.settings.lease_seconds and await self.queue.redis.exists(
+                    in_progress_key_prefix + arq_job_id(job.id, job.seq)
+                )
+                if not stale:
+                    continue
+            fresh = await self.store.touch_queued(job.id, job.seq, step="Back in the queue…")
+            if fresh is None:
+                continue
+            await self._announce(fresh)
+            delay = max(0.0, (fresh.ready_at or 0) - now())
+            await self.queue.enqueue(fresh.id, ticket=fresh.seq, priority=fresh.priority, defer_seconds=delay)
+            fixed += 1
+            log.warning("queued job was missing from Redis; enqueued again", extra={"job_id": job.id})
+        return fixed
+
+    async def expire(self) -> int:
+        expired = await self.store.expire_overdue()
+        for job in expired:
+            await self._announce(job)
+        return len(expired)
+
+    async def cleanup(self) -> int:
+        """Purge finished jobs past retention and drop old event streams; returns how many jobs were purged."""
+        t = now()
+        s = self.settings
+        purged = await self.store.purge(
+            completed_before=t - s.retention_completed,
+            others_before=t - s.retention_failed,
+            idempotency_before=t - 86400,
+        )
+        stale_streams = await self.store.finished_before(t - s.event_retention)
+        keys = [stream_key(j) for j in [*purged, *stale_streams]]
+        for i in range(0, len(keys), 500):
+            await self.queue.redis.delete(*keys[i : i + 500])
+        if purged:
+            log.info("purged finished jobs", extra={"count": len(purged)})
+        return len(purged)
+
+    async def tick(self) -> None:
+        await self.sweep_leases()
+        await self.expire()
+        await self.reconcile()
+
+    async def run_forever(self) -> None:
+        """Say this worker is alive every heartbeat; sweep, expire and reconcile every SWEEP_SECONDS."""
+        s = self.settings
+        next_sweep = time.monotonic() + min(s.sweep_seconds, 1.0)
+        while True:
+            try:
+                await register_worker(
+                    self.queue.redis, s.queue_name, self.worker_id, s.worker_concurrency, ttl=s.heartbeat_seconds * 3
+                )
+            except Exception as exc:
+                log.warning("could not register the worker", extra={"error": repr(exc)})
+            if time.monotonic() >= next_sweep:
+                next_sweep = time.monotonic() + s.sweep_seconds
+                try:
+                    await self.tick()
+                except Exception as exc:
+                    log.warning("maintenance pass failed", extra={"error": repr(exc)})
+            await asyncio.sleep(min(s.heartbeat_seconds, s.sweep_seconds, max(0.05, next_sweep - time.monotonic())))

@@ -1,0 +1,102 @@
+"""Real worker processes for the crash tests: `python -m service.cli worker` with the test's Redis and SQLite."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+from service.config import Settings
+
+ROOT = Path(__file__).resolve().parent.parent
+
+FAST_LEASES = {"LEASE_SECONDS": "2", "HEARTBEAT_SECONDS": "0.5", "SWEEP_SECONDS": "1", "SHUTDOWN_GRACE": "1"}
+
+
+class WorkerProcess:
+    def __init__(self, settings: Settings, log_path: Path, **env: str) -> None:
+        assert settings.redis_url
+        values = {
+            "REDIS_URL": settings.redis_url,
+            "DATABASE_URL": settings.database_url,
+            "AIJOBS_QUEUE": settings.queue_name,
+            "AIJOBS_SIM_DELAY": str(settings.sim_delay),
+            "WORKER_POLL_DELAY": "0.02",
+            "LOG_JSON": "false",
+            "LOG_LEVEL": "INFO",
+            "RETRY_BASE": "0.2",
+            "RETRY_CAP": "1",
+            **FAST_LEASES,
+            **env,
+        }
+        self.log_path = log_path
+        self._log = log_path.open("ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "service.cli", "worker"],
+            cwd=ROOT,
+            env={**os.environ, **values},
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def signal(self, sig: int) -> None:
+        self.proc.send_signal(sig)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    async def wait_exit(self, timeout: float = 15) -> int:
+        deadline = asyncio.get_running_loop().time() + timeout
+        while self.proc.poll() is None:
+            if asyncio.get_running_loop().time() > deadline:
+                raise AssertionError(f"worker {self.pid} did not exit; log:\n{self.log()[-3000:]}")
+            await asyncio.sleep(0.05)
+        return self.proc.returncode
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                self.proc.send_signal(signal.SIGCONT)
+                self.proc.kill()
+            self.proc.wait(10)
+        self._log.close()
+
+
+@contextlib.contextmanager
+def workers(settings: Settings, tmp_path: Path) -> Iterator[list[WorkerProcess]]:
+    """A list to spawn workers into; every one is killed at the end, whatever happened."""
+    started: list[WorkerProcess] = []
+    try:
+        yield started
+    finally:
+        for w in started:
+            w.stop()
+
+
+def spawn(started: list[WorkerProcess], settings: Settings, tmp_path: Path, **env: str) -> WorkerProcess:
+    w = WorkerProcess(settings, tmp_path / f"worker{len(started)}.log", **env)
+    started.append(w)
+    return w
+
+
+def store_row(settings: Settings, job_id: str) -> dict:
+    """The job's row straight from SQLite: what the API never shows (worker id, lease)."""
+    with contextlib.closing(sqlite3.connect(settings.sqlite_path)) as db:
+        db.row_factory = sqlite3.Row
+        row = db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+    return dict(row)
+
+
+def pid_of(row: dict) -> int | None:
+    """The pid inside a worker id (`host:pid:suffix`)."""
+    return int(row["worker_id"].split(":")[1]) if row.get("worker_id") else None

@@ -1,0 +1,179 @@
+"""Cancel (queued and running, on another process), retries, model fallback, idempotency, retry endpoint."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sqlite3
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import httpx
+
+from service.config import Settings
+
+from .conftest import run_worker, wait_for_status
+from .procs import spawn, store_row, workers
+
+
+async def test_cancel_queued_job_never_starts(client: httpx.AsyncClient, settings: Settings) -> None:
+    r = await client.post("/api/jobs", json={"type": "summary", "input": {"text": "never run me"}})
+    job_id = r.json()["job_id"]
+    c = await client.post(f"/api/jobs/{job_id}/cancel")
+    assert c.status_code == 200 and c.json()["status"] == "cancelled"
+    again = await client.post(f"/api/jobs/{job_id}/cancel")
+    assert again.status_code == 200 and again.json()["status"] == "cancelled"  # idempotent
+    async with run_worker(settings):
+        other = (await client.post("/api/jobs", json={"type": "summary", "input": {"text": "run me"}})).json()
+        await wait_for_status(client, other["job_id"], {"completed"})
+    row = store_row(settings, job_id)
+    assert row["status"] == "cancelled" and row["started_at"] is None and row["attempts"] == 0
+
+
+async def test_cancel_running_job_on_another_process(
+    client: httpx.AsyncClient, settings: Settings, tmp_path: Path
+) -> None:
+    with workers(settings, tmp_path) as started:
+        spawn(started, settings, tmp_path, HEARTBEAT_SECONDS="5", LEASE_SECONDS="30")  # the message must do it
+        body = {
+            "type": "chat",
+            "input": {"messages": [{"role": "user", "content": "Tell me a long story [[slow:20]]"}]},
+        }
+        job_id = (await client.post("/api/jobs", json=body)).json()["job_id"]
+        deadline = time.monotonic() + 15
+        while not (await client.get(f"/api/jobs/{job_id}")).json()["partial_output"]:
+            assert time.monotonic() < deadline, "the job never streamed any output"
+            await asyncio.sleep(0.05)
+        t0 = time.monotonic()
+        c = await client.post(f"/api/jobs/{job_id}/cancel")
+        took = time.monotonic() - t0
+        assert c.status_code == 200, c.text
+        job = c.json()
+        assert job["status"] == "cancelled", (took, job)
+        assert job["partial_output"] and job["result"] is None
+        assert job["attempts"][-1]["error"] == "cancelled"
+        print(f"running job cancelled on another process in {took:.3f} s")
+        finished = await client.post(f"/api/jobs/{job_id}/cancel")
+        assert finished.status_code == 200 and finished.json()["status"] == "cancelled"
+
+
+async def test_cancel_finished_job_is_409(client: httpx.AsyncClient, worker: object) -> None:
+    job_id = (await client.post("/api/jobs", json={"type": "summary", "input": {"text": "quick"}})).json()["job_id"]
+    await wait_for_status(client, job_id, {"completed"})
+    r = await client.post(f"/api/jobs/{job_id}/cancel")
+    assert r.status_code == 409 and r.json()["error"]["code"] == "job_finished"
+    missing = await client.post("/api/jobs/nope/cancel")
+    assert missing.status_code == 404
+
+
+async def test_retryable_errors_retry_then_succeed(client: httpx.AsyncClient, settings: Settings) -> None:
+    async with run_worker(replace(settings, retry_base=0.1, retry_cap=0.3)):
+        r = await client.post("/api/jobs", json={"type": "summary", "input": {"text": "flaky [[fail:500:times=2]]"}})
+        done = await wait_for_status(client, r.json()["job_id"], {"completed", "failed"})
+        assert done["status"] == "completed" and done["attempt"] == 3
+        assert [h["error"] for h in done["attempts"]] == ["provider_server_error", "provider_server_error", None]
+
+
+async def test_permanent_error_fails_at_once(client: httpx.AsyncClient, worker: object) -> None:
+    r = await client.post("/api/jobs", json={"type": "summary", "input": {"text": "bad [[fail:400]]"}})
+    done = await wait_for_status(client, r.json()["job_id"], {"completed", "failed"})
+    assert done["status"] == "failed" and done["attempt"] == 1
+    assert done["error"]["code"] == "provider_bad_request" and not done["error"]["retryable"]
+
+
+async def test_retry_after_wins_and_next_attempt_is_shown(client: httpx.AsyncClient, settings: Settings) -> None:
+    async with run_worker(replace(settings, retry_base=0.1, retry_cap=0.2)):
+        r = await client.post(
+            "/api/jobs", json={"type": "summary", "input": {"text": "busy [[fail:429:retry_after=1.5:times=1]]"}}
+        )
+        job_id = r.json()["job_id"]
+        deadline = time.monotonic() + 10
+        waiting = (await client.get(f"/api/jobs/{job_id}")).json()
+        while not (waiting["status"] == "queued" and waiting["attempt"] == 1):
+            assert time.monotonic() < deadline, waiting
+            await asyncio.sleep(0.02)
+            waiting = (await client.get(f"/api/jobs/{job_id}")).json()
+        assert waiting["next_attempt_at"] and waiting["error"]["code"] == "rate_limited", waiting
+        assert "attempt 2 of 3" in waiting["progress"]["current_step"]
+        done = await wait_for_status(client, job_id, {"completed", "failed"})
+        assert done["status"] == "completed" and done["attempt"] == 2
+        row = store_row(settings, job_id)
+        assert row["completed_at"] - row["started_at"] >= 1.5  # it waited the provider's Retry-After
+
+
+async def test_model_fallback_chain(client: httpx.AsyncClient, settings: Settings) -> None:
+    chained = replace(
+        settings, ai_model="sim-fail-400", ai_fallback_models=("sim-fail-500", "sim-2"), retry_base=0.05, retry_cap=0.1
+    )
+    async with run_worker(chained):
+        r = await client.post("/api/jobs", json={"type": "titles", "input": {"text": "fallbacks"}})
+        done = await wait_for_status(client, r.json()["job_id"], {"completed", "failed"}, timeout=20)
+    assert done["status"] == "completed" and done["model"] == "sim-2", done
+    tried = [(h["model"], h["error"]) for h in done["attempts"]]
+    assert tried == [
+        ("sim-fail-400", "provider_bad_request"),
+        ("sim-fail-500", "provider_server_error"),
+        ("sim-fail-500", "provider_server_error"),
+        ("sim-fail-500", "provider_server_error"),
+        ("sim-2", None),
+    ]
+    assert all(h["seconds"] >= 0 for h in done["attempts"])
+
+
+async def test_idempotency_key(client: httpx.AsyncClient) -> None:
+    body = {"type": "summary", "input": {"text": "once only"}}
+    a = await client.post("/api/jobs", json=body, headers={"Idempotency-Key": "k-1"})
+    b = await client.post("/api/jobs", json=body, headers={"Idempotency-Key": "k-1"})
+    assert a.status_code == b.status_code == 202
+    assert a.json()["job_id"] == b.json()["job_id"] and b.headers["Idempotent-Replayed"] == "true"
+    other = await client.post("/api/jobs", json={**body, "priority": 9}, headers={"Idempotency-Key": "k-1"})
+    assert other.status_code == 422 and other.json()["error"]["code"] == "idempotency_key_reused"
+    reordered = {"input": body["input"], "type": body["type"]}  # same request, keys in another order
+    same = await client.post("/api/jobs", json=reordered, headers={"Idempotency-Key": "k-1"})
+    assert same.status_code == 202 and same.json()["job_id"] == a.json()["job_id"]
+    fresh = await client.post("/api/jobs", json=body, headers={"Idempotency-Key": "k-2"})
+    assert fresh.json()["job_id"] != a.json()["job_id"]
+
+
+async def test_retry_endpoint_links_new_job(client: httpx.AsyncClient, worker: object) -> None:
+    r = await client.post("/api/jobs", json={"type": "summary", "input": {"text": "refused [[fail:refused]]"}})
+    old = await wait_for_status(client, r.json()["job_id"], {"failed", "completed"})
+    assert old["status"] == "failed"
+    again = await client.post(f"/api/jobs/{old['job_id']}/retry")
+    assert again.status_code == 202
+    new = again.json()
+    assert new["retry_of"] == old["job_id"] and new["job_id"] != old["job_id"] and new["input"] == old["input"]
+    ok = (await client.post("/api/jobs", json={"type": "summary", "input": {"text": "fine"}})).json()
+    await wait_for_status(client, ok["job_id"], {"completed"})
+    refused = await client.post(f"/api/jobs/{ok['job_id']}/retry")
+    assert refused.status_code == 409 and refused.json()["error"]["code"] == "job_not_retryable"
+
+
+async def test_cancel_seen_by_heartbeat_when_the_message_is_lost(client: httpx.AsyncClient, settings: Settings) -> None:
+    """Pub/sub is at-most-once: a flag in the store alone (no message sent) still stops the run."""
+    async with run_worker(replace(settings, heartbeat_seconds=0.3, lease_seconds=3)):
+        body = {"type": "chat", "input": {"messages": [{"role": "user", "content": "Long story [[slow:20]]"}]}}
+        job_id = (await client.post("/api/jobs", json=body)).json()["job_id"]
+        await wait_for_status(client, job_id, {"processing"})
+        with sqlite3.connect(settings.sqlite_path) as db:  # what the API does, minus the control message
+            db.execute("UPDATE jobs SET cancel_requested = 1 WHERE id = ?", (job_id,))
+        done = await wait_for_status(client, job_id, {"cancelled", "completed", "failed"}, timeout=5)
+        assert done["status"] == "cancelled"
+
+
+async def test_cancel_job_of_dead_worker(client: httpx.AsyncClient, settings: Settings, tmp_path: Path) -> None:
+    """The worker died: cancel answers with the flag set, and the sweeper ends the job cancelled, not re-run."""
+    with workers(settings, tmp_path) as started:
+        w = spawn(started, settings, tmp_path)
+        job_id = (await client.post("/api/jobs", json={"type": "summary", "input": {"text": "x [[slow:20]]"}})).json()[
+            "job_id"
+        ]
+        await wait_for_status(client, job_id, {"processing"})
+        w.signal(signal.SIGKILL)
+        await w.wait_exit()
+        c = await client.post(f"/api/jobs/{job_id}/cancel")
+        assert c.status_code == 200 and c.json()["cancel_requested"] is True
+        spawn(started, settings, tmp_path)  # its sweeper finds the lapsed lease
+        done = await wait_for_status(client, job_id, {"cancelled", "completed", "failed"}, timeout=15)
+        assert done["status"] == "cancelled" and done["attempt"] == 1

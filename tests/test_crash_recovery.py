@@ -1,0 +1,124 @@
+"""Real worker processes killed, frozen and stopped mid-job: every job still ends exactly as recorded."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from pathlib import Path
+
+import httpx
+from redis.asyncio import Redis
+
+from service.config import Settings
+from service.events import EventLog
+
+from .conftest import wait_for_status
+from .procs import pid_of, spawn, store_row, workers
+
+
+async def submit(client: httpx.AsyncClient, text: str, **extra: object) -> str:
+    r = await client.post("/api/jobs", json={"type": "summary", "input": {"text": text}, **extra})
+    assert r.status_code == 202, r.text
+    return r.json()["job_id"]
+
+
+async def wait_row(settings: Settings, job_id: str, pred, timeout: float = 20) -> dict:  # type: ignore[no-untyped-def]
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        row = store_row(settings, job_id)
+        if pred(row):
+            return row
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"condition not reached for {job_id}: {row}")
+        await asyncio.sleep(0.05)
+
+
+async def test_sigkill_mid_job_runs_again_elsewhere(
+    client: httpx.AsyncClient, settings: Settings, tmp_path: Path
+) -> None:
+    with workers(settings, tmp_path) as started:
+        a = spawn(started, settings, tmp_path)
+        ids = [await submit(client, f"Job {i} about queues. [[slow:2]]") for i in range(4)]
+        for job_id in ids:
+            await wait_row(settings, job_id, lambda r: r["status"] == "processing")
+        a.signal(signal.SIGKILL)
+        await a.wait_exit()
+        b = spawn(started, settings, tmp_path)
+        for job_id in ids:
+            done = await wait_for_status(client, job_id, {"completed", "failed", "cancelled"}, timeout=30)
+            assert done["status"] == "completed", done
+            assert done["attempt"] == 2
+            assert [h["error"] for h in done["attempts"]] == ["worker_lost", None]
+            row = store_row(settings, job_id)
+            assert pid_of(row) == b.pid and row["lease_token"] is None  # finished by B, lease dropped
+        assert "job completed" in b.log()
+
+
+async def test_sigstop_past_lease_late_writes_refused(
+    client: httpx.AsyncClient, settings: Settings, tmp_path: Path
+) -> None:
+    with workers(settings, tmp_path) as started:
+        a = spawn(started, settings, tmp_path)
+        job_id = await submit(client, "Frozen worker story. [[slow:3]]")
+        row = await wait_row(settings, job_id, lambda r: r["status"] == "processing" and r["percentage"] > 0)
+        assert pid_of(row) == a.pid
+        first_token = row["lease_token"]
+        a.signal(signal.SIGSTOP)
+        b = spawn(started, settings, tmp_path)
+        taken = await wait_row(
+            settings, job_id, lambda r: r["status"] == "processing" and r["lease_token"] != first_token
+        )
+        assert pid_of(taken) == b.pid
+        a.signal(signal.SIGCONT)  # wakes up believing it still owns the job
+        done = await wait_for_status(client, job_id, {"completed", "failed"}, timeout=30)
+        assert done["status"] == "completed" and done["attempt"] == 2
+        deadline = asyncio.get_running_loop().time() + 10
+        while "lease lost" not in a.log():
+            assert asyncio.get_running_loop().time() < deadline, a.log()[-3000:]
+            await asyncio.sleep(0.1)
+        final = store_row(settings, job_id)
+        assert final["status"] == "completed" and final["seq"] == done["last_seq"]  # nothing written after
+        log = await EventLog(client_redis := Redis.from_url(settings.redis_url or "")).read_after(job_id, 0)
+        await client_redis.aclose()
+        seqs = [e.seq for e in log]
+        assert seqs == sorted(set(seqs)) and seqs[-1] == final["seq"]  # one ordered story, ending where the store does
+        assert log[-1].terminal and log[-1].data["status"] == "completed"
+
+
+async def test_poison_pill_ends_worker_lost(client: httpx.AsyncClient, settings: Settings, tmp_path: Path) -> None:
+    """A job that takes its worker down on every attempt fails with worker_lost after max attempts."""
+    with workers(settings, tmp_path) as started:
+        job_id = await submit(client, "Poison. [[slow:30]]")
+        for attempt in (1, 2, 3):
+            w = spawn(started, settings, tmp_path)
+            row = await wait_row(
+                settings, job_id, lambda r, n=attempt: r["status"] == "processing" and r["attempts"] == n
+            )
+            assert pid_of(row) == w.pid
+            w.signal(signal.SIGKILL)  # "the job crashed its worker"
+            await w.wait_exit()
+        spawn(started, settings, tmp_path)  # someone must sweep
+        done = await wait_for_status(client, job_id, {"failed", "completed"}, timeout=20)
+        assert done["status"] == "failed", done
+        assert done["error"]["code"] == "worker_lost" and done["attempt"] == 3
+        assert [h["error"] for h in done["attempts"]] == ["worker_lost"] * 3
+
+
+async def test_sigterm_gives_running_job_back_without_spending_an_attempt(
+    client: httpx.AsyncClient, settings: Settings, tmp_path: Path
+) -> None:
+    with workers(settings, tmp_path) as started:
+        a = spawn(started, settings, tmp_path, SHUTDOWN_GRACE="1")
+        long_id = await submit(client, "Long one. [[slow:6]]")
+        short_id = await submit(client, "Short one. [[slow:0.5]]")
+        await wait_row(settings, long_id, lambda r: r["status"] == "processing")
+        await wait_row(settings, short_id, lambda r: r["status"] == "processing")
+        a.signal(signal.SIGTERM)
+        assert await a.wait_exit() == 0
+        short = await wait_for_status(client, short_id, {"completed", "failed", "queued"})
+        assert short["status"] == "completed"  # finished within the grace period
+        back = store_row(settings, long_id)
+        assert back["status"] == "queued" and back["attempts"] == 0, back
+        spawn(started, settings, tmp_path)
+        done = await wait_for_status(client, long_id, {"completed", "failed"}, timeout=30)
+        assert done["status"] == "completed" and done["attempt"] == 1

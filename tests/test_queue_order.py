@@ -1,0 +1,141 @@
+"""Priorities, queue position and ETA compared with what happened, shared provider back-off, expiry, cleanup."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import replace
+
+import httpx
+import pytest
+from arq.connections import RedisSettings, create_pool
+from redis.asyncio import Redis
+
+from service.config import Settings
+from service.events import EventLog, stream_key
+from service.lifecycle import Maintenance
+from service.queue import PRIORITY_STEP_SECONDS, JobQueue, queue_score_ms
+from service.store.sqlite import SQLiteJobStore
+
+from .conftest import run_worker, wait_for_status
+from .procs import store_row
+
+
+async def submit(client: httpx.AsyncClient, text: str, priority: int = 5) -> str:
+    r = await client.post("/api/jobs", json={"type": "summary", "input": {"text": text}, "priority": priority})
+    assert r.status_code == 202, r.text
+    return r.json()["job_id"]
+
+
+async def test_higher_priority_runs_first(client: httpx.AsyncClient, settings: Settings) -> None:
+    one = replace(settings, worker_concurrency=1)
+    async with run_worker(one):
+        blocker = await submit(client, "blocker [[slow:1]]")
+        await wait_for_status(client, blocker, {"processing"})
+        low = await submit(client, "low", 1)
+        high = await submit(client, "high", 10)
+        mid = await submit(client, "mid", 5)
+        ahead = (await client.get(f"/api/jobs/{low}")).json()["queue"]["position"]
+        assert ahead == 2  # high and mid overtake it
+        for job_id in (low, high, mid):
+            await wait_for_status(client, job_id, {"completed"})
+    order = sorted((store_row(settings, j)["started_at"], name) for j, name in ((low, "1"), (high, "10"), (mid, "5")))
+    assert [name for _, name in order] == ["10", "5", "1"]
+
+
+def test_low_priority_is_not_starved() -> None:
+    """Each priority step is worth a 10 s head start: a priority-1 job waiting 90 s+ beats a new priority 10."""
+    t0 = 1_000_000.0
+    waited = (10 - 1) * PRIORITY_STEP_SECONDS + 1
+    assert queue_score_ms(t0, 1) < queue_score_ms(t0 + waited, 10)
+    assert queue_score_ms(t0, 1) > queue_score_ms(t0 + waited - 2, 10)
+
+
+async def test_position_and_eta_are_honest(client: httpx.AsyncClient, settings: Settings) -> None:
+    one = replace(settings, worker_concurrency=1, heartbeat_seconds=0.5, lease_seconds=5)
+    async with run_worker(one):
+        for i in range(2):  # measured run times of this type, as the estimate uses
+            await wait_for_status(client, await submit(client, f"warm up {i}"), {"completed"})
+        ids = [await submit(client, f"batch {i}") for i in range(4)]
+        last = (await client.get(f"/api/jobs/{ids[-1]}")).json()
+        queue = last["queue"]
+        assert last["status"] == "queued" and queue["workers_capacity"] == 1
+        assert queue["position"] >= 2 and queue["estimated_wait"] is not None
+        running = await wait_for_status(client, ids[-1], {"processing", "completed"})
+        if running["status"] == "processing":
+            assert running["progress"]["estimated_time_remaining"] is not None
+        await wait_for_status(client, ids[-1], {"completed"})
+        events = await EventLog(client_redis := Redis.from_url(settings.redis_url or "")).read_after(ids[-1], 0)
+        await client_redis.aclose()
+    assert any("estimated_time_remaining" in e.data for e in events if e.kind.value == "progress")
+    row = store_row(settings, ids[-1])
+    actual = row["started_at"] - row["created_at"]
+    estimated = queue["estimated_wait"]
+    print(f"estimated wait {estimated:.2f} s, actual {actual:.2f} s, position {queue['position']}")
+    assert estimated / 3 - 0.3 <= actual <= estimated * 3 + 0.5
+
+
+async def test_no_worker_means_unknown_wait(client: httpx.AsyncClient) -> None:
+    job = (await client.post("/api/jobs", json={"type": "summary", "input": {"text": "alone"}})).json()
+    assert job["queue"]["estimated_wait"] is None and job["queue"]["workers_capacity"] == 0
+
+
+async def test_shared_backoff_holds_other_jobs_without_spending_attempts(
+    client: httpx.AsyncClient, settings: Settings
+) -> None:
+    async with run_worker(replace(settings, worker_concurrency=4, retry_base=0.05, retry_cap=0.1)):
+        first = await submit(client, "limited [[fail:429:retry_after=1.5:times=1]]")
+        deadline = time.monotonic() + 10
+        while (await client.get(f"/api/jobs/{first}")).json()["attempt"] != 1 or store_row(settings, first)[
+            "status"
+        ] != "queued":
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.02)
+        paused_at = time.time()
+        second = await submit(client, "innocent bystander")
+        done = await wait_for_status(client, second, {"completed", "failed"})
+        assert done["status"] == "completed" and done["attempt"] == 1 and done["attempts"][0]["error"] is None
+        assert store_row(settings, second)["started_at"] >= paused_at + 1.0  # it waited for the pause
+        await wait_for_status(client, first, {"completed"})
+
+
+@pytest.fixture
+async def maintenance(settings: Settings):  # type: ignore[no-untyped-def]
+    assert settings.redis_url
+    redis = await create_pool(RedisSettings.from_dsn(settings.redis_url))
+    store = SQLiteJobStore(settings.sqlite_path)
+    await store.open()
+    yield lambda s: Maintenance(
+        store=store, queue=JobQueue(redis, queue_name=s.queue_name), events=EventLog(redis), settings=s
+    )
+    await store.close()
+    await redis.aclose()
+
+
+async def test_job_not_started_in_time_expires(settings: Settings, maintenance) -> None:  # type: ignore[no-untyped-def]
+    from service.api.app import create_app
+
+    from .conftest import serve, user_client
+
+    quick = replace(settings, job_max_wait=0.2)
+    assert quick.redis_url
+    async with serve(create_app(quick, redis_url=quick.redis_url)) as live, user_client(live, quick, "alice") as c:
+        job_id = await submit(c, "nobody will run me")
+        await asyncio.sleep(0.3)  # past its maximum wait
+        assert await maintenance(quick).expire() == 1
+        job = (await c.get(f"/api/jobs/{job_id}")).json()
+    assert job["status"] == "expired" and job["error"]["code"] == "expired"
+
+
+async def test_cleanup_purges_old_results_and_streams(
+    client: httpx.AsyncClient, settings: Settings, worker: object, maintenance
+) -> None:  # type: ignore[no-untyped-def]
+    job_id = await submit(client, "short lived")
+    await wait_for_status(client, job_id, {"completed"})
+    keep = maintenance(settings)
+    assert await keep.cleanup() == 0  # within retention
+    assert (await client.get(f"/api/jobs/{job_id}")).status_code == 200
+    gone = maintenance(replace(settings, retention_completed=0, event_retention=0))
+    assert await gone.cleanup() == 1
+    assert (await client.get(f"/api/jobs/{job_id}")).status_code == 404
+    assert not await gone.queue.redis.exists(stream_key(job_id))
