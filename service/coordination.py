@@ -14,6 +14,7 @@ import json
 import logging
 import time
 from collections.abc import Callable
+from typing import Any
 
 from redis.asyncio import Redis
 
@@ -97,12 +98,18 @@ async def unregister_worker(redis: Redis, queue_name: str, worker_id: str, capac
     await redis.zrem(WORKERS_PREFIX + queue_name, f"{worker_id}|{capacity}")
 
 
+async def live_workers(redis: Redis, queue_name: str) -> list[dict[str, Any]]:
+    """Every worker that said it was alive recently: `{"id", "concurrency", "alive_until"}`, by id."""
+    members = await redis.zrangebyscore(WORKERS_PREFIX + queue_name, time.time() * 1000, "+inf", withscores=True)
+    out = []
+    for member, score in members:
+        raw = member.decode() if isinstance(member, bytes) else str(member)
+        worker_id, _, capacity = raw.rpartition("|")
+        with contextlib.suppress(ValueError):
+            out.append({"id": worker_id, "concurrency": int(capacity), "alive_until": round(score / 1000, 3)})
+    return sorted(out, key=lambda w: w["id"])
+
+
 async def live_capacity(redis: Redis, queue_name: str) -> int:
     """Job slots of every worker that said it was alive recently."""
-    members = await redis.zrangebyscore(WORKERS_PREFIX + queue_name, time.time() * 1000, "+inf")
-    total = 0
-    for member in members:
-        raw = member.decode() if isinstance(member, bytes) else str(member)
-        with contextlib.suppress(ValueError):
-            total += int(raw.rpartition("|")[2])
-    return total
+    return sum(w["concurrency"] for w in await live_workers(redis, queue_name))

@@ -27,7 +27,6 @@ from .runner import HeldBack, JobRunner
 from .store import open_store
 from .store.users import JobSecrets
 from .tasks import TaskRegistry, default_registry
-from .workers_registry import WorkerHeartbeat
 
 
 def json_serializer(value: Any) -> bytes:
@@ -81,11 +80,7 @@ def build_worker(
             client=http,
         )
         keys = ProviderKeys(JobSecrets(store), KeyBox(load_server_secret(settings)))  # type: ignore[arg-type]
-        heartbeat = WorkerHeartbeat(
-            ctx["redis"], queue_name=settings.queue_name, worker_id=worker_id, concurrency=settings.worker_concurrency
-        )
-        await heartbeat.start()
-        ctx.update(store=store, http=http, provider=ai, provider_keys=keys, heartbeat=heartbeat)
+        ctx.update(store=store, http=http, provider=ai, provider_keys=keys)
         events = EventLog(ctx["redis"], maxlen=settings.event_stream_maxlen)
         queue = JobQueue(ctx["redis"], queue_name=settings.queue_name)
         chat_models = (settings.ai_model, *settings.ai_fallback_models) if settings.ai_fallback_models else ()
@@ -114,8 +109,6 @@ def build_worker(
         ]
 
     async def shutdown(ctx: dict[str, Any]) -> None:
-        if "heartbeat" in ctx:
-            await ctx["heartbeat"].stop()
         for task in ctx.get("background", []):
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):

@@ -8,9 +8,9 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from ..coordination import live_workers
 from ..models import JobStatus
 from ..store.queries import HistoryFilter, TypeTiming
-from ..workers_registry import live_workers
 from .accounts import accounts
 from .auth import current_user
 from .history import usage_totals
