@@ -24,13 +24,14 @@ FIGURES = ["enqueue", "latency", "drain", "io", "push", "polling"]
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="scripts/bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="small sizes, one round: under a minute")
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes that only show every figure runs (tests)")
     parser.add_argument("--json", type=Path, help="also write the figures to this JSON file")
     parser.add_argument("--only", help=f"comma-separated subset of {','.join(FIGURES)}")
     parser.add_argument("--rounds", type=int, help="rounds per figure (default 3, --quick 1)")
     parser.add_argument("--profile", type=Path, help="profile the aijobs drain worker and enqueue server into DIR")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress lines on stderr")
     args = parser.parse_args(argv)
-    sizes = Sizes.quick() if args.quick else Sizes()
+    sizes = Sizes.smoke() if args.smoke else Sizes.quick() if args.quick else Sizes()
     if args.rounds:
         sizes.rounds = args.rounds
     chosen = args.only.split(",") if args.only else FIGURES

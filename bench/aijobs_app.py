@@ -1,6 +1,6 @@
 """The aijobs web app as the bench serves it: the real create_app, with the bench's job types registered.
 
-    uvicorn --factory bench.aijobs_app:app
+uvicorn --factory bench.aijobs_app:app
 """
 
 from __future__ import annotations

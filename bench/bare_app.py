@@ -1,6 +1,6 @@
 """The baseline web app: bare Starlette, one endpoint that only calls arq's enqueue_job, one that returns JSON.
 
-    uvicorn --factory bench.bare_app:app
+uvicorn --factory bench.bare_app:app
 """
 
 from __future__ import annotations
@@ -70,4 +70,3 @@ def app() -> Starlette:
         ],
         lifespan=lifespan,
     )
-

@@ -141,9 +141,7 @@ def burst(
     else:
         asyncio.run(seed_saq(bench, queue, function, n))
         poll = 0.0
-    proc = bench.worker(
-        system, queue, burst=True, max_jobs=max_jobs, poll=poll, sim_delay=sim_delay, profile=profile
-    )
+    proc = bench.worker(system, queue, burst=True, max_jobs=max_jobs, poll=poll, sim_delay=sim_delay, profile=profile)
     report = proc.finish(timeout=600)
     if report.get("ended", 0) < n or report.get("first") is None:
         raise RuntimeError(f"{system} burst worker ended {report.get('ended')} of {n} jobs")
@@ -166,7 +164,7 @@ def best_saq_concurrency(bench: Bench, function: str, n: int, **kwargs: Any) -> 
 def run(bench: Bench) -> list[Row]:
     sizes = bench.sizes
     n, max_jobs = sizes.drain_jobs, sizes.drain_max_jobs
-    saq_c, scan = best_saq_concurrency(bench, "noop", max(500, n // 5))
+    saq_c, scan = best_saq_concurrency(bench, "noop", max(200, n // 5))
     names = {"aijobs": "aijobs", "arq": f"bare arq (max_jobs={max_jobs})", "saq": f"SAQ (concurrency={saq_c})"}
     rates: dict[str, list[float]] = {k: [] for k in names}
     systems = list(names)

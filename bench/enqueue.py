@@ -25,7 +25,9 @@ def run(bench: Bench) -> list[Row]:
         order = list(sides) if r % 2 == 0 else list(reversed(sides))
         for name in order:
             server, req = sides[name]
-            result = asyncio.run(run_load(server.port, lambda req=req: req, concurrency=CONCURRENCY, seconds=sizes.load_seconds))
+            result = asyncio.run(
+                run_load(server.port, lambda req=req: req, concurrency=CONCURRENCY, seconds=sizes.load_seconds)
+            )
             if result.errors:
                 raise RuntimeError(f"enqueue on {name}: {result.errors} failed requests: {result.statuses}")
             rates[name].append(result.rate)
@@ -35,7 +37,14 @@ def run(bench: Bench) -> list[Row]:
             bench.flush()
     base = "bare Starlette + arq"
     return [
-        Row("enqueue", f"POST req/s (c={CONCURRENCY})", Stat.of(rates["aijobs"]), {base: Stat.of(rates[base])}, True, "≥ 0.7"),
+        Row(
+            "enqueue",
+            f"POST req/s (c={CONCURRENCY})",
+            Stat.of(rates["aijobs"]),
+            {base: Stat.of(rates[base])},
+            True,
+            "≥ 0.7",
+        ),
         Row("enqueue", "POST p50 ms", Stat.of(p50["aijobs"]), {base: Stat.of(p50[base])}, False),
         Row("enqueue", "POST p99 ms", Stat.of(p99["aijobs"]), {base: Stat.of(p99[base])}, False),
     ]

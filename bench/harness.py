@@ -23,7 +23,17 @@ from redis import Redis as SyncRedis
 from service.embedded import EmbeddedRedis, die_with_parent, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
-UVICORN_ARGS = ["--host", "127.0.0.1", "--no-access-log", "--log-level", "warning", "--loop", "uvloop", "--http", "httptools"]
+UVICORN_ARGS = [
+    "--host",
+    "127.0.0.1",
+    "--no-access-log",
+    "--log-level",
+    "warning",
+    "--loop",
+    "uvloop",
+    "--http",
+    "httptools",
+]
 
 
 @dataclass
@@ -51,6 +61,21 @@ class Sizes:
             drain_jobs=1_000,
             io_jobs=400,
             io_max_jobs=200,
+            saq_concurrency=(50,),
+        )
+
+    @classmethod
+    def smoke(cls) -> Sizes:
+        """Just enough to show every figure runs (the test suite's smoke test); the numbers mean nothing."""
+        return cls(
+            rounds=1,
+            load_seconds=0.3,
+            latency_jobs=5,
+            latency_jobs_slow_poll=1,
+            drain_jobs=200,
+            io_jobs=100,
+            io_max_jobs=100,
+            io_seconds=0.2,
             saq_concurrency=(50,),
         )
 
@@ -172,7 +197,9 @@ class Bench:
         env.update(extra)
         return env
 
-    def spawn(self, name: str, args: Sequence[str], *, env: dict[str, str] | None = None, profile: Path | None = None) -> Proc:
+    def spawn(
+        self, name: str, args: Sequence[str], *, env: dict[str, str] | None = None, profile: Path | None = None
+    ) -> Proc:
         cmd = [sys.executable]
         if profile is not None:  # pyinstrument runs the same `-m module ...` and writes a text report at exit
             cmd += ["-m", "pyinstrument", "--renderer", "text", "-o", str(profile)]
@@ -206,7 +233,9 @@ class Bench:
         args += ["--sim-delay", str(sim_delay)] + (["--burst"] if burst else [])
         return self.spawn(f"{kind} worker", args, env=env, profile=profile)
 
-    def serve(self, name: str, factory: str, *, env: dict[str, str] | None = None, profile: Path | None = None) -> Server:
+    def serve(
+        self, name: str, factory: str, *, env: dict[str, str] | None = None, profile: Path | None = None
+    ) -> Server:
         port = free_port()
         args = ["-m", "uvicorn", "--factory", factory, "--port", str(port), *UVICORN_ARGS]
         proc = self.spawn(name, args, env=env, profile=profile)
@@ -294,5 +323,7 @@ class Servers:
     def bare(self) -> Server:
         if self._bare is None:
             self.bench.log("starting the bare Starlette + arq web server (uvicorn, 1 process)")
-            self._bare = self.bench.serve("bare web", "bench.bare_app:app", env=self.bench.env(BENCH_ARQ_QUEUE="bench:bare"))
+            self._bare = self.bench.serve(
+                "bare web", "bench.bare_app:app", env=self.bench.env(BENCH_ARQ_QUEUE="bench:bare")
+            )
         return self._bare

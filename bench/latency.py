@@ -128,9 +128,12 @@ class Systems:
 
 
 def run(bench: Bench) -> list[Row]:
-    sizes = bench.sizes
     aijobs_poll = Settings().poll_delay
-    queues = {"arq-default": bench.fresh_queue("arq05"), "arq-10ms": bench.fresh_queue("arq10"), "saq": bench.fresh_queue("saq")}
+    queues = {
+        "arq-default": bench.fresh_queue("arq05"),
+        "arq-10ms": bench.fresh_queue("arq10"),
+        "saq": bench.fresh_queue("saq"),
+    }
     _ = bench.servers.aijobs  # the web process, on bench.queue
     workers = [
         bench.worker("aijobs", bench.queue, burst=False, poll=aijobs_poll),
@@ -230,12 +233,24 @@ def rows(samples: dict[str, list[list[float]]]) -> list[Row]:
     for q in (50, 99):
         base = {k: _stat(v, q) for k, v in arq_base.items()}
         out.append(
-            Row("start latency", f"enqueue → start p{q} ms", _stat(samples["aijobs queue"], q), base, False,
-                "p50 ≤ 2 ms" if q == 50 else "")
+            Row(
+                "start latency",
+                f"enqueue → start p{q} ms",
+                _stat(samples["aijobs queue"], q),
+                base,
+                False,
+                "p50 ≤ 2 ms" if q == 50 else "",
+            )
         )
         out.append(Row("start latency", f"POST → start p{q} ms", _stat(samples["aijobs POST→start"], q), {}, False))
         out.append(
-            Row("start latency", f"POST → first SSE event p{q} ms", _stat(samples["aijobs POST→SSE"], q), {}, False,
-                "p50 ≤ 20 ms" if q == 50 else "")
+            Row(
+                "start latency",
+                f"POST → first SSE event p{q} ms",
+                _stat(samples["aijobs POST→SSE"], q),
+                {},
+                False,
+                "p50 ≤ 20 ms" if q == 50 else "",
+            )
         )
     return out

@@ -29,7 +29,9 @@ def run(bench: Bench) -> list[Row]:
         order = list(sides) if r % 2 == 0 else list(reversed(sides))
         for name in order:
             server, req = sides[name]
-            result = asyncio.run(run_load(server.port, lambda req=req: req, concurrency=CONCURRENCY, seconds=sizes.load_seconds))
+            result = asyncio.run(
+                run_load(server.port, lambda req=req: req, concurrency=CONCURRENCY, seconds=sizes.load_seconds)
+            )
             if result.errors:
                 raise RuntimeError(f"polling on {name}: {result.errors} failed requests: {result.statuses}")
             rates[name].append(result.rate)
