@@ -25,6 +25,12 @@ ARQ_POLL = 0.01  # arq's default 0.5 s poll would starve a burst worker between 
 class BurstResult:
     jobs: int
     seconds: float
+    worker_cpu: float = 0.0  # seconds of CPU the worker process used while jobs ran
+    redis_cpu: float = 0.0  # seconds of CPU redis-server used over the same run
+
+    @property
+    def cpu_per_job_us(self) -> tuple[float, float]:
+        return self.worker_cpu / self.jobs * 1e6, self.redis_cpu / self.jobs * 1e6
 
     @property
     def rate(self) -> float:
@@ -141,14 +147,21 @@ def burst(
     else:
         asyncio.run(seed_saq(bench, queue, function, n))
         poll = 0.0
+    redis_cpu = _redis_cpu(bench)
     proc = bench.worker(system, queue, burst=True, max_jobs=max_jobs, poll=poll, sim_delay=sim_delay, profile=profile)
     report = proc.finish(timeout=600)
+    redis_cpu = _redis_cpu(bench) - redis_cpu
     if report.get("ended", 0) < n or report.get("first") is None:
         raise RuntimeError(f"{system} burst worker ended {report.get('ended')} of {n} jobs")
     if ids:
         check_aijobs(bench, ids)
     bench.flush()
-    return BurstResult(jobs=n, seconds=report["last"] - report["first"])
+    return BurstResult(jobs=n, seconds=report["last"] - report["first"], worker_cpu=report["cpu"], redis_cpu=redis_cpu)
+
+
+def _redis_cpu(bench: Bench) -> float:
+    info = bench.redis.info("cpu")
+    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
 
 
 def best_saq_concurrency(bench: Bench, function: str, n: int, **kwargs: Any) -> tuple[int, dict[int, float]]:
@@ -167,14 +180,24 @@ def run(bench: Bench) -> list[Row]:
     saq_c, scan = best_saq_concurrency(bench, "noop", max(200, n // 5))
     names = {"aijobs": "aijobs", "arq": f"bare arq (max_jobs={max_jobs})", "saq": f"SAQ (concurrency={saq_c})"}
     rates: dict[str, list[float]] = {k: [] for k in names}
+    cpu: dict[str, list[tuple[float, float]]] = {k: [] for k in names}
     systems = list(names)
     for r in range(sizes.rounds):
         order = systems[r % 3 :] + systems[: r % 3]
         for system in order:
             result = burst(bench, system, "noop", n, saq_c if system == "saq" else max_jobs)
             rates[system].append(result.rate)
-            bench.log(f"drain round {r + 1} {system}: {result.rate:,.0f} jobs/s ({result.seconds:.2f} s)")
-    note = f"SAQ scan {scan}" if scan else ""
+            cpu[system].append(result.cpu_per_job_us)
+            worker_us, redis_us = result.cpu_per_job_us
+            bench.log(
+                f"drain round {r + 1} {system}: {result.rate:,.0f} jobs/s ({result.seconds:.2f} s); "
+                f"CPU per job: worker {worker_us:.0f} µs, redis {redis_us:.0f} µs"
+            )
+    per_job = "; ".join(
+        f"{k} CPU/job worker {Stat.of([c[0] for c in v]).median:.0f} µs, redis {Stat.of([c[1] for c in v]).median:.0f} µs"
+        for k, v in cpu.items()
+    )
+    note = per_job + (f"; SAQ concurrency scan (jobs/s): {scan}" if scan else "")
     return [
         Row(
             "drain",

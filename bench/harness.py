@@ -137,9 +137,9 @@ class Proc:
             raise RuntimeError(f"{self.name} exited with {self.popen.returncode}")
         return self.lines[-1] if self.lines else {}
 
-    def stop(self, timeout: float = 10.0) -> None:
+    def stop(self, timeout: float = 10.0, sig: int = signal.SIGTERM) -> None:
         if self.popen.poll() is None:
-            self.popen.send_signal(signal.SIGTERM)
+            self.popen.send_signal(sig)
             try:
                 self.popen.wait(timeout)
             except subprocess.TimeoutExpired:
@@ -202,7 +202,8 @@ class Bench:
     ) -> Proc:
         cmd = [sys.executable]
         if profile is not None:  # pyinstrument runs the same `-m module ...` and writes a text report at exit
-            cmd += ["-m", "pyinstrument", "--renderer", "text", "-o", str(profile)]
+            cmd += ["-m", "pyinstrument", "--renderer", "text", "-p", "flat=true", "-p", "flat_time=self"]
+            cmd += ["-o", str(profile)]
         cmd += list(args)
         popen = subprocess.Popen(
             cmd,

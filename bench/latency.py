@@ -107,12 +107,13 @@ class Systems:
         await self.aijobs_queue.enqueue(job.id, attempt=0, priority=job.priority)
         return await wait_mark(self.marks, tag) - t0
 
-    async def aijobs_http(self) -> tuple[float, float]:
+    async def aijobs_http(self) -> tuple[float, float, float]:
         t0 = time.time()
         r = await self.http.post("/api/jobs", json={"type": "mark", "input": {}})
+        accepted = time.time()
         r.raise_for_status()
         seen, started = await sse_until_started(self.http, r.json()["job_id"])
-        return started - t0, seen - t0
+        return started - t0, seen - t0, accepted - t0
 
     async def arq_start(self, queue: str) -> float:
         tag = uuid.uuid4().hex
@@ -157,7 +158,7 @@ async def _measure(bench: Bench, queues: dict[str, str], aijobs_poll: float) -> 
     rounds = sizes.rounds
     per_round = max(1, sizes.latency_jobs // rounds)
     slow_per_round = max(1, sizes.latency_jobs_slow_poll // rounds)
-    keys = ["aijobs queue", "aijobs POST→start", "aijobs POST→SSE", "arq-default", "arq-10ms", "saq"]
+    keys = ["aijobs queue", "aijobs POST→202", "aijobs POST→start", "aijobs POST→SSE", "arq-default", "arq-10ms", "saq"]
     samples: dict[str, list[list[float]]] = {k: [] for k in keys}
     async with Systems(bench, queues) as s:
 
@@ -172,12 +173,14 @@ async def _measure(bench: Bench, queues: dict[str, str], aijobs_poll: float) -> 
             samples["aijobs queue"].append(out)
 
         async def aijobs_http_round() -> None:
-            start, sse = [], []
+            start, sse, accepted = [], [], []
             for _ in range(per_round):
                 await idle(aijobs_poll)
-                a, b = await s.aijobs_http()
+                a, b, c = await s.aijobs_http()
                 start.append(a)
                 sse.append(b)
+                accepted.append(c)
+            samples["aijobs POST→202"].append(accepted)
             samples["aijobs POST→start"].append(start)
             samples["aijobs POST→SSE"].append(sse)
 
@@ -242,6 +245,7 @@ def rows(samples: dict[str, list[list[float]]]) -> list[Row]:
                 "p50 ≤ 2 ms" if q == 50 else "",
             )
         )
+        out.append(Row("start latency", f"POST → 202 p{q} ms", _stat(samples["aijobs POST→202"], q), {}, False))
         out.append(Row("start latency", f"POST → start p{q} ms", _stat(samples["aijobs POST→start"], q), {}, False))
         out.append(
             Row(

@@ -28,17 +28,22 @@ class Clock:
         self.first: float | None = None
         self.last: float | None = None
         self.ended = 0
+        self.cpu_first = 0.0
+        self.cpu_last = 0.0
 
     async def started(self, *_: Any) -> None:
         if self.first is None:
             self.first = time.time()
+            self.cpu_first = time.process_time()
 
     async def ended_one(self, *_: Any) -> None:
         self.last = time.time()
+        self.cpu_last = time.process_time()
         self.ended += 1
 
     def report(self) -> None:
-        print(json.dumps({"first": self.first, "last": self.last, "ended": self.ended}), flush=True)
+        cpu = self.cpu_last - self.cpu_first  # every thread of this process, while jobs ran
+        print(json.dumps({"first": self.first, "last": self.last, "ended": self.ended, "cpu": cpu}), flush=True)
 
 
 def ready() -> None:

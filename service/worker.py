@@ -12,8 +12,10 @@ import httpx
 from arq import Worker, func
 from arq.connections import RedisSettings
 
+from .arq_worker import WakeableWorker
 from .config import Settings
 from .events import EventLog
+from .models import dumps
 from .providers.base import Provider
 from .providers.factory import build_provider
 from .queue import RUN_JOB_FUNCTION, JobQueue
@@ -23,7 +25,7 @@ from .tasks import TaskRegistry, default_registry
 
 
 def json_serializer(value: Any) -> bytes:
-    return json.dumps(value, separators=(",", ":")).encode()
+    return dumps(value).encode()
 
 
 def json_deserializer(raw: bytes) -> Any:
@@ -80,7 +82,7 @@ def build_worker(
             await ctx["http"].aclose()
 
     max_timeout = max([settings.job_timeout, *(s.timeout or 0 for s in registry)])
-    return Worker(
+    return WakeableWorker(
         functions=[func(run_job, name=RUN_JOB_FUNCTION, max_tries=1000, timeout=max_timeout + 30)],
         queue_name=settings.queue_name,
         redis_settings=RedisSettings.from_dsn(redis_url),
