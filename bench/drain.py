@@ -194,7 +194,8 @@ def run(bench: Bench) -> list[Row]:
                 f"CPU per job: worker {worker_us:.0f} µs, redis {redis_us:.0f} µs"
             )
     per_job = "; ".join(
-        f"{k} CPU/job worker {Stat.of([c[0] for c in v]).median:.0f} µs, redis {Stat.of([c[1] for c in v]).median:.0f} µs"
+        f"{k} CPU/job: worker {Stat.of([c[0] for c in v]).median:.0f} µs, "
+        f"redis {Stat.of([c[1] for c in v]).median:.0f} µs"
         for k, v in cpu.items()
     )
     note = per_job + (f"; SAQ concurrency scan (jobs/s): {scan}" if scan else "")
