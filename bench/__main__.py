@@ -27,13 +27,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--smoke", action="store_true", help="tiny sizes that only show every figure runs (tests)")
     parser.add_argument("--json", type=Path, help="also write the figures to this JSON file")
     parser.add_argument("--only", help=f"comma-separated subset of {','.join(FIGURES)}")
-    parser.add_argument("--rounds", type=int, help="rounds per figure (default 3, --quick 1)")
+    parser.add_argument("--rounds", type=int, help="rounds per figure (default 3, drain and I/O 2; --quick 1)")
     parser.add_argument("--profile", type=Path, help="profile the aijobs drain worker and enqueue server into DIR")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress lines on stderr")
     args = parser.parse_args(argv)
     sizes = Sizes.smoke() if args.smoke else Sizes.quick() if args.quick else Sizes()
     if args.rounds:
-        sizes.rounds = args.rounds
+        sizes.rounds = sizes.heavy_rounds = args.rounds
     chosen = args.only.split(",") if args.only else FIGURES
     unknown = set(chosen) - set(FIGURES)
     if unknown:
@@ -72,7 +72,8 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(
         f"Machine: {m['nproc']} cores, {m['cpu']}, Python {m['python']}, Redis {m['redis']}; "
-        f"{'--quick, ' if args.quick else ''}{sizes.rounds} round(s), {extra['seconds']} s. "
+        f"{'--quick, ' if args.quick else ''}{sizes.rounds} rounds (drain and I/O {sizes.heavy_rounds}), "
+        f"{extra['seconds']} s. "
         "Medians (min–max over rounds); baselines alternate with aijobs in the same run."
     )
     if args.json:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -137,6 +138,7 @@ def burst(
 ) -> BurstResult:
     """Seed a fresh queue with n jobs, run one burst worker over it, and time it from inside the worker."""
     queue = bench.fresh_queue(system)
+    seeding = time.monotonic()
     ids: list[str] = []
     if system == "aijobs":
         ids = asyncio.run(seed_aijobs(bench, queue, function, n))
@@ -147,6 +149,7 @@ def burst(
     else:
         asyncio.run(seed_saq(bench, queue, function, n))
         poll = 0.0
+    bench.log(f"seeded {n:,} {system} jobs in {time.monotonic() - seeding:.1f} s")
     redis_cpu = _redis_cpu(bench)
     proc = bench.worker(system, queue, burst=True, max_jobs=max_jobs, poll=poll, sim_delay=sim_delay, profile=profile)
     report = proc.finish(timeout=600)
@@ -182,7 +185,7 @@ def run(bench: Bench) -> list[Row]:
     rates: dict[str, list[float]] = {k: [] for k in names}
     cpu: dict[str, list[tuple[float, float]]] = {k: [] for k in names}
     systems = list(names)
-    for r in range(sizes.rounds):
+    for r in range(sizes.heavy_rounds):
         order = systems[r % 3 :] + systems[: r % 3]
         for system in order:
             result = burst(bench, system, "noop", n, saq_c if system == "saq" else max_jobs)

@@ -41,7 +41,8 @@ class Sizes:
     """How much work each figure does: the default run, or --quick."""
 
     rounds: int = 3
-    load_seconds: float = 3.0
+    heavy_rounds: int = 2  # drain and I/O: each round is a 10,000-job drain per system, so fewer fit in 5 minutes
+    load_seconds: float = 2.5
     latency_jobs: int = 200  # per system, split over the rounds
     latency_jobs_slow_poll: int = 20  # arq at its default 0.5 s poll costs ~0.5 s a job
     drain_jobs: int = 10_000
@@ -55,6 +56,7 @@ class Sizes:
     def quick(cls) -> Sizes:
         return cls(
             rounds=1,
+            heavy_rounds=1,
             load_seconds=1.0,
             latency_jobs=30,
             latency_jobs_slow_poll=4,
@@ -69,6 +71,7 @@ class Sizes:
         """Just enough to show every figure runs (the test suite's smoke test); the numbers mean nothing."""
         return cls(
             rounds=1,
+            heavy_rounds=1,
             load_seconds=0.3,
             latency_jobs=5,
             latency_jobs_slow_poll=1,

@@ -18,7 +18,7 @@ def run(bench: Bench) -> list[Row]:
     names = {"aijobs": "aijobs", "arq": f"bare arq (max_jobs={m})", "saq": f"SAQ (concurrency={m})"}
     walls: dict[str, list[float]] = {k: [] for k in names}
     systems = list(names)
-    for r in range(sizes.rounds):
+    for r in range(sizes.heavy_rounds):
         order = systems[r % 3 :] + systems[: r % 3]
         for system in order:
             result = burst(bench, system, "ai_call", n, m, sim_delay=delay)
