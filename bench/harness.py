@@ -42,9 +42,9 @@ class Sizes:
 
     rounds: int = 3
     heavy_rounds: int = 2  # drain and I/O: each round is a 10,000-job drain per system, so fewer fit in 5 minutes
-    load_seconds: float = 2.5
+    load_seconds: float = 2.0
     latency_jobs: int = 200  # per system, split over the rounds
-    latency_jobs_slow_poll: int = 20  # arq at its default 0.5 s poll costs ~0.5 s a job
+    latency_jobs_slow_poll: int = 15  # arq at its default 0.5 s poll costs ~0.5 s a job
     drain_jobs: int = 10_000
     drain_max_jobs: int = 50
     io_jobs: int = 2_000

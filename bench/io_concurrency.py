@@ -17,13 +17,18 @@ def run(bench: Bench) -> list[Row]:
     ideal = n / m * delay
     names = {"aijobs": "aijobs", "arq": f"bare arq (max_jobs={m})", "saq": f"SAQ (concurrency={m})"}
     walls: dict[str, list[float]] = {k: [] for k in names}
+    cpu: dict[str, list[float]] = {k: [] for k in names}
     systems = list(names)
     for r in range(sizes.heavy_rounds):
         order = systems[r % 3 :] + systems[: r % 3]
         for system in order:
             result = burst(bench, system, "ai_call", n, m, sim_delay=delay)
             walls[system].append(result.seconds)
-            bench.log(f"io round {r + 1} {system}: {result.seconds:.2f} s (ideal {ideal:.1f} s)")
+            cpu[system].append(result.cpu_per_job_us[0])
+            bench.log(
+                f"io round {r + 1} {system}: {result.seconds:.2f} s (ideal {ideal:.1f} s); "
+                f"worker CPU per job {result.cpu_per_job_us[0]:.0f} µs"
+            )
     return [
         Row(
             "I/O concurrency",
@@ -32,6 +37,7 @@ def run(bench: Bench) -> list[Row]:
             {names["arq"]: Stat.of(walls["arq"]), names["saq"]: Stat.of(walls["saq"])},
             False,
             f"≤ {ideal * 1.1:.1f} s",
-            f"aijobs ÷ ideal = {Stat.of(walls['aijobs']).median / ideal:.2f}",
+            f"aijobs ÷ ideal = {Stat.of(walls['aijobs']).median / ideal:.2f}; worker CPU/job: "
+            + ", ".join(f"{k} {Stat.of(v).median:.0f} µs" for k, v in cpu.items()),
         )
     ]
