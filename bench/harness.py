@@ -153,10 +153,22 @@ class Proc:
                 self.popen.stdout.close()
 
 
+def process_cpu(pid: int) -> float:
+    """CPU seconds (user + system, all threads) a process has used so far; 0.0 where /proc is missing."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 @dataclass
 class Server:
     proc: Proc
     port: int
+
+    def cpu(self) -> float:
+        return process_cpu(self.proc.popen.pid)
 
     @property
     def url(self) -> str:

@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 
 @dataclass
 class LoadResult:
-    requests: int = 0
+    requests: int = 0  # in the measured window
+    total: int = 0  # including the warm-up, for CPU per request
     errors: int = 0
     seconds: float = 0.0
     latencies: list[float] = field(default_factory=list)
@@ -72,6 +73,7 @@ async def run_load(
                     return
                 writer.write(make_request())
                 status = await _read_response(reader)
+                result.total += 1
                 if now >= measure_from:
                     result.requests += 1
                     result.latencies.append(time.perf_counter() - sent)

@@ -42,6 +42,11 @@ class Row:
         }
 
 
+def cpu_note(cpu: dict[str, list[float]]) -> str:
+    """'server CPU/request: a X µs, b Y µs' from per-round samples."""
+    return "server CPU/request: " + ", ".join(f"{k} {Stat.of(v).median:.0f} µs" for k, v in cpu.items())
+
+
 def fmt(value: float) -> str:
     if value >= 100:
         return f"{value:,.0f}"
