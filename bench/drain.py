@@ -180,7 +180,7 @@ def best_saq_concurrency(bench: Bench, function: str, n: int, **kwargs: Any) -> 
 def run(bench: Bench) -> list[Row]:
     sizes = bench.sizes
     n, max_jobs = sizes.drain_jobs, sizes.drain_max_jobs
-    saq_c, scan = best_saq_concurrency(bench, "noop", max(200, n // 5))
+    saq_c, scan = best_saq_concurrency(bench, "noop", max(200, n // 10))
     names = {"aijobs": "aijobs", "arq": f"bare arq (max_jobs={max_jobs})", "saq": f"SAQ (concurrency={saq_c})"}
     rates: dict[str, list[float]] = {k: [] for k in names}
     cpu: dict[str, list[tuple[float, float]]] = {k: [] for k in names}
