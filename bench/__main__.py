@@ -2,7 +2,8 @@
 
     scripts/bench [--quick] [--json FILE] [--only enqueue,latency,...] [--profile DIR]
 
-Redis: REDIS_URL if set, else an embedded redis-server on a free port; the job store is a temp SQLite file.
+Redis: REDIS_URL if set (an empty database: the bench empties it between figures), else an embedded redis-server
+on a free port; the job store is a temp SQLite file.
 """
 
 from __future__ import annotations

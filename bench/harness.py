@@ -189,6 +189,10 @@ class Bench:
             redis_url = self._redis_server.url
         self.redis_url = redis_url
         self.redis = SyncRedis.from_url(redis_url)
+        if self._redis_server is None and self.redis.dbsize():
+            # The bench empties its database between figures: never do that to a database holding anything else.
+            self.redis.close()
+            raise SystemExit(f"scripts/bench: REDIS_URL {redis_url} is not an empty database; point it at an empty one")
         self.procs: list[Proc] = []
         self.db_path = self.tmp / "jobs.db"
         self.queue = "bench:aijobs"
