@@ -3,21 +3,45 @@
 Priority rule: arq runs ready jobs in order of their score (a time in ms). We give each job a head start
 of `priority × PRIORITY_STEP_SECONDS`, so among waiting jobs a higher priority runs first, yet a job of
 priority 1 that has waited longer than (10 − 1) × 10 s = 90 s overtakes any newly arrived priority-10 job:
-nothing is starved forever. Each arq job id is `<job id>.<ticket>`, where the ticket is the job's `seq` when it
-was (re)queued: enqueueing the same ticket twice (the reconciler, a retried request) is a no-op while the first
-copy waits, and a stale copy (one arq re-runs after a worker died) cannot claim the job, since the store's claim
-requires the ticket to match.
+nothing is starved forever. A deferred job (a retry backing off) is scored at the time it is due, with no
+head start, since a head start would let it run before its back-off is over.
+
+Each arq job id is `<job id>.<ticket>`, where the ticket is the job's `seq` when it was (re)queued: enqueueing
+the same ticket twice (the reconciler, a retried request) is a no-op while the first copy waits, and a stale
+copy (one arq re-runs after a worker died) cannot claim the job, since the store's claim requires the ticket
+to match.
+
+Enqueue is one Lua call (arq's own enqueue_job takes three round trips: WATCH, EXISTS, MULTI/EXEC) that
+writes the job in arq's format and then PUBLISHes on the queue's wake channel, so an idle worker
+(service/arq_worker.py) starts it at once instead of at its next poll.
 """
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+import time
 
 from arq.connections import ArqRedis
+from arq.constants import job_key_prefix, result_key_prefix
+from arq.jobs import serialize_job
 
 PRIORITY_STEP_SECONDS = 10.0
 DEFAULT_PRIORITY = 5
 RUN_JOB_FUNCTION = "run_job"
+JOB_EXPIRES_MS = 2 * 24 * 3600 * 1000
+
+# Same effect as arq's enqueue_job (refuse a job id that exists or has a result), atomically, plus the wake-up.
+_ENQUEUE_LUA = """
+if redis.call('EXISTS', KEYS[1], KEYS[2]) > 0 then return 0 end
+redis.call('PSETEX', KEYS[1], ARGV[1], ARGV[2])
+redis.call('ZADD', KEYS[3], ARGV[3], ARGV[4])
+redis.call('PUBLISH', ARGV[5], '1')
+return 1
+"""
+
+
+def wake_channel(queue_name: str) -> str:
+    """Where enqueue announces new work to idle workers of this queue."""
+    return f"{queue_name}:wake"
 
 
 def queue_score_ms(enqueued_at: float, priority: int, defer_seconds: float = 0.0) -> float:
@@ -28,19 +52,23 @@ class JobQueue:
     def __init__(self, redis: ArqRedis, *, queue_name: str) -> None:
         self.redis = redis
         self.queue_name = queue_name
+        self._enqueue = redis.register_script(_ENQUEUE_LUA)
 
     async def enqueue(self, job_id: str, *, ticket: int, priority: int, defer_seconds: float = 0.0) -> bool:
         """Put one queued spell of a job on the queue; False if that ticket is already there."""
-        start = datetime.now(UTC) + timedelta(seconds=defer_seconds - priority * PRIORITY_STEP_SECONDS)
-        job = await self.redis.enqueue_job(
-            RUN_JOB_FUNCTION,
-            job_id,
-            _job_id=arq_job_id(job_id, ticket),
-            _queue_name=self.queue_name,
-            _defer_until=start,
-            _expires=timedelta(days=2),
+        arq_id = arq_job_id(job_id, ticket)
+        enqueued_ms = int(time.time() * 1000)
+        if defer_seconds > 0:  # a back-off must be honoured: a deferred job gets no head start before it is due
+            score = enqueued_ms + int(defer_seconds * 1000)
+        else:
+            score = int(queue_score_ms(enqueued_ms / 1000, priority))
+        serializer = self.redis.job_serializer
+        payload = serialize_job(RUN_JOB_FUNCTION, (job_id,), {}, None, enqueued_ms, serializer=serializer)
+        added = await self._enqueue(
+            keys=[job_key_prefix + arq_id, result_key_prefix + arq_id, self.queue_name],
+            args=[JOB_EXPIRES_MS, payload, score, arq_id, wake_channel(self.queue_name)],
         )
-        return job is not None
+        return bool(added)
 
     async def depth(self) -> int:
         return int(await self.redis.zcard(self.queue_name))

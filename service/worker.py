@@ -14,11 +14,13 @@ import httpx
 from arq import Retry, Worker, cron, func
 from arq.connections import RedisSettings
 
+from .arq_worker import WakeableWorker
 from .config import Settings
 from .coordination import ProviderBackoff, listen_for_cancels, unregister_worker
 from .crypto import KeyBox, load_server_secret
 from .events import EventLog
 from .lifecycle import Maintenance
+from .models import dumps
 from .provider_keys import ProviderKeys
 from .providers.base import Provider
 from .providers.factory import build_provider
@@ -30,7 +32,7 @@ from .tasks import TaskRegistry, default_registry
 
 
 def json_serializer(value: Any) -> bytes:
-    return json.dumps(value, separators=(",", ":")).encode()
+    return dumps(value).encode()
 
 
 def json_deserializer(raw: bytes) -> Any:
@@ -123,7 +125,7 @@ def build_worker(
             await ctx["http"].aclose()
 
     max_timeout = max([settings.job_timeout, *(s.timeout or 0 for s in registry)])
-    return Worker(
+    return WakeableWorker(
         functions=[func(run_job, name=RUN_JOB_FUNCTION, max_tries=1000, timeout=max_timeout + 30)],
         cron_jobs=[cron(cleanup_job, name="aijobs:cleanup", second={0}, unique=True, timeout=60)],
         job_completion_wait=settings.shutdown_grace,  # type: ignore[arg-type]  # SIGTERM: finish, then give back

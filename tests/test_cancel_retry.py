@@ -102,6 +102,20 @@ async def test_retry_after_wins_and_next_attempt_is_shown(client: httpx.AsyncCli
         assert row["completed_at"] - row["started_at"] >= 1.5  # it waited the provider's Retry-After
 
 
+async def test_computed_backoff_is_honoured_before_the_next_attempt(
+    client: httpx.AsyncClient, settings: Settings
+) -> None:
+    async with run_worker(replace(settings, retry_base=1.0, retry_cap=1.0)):
+        r = await client.post("/api/jobs", json={"type": "summary", "input": {"text": "flaky [[fail:500:times=1]]"}})
+        done = await wait_for_status(client, r.json()["job_id"], {"completed", "failed"})
+    assert done["status"] == "completed" and done["attempt"] == 2, done
+    first, second = done["attempts"][0], done["attempts"][1]
+    assert first["error"] == "provider_server_error" and second["error"] is None
+    row = store_row(settings, r.json()["job_id"])
+    # full jitter over the upper half of base × 2^0 = 1 s: the second attempt waited at least 0.5 s
+    assert row["completed_at"] - row["started_at"] >= 0.5
+
+
 async def test_model_fallback_chain(client: httpx.AsyncClient, settings: Settings) -> None:
     chained = replace(
         settings, ai_model="sim-fail-400", ai_fallback_models=("sim-fail-500", "sim-2"), retry_base=0.05, retry_cap=0.1

@@ -1,0 +1,1 @@
+"""scripts/bench: what aijobs costs over bare arq, bare Starlette and SAQ, measured side by side in one run."""

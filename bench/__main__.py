@@ -1,0 +1,87 @@
+"""scripts/bench: every aijobs figure beside its baselines, from one run on this machine.
+
+    scripts/bench [--quick] [--json FILE] [--only enqueue,latency,...] [--profile DIR]
+
+Redis: REDIS_URL if set (an empty database: the bench empties it between figures), else an embedded redis-server
+on a free port; the job store is a temp SQLite file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from . import drain, enqueue, io_concurrency, latency, polling, push
+from .harness import Sizes, open_bench
+from .report import Row, machine, table, write_json
+
+FIGURES = ["enqueue", "latency", "drain", "io", "push", "polling"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="scripts/bench", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="small sizes, one round: under a minute")
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes that only show every figure runs (tests)")
+    parser.add_argument("--json", type=Path, help="also write the figures to this JSON file")
+    parser.add_argument("--only", help=f"comma-separated subset of {','.join(FIGURES)}")
+    parser.add_argument("--rounds", type=int, help="rounds per figure (default 3, drain and I/O 2; --quick 1)")
+    parser.add_argument("--profile", type=Path, help="profile the aijobs drain worker and enqueue server into DIR")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress lines on stderr")
+    args = parser.parse_args(argv)
+    sizes = Sizes.smoke() if args.smoke else Sizes.quick() if args.quick else Sizes()
+    if args.rounds:
+        sizes.rounds = sizes.heavy_rounds = args.rounds
+    chosen = args.only.split(",") if args.only else FIGURES
+    unknown = set(chosen) - set(FIGURES)
+    if unknown:
+        parser.error(f"unknown figure(s): {', '.join(sorted(unknown))}")
+    started = time.monotonic()
+    rows: list[Row] = []
+    extra: dict[str, Any] = {}
+    with open_bench(os.environ.get("REDIS_URL") or None, sizes, verbose=not args.quiet) as bench:
+        info = bench.redis.info("server")
+        extra["machine"] = machine(str(info.get("redis_version", "")))
+        extra["sizes"] = vars(sizes)
+        for name in chosen:
+            t = time.monotonic()
+            if name == "enqueue":
+                rows += enqueue.run(bench)
+            elif name == "latency":
+                rows += latency.run(bench)
+            elif name == "drain":
+                rows += drain.run(bench)
+            elif name == "io":
+                rows += io_concurrency.run(bench)
+            elif name == "push":
+                push_rows, extra["push"] = push.run(bench, quick=args.quick)
+                rows += push_rows
+            elif name == "polling":
+                rows += polling.run(bench)
+            bench.log(f"{name}: {time.monotonic() - t:.0f} s")
+        if args.profile:
+            from . import profile
+
+            extra["profile"] = profile.run(bench, args.profile)
+    extra["seconds"] = round(time.monotonic() - started, 1)
+    m = extra["machine"]
+    print()
+    print(table(rows))
+    print()
+    print(
+        f"Machine: {m['nproc']} cores, {m['cpu']}, Python {m['python']}, Redis {m['redis']}; "
+        f"{'--quick, ' if args.quick else ''}{sizes.rounds} rounds (drain and I/O {sizes.heavy_rounds}), "
+        f"{extra['seconds']} s. "
+        "Medians (min–max over rounds); baselines alternate with aijobs in the same run."
+    )
+    if args.json:
+        write_json(args.json, rows, extra)
+        print(f"JSON written to {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,32 @@
+"""scripts/bench runs end to end and prints every figure (tiny sizes; no timing is asserted)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_bench_prints_every_figure(tmp_path: Path) -> None:
+    out_json = tmp_path / "bench.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench", "--smoke", "--quiet", "--json", str(out_json)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=110,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    for figure in ("enqueue", "start latency", "drain", "I/O concurrency", "polling"):
+        assert f"| {figure} |" in proc.stdout, proc.stdout
+    for baseline in ("bare Starlette + arq", "bare arq", "SAQ", "arq, default 0.5 s poll", "bare Starlette JSON"):
+        assert baseline in proc.stdout, proc.stdout
+    assert "push" in proc.stdout
+    data = json.loads(out_json.read_text())
+    figures = {row["figure"] for row in data["rows"]}
+    assert {"enqueue", "start latency", "drain", "I/O concurrency", "polling"} <= figures
+    assert all(row["aijobs"]["median"] > 0 for row in data["rows"])
+    assert data["machine"]["nproc"] >= 1

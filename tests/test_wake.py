@@ -1,0 +1,43 @@
+"""Enqueue wakes an idle worker (service/arq_worker.py) instead of leaving the job until its next poll."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+
+import httpx
+from arq.connections import RedisSettings, create_pool
+
+from service.config import Settings
+from service.queue import JobQueue
+from service.worker import json_deserializer, json_serializer
+
+from .conftest import run_worker, wait_for_status
+
+
+async def test_idle_worker_with_a_long_poll_starts_a_job_when_woken(
+    settings: Settings, client: httpx.AsyncClient
+) -> None:
+    slow = dataclasses.replace(settings, poll_delay=60.0)  # without a wake-up the job would wait a minute
+    async with run_worker(slow):
+        await asyncio.sleep(0.3)  # the worker's first poll has found nothing: it is now idle in its wait
+        r = await client.post("/api/jobs", json={"type": "titles", "input": {"text": "Wake me up"}})
+        assert r.status_code == 202, r.text
+        body = await wait_for_status(client, r.json()["job_id"], {"completed"}, timeout=15)
+        assert body["result"]["titles"]
+
+
+async def test_enqueueing_the_same_attempt_twice_is_refused(settings: Settings) -> None:
+    assert settings.redis_url
+    redis = await create_pool(
+        RedisSettings.from_dsn(settings.redis_url), job_serializer=json_serializer, job_deserializer=json_deserializer
+    )
+    try:
+        queue = JobQueue(redis, queue_name=settings.queue_name)
+        assert await queue.enqueue("job-1", ticket=0, priority=5) is True
+        assert await queue.enqueue("job-1", ticket=0, priority=5) is False
+        assert await queue.enqueue("job-1", ticket=1, priority=5) is True
+        assert await queue.depth() == 2
+        assert await queue.holds("job-1", 0)
+    finally:
+        await redis.aclose()
