@@ -75,7 +75,8 @@ class Subscriber:
             return True
         self._wake.clear()
         try:
-            await asyncio.wait_for(self._wake.wait(), timeout)
+            async with asyncio.timeout(timeout):  # no task per wait, unlike wait_for on 3.11
+                await self._wake.wait()
         except TimeoutError:
             return False
         return True

@@ -11,7 +11,7 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
-from starlette.routing import Mount, Route
+from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 
 from ..config import Settings
@@ -24,6 +24,7 @@ from ..tasks import TaskRegistry, default_registry
 from ..worker import json_deserializer, json_serializer
 from .errors import ApiError, error_response, handle_api_error, handle_http_exception, handle_unexpected
 from .jobs import create_job, get_job
+from .push import all_events, websocket_endpoint
 from .state import AppState, app_state
 from .streams import job_events
 
@@ -92,6 +93,8 @@ def create_app(settings: Settings, *, redis_url: str, registry: TaskRegistry | N
         Route("/api/jobs", create_job, methods=["POST"]),
         Route("/api/jobs/{job_id}", get_job, methods=["GET"], name="get_job"),
         Route("/api/jobs/{job_id}/events", job_events, methods=["GET"], name="job_events"),
+        Route("/api/events", all_events, methods=["GET"], name="all_events"),
+        WebSocketRoute("/api/ws", websocket_endpoint, name="ws"),
         Mount("/static", StaticFiles(directory=STATIC_DIR), name="static"),
     ]
 

@@ -11,25 +11,21 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
-from sse_starlette import EventSourceResponse
 from starlette.requests import Request
 from starlette.responses import Response
 
 from ..events import EventLog
 from ..gateway import Gateway, Subscriber
 from ..jobs import JobService
-from ..models import TERMINAL_STATUSES, Event, EventKind, dumps
+from ..models import TERMINAL_STATUSES, Event, EventKind
 from ..store.base import JobStore
 from .auth import current_user
 from .errors import ApiError, not_found
+from .frames import PING_FRAME, sse_frame
+from .sse import SseResponse
 from .state import app_state
 
 RETRY_MS = 2000
-
-
-def sse_frame(event: Event) -> bytes:
-    """One whole SSE event: id (the job's seq), the event kind, and the JSON on a single data line."""
-    return f"id: {event.seq}\nevent: {event.kind.value}\ndata: {dumps(event.to_dict())}\n\n".encode()
 
 
 def parse_resume_point(raw: str | None) -> int | None:
@@ -99,6 +95,7 @@ async def watch_events(watch: JobWatch, gateway: Gateway, after: int | None, pin
             yield sse_frame(event)
         while not watch.done:
             if not await sub.wait(timeout=ping):
+                yield PING_FRAME
                 continue
             if sub.resync:
                 sub.resync = False
@@ -123,9 +120,7 @@ async def job_events(request: Request) -> Response:
     if after is not None and after > job.seq:
         raise ApiError(400, "invalid_last_event_id", "Last-Event-ID is ahead of this job's events.")
     watch = JobWatch(job_id=job_id, user_id=user, store=state.store, events=state.events, jobs=state.jobs)
-    return EventSourceResponse(
+    return SseResponse(  # type: ignore[return-value]
         watch_events(watch, state.gateway, after, state.settings.sse_ping_seconds),
-        ping=state.settings.sse_ping_seconds,
-        send_timeout=30,
-        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        send_timeout=state.settings.push_send_timeout,
     )
