@@ -8,6 +8,7 @@ re-made Redis subscription). Finished jobs are forgotten so a long-lived connect
 
 from __future__ import annotations
 
+import asyncio
 from collections import OrderedDict
 
 from ..events import EventLog
@@ -33,6 +34,9 @@ class MultiWatch:
         self.mine = False
         self._done: OrderedDict[str, None] = OrderedDict()  # recently finished: a stray late event is ignored
         self._started = False
+        # A WebSocket adds jobs from its reader while its writer sends: both hold this around work + send,
+        # so a catch-up and live events of the same job never interleave out of order.
+        self.lock = asyncio.Lock()
 
     async def start(self) -> None:
         await self.gateway.subscribe(self.sub)
@@ -101,6 +105,10 @@ class MultiWatch:
         """The next events to send, in per-job seq order; None when nothing came within `timeout`."""
         if not await self.sub.wait(timeout):
             return None
+        return await self.take()
+
+    async def take(self) -> list[Event]:
+        """What the subscriber buffered, checked against each job's position (callers serialize with `lock`)."""
         out: list[Event] = []
         if self.sub.resync:
             self.sub.resync = False

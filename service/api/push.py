@@ -159,8 +159,9 @@ class WsSession:
         if kind == "ping":
             await self.control("pong")
         elif kind == "subscribe" and msg.get("scope") == "mine":
-            await self.control("subscribed", scope="mine")
-            await self.send_events(await self.mw.add_mine())
+            async with self.mw.lock:
+                await self.control("subscribed", scope="mine")
+                await self.send_events(await self.mw.add_mine())
         elif kind == "subscribe":
             await self.subscribe(msg.get("job_id"), msg.get("after"))
         elif kind == "unsubscribe":
@@ -195,8 +196,9 @@ class WsSession:
         if job_id not in self.mw.watches and len(self.mw.watches) >= MAX_JOBS_PER_CLIENT:
             await self.error("too_many_subscriptions", "Too many jobs on one connection.", job_id=job_id)
             return
-        await self.control("subscribed", job_id=job_id)
-        await self.send_events(await self.mw.add_job(job_id, after))
+        async with self.mw.lock:
+            await self.control("subscribed", job_id=job_id)
+            await self.send_events(await self.mw.add_job(job_id, after))
 
     async def reader(self) -> None:
         while True:
@@ -215,11 +217,11 @@ class WsSession:
     async def writer(self) -> None:
         ping = self.state.settings.sse_ping_seconds
         while True:
-            batch = await self.mw.next_batch(ping)
-            if batch is None:
+            if not await self.mw.sub.wait(ping):
                 await self.control("ping")  # keepalive: proxies close idle connections
                 continue
-            await self.send_events(batch)
+            async with self.mw.lock:
+                await self.send_events(await self.mw.take())
 
     async def run(self) -> None:
         await self.mw.start()
