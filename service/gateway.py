@@ -24,6 +24,9 @@ from .models import Event, EventKind
 
 log = logging.getLogger("aijobs.gateway")
 
+# A client that stopped reading while text streams: past this much merged text it re-reads from the Stream.
+MAX_MERGED_DELTA_CHARS = 65_536
+
 
 class Subscriber:
     """One client's view of the live events of one user's jobs (all of them, or a set of ids)."""
@@ -48,6 +51,10 @@ class Subscriber:
         elif event.kind is EventKind.DELTA and self.buffer:
             last = self.buffer[-1]
             if last.kind is EventKind.DELTA and last.job_id == event.job_id:
+                if len(last.data.get("text", "")) > MAX_MERGED_DELTA_CHARS:
+                    self.buffer.clear()
+                    self.mark_resync()
+                    return
                 merged = Event(
                     job_id=event.job_id,
                     seq=event.seq,

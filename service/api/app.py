@@ -48,7 +48,7 @@ async def healthz(request: Request) -> Response:
     body = {
         "status": "ok" if ok else "degraded",
         "checks": checks,
-        "gateway": {"connections": state.gateway.connections},
+        "gateway": {"connections": state.gateway.connections, "channels": state.gateway.channels},
     }
     return JSONResponse(body, status_code=200 if ok else 503)
 
