@@ -37,6 +37,7 @@ class Subscriber:
         self.maxsize = maxsize
         self.buffer: deque[Event] = deque()
         self.resync = False
+        self.ping_due = False
         self._wake = asyncio.Event()
 
     def wants(self, job_id: str) -> bool:
@@ -76,17 +77,35 @@ class Subscriber:
         self.resync = True
         self._wake.set()
 
+    def ping(self) -> None:
+        """Keepalive due (called by the gateway's ticker): wakes the client's writer with nothing to send."""
+        self.ping_due = True
+        self._wake.set()
+
     async def wait(self, timeout: float | None = None) -> bool:
-        """Wait until there is something to deliver (or a resync); False on timeout."""
+        """Wait until there is something to deliver (or a resync); False when a keepalive is due or on timeout.
+
+        With no timeout, no timer is armed per client: the gateway's one ticker wakes every client for its
+        keepalive, which keeps thousands of idle connections free of per-client timers.
+        """
         if self.buffer or self.resync:
             return True
-        self._wake.clear()
-        try:
-            async with asyncio.timeout(timeout):  # no task per wait, unlike wait_for on 3.11
-                await self._wake.wait()
-        except TimeoutError:
+        if self.ping_due:
+            self.ping_due = False
             return False
-        return True
+        self._wake.clear()
+        if timeout is None:
+            await self._wake.wait()
+        else:
+            try:
+                async with asyncio.timeout(timeout):  # no task per wait, unlike wait_for on 3.11
+                    await self._wake.wait()
+            except TimeoutError:
+                return False
+        if self.buffer or self.resync:
+            return True
+        self.ping_due = False
+        return False
 
     def drain(self) -> list[Event]:
         out = list(self.buffer)
@@ -95,8 +114,10 @@ class Subscriber:
 
 
 class Gateway:
-    def __init__(self, redis: Redis) -> None:
+    def __init__(self, redis: Redis, *, ping_seconds: float = 15.0) -> None:
         self.redis = redis
+        self.ping_seconds = ping_seconds
+        self._ticker: asyncio.Task[None] | None = None
         self._subs: dict[str, set[Subscriber]] = {}
         self._confirmed: dict[str, asyncio.Event] = {}
         self._task: asyncio.Task[None] | None = None
@@ -116,12 +137,14 @@ class Gateway:
         # A channel nobody publishes on keeps the connection in subscribed mode even with no clients.
         await self._pubsub.subscribe(USER_CHANNEL_PREFIX + "-gateway")
         self._task = asyncio.create_task(self._listen(), name="aijobs-gateway")
+        self._ticker = asyncio.create_task(self._tick(), name="aijobs-gateway-keepalive")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        for task in (self._task, self._ticker):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         with contextlib.suppress(Exception):
             await self._pubsub.aclose()
 
@@ -153,6 +176,14 @@ class Gateway:
                 self._confirmed.pop(channel, None)
                 with contextlib.suppress(RedisConnectionError, RedisTimeoutError):
                     await self._pubsub.unsubscribe(channel)
+
+    async def _tick(self) -> None:
+        """One timer for every client's keepalive, instead of one timer per client."""
+        while True:
+            await asyncio.sleep(self.ping_seconds)
+            for subs in list(self._subs.values()):
+                for sub in list(subs):
+                    sub.ping()
 
     def _dispatch(self, channel: str, payload: bytes | str) -> None:
         user_id = channel[len(USER_CHANNEL_PREFIX) :]

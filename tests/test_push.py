@@ -113,7 +113,10 @@ async def test_all_events_bad_cursor_is_400(client: httpx.AsyncClient) -> None:
 
 
 async def ws_recv(ws: Any, timeout: float = 10) -> dict[str, Any]:
-    return json.loads(await asyncio.wait_for(ws.recv(), timeout))
+    """The next message that is not a server keepalive."""
+    while (msg := json.loads(await asyncio.wait_for(ws.recv(), timeout))) == {"type": "ping"}:
+        pass
+    return msg
 
 
 async def ws_until_terminal(ws: Any, job_id: str) -> list[dict[str, Any]]:

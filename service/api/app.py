@@ -71,7 +71,7 @@ def create_app(settings: Settings, *, redis_url: str, registry: TaskRegistry | N
         store = open_store(settings)
         await store.open()
         events = EventLog(redis, maxlen=settings.event_stream_maxlen)
-        gateway = Gateway(redis)
+        gateway = Gateway(redis, ping_seconds=settings.sse_ping_seconds)
         await gateway.start()
         jobs = JobService(
             store=store,

@@ -101,8 +101,8 @@ class MultiWatch:
     def wanted(self) -> bool:
         return self.mine or bool(self.watches)
 
-    async def next_batch(self, timeout: float) -> list[Event] | None:
-        """The next events to send, in per-job seq order; None when nothing came within `timeout`."""
+    async def next_batch(self, timeout: float | None = None) -> list[Event] | None:
+        """The next events to send, in per-job seq order; None when a keepalive is due (or on timeout)."""
         if not await self.sub.wait(timeout):
             return None
         return await self.take()

@@ -59,15 +59,15 @@ async def mine_events(mw: MultiWatch, cursor: dict[str, int] | None, ping: float
     await mw.start()
     try:
         yield f"retry: {RETRY_MS}\n\n".encode()
-        for event in await mw.add_mine(cursor):
-            yield frame(event)
+        batch: list[Event] | None = await mw.add_mine(cursor)
         while True:
-            batch = await mw.next_batch(ping)
             if batch is None:
                 yield PING_FRAME
-                continue
-            for event in batch:
-                yield frame(event)
+            else:
+                for chunk in [frame(event) for event in batch]:
+                    yield chunk
+            batch = None  # hold no event while idle
+            batch = await mw.next_batch()
     finally:
         await mw.close()
 
@@ -215,9 +215,8 @@ class WsSession:
             await self.handle(text)
 
     async def writer(self) -> None:
-        ping = self.state.settings.sse_ping_seconds
         while True:
-            if not await self.mw.sub.wait(ping):
+            if not await self.mw.sub.wait():
                 await self.control("ping")  # keepalive: proxies close idle connections
                 continue
             async with self.mw.lock:

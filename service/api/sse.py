@@ -21,12 +21,57 @@ HEADERS = [
 ]
 
 
+class _StallWatch:
+    """One watchdog per process for every SSE send, instead of a timer per send per client.
+
+    A response notes when its current send began; every half second the watchdog cancels the task of any
+    send older than its timeout. It runs only while some stream is open.
+    """
+
+    def __init__(self) -> None:
+        self.open: dict[asyncio.Task[object], SseResponse] = {}
+        self.task: asyncio.Task[None] | None = None
+
+    def add(self, task: asyncio.Task[object], response: SseResponse) -> None:
+        self.open[task] = response
+        if self.task is None or self.task.done():
+            self.task = asyncio.create_task(self._run(), name="aijobs-sse-stalls")
+
+    def remove(self, task: asyncio.Task[object]) -> None:
+        self.open.pop(task, None)
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while self.open:
+            await asyncio.sleep(0.5)
+            now = loop.time()
+            for task, response in list(self.open.items()):
+                if response.sending_since and now - response.sending_since > response.send_timeout:
+                    response.stalled = True
+                    task.cancel()
+
+
+_stalls: dict[asyncio.AbstractEventLoop, _StallWatch] = {}
+
+
+def _stall_watch() -> _StallWatch:
+    loop = asyncio.get_running_loop()
+    watch = _stalls.get(loop)
+    if watch is None:
+        for old in [lp for lp in _stalls if lp.is_closed()]:
+            del _stalls[old]
+        watch = _stalls[loop] = _StallWatch()
+    return watch
+
+
 class SseResponse:
     """Streams the bytes an async generator yields; ends when it ends, the client leaves, or a send stalls."""
 
     def __init__(self, body: AsyncIterator[bytes], *, send_timeout: float = 10.0) -> None:
         self.body = body
         self.send_timeout = send_timeout
+        self.sending_since = 0.0
+        self.stalled = False
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         task = asyncio.current_task()
@@ -43,22 +88,27 @@ class SseResponse:
                     return
 
         watcher = asyncio.create_task(watch_disconnect())
+        stalls = _stall_watch()
+        stalls.add(task, self)
+        loop = asyncio.get_running_loop()
         try:
             await send({"type": "http.response.start", "status": 200, "headers": HEADERS})
             async for chunk in self.body:
-                async with asyncio.timeout(self.send_timeout):
-                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
-            async with asyncio.timeout(self.send_timeout):
-                await send({"type": "http.response.body", "body": b"", "more_body": False})
+                self.sending_since = loop.time()
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                self.sending_since = 0.0
+            self.sending_since = loop.time()
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
         except asyncio.CancelledError:
-            if not gone:
+            # The client left, or stopped reading for longer than the send timeout: drop it, its buffer
+            # goes with it (it resumes with Last-Event-ID when it comes back).
+            if not (gone or self.stalled):
                 raise
             task.uncancel()
-        except TimeoutError:
-            pass  # a client that stopped reading: drop it, its buffer goes with it
         except OSError:
             pass
         finally:
+            stalls.remove(task)
             watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await watcher

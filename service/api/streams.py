@@ -91,10 +91,14 @@ async def watch_events(watch: JobWatch, gateway: Gateway, after: int | None, pin
     await gateway.subscribe(sub)
     try:
         yield f"retry: {RETRY_MS}\n\n".encode()
-        for event in await watch.catch_up(after):
-            yield sse_frame(event)
-        while not watch.done:
-            if not await sub.wait(timeout=ping):
+        batch = await watch.catch_up(after)
+        while True:
+            for frame in [sse_frame(event) for event in batch]:
+                yield frame
+            batch = []  # hold no event (a snapshot is big) while idle
+            if watch.done:
+                break
+            if not await sub.wait():  # the gateway's ticker wakes it for keepalives
                 yield PING_FRAME
                 continue
             if sub.resync:
@@ -103,8 +107,6 @@ async def watch_events(watch: JobWatch, gateway: Gateway, after: int | None, pin
                 batch = await watch.catch_up(watch.last)
             else:
                 batch = watch.live(sub.drain())
-            for event in batch:
-                yield sse_frame(event)
     finally:
         await gateway.unsubscribe(sub)
 
