@@ -57,8 +57,8 @@ def free_port() -> int:
 class Client(asyncio.Protocol):
     """One subscriber: notes when the snapshot arrived and the receive time of every stamped event."""
 
-    def __init__(self, hello: bytes, ready: asyncio.Future[None], lat: list[float]) -> None:
-        self.hello = hello
+    def __init__(self, hello: tuple[bytes, bytes], ready: asyncio.Future[None], lat: list[float]) -> None:
+        self.hello, self.after_upgrade = hello
         self.ready = ready
         self.lat = lat
         self.tail = b""
@@ -68,10 +68,18 @@ class Client(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]
         transport.write(self.hello)
 
+    def upgraded(self, chunk: bytes) -> None:
+        if self.after_upgrade and b"\r\n\r\n" in chunk and chunk.startswith(b"HTTP/1.1 101"):
+            assert self.transport is not None
+            self.transport.write(self.after_upgrade)  # a frame sent with the upgrade request may be lost
+            self.after_upgrade = b""
+
     def data_received(self, data: bytes) -> None:
         now = time.time()
         chunk = self.tail + data
         self.tail = chunk[-64:]
+        if self.after_upgrade:
+            self.upgraded(chunk)
         if not self.ready.done() and SNAPSHOT in chunk:
             self.ready.set_result(None)
             self.tail = b""
@@ -84,7 +92,7 @@ class Client(asyncio.Protocol):
             self.ready.set_exception(ConnectionError("closed before the snapshot"))
 
 
-def ws_hello(port: int, job_id: str) -> bytes:
+def ws_hello(port: int, job_id: str) -> tuple[bytes, bytes]:
     key = base64.b64encode(os.urandom(16)).decode()
     upgrade = (
         f"GET /api/ws HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
@@ -94,11 +102,11 @@ def ws_hello(port: int, job_id: str) -> bytes:
     mask = os.urandom(4)
     masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
     frame = bytes([0x81, 0x80 | len(payload)]) + mask + masked
-    return upgrade + frame  # the server reads the frame once the upgrade is done
+    return upgrade, frame
 
 
-def sse_hello(port: int, job_id: str) -> bytes:
-    return f"GET /api/jobs/{job_id}/events HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n".encode()
+def sse_hello(port: int, job_id: str) -> tuple[bytes, bytes]:
+    return f"GET /api/jobs/{job_id}/events HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n".encode(), b""
 
 
 def pct(values: list[float], q: float) -> float:
@@ -108,7 +116,7 @@ def pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-async def connect_all(port: int, hello: bytes, n: int, lat: list[float]) -> list[Client]:
+async def connect_all(port: int, hello: tuple[bytes, bytes], n: int, lat: list[float]) -> list[Client]:
     loop = asyncio.get_running_loop()
     clients: list[Client] = []
     sem = asyncio.Semaphore(200)
@@ -165,8 +173,31 @@ async def measure(
         connect_s = time.monotonic() - t0
         await asyncio.sleep(0.5)
         rss_connected = rss_kb(pid)
+        spy = None
+        if os.environ.get("BENCH_PUSH_PROFILE"):
+            spy = subprocess.Popen(  # noqa: ASYNC220 (profiling only)
+                [
+                    str(ROOT / ".venv/bin/py-spy"),
+                    "record",
+                    "-p",
+                    str(pid),
+                    "-o",
+                    os.environ["BENCH_PUSH_PROFILE"],
+                    "-f",
+                    "speedscope",
+                    "-d",
+                    str(int(events * interval) + 1),
+                    "-r",
+                    "200",
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            await asyncio.sleep(1)
         await publish_events(redis_url, job_id, events, interval, first_seq=2)
         await asyncio.sleep(min(2.0, 0.5 + n / 2000))
+        if spy is not None:
+            await asyncio.to_thread(spy.wait)
         rss_after = rss_kb(pid)
         for c in clients:
             if c.transport is not None:
@@ -243,11 +274,13 @@ async def wait_healthy(port: int, proc: subprocess.Popen[bytes]) -> None:
     raise RuntimeError("web process did not become healthy")
 
 
-async def _run(quick: bool) -> dict[str, Any]:
+async def _run(
+    quick: bool, sizes: list[int] | None = None, transports: tuple[str, ...] = ("sse", "ws")
+) -> dict[str, Any]:
     from service.embedded import EmbeddedRedis
 
     raise_fd_limit()
-    sizes = [100, 1000] if quick else [100, 1000, 5000]
+    sizes = sizes or ([100, 1000] if quick else [100, 1000, 5000])
     events = 10 if quick else 20
     interval = 0.25
     results: list[dict[str, Any]] = []
@@ -255,7 +288,7 @@ async def _run(quick: bool) -> dict[str, Any]:
         redis = EmbeddedRedis(Path(tmp) / "redis", persist=False).start()
         try:
             results.append(await redis_baseline(redis.url, events * 5, 0.02))
-            for transport in ("sse", "ws"):
+            for transport in transports:
                 for n in sizes:
                     port = free_port()
                     env = {
@@ -286,14 +319,16 @@ async def _run(quick: bool) -> dict[str, Any]:
     return {"push": results, "quick": quick, "cpus": os.cpu_count()}
 
 
-def run(quick: bool = False) -> dict[str, Any]:
+def run(
+    quick: bool = False, sizes: list[int] | None = None, transports: tuple[str, ...] = ("sse", "ws")
+) -> dict[str, Any]:
     """Run the push benchmark; returns {"push": [rows...]} (one row per transport and subscriber count)."""
     try:
         import uvloop
 
-        return uvloop.run(_run(quick))
     except ImportError:
-        return asyncio.run(_run(quick))
+        return asyncio.run(_run(quick, sizes, transports))
+    return uvloop.run(_run(quick, sizes, transports))
 
 
 def table(result: dict[str, Any]) -> str:
