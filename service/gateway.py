@@ -14,6 +14,7 @@ import contextlib
 import json
 import logging
 from collections import deque
+from collections.abc import Callable
 
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -38,12 +39,18 @@ class Subscriber:
         self.buffer: deque[Event] = deque()
         self.resync = False
         self.ping_due = False
+        # Set by an idle client whose events can be written straight from the dispatch (no task wake-up);
+        # returns False when it cannot take this event now, which then goes to the buffer as usual.
+        self.fast: Callable[[Event], bool] | None = None
         self._wake = asyncio.Event()
 
     def wants(self, job_id: str) -> bool:
         return self.job_ids is None or job_id in self.job_ids
 
     def offer(self, event: Event) -> None:
+        fast = self.fast
+        if fast is not None and not self.buffer and not self.resync and fast(event):
+            return
         if event.kind is EventKind.PROGRESS:
             for i, old in enumerate(self.buffer):
                 if old.kind is EventKind.PROGRESS and old.job_id == event.job_id:

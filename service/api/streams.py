@@ -22,7 +22,7 @@ from ..store.base import JobStore
 from .auth import current_user
 from .errors import ApiError, not_found
 from .frames import PING_FRAME, sse_frame
-from .sse import SseResponse
+from .sse import DirectWriter, SseResponse
 from .state import app_state
 
 RETRY_MS = 2000
@@ -86,8 +86,21 @@ class JobWatch:
         return [e for e in batch if self._accept(e)]
 
 
-async def watch_events(watch: JobWatch, gateway: Gateway, after: int | None, ping: float) -> AsyncIterator[bytes]:
+async def watch_events(
+    watch: JobWatch, gateway: Gateway, after: int | None, direct: DirectWriter | None = None
+) -> AsyncIterator[bytes]:
     sub = Subscriber(watch.user_id, {watch.job_id})
+
+    def fast(event: Event) -> bool:
+        """Live event while idle: write it from the dispatch itself (see DirectWriter)."""
+        if direct is None or not direct.ready():
+            return False
+        if watch.live([event]):
+            direct.write(sse_frame(event))
+            if watch.done:
+                sub.ping()  # wake the task to end the stream
+        return True
+
     await gateway.subscribe(sub)
     try:
         yield f"retry: {RETRY_MS}\n\n".encode()
@@ -98,7 +111,14 @@ async def watch_events(watch: JobWatch, gateway: Gateway, after: int | None, pin
             batch = []  # hold no event (a snapshot is big) while idle
             if watch.done:
                 break
-            if not await sub.wait():  # the gateway's ticker wakes it for keepalives
+            sub.fast = fast
+            try:
+                woke = await sub.wait()  # the gateway's ticker wakes it for keepalives
+            finally:
+                sub.fast = None
+            if watch.done:
+                break
+            if not woke:
                 yield PING_FRAME
                 continue
             if sub.resync:
@@ -122,7 +142,7 @@ async def job_events(request: Request) -> Response:
     if after is not None and after > job.seq:
         raise ApiError(400, "invalid_last_event_id", "Last-Event-ID is ahead of this job's events.")
     watch = JobWatch(job_id=job_id, user_id=user, store=state.store, events=state.events, jobs=state.jobs)
+    direct = DirectWriter()
     return SseResponse(  # type: ignore[return-value]
-        watch_events(watch, state.gateway, after, state.settings.sse_ping_seconds),
-        send_timeout=state.settings.push_send_timeout,
+        watch_events(watch, state.gateway, after, direct), send_timeout=state.settings.push_send_timeout, direct=direct
     )
