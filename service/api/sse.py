@@ -25,8 +25,8 @@ HEADERS = [
 class _StallWatch:
     """One watchdog per process for every SSE send, instead of a timer per send per client.
 
-    A response notes when its current send began; every half second the watchdog cancels the task of any
-    send older than its timeout. It runs only while some stream is open.
+    A response registers while one of its sends is in progress (most finish at once); every half second the
+    watchdog cancels the task of any send older than its timeout. It runs only while some send is pending.
     """
 
     def __init__(self) -> None:
@@ -140,8 +140,24 @@ class SseResponse:
         self.body = body
         self.direct = direct
         self.send_timeout = send_timeout
-        self.sending_since = 0.0
         self.stalled = False
+        self._sending_since = 0.0
+        self._task: asyncio.Task[object] | None = None
+        self._stalls: _StallWatch | None = None
+
+    @property
+    def sending_since(self) -> float:
+        return self._sending_since
+
+    @sending_since.setter
+    def sending_since(self, value: float) -> None:
+        """Loop time a send began (0: none pending); only pending sends are known to the watchdog."""
+        self._sending_since = value
+        if self._stalls is not None and self._task is not None:
+            if value:
+                self._stalls.add(self._task, self)
+            else:
+                self._stalls.remove(self._task)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         task = asyncio.current_task()
@@ -158,8 +174,8 @@ class SseResponse:
                     return
 
         watcher = asyncio.create_task(watch_disconnect())
-        stalls = _stall_watch()
-        stalls.add(task, self)
+        stalls = self._stalls = _stall_watch()
+        self._task = task
         loop = asyncio.get_running_loop()
         direct = self.direct
         try:
