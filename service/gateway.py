@@ -13,7 +13,6 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections import deque
 from collections.abc import Callable
 
 from redis.asyncio import Redis
@@ -36,13 +35,13 @@ class Subscriber:
         self.user_id = user_id
         self.job_ids = job_ids  # None: every job of the user
         self.maxsize = maxsize
-        self.buffer: deque[Event] = deque()
+        self.buffer: list[Event] = []  # small; a list costs far less memory per idle client than a deque
         self.resync = False
         self.ping_due = False
         # Set by an idle client whose events can be written straight from the dispatch (no task wake-up);
         # returns False when it cannot take this event now, which then goes to the buffer as usual.
         self.fast: Callable[[Event], bool] | None = None
-        self._wake = asyncio.Event()
+        self._waiter: asyncio.Future[None] | None = None  # a bare future: lighter than an asyncio.Event
 
     def wants(self, job_id: str) -> bool:
         return self.job_ids is None or job_id in self.job_ids
@@ -71,23 +70,28 @@ class Subscriber:
                     ts=event.ts,
                 )
                 self.buffer[-1] = merged
-                self._wake.set()
+                self._notify()
                 return
         if len(self.buffer) >= self.maxsize:
             self.buffer.clear()
             self.resync = True
         else:
             self.buffer.append(event)
-        self._wake.set()
+        self._notify()
+
+    def _notify(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     def mark_resync(self) -> None:
         self.resync = True
-        self._wake.set()
+        self._notify()
 
     def ping(self) -> None:
         """Keepalive due (called by the gateway's ticker): wakes the client's writer with nothing to send."""
         self.ping_due = True
-        self._wake.set()
+        self._notify()
 
     async def wait(self, timeout: float | None = None) -> bool:
         """Wait until there is something to deliver (or a resync); False when a keepalive is due or on timeout.
@@ -100,15 +104,17 @@ class Subscriber:
         if self.ping_due:
             self.ping_due = False
             return False
-        self._wake.clear()
-        if timeout is None:
-            await self._wake.wait()
-        else:
-            try:
+        self._waiter = waiter = asyncio.get_running_loop().create_future()
+        try:
+            if timeout is None:
+                await waiter
+            else:
                 async with asyncio.timeout(timeout):  # no task per wait, unlike wait_for on 3.11
-                    await self._wake.wait()
-            except TimeoutError:
-                return False
+                    await waiter
+        except TimeoutError:
+            return False
+        finally:
+            self._waiter = None
         if self.buffer or self.resync:
             return True
         self.ping_due = False

@@ -91,8 +91,9 @@ class MultiWatch:
         active = [job for job in await self.store.list_active() if job.user_id == self.user_id]
         out: list[Event] = []
         for job_id, seq in (cursor or {}).items():
-            if await self.store.get_owned(job_id, self.user_id) is not None:
-                out += await self.add_job(job_id, seq)
+            job = await self.store.get_owned(job_id, self.user_id)
+            if job is not None:  # others' ids are ignored; a point ahead of the job restarts from a snapshot
+                out += await self.add_job(job_id, seq if seq <= job.seq else None)
         for job in active:
             if job.id not in self.watches and job.id not in self._done:
                 out += await self.add_job(job.id, None)
