@@ -53,6 +53,7 @@ class Sizes:
     io_max_jobs: int = 1_000
     io_seconds: float = 1.0
     saq_concurrency: tuple[int, ...] = (10, 50, 200)
+    push_subscribers: int = 1_000  # per transport, on one web process (scripts/bench-push runs 100/1,000/5,000)
 
     @classmethod
     def quick(cls) -> Sizes:
@@ -82,6 +83,7 @@ class Sizes:
             io_max_jobs=100,
             io_seconds=0.2,
             saq_concurrency=(50,),
+            push_subscribers=20,
         )
 
 

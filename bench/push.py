@@ -1,8 +1,8 @@
 """Push: publish → client latency at 1,000 SSE and WebSocket subscribers, and memory per connection.
 
-PUSH HOOK: the push figure is written with the push gateway (branch `push`). When that lands it provides a
-module with `run(quick: bool) -> dict`, either `bench/push_bench.py` or `scripts/bench_push.py`; this hook
-calls whichever exists and turns its dict into rows. Until then the table says where to look.
+The measurement itself lives in `scripts/bench_push.py` (also runnable alone as `scripts/bench-push`, which
+sweeps 100/1,000/5,000); here it runs at `Sizes.push_subscribers` and its rows become table rows, with bare
+Redis pub/sub to one subscriber as the baseline of the latencies.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from .report import Row
 NOT_YET = "push: see scripts/bench-push"
 
 
-def find_runner() -> Callable[[bool], dict[str, Any]] | None:
+def find_runner() -> Callable[..., dict[str, Any]] | None:
     try:
         module = importlib.import_module("bench.push_bench")
         return module.run  # type: ignore[no-any-return]
@@ -40,10 +40,16 @@ def run(bench: Bench, *, quick: bool) -> tuple[list[Row], dict[str, Any] | str]:
     if runner is None:
         print(NOT_YET, flush=True)
         return [], NOT_YET
-    raw = runner(quick)
+    raw = runner(quick, [bench.sizes.push_subscribers])  # type: ignore[call-arg]
+    measured = raw.get("push", [])
+    base = next((r for r in measured if r.get("transport") == "redis-pubsub"), None)
     rows = []
-    for key, value in raw.items():
-        # Numbers become rows (no baseline known here); anything richer is kept in the JSON as it came.
-        if isinstance(value, int | float):
-            rows.append(Row("push", key, Stat.of([float(value)]), {}, False))
+    for r in measured:
+        if r.get("transport") == "redis-pubsub":
+            continue
+        label = f"{r['transport']} × {r['subscribers']}"
+        for key in ("p50_ms", "p99_ms"):
+            baseline = {"bare Redis pub/sub, 1 subscriber": Stat.of([float(base[key])])} if base else {}
+            rows.append(Row("push", f"{label} {key[:3]} ms", Stat.of([float(r[key])]), baseline, False))
+        rows.append(Row("push", f"{label} server KB/conn", Stat.of([float(r["rss_per_conn_kb"])]), {}, False))
     return rows, raw

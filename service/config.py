@@ -86,6 +86,20 @@ class Settings:
     sse_ping_seconds: float = field(
         default=15.0, metadata={"env": "SSE_PING_SECONDS", "doc": "Keepalive comment interval on SSE streams"}
     )
+    push_send_timeout: float = field(
+        default=10.0,
+        metadata={
+            "env": "PUSH_SEND_TIMEOUT",
+            "doc": "Seconds one SSE/WebSocket send may stall before the client is dropped (it resumes on reconnect)",
+        },
+    )
+    ws_max_message_bytes: int = field(
+        default=4096, metadata={"env": "WS_MAX_MESSAGE_BYTES", "doc": "Largest WebSocket message a client may send"}
+    )
+    ws_max_messages_per_second: float = field(
+        default=20.0,
+        metadata={"env": "WS_MAX_MESSAGES_PER_SECOND", "doc": "Sustained WebSocket messages a client may send"},
+    )
     allowed_origins: tuple[str, ...] = field(
         default=(),
         metadata={
@@ -206,6 +220,9 @@ class Settings:
             ("SHUTDOWN_GRACE", self.shutdown_grace >= 0, "must be zero or more"),
             ("RETRY_BASE", self.retry_base >= 0, "must be zero or more"),
             ("RETRY_CAP", self.retry_cap >= self.retry_base, "must be at least RETRY_BASE"),
+            ("PUSH_SEND_TIMEOUT", self.push_send_timeout > 0, "must be positive"),
+            ("WS_MAX_MESSAGE_BYTES", self.ws_max_message_bytes >= 256, "must be at least 256"),
+            ("WS_MAX_MESSAGES_PER_SECOND", self.ws_max_messages_per_second > 0, "must be positive"),
             ("DATABASE_URL", self.database_url.startswith("sqlite:///"), "only sqlite:///path is supported so far"),
             (
                 "LOG_LEVEL",

@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections import deque
+from collections.abc import Callable
 
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -24,6 +24,9 @@ from .models import Event, EventKind
 
 log = logging.getLogger("aijobs.gateway")
 
+# A client that stopped reading while text streams: past this much merged text it re-reads from the Stream.
+MAX_MERGED_DELTA_CHARS = 65_536
+
 
 class Subscriber:
     """One client's view of the live events of one user's jobs (all of them, or a set of ids)."""
@@ -32,14 +35,21 @@ class Subscriber:
         self.user_id = user_id
         self.job_ids = job_ids  # None: every job of the user
         self.maxsize = maxsize
-        self.buffer: deque[Event] = deque()
+        self.buffer: list[Event] = []  # small; a list costs far less memory per idle client than a deque
         self.resync = False
-        self._wake = asyncio.Event()
+        self.ping_due = False
+        # Set by an idle client whose events can be written straight from the dispatch (no task wake-up);
+        # returns False when it cannot take this event now, which then goes to the buffer as usual.
+        self.fast: Callable[[Event], bool] | None = None
+        self._waiter: asyncio.Future[None] | None = None  # a bare future: lighter than an asyncio.Event
 
     def wants(self, job_id: str) -> bool:
         return self.job_ids is None or job_id in self.job_ids
 
     def offer(self, event: Event) -> None:
+        fast = self.fast
+        if fast is not None and not self.buffer and not self.resync and fast(event):
+            return
         if event.kind is EventKind.PROGRESS:
             for i, old in enumerate(self.buffer):
                 if old.kind is EventKind.PROGRESS and old.job_id == event.job_id:
@@ -48,6 +58,10 @@ class Subscriber:
         elif event.kind is EventKind.DELTA and self.buffer:
             last = self.buffer[-1]
             if last.kind is EventKind.DELTA and last.job_id == event.job_id:
+                if len(last.data.get("text", "")) > MAX_MERGED_DELTA_CHARS:
+                    self.buffer.clear()
+                    self.mark_resync()
+                    return
                 merged = Event(
                     job_id=event.job_id,
                     seq=event.seq,
@@ -56,29 +70,55 @@ class Subscriber:
                     ts=event.ts,
                 )
                 self.buffer[-1] = merged
-                self._wake.set()
+                self._notify()
                 return
         if len(self.buffer) >= self.maxsize:
             self.buffer.clear()
             self.resync = True
         else:
             self.buffer.append(event)
-        self._wake.set()
+        self._notify()
+
+    def _notify(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     def mark_resync(self) -> None:
         self.resync = True
-        self._wake.set()
+        self._notify()
+
+    def ping(self) -> None:
+        """Keepalive due (called by the gateway's ticker): wakes the client's writer with nothing to send."""
+        self.ping_due = True
+        self._notify()
 
     async def wait(self, timeout: float | None = None) -> bool:
-        """Wait until there is something to deliver (or a resync); False on timeout."""
+        """Wait until there is something to deliver (or a resync); False when a keepalive is due or on timeout.
+
+        With no timeout, no timer is armed per client: the gateway's one ticker wakes every client for its
+        keepalive, which keeps thousands of idle connections free of per-client timers.
+        """
         if self.buffer or self.resync:
             return True
-        self._wake.clear()
+        if self.ping_due:
+            self.ping_due = False
+            return False
+        self._waiter = waiter = asyncio.get_running_loop().create_future()
         try:
-            await asyncio.wait_for(self._wake.wait(), timeout)
+            if timeout is None:
+                await waiter
+            else:
+                async with asyncio.timeout(timeout):  # no task per wait, unlike wait_for on 3.11
+                    await waiter
         except TimeoutError:
             return False
-        return True
+        finally:
+            self._waiter = None
+        if self.buffer or self.resync:
+            return True
+        self.ping_due = False
+        return False
 
     def drain(self) -> list[Event]:
         out = list(self.buffer)
@@ -87,8 +127,10 @@ class Subscriber:
 
 
 class Gateway:
-    def __init__(self, redis: Redis) -> None:
+    def __init__(self, redis: Redis, *, ping_seconds: float = 15.0) -> None:
         self.redis = redis
+        self.ping_seconds = ping_seconds
+        self._ticker: asyncio.Task[None] | None = None
         self._subs: dict[str, set[Subscriber]] = {}
         self._confirmed: dict[str, asyncio.Event] = {}
         self._task: asyncio.Task[None] | None = None
@@ -108,12 +150,14 @@ class Gateway:
         # A channel nobody publishes on keeps the connection in subscribed mode even with no clients.
         await self._pubsub.subscribe(USER_CHANNEL_PREFIX + "-gateway")
         self._task = asyncio.create_task(self._listen(), name="aijobs-gateway")
+        self._ticker = asyncio.create_task(self._tick(), name="aijobs-gateway-keepalive")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        for task in (self._task, self._ticker):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         with contextlib.suppress(Exception):
             await self._pubsub.aclose()
 
@@ -145,6 +189,14 @@ class Gateway:
                 self._confirmed.pop(channel, None)
                 with contextlib.suppress(RedisConnectionError, RedisTimeoutError):
                     await self._pubsub.unsubscribe(channel)
+
+    async def _tick(self) -> None:
+        """One timer for every client's keepalive, instead of one timer per client."""
+        while True:
+            await asyncio.sleep(self.ping_seconds)
+            for subs in list(self._subs.values()):
+                for sub in list(subs):
+                    sub.ping()
 
     def _dispatch(self, channel: str, payload: bytes | str) -> None:
         user_id = channel[len(USER_CHANNEL_PREFIX) :]

@@ -17,16 +17,19 @@ def test_bench_prints_every_figure(tmp_path: Path) -> None:
         cwd=ROOT,
         capture_output=True,
         text=True,
-        timeout=110,
+        timeout=150,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     for figure in ("enqueue", "start latency", "drain", "I/O concurrency", "polling"):
         assert f"| {figure} |" in proc.stdout, proc.stdout
     for baseline in ("bare Starlette + arq", "bare arq", "SAQ", "arq, default 0.5 s poll", "bare Starlette JSON"):
         assert baseline in proc.stdout, proc.stdout
-    assert "push" in proc.stdout
+    assert "| push |" in proc.stdout and "bare Redis pub/sub" in proc.stdout, proc.stdout
     data = json.loads(out_json.read_text())
     figures = {row["figure"] for row in data["rows"]}
-    assert {"enqueue", "start latency", "drain", "I/O concurrency", "polling"} <= figures
+    assert {"enqueue", "start latency", "drain", "I/O concurrency", "push", "polling"} <= figures
+    pushed = [r for r in data["push"]["push"] if r["transport"] in ("sse", "ws")]
+    assert {r["transport"] for r in pushed} == {"sse", "ws"}
+    assert all(r["delivered"] == 1.0 for r in pushed), pushed  # every subscriber got every event
     assert all(row["aijobs"]["median"] > 0 for row in data["rows"])
     assert data["machine"]["nproc"] >= 1

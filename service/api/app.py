@@ -13,7 +13,7 @@ from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
-from starlette.routing import Mount, Route
+from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 
 from ..config import Settings
@@ -31,6 +31,7 @@ from .history import list_jobs
 from .jobs import create_job, get_job
 from .lifecycle import cancel_job, retry_job
 from .openapi import openapi_json
+from .push import all_events, websocket_endpoint
 from .state import AppState, app_state
 from .stats import stats
 from .streams import job_events
@@ -55,7 +56,7 @@ async def healthz(request: Request) -> Response:
     body = {
         "status": "ok" if ok else "degraded",
         "checks": checks,
-        "gateway": {"connections": state.gateway.connections},
+        "gateway": {"connections": state.gateway.connections, "channels": state.gateway.channels},
     }
     return JSONResponse(body, status_code=200 if ok else 503)
 
@@ -80,7 +81,7 @@ def create_app(settings: Settings, *, redis_url: str, registry: TaskRegistry | N
         store = open_store(settings)
         await store.open()
         events = EventLog(redis, maxlen=settings.event_stream_maxlen)
-        gateway = Gateway(redis)
+        gateway = Gateway(redis, ping_seconds=settings.sse_ping_seconds)
         await gateway.start()
         jobs = JobService(
             store=store,
@@ -112,6 +113,8 @@ def create_app(settings: Settings, *, redis_url: str, registry: TaskRegistry | N
         Route("/api/openapi.json", openapi_json(registry), methods=["GET"]),
         Route("/api/jobs/{job_id}/cancel", cancel_job, methods=["POST"], name="cancel_job"),
         Route("/api/jobs/{job_id}/retry", retry_job, methods=["POST"], name="retry_job"),
+        Route("/api/events", all_events, methods=["GET"], name="all_events"),
+        WebSocketRoute("/api/ws", websocket_endpoint, name="ws"),
         Mount("/static", StaticFiles(directory=STATIC_DIR), name="static"),
     ]
 

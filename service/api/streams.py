@@ -11,28 +11,24 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
-from sse_starlette import EventSourceResponse
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.types import Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ..events import EventLog
 from ..gateway import Gateway, Subscriber
 from ..jobs import JobService
 from ..limits import StreamSlot
-from ..models import TERMINAL_STATUSES, Event, EventKind, dumps
+from ..models import TERMINAL_STATUSES, Event, EventKind
 from ..store.base import JobStore
 from .auth import current_user
 from .errors import ApiError, not_found
+from .frames import PING_FRAME, sse_frame
+from .sse import DirectWriter, SseResponse
 from .state import app_state
 from .submit_rules import acquire_stream_slot
 
 RETRY_MS = 2000
-
-
-def sse_frame(event: Event) -> bytes:
-    """One whole SSE event: id (the job's seq), the event kind, and the JSON on a single data line."""
-    return f"id: {event.seq}\nevent: {event.kind.value}\ndata: {dumps(event.to_dict())}\n\n".encode()
 
 
 def parse_resume_point(raw: str | None) -> int | None:
@@ -94,15 +90,40 @@ class JobWatch:
         return [e for e in batch if self._accept(e)]
 
 
-async def watch_events(watch: JobWatch, gateway: Gateway, after: int | None, ping: float) -> AsyncIterator[bytes]:
+async def watch_events(
+    watch: JobWatch, gateway: Gateway, after: int | None, direct: DirectWriter | None = None
+) -> AsyncIterator[bytes]:
     sub = Subscriber(watch.user_id, {watch.job_id})
+
+    def fast(event: Event) -> bool:
+        """Live event while idle: write it from the dispatch itself (see DirectWriter)."""
+        if direct is None or not direct.ready():
+            return False
+        if watch.live([event]):
+            direct.write(sse_frame(event))
+            if watch.done:
+                sub.ping()  # wake the task to end the stream
+        return True
+
     await gateway.subscribe(sub)
     try:
         yield f"retry: {RETRY_MS}\n\n".encode()
-        for event in await watch.catch_up(after):
-            yield sse_frame(event)
-        while not watch.done:
-            if not await sub.wait(timeout=ping):
+        batch = await watch.catch_up(after)
+        while True:
+            for frame in [sse_frame(event) for event in batch]:
+                yield frame
+            batch = []  # hold no event (a snapshot is big) while idle
+            if watch.done:
+                break
+            sub.fast = fast
+            try:
+                woke = await sub.wait()  # the gateway's ticker wakes it for keepalives
+            finally:
+                sub.fast = None
+            if watch.done:
+                break
+            if not woke:
+                yield PING_FRAME
                 continue
             if sub.resync:
                 sub.resync = False
@@ -110,8 +131,6 @@ async def watch_events(watch: JobWatch, gateway: Gateway, after: int | None, pin
                 batch = await watch.catch_up(watch.last)
             else:
                 batch = watch.live(sub.drain())
-            for event in batch:
-                yield sse_frame(event)
     finally:
         await gateway.unsubscribe(sub)
 
@@ -128,12 +147,12 @@ async def job_events(request: Request) -> Response:
         raise ApiError(400, "invalid_last_event_id", "Last-Event-ID is ahead of this job's events.")
     watch = JobWatch(job_id=job_id, user_id=user, store=state.store, events=state.events, jobs=state.jobs)
     slot = acquire_stream_slot(request, user)
+    direct = DirectWriter()
     return ReleasingResponse(
-        EventSourceResponse(
-            watch_events(watch, state.gateway, after, state.settings.sse_ping_seconds),
-            ping=state.settings.sse_ping_seconds,
-            send_timeout=30,
-            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        SseResponse(
+            watch_events(watch, state.gateway, after, direct),
+            send_timeout=state.settings.push_send_timeout,
+            direct=direct,
         ),
         slot,
     )
@@ -142,10 +161,10 @@ async def job_events(request: Request) -> Response:
 class ReleasingResponse(Response):
     """Runs a streaming response and releases its stream slot however it ends (done, disconnect, error)."""
 
-    def __init__(self, inner: Response, slot: StreamSlot) -> None:
+    def __init__(self, inner: ASGIApp, slot: StreamSlot) -> None:
         self.inner = inner
         self.slot = slot
-        self.status_code = inner.status_code
+        self.status_code = 200
         self.background = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

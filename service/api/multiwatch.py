@@ -1,0 +1,147 @@
+"""One client watching many jobs at once: a set of job ids, or every job of its user ("mine").
+
+Used by `GET /api/events` and `WS /api/ws`. It holds one gateway `Subscriber` for the client and a
+`JobWatch` per job, which keeps that job's events in seq order with no duplicate and catches up from
+the job's Stream whenever the live path may have missed something (late start, buffer overflow,
+re-made Redis subscription). Finished jobs are forgotten so a long-lived connection stays small.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import OrderedDict
+
+from ..events import EventLog
+from ..gateway import Gateway, Subscriber
+from ..jobs import JobService
+from ..models import Event
+from ..store.base import JobStore
+from .streams import JobWatch
+
+MAX_JOBS_PER_CLIENT = 1000
+_DONE_MEMORY = 1000
+
+
+class MultiWatch:
+    def __init__(self, *, user_id: str, store: JobStore, events: EventLog, jobs: JobService, gateway: Gateway) -> None:
+        self.user_id = user_id
+        self.store = store
+        self.events = events
+        self.jobs = jobs
+        self.gateway = gateway
+        self.sub = Subscriber(user_id, set())
+        self.watches: dict[str, JobWatch] = {}
+        self.mine = False
+        self._done: OrderedDict[str, None] = OrderedDict()  # recently finished: a stray late event is ignored
+        self._started = False
+        # A WebSocket adds jobs from its reader while its writer sends: both hold this around work + send,
+        # so a catch-up and live events of the same job never interleave out of order.
+        self.lock = asyncio.Lock()
+
+    async def start(self) -> None:
+        await self.gateway.subscribe(self.sub)
+        self._started = True
+
+    async def close(self) -> None:
+        if self._started:
+            self._started = False
+            await self.gateway.unsubscribe(self.sub)
+
+    def _new_watch(self, job_id: str) -> JobWatch:
+        watch = JobWatch(job_id=job_id, user_id=self.user_id, store=self.store, events=self.events, jobs=self.jobs)
+        self.watches[job_id] = watch
+        self._done.pop(job_id, None)
+        return watch
+
+    def _retire_done(self) -> None:
+        for job_id in [j for j, w in self.watches.items() if w.done]:
+            del self.watches[job_id]
+            if self.sub.job_ids is not None:
+                self.sub.job_ids.discard(job_id)
+            self._done[job_id] = None
+            if len(self._done) > _DONE_MEMORY:
+                self._done.popitem(last=False)
+
+    async def add_job(self, job_id: str, after: int | None) -> list[Event]:
+        """Watch one job (already authorized by the caller) from `after` (None: from a snapshot)."""
+        watch = self.watches.get(job_id) or self._new_watch(job_id)
+        if self.sub.job_ids is not None:
+            self.sub.job_ids.add(job_id)
+        if after is not None and after < watch.last:
+            after = watch.last  # never send twice what this connection already sent
+        out = await watch.catch_up(after if after is not None or watch.last == 0 else watch.last)
+        self._retire_done()
+        return out
+
+    def remove_job(self, job_id: str) -> bool:
+        known = self.watches.pop(job_id, None) is not None
+        if self.sub.job_ids is not None:
+            known = job_id in self.sub.job_ids or known
+            self.sub.job_ids.discard(job_id)
+        return known
+
+    async def add_mine(self, cursor: dict[str, int] | None = None) -> list[Event]:
+        """Watch every job of the user: active ones now (from the store), and any that appears later.
+
+        `cursor` holds resume points (job id → last seq seen); jobs in it are replayed after that seq,
+        other active jobs start from a snapshot.
+        """
+        self.mine = True
+        self.sub.job_ids = None
+        active = [job for job in await self.store.list_active() if job.user_id == self.user_id]
+        out: list[Event] = []
+        for job_id, seq in (cursor or {}).items():
+            job = await self.store.get_owned(job_id, self.user_id)
+            if job is not None:  # others' ids are ignored; a point ahead of the job restarts from a snapshot
+                out += await self.add_job(job_id, seq if seq <= job.seq else None)
+        for job in active:
+            if job.id not in self.watches and job.id not in self._done:
+                out += await self.add_job(job.id, None)
+        return out
+
+    def wanted(self) -> bool:
+        return self.mine or bool(self.watches)
+
+    async def next_batch(self, timeout: float | None = None) -> list[Event] | None:
+        """The next events to send, in per-job seq order; None when a keepalive is due (or on timeout)."""
+        if not await self.sub.wait(timeout):
+            return None
+        return await self.take()
+
+    async def take(self) -> list[Event]:
+        """What the subscriber buffered, checked against each job's position (callers serialize with `lock`)."""
+        out: list[Event] = []
+        if self.sub.resync:
+            self.sub.resync = False
+            self.sub.drain()
+            for watch in list(self.watches.values()):
+                if not watch.done:
+                    out += await watch.catch_up(watch.last)
+            self._retire_done()
+            return out
+        for event in self.sub.drain():
+            watch = self.watches.get(event.job_id)
+            if watch is None:
+                if not self.mine or event.job_id in self._done or len(self.watches) >= MAX_JOBS_PER_CLIENT:
+                    continue
+                # A job this client has not seen yet: its whole story from the log, then live.
+                out += await self._new_watch(event.job_id).catch_up(0)
+                continue
+            out += watch.live([event])
+        self._retire_done()
+        return out
+
+
+def parse_cursor(raw: str | None) -> dict[str, int] | None:
+    """Read a cursor made by `MultiWatch.cursor`; None for no resume point, ValueError for a malformed one."""
+    if raw is None or raw.strip() == "":
+        return None
+    out: dict[str, int] = {}
+    for part in raw.split(","):
+        job_id, sep, seq = part.strip().rpartition(":")
+        if not sep or not job_id or len(job_id) > 64 or not seq.isdigit() or len(seq) > 12:
+            raise ValueError(part)
+        out[job_id] = int(seq)
+        if len(out) > MAX_JOBS_PER_CLIENT:
+            raise ValueError("too many jobs")
+    return out

@@ -1,0 +1,272 @@
+"""`GET /api/events` (SSE, every job of the caller) and `WS /api/ws` (subscribe to jobs or "mine", with resume).
+
+SSE cursor: with many jobs on one stream no single seq can be the event id, so each event's `id:` is the
+resume point of every job still running on that stream, `<job_id>:<seq>` joined by commas (a finished
+job drops out once its terminal event is sent). A browser sends it back as `Last-Event-ID`; the server
+replays each job's Stream after its seq (gap-free per job), and starts any other active job of the user
+from a snapshot.
+
+WebSocket: client messages are JSON objects: `{"type":"subscribe","job_id":ID,"after":N?}`,
+`{"type":"subscribe","scope":"mine"}`, `{"type":"unsubscribe","job_id":ID}`, `{"type":"ping"}`. Server
+messages are the same event JSON the SSE `data:` lines carry (they have `kind`), or control messages
+with a `type`: `subscribed`, `unsubscribed`, `pong`, `error` (`code`, `message`, maybe `job_id`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
+
+from ..limits import LimitExceeded
+from ..models import TERMINAL_STATUSES, Event, EventKind, dumps
+from .accounts import accounts
+from .auth import current_user
+from .errors import ApiError
+from .frames import PING_FRAME, event_json, sse_body
+from .multiwatch import MAX_JOBS_PER_CLIENT, MultiWatch, parse_cursor
+from .sse import SseResponse
+from .state import AppState, app_state
+from .streams import RETRY_MS, ReleasingResponse
+from .submit_rules import acquire_stream_slot
+
+
+def ends_job(event: Event) -> bool:
+    return event.terminal or (
+        event.kind is EventKind.SNAPSHOT and event.data.get("job", {}).get("status") in TERMINAL_STATUSES
+    )
+
+
+def multi_watch(state: AppState, user: str) -> MultiWatch:
+    return MultiWatch(user_id=user, store=state.store, events=state.events, jobs=state.jobs, gateway=state.gateway)
+
+
+async def mine_events(mw: MultiWatch, cursor: dict[str, int] | None, ping: float) -> AsyncIterator[bytes]:
+    positions: dict[str, int] = dict(cursor or {})
+
+    def frame(event: Event) -> bytes:
+        if ends_job(event):
+            positions.pop(event.job_id, None)
+        else:
+            positions[event.job_id] = event.seq
+        ident = ",".join(f"{j}:{s}" for j, s in positions.items())
+        return b"id: " + ident.encode() + b"\n" + sse_body(event)
+
+    await mw.start()
+    try:
+        yield f"retry: {RETRY_MS}\n\n".encode()
+        batch: list[Event] | None = await mw.add_mine(cursor)
+        while True:
+            if batch is None:
+                yield PING_FRAME
+            else:
+                for chunk in [frame(event) for event in batch]:
+                    yield chunk
+            batch = None  # hold no event while idle
+            batch = await mw.next_batch()
+    finally:
+        await mw.close()
+
+
+async def all_events(request: Request) -> Response:
+    """SSE of every job of the caller: active ones from a snapshot (or the cursor), new ones as they come."""
+    state = app_state(request)
+    user = current_user(request)
+    raw = request.headers.get("last-event-id") or request.query_params.get("cursor")
+    try:
+        cursor = parse_cursor(raw)
+    except ValueError:
+        raise ApiError(400, "invalid_last_event_id", "Last-Event-ID must be an id sent by this stream.") from None
+    mw = multi_watch(state, user)
+    slot = acquire_stream_slot(request, user)
+    return ReleasingResponse(
+        SseResponse(
+            mine_events(mw, cursor, state.settings.sse_ping_seconds), send_timeout=state.settings.push_send_timeout
+        ),
+        slot,
+    )
+
+
+def origin_allowed(ws: WebSocket, allowed: tuple[str, ...]) -> bool:
+    """Same origin as the app (scheme + Host) or listed in ALLOWED_ORIGINS; no Origin (not a browser) is fine."""
+    origin = ws.headers.get("origin")
+    if origin is None:
+        return True
+    host = ws.headers.get("host", "")
+    scheme = "https" if ws.url.scheme == "wss" else "http"
+    return origin in (f"{scheme}://{host}", *allowed)
+
+
+class RateLimit:
+    """A token bucket: `rate` messages per second sustained, bursts up to `burst`."""
+
+    def __init__(self, rate: float, burst: float) -> None:
+        self.rate = rate
+        self.burst = burst
+        self.tokens = burst
+        self.at = time.monotonic()
+
+    def take(self) -> bool:
+        now = time.monotonic()
+        self.tokens = min(self.burst, self.tokens + (now - self.at) * self.rate)
+        self.at = now
+        if self.tokens < 1:
+            return False
+        self.tokens -= 1
+        return True
+
+
+class WsSession:
+    """One WebSocket: reads client messages and writes events, one task each, sharing one MultiWatch."""
+
+    def __init__(self, ws: WebSocket, state: AppState, user: str) -> None:
+        self.ws = ws
+        self.state = state
+        self.user = user
+        self.mw = multi_watch(state, user)
+        self.send_lock = asyncio.Lock()
+        self.limit = RateLimit(state.settings.ws_max_messages_per_second, 2 * state.settings.ws_max_messages_per_second)
+
+    async def send(self, text: str) -> None:
+        async with self.send_lock, asyncio.timeout(self.state.settings.push_send_timeout):
+            await self.ws.send_text(text)
+
+    async def control(self, kind: str, **fields: Any) -> None:
+        await self.send(dumps({"type": kind, **fields}))
+
+    async def error(self, code: str, message: str, **fields: Any) -> None:
+        await self.control("error", code=code, message=message, **fields)
+
+    async def send_events(self, events: list[Event]) -> None:
+        for event in events:
+            await self.send(event_json(event))
+
+    async def handle(self, raw: str) -> None:
+        if len(raw.encode()) > self.state.settings.ws_max_message_bytes:
+            await self.error(
+                "message_too_large", f"Messages are at most {self.state.settings.ws_max_message_bytes} bytes."
+            )
+            return
+        try:
+            msg = json.loads(raw)
+        except json.JSONDecodeError:
+            await self.error("invalid_json", "Send one JSON object per message.")
+            return
+        if not isinstance(msg, dict):
+            await self.error("invalid_message", "Send one JSON object per message.")
+            return
+        kind = msg.get("type")
+        if kind == "ping":
+            await self.control("pong")
+        elif kind == "subscribe" and msg.get("scope") == "mine":
+            async with self.mw.lock:
+                await self.control("subscribed", scope="mine")
+                await self.send_events(await self.mw.add_mine())
+        elif kind == "subscribe":
+            await self.subscribe(msg.get("job_id"), msg.get("after"))
+        elif kind == "unsubscribe":
+            job_id = msg.get("job_id")
+            if msg.get("scope") == "mine":
+                self.mw.mine = False
+                self.mw.sub.job_ids = set(self.mw.watches)
+                await self.control("unsubscribed", scope="mine")
+            elif isinstance(job_id, str) and self.mw.remove_job(job_id):
+                await self.control("unsubscribed", job_id=job_id)
+            else:
+                await self.error("not_subscribed", "Not subscribed to that job.", job_id=job_id)
+        else:
+            await self.error("invalid_message", "type must be subscribe, unsubscribe or ping.")
+
+    async def subscribe(self, job_id: Any, after: Any) -> None:
+        if not isinstance(job_id, str) or not job_id or len(job_id) > 64:
+            await self.error("invalid_message", "subscribe needs a job_id (or scope: mine).")
+            return
+        if after is not None and (isinstance(after, bool) or not isinstance(after, int) or after < 0):
+            await self.error(
+                "invalid_after", "after must be a non-negative integer (the last seq you got).", job_id=job_id
+            )
+            return
+        job = await self.state.store.get_owned(job_id, self.user)
+        if job is None:  # the same answer for a missing job and someone else's
+            await self.error("job_not_found", "No job with that id.", job_id=job_id)
+            return
+        if after is not None and after > job.seq:
+            await self.error("invalid_after", "after is ahead of this job's events.", job_id=job_id)
+            return
+        if job_id not in self.mw.watches and len(self.mw.watches) >= MAX_JOBS_PER_CLIENT:
+            await self.error("too_many_subscriptions", "Too many jobs on one connection.", job_id=job_id)
+            return
+        async with self.mw.lock:
+            await self.control("subscribed", job_id=job_id)
+            await self.send_events(await self.mw.add_job(job_id, after))
+
+    async def reader(self) -> None:
+        while True:
+            message = await self.ws.receive()
+            if message["type"] == "websocket.disconnect":
+                return
+            if not self.limit.take():
+                await self.error("rate_limited", "Too many messages; slow down.")
+                continue
+            text = message.get("text")
+            if text is None:
+                await self.error("invalid_message", "Send JSON text messages.")
+                continue
+            await self.handle(text)
+
+    async def writer(self) -> None:
+        while True:
+            if not await self.mw.sub.wait():
+                await self.control("ping")  # keepalive: proxies close idle connections
+                continue
+            async with self.mw.lock:
+                await self.send_events(await self.mw.take())
+
+    async def run(self) -> None:
+        await self.mw.start()
+        tasks = [asyncio.create_task(self.reader()), asyncio.create_task(self.writer())]
+        try:
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                exc = task.exception()
+                if exc is not None and not isinstance(exc, WebSocketDisconnect | TimeoutError | OSError):
+                    raise exc
+        finally:
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
+                with contextlib.suppress(BaseException):
+                    await task
+            await self.mw.close()
+
+
+async def websocket_endpoint(ws: WebSocket) -> None:
+    state = app_state(ws)
+    if not origin_allowed(ws, state.settings.allowed_origins):
+        await ws.close(code=1008)  # before accept: the server answers the upgrade with HTTP 403
+        return
+    try:
+        user = current_user(ws)
+    except ApiError:
+        await ws.close(code=1008)  # not signed in: refused before the upgrade, like a foreign origin
+        return
+    try:
+        slot = accounts(ws).slots.acquire(user)
+    except LimitExceeded:
+        await ws.close(code=1008)  # over MAX_STREAMS: refused before the upgrade (HTTP 403)
+        return
+    try:
+        await ws.accept()
+        await WsSession(ws, state, user).run()
+    finally:
+        slot.release()
+        if ws.application_state is WebSocketState.CONNECTED and ws.client_state is WebSocketState.CONNECTED:
+            with contextlib.suppress(Exception):
+                await ws.close()

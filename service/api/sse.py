@@ -1,0 +1,211 @@
+"""A light ASGI response for Server-Sent Events: one task per client, pre-encoded bytes, bounded sends.
+
+sse-starlette runs a task group per client (a sender, a pinger, a disconnect listener) and encodes every
+event per client; with thousands of clients that per-client work dominates. Here the client's own request
+task runs the generator; a single small task waits for the disconnect and cancels it; each send is bounded
+by a timeout so a client that stops reading is dropped instead of holding memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Coroutine
+from typing import Any
+
+from starlette.types import Message, Receive, Scope, Send
+
+HEADERS = [
+    (b"content-type", b"text/event-stream; charset=utf-8"),
+    (b"cache-control", b"no-cache"),
+    (b"x-accel-buffering", b"no"),
+]
+
+
+class _StallWatch:
+    """One watchdog per process for every SSE send, instead of a timer per send per client.
+
+    A response registers while one of its sends is in progress (most finish at once); every half second the
+    watchdog cancels the task of any send older than its timeout. It runs only while some send is pending.
+    """
+
+    def __init__(self) -> None:
+        self.open: dict[asyncio.Task[object], SseResponse] = {}
+        self.task: asyncio.Task[None] | None = None
+
+    def add(self, task: asyncio.Task[object], response: SseResponse) -> None:
+        self.open[task] = response
+        if self.task is None or self.task.done():
+            self.task = asyncio.create_task(self._run(), name="aijobs-sse-stalls")
+
+    def remove(self, task: asyncio.Task[object]) -> None:
+        self.open.pop(task, None)
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while self.open:
+            await asyncio.sleep(0.5)
+            now = loop.time()
+            for task, response in list(self.open.items()):
+                if response.sending_since and now - response.sending_since > response.send_timeout:
+                    response.stalled = True
+                    task.cancel()
+
+
+_stalls: dict[asyncio.AbstractEventLoop, _StallWatch] = {}
+
+
+def _stall_watch() -> _StallWatch:
+    loop = asyncio.get_running_loop()
+    watch = _stalls.get(loop)
+    if watch is None:
+        for old in [lp for lp in _stalls if lp.is_closed()]:
+            del _stalls[old]
+        watch = _stalls[loop] = _StallWatch()
+    return watch
+
+
+class DirectWriter:
+    """Writes a chunk from the gateway's dispatch, without waking the client's task.
+
+    The ASGI send is driven by hand: on an idle, writable connection it finishes at once (the bytes go to the
+    socket), so a fan-out costs one write per client and no task switch. If it has to wait (the client reads
+    slowly), the rest of that send is resumed from the future it waits on, and the client's own task waits for
+    it before sending anything else, so order is kept.
+    """
+
+    def __init__(self) -> None:
+        self.send: Send | None = None
+        self.response: SseResponse | None = None
+        self.inflight: Coroutine[Any, Any, None] | None = None
+        self.failed = False
+        self._idle: asyncio.Future[None] | None = None
+
+    def ready(self) -> bool:
+        return self.send is not None and self.inflight is None and not self.failed
+
+    def write(self, chunk: bytes) -> None:
+        assert self.send is not None
+        coro = self.send({"type": "http.response.body", "body": chunk, "more_body": True})
+        self._drive(coro)  # type: ignore[arg-type]
+
+    def _drive(self, coro: Coroutine[Any, Any, None]) -> None:
+        try:
+            waiting = coro.send(None)
+        except StopIteration:
+            self._finish()
+            return
+        except BaseException:
+            self.failed = True
+            self._finish()
+            return
+        if self.inflight is None and self.response is not None:
+            self.response.sending_since = asyncio.get_running_loop().time()
+        self.inflight = coro
+        if isinstance(waiting, asyncio.Future):
+            waiting._asyncio_future_blocking = False
+            waiting.add_done_callback(lambda _: self._drive(coro))
+        else:
+            asyncio.get_running_loop().call_soon(self._drive, coro)
+
+    def _finish(self) -> None:
+        self.inflight = None
+        if self.response is not None:
+            self.response.sending_since = 0.0
+        if self._idle is not None and not self._idle.done():
+            self._idle.set_result(None)
+        self._idle = None
+
+    async def idle(self) -> None:
+        """Wait until a send begun by the dispatch has finished."""
+        if self.inflight is None:
+            return
+        if self._idle is None:
+            self._idle = asyncio.get_running_loop().create_future()
+        await asyncio.shield(self._idle)
+
+    def close(self) -> None:
+        self.send = None
+        if self.inflight is not None:
+            self.inflight.close()
+            self.inflight = None
+
+
+class SseResponse:
+    """Streams the bytes an async generator yields; ends when it ends, the client leaves, or a send stalls."""
+
+    def __init__(
+        self, body: AsyncIterator[bytes], *, send_timeout: float = 10.0, direct: DirectWriter | None = None
+    ) -> None:
+        self.body = body
+        self.direct = direct
+        self.send_timeout = send_timeout
+        self.stalled = False
+        self._sending_since = 0.0
+        self._task: asyncio.Task[object] | None = None
+        self._stalls: _StallWatch | None = None
+
+    @property
+    def sending_since(self) -> float:
+        return self._sending_since
+
+    @sending_since.setter
+    def sending_since(self, value: float) -> None:
+        """Loop time a send began (0: none pending); only pending sends are known to the watchdog."""
+        self._sending_since = value
+        if self._stalls is not None and self._task is not None:
+            if value:
+                self._stalls.add(self._task, self)
+            else:
+                self._stalls.remove(self._task)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        gone = False
+
+        async def watch_disconnect() -> None:
+            nonlocal gone
+            while True:
+                message: Message = await receive()
+                if message["type"] == "http.disconnect":
+                    gone = True
+                    task.cancel()
+                    return
+
+        watcher = asyncio.create_task(watch_disconnect())
+        stalls = self._stalls = _stall_watch()
+        self._task = task
+        loop = asyncio.get_running_loop()
+        direct = self.direct
+        try:
+            await send({"type": "http.response.start", "status": 200, "headers": HEADERS})
+            if direct is not None:
+                direct.send, direct.response = send, self
+            async for chunk in self.body:
+                if direct is not None:
+                    await direct.idle()
+                self.sending_since = loop.time()
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                self.sending_since = 0.0
+            if direct is not None:
+                await direct.idle()
+            self.sending_since = loop.time()
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        except asyncio.CancelledError:
+            # The client left, or stopped reading for longer than the send timeout: drop it, its buffer
+            # goes with it (it resumes with Last-Event-ID when it comes back).
+            if not (gone or self.stalled):
+                raise
+            task.uncancel()
+        except OSError:
+            pass
+        finally:
+            if direct is not None:
+                direct.close()
+            stalls.remove(task)
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
+            with contextlib.suppress(Exception):
+                await self.body.aclose()  # type: ignore[attr-defined]

@@ -1,0 +1,241 @@
+"""Well-behaved connections: keepalives, every trace of a client gone after it leaves, slow consumers bounded."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import httpx
+import pytest
+import websockets
+from redis.asyncio import Redis
+
+from service.api.multiwatch import MultiWatch
+from service.config import Settings
+from service.events import EventLog, status_event
+from service.gateway import Gateway, Subscriber
+from service.jobs import JobService
+from service.models import Event, EventKind, Job, JobStatus
+from service.queue import JobQueue
+from service.store import open_store
+from service.tasks import default_registry
+
+from .conftest import LiveServer
+
+
+def rss_kb() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+async def gateway_counts(client: httpx.AsyncClient) -> dict[str, int]:
+    return (await client.get("/healthz")).json()["gateway"]
+
+
+async def until(check: Callable[[], Awaitable[bool]], timeout: float = 10, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while not await check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.02)
+
+
+async def sse_cycle(port: int, path: str) -> None:
+    """Open an SSE stream, wait for its first bytes (the client is registered by then), and hang up."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nAccept: text/event-stream\r\n\r\n".encode())
+    head = await asyncio.wait_for(reader.readuntil(b"retry: "), 10)
+    assert head.startswith(b"HTTP/1.1 200")
+    writer.transport.abort()
+
+
+async def ws_cycle(url: str) -> None:
+    async with websockets.connect(url) as ws:
+        await ws.send('{"type":"ping"}')
+        while (msg := json.loads(await asyncio.wait_for(ws.recv(), 10))) == {"type": "ping"}:
+            pass  # a server keepalive may come first
+        assert msg == {"type": "pong"}
+
+
+async def test_ten_thousand_connect_disconnect_cycles_leave_nothing_behind(
+    client: httpx.AsyncClient, web: LiveServer
+) -> None:
+    port = int(web.url.rsplit(":", 1)[1])
+    r = await client.post("/api/jobs", json={"type": "titles", "input": {"text": "stays queued: no worker"}})
+    job_id = r.json()["job_id"]
+    ws_url = web.url.replace("http://", "ws://") + "/api/ws"
+    kinds = [
+        lambda: sse_cycle(port, f"/api/jobs/{job_id}/events"),
+        lambda: sse_cycle(port, "/api/events"),
+        lambda: ws_cycle(ws_url),
+    ]
+
+    async def run(n: int, parallel: int = 25) -> None:
+        sem = asyncio.Semaphore(parallel)
+
+        async def one(i: int) -> None:
+            async with sem:
+                await kinds[i % len(kinds)]()
+
+        await asyncio.gather(*(one(i) for i in range(n)))
+
+    async def idle() -> bool:
+        return await gateway_counts(client) == {"connections": 0, "channels": 0}
+
+    await run(600)  # warm up allocators and caches
+    await until(idle, what="gateway idle after warm-up")
+    await asyncio.sleep(0.2)
+    tasks_before = len(asyncio.all_tasks())
+    rss_before = rss_kb()
+    await run(10_000)
+    await until(idle, what="every client gone from the gateway")
+
+    async def tasks_back() -> bool:
+        return len(asyncio.all_tasks()) <= tasks_before
+
+    await until(tasks_back, what=f"task count back to {tasks_before}")
+    growth_mb = (rss_kb() - rss_before) / 1024
+    assert growth_mb < 40, f"RSS grew {growth_mb:.1f} MB over 10,000 cycles"
+
+
+async def test_keepalive_pings_on_idle_streams(client: httpx.AsyncClient, web: LiveServer) -> None:
+    async with client.stream("GET", "/api/events") as response:
+        lines = response.aiter_lines()
+
+        async def first_ping() -> None:
+            async for line in lines:
+                if line == ": ping":
+                    return
+
+        await asyncio.wait_for(first_ping(), 5)  # SSE_PING_SECONDS is 1 in tests
+    async with websockets.connect(web.url.replace("http://", "ws://") + "/api/ws") as ws:
+        assert json.loads(await asyncio.wait_for(ws.recv(), 5)) == {"type": "ping"}
+
+
+def progress(job_id: str, seq: int, step: str = "working") -> Event:
+    return Event(job_id=job_id, seq=seq, kind=EventKind.PROGRESS, data={"percentage": seq % 100, "current_step": step})
+
+
+async def test_slow_consumer_gets_progress_coalesced_and_every_state_change(settings: Settings) -> None:
+    """A client that reads nothing while 1,000 events arrive holds a handful, never losing a status."""
+    assert settings.redis_url
+    redis = Redis.from_url(settings.redis_url)
+    gateway = Gateway(redis)
+    await gateway.start()
+    events = EventLog(redis)
+    try:
+        sub = Subscriber("slow-user", None)
+        await gateway.subscribe(sub)
+        job = f"slow-{time.monotonic_ns()}"
+        statuses = []
+        for seq in range(1, 1001):
+            if seq % 100 == 0:
+                data = {"status": "processing" if seq < 1000 else "completed"}
+                statuses.append(seq)
+                await events.publish("slow-user", status_event(job, seq, data))
+            else:
+                await events.publish("slow-user", progress(job, seq))
+
+        async def all_in() -> bool:
+            return gateway.received >= 1000
+
+        await until(all_in, what="gateway received everything")
+        buffered = sub.drain()
+        assert not sub.resync
+        assert [e.seq for e in buffered if e.kind is EventKind.STATUS] == statuses, "every state change kept"
+        assert sum(e.kind is EventKind.PROGRESS for e in buffered) <= 1, "progress coalesced: latest wins"
+        assert buffered[-1].terminal
+        await gateway.unsubscribe(sub)
+        assert gateway.connections == 0 and gateway.channels == 0
+    finally:
+        await gateway.stop()
+        await redis.aclose()
+
+
+async def test_overflowing_client_catches_up_from_the_stream(settings: Settings) -> None:
+    """More state changes than the buffer holds: the client is flagged and re-reads the log, missing nothing."""
+    assert settings.redis_url
+    redis = Redis.from_url(settings.redis_url)
+    store = open_store(settings)
+    await store.open()
+    events = EventLog(redis)
+    registry = default_registry()
+    jobs = JobService(
+        store=store,
+        queue=JobQueue(redis, queue_name=settings.queue_name),
+        events=events,
+        registry=registry,
+        max_attempts=3,
+    )
+    gateway = Gateway(redis)
+    await gateway.start()
+    try:
+        job = await store.create(Job(id=f"of-{time.monotonic_ns()}", user_id="overflow-user", type="titles", input={}))
+        mw = MultiWatch(user_id="overflow-user", store=store, events=events, jobs=jobs, gateway=gateway)
+        mw.sub.maxsize = 4
+        await mw.start()
+        first = await mw.add_job(job.id, None)
+        assert [e.kind for e in first] == [EventKind.SNAPSHOT]
+        for seq in range(2, 40):
+            status = JobStatus.COMPLETED if seq == 39 else JobStatus.PROCESSING
+            await events.publish("overflow-user", status_event(job.id, seq, {"status": status.value, "n": seq}))
+        got: list[Event] = []
+        while not got or not got[-1].terminal:
+            batch = await mw.next_batch(5)
+            assert batch is not None, "the terminal event must arrive"
+            got += batch
+        assert [e.seq for e in got] == list(range(2, 40)), "every status once, in order, via the Stream"
+        await mw.close()
+        assert gateway.connections == 0
+    finally:
+        await gateway.stop()
+        await store.close()
+        await redis.aclose()
+
+
+@pytest.fixture
+def settings_fast_drop(settings: Settings) -> Settings:
+    from dataclasses import replace
+
+    return replace(settings, push_send_timeout=1.0)
+
+
+async def test_client_that_stops_reading_is_dropped(settings_fast_drop: Settings) -> None:
+    from service.api.app import create_app
+
+    from .conftest import serve
+
+    settings = settings_fast_drop
+    assert settings.redis_url
+    async with serve(create_app(settings, redis_url=settings.redis_url)) as web:
+        async with httpx.AsyncClient(base_url=web.url, timeout=10) as client:
+            job_id = (await client.post("/api/jobs", json={"type": "titles", "input": {"text": "x"}})).json()["job_id"]
+            port = int(web.url.rsplit(":", 1)[1])
+            sock = socket.socket()
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            sock.setblocking(False)
+            await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", port))
+            request = f"GET /api/jobs/{job_id}/events HTTP/1.1\r\nHost: x\r\n\r\n".encode()
+            await asyncio.get_running_loop().sock_sendall(sock, request)
+
+            async def connected() -> bool:
+                return (await gateway_counts(client))["connections"] == 1
+
+            await until(connected, what="the slow client registered")
+            events = EventLog(Redis.from_url(settings.redis_url))
+            big = "x" * 200_000
+            for seq in range(2, 80):  # ~16 MB the client never reads
+                await events.publish("anonymous", progress(job_id, seq, big))
+
+            async def dropped() -> bool:
+                return (await gateway_counts(client))["connections"] == 0
+
+            await until(dropped, timeout=20, what="the stalled client dropped by the send timeout")
+            sock.close()
+            await events.redis.aclose()
