@@ -1,4 +1,6 @@
-// Minimal page: submit a titles job and follow it over SSE. AI output is always inserted as text.
+// Minimal page: submit a titles job and follow it with jobs-client.js. AI output is always inserted as text.
+import { createJob, watchJob } from "/static/jobs-client.js";
+
 const jobs = document.getElementById("jobs");
 
 function card(jobId) {
@@ -11,48 +13,45 @@ function card(jobId) {
   return el;
 }
 
-function render(el, job) {
-  el.querySelector(".status").textContent = job.status;
-  el.querySelector(".step").textContent = job.progress?.current_step ?? job.current_step ?? "";
-  el.querySelector("progress").value = job.progress?.percentage ?? job.percentage ?? 0;
-  if (job.result?.titles) {
-    const list = el.querySelector(".result");
-    list.replaceChildren(...job.result.titles.map((t) => Object.assign(document.createElement("li"), { textContent: t })));
-    el.querySelector(".output").textContent = "";
+async function follow(el, jobId) {
+  const $ = (sel) => el.querySelector(sel);
+  const step = (p) => {
+    $(".step").textContent = p.current_step ?? "";
+    $("progress").value = p.percentage ?? 0;
+  };
+  try {
+    const result = await watchJob(jobId, {
+      onEvent: (e) => {
+        if (e.kind === "snapshot") {
+          $(".status").textContent = e.job.status;
+          step(e.job.progress);
+          $(".output").textContent = e.job.partial_output ?? "";
+        }
+        if (e.kind === "status") $(".status").textContent = e.status;
+      },
+      onProgress: step,
+      onDelta: (text) => {
+        $(".output").textContent += text;
+      },
+    });
+    $(".status").textContent = "completed";
+    $("progress").value = 100;
+    $(".output").textContent = "";
+    const titles = result?.titles ?? [];
+    $(".result").replaceChildren(...titles.map((t) => Object.assign(document.createElement("li"), { textContent: t })));
+  } catch (err) {
+    $(".status").textContent = err.job?.status ?? "error";
+    $(".error").textContent = err.message;
   }
-  if (job.error) el.querySelector(".error").textContent = job.error.message;
-}
-
-function watch(el, jobId) {
-  const source = new EventSource(`/api/jobs/${jobId}/events`);
-  const state = {};
-  const apply = (patch) => { Object.assign(state, patch); render(el, state); };
-  source.addEventListener("snapshot", (e) => apply(JSON.parse(e.data).job));
-  source.addEventListener("progress", (e) => {
-    const d = JSON.parse(e.data);
-    apply({ percentage: d.percentage, current_step: d.current_step ?? state.current_step, progress: undefined });
-  });
-  source.addEventListener("delta", (e) => { el.querySelector(".output").textContent += JSON.parse(e.data).text; });
-  source.addEventListener("status", (e) => {
-    const d = JSON.parse(e.data);
-    apply({ ...d, progress: undefined });
-    if (["completed", "failed", "cancelled", "expired"].includes(d.status)) source.close();
-  });
 }
 
 document.getElementById("titles-form").addEventListener("submit", async (event) => {
   event.preventDefault();
   const text = new FormData(event.target).get("text");
-  const response = await fetch("/api/jobs", {
-    method: "POST",
-    headers: { "content-type": "application/json" },
-    body: JSON.stringify({ type: "titles", input: { text } }),
-  });
-  const body = await response.json();
-  if (!response.ok) {
-    const p = Object.assign(document.createElement("p"), { className: "error", textContent: body.error.message });
-    jobs.prepend(p);
-    return;
+  try {
+    const job = await createJob("titles", { text });
+    follow(card(job.job_id), job.job_id);
+  } catch (err) {
+    jobs.prepend(Object.assign(document.createElement("p"), { className: "error", textContent: err.message }));
   }
-  watch(card(body.job_id), body.job_id);
 });

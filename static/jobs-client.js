@@ -1,0 +1,222 @@
+// jobs-client.js: submit aijobs jobs and watch them live, from any page. No dependencies.
+//
+//   import { createJob, watchJob, cancel } from "/static/jobs-client.js";
+//   const job = await createJob("titles", { text: "…" });
+//   const result = await watchJob(job.job_id, { onEvent, onProgress, onDelta });
+//
+// Transport: Server-Sent Events first, then WebSocket, then polling (with backoff), switching when one
+// fails or is blocked. Every event carries the job's `seq`; the client remembers the last one and resumes
+// after it on any reconnect (Last-Event-ID / `after`), and drops anything it has already seen, so each
+// event reaches the page once and in order.
+
+const TERMINAL = new Set(["completed", "failed", "cancelled", "expired"]);
+const KINDS = ["snapshot", "status", "progress", "delta"];
+
+export class JobError extends Error {
+  constructor(code, message, job) {
+    super(message);
+    this.code = code;
+    this.job = job;
+  }
+}
+
+async function api(path, options = {}, base = "") {
+  const response = await fetch(base + path, {
+    ...options,
+    headers: { "content-type": "application/json", ...(options.headers || {}) },
+  });
+  const body = response.status === 204 || response.status === 304 ? null : await response.json();
+  if (!response.ok && response.status !== 304) {
+    const err = body?.error || {};
+    throw new JobError(err.code || `http_${response.status}`, err.message || response.statusText, null);
+  }
+  return { response, body };
+}
+
+/** Submit a job; resolves to the accepted job (with `job_id`). */
+export async function createJob(type, input, { priority, base = "" } = {}) {
+  const payload = { type, input };
+  if (priority !== undefined) payload.priority = priority;
+  const { body } = await api("/api/jobs", { method: "POST", body: JSON.stringify(payload) }, base);
+  return body;
+}
+
+/** Ask the server to cancel a job. */
+export async function cancel(jobId, { base = "" } = {}) {
+  const { body } = await api(`/api/jobs/${encodeURIComponent(jobId)}/cancel`, { method: "POST" }, base);
+  return body;
+}
+
+const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+
+/**
+ * Watch a job until it ends. Resolves to its result (completed) or rejects with a JobError
+ * (failed/cancelled/expired). Callbacks: onEvent(event) for every event, onProgress({percentage,
+ * current_step}), onDelta(text), onTransport(name). `options.transports` limits the order tried.
+ */
+export function watchJob(jobId, options = {}) {
+  const w = new Watch(jobId, options);
+  const promise = w.run();
+  promise.watch = w;
+  return promise;
+}
+
+class Watch {
+  constructor(jobId, options) {
+    this.jobId = jobId;
+    this.o = options;
+    this.base = options.base || "";
+    this.last = options.after ?? null; // seq of the last event handed to the page
+    this.job = null;
+    this.done = false;
+    this.transports = options.transports || ["sse", "ws", "poll"];
+    this.failures = 0;
+    this.worked = new Set(); // transports that delivered something: a failure there is a cut, not a block
+  }
+
+  // Every event goes through here: duplicates and stale events are dropped by seq.
+  apply(event) {
+    if (this.last !== null && event.seq <= this.last) return;
+    this.last = event.seq;
+    if (event.kind === "snapshot") {
+      this.job = event.job;
+    } else if (this.job) {
+      if (event.kind === "progress") {
+        this.job.progress = { ...this.job.progress, percentage: event.percentage, current_step: event.current_step };
+      } else if (event.kind === "delta") {
+        this.job.partial_output = (this.job.partial_output || "") + event.text;
+      } else if (event.kind === "status") {
+        Object.assign(this.job, event);
+      }
+    }
+    this.o.onEvent?.(event);
+    if (event.kind === "progress") this.o.onProgress?.(event);
+    if (event.kind === "delta") this.o.onDelta?.(event.text, event);
+    const status = event.kind === "snapshot" ? event.job.status : event.kind === "status" ? event.status : null;
+    if (status && TERMINAL.has(status)) {
+      this.done = true;
+      this.final = event.kind === "snapshot" ? event.job : event;
+    }
+  }
+
+  async run() {
+    let i = 0;
+    while (!this.done) {
+      const name = this.transports[Math.min(i, this.transports.length - 1)];
+      this.o.onTransport?.(name);
+      const before = this.last;
+      let ok = false;
+      try {
+        ok = await this[name]();
+      } catch (e) {
+        if (e instanceof JobError && e.code === "job_not_found") throw e;
+        ok = false;
+      }
+      if (this.last !== before) this.worked.add(name);
+      if (this.done) break;
+      // A transport that never delivered is blocked here: try the next. One that did was cut: resume on it.
+      if (!ok && !this.worked.has(name)) i = Math.min(i + 1, this.transports.length - 1);
+      this.failures = this.last === before ? this.failures + 1 : 0;
+      await sleep(Math.min(250 * 2 ** Math.min(this.failures, 5), 8000));
+    }
+    const f = this.final;
+    if (f.status === "completed") return f.result;
+    throw new JobError(f.error?.code || f.status, f.error?.message || `job ${f.status}`, f);
+  }
+
+  // SSE: resolves when the stream ends or fails; EventSource's own retry is not used (we resume ourselves).
+  sse() {
+    return new Promise((resolve) => {
+      const q = this.last !== null ? `?after=${this.last}` : "";
+      const source = new EventSource(`${this.base}/api/jobs/${encodeURIComponent(this.jobId)}/events${q}`);
+      let got = false;
+      const end = (ok) => {
+        source.close();
+        resolve(ok);
+      };
+      for (const kind of KINDS) {
+        source.addEventListener(kind, (e) => {
+          got = true;
+          this.apply(JSON.parse(e.data));
+          if (this.done) end(true);
+        });
+      }
+      source.onerror = () => end(got);
+    });
+  }
+
+  ws() {
+    return new Promise((resolve) => {
+      const url = new URL(`${this.base}/api/ws`, location.href);
+      url.protocol = url.protocol === "https:" ? "wss:" : "ws:";
+      let socket;
+      try {
+        socket = new WebSocket(url);
+      } catch {
+        resolve(false);
+        return;
+      }
+      let got = false;
+      const end = (ok) => {
+        try {
+          socket.close();
+        } catch {}
+        resolve(ok);
+      };
+      socket.onopen = () => {
+        const msg = { type: "subscribe", job_id: this.jobId };
+        if (this.last !== null) msg.after = this.last;
+        socket.send(JSON.stringify(msg));
+      };
+      socket.onmessage = (e) => {
+        const msg = JSON.parse(e.data);
+        if (msg.type === "error") {
+          if (msg.code === "job_not_found") this.notFound = true;
+          end(false);
+          return;
+        }
+        if (msg.type) return; // subscribed / ping / pong
+        if (msg.job_id !== this.jobId) return;
+        got = true;
+        this.apply(msg);
+        if (this.done) end(true);
+      };
+      socket.onerror = () => end(got);
+      socket.onclose = () => resolve(got);
+    });
+  }
+
+  // Polling: GET the job with If-None-Match; the server suggests the interval. A snapshot-like event is
+  // made from the job when its seq moved, so callbacks see progress the same way.
+  async poll() {
+    let etag = null;
+    let errors = 0;
+    while (!this.done) {
+      let r;
+      try {
+        r = await api(
+          `/api/jobs/${encodeURIComponent(this.jobId)}`,
+          { headers: etag ? { "if-none-match": etag } : {} },
+          this.base,
+        );
+        errors = 0;
+      } catch (e) {
+        if (e instanceof JobError && e.code === "job_not_found") throw e;
+        errors += 1;
+        await sleep(Math.min(500 * 2 ** errors, 10000));
+        continue;
+      }
+      etag = r.response.headers.get("etag") || etag;
+      const job = r.body;
+      if (job && (this.last === null || job.last_seq > this.last)) {
+        const prevJob = this.job;
+        this.apply({ kind: "snapshot", job_id: this.jobId, seq: job.last_seq, reason: "poll", job });
+        if (prevJob && job.progress) this.o.onProgress?.({ ...job.progress, seq: job.last_seq });
+      }
+      if (this.done) return true;
+      const suggested = Number(r.response.headers.get("x-poll-interval")) || job?.poll_interval || 2;
+      await sleep(Math.min(suggested, this.o.maxPollSeconds ?? 10) * 1000);
+    }
+    return true;
+  }
+}

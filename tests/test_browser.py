@@ -1,0 +1,174 @@
+"""jobs-client.js in real headless Chromium (Debian's package, driven by Playwright): transports, fallback, resume."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import pytest
+
+from .conftest import LiveServer
+from .sse import collect
+
+pytestmark = pytest.mark.usefixtures("worker")
+
+CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
+ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+
+WATCH_JS = """
+async ({text, transports}) => {
+  const m = await import('/static/jobs-client.js');
+  window.seen = []; window.transports = [];
+  const job = await m.createJob('titles', {text});
+  window.jobId = job.job_id;
+  const opts = {onEvent: (e) => window.seen.push(e), onTransport: (t) => window.transports.push(t)};
+  if (transports) opts.transports = transports;
+  window.result = m.watchJob(job.job_id, opts).then((r) => (window.done = r));
+  return job.job_id;
+}
+"""
+
+
+@pytest.fixture
+async def browser() -> AsyncIterator[Any]:
+    if not shutil.which(CHROMIUM):
+        pytest.fail(f"{CHROMIUM} is missing: scripts/test installs Debian's chromium (apt-get install -y chromium)")
+    from playwright.async_api import async_playwright
+
+    async with async_playwright() as p:
+        b = await p.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
+        try:
+            yield b
+        finally:
+            await b.close()
+
+
+async def wait_js(page: Any, expr: str, timeout: float = 20) -> Any:
+    await page.wait_for_function(expr, timeout=timeout * 1000)
+    return await page.evaluate(expr)
+
+
+async def full_log(client: httpx.AsyncClient, job_id: str) -> list[int]:
+    log, _ = await collect(client, f"/api/jobs/{job_id}/events", headers={"Last-Event-ID": "0"})
+    return [e.data["seq"] for e in log]
+
+
+def assert_once_in_order(seen: list[dict[str, Any]], log: list[int]) -> None:
+    seqs = [e["seq"] for e in seen]
+    assert seqs == sorted(set(seqs)), f"in order, each once: {seqs}"
+    start = seqs[0] if seen[0]["kind"] == "snapshot" else 1
+    assert seqs == [s for s in log if s >= start], "every step after the first one seen"
+
+
+async def test_page_submits_and_shows_result(browser: Any, web: LiveServer) -> None:
+    page = await browser.new_page()
+    await page.goto(web.url + "/")
+    await page.click("button[type=submit]")
+    await page.wait_for_selector(".job .result li", timeout=20_000)
+    assert await page.locator(".job .result li").count() == 5
+    assert await page.text_content(".job .status") == "completed"
+    await page.screenshot(path=os.environ.get("AIJOBS_SCREENSHOT", "/tmp/aijobs-page.png"))
+
+
+async def test_sse_blocked_falls_back_to_websocket(browser: Any, web: LiveServer, client: httpx.AsyncClient) -> None:
+    page = await browser.new_page()
+    await page.route("**/events*", lambda route: route.abort())
+    await page.goto(web.url + "/")
+    job_id = await page.evaluate(WATCH_JS, {"text": "fallback [[slow:1]]", "transports": None})
+    result = await wait_js(page, "window.done")
+    assert len(result["titles"]) == 5
+    transports = await page.evaluate("window.transports")
+    assert transports[0] == "sse" and "ws" in transports and "poll" not in transports
+    assert_once_in_order(await page.evaluate("window.seen"), await full_log(client, job_id))
+
+
+async def test_sse_and_websocket_blocked_falls_back_to_polling(browser: Any, web: LiveServer) -> None:
+    page = await browser.new_page()
+    await page.route("**/events*", lambda route: route.abort())
+    await page.route_web_socket("**/api/ws", lambda ws: ws.close())
+    await page.goto(web.url + "/")
+    await page.evaluate(WATCH_JS, {"text": "polling [[slow:1]]", "transports": None})
+    result = await wait_js(page, "window.done", timeout=30)
+    assert len(result["titles"]) == 5
+    assert (await page.evaluate("window.transports"))[-1] == "poll"
+
+
+class CuttableProxy:
+    """A TCP proxy in front of the web server whose connections can be cut and refused, like a network drop."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.up = True
+        self.pipes: set[asyncio.StreamWriter] = set()
+        self.server: asyncio.Server | None = None
+        self.cuts = 0
+
+    async def start(self) -> int:
+        self.server = await asyncio.start_server(self.handle, "127.0.0.1", 0)
+        return self.server.sockets[0].getsockname()[1]
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if not self.up:
+            writer.transport.abort()
+            return
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.port)
+        self.pipes |= {writer, up_writer}
+
+        async def pump(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            with contextlib.suppress(OSError, asyncio.IncompleteReadError):
+                while data := await src.read(65536):
+                    dst.write(data)
+                    await dst.drain()
+            dst.transport.abort()
+
+        await asyncio.gather(pump(reader, up_writer), pump(up_reader, writer))
+        self.pipes -= {writer, up_writer}
+
+    def cut(self) -> None:
+        self.up = False
+        self.cuts += 1
+        for w in list(self.pipes):
+            w.transport.abort()
+
+    async def close(self) -> None:
+        self.cut()
+        if self.server is not None:
+            self.server.close()
+
+
+@pytest.mark.parametrize("transport", ["sse", "ws"])
+async def test_network_cut_mid_job_every_step_once_in_order(
+    browser: Any, web: LiveServer, client: httpx.AsyncClient, transport: str
+) -> None:
+    proxy = CuttableProxy(int(web.url.rsplit(":", 1)[1]))
+    port = await proxy.start()
+    try:
+        page = await browser.new_page()
+        await page.goto(f"http://127.0.0.1:{port}/")
+        job_id = await page.evaluate(WATCH_JS, {"text": "cut me [[slow:2]]", "transports": [transport, "poll"]})
+        await page.wait_for_function("window.seen.length >= 3", timeout=15_000)
+        proxy.cut()  # every open connection dropped; new ones refused
+        await asyncio.sleep(1.0)
+        proxy.up = True
+        result = await wait_js(page, "window.done", timeout=30)
+        assert len(result["titles"]) == 5
+        seen = await page.evaluate("window.seen")
+        assert_once_in_order(seen, await full_log(client, job_id))
+        transports = await page.evaluate("window.transports")
+        assert transports.count(transport) >= 2, f"reconnected and resumed: {transports}"
+        assert "poll" not in transports, "a cut is not a block: the client resumed on the same transport"
+    finally:
+        await proxy.close()
