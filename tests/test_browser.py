@@ -103,7 +103,7 @@ async def test_page_submits_and_shows_result(browser: Any, web: LiveServer) -> N
     await page.click("button[type=submit]")
     await page.wait_for_selector(".job .result li", timeout=20_000)
     assert await page.locator(".job .result li").count() == 5
-    assert await page.text_content(".job .status") == "completed"
+    assert await page.get_attribute(".job", "data-status") == "completed"
     await page.screenshot(path=os.environ.get("AIJOBS_SCREENSHOT", "/tmp/aijobs-page.png"))
 
 
