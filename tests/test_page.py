@@ -19,7 +19,7 @@ from service.api.app import create_app
 from service.config import Settings
 from service.embedded import EmbeddedRedis
 
-from .conftest import LiveServer, run_worker, serve
+from .conftest import LiveServer, make_user, run_worker, serve
 from .test_browser import ARGS, CHROMIUM
 
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
@@ -148,7 +148,8 @@ async def test_failure_reads_plainly_then_retry_succeeds(page: Any) -> None:
     c = card(page, job_id)
     await wait_status(page, job_id, "failed")
     problem = await c.locator(".problem").text_content()
-    assert "could not handle this request" in problem and "Retry" in problem
+    assert problem.startswith("The AI service could not handle this request. Change the text a little, then Retry.")
+    assert "Details: Simulated bad request" in problem and "null" not in problem
     await shot(page, "failed")
     await c.locator(".retry").click()
     # The new job takes the old card's place and completes (the simulated failure happens only once).
@@ -269,3 +270,33 @@ async def test_reload_keeps_open_cards(page: Any) -> None:
     await page.reload()
     await wait_status(page, ids[1], "completed")
     assert await card(page, ids[0]).count() == 0, "a removed card stays removed"
+
+
+async def test_sign_in_with_a_token_then_a_queued_job_waits_for_a_worker(
+    browser: Any, web: LiveServer, settings: Settings
+) -> None:
+    """Without demo login the page asks for a token; with no worker a job shows its place and says why it waits."""
+    token = await make_user(settings, "carol")
+    context = await browser.new_context(viewport=DESKTOP)
+    try:
+        page = await context.new_page()
+        await page.goto(web.url + "/")
+        await page.fill("#token", token)
+        await page.click("form.signin button[type=submit]")
+        await page.wait_for_selector("#form-titles", timeout=T)
+        assert await page.text_content("#who") == "Signed in as carol"
+        job_id = await submit(page, "titles", "Waiting for a worker")
+        c = card(page, job_id)
+        assert await c.get_attribute("data-status") == "queued"
+        await page.wait_for_function(
+            f"""document.querySelector('.job[data-job-id="{job_id}"] .eta').textContent.includes('no worker')""",
+            timeout=T,
+        )
+        assert await c.locator(".step").text_content() == "Waiting for a worker…"
+        await page.wait_for_selector("#queue >> text=No worker is running", timeout=T)
+        await shot(page, "queued")
+        async with run_worker(settings):
+            await wait_status(page, job_id, "completed")
+        assert await c.locator(".titles li").count() == 5
+    finally:
+        await context.close()

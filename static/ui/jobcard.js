@@ -2,7 +2,7 @@
 // Kept up to date from jobs-client.js events; AI output only ever goes in as text.
 import { cancel, watchJob } from "/static/jobs-client.js";
 import { getJob, retryJob } from "./api.js";
-import { h, seconds, when } from "./dom.js";
+import { append, h, seconds, when } from "./dom.js";
 
 const TERMINAL = new Set(["completed", "failed", "cancelled", "expired"]);
 const LABELS = { titles: "Titles", summary: "Summary", chat: "Chat", image: "Image" };
@@ -285,13 +285,14 @@ export class JobCard {
     }
     const { what, next, detail } = plainError(job);
     this.errorEl.hidden = false;
-    this.errorEl.replaceChildren(
+    this.errorEl.replaceChildren();
+    append(this.errorEl, [
       h("strong", { text: what }),
       " ",
       h("span", { text: next }),
       detail && job.status === "failed" ? h("small", { class: "detail", text: `Details: ${detail}` }) : null,
       job.partial_output ? h("small", { class: "detail", text: "The text written before it stopped is kept above." }) : null,
-    );
+    ]);
   }
 
   async cancel() {
