@@ -211,13 +211,16 @@ export class JobCard {
       if (q?.position !== null && q?.position !== undefined) {
         parts.push(q.position === 0 ? "next in line" : `${q.position} ahead in the queue`);
       }
-      if (q?.estimated_wait !== null && q?.estimated_wait !== undefined) parts.push(`starts in about ${seconds(q.estimated_wait)}`);
+      if (q?.estimated_wait !== null && q?.estimated_wait !== undefined) {
+        parts.push(q.estimated_wait < 1 ? "starting now" : `starts in about ${seconds(q.estimated_wait)}`);
+      }
       else if (q && q.workers_capacity === 0) parts.push("no worker is running");
       return parts.join(", ");
     }
     if (job.status === "processing") {
       const left = job.progress?.estimated_time_remaining;
-      return left === null || left === undefined ? "" : `about ${seconds(left)} left`;
+      if (left === null || left === undefined) return "";
+      return left < 1 ? "almost done" : `about ${seconds(left)} left`;
     }
     if (job.status === "completed" && job.completed_at) return `finished ${when(job.completed_at)}`;
     return "";
