@@ -1,0 +1,36 @@
+// The few API calls the page makes besides jobs-client.js (which owns createJob, watchJob and cancel).
+
+export class ApiProblem extends Error {
+  constructor(status, code, message) {
+    super(message);
+    this.status = status;
+    this.code = code;
+  }
+}
+
+export async function api(path, { method = "GET", body } = {}) {
+  const response = await fetch(path, {
+    method,
+    credentials: "same-origin",
+    headers: body === undefined ? {} : { "content-type": "application/json" },
+    body: body === undefined ? undefined : JSON.stringify(body),
+  });
+  const data = response.status === 204 ? null : await response.json().catch(() => null);
+  if (!response.ok) {
+    const err = data?.error || {};
+    throw new ApiProblem(response.status, err.code || `http_${response.status}`, err.message || response.statusText);
+  }
+  return data;
+}
+
+const jobPath = (id) => `/api/jobs/${encodeURIComponent(id)}`;
+export const getJob = (id) => api(jobPath(id));
+export const retryJob = (id) => api(`${jobPath(id)}/retry`, { method: "POST" });
+export const me = () => api("/api/me");
+export const signIn = (token) => api("/api/session", { method: "POST", body: token ? { token } : undefined });
+export const stats = () => api("/api/stats");
+export function history({ cursor, limit = 8 } = {}) {
+  const q = new URLSearchParams({ limit: String(limit) });
+  if (cursor) q.set("cursor", cursor);
+  return api(`/api/jobs?${q}`);
+}
