@@ -81,7 +81,9 @@ async def run_worker(settings: Settings, **kwargs: object) -> AsyncIterator[Work
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
-        await worker.close()
+        # arq's close() gathers its job tasks, which the cancelled main loop may have cancelled in turn
+        with contextlib.suppress(asyncio.CancelledError):
+            await worker.close()
 
 
 @pytest.fixture

@@ -22,6 +22,11 @@ async def submit(client: httpx.AsyncClient, text: str = "Streams and queues [[sl
     return r.json()["job_id"]
 
 
+def auth(client: httpx.AsyncClient) -> dict[str, str]:
+    """The WebSocket handshake signs in like any request: the test user's Bearer token."""
+    return {"Authorization": client.headers["authorization"]}
+
+
 def ws_url(web: LiveServer) -> str:
     return web.url.replace("http://", "ws://") + "/api/ws"
 
@@ -132,7 +137,7 @@ async def ws_until_terminal(ws: Any, job_id: str) -> list[dict[str, Any]]:
 
 async def test_ws_subscribe_to_a_job_gets_its_story(client: httpx.AsyncClient, web: LiveServer) -> None:
     job_id = await submit(client)
-    async with websockets.connect(ws_url(web)) as ws:
+    async with websockets.connect(ws_url(web), additional_headers=auth(client)) as ws:
         await ws.send(json.dumps({"type": "subscribe", "job_id": job_id}))
         assert await ws_recv(ws) == {"type": "subscribed", "job_id": job_id}
         msgs = await ws_until_terminal(ws, job_id)
@@ -144,12 +149,12 @@ async def test_ws_subscribe_to_a_job_gets_its_story(client: httpx.AsyncClient, w
 
 async def test_ws_resume_after_n_is_gap_free(client: httpx.AsyncClient, web: LiveServer) -> None:
     job_id = await submit(client)
-    async with websockets.connect(ws_url(web)) as ws:
+    async with websockets.connect(ws_url(web), additional_headers=auth(client)) as ws:
         await ws.send(json.dumps({"type": "subscribe", "job_id": job_id}))
         await ws_recv(ws)
         first = [await ws_recv(ws) for _ in range(3)]
     cut = first[-1]["seq"]
-    async with websockets.connect(ws_url(web)) as ws:
+    async with websockets.connect(ws_url(web), additional_headers=auth(client)) as ws:
         await ws.send(json.dumps({"type": "subscribe", "job_id": job_id, "after": cut}))
         await ws_recv(ws)
         rest = await ws_until_terminal(ws, job_id)
@@ -158,7 +163,7 @@ async def test_ws_resume_after_n_is_gap_free(client: httpx.AsyncClient, web: Liv
 
 
 async def test_ws_mine_ping_and_errors(client: httpx.AsyncClient, web: LiveServer) -> None:
-    async with websockets.connect(ws_url(web)) as ws:
+    async with websockets.connect(ws_url(web), additional_headers=auth(client)) as ws:
         await ws.send(json.dumps({"type": "ping"}))
         assert await ws_recv(ws) == {"type": "pong"}
         await ws.send(json.dumps({"type": "subscribe", "scope": "mine"}))
@@ -182,19 +187,21 @@ async def test_ws_mine_ping_and_errors(client: httpx.AsyncClient, web: LiveServe
         assert (await ws_recv(ws))["code"] == "message_too_large"
 
 
-async def test_ws_foreign_origin_is_refused_before_upgrade(web: LiveServer) -> None:
+async def test_ws_foreign_origin_is_refused_before_upgrade(client: httpx.AsyncClient, web: LiveServer) -> None:
     with pytest.raises(websockets.exceptions.InvalidStatus) as info:
-        async with websockets.connect(ws_url(web), origin="http://evil.example"):  # type: ignore[arg-type]
+        async with websockets.connect(ws_url(web), additional_headers=auth(client), origin="http://evil.example"):  # type: ignore[arg-type]
             pass
     assert info.value.response.status_code == 403
     port = web.url.rsplit(":", 1)[1]
-    async with websockets.connect(ws_url(web), origin=f"http://127.0.0.1:{port}") as ws:  # type: ignore[arg-type]
+    async with websockets.connect(
+        ws_url(web), additional_headers=auth(client), origin=f"http://127.0.0.1:{port}"
+    ) as ws:  # type: ignore[arg-type]
         await ws.send(json.dumps({"type": "ping"}))
         assert await ws_recv(ws) == {"type": "pong"}
 
 
-async def test_ws_rate_limit(web: LiveServer) -> None:
-    async with websockets.connect(ws_url(web)) as ws:
+async def test_ws_rate_limit(client: httpx.AsyncClient, web: LiveServer) -> None:
+    async with websockets.connect(ws_url(web), additional_headers=auth(client)) as ws:
         for _ in range(60):
             await ws.send(json.dumps({"type": "ping"}))
         replies = [await ws_recv(ws) for _ in range(60)]

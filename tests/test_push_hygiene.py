@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import socket
 import time
@@ -46,17 +47,26 @@ async def until(check: Callable[[], Awaitable[bool]], timeout: float = 10, what:
         await asyncio.sleep(0.02)
 
 
-async def sse_cycle(port: int, path: str) -> None:
+@pytest.fixture
+def settings(settings: Settings) -> Settings:
+    """Hundreds of streams of one user at once: lift the per-user stream cap for these tests."""
+    return dataclasses.replace(settings, max_streams=10_000)
+
+
+async def sse_cycle(port: int, path: str, auth: str) -> None:
     """Open an SSE stream, wait for its first bytes (the client is registered by then), and hang up."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    writer.write(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nAccept: text/event-stream\r\n\r\n".encode())
+    head = (
+        f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nAccept: text/event-stream\r\nAuthorization: {auth}\r\n\r\n"
+    )
+    writer.write(head.encode())
     head = await asyncio.wait_for(reader.readuntil(b"retry: "), 10)
     assert head.startswith(b"HTTP/1.1 200")
     writer.transport.abort()
 
 
-async def ws_cycle(url: str) -> None:
-    async with websockets.connect(url) as ws:
+async def ws_cycle(url: str, auth: str) -> None:
+    async with websockets.connect(url, additional_headers={"Authorization": auth}) as ws:
         await ws.send('{"type":"ping"}')
         while (msg := json.loads(await asyncio.wait_for(ws.recv(), 10))) == {"type": "ping"}:
             pass  # a server keepalive may come first
@@ -70,10 +80,11 @@ async def test_ten_thousand_connect_disconnect_cycles_leave_nothing_behind(
     r = await client.post("/api/jobs", json={"type": "titles", "input": {"text": "stays queued: no worker"}})
     job_id = r.json()["job_id"]
     ws_url = web.url.replace("http://", "ws://") + "/api/ws"
+    auth = client.headers["authorization"]
     kinds = [
-        lambda: sse_cycle(port, f"/api/jobs/{job_id}/events"),
-        lambda: sse_cycle(port, "/api/events"),
-        lambda: ws_cycle(ws_url),
+        lambda: sse_cycle(port, f"/api/jobs/{job_id}/events", auth),
+        lambda: sse_cycle(port, "/api/events", auth),
+        lambda: ws_cycle(ws_url, auth),
     ]
 
     async def run(n: int, parallel: int = 25) -> None:
@@ -114,7 +125,8 @@ async def test_keepalive_pings_on_idle_streams(client: httpx.AsyncClient, web: L
                     return
 
         await asyncio.wait_for(first_ping(), 5)  # SSE_PING_SECONDS is 1 in tests
-    async with websockets.connect(web.url.replace("http://", "ws://") + "/api/ws") as ws:
+    ws_url = web.url.replace("http://", "ws://") + "/api/ws"
+    async with websockets.connect(ws_url, additional_headers={"Authorization": client.headers["authorization"]}) as ws:
         assert json.loads(await asyncio.wait_for(ws.recv(), 5)) == {"type": "ping"}
 
 
@@ -209,19 +221,21 @@ def settings_fast_drop(settings: Settings) -> Settings:
 async def test_client_that_stops_reading_is_dropped(settings_fast_drop: Settings) -> None:
     from service.api.app import create_app
 
-    from .conftest import serve
+    from .conftest import serve, user_client
 
     settings = settings_fast_drop
     assert settings.redis_url
     async with serve(create_app(settings, redis_url=settings.redis_url)) as web:
-        async with httpx.AsyncClient(base_url=web.url, timeout=10) as client:
+        async with user_client(web, settings, "alice") as client:
             job_id = (await client.post("/api/jobs", json={"type": "titles", "input": {"text": "x"}})).json()["job_id"]
+            user_id = (await client.get("/api/me")).json()["user"]["id"]
             port = int(web.url.rsplit(":", 1)[1])
             sock = socket.socket()
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
             sock.setblocking(False)
             await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", port))
-            request = f"GET /api/jobs/{job_id}/events HTTP/1.1\r\nHost: x\r\n\r\n".encode()
+            auth = client.headers["authorization"]
+            request = f"GET /api/jobs/{job_id}/events HTTP/1.1\r\nHost: x\r\nAuthorization: {auth}\r\n\r\n".encode()
             await asyncio.get_running_loop().sock_sendall(sock, request)
 
             async def connected() -> bool:
@@ -231,7 +245,7 @@ async def test_client_that_stops_reading_is_dropped(settings_fast_drop: Settings
             events = EventLog(Redis.from_url(settings.redis_url))
             big = "x" * 200_000
             for seq in range(2, 80):  # ~16 MB the client never reads
-                await events.publish("anonymous", progress(job_id, seq, big))
+                await events.publish(user_id, progress(job_id, seq, big))
 
             async def dropped() -> bool:
                 return (await gateway_counts(client))["connections"] == 0

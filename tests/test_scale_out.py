@@ -16,6 +16,7 @@ import pytest
 
 from service.config import Settings
 
+from .conftest import make_user
 from .sse import read_events
 
 pytestmark = pytest.mark.usefixtures("worker")
@@ -78,7 +79,7 @@ async def test_client_on_web_a_gets_every_event_of_a_job_made_on_web_b(settings:
     async with (
         web_process(settings, tmp_path / "a.log") as a,
         web_process(settings, tmp_path / "b.log") as b,
-        httpx.AsyncClient(timeout=10) as c,
+        httpx.AsyncClient(timeout=10, headers={"Authorization": f"Bearer {await make_user(settings, 'alice')}"}) as c,
     ):
         events = []
         async with c.stream("GET", a + "/api/events") as stream:  # every job of the user, on web A
