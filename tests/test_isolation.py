@@ -7,12 +7,14 @@ user's call must be byte-for-byte the answer for a job id that does not exist.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import uuid
 
 import httpx
 import pytest
 
-from .conftest import wait_for_status
+from .conftest import LiveServer, wait_for_status
 
 pytestmark = pytest.mark.usefixtures("worker")
 
@@ -78,3 +80,47 @@ async def test_history_and_stats_show_only_your_own(client: httpx.AsyncClient, c
     assert b_stats["user"]["by_status"]["completed"] == 1 and b_stats["user"]["jobs"] == 1
     # Filters and cursors never widen the view to another user's rows.
     assert (await client_b.get("/api/jobs", params={"type": "titles"})).json()["jobs"] == []
+
+
+async def test_websocket_subscribe_to_another_users_job_is_exactly_a_missing_job(
+    client: httpx.AsyncClient, client_b: httpx.AsyncClient, web: LiveServer
+) -> None:
+    import json
+
+    import websockets
+
+    job_id = (await client.post("/api/jobs", json={"type": "titles", "input": {"text": "mine"}})).json()["job_id"]
+    url = web.url.replace("http://", "ws://") + "/api/ws"
+
+    async def answer(c: httpx.AsyncClient, target: str) -> dict[str, object]:
+        async with websockets.connect(url, additional_headers={"Authorization": c.headers["authorization"]}) as ws:
+            await ws.send(json.dumps({"type": "subscribe", "job_id": target}))
+            while (msg := json.loads(await ws.recv())).get("type") == "ping":
+                pass
+            return msg  # type: ignore[no-any-return]
+
+    owner = await answer(client, job_id)
+    foreign = await answer(client_b, job_id)
+    missing = await answer(client_b, str(uuid.uuid4()))
+    assert owner.get("type") != "error", owner
+    assert foreign["type"] == "error" and foreign["code"] == "job_not_found"
+    assert {k: v for k, v in foreign.items() if k != "job_id"} == {k: v for k, v in missing.items() if k != "job_id"}
+
+
+async def test_all_events_cursor_naming_another_users_job_reveals_nothing(
+    client: httpx.AsyncClient, client_b: httpx.AsyncClient
+) -> None:
+    from .sse import read_events
+
+    job_id = (await client.post("/api/jobs", json={"type": "titles", "input": {"text": "mine"}})).json()["job_id"]
+    async with client_b.stream("GET", "/api/events", headers={"Last-Event-ID": f"{job_id}:0"}) as r:
+        assert r.status_code == 200
+        seen: list[str] = []
+
+        async def first_few() -> None:
+            async for event in read_events(r):
+                seen.append(event.data.get("job_id", ""))
+
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(first_few(), 1.5)
+    assert job_id not in seen
