@@ -6,6 +6,7 @@ Kept apart from the job store's lifecycle code: it shares the store's connection
 from __future__ import annotations
 
 import sqlite3
+import time
 import uuid
 from dataclasses import dataclass
 
@@ -28,9 +29,16 @@ class User:
         return {"id": self.id, "name": self.name, "created_at": iso(self.created_at)}
 
 
+TOKEN_CACHE_SECONDS = 30.0
+TOKEN_CACHE_SIZE = 10_000
+
+
 class UserStore:
     def __init__(self, store: SQLiteJobStore) -> None:
         self.store = store
+        # Every API request presents its token: remembering valid ones for a short while spares a store round trip
+        # per request. Tokens can't be revoked yet; when they can, revoking must clear this too.
+        self._tokens: dict[str, tuple[float, User]] = {}
 
     async def create(self, name: str) -> tuple[User, str]:
         """A new user and their API token: the token is returned this once and never stored."""
@@ -64,7 +72,16 @@ class UserStore:
         return User(id=row["id"], name=row["name"], created_at=row["created_at"]) if row else None
 
     async def by_token(self, token: str) -> User | None:
-        return await self._one("SELECT id, name, created_at FROM users WHERE token_hash = ?", (hash_token(token),))
+        digest = hash_token(token)
+        hit = self._tokens.get(digest)
+        if hit is not None and hit[0] > time.monotonic():
+            return hit[1]
+        user = await self._one("SELECT id, name, created_at FROM users WHERE token_hash = ?", (digest,))
+        if user is not None:  # only valid tokens are kept, so junk tokens can't grow the cache
+            if len(self._tokens) >= TOKEN_CACHE_SIZE:
+                self._tokens.clear()
+            self._tokens[digest] = (time.monotonic() + TOKEN_CACHE_SECONDS, user)
+        return user
 
     async def by_id(self, user_id: str) -> User | None:
         return await self._one("SELECT id, name, created_at FROM users WHERE id = ?", (user_id,))
