@@ -393,10 +393,12 @@ class SQLiteJobStore:
         from ..queue import PRIORITY_STEP_SECONDS
 
         mine = (job.ready_at or job.created_at) - job.priority * PRIORITY_STEP_SECONDS
+        # The expression must match the jobs_queue_order index word for word for SQLite to use it.
+        assert PRIORITY_STEP_SECONDS == 10.0, "update the jobs_queue_order index with the new step"
         async with self.db.execute(
-            "SELECT COUNT(*) FROM jobs WHERE status = 'queued' AND id != ? AND "
-            "(COALESCE(ready_at, created_at) - priority * ?) < ?",
-            (job.id, PRIORITY_STEP_SECONDS, mine),
+            "SELECT COUNT(*) FROM jobs WHERE status = 'queued' AND "
+            "(COALESCE(ready_at, created_at) - priority * 10.0) < ? AND id != ?",
+            (mine, job.id),
         ) as cur:
             row = await cur.fetchone()
         return int(row[0]) if row else 0
