@@ -31,6 +31,8 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from service.embedded import die_with_parent  # noqa: E402  (after the path is set)
+
 STAMP = re.compile(rb'"t":([0-9.]+)')
 SNAPSHOT = b'"kind":"snapshot"'
 
@@ -278,7 +280,13 @@ def start_web(env: dict[str, str], port: int, log: Path) -> subprocess.Popen[byt
     cmd = [sys.executable, "-m", "uvicorn", "--factory", "service.api.app:app_from_env", "--host", "127.0.0.1"]
     cmd += ["--port", str(port), "--no-access-log", "--log-level", "warning", "--backlog", "4096"]
     with log.open("wb") as out:
-        return subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, preexec_fn=raise_fd_limit, cwd=ROOT)
+        return subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, preexec_fn=_child_setup, cwd=ROOT)
+
+
+def _child_setup() -> None:
+    """The web server gets the raised fd limit, and dies with the bench (a killed bench leaves no server behind)."""
+    raise_fd_limit()
+    die_with_parent()
 
 
 async def wait_healthy(port: int, proc: subprocess.Popen[bytes]) -> None:
