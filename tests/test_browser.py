@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import dataclasses
 import os
-import shutil
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -15,21 +14,12 @@ import pytest
 
 from service.config import Settings
 
+from .chromium import launch_chromium
 from .conftest import LiveServer
 from .sse import collect
 
 pytestmark = pytest.mark.usefixtures("worker")
 
-CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
-ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 
 WATCH_JS = """
 async ({text, transports}) => {
@@ -60,24 +50,10 @@ async def client(web: LiveServer) -> AsyncIterator[httpx.AsyncClient]:
         yield c
 
 
-def needs_websocket(web: LiveServer) -> None:
-    """The WebSocket transport's server side (WS /api/ws) comes with the push gateway; skip until it is there."""
-    if not any(getattr(r, "path", None) == "/api/ws" for r in web.server.config.app.routes):
-        pytest.skip("this build has no WS /api/ws endpoint")
-
-
 @pytest.fixture
 async def browser() -> AsyncIterator[Any]:
-    if not shutil.which(CHROMIUM):
-        pytest.fail(f"{CHROMIUM} is missing: scripts/test installs Debian's chromium (apt-get install -y chromium)")
-    from playwright.async_api import async_playwright
-
-    async with async_playwright() as p:
-        b = await p.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
-        try:
-            yield b
-        finally:
-            await b.close()
+    async with launch_chromium() as b:
+        yield b
 
 
 async def wait_js(page: Any, expr: str, timeout: float = 20) -> Any:
@@ -122,7 +98,6 @@ async def test_page_submits_and_shows_result(browser: Any, web: LiveServer) -> N
 
 
 async def test_sse_blocked_falls_back_to_websocket(browser: Any, web: LiveServer, client: httpx.AsyncClient) -> None:
-    needs_websocket(web)
     page = await browser.new_page()
     await page.route("**/events*", lambda route: route.abort())
     await page.goto(web.url + "/")
@@ -192,8 +167,6 @@ class CuttableProxy:
 async def test_network_cut_mid_job_every_step_once_in_order(
     browser: Any, web: LiveServer, client: httpx.AsyncClient, transport: str
 ) -> None:
-    if transport == "ws":
-        needs_websocket(web)
     proxy = CuttableProxy(int(web.url.rsplit(":", 1)[1]))
     port = await proxy.start()
     try:

@@ -6,7 +6,6 @@ localStorage); the app runs with demo login on, as `scripts/dev` does. Screensho
 
 from __future__ import annotations
 
-import shutil
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -19,8 +18,8 @@ from service.api.app import create_app
 from service.config import Settings
 from service.embedded import EmbeddedRedis
 
+from .chromium import launch_chromium
 from .conftest import LiveServer, make_user, run_worker, serve
-from .test_browser import ARGS, CHROMIUM
 
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
 DESKTOP = {"width": 1200, "height": 900}
@@ -56,16 +55,8 @@ async def live(page_settings: Settings) -> AsyncIterator[LiveServer]:
 
 @pytest.fixture(scope="module")
 async def browser() -> AsyncIterator[Any]:
-    if not shutil.which(CHROMIUM):
-        pytest.fail(f"{CHROMIUM} is missing: scripts/test installs Debian's chromium (apt-get install -y chromium)")
-    from playwright.async_api import async_playwright
-
-    async with async_playwright() as p:
-        b = await p.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
-        try:
-            yield b
-        finally:
-            await b.close()
+    async with launch_chromium() as b:
+        yield b
 
 
 @pytest.fixture
@@ -194,8 +185,6 @@ async def test_sse_and_websocket_blocked_the_page_polls_and_completes(page: Any)
 
 
 async def test_sse_blocked_the_page_uses_websocket(page: Any, live: LiveServer) -> None:
-    if not any(getattr(r, "path", None) == "/api/ws" for r in live.server.config.app.routes):
-        pytest.skip("this build has no WS /api/ws endpoint")
     await page.route("**/events*", lambda route: route.abort())
     job_id = await submit(page, "titles", "WebSocket works [[slow:2]]")
     await page.wait_for_selector(f'.job[data-job-id="{job_id}"][data-transport="ws"]', timeout=T)
