@@ -204,21 +204,10 @@ class Bench:
 
     @functools.cached_property
     def auth(self) -> dict[str, str]:
-        """A Bearer header for a bench user, made in the bench's store as `aijobs users create` would."""
-        from service.config import Settings
-        from service.store import open_store
-        from service.store.users import UserStore
+        """A Bearer header for the bench user, made in the bench's store."""
+        from .users import make_token
 
-        async def make() -> str:
-            store = open_store(Settings(database_url=f"sqlite:///{self.db_path}"))
-            await store.open()
-            try:
-                _, token = await UserStore(store).create("bench")  # type: ignore[arg-type]
-            finally:
-                await store.close()
-            return token
-
-        return {"Authorization": f"Bearer {asyncio.run(make())}"}
+        return {"Authorization": f"Bearer {asyncio.run(make_token(self.db_path))}"}
 
     def log(self, message: str) -> None:
         if self.verbose:

@@ -31,7 +31,8 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from service.embedded import die_with_parent  # noqa: E402  (after the path is set)
+from bench.users import make_token  # noqa: E402  (after the path is set)
+from service.embedded import die_with_parent  # noqa: E402
 
 STAMP = re.compile(rb'"t":([0-9.]+)')
 SNAPSHOT = b'"kind":"snapshot"'
@@ -92,21 +93,6 @@ class Client(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         if not self.ready.done():
             self.ready.set_exception(ConnectionError("closed before the snapshot"))
-
-
-async def make_token(db_path: Path) -> str:
-    """A bench user in the web process's store, as `aijobs users create` would make one."""
-    from service.config import Settings
-    from service.store import open_store
-    from service.store.users import UserStore
-
-    store = open_store(Settings(database_url=f"sqlite:///{db_path}"))
-    await store.open()
-    try:
-        _, token = await UserStore(store).create("bench")  # type: ignore[arg-type]
-    finally:
-        await store.close()
-    return token
 
 
 def ws_hello(port: int, job_id: str, token: str) -> tuple[bytes, bytes]:

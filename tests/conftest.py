@@ -29,18 +29,24 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedR
     server.stop()
 
 
+def fast_settings(redis_server: EmbeddedRedis, tmp_path: Path, **overrides: object) -> Settings:
+    """Fast settings on the suite's Redis, with a store and a queue of their own."""
+    values: dict[str, object] = {
+        "redis_url": redis_server.url,
+        "database_url": f"sqlite:///{tmp_path / 'jobs.db'}",
+        "data_dir": tmp_path,
+        "sim_delay": 0.3,
+        "queue_name": f"aijobs:test:{uuid.uuid4().hex[:8]}",
+        "poll_delay": 0.01,
+        "sse_ping_seconds": 1.0,
+        "log_json": False,
+    }
+    return Settings(**{**values, **overrides})  # type: ignore[arg-type]
+
+
 @pytest.fixture
 def settings(redis_server: EmbeddedRedis, tmp_path: Path) -> Settings:
-    return Settings(
-        redis_url=redis_server.url,
-        database_url=f"sqlite:///{tmp_path / 'jobs.db'}",
-        data_dir=tmp_path,
-        sim_delay=0.3,
-        queue_name=f"aijobs:test:{uuid.uuid4().hex[:8]}",
-        poll_delay=0.01,
-        sse_ping_seconds=1.0,
-        log_json=False,
-    )
+    return fast_settings(redis_server, tmp_path)
 
 
 @dataclass

@@ -19,7 +19,7 @@ from service.config import Settings
 from service.embedded import EmbeddedRedis
 
 from .chromium import launch_chromium
-from .conftest import LiveServer, make_user, run_worker, serve
+from .conftest import LiveServer, fast_settings, make_user, run_worker, serve
 
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
 DESKTOP = {"width": 1200, "height": 900}
@@ -29,18 +29,7 @@ T = 20_000  # ms: the longest any single wait may take
 
 @pytest.fixture(scope="module")
 def page_settings(redis_server: EmbeddedRedis, tmp_path_factory: pytest.TempPathFactory) -> Settings:
-    tmp = tmp_path_factory.mktemp("page")
-    return Settings(
-        redis_url=redis_server.url,
-        database_url=f"sqlite:///{tmp / 'jobs.db'}",
-        data_dir=tmp,
-        sim_delay=0.3,
-        queue_name=f"aijobs:test:{uuid.uuid4().hex[:8]}",
-        poll_delay=0.01,
-        sse_ping_seconds=1.0,
-        log_json=False,
-        demo_login=True,
-    )
+    return fast_settings(redis_server, tmp_path_factory.mktemp("page"), demo_login=True)
 
 
 @pytest.fixture(scope="module")
