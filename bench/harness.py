@@ -8,6 +8,7 @@ import functools
 import json
 import os
 import signal
+import sqlite3
 import statistics
 import subprocess
 import sys
@@ -289,8 +290,17 @@ class Bench:
         return f"bench:{prefix}:{uuid.uuid4().hex[:6]}"
 
     def flush(self) -> None:
-        """Drop everything the last figure left in Redis (pub/sub subscriptions survive)."""
+        """Drop every job the last figure left, in Redis and in the store (users and pub/sub subscriptions survive).
+
+        Both must go: jobs left queued in the store but gone from Redis are what the reconciler re-enqueues, and the
+        next figure would then measure a worker catching up on the last one's backlog.
+        """
         self.redis.flushdb()
+        if self.db_path.exists():
+            with contextlib.closing(sqlite3.connect(self.db_path, timeout=30)) as db, db:
+                db.execute("DELETE FROM idempotency_keys")
+                db.execute("DELETE FROM job_secrets")
+                db.execute("DELETE FROM jobs")
 
     def close(self) -> None:
         for proc in reversed(self.procs):
