@@ -139,3 +139,36 @@ async def test_cleanup_purges_old_results_and_streams(
     assert await gone.cleanup() == 1
     assert (await client.get(f"/api/jobs/{job_id}")).status_code == 404
     assert not await gone.queue.redis.exists(stream_key(job_id))
+
+
+async def test_deferred_retry_position_counts_what_runs_before_it(settings: Settings) -> None:
+    """A retry backing off is scored at its due time with no head start, in Redis and in queue_ahead alike."""
+    from service.models import Job, JobError
+
+    assert settings.redis_url
+    redis = await create_pool(RedisSettings.from_dsn(settings.redis_url))
+    store = SQLiteJobStore(settings.sqlite_path)
+    await store.open()
+    queue = JobQueue(redis, queue_name=settings.queue_name)
+    try:
+        retry = await store.create(Job(id="retry", user_id="u", type="summary", input={}, priority=10))
+        await store.claim(retry.id, worker_id="w", token="t")
+        error = JobError(message="busy", code="rate_limited", retryable=True)
+        deferred = await store.requeue(retry.id, "t", error=error, step="Retrying…", delay=5.0)
+        assert deferred is not None
+        await queue.enqueue(deferred.id, ticket=deferred.seq, priority=deferred.priority, defer_seconds=5.0)
+        for name, priority in (("low", 1), ("mid", 5), ("high", 10)):
+            fresh = Job(id=name, user_id="u", type="summary", input={}, priority=priority)
+            fresh.ready_at = fresh.created_at
+            await store.create(fresh)
+            await queue.enqueue(name, ticket=fresh.seq, priority=priority)
+        # Redis's order is what really runs first: the retry is last despite its priority 10.
+        in_redis = [m.decode().split(".")[0] for m in await redis.zrange(settings.queue_name, 0, -1)]
+        assert in_redis == ["high", "mid", "low", "retry"]
+        for position, job_id in enumerate(in_redis):
+            job = await store.get(job_id)
+            assert job is not None
+            assert await store.queue_ahead(job) == position, job_id
+    finally:
+        await store.close()
+        await redis.aclose()

@@ -83,3 +83,15 @@ MIGRATIONS.append(
     CREATE INDEX jobs_queue_order ON jobs (status, (COALESCE(ready_at, created_at) - priority * 10.0));
     """
 )
+
+# The queue gives a deferred job (a retry backing off: requeued with ready_at in the future, so ready_at >
+# updated_at) no priority head start: it is scored at its due time. The position must count the same way.
+# Partial on queued rows: a worker's progress writes (which bump updated_at) never touch this index.
+MIGRATIONS.append(
+    """
+    DROP INDEX IF EXISTS jobs_queue_order;
+    CREATE INDEX jobs_queue_order ON jobs (
+        status, (COALESCE(ready_at, created_at) - CASE WHEN ready_at > updated_at THEN 0 ELSE priority * 10.0 END)
+    ) WHERE status = 'queued';
+    """
+)

@@ -389,15 +389,18 @@ class SQLiteJobStore:
             return [row[0] for row in await cur.fetchall()]
 
     async def queue_ahead(self, job: Job) -> int:
-        """Queued jobs that run before this one under the priority rule (ready time minus priority head start)."""
+        """Queued jobs that run before this one, scored as queue.py scores them: ready time minus the priority
+        head start, except a deferred retry (ready_at set past its requeue time), which counts from its due time."""
         from ..queue import PRIORITY_STEP_SECONDS
 
-        mine = (job.ready_at or job.created_at) - job.priority * PRIORITY_STEP_SECONDS
+        deferred = job.ready_at is not None and job.ready_at > job.updated_at
+        mine = (job.ready_at or job.created_at) - (0.0 if deferred else job.priority * PRIORITY_STEP_SECONDS)
         # The expression must match the jobs_queue_order index word for word for SQLite to use it.
         assert PRIORITY_STEP_SECONDS == 10.0, "update the jobs_queue_order index with the new step"
         async with self.db.execute(
             "SELECT COUNT(*) FROM jobs WHERE status = 'queued' AND "
-            "(COALESCE(ready_at, created_at) - priority * 10.0) < ? AND id != ?",
+            "(COALESCE(ready_at, created_at) - CASE WHEN ready_at > updated_at THEN 0 ELSE priority * 10.0 END) < ? "
+            "AND id != ?",
             (mine, job.id),
         ) as cur:
             row = await cur.fetchone()
