@@ -200,6 +200,29 @@ async def test_ws_foreign_origin_is_refused_before_upgrade(client: httpx.AsyncCl
         assert await ws_recv(ws) == {"type": "pong"}
 
 
+async def test_ws_cookie_without_origin_is_refused_but_bearer_is_not(
+    client: httpx.AsyncClient, web: LiveServer
+) -> None:
+    """A browser always sends Origin; a cookie-signed handshake without one is refused (403) before the upgrade."""
+    token = client.headers["authorization"].split(" ", 1)[1]
+    async with httpx.AsyncClient(base_url=web.url) as browser:
+        assert (await browser.post("/api/session", json={"token": token})).status_code == 200
+        cookie = "; ".join(f"{k}={v}" for k, v in browser.cookies.items())
+    with pytest.raises(websockets.exceptions.InvalidStatus) as info:
+        async with websockets.connect(ws_url(web), additional_headers={"Cookie": cookie}):  # no Origin header
+            pass
+    assert info.value.response.status_code == 403
+    port = web.url.rsplit(":", 1)[1]
+    async with websockets.connect(
+        ws_url(web), additional_headers={"Cookie": cookie}, origin=f"http://127.0.0.1:{port}"
+    ) as ws:  # type: ignore[arg-type]
+        await ws.send(json.dumps({"type": "ping"}))
+        assert await ws_recv(ws) == {"type": "pong"}
+    async with websockets.connect(ws_url(web), additional_headers=auth(client)) as ws:  # Bearer, no Origin
+        await ws.send(json.dumps({"type": "ping"}))
+        assert await ws_recv(ws) == {"type": "pong"}
+
+
 async def test_ws_rate_limit(client: httpx.AsyncClient, web: LiveServer) -> None:
     async with websockets.connect(ws_url(web), additional_headers=auth(client)) as ws:
         for _ in range(60):

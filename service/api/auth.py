@@ -29,6 +29,7 @@ HOW_TO_AUTH = (
 class Identity:
     user_id: str | None
     problem: str | None = None  # why a credential that was sent was refused
+    via: str | None = None  # "bearer" | "cookie": a cookie is sent by browsers on their own, so it needs an Origin
 
 
 class AuthMiddleware:
@@ -58,13 +59,13 @@ async def identify(scope: Scope) -> Identity:
         user = await acc.users.by_token(token.strip())
         if user is None:
             return Identity(None, "That API token is not valid.")
-        return Identity(user.id)
+        return Identity(user.id, via="bearer")
     cookie = _session_cookie(headers.get("cookie"))
     if cookie:
         user_id = acc.signer.verify(cookie)
         if user_id is None:
             return Identity(None, "Your session has expired or is not valid; sign in again.")
-        return Identity(user_id)
+        return Identity(user_id, via="cookie")
     return Identity(None)
 
 
@@ -78,6 +79,12 @@ def _session_cookie(raw: str | None) -> str | None:
         return None
     morsel = jar.get(SESSION_COOKIE)
     return morsel.value if morsel else None
+
+
+def signed_in_by_cookie(conn: HTTPConnection) -> bool:
+    """Whether the caller was identified by the session cookie (which a browser attaches by itself)."""
+    identity: Identity | None = conn.scope.get(_SCOPE_KEY)
+    return identity is not None and identity.via == "cookie"
 
 
 def current_user(conn: HTTPConnection) -> str:

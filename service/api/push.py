@@ -28,7 +28,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 from ..limits import LimitExceeded
 from ..models import TERMINAL_STATUSES, Event, EventKind, dumps
 from .accounts import accounts
-from .auth import current_user
+from .auth import current_user, signed_in_by_cookie
 from .errors import ApiError
 from .frames import PING_FRAME, event_json, sse_body
 from .multiwatch import MAX_JOBS_PER_CLIENT, MultiWatch, parse_cursor
@@ -95,10 +95,14 @@ async def all_events(request: Request) -> Response:
 
 
 def origin_allowed(ws: WebSocket, allowed: tuple[str, ...]) -> bool:
-    """Same origin as the app (scheme + Host) or listed in ALLOWED_ORIGINS; no Origin (not a browser) is fine."""
+    """Same origin as the app (scheme + Host) or listed in ALLOWED_ORIGINS.
+
+    No Origin is fine for a Bearer client (not a browser: it had to hold the token), but not for a handshake
+    signed in by the session cookie, which only a browser (or something replaying its cookie) sends: browsers
+    always send Origin on a WebSocket handshake, so a cookie without one is refused (cross-site hijacking)."""
     origin = ws.headers.get("origin")
     if origin is None:
-        return True
+        return not signed_in_by_cookie(ws)
     host = ws.headers.get("host", "")
     scheme = "https" if ws.url.scheme == "wss" else "http"
     return origin in (f"{scheme}://{host}", *allowed)
