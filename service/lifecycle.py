@@ -26,6 +26,8 @@ from .models import Job, JobError, JobStatus, now
 from .queue import JobQueue, arq_job_id
 from .runner import attempt_record, status_event
 from .store.base import JobStore
+from .store.sqlite import SQLiteJobStore
+from .store.users import JobSecrets
 
 log = logging.getLogger("aijobs.lifecycle")
 
@@ -135,10 +137,17 @@ class Maintenance:
             log.info("purged finished jobs", extra={"count": len(purged)})
         return len(purged)
 
+    async def forget_keys(self) -> int:
+        """Users' sealed provider keys of jobs that are over (expired, swept, cancelled while queued) are deleted."""
+        if not isinstance(self.store, SQLiteJobStore):
+            return 0
+        return await JobSecrets(self.store).delete_finished()
+
     async def tick(self) -> None:
         await self.sweep_leases()
         await self.expire()
         await self.reconcile()
+        await self.forget_keys()
 
     async def run_forever(self) -> None:
         """Say this worker is alive every heartbeat; sweep, expire and reconcile every SWEEP_SECONDS."""

@@ -46,7 +46,7 @@ async def run_job(ctx: dict[str, Any], job_id: str) -> str:
         outcome = await runner.run(job_id, ticket)
     except HeldBack as held:  # a shared provider back-off: wait in the queue, no attempt spent
         raise Retry(defer=held.seconds) from None
-    if outcome in ("completed", "failed"):  # the job is over: its sealed provider key (if any) goes too
+    if outcome in ("completed", "failed", "cancelled"):  # the job is over: its sealed provider key (if any) goes too
         await ctx["provider_keys"].forget(job_id)
     return outcome
 

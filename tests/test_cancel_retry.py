@@ -191,3 +191,44 @@ async def test_cancel_job_of_dead_worker(client: httpx.AsyncClient, settings: Se
         spawn(started, settings, tmp_path)  # its sweeper finds the lapsed lease
         done = await wait_for_status(client, job_id, {"cancelled", "completed", "failed"}, timeout=15)
         assert done["status"] == "cancelled" and done["attempt"] == 1
+
+
+async def test_cancel_closes_the_upstream_stream(settings: Settings) -> None:
+    """A running job streaming from an OpenAI-compatible server: cancel → `cancelled` with its partial output, and
+    the server sees the worker hang up (the HTTP stream is closed, not left to run up the bill)."""
+    from service.api.app import create_app
+
+    from .conftest import serve, user_client
+    from .fake_openai import serve_fake_openai
+
+    async with serve_fake_openai() as fake:
+        s = replace(settings, ai_base_url=fake.base_url, ai_api_key="sk-server", heartbeat_seconds=5, lease_seconds=30)
+        assert s.redis_url
+        fake.hang()  # one "partial" delta, then nothing until the client goes away
+        async with serve(create_app(s, redis_url=s.redis_url)) as live, user_client(live, s, "cy") as cy:
+            async with run_worker(s):
+                body = {"type": "chat", "input": {"messages": [{"role": "user", "content": "A long story"}]}}
+                job_id = (await cy.post("/api/jobs", json=body)).json()["job_id"]
+                deadline = time.monotonic() + 15
+                while (await cy.get(f"/api/jobs/{job_id}")).json()["partial_output"] != "partial":
+                    assert time.monotonic() < deadline, "the job never streamed its first piece"
+                    await asyncio.sleep(0.05)
+                assert not fake.client_disconnected.is_set()
+                c = await cy.post(f"/api/jobs/{job_id}/cancel")
+                assert c.status_code == 200, c.text
+                await asyncio.wait_for(fake.client_disconnected.wait(), 10)  # the upstream stream was closed
+                job = await wait_for_status(cy, job_id, {"cancelled", "completed", "failed"})
+    assert job["status"] == "cancelled" and job["partial_output"] == "partial" and job["result"] is None
+    assert job["attempts"][-1]["error"] == "cancelled"
+    assert len(fake.requests) == 1  # and not tried again
+
+
+async def test_cancel_of_a_queued_job_deletes_its_sealed_key(client: httpx.AsyncClient, settings: Settings) -> None:
+    body = {"type": "summary", "input": {"text": "never run me"}, "user_provided_key": "sk-user-queued"}
+    job_id = (await client.post("/api/jobs", json=body)).json()["job_id"]
+    with sqlite3.connect(settings.sqlite_path) as db:
+        assert db.execute("SELECT COUNT(*) FROM job_secrets WHERE job_id = ?", (job_id,)).fetchone()[0] == 1
+    c = await client.post(f"/api/jobs/{job_id}/cancel")
+    assert c.status_code == 200 and c.json()["status"] == "cancelled"
+    with sqlite3.connect(settings.sqlite_path) as db:
+        assert db.execute("SELECT COUNT(*) FROM job_secrets WHERE job_id = ?", (job_id,)).fetchone()[0] == 0

@@ -120,10 +120,14 @@ async def test_job_not_started_in_time_expires(settings: Settings, maintenance) 
     quick = replace(settings, job_max_wait=0.2)
     assert quick.redis_url
     async with serve(create_app(quick, redis_url=quick.redis_url)) as live, user_client(live, quick, "alice") as c:
-        job_id = await submit(c, "nobody will run me")
+        body = {"type": "summary", "input": {"text": "nobody will run me"}, "user_provided_key": "sk-user-exp"}
+        job_id = (await c.post("/api/jobs", json=body)).json()["job_id"]
         await asyncio.sleep(0.3)  # past its maximum wait
-        assert await maintenance(quick).expire() == 1
+        sweeper = maintenance(quick)
+        assert await sweeper.expire() == 1
         job = (await c.get(f"/api/jobs/{job_id}")).json()
+        assert await sweeper.forget_keys() == 1  # the user's sealed key does not outlive the job
+        assert await sweeper.forget_keys() == 0
     assert job["status"] == "expired" and job["error"]["code"] == "expired"
 
 

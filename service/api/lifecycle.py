@@ -6,6 +6,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from ..jobs import JobRequestError, StoreUnavailable
+from .accounts import accounts
 from .auth import current_user
 from .errors import ApiError, not_found
 from .jobs import job_links, store_unavailable
@@ -21,6 +22,8 @@ async def cancel_job(request: Request) -> Response:
         raise ApiError(409, exc.code, exc.message) from None
     if job is None:
         raise not_found()
+    if job.terminal:  # cancelled before any worker opened it (or after): the sealed provider key goes now
+        await accounts(request).secrets.delete(job.id)
     payload = await state.jobs.describe(job)
     payload["links"] = job_links(request, job.id)
     return JSONResponse(payload)

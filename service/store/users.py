@@ -114,3 +114,15 @@ class JobSecrets:
 
     async def delete(self, job_id: str) -> None:
         await self.store.db.execute("DELETE FROM job_secrets WHERE job_id = ?", (job_id,))
+
+    async def delete_finished(self, *, grace: float = 60.0) -> int:
+        """Drop the keys of jobs that ended without a run forgetting them (expired, swept, purged).
+
+        A key is sealed just before its job's row is written, so a key with no job is only dropped after `grace`.
+        """
+        async with self.store.db.execute(
+            "DELETE FROM job_secrets WHERE job_id NOT IN (SELECT id FROM jobs WHERE status IN ('queued', 'processing')) "
+            "AND (created_at < ? OR job_id IN (SELECT id FROM jobs))",
+            (now() - grace,),
+        ) as cur:
+            return cur.rowcount
