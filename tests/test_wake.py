@@ -19,8 +19,16 @@ async def test_idle_worker_with_a_long_poll_starts_a_job_when_woken(
     settings: Settings, client: httpx.AsyncClient
 ) -> None:
     slow = dataclasses.replace(settings, poll_delay=60.0)  # without a wake-up the job would wait a minute
-    async with run_worker(slow):
-        await asyncio.sleep(0.3)  # the worker's first poll has found nothing: it is now idle in its wait
+    async with run_worker(slow) as worker:
+        idle = asyncio.Event()
+        wait_idle = worker._idle  # type: ignore[attr-defined]
+
+        async def idling(seconds: float) -> None:
+            idle.set()
+            await wait_idle(seconds)
+
+        worker._idle = idling  # type: ignore[attr-defined]  # set before the worker task first runs
+        await asyncio.wait_for(idle.wait(), 10)  # its first poll found nothing: it is now idle in its wait
         r = await client.post("/api/jobs", json={"type": "titles", "input": {"text": "Wake me up"}})
         assert r.status_code == 202, r.text
         body = await wait_for_status(client, r.json()["job_id"], {"completed"}, timeout=15)
