@@ -110,8 +110,26 @@ async def _ensure_user(settings: Settings, name: str) -> str:
         await store.close()
 
 
+async def _broadcast_revoked(settings: Settings, user_id: str) -> bool:
+    """Tell every web process to forget the user's cached token now; False if Redis can't be reached."""
+    from redis.asyncio import Redis
+
+    from .coordination import publish_revoked
+
+    if not settings.redis_url:
+        return False
+    redis = Redis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=5)
+    try:
+        await publish_revoked(redis, user_id)
+    except Exception:
+        return False
+    finally:
+        await redis.aclose()
+    return True
+
+
 async def _users(args: argparse.Namespace, settings: Settings) -> int:
-    from .store.users import UserExists, UserStore
+    from .store.users import TOKEN_CACHE_SECONDS, UserExists, UserStore
 
     store = open_store(settings)
     await store.open()
@@ -127,6 +145,22 @@ async def _users(args: argparse.Namespace, settings: Settings) -> int:
             print(f"\n  {token}\n")
             print("Send it as 'Authorization: Bearer <token>'.")
             return 0
+        if args.action == "revoke":
+            revoked = await users.revoke(args.name, reissue=args.new_token)
+            if revoked is None:
+                print(f"aijobs users: no user named {args.name!r}", file=sys.stderr)
+                return 1
+            user, token = revoked
+            print(f"Revoked the API token of {user.name}.")
+            if not await _broadcast_revoked(settings, user.id):
+                print(
+                    "Could not reach Redis to tell the web processes: they refuse the old token within "
+                    f"{int(TOKEN_CACHE_SECONDS)} s (their token cache).",
+                    file=sys.stderr,
+                )
+            if token:
+                print(f"Its new API token, shown this once:\n\n  {token}\n")
+            return 0
         for user in await users.list():
             print(f"{user.id}  {iso(user.created_at)}  {user.name}")
         return 0
@@ -135,8 +169,10 @@ async def _users(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_users(args: argparse.Namespace) -> int:
-    """`aijobs users create NAME` (prints the token once) and `aijobs users list`."""
+    """`aijobs users create NAME` (prints the token once), `aijobs users revoke NAME [--new-token]`, `users list`."""
     settings = _settings()
+    if args.action == "revoke" and not args.name:
+        raise SystemExit("aijobs users revoke: give the user's NAME")
     if args.action == "create" and not (args.name and len(args.name) <= 64 and args.name.isprintable()):
         raise SystemExit("aijobs users create: give the new user's NAME (1-64 printable characters)")
     return asyncio.run(_users(args, settings))
@@ -161,9 +197,10 @@ def main(argv: list[str] | None = None) -> int:
     w.add_argument("--burst", action="store_true", help="exit once the queue is empty")
     w.set_defaults(fn=cmd_worker)
     sub.add_parser("settings", help="list every setting with its default").set_defaults(fn=cmd_settings)
-    u = sub.add_parser("users", help="create a user (prints its API token once) or list users")
-    u.add_argument("action", choices=["create", "list"])
-    u.add_argument("name", nargs="?", help="the new user's name (create)")
+    u = sub.add_parser("users", help="create a user (prints its API token once), revoke its token, or list users")
+    u.add_argument("action", choices=["create", "revoke", "list"])
+    u.add_argument("name", nargs="?", help="the user's name (create, revoke)")
+    u.add_argument("--new-token", action="store_true", help="revoke: issue a new token and print it once")
     u.set_defaults(fn=cmd_users)
     args = parser.parse_args(argv)
     return int(args.fn(args))

@@ -21,6 +21,7 @@ from redis.asyncio import Redis
 log = logging.getLogger("aijobs.coordination")
 
 CONTROL_CHANNEL = "aijobs:control"
+AUTH_CHANNEL = "aijobs:auth"
 BACKOFF_PREFIX = "aijobs:backoff:"
 WORKERS_PREFIX = "aijobs:workers:"
 
@@ -53,6 +54,35 @@ async def listen_for_cancels(redis: Redis, on_cancel: Callable[[str], None], *, 
             raise
         except Exception as exc:
             log.warning("control channel lost, resubscribing", extra={"error": repr(exc)})
+            await asyncio.sleep(retry)
+        finally:
+            with contextlib.suppress(Exception):
+                await pubsub.aclose()
+
+
+async def publish_revoked(redis: Redis, user_id: str) -> None:
+    """Tell every web process to forget the tokens it remembers for this user (their cache lasts 30 s at most)."""
+    await redis.publish(AUTH_CHANNEL, json.dumps({"revoked": user_id}))
+
+
+async def listen_for_revocations(redis: Redis, forget: Callable[[str | None], None], *, retry: float = 1.0) -> None:
+    """Follow the auth channel until cancelled; after each (re)subscribe forget everything, since a revocation
+    may have been published while this process was not listening."""
+    while True:
+        pubsub = redis.pubsub(ignore_subscribe_messages=True)
+        try:
+            await pubsub.subscribe(AUTH_CHANNEL)
+            forget(None)
+            while True:
+                message = await pubsub.get_message(timeout=1.0)
+                if message is None:
+                    continue
+                with contextlib.suppress(ValueError, KeyError, TypeError):
+                    forget(str(json.loads(message["data"])["revoked"]))
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.warning("auth channel lost, resubscribing", extra={"error": repr(exc)})
             await asyncio.sleep(retry)
         finally:
             with contextlib.suppress(Exception):

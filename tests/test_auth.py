@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import os
 import subprocess
@@ -165,3 +166,44 @@ async def test_current_user_works_for_websocket_connections_too(settings: Settin
         await store.close()
         await r.aclose()
     assert seen[0] == "refused 1008" and len(seen[1]) == 32
+
+
+async def test_revoked_token_is_refused_at_once_by_every_web_process(settings: Settings) -> None:
+    """`aijobs users revoke` (a separate process) reaches the token cache of each running web process."""
+    assert settings.redis_url
+    token = await make_user(settings, "rex")
+    bearer = {"Authorization": f"Bearer {token}"}
+    async with (
+        serve(create_app(settings, redis_url=settings.redis_url)) as one,
+        serve(create_app(settings, redis_url=settings.redis_url)) as two,
+    ):
+        for live in (one, two):  # both remember the valid token now
+            async with httpx.AsyncClient(base_url=live.url, headers=bearer) as c:
+                assert (await c.get("/api/me")).status_code == 200
+        env = {
+            **os.environ,
+            "REDIS_URL": settings.redis_url,
+            "DATABASE_URL": settings.database_url,
+            "AIJOBS_DATA_DIR": str(settings.data_dir),
+        }
+        proc = await asyncio.create_subprocess_exec(
+            *[sys.executable, "-m", "service.cli", "users", "revoke", "rex", "--new-token"],
+            cwd=ROOT,
+            env=env,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        out, err = await asyncio.wait_for(proc.communicate(), 60)
+        assert proc.returncode == 0, err.decode()
+        assert b"Could not reach Redis" not in err
+        fresh = next(w for w in out.decode().split() if w.startswith("aij_"))
+        # Well within the 30 s cache: only the broadcast can make this happen.
+        for live in (one, two):
+            async with httpx.AsyncClient(base_url=live.url, headers=bearer) as c:
+                deadline = asyncio.get_running_loop().time() + 10
+                while (r := await c.get("/api/me")).status_code != 401:
+                    assert asyncio.get_running_loop().time() < deadline, "the revoked token still works"
+                    await asyncio.sleep(0.05)
+                assert r.json()["error"]["code"] == "unauthenticated"
+            async with httpx.AsyncClient(base_url=live.url, headers={"Authorization": f"Bearer {fresh}"}) as c:
+                assert (await c.get("/api/me")).json()["user"]["name"] == "rex"

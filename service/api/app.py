@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -17,6 +18,7 @@ from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 
 from ..config import Settings
+from ..coordination import listen_for_revocations
 from ..events import EventLog
 from ..gateway import Gateway
 from ..jobs import JobService
@@ -92,9 +94,13 @@ def create_app(settings: Settings, *, redis_url: str, registry: TaskRegistry | N
             max_wait=settings.job_max_wait,
         )
         accounts = build_accounts(settings, store, redis)
+        revocations = asyncio.create_task(listen_for_revocations(redis, accounts.users.forget))
         try:
             yield {"aijobs": AppState(settings, redis, store, events, gateway, jobs), STATE_KEY: accounts}
         finally:
+            revocations.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await revocations
             await gateway.stop()
             await store.close()
             await redis.aclose()

@@ -37,7 +37,7 @@ class UserStore:
     def __init__(self, store: SQLiteJobStore) -> None:
         self.store = store
         # Every API request presents its token: remembering valid ones for a short while spares a store round trip
-        # per request. Tokens can't be revoked yet; when they can, revoking must clear this too.
+        # per request. A revocation clears it (`forget`, told by a broadcast); TOKEN_CACHE_SECONDS bounds the rest.
         self._tokens: dict[str, tuple[float, User]] = {}
 
     async def create(self, name: str) -> tuple[User, str]:
@@ -83,6 +83,27 @@ class UserStore:
             self._tokens[digest] = (time.monotonic() + TOKEN_CACHE_SECONDS, user)
         return user
 
+    async def revoke(self, name: str, *, reissue: bool = False) -> tuple[User, str | None] | None:
+        """Make the user's API token worthless (its hash is replaced); with `reissue`, the new token, shown once."""
+        token = new_token()
+        async with self.store.db.execute(
+            "UPDATE users SET token_hash = ? WHERE name = ? RETURNING id, name, created_at", (hash_token(token), name)
+        ) as cur:
+            row = await cur.fetchone()
+        if row is None:
+            return None
+        user = User(id=row["id"], name=row["name"], created_at=row["created_at"])
+        self.forget(user.id)
+        return user, token if reissue else None
+
+    def forget(self, user_id: str | None = None) -> None:
+        """Drop remembered tokens: one user's (after a revocation), or all (when revocations may have been missed)."""
+        if user_id is None:
+            self._tokens.clear()
+            return
+        for digest in [d for d, (_, u) in self._tokens.items() if u.id == user_id]:
+            del self._tokens[digest]
+
     async def by_id(self, user_id: str) -> User | None:
         return await self._one("SELECT id, name, created_at FROM users WHERE id = ?", (user_id,))
 
@@ -121,7 +142,7 @@ class JobSecrets:
         A key is sealed just before its job's row is written, so a key with no job is only dropped after `grace`.
         """
         async with self.store.db.execute(
-            "DELETE FROM job_secrets WHERE job_id NOT IN (SELECT id FROM jobs WHERE status IN ('queued', 'processing')) "
+            "DELETE FROM job_secrets WHERE job_id NOT IN (SELECT id FROM jobs WHERE status IN ('queued','processing')) "
             "AND (created_at < ? OR job_id IN (SELECT id FROM jobs))",
             (now() - grace,),
         ) as cur:
