@@ -176,7 +176,17 @@ class Settings:
         default=(),
         metadata={
             "env": "AI_FALLBACK_MODELS",
-            "doc": "Chat models tried in order after AI_MODEL fails (comma-separated)",
+            "doc": "Chat models tried in order after AI_MODEL fails (comma-separated); `provider:model` names "
+            "another provider (openai, simulated, or one of AI_PROVIDERS)",
+        },
+    )
+    ai_providers: str = field(
+        default="",
+        metadata={
+            "env": "AI_PROVIDERS",
+            "doc": "More OpenAI-compatible providers for fallback chains: name=base_url,... (a key goes in the URL: "
+            "https://KEY@host/v1)",
+            "secret": True,
         },
     )
     job_max_wait: float = field(
@@ -213,6 +223,11 @@ class Settings:
             ("MAX_STREAMS", self.max_streams >= 1, "must be at least 1"),
             ("MAX_INPUT_BYTES", _parses(parse_byte_caps, self.max_input_bytes), "must look like type=bytes,..."),
             ("AI_PRICES", _parses(parse_prices, self.ai_prices), "must look like model=in/out,... (USD per 1M)"),
+            (
+                "AI_PROVIDERS",
+                _parses(parse_providers, self.ai_providers),
+                "must look like name=https://[KEY@]host/v1,... (names: letters, digits, - or _; not openai/simulated)",
+            ),
             ("STATS_WINDOW_SECONDS", self.stats_window_seconds > 0, "must be positive"),
             ("LEASE_SECONDS", self.lease_seconds > 0, "must be positive"),
             ("HEARTBEAT_SECONDS", 0 < self.heartbeat_seconds < self.lease_seconds, "must be positive and < lease"),
@@ -240,7 +255,9 @@ class Settings:
             )
         for env, ok, why in checks:
             if not ok:
-                raise SettingsError(f"{env} {why} (got {getattr(self, _field_for_env(env))!r})")
+                name = _field_for_env(env)
+                secret = next(f for f in fields(self) if f.name == name).metadata.get("secret")
+                raise SettingsError(f"{env} {why} (got {'***' if secret else repr(getattr(self, name))})")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -299,6 +316,38 @@ def parse_prices(raw: str) -> dict[str, tuple[float, float]]:
             raise ValueError(part)
         prices[name.strip()] = (pin, pout)
     return prices
+
+
+RESERVED_PROVIDERS = ("openai", "simulated")  # the primary provider's names (AI_BASE_URL / no key) and the simulator
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderConfig:
+    """One extra OpenAI-compatible provider from AI_PROVIDERS; the key is never shown (repr hides it)."""
+
+    name: str
+    base_url: str
+    api_key: str | None = field(default=None, repr=False)
+
+
+def parse_providers(raw: str) -> dict[str, ProviderConfig]:
+    """`backup=https://sk-x@api.example.com/v1,local=http://127.0.0.1:11434/v1` → named provider configs."""
+    from urllib.parse import unquote, urlsplit, urlunsplit
+
+    providers: dict[str, ProviderConfig] = {}
+    for part in _parse_list(raw):
+        name, _, url = part.partition("=")
+        name = name.strip()
+        if not name or not name.replace("-", "").replace("_", "").isalnum() or name in RESERVED_PROVIDERS:
+            raise ValueError("bad provider name")
+        parts = urlsplit(url.strip())
+        if parts.scheme not in ("http", "https") or not parts.hostname or name in providers:
+            raise ValueError("bad provider url")
+        key = unquote(parts.username) if parts.username else None
+        host = parts.hostname + (f":{parts.port}" if parts.port else "")
+        base = urlunsplit((parts.scheme, host, parts.path, "", ""))
+        providers[name] = ProviderConfig(name=name, base_url=base, api_key=key)
+    return providers
 
 
 def _parses(parser: Callable[[str], Any], raw: str) -> bool:

@@ -88,6 +88,13 @@ class Job:
     def terminal(self) -> bool:
         return self.status in TERMINAL_STATUSES
 
+    @property
+    def provider(self) -> str | None:
+        """Which provider answered (with `model`, which model): the one of the attempt that completed the job."""
+        if self.status is not JobStatus.COMPLETED:
+            return None
+        return next((h.get("provider") for h in reversed(self.history) if h.get("error") is None), None)
+
     def to_public(self, *, eta: float | None = None, poll_interval: float | None = None) -> dict[str, Any]:
         """The job as users see it; an allowlist of fields (no lease token, no worker internals)."""
         body: dict[str, Any] = {
@@ -107,6 +114,7 @@ class Job:
             "partial_output": self.partial_output if not self.result else None,
             "error": self.error.to_dict() if self.error else None,
             "model": self.model,
+            "provider": self.provider,
             "usage": self.usage,
             "last_seq": self.seq,
             "created_at": iso(self.created_at),

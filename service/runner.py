@@ -21,7 +21,7 @@ from .coordination import ProviderBackoff
 from .events import EventLog
 from .models import Event, EventKind, Job, JobError, JobStatus, iso, now
 from .providers.base import ChatMessage, ChatResult, ImageResult, Provider, Usage
-from .providers.errors import ProviderError, RateLimited
+from .providers.errors import AuthError, ProviderError, RateLimited
 from .queue import JobQueue
 from .schema import ValidationError
 from .store.base import JobStore
@@ -46,6 +46,7 @@ def status_data(job: Job) -> dict[str, Any]:
             result=job.result,
             error=job.error.to_dict() if job.error else None,
             model=job.model,
+            provider=job.provider,
             usage=job.usage,
             partial_output=job.partial_output if job.result is None else None,
         )
@@ -65,6 +66,7 @@ class RecordingProvider:
 
     def __init__(self, inner: Provider, *, model: str | None = None) -> None:
         self._inner = inner
+        self.inner = inner
         self.name = inner.name
         self.default_model = model or inner.default_model
         self.requested = model  # the fallback chain's model for this attempt, if the type has a chain
@@ -217,6 +219,7 @@ class JobRunner:
         retry_cap: float = 30.0,
         chat_models: tuple[str, ...] = (),
         backoff: ProviderBackoff | None = None,
+        providers: dict[str, Provider] | None = None,
     ) -> None:
         self.store = store
         self.events = events
@@ -232,6 +235,8 @@ class JobRunner:
         self.retry_cap = retry_cap
         self.chat_models = chat_models
         self.backoff = backoff
+        # What a chain entry `name:model` may name; the primary (self.provider) is the only one a user's key is for.
+        self.providers: dict[str, Provider] = {**(providers or {}), provider.name: provider}
         self.active: dict[str, ActiveRun] = {}
 
     def cancel_local(self, job_id: str) -> None:
@@ -245,9 +250,29 @@ class JobRunner:
             return spec.models
         return self.chat_models if spec.kind == "chat" else ()
 
-    def _model_at(self, spec: TaskSpec[Any], index: int) -> str | None:
+    def resolve(self, entry: str) -> tuple[Provider, str]:
+        """A chain entry: `provider:model` when the part before the colon names a provider, else a model of the
+        primary provider (so `llama3:8b` stays a model name)."""
+        name, sep, model = entry.partition(":")
+        if sep and name in self.providers:
+            provider = self.providers[name]
+            return provider, model or provider.default_model
+        return self.provider, entry
+
+    def _entry_at(self, spec: TaskSpec[Any], index: int) -> tuple[Provider, str | None]:
         chain = self.chain(spec)
-        return chain[min(index, len(chain) - 1)] if chain else None
+        if not chain:
+            return self.provider, None
+        return self.resolve(chain[min(index, len(chain) - 1)])
+
+    def _next_entry(self, spec: TaskSpec[Any], index: int, *, user_key: bool) -> int | None:
+        """The chain position to try after `index`; a job carrying the user's own key skips other providers (the
+        key is for the primary alone, and the server's keys are never used in its place)."""
+        chain = self.chain(spec)
+        for following in range(index + 1, len(chain)):
+            if not user_key or self.resolve(chain[following])[0] is self.provider:
+                return following
+        return None
 
     async def _announce(self, job: Job | None) -> Job | None:
         if job is not None:
@@ -279,8 +304,8 @@ class JobRunner:
             log.info("job not claimable", extra={"job_id": job_id, "status": current and current.status.value})
             return "skipped"
         spec = self.registry.get(job.type)
-        model = self._model_at(spec, job.model_index)
-        ai = RecordingProvider(self.provider, model=model)
+        provider, model = self._entry_at(spec, job.model_index)
+        ai = RecordingProvider(provider, model=model)
         ctx = RunContext(
             job_id=job.id,
             user_id=job.user_id,
@@ -327,7 +352,7 @@ class JobRunner:
                     result=result,
                     model=ai.model,
                     usage=ai.usage(),
-                    record=attempt_record(job, ai.model or model or ai.default_model, None, seconds),
+                    record=attempt_record(job, ai.model or model or ai.default_model, None, seconds, ai.name),
                 )
             )
             log.info("job completed", extra={"job_id": job.id, "type": job.type, "seconds": round(seconds, 3)})
@@ -344,9 +369,9 @@ class JobRunner:
         if job is None or job.status is not JobStatus.QUEUED or (ticket is not None and job.seq != ticket):
             return  # the claim will refuse it
         spec = self.registry.get(job.type)
-        model = self._model_at(spec, job.model_index) or self.provider.default_model
+        provider, model = self._entry_at(spec, job.model_index)
         assert self.backoff is not None
-        wait = await self.backoff.remaining(self.provider.name, model)
+        wait = await self.backoff.remaining(provider.name, model or provider.default_model)
         if wait > 0:
             raise HeldBack(wait)
 
@@ -354,6 +379,11 @@ class JobRunner:
         data = spec.parse_input(job.input)
         if self.provider_keys is not None:
             ctx.api_key = await self.provider_keys(job)  # the user's own key, decrypted just in time
+            if ctx.api_key is not None and ctx.ai.inner is not self.provider:
+                ctx.api_key = None  # never sent to another provider, and no server key used in its place either
+                raise KeyElsewhere(
+                    f"Your provider key is for {self.provider.name}; this step of the chain is {ctx.ai.name}."
+                )
         result = await asyncio.wait_for(spec.fn(ctx, data), timeout=spec.timeout or self.default_timeout)
         await ctx.flush()
         return result
@@ -393,7 +423,7 @@ class JobRunner:
                 status=JobStatus.CANCELLED,
                 model=ctx.ai.model,
                 usage=ctx.ai.usage(),
-                record=attempt_record(job, ctx.ai.model or ctx.ai.requested, error, seconds),
+                record=attempt_record(job, ctx.ai.model or ctx.ai.requested, error, seconds, ctx.ai.name),
             )
         )
         log.info("job cancelled", extra={"job_id": job.id})
@@ -418,8 +448,8 @@ class JobRunner:
         self, job: Job, spec: TaskSpec[Any], token: str, ctx: RunContext, exc: Exception, seconds: float
     ) -> str:
         error = to_job_error(exc)
-        model = ctx.ai.model or ctx.ai.requested or self.provider.default_model
-        record = attempt_record(job, model, error, seconds)
+        model = ctx.ai.model or ctx.ai.requested or ctx.ai.default_model
+        record = attempt_record(job, model, error, seconds, ctx.ai.name)
         if ctx._pending:
             try:
                 await ctx.flush()
@@ -428,7 +458,7 @@ class JobRunner:
         retry_after = getattr(exc, "retry_after", None)
         if isinstance(exc, RateLimited) and retry_after and self.backoff is not None:
             with contextlib.suppress(Exception):
-                await self.backoff.pause(self.provider.name, model, float(retry_after))
+                await self.backoff.pause(ctx.ai.name, model, float(retry_after))
         chain = self.chain(spec)
         if error.retryable and job.attempts < job.max_attempts:
             delay = retry_delay(job.attempts, retry_after, base=self.retry_base, cap=self.retry_cap)
@@ -444,16 +474,22 @@ class JobRunner:
                 extra={"job_id": job.id, "code": error.code, "attempt": job.attempts, "delay": delay},
             )
             return "retrying"
-        if job.model_index + 1 < len(chain):
-            following = chain[job.model_index + 1]
-            step = f"{model} failed ({error.code}); trying {following}…"
+        following = self._next_entry(
+            spec, job.model_index, user_key=ctx.api_key is not None or isinstance(exc, KeyElsewhere)
+        )
+        if following is not None:
+            step = f"{model} failed ({error.code}); trying {chain[following]}…"
             requeued = await self._announce(
-                await self.store.requeue(job.id, token, error=error, step=step, next_model=True, record=record)
+                await self.store.requeue(
+                    job.id, token, error=error, step=step, next_model=following - job.model_index, record=record
+                )
             )
             if requeued is None:
                 return "lease_lost"
             await self._enqueue(requeued)
-            log.warning("model failed, falling back", extra={"job_id": job.id, "model": model, "next": following})
+            log.warning(
+                "model failed, falling back", extra={"job_id": job.id, "model": model, "next": chain[following]}
+            )
             return "fallback"
         finished = await self._announce(
             await self.store.finish(
@@ -473,15 +509,24 @@ class JobRunner:
         return "failed" if finished else "lease_lost"
 
 
-def attempt_record(job: Job, model: str | None, error: JobError | None, seconds: float) -> dict[str, Any]:
-    """One line of a job's attempt history: which model, what went wrong (if anything), how long it took."""
+def attempt_record(
+    job: Job, model: str | None, error: JobError | None, seconds: float, provider: str | None = None
+) -> dict[str, Any]:
+    """One line of a job's attempt history: which provider and model, what went wrong (if anything), how long."""
     return {
         "attempt": job.attempts,
+        "provider": provider,
         "model": model,
         "error": error.code if error else None,
         "seconds": round(seconds, 3),
         "at": iso(now()),
     }
+
+
+class KeyElsewhere(AuthError):
+    """A job with the user's own key reached a chain step on another provider: it is not tried there."""
+
+    code = "provider_key_elsewhere"
 
 
 def retry_delay(attempt: int, retry_after: float | None, *, base: float = 1.0, cap: float = 30.0) -> float:

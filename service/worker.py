@@ -15,7 +15,7 @@ from arq import Retry, Worker, cron, func
 from arq.connections import RedisSettings
 
 from .arq_worker import WakeableWorker
-from .config import Settings
+from .config import Settings, parse_providers
 from .coordination import ProviderBackoff, listen_for_cancels, unregister_worker
 from .crypto import KeyBox, load_server_secret
 from .events import EventLog
@@ -23,7 +23,7 @@ from .lifecycle import Maintenance
 from .models import dumps
 from .provider_keys import ProviderKeys
 from .providers.base import Provider
-from .providers.factory import build_provider
+from .providers.factory import build_chain_providers, build_provider
 from .queue import RUN_JOB_FUNCTION, JobQueue, parse_arq_job_id
 from .runner import HeldBack, JobRunner
 from .store import open_store
@@ -81,8 +81,15 @@ def build_worker(
             sim_delay=settings.sim_delay,
             client=http,
         )
+        chain_providers = build_chain_providers(
+            ai,
+            parse_providers(settings.ai_providers).values(),
+            model=settings.ai_model,
+            sim_delay=settings.sim_delay,
+            client=http,
+        )
         keys = ProviderKeys(JobSecrets(store), KeyBox(load_server_secret(settings)))  # type: ignore[arg-type]
-        ctx.update(store=store, http=http, provider=ai, provider_keys=keys)
+        ctx.update(store=store, http=http, provider=ai, provider_keys=keys, chain_providers=chain_providers)
         events = EventLog(ctx["redis"], maxlen=settings.event_stream_maxlen)
         queue = JobQueue(ctx["redis"], queue_name=settings.queue_name)
         chat_models = (settings.ai_model, *settings.ai_fallback_models) if settings.ai_fallback_models else ()
@@ -101,6 +108,7 @@ def build_worker(
             retry_cap=settings.retry_cap,
             chat_models=chat_models,
             backoff=ProviderBackoff(ctx["redis"]),
+            providers=chain_providers,
         )
         maintenance = ctx["maintenance"] = Maintenance(
             store=store, queue=queue, events=events, settings=settings, worker_id=worker_id
@@ -121,6 +129,9 @@ def build_worker(
             await ctx["store"].close()
         if provider is None and "provider" in ctx:
             await ctx["provider"].aclose()
+        for extra in ctx.get("chain_providers", {}).values():
+            if extra is not ctx.get("provider"):
+                await extra.aclose()
         if ctx.get("http") is not None:
             await ctx["http"].aclose()
 

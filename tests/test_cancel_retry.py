@@ -232,3 +232,68 @@ async def test_cancel_of_a_queued_job_deletes_its_sealed_key(client: httpx.Async
     assert c.status_code == 200 and c.json()["status"] == "cancelled"
     with sqlite3.connect(settings.sqlite_path) as db:
         assert db.execute("SELECT COUNT(*) FROM job_secrets WHERE job_id = ?", (job_id,)).fetchone()[0] == 0
+
+
+async def test_fallback_to_another_provider(settings: Settings) -> None:
+    """A chain `AI_MODEL` on the primary, then `backup:gpt-b` on a second OpenAI-compatible server: the first
+    exhausting its retries (500s) or failing for good (400) moves the job on; each attempt names its provider."""
+    from service.api.app import create_app
+
+    from .conftest import serve, user_client
+    from .fake_openai import serve_fake_openai
+
+    async with serve_fake_openai() as first, serve_fake_openai() as second:
+        backup_url = second.base_url.replace("http://", "http://sk-backup@")
+        s = replace(
+            settings,
+            ai_base_url=first.base_url,
+            ai_api_key="sk-primary",
+            ai_model="gpt-a",
+            ai_providers=f"backup={backup_url}",
+            ai_fallback_models=("backup:gpt-b",),
+            max_attempts=2,
+            retry_base=0.05,
+            retry_cap=0.1,
+        )
+        assert s.redis_url and "sk-backup" not in repr(s)
+        async with (
+            serve(create_app(s, redis_url=s.redis_url)) as live,
+            user_client(live, s, "fay") as fay,
+            run_worker(s),
+        ):
+
+            async def run(text: str, **extra: str) -> dict:
+                body = {"type": "summary", "input": {"text": text}, **extra}
+                job_id = (await fay.post("/api/jobs", json=body)).json()["job_id"]
+                return await wait_for_status(fay, job_id, {"completed", "failed"}, timeout=20)
+
+            first.next_error(500)
+            first.next_error(500)
+            exhausted = await run("exhaust the primary")
+            first.next_error(400)
+            refused = await run("refused by the primary")
+            keyed_requests = len(second.requests)
+            first.next_error(400)
+            keyed = await run("my own key", user_provided_key="sk-user-own")
+
+    assert exhausted["status"] == "completed", exhausted
+    assert (exhausted["provider"], exhausted["model"]) == ("backup", "gpt-b")
+    assert [(a["provider"], a["model"], a["error"]) for a in exhausted["attempts"]] == [
+        ("openai", "gpt-a", "provider_server_error"),
+        ("openai", "gpt-a", "provider_server_error"),
+        ("backup", "gpt-b", None),
+    ]
+    assert exhausted["result"]["summary"].startswith("Hello from fake")
+    assert refused["status"] == "completed" and refused["provider"] == "backup"
+    assert [(a["provider"], a["error"]) for a in refused["attempts"]] == [
+        ("openai", "provider_bad_request"),
+        ("backup", None),
+    ]
+    # Each server saw its own server key.
+    assert {r.headers["authorization"] for r in first.requests[:3]} == {"Bearer sk-primary"}
+    assert {r.headers["authorization"] for r in second.requests} == {"Bearer sk-backup"}
+    # A user's own key is for the primary alone: no fallback to another provider (nor its server key) for them.
+    assert keyed["status"] == "failed" and keyed["error"]["code"] == "provider_bad_request", keyed
+    assert keyed["provider"] is None and [a["provider"] for a in keyed["attempts"]] == ["openai"]
+    assert first.requests[-1].headers["authorization"] == "Bearer sk-user-own"
+    assert len(second.requests) == keyed_requests

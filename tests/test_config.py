@@ -44,3 +44,19 @@ def test_readme_documents_every_setting() -> None:
     readme = (Path(__file__).parent.parent / "README.md").read_text()
     missing = [env for env, _default, _doc in settings_table() if f"`{env}`" not in readme]
     assert not missing, f"README lacks settings: {missing}"
+
+
+def test_extra_providers_are_parsed_and_their_keys_never_shown() -> None:
+    from service.config import parse_providers
+
+    raw = "backup=https://sk-backup-1@api.example.com/v1,local=http://127.0.0.1:11434/v1"
+    s = Settings.from_env({"AI_PROVIDERS": raw})
+    assert "sk-backup-1" not in repr(s)
+    providers = parse_providers(s.ai_providers)
+    assert providers["backup"].base_url == "https://api.example.com/v1" and providers["backup"].api_key == "sk-backup-1"
+    assert providers["local"].base_url == "http://127.0.0.1:11434/v1" and providers["local"].api_key is None
+    assert "sk-backup-1" not in repr(providers)
+    for bad in ("openai=https://sk-taken@x.example/v1", "b=ftp://sk-odd@x.example", "=https://sk-x@x.example"):
+        with pytest.raises(SettingsError, match="AI_PROVIDERS") as info:
+            Settings.from_env({"AI_PROVIDERS": bad})
+        assert "sk-" not in str(info.value)

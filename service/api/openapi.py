@@ -63,6 +63,7 @@ _JOB_COMMON: dict[str, Any] = {
     "result": {},
     "error": JOB_ERROR,
     "model": _nullable(STR),
+    "provider": _nullable(STR),
     "usage": USAGE,
     "last_seq": INT,
     "created_at": TIME,

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import httpx
 
+from ..config import ProviderConfig
 from .base import Provider
 from .openai_compat import OpenAICompatProvider
 from .simulated import SimulatedProvider
@@ -33,3 +36,23 @@ def build_provider(
             client=client,
         )
     return SimulatedProvider(delay=sim_delay, default_model=model if model.startswith("sim") else "sim-1")
+
+
+def build_chain_providers(
+    primary: Provider,
+    extras: Iterable[ProviderConfig],
+    *,
+    model: str,
+    sim_delay: float,
+    client: httpx.AsyncClient | None = None,
+) -> dict[str, Provider]:
+    """Every provider a fallback chain may name: the primary (`openai` or `simulated`), the simulator, and
+    AI_PROVIDERS' named OpenAI-compatible servers, each with its own server key."""
+    providers: dict[str, Provider] = {primary.name: primary}
+    if "simulated" not in providers:
+        providers["simulated"] = SimulatedProvider(delay=sim_delay)
+    for extra in extras:
+        providers[extra.name] = OpenAICompatProvider(
+            base_url=extra.base_url, api_key=extra.api_key, default_model=model, client=client, name=extra.name
+        )
+    return providers

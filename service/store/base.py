@@ -61,7 +61,7 @@ class JobStore(Protocol):
         step: str | None,
         delay: float = 0.0,
         refund: bool = False,
-        next_model: bool = False,
+        next_model: int = 0,
         record: dict[str, Any] | None = None,
     ) -> Job | None:
         """Give the job back to the queue for another attempt."""

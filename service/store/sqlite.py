@@ -236,10 +236,11 @@ class SQLiteJobStore:
         step: str | None,
         delay: float = 0.0,
         refund: bool = False,
-        next_model: bool = False,
+        next_model: int = 0,
         record: dict[str, Any] | None = None,
     ) -> Job | None:
-        """Back to the queue: `refund` gives the attempt back (shutdown), `next_model` moves down the fallback chain.
+        """Back to the queue: `refund` gives the attempt back (shutdown), `next_model` moves that many steps down the
+        fallback chain (with fresh attempts).
 
         A job flagged for cancel ends `cancelled` instead, since no claim would ever take it again.
         """
@@ -259,7 +260,7 @@ class SQLiteJobStore:
                 step,
                 t,
                 t + delay,
-                1 if next_model else 0,
+                int(next_model),
                 rec,
                 rec,
                 job_id,
