@@ -28,6 +28,11 @@ class WakeableWorker(Worker):
 
     _wake: asyncio.Event | None = None
     _wake_task: asyncio.Task[None] | None = None
+    _paused_until: float = 0.0
+
+    def pause(self, seconds: float) -> None:
+        """Take no new job for `seconds` (the store could not claim one); running jobs go on."""
+        self._paused_until = max(self._paused_until, asyncio.get_running_loop().time() + seconds)
 
     async def _listen_for_wakes(self, subscribed: asyncio.Event) -> None:
         assert self._wake is not None
@@ -83,6 +88,9 @@ class WakeableWorker(Worker):
             while True:
                 self._wake.clear()  # anything enqueued from here on is seen by this iteration or wakes the next
                 before = loop.time()
+                if before < self._paused_until:
+                    await asyncio.sleep(self._paused_until - before)
+                    continue
                 await self._poll_iteration()
                 if self.burst:
                     if 0 <= self.max_burst_jobs <= self._jobs_started():

@@ -179,6 +179,10 @@ class HeldBack(Exception):
         self.seconds = seconds
 
 
+class StoreUnreachable(Exception):
+    """The store could not claim the job: run nothing it could not record; the job waits on the queue."""
+
+
 @dataclass
 class ActiveRun:
     """One attempt in flight in this process: its token, its task, and why we stopped it (if we did)."""
@@ -294,11 +298,13 @@ class JobRunner:
         if self.backoff is not None:
             await self._check_backoff(job_id, ticket)
         token = uuid.uuid4().hex
-        job = await self._announce(
-            await self.store.claim(
+        try:
+            claimed = await self.store.claim(
                 job_id, worker_id=self.worker_id, token=token, ticket=ticket, lease_seconds=self.lease_seconds
             )
-        )
+        except Exception as exc:  # nothing started: the job stays on the queue for when the store answers
+            raise StoreUnreachable(repr(exc)) from exc
+        job = await self._announce(claimed)
         if job is None:
             current = await self.store.get(job_id)
             log.info("job not claimable", extra={"job_id": job_id, "status": current and current.status.value})
@@ -365,7 +371,10 @@ class JobRunner:
                 del self.active[job.id]
 
     async def _check_backoff(self, job_id: str, ticket: int | None) -> None:
-        job = await self.store.get(job_id)
+        try:
+            job = await self.store.get(job_id)
+        except Exception as exc:
+            raise StoreUnreachable(repr(exc)) from exc
         if job is None or job.status is not JobStatus.QUEUED or (ticket is not None and job.seq != ticket):
             return  # the claim will refuse it
         spec = self.registry.get(job.type)

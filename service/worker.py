@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import os
 import socket
 import uuid
@@ -25,10 +26,12 @@ from .provider_keys import ProviderKeys
 from .providers.base import Provider
 from .providers.factory import build_chain_providers, build_provider
 from .queue import RUN_JOB_FUNCTION, JobQueue, parse_arq_job_id
-from .runner import HeldBack, JobRunner
+from .runner import HeldBack, JobRunner, StoreUnreachable
 from .store import open_store
 from .store.users import JobSecrets
 from .tasks import TaskRegistry, default_registry
+
+log = logging.getLogger("aijobs.worker")
 
 
 def json_serializer(value: Any) -> bytes:
@@ -46,6 +49,14 @@ async def run_job(ctx: dict[str, Any], job_id: str) -> str:
         outcome = await runner.run(job_id, ticket)
     except HeldBack as held:  # a shared provider back-off: wait in the queue, no attempt spent
         raise Retry(defer=held.seconds) from None
+    except StoreUnreachable as exc:  # the job keeps its place; this worker takes no job until the store answers
+        pause = ctx["store_pause"]
+        log.warning(
+            "store unreachable: job left on the queue, taking no jobs",
+            extra={"job_id": job_id, "error": str(exc), "pause": pause},
+        )
+        ctx["pause_taking_jobs"](pause)
+        raise Retry(defer=pause) from None
     if outcome in ("completed", "failed", "cancelled"):  # the job is over: its sealed provider key (if any) goes too
         await ctx["provider_keys"].forget(job_id)
     return outcome
@@ -136,7 +147,7 @@ def build_worker(
             await ctx["http"].aclose()
 
     max_timeout = max([settings.job_timeout, *(s.timeout or 0 for s in registry)])
-    return WakeableWorker(
+    worker = WakeableWorker(
         functions=[func(run_job, name=RUN_JOB_FUNCTION, max_tries=1000, timeout=max_timeout + 30)],
         cron_jobs=[cron(cleanup_job, name="aijobs:cleanup", second={0}, unique=True, timeout=60)],
         job_completion_wait=settings.shutdown_grace,  # type: ignore[arg-type]  # SIGTERM: finish, then give back
@@ -153,3 +164,6 @@ def build_worker(
         handle_signals=handle_signals,
         max_burst_jobs=-1,
     )
+    worker.ctx["pause_taking_jobs"] = worker.pause
+    worker.ctx["store_pause"] = settings.heartbeat_seconds  # how long a worker that could not claim waits to retry
+    return worker

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import sqlite3
 from pathlib import Path
 
 import httpx
@@ -11,6 +12,7 @@ from redis.asyncio import Redis
 
 from service.config import Settings
 from service.events import EventLog
+from service.queue import JobQueue
 
 from .conftest import wait_for_status
 from .procs import pid_of, spawn, store_row, workers
@@ -122,3 +124,40 @@ async def test_sigterm_gives_running_job_back_without_spending_an_attempt(
         spawn(started, settings, tmp_path)
         done = await wait_for_status(client, long_id, {"completed", "failed"}, timeout=30)
         assert done["status"] == "completed" and done["attempt"] == 1
+
+
+async def test_worker_that_cannot_write_the_store_runs_nothing_it_cannot_record(
+    client: httpx.AsyncClient, settings: Settings, tmp_path: Path
+) -> None:
+    """The store refuses the worker's writes (another process holds SQLite's write lock): its run stops (the lease
+    cannot be renewed), the next job is neither claimed nor dropped from the queue, and once the store answers
+    again both jobs complete."""
+    assert settings.redis_url
+    with workers(settings, tmp_path) as started:
+        a = spawn(started, settings, tmp_path, WORKER_CONCURRENCY="1")
+        first = await submit(client, "A long one. [[slow:3]]")
+        await wait_row(settings, first, lambda r: r["status"] == "processing")
+        second = await submit(client, "Waits its turn.")
+        ticket = store_row(settings, second)["seq"]
+        lock = sqlite3.connect(settings.sqlite_path, isolation_level=None)
+        lock.execute("BEGIN IMMEDIATE")  # every write of the worker now waits out its busy timeout, then fails
+        redis = Redis.from_url(settings.redis_url)
+        try:
+            deadline = asyncio.get_running_loop().time() + 90
+            while "store unreachable: job left on the queue" not in a.log():
+                assert asyncio.get_running_loop().time() < deadline, a.log()[-3000:]
+                assert a.proc.poll() is None, a.log()[-3000:]
+                await asyncio.sleep(0.1)
+            assert await JobQueue(redis, queue_name=settings.queue_name).holds(second, ticket)  # kept its place
+            assert store_row(settings, second)["status"] == "queued"
+        finally:
+            lock.execute("ROLLBACK")
+            lock.close()
+            await redis.aclose()
+        for job_id in (first, second):
+            done = await wait_for_status(client, job_id, {"completed", "failed", "cancelled"}, timeout=60)
+            assert done["status"] == "completed", done
+        # The first run was stopped, not left running unrecorded: its lease lapsed and the sweeper gave it back.
+        first_done = (await client.get(f"/api/jobs/{first}")).json()
+        assert [h["error"] for h in first_done["attempts"]] == ["worker_lost", None], first_done["attempts"]
+        assert (await client.get(f"/api/jobs/{second}")).json()["attempt"] == 1
