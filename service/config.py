@@ -93,6 +93,13 @@ class Settings:
             "doc": "Seconds one SSE/WebSocket send may stall before the client is dropped (it resumes on reconnect)",
         },
     )
+    position_push_seconds: float = field(
+        default=2.0,
+        metadata={
+            "env": "POSITION_PUSH_SECONDS",
+            "doc": "Seconds between queue position/ETA updates pushed to watchers of queued jobs (per web process)",
+        },
+    )
     ws_max_message_bytes: int = field(
         default=4096, metadata={"env": "WS_MAX_MESSAGE_BYTES", "doc": "Largest WebSocket message a client may send"}
     )
@@ -236,6 +243,7 @@ class Settings:
             ("RETRY_BASE", self.retry_base >= 0, "must be zero or more"),
             ("RETRY_CAP", self.retry_cap >= self.retry_base, "must be at least RETRY_BASE"),
             ("PUSH_SEND_TIMEOUT", self.push_send_timeout > 0, "must be positive"),
+            ("POSITION_PUSH_SECONDS", self.position_push_seconds > 0, "must be positive"),
             ("WS_MAX_MESSAGE_BYTES", self.ws_max_message_bytes >= 256, "must be at least 256"),
             ("WS_MAX_MESSAGES_PER_SECOND", self.ws_max_messages_per_second > 0, "must be positive"),
             ("DATABASE_URL", self.database_url.startswith("sqlite:///"), "only sqlite:///path is supported so far"),

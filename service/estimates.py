@@ -53,7 +53,26 @@ class QueueEstimator:
         self._durations[job_type] = (time.monotonic(), value)
         return value
 
-    async def estimate(self, job: Job, registry: TaskRegistry) -> Estimate:
+    async def free_slots(self, registry: TaskRegistry) -> tuple[int, list[float]]:
+        """Live capacity and, for each slot, the seconds until it is free (0 for idle ones): shared by every
+        queued job's estimate, so a caller estimating many jobs at once can read it once."""
+        try:
+            capacity = await live_capacity(self.queue.redis, self.queue.queue_name)
+        except Exception:
+            capacity = 0
+        if capacity <= 0:
+            return 0, []
+        t = now()
+        slots = []
+        for running in await self.store.running():
+            d = await self.duration(running.type, registry)
+            slots.append(max(0.0, d - (t - (running.started_at or t))))
+        slots.sort()
+        return capacity, slots[:capacity] + [0.0] * max(0, capacity - len(slots))
+
+    async def estimate(
+        self, job: Job, registry: TaskRegistry, *, free: tuple[int, list[float]] | None = None
+    ) -> Estimate:
         if job.terminal:
             return Estimate()
         typical = await self.duration(job.type, registry)
@@ -66,18 +85,10 @@ class QueueEstimator:
                 left = max(0.0, typical - elapsed)
             return Estimate(remaining=round(left, 1))
         ahead = await self.store.queue_ahead(job)
-        try:
-            capacity = await live_capacity(self.queue.redis, self.queue.queue_name)
-        except Exception:
-            capacity = 0
+        capacity, free_in = free if free is not None else await self.free_slots(registry)
         if capacity <= 0:
             return Estimate(position=ahead, capacity=0)
-        slots = []
-        for running in await self.store.running():
-            d = await self.duration(running.type, registry)
-            slots.append(max(0.0, d - (t - (running.started_at or t))))
-        slots.sort()
-        slots = slots[:capacity] + [0.0] * max(0, capacity - len(slots))
+        slots = list(free_in)
         heapq.heapify(slots)
         for _ in range(min(ahead, MAX_SIMULATED)):
             heapq.heappush(slots, heapq.heappop(slots) + typical)

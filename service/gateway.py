@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -42,17 +42,22 @@ class Subscriber:
         # returns False when it cannot take this event now, which then goes to the buffer as usual.
         self.fast: Callable[[Event], bool] | None = None
         self._waiter: asyncio.Future[None] | None = None  # a bare future: lighter than an asyncio.Event
+        self.watched: Callable[[], Iterable[str]] | None = None  # set by the owner: its jobs that are queued
 
     def wants(self, job_id: str) -> bool:
         return self.job_ids is None or job_id in self.job_ids
+
+    def watching(self) -> Iterable[str]:
+        """The queued jobs this client follows, as its owner last saw them (none unless the owner says)."""
+        return self.watched() if self.watched is not None else ()
 
     def offer(self, event: Event) -> None:
         fast = self.fast
         if fast is not None and not self.buffer and not self.resync and fast(event):
             return
-        if event.kind is EventKind.PROGRESS:
+        if event.kind is EventKind.PROGRESS or event.kind is EventKind.POSITION:
             for i, old in enumerate(self.buffer):
-                if old.kind is EventKind.PROGRESS and old.job_id == event.job_id:
+                if old.kind is event.kind and old.job_id == event.job_id:
                     del self.buffer[i]  # keep order by seq: drop the stale one, append the new one
                     break
         elif event.kind is EventKind.DELTA and self.buffer:
@@ -197,6 +202,23 @@ class Gateway:
             for subs in list(self._subs.values()):
                 for sub in list(subs):
                     sub.ping()
+
+    def watched_queued(self) -> dict[str, set[str]]:
+        """Queued jobs followed by this process's clients, by user: what a position ticker has to refresh."""
+        out: dict[str, set[str]] = {}
+        for user_id, subs in self._subs.items():
+            ids: set[str] = set()
+            for sub in subs:
+                ids.update(sub.watching())
+            if ids:
+                out[user_id] = ids
+        return out
+
+    def offer_local(self, user_id: str, event: Event) -> None:
+        """Hand an ephemeral event (not logged, not published) to this process's clients of the user's job."""
+        for sub in list(self._subs.get(user_id, ())):
+            if sub.wants(event.job_id):
+                sub.offer(event)
 
     def _dispatch(self, channel: str, payload: bytes | str) -> None:
         user_id = channel[len(USER_CHANNEL_PREFIX) :]

@@ -142,6 +142,7 @@ class EventKind(StrEnum):
     PROGRESS = "progress"
     DELTA = "delta"  # a piece of streamed text output
     SNAPSHOT = "snapshot"  # the whole job: first thing a watcher gets, and the answer to a gap in replay
+    POSITION = "position"  # a queued job's place and wait, pushed to its watchers: ephemeral (no seq, not logged)
 
 
 @dataclass(slots=True)
@@ -159,6 +160,8 @@ class Event:
         return self.kind is EventKind.STATUS and self.data.get("status") in TERMINAL_STATUSES
 
     def to_dict(self) -> dict[str, Any]:
+        if self.kind is EventKind.POSITION:  # not an event of the job's log: nothing to resume from
+            return {"job_id": self.job_id, "kind": self.kind.value, "ts": round(self.ts, 3), **self.data}
         return {"job_id": self.job_id, "seq": self.seq, "kind": self.kind.value, "ts": round(self.ts, 3), **self.data}
 
     def to_json(self) -> str:

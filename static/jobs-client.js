@@ -7,10 +7,11 @@
 // Transport: Server-Sent Events first, then WebSocket, then polling (with backoff), switching when one
 // fails or is blocked. Every event carries the job's `seq`; the client remembers the last one and resumes
 // after it on any reconnect (Last-Event-ID / `after`), and drops anything it has already seen, so each
-// event reaches the page once and in order.
+// event reaches the page once and in order. `position` events (a queued job's place and wait, pushed as the
+// queue moves) carry no seq and are handed on as they come: onPosition({queue, estimated_time_remaining}).
 
 const TERMINAL = new Set(["completed", "failed", "cancelled", "expired"]);
-const KINDS = ["snapshot", "status", "progress", "delta"];
+const KINDS = ["snapshot", "status", "progress", "delta", "position"];
 
 export class JobError extends Error {
   constructor(code, message, job) {
@@ -76,6 +77,16 @@ class Watch {
 
   // Every event goes through here: duplicates and stale events are dropped by seq.
   apply(event) {
+    if (event.kind === "position") {
+      // A queued job's place and wait, pushed as the queue moves: no seq (not logged, never replayed).
+      if (this.job && this.job.status === "queued") {
+        this.job.queue = event.queue;
+        this.job.progress = { ...this.job.progress, estimated_time_remaining: event.estimated_time_remaining };
+      }
+      this.o.onEvent?.(event);
+      this.o.onPosition?.(event);
+      return;
+    }
     if (this.last !== null && event.seq <= this.last) return;
     this.last = event.seq;
     if (event.kind === "snapshot") {

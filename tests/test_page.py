@@ -278,3 +278,33 @@ async def test_sign_in_with_a_token_then_a_queued_job_waits_for_a_worker(
         assert await c.locator(".titles li").count() == 5
     finally:
         await context.close()
+
+
+async def test_queued_card_follows_its_place_as_the_queue_drains(browser: Any, settings: Settings) -> None:
+    """Over SSE the card's place and wait come from pushed `position` events (its 3 s poll is off there)."""
+    from dataclasses import replace
+
+    s = replace(settings, worker_concurrency=1, position_push_seconds=0.2)
+    assert s.redis_url
+    token = await make_user(s, "quinn")
+    context = await browser.new_context(viewport=DESKTOP)
+    async with serve(create_app(s, redis_url=s.redis_url)) as web, run_worker(s):
+        try:
+            async with httpx.AsyncClient(base_url=web.url, headers={"Authorization": f"Bearer {token}"}) as api:
+                for i in range(3):
+                    body = {"type": "titles", "input": {"text": f"Ahead {i} [[slow:1.5]]"}}
+                    assert (await api.post("/api/jobs", json=body)).status_code == 202
+            page = await context.new_page()
+            await page.goto(web.url + "/")
+            await page.fill("#token", token)
+            await page.click("form.signin button[type=submit]")
+            await page.wait_for_selector("#form-titles", timeout=T)
+            job_id = await submit(page, "titles", "Behind three others")
+            eta = f"""document.querySelector('.job[data-job-id="{job_id}"] .eta').textContent"""
+            await page.wait_for_function(f"{eta}.includes('ahead in the queue')", timeout=T)
+            assert "live via SSE" in (await card(page, job_id).text_content() or "")
+            await shot(page, "queue-position")
+            await page.wait_for_function(f"{eta}.includes('next in line')", timeout=T)
+            await wait_status(page, job_id, "completed")
+        finally:
+            await context.close()

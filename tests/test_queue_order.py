@@ -176,3 +176,63 @@ async def test_deferred_retry_position_counts_what_runs_before_it(settings: Sett
     finally:
         await store.close()
         await redis.aclose()
+
+
+async def test_watchers_of_a_queued_job_see_its_place_and_wait_move(settings: Settings) -> None:
+    """Over SSE and WebSocket, a queued job's watchers get `position` updates as the jobs ahead drain: never an
+    increase, down to 0, then the job starts; the first wait pushed is close to what happened."""
+    import json
+
+    import websockets
+
+    from service.api.app import create_app
+
+    from .conftest import serve, user_client
+    from .sse import read_events
+
+    s = replace(settings, worker_concurrency=1, position_push_seconds=0.1, heartbeat_seconds=0.5, lease_seconds=5)
+    assert s.redis_url
+    async with serve(create_app(s, redis_url=s.redis_url)) as live, user_client(live, s, "pat") as pat, run_worker(s):
+        for i in range(2):  # measured run times of this type, as the estimate uses
+            await wait_for_status(pat, await submit(pat, f"warm up {i} [[slow:0.8]]"), {"completed"})
+        ahead = [await submit(pat, f"ahead {i} [[slow:0.8]]") for i in range(3)]
+        await wait_for_status(pat, ahead[0], {"processing"})
+        mine = await submit(pat, "mine [[slow:0.8]]")
+
+        async def over_sse() -> list[tuple[float, dict]]:
+            seen: list[tuple[float, dict]] = []
+            async with pat.stream("GET", f"/api/jobs/{mine}/events") as response:
+                async for event in read_events(response):
+                    seen.append((time.time(), {"kind": event.event, **event.data}))
+                    if event.event == "status" and event.data["status"] != "queued":
+                        return seen
+            return seen
+
+        async def over_ws() -> list[tuple[float, dict]]:
+            seen: list[tuple[float, dict]] = []
+            url = live.url.replace("http://", "ws://") + "/api/ws"
+            headers = {"Authorization": pat.headers["authorization"]}
+            async with websockets.connect(url, additional_headers=headers) as ws:
+                await ws.send(json.dumps({"type": "subscribe", "job_id": mine}))
+                while True:
+                    msg = json.loads(await asyncio.wait_for(ws.recv(), 30))
+                    if "kind" not in msg:
+                        continue
+                    seen.append((time.time(), msg))
+                    if msg["kind"] == "status" and msg["status"] != "queued":
+                        return seen
+
+        sse_seen, ws_seen = await asyncio.wait_for(asyncio.gather(over_sse(), over_ws()), 60)
+        await wait_for_status(pat, mine, {"completed"})
+    started = store_row(s, mine)["started_at"]
+    for seen in (sse_seen, ws_seen):
+        pushed = [(at, m) for at, m in seen if m["kind"] == "position"]
+        places = [m["queue"]["position"] for _, m in pushed]
+        assert len(places) >= 2 and places[-1] == 0, places  # it moved, and reached the head of the queue
+        assert places == sorted(places, reverse=True), places  # never an increase
+        assert all("seq" not in m for _, m in pushed)  # ephemeral: no resume point
+        assert seen[-1][1]["kind"] == "status" and seen[-1][1]["status"] == "processing"
+        at, first = pushed[0]
+        estimated, actual = first["queue"]["estimated_wait"], started - at
+        print(f"pushed: places {places}, first wait {estimated:.2f} s, actual {actual:.2f} s")
+        assert estimated / 3 - 0.3 <= actual <= estimated * 3 + 0.5

@@ -33,6 +33,7 @@ from .history import list_jobs
 from .jobs import create_job, get_job
 from .lifecycle import cancel_job, retry_job
 from .openapi import openapi_json
+from .positions import PositionTicker
 from .push import all_events, websocket_endpoint
 from .state import AppState, app_state
 from .stats import stats
@@ -95,12 +96,15 @@ def create_app(settings: Settings, *, redis_url: str, registry: TaskRegistry | N
         )
         accounts = build_accounts(settings, store, redis)
         revocations = asyncio.create_task(listen_for_revocations(redis, accounts.users.forget))
+        ticker = PositionTicker(gateway=gateway, store=store, jobs=jobs, interval=settings.position_push_seconds)
+        positions = asyncio.create_task(ticker.run(), name="aijobs-positions")
         try:
             yield {"aijobs": AppState(settings, redis, store, events, gateway, jobs), STATE_KEY: accounts}
         finally:
-            revocations.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await revocations
+            for task in (revocations, positions):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
             await gateway.stop()
             await store.close()
             await redis.aclose()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..models import Event, dumps
+from ..models import Event, EventKind, dumps
 
 
 def event_json(event: Event) -> str:
@@ -30,7 +30,11 @@ def sse_body(event: Event) -> bytes:
 
 
 def sse_frame(event: Event) -> bytes:
-    """One whole SSE event for a one-job stream, where the id is the job's seq: shared by every client."""
+    """One whole SSE event for a one-job stream, where the id is the job's seq: shared by every client.
+
+    A position update has no id: the client's resume point (Last-Event-ID) stays at the last logged event."""
+    if event.kind is EventKind.POSITION:
+        return sse_body(event)
     cache = event.encoded
     frame = cache.get("sse1") if cache is not None else None
     if frame is None:

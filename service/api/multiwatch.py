@@ -14,7 +14,7 @@ from collections import OrderedDict
 from ..events import EventLog
 from ..gateway import Gateway, Subscriber
 from ..jobs import JobService
-from ..models import Event
+from ..models import Event, EventKind
 from ..store.base import JobStore
 from .streams import JobWatch
 
@@ -30,6 +30,7 @@ class MultiWatch:
         self.jobs = jobs
         self.gateway = gateway
         self.sub = Subscriber(user_id, set())
+        self.sub.watched = lambda: [j for j, w in self.watches.items() if w.queued and not w.done]
         self.watches: dict[str, JobWatch] = {}
         self.mine = False
         self._done: OrderedDict[str, None] = OrderedDict()  # recently finished: a stray late event is ignored
@@ -122,6 +123,8 @@ class MultiWatch:
         for event in self.sub.drain():
             watch = self.watches.get(event.job_id)
             if watch is None:
+                if event.kind is EventKind.POSITION:
+                    continue
                 if not self.mine or event.job_id in self._done or len(self.watches) >= MAX_JOBS_PER_CLIENT:
                     continue
                 # A job this client has not seen yet: its whole story from the log, then live.

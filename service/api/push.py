@@ -52,6 +52,8 @@ async def mine_events(mw: MultiWatch, cursor: dict[str, int] | None, ping: float
     positions: dict[str, int] = dict(cursor or {})
 
     def frame(event: Event) -> bytes:
+        if event.kind is EventKind.POSITION:
+            return sse_body(event)  # ephemeral: the cursor does not move
         if ends_job(event):
             positions.pop(event.job_id, None)
         else:

@@ -50,6 +50,7 @@ class JobWatch:
         self.jobs = jobs
         self.last = 0
         self.done = False
+        self.queued = False  # as of the last event sent: only then do position updates concern this client
 
     def _accept(self, event: Event) -> bool:
         if event.seq <= self.last:
@@ -58,6 +59,10 @@ class JobWatch:
         self.done = event.terminal or (
             event.kind is EventKind.SNAPSHOT and event.data["job"]["status"] in TERMINAL_STATUSES
         )
+        if event.kind is EventKind.SNAPSHOT:
+            self.queued = event.data["job"]["status"] == "queued"
+        elif event.kind is EventKind.STATUS:
+            self.queued = event.data.get("status") == "queued"
         return True
 
     async def snapshot(self, reason: str) -> list[Event]:
@@ -87,13 +92,19 @@ class JobWatch:
         return out
 
     def live(self, batch: list[Event]) -> list[Event]:
-        return [e for e in batch if self._accept(e)]
+        return [e for e in batch if self._current(e) if e.kind is EventKind.POSITION or self._accept(e)]
+
+    def _current(self, event: Event) -> bool:
+        """A position update counts only while the job is where this client saw it last (queued, at that seq);
+        it never moves the resume point."""
+        return event.kind is not EventKind.POSITION or (event.seq == self.last and not self.done)
 
 
 async def watch_events(
     watch: JobWatch, gateway: Gateway, after: int | None, direct: DirectWriter | None = None
 ) -> AsyncIterator[bytes]:
     sub = Subscriber(watch.user_id, {watch.job_id})
+    sub.watched = lambda: (watch.job_id,) if watch.queued and not watch.done else ()
 
     def fast(event: Event) -> bool:
         """Live event while idle: write it from the dispatch itself (see DirectWriter)."""

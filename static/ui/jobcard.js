@@ -126,9 +126,10 @@ export class JobCard {
     this.cb.onEnd?.(this);
   }
 
-  // While queued, the stream has no news about the queue moving: ask for the place and wait now and then.
+  // While queued and polling, nothing tells the page the queue moved: ask for the place and wait now and then
+  // (SSE and WebSocket push `position` events instead).
   async refreshQueue() {
-    if (this.job.status !== "queued" || document.hidden) return;
+    if (this.job.status !== "queued" || document.hidden || this.transport === "sse" || this.transport === "ws") return;
     try {
       const fresh = await getJob(this.id);
       if (fresh.status === "queued" && this.job.status === "queued") {
@@ -153,6 +154,12 @@ export class JobCard {
       };
     } else if (event.kind === "delta") {
       job.partial_output = (job.partial_output ?? "") + event.text;
+    } else if (event.kind === "position") {
+      if (job.status !== "queued") return;
+      job.queue = event.queue;
+      job.progress.estimated_time_remaining = event.estimated_time_remaining ?? null;
+      this.renderMeta();
+      return;
     } else if (event.kind === "status") {
       if (event.status === "processing" && event.attempt !== job.attempt) job.partial_output = "";
       for (const key of ["status", "attempt", "max_attempts", "result", "error", "model", "usage", "next_attempt_at"]) {
