@@ -297,3 +297,44 @@ async def test_fallback_to_another_provider(settings: Settings) -> None:
     assert keyed["provider"] is None and [a["provider"] for a in keyed["attempts"]] == ["openai"]
     assert first.requests[-1].headers["authorization"] == "Bearer sk-user-own"
     assert len(second.requests) == keyed_requests
+
+
+async def test_a_type_chain_starting_elsewhere_keeps_a_users_key_on_its_provider(settings: Settings) -> None:
+    """A type whose chain starts on another provider: a job with the user's own key skips that step (the key is
+    never sent there, and no server key stands in for it) and runs on the primary with the user's key."""
+    from service.api.app import create_app
+    from service.tasks import TaskRegistry
+    from service.tasks import summary as summary_module
+    from service.tasks.summary import SummaryInput
+
+    from .conftest import serve, user_client
+    from .fake_openai import serve_fake_openai
+
+    registry = TaskRegistry()
+    registry.task("summary", input=SummaryInput, models=("backup:gpt-b", "gpt-a"))(summary_module.summary)
+    async with serve_fake_openai() as primary, serve_fake_openai() as backup:
+        s = replace(
+            settings,
+            ai_base_url=primary.base_url,
+            ai_api_key="sk-primary",
+            ai_providers=f"backup={backup.base_url.replace('http://', 'http://sk-backup@')}",
+        )
+        assert s.redis_url
+        async with (
+            serve(create_app(s, redis_url=s.redis_url, registry=registry)) as live,
+            user_client(live, s, "gus") as gus,
+            run_worker(s, registry=registry),
+        ):
+            plain = (await gus.post("/api/jobs", json={"type": "summary", "input": {"text": "server pays"}})).json()
+            plain = await wait_for_status(gus, plain["job_id"], {"completed", "failed"})
+            body = {"type": "summary", "input": {"text": "I pay"}, "user_provided_key": "sk-user-gus"}
+            keyed = (await gus.post("/api/jobs", json=body)).json()
+            keyed = await wait_for_status(gus, keyed["job_id"], {"completed", "failed"})
+    assert (plain["status"], plain["provider"], plain["model"]) == ("completed", "backup", "gpt-b"), plain
+    assert keyed["status"] == "completed" and (keyed["provider"], keyed["model"]) == ("openai", "gpt-a"), keyed
+    assert [(a["provider"], a["error"]) for a in keyed["attempts"]] == [
+        ("backup", "provider_key_elsewhere"),
+        ("openai", None),
+    ]
+    assert [r.headers["authorization"] for r in backup.requests] == ["Bearer sk-backup"]  # the plain job only
+    assert [r.headers["authorization"] for r in primary.requests] == ["Bearer sk-user-gus"]
