@@ -208,6 +208,20 @@ async def test_watchers_of_a_queued_job_see_its_place_and_wait_move(settings: Se
                         return seen
             return seen
 
+        async def over_all_events() -> list[tuple[float, dict]]:  # GET /api/events: every job of the caller
+            seen: list[tuple[float, dict]] = []
+            async with pat.stream("GET", "/api/events") as response:
+                async for event in read_events(response):
+                    data = event.data["job"] if event.event == "snapshot" else event.data
+                    if data["job_id"] != mine:
+                        continue
+                    if event.event == "position":
+                        assert event.id is None  # no id: the cursor does not move
+                    seen.append((time.time(), {"kind": event.event, **event.data}))
+                    if event.event == "status" and event.data["status"] != "queued":
+                        return seen
+            return seen
+
         async def over_ws() -> list[tuple[float, dict]]:
             seen: list[tuple[float, dict]] = []
             url = live.url.replace("http://", "ws://") + "/api/ws"
@@ -222,10 +236,12 @@ async def test_watchers_of_a_queued_job_see_its_place_and_wait_move(settings: Se
                     if msg["kind"] == "status" and msg["status"] != "queued":
                         return seen
 
-        sse_seen, ws_seen = await asyncio.wait_for(asyncio.gather(over_sse(), over_ws()), 60)
+        sse_seen, all_seen, ws_seen = await asyncio.wait_for(
+            asyncio.gather(over_sse(), over_all_events(), over_ws()), 60
+        )
         await wait_for_status(pat, mine, {"completed"})
     started = store_row(s, mine)["started_at"]
-    for seen in (sse_seen, ws_seen):
+    for seen in (sse_seen, all_seen, ws_seen):
         pushed = [(at, m) for at, m in seen if m["kind"] == "position"]
         places = [m["queue"]["position"] for _, m in pushed]
         assert len(places) >= 2 and places[-1] == 0, places  # it moved, and reached the head of the queue
