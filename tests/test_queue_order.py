@@ -203,6 +203,7 @@ async def test_watchers_of_a_queued_job_see_its_place_and_wait_move(settings: Se
             seen: list[tuple[float, dict]] = []
             async with pat.stream("GET", f"/api/jobs/{mine}/events") as response:
                 async for event in read_events(response):
+                    assert (event.id is None) == (event.event == "position")  # Last-Event-ID stays on logged events
                     seen.append((time.time(), {"kind": event.event, **event.data}))
                     if event.event == "status" and event.data["status"] != "queued":
                         return seen
