@@ -77,7 +77,11 @@ def _b64(raw: bytes) -> str:
 
 
 class SessionSigner:
-    """`<user_id>.<expires>.<hmac>`: stateless, so every web process can check a cookie without a lookup."""
+    """`<user_id>.<epoch>.<expires>.<hmac>`: every web process checks a cookie with its key alone.
+
+    The epoch is a fingerprint of the user's current API token (`session_epoch`): revoking the token changes it,
+    which signs out every browser session made before, without a session table.
+    """
 
     def __init__(self, secret: bytes, max_age: int) -> None:
         self._key = derive_key(secret, "session")
@@ -86,21 +90,28 @@ class SessionSigner:
     def _mac(self, body: str) -> str:
         return _b64(hmac.new(self._key, body.encode(), hashlib.sha256).digest())
 
-    def sign(self, user_id: str, *, now: float | None = None) -> str:
-        body = f"{user_id}.{int((now or time.time()) + self.max_age)}"
+    def sign(self, user_id: str, epoch: str = "", *, now: float | None = None) -> str:
+        body = f"{user_id}.{epoch}.{int((now or time.time()) + self.max_age)}"
         return f"{body}.{self._mac(body)}"
 
-    def verify(self, value: str, *, now: float | None = None) -> str | None:
-        """The user id, or None for anything forged, malformed or expired."""
-        user_id, _, rest = value.partition(".")
-        expires, _, mac = rest.partition(".")
+    def verify(self, value: str, *, now: float | None = None) -> tuple[str, str] | None:
+        """(user id, epoch), or None for anything forged, malformed or expired."""
+        parts = value.split(".")
+        if len(parts) != 4:
+            return None
+        user_id, epoch, expires, mac = parts
         if not user_id or not expires.isdigit() or not mac:
             return None
-        if not hmac.compare_digest(mac, self._mac(f"{user_id}.{expires}")):
+        if not hmac.compare_digest(mac, self._mac(f"{user_id}.{epoch}.{expires}")):
             return None
         if int(expires) < (now or time.time()):
             return None
-        return user_id
+        return user_id, epoch
+
+
+def session_epoch(token_hash: str) -> str:
+    """A short fingerprint of a user's token hash: it changes when the token is revoked, and reveals nothing."""
+    return hashlib.sha256(b"session-epoch:" + token_hash.encode()).hexdigest()[:16]
 
 
 class KeyBox:

@@ -81,8 +81,8 @@ async def test_forged_or_expired_cookies_are_refused(web: LiveServer, settings: 
     async with httpx.AsyncClient(base_url=web.url, cookies={"aijobs_session": forged}) as c:
         r = await c.get("/api/me")
     assert r.status_code == 401 and "session" in r.json()["error"]["message"]
-    assert signer.verify(signer.sign("u1", now=1000.0), now=1000.0 + 61) is None
-    assert signer.verify(signer.sign("u1", now=1000.0), now=1000.0 + 59) == "u1"
+    assert signer.verify(signer.sign("u1", "e1", now=1000.0), now=1000.0 + 61) is None
+    assert signer.verify(signer.sign("u1", "e1", now=1000.0), now=1000.0 + 59) == ("u1", "e1")
 
 
 def test_keybox_binds_user_and_job() -> None:
@@ -168,6 +168,28 @@ async def test_current_user_works_for_websocket_connections_too(settings: Settin
     assert seen[0] == "refused 1008" and len(seen[1]) == 32
 
 
+async def revoke_with_cli(settings: Settings, name: str) -> str:
+    """`aijobs users revoke NAME --new-token` as an operator runs it; returns the new token."""
+    assert settings.redis_url
+    env = {
+        **os.environ,
+        "REDIS_URL": settings.redis_url,
+        "DATABASE_URL": settings.database_url,
+        "AIJOBS_DATA_DIR": str(settings.data_dir),
+    }
+    proc = await asyncio.create_subprocess_exec(
+        *[sys.executable, "-m", "service.cli", "users", "revoke", name, "--new-token"],
+        cwd=ROOT,
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 0, err.decode()
+    assert b"Could not reach Redis" not in err
+    return next(w for w in out.decode().split() if w.startswith("aij_"))
+
+
 async def test_revoked_token_is_refused_at_once_by_every_web_process(settings: Settings) -> None:
     """`aijobs users revoke` (a separate process) reaches the token cache of each running web process."""
     assert settings.redis_url
@@ -180,23 +202,7 @@ async def test_revoked_token_is_refused_at_once_by_every_web_process(settings: S
         for live in (one, two):  # both remember the valid token now
             async with httpx.AsyncClient(base_url=live.url, headers=bearer) as c:
                 assert (await c.get("/api/me")).status_code == 200
-        env = {
-            **os.environ,
-            "REDIS_URL": settings.redis_url,
-            "DATABASE_URL": settings.database_url,
-            "AIJOBS_DATA_DIR": str(settings.data_dir),
-        }
-        proc = await asyncio.create_subprocess_exec(
-            *[sys.executable, "-m", "service.cli", "users", "revoke", "rex", "--new-token"],
-            cwd=ROOT,
-            env=env,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-        )
-        out, err = await asyncio.wait_for(proc.communicate(), 60)
-        assert proc.returncode == 0, err.decode()
-        assert b"Could not reach Redis" not in err
-        fresh = next(w for w in out.decode().split() if w.startswith("aij_"))
+        fresh = await revoke_with_cli(settings, "rex")
         # Well within the 30 s cache: only the broadcast can make this happen.
         for live in (one, two):
             async with httpx.AsyncClient(base_url=live.url, headers=bearer) as c:
@@ -207,3 +213,22 @@ async def test_revoked_token_is_refused_at_once_by_every_web_process(settings: S
                 assert r.json()["error"]["code"] == "unauthenticated"
             async with httpx.AsyncClient(base_url=live.url, headers={"Authorization": f"Bearer {fresh}"}) as c:
                 assert (await c.get("/api/me")).json()["user"]["name"] == "rex"
+
+
+async def test_revoking_a_token_signs_out_the_browser_sessions_made_with_it(settings: Settings) -> None:
+    """A session cookie carries the epoch of the token it was made from; a revocation changes it."""
+    assert settings.redis_url
+    token = await make_user(settings, "sally")
+    async with serve(create_app(settings, redis_url=settings.redis_url)) as live:
+        async with httpx.AsyncClient(base_url=live.url) as browser:
+            assert (await browser.post("/api/session", json={"token": token})).status_code == 200
+            assert (await browser.get("/api/me")).json()["user"]["name"] == "sally"
+            fresh = await revoke_with_cli(settings, "sally")
+            deadline = asyncio.get_running_loop().time() + 10
+            while (r := await browser.get("/api/me")).status_code != 401:
+                assert asyncio.get_running_loop().time() < deadline, "the session outlived its token"
+                await asyncio.sleep(0.05)
+            assert "revoked" in r.json()["error"]["message"]
+            # The new token makes a new session that works.
+            assert (await browser.post("/api/session", json={"token": fresh})).status_code == 200
+            assert (await browser.get("/api/me")).json()["user"]["name"] == "sally"

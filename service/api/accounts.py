@@ -70,10 +70,11 @@ def accounts(conn: HTTPConnection) -> Accounts:
     return found
 
 
-def set_session(request: Request, response: Response, acc: Accounts, user_id: str) -> None:
+async def set_session(request: Request, response: Response, acc: Accounts, user_id: str) -> None:
+    epoch = await acc.users.session_epoch(user_id)
     response.set_cookie(
         SESSION_COOKIE,
-        acc.signer.sign(user_id),
+        acc.signer.sign(user_id, epoch or ""),
         max_age=SESSION_MAX_AGE,
         path="/",
         httponly=True,
@@ -93,7 +94,7 @@ async def sign_in_demo(request: Request, response: Response) -> None:
     except ApiError:
         pass
     demo = await acc.users.get_or_create(DEMO_USER)
-    set_session(request, response, acc, demo.id)
+    await set_session(request, response, acc, demo.id)
 
 
 async def create_session(request: Request) -> Response:
@@ -119,7 +120,7 @@ async def create_session(request: Request) -> Response:
     else:
         raise ApiError(401, "unauthenticated", 'Send {"token": "aij_…"} (make one with `aijobs users create NAME`).')
     response = JSONResponse({"user": user.to_public()})
-    set_session(request, response, acc, user.id)
+    await set_session(request, response, acc, user.id)
     return response
 
 

@@ -62,9 +62,12 @@ async def identify(scope: Scope) -> Identity:
         return Identity(user.id, via="bearer")
     cookie = _session_cookie(headers.get("cookie"))
     if cookie:
-        user_id = acc.signer.verify(cookie)
-        if user_id is None:
+        signed = acc.signer.verify(cookie)
+        if signed is None:
             return Identity(None, "Your session has expired or is not valid; sign in again.")
+        user_id, epoch = signed
+        if await acc.users.session_epoch(user_id) != epoch:
+            return Identity(None, "Your session was signed out (the account's API token was revoked); sign in again.")
         return Identity(user_id, via="cookie")
     return Identity(None)
 

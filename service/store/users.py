@@ -10,7 +10,7 @@ import time
 import uuid
 from dataclasses import dataclass
 
-from ..crypto import hash_token, new_token
+from ..crypto import hash_token, new_token, session_epoch
 from ..models import iso, now
 from .sqlite import SQLiteJobStore
 
@@ -39,6 +39,7 @@ class UserStore:
         # Every API request presents its token: remembering valid ones for a short while spares a store round trip
         # per request. A revocation clears it (`forget`, told by a broadcast); TOKEN_CACHE_SECONDS bounds the rest.
         self._tokens: dict[str, tuple[float, User]] = {}
+        self._epochs: dict[str, tuple[float, str]] = {}  # user id -> session epoch, same lifetime and clearing
 
     async def create(self, name: str) -> tuple[User, str]:
         """A new user and their API token: the token is returned this once and never stored."""
@@ -96,11 +97,28 @@ class UserStore:
         self.forget(user.id)
         return user, token if reissue else None
 
+    async def session_epoch(self, user_id: str) -> str | None:
+        """The epoch a session cookie of this user must carry (None: no such user); see `SessionSigner`."""
+        hit = self._epochs.get(user_id)
+        if hit is not None and hit[0] > time.monotonic():
+            return hit[1]
+        async with self.store.db.execute("SELECT token_hash FROM users WHERE id = ?", (user_id,)) as cur:
+            row = await cur.fetchone()
+        if row is None:
+            return None
+        epoch = session_epoch(row["token_hash"])
+        if len(self._epochs) >= TOKEN_CACHE_SIZE:
+            self._epochs.clear()
+        self._epochs[user_id] = (time.monotonic() + TOKEN_CACHE_SECONDS, epoch)
+        return epoch
+
     def forget(self, user_id: str | None = None) -> None:
         """Drop remembered tokens: one user's (after a revocation), or all (when revocations may have been missed)."""
         if user_id is None:
             self._tokens.clear()
+            self._epochs.clear()
             return
+        self._epochs.pop(user_id, None)
         for digest in [d for d, (_, u) in self._tokens.items() if u.id == user_id]:
             del self._tokens[digest]
 
