@@ -115,7 +115,7 @@ class ProviderBackoff:
 
 async def register_worker(redis: Redis, queue_name: str, worker_id: str, capacity: int, ttl: float) -> None:
     """Say this worker is alive with `capacity` slots for the next `ttl` seconds."""
-    key = WORKERS_PREFIX + queue_name
+    key = workers_key(queue_name)
     now_ms = time.time() * 1000
     async with redis.pipeline(transaction=True) as pipe:
         pipe.zremrangebyscore(key, "-inf", now_ms)
@@ -125,21 +125,39 @@ async def register_worker(redis: Redis, queue_name: str, worker_id: str, capacit
 
 
 async def unregister_worker(redis: Redis, queue_name: str, worker_id: str, capacity: int) -> None:
-    await redis.zrem(WORKERS_PREFIX + queue_name, f"{worker_id}|{capacity}")
+    await redis.zrem(workers_key(queue_name), f"{worker_id}|{capacity}")
+
+
+def workers_key(queue_name: str) -> str:
+    """The ZSET of `<worker id>|<slots>` members scored by the time (ms) each stays alive until."""
+    return WORKERS_PREFIX + queue_name
+
+
+def _parse_member(member: Any) -> tuple[str, int] | None:
+    raw = member.decode() if isinstance(member, bytes) else str(member)
+    worker_id, _, capacity = raw.rpartition("|")
+    try:
+        return worker_id, int(capacity)
+    except ValueError:
+        return None
 
 
 async def live_workers(redis: Redis, queue_name: str) -> list[dict[str, Any]]:
     """Every worker that said it was alive recently: `{"id", "concurrency", "alive_until"}`, by id."""
-    members = await redis.zrangebyscore(WORKERS_PREFIX + queue_name, time.time() * 1000, "+inf", withscores=True)
+    members = await redis.zrangebyscore(workers_key(queue_name), time.time() * 1000, "+inf", withscores=True)
     out = []
     for member, score in members:
-        raw = member.decode() if isinstance(member, bytes) else str(member)
-        worker_id, _, capacity = raw.rpartition("|")
-        with contextlib.suppress(ValueError):
-            out.append({"id": worker_id, "concurrency": int(capacity), "alive_until": round(score / 1000, 3)})
+        parsed = _parse_member(member)
+        if parsed is not None:
+            out.append({"id": parsed[0], "concurrency": parsed[1], "alive_until": round(score / 1000, 3)})
     return sorted(out, key=lambda w: w["id"])
+
+
+def capacity_of(members: list[Any]) -> int:
+    """Job slots of the live workers' ZSET members (as a script that read them returns them)."""
+    return sum(parsed[1] for parsed in map(_parse_member, members) if parsed is not None)
 
 
 async def live_capacity(redis: Redis, queue_name: str) -> int:
     """Job slots of every worker that said it was alive recently."""
-    return sum(w["concurrency"] for w in await live_workers(redis, queue_name))
+    return capacity_of(await redis.zrangebyscore(workers_key(queue_name), time.time() * 1000, "+inf"))

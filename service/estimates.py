@@ -5,6 +5,10 @@ Queued: the free times of the live slots (now for an idle slot, the expected end
 filled greedily with the jobs ahead, each taking its type's recent average; the job starts when the first
 slot frees after that. Running: progress so far extrapolated (elapsed × (100 − p) / p) once past 5 %, else
 the type's average minus the time elapsed. No live worker: the wait is unknown (null), never a made-up number.
+
+Each type's average and the live capacity are read at most once per `cache_seconds` (1 s) per web process, not on
+every request: a poll or a submit then costs no extra store or Redis call for them. Queue position is never
+cached; the caller may pass it in when it read it with the job (one statement instead of two).
 """
 
 from __future__ import annotations
@@ -40,6 +44,8 @@ class QueueEstimator:
         self.queue = queue
         self.cache_seconds = cache_seconds
         self._durations: dict[str, tuple[float, float]] = {}
+        self._unmeasured: set[str] = set()  # types whose cached duration is the `typical_seconds` fallback
+        self._capacity: tuple[float, int] | None = None
 
     async def duration(self, job_type: str, registry: TaskRegistry) -> float:
         """The type's average run time over its last 20 completed runs (its `typical_seconds` before any)."""
@@ -47,19 +53,41 @@ class QueueEstimator:
         if cached is not None and time.monotonic() - cached[0] < self.cache_seconds:
             return cached[1]
         recent = await self.store.recent_durations(job_type)
-        if not recent:  # not cached: the first measurement should count at once
-            return registry.get(job_type).typical_seconds if job_type in registry else 5.0
-        value = sum(recent) / len(recent)
+        if recent:
+            value = sum(recent) / len(recent)
+            self._unmeasured.discard(job_type)
+        else:  # cached too (asking per request buys nothing), until a run of the type is seen to complete
+            value = registry.get(job_type).typical_seconds if job_type in registry else 5.0
+            self._unmeasured.add(job_type)
         self._durations[job_type] = (time.monotonic(), value)
+        return value
+
+    def _seen_completed(self, job_type: str) -> None:
+        """A completed run exists now: a cached fallback must not outlive it (the first measurement counts at once)."""
+        if job_type in self._unmeasured:
+            self._unmeasured.discard(job_type)
+            self._durations.pop(job_type, None)
+
+    def note_capacity(self, capacity: int) -> None:
+        """A fresh reading of the live slots, taken on the way (the submit script reads them)."""
+        self._capacity = (time.monotonic(), capacity)
+
+    async def capacity(self) -> int:
+        """Job slots of the live workers, as of at most `cache_seconds` ago; 0 when Redis cannot say."""
+        cached = self._capacity
+        if cached is not None and time.monotonic() - cached[0] < self.cache_seconds:
+            return cached[1]
+        try:
+            value = await live_capacity(self.queue.redis, self.queue.queue_name)
+        except Exception:
+            return 0  # not cached: Redis trouble should not hide workers once it is back
+        self.note_capacity(value)
         return value
 
     async def free_slots(self, registry: TaskRegistry) -> tuple[int, list[float]]:
         """Live capacity and, for each slot, the seconds until it is free (0 for idle ones): shared by every
         queued job's estimate, so a caller estimating many jobs at once can read it once."""
-        try:
-            capacity = await live_capacity(self.queue.redis, self.queue.queue_name)
-        except Exception:
-            capacity = 0
+        capacity = await self.capacity()
         if capacity <= 0:
             return 0, []
         t = now()
@@ -71,9 +99,18 @@ class QueueEstimator:
         return capacity, slots[:capacity] + [0.0] * max(0, capacity - len(slots))
 
     async def estimate(
-        self, job: Job, registry: TaskRegistry, *, free: tuple[int, list[float]] | None = None
+        self,
+        job: Job,
+        registry: TaskRegistry,
+        *,
+        free: tuple[int, list[float]] | None = None,
+        ahead: int | None = None,
     ) -> Estimate:
+        """`free`: free_slots() if the caller read it already; `ahead`: the job's queue position if the caller read
+        it with the job (else each is read here)."""
         if job.terminal:
+            if job.status is JobStatus.COMPLETED:
+                self._seen_completed(job.type)
             return Estimate()
         typical = await self.duration(job.type, registry)
         t = now()
@@ -84,7 +121,8 @@ class QueueEstimator:
             else:
                 left = max(0.0, typical - elapsed)
             return Estimate(remaining=round(left, 1))
-        ahead = await self.store.queue_ahead(job)
+        if ahead is None:
+            ahead = await self.store.queue_ahead(job)
         capacity, free_in = free if free is not None else await self.free_slots(registry)
         if capacity <= 0:
             return Estimate(position=ahead, capacity=0)

@@ -19,14 +19,18 @@ STREAM_PREFIX = "aijobs:events:"
 USER_CHANNEL_PREFIX = "aijobs:user:"
 STREAM_TTL_MS = 7 * 24 * 3600 * 1000
 
-# XADD may be refused (an equal or newer entry exists): then nothing is published either.
-_PUBLISH_LUA = """
-local ok = redis.pcall('XADD', KEYS[1], 'MAXLEN', '~', ARGV[3], ARGV[1], 'e', ARGV[2])
-if type(ok) == 'table' and ok.err then return 0 end
-redis.call('PEXPIRE', KEYS[1], ARGV[5])
-redis.call('PUBLISH', ARGV[4], ARGV[2])
-return 1
+# XADD may be refused (an equal or newer entry exists): then nothing is published either. A function, so the
+# submit path (service/admit.py) can run it in the same script as the enqueue.
+PUBLISH_EVENT_LUA = """
+local function publish_event(stream, id, payload, maxlen, channel, ttl)
+  local ok = redis.pcall('XADD', stream, 'MAXLEN', '~', maxlen, id, 'e', payload)
+  if type(ok) == 'table' and ok.err then return 0 end
+  redis.call('PEXPIRE', stream, ttl)
+  redis.call('PUBLISH', channel, payload)
+  return 1
+end
 """
+_PUBLISH_LUA = PUBLISH_EVENT_LUA + "return publish_event(KEYS[1], ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5])"
 
 
 def stream_key(job_id: str) -> str:
@@ -45,14 +49,15 @@ class EventLog:
         self.maxlen = maxlen
         self._script = redis.register_script(_PUBLISH_LUA)
 
+    def publish_call(self, user_id: str, event: Event) -> tuple[list[str], list[Any]]:
+        """KEYS and ARGV of `publish_event` in PUBLISH_EVENT_LUA for this event."""
+        args = [f"0-{event.seq}", event.to_json(), self.maxlen, user_channel(user_id), STREAM_TTL_MS]
+        return [stream_key(event.job_id)], args
+
     async def publish(self, user_id: str, event: Event) -> bool:
         """Append then publish; False when the log already holds this seq or a newer one."""
-        payload = event.to_json()
-        added = await self._script(
-            keys=[stream_key(event.job_id)],
-            args=[f"0-{event.seq}", payload, self.maxlen, user_channel(user_id), STREAM_TTL_MS],
-        )
-        return bool(added)
+        keys, args = self.publish_call(user_id, event)
+        return bool(await self._script(keys=keys, args=args))
 
     async def read_after(self, job_id: str, after_seq: int, *, count: int | None = None) -> list[Event]:
         entries = await self.redis.xrange(stream_key(job_id), min=f"(0-{after_seq}", max="+", count=count)

@@ -11,6 +11,7 @@ import time
 import uuid
 from typing import Any
 
+from .admit import Admission
 from .coordination import publish_cancel
 from .estimates import Estimate, QueueEstimator
 from .events import EventLog
@@ -59,6 +60,7 @@ class JobService:
         self.max_attempts = max_attempts
         self.max_wait = max_wait  # 0: each type's own
         self.estimates = QueueEstimator(store, queue)
+        self.admission = Admission(events, queue)
 
     def validate(self, body: Any) -> tuple[str, dict[str, Any], int]:
         if not isinstance(body, dict):
@@ -97,6 +99,18 @@ class JobService:
         If Redis is down the job is still accepted (the store has it) and the reconciler enqueues it later;
         if the store cannot take it, StoreUnavailable (503) and nothing was promised.
         """
+        job, _ = await self._submit(user_id, body, job_id=job_id, retry_of=retry_of)
+        return job
+
+    async def submit_described(
+        self, user_id: str, body: Any, *, job_id: str | None = None, retry_of: str | None = None
+    ) -> tuple[Job, dict[str, Any]]:
+        """submit(), plus the public job with its estimate, built from what submitting read anyway."""
+        job, ahead = await self._submit(user_id, body, job_id=job_id, retry_of=retry_of)
+        return job, await self.describe(job, ahead=ahead)
+
+    async def _submit(self, user_id: str, body: Any, *, job_id: str | None, retry_of: str | None) -> tuple[Job, int]:
+        """The job and its queue position when stored. Two round trips: one statement, one Redis script."""
         job_type, job_input, priority = self.validate(body)
         spec = self.registry.get(job_type)
         job = Job(
@@ -112,19 +126,19 @@ class JobService:
         job.ready_at = job.created_at
         job.expires_at = job.created_at + (self.max_wait or spec.max_wait)
         try:
-            await self.store.create(job)
+            ahead = await self.store.create_ranked(job)
         except Exception as exc:
             log.error("the store refused a job", extra={"error": repr(exc)})
             raise StoreUnavailable() from exc
         try:
-            await self.events.publish(user_id, status_event(job))
-            await self.queue.enqueue(job.id, ticket=job.seq, priority=priority)
+            admitted = await self.admission.admit(user_id, status_event(job), ticket=job.seq, priority=priority)
+            self.estimates.note_capacity(admitted.capacity)
         except Exception as exc:
             log.warning(
                 "job stored but not enqueued; the reconciler will", extra={"job_id": job.id, "error": repr(exc)}
             )
         log.info("job accepted", extra={"job_id": job.id, "type": job_type, "user_id": user_id})
-        return job
+        return job, ahead
 
     async def submit_idempotent(
         self, user_id: str, body: Any, key: str, *, job_id: str | None = None
@@ -205,9 +219,12 @@ class JobService:
         except Exception as exc:
             log.warning("could not publish an event", extra={"job_id": job.id, "error": repr(exc)})
 
-    async def describe(self, job: Job) -> dict[str, Any]:
-        """The public job with honest estimates: queue position and wait, or time remaining."""
-        return self.public(job, estimate=await self.estimates.estimate(job, self.registry))
+    async def describe(self, job: Job, *, ahead: int | None = None) -> dict[str, Any]:
+        """The public job with honest estimates: queue position and wait, or time remaining.
+
+        `ahead`: the queue position, when the caller read it with the job (saves a statement).
+        """
+        return self.public(job, estimate=await self.estimates.estimate(job, self.registry, ahead=ahead))
 
     def poll_interval(self, job: Job) -> float | None:
         if job.terminal:

@@ -19,6 +19,7 @@ writes the job in arq's format and then PUBLISHes on the queue's wake channel, s
 from __future__ import annotations
 
 import time
+from typing import Any
 
 from arq.connections import ArqRedis
 from arq.constants import job_key_prefix, result_key_prefix
@@ -30,13 +31,19 @@ RUN_JOB_FUNCTION = "run_job"
 JOB_EXPIRES_MS = 2 * 24 * 3600 * 1000
 
 # Same effect as arq's enqueue_job (refuse a job id that exists or has a result), atomically, plus the wake-up.
-_ENQUEUE_LUA = """
-if redis.call('EXISTS', KEYS[1], KEYS[2]) > 0 then return 0 end
-redis.call('PSETEX', KEYS[1], ARGV[1], ARGV[2])
-redis.call('ZADD', KEYS[3], ARGV[3], ARGV[4])
-redis.call('PUBLISH', ARGV[5], '1')
-return 1
+# A function, so the submit path (service/admit.py) can run it in the same script as the job's first event.
+ENQUEUE_JOB_LUA = """
+local function enqueue_job(job_key, result_key, queue, expires_ms, payload, score, arq_id, wake)
+  if redis.call('EXISTS', job_key, result_key) > 0 then return 0 end
+  redis.call('PSETEX', job_key, expires_ms, payload)
+  redis.call('ZADD', queue, score, arq_id)
+  redis.call('PUBLISH', wake, '1')
+  return 1
+end
 """
+_ENQUEUE_LUA = (
+    ENQUEUE_JOB_LUA + "return enqueue_job(KEYS[1], KEYS[2], KEYS[3], ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5])"
+)
 
 
 def wake_channel(queue_name: str) -> str:
@@ -56,6 +63,13 @@ class JobQueue:
 
     async def enqueue(self, job_id: str, *, ticket: int, priority: int, defer_seconds: float = 0.0) -> bool:
         """Put one queued spell of a job on the queue; False if that ticket is already there."""
+        keys, args = self.enqueue_call(job_id, ticket=ticket, priority=priority, defer_seconds=defer_seconds)
+        return bool(await self._enqueue(keys=keys, args=args))
+
+    def enqueue_call(
+        self, job_id: str, *, ticket: int, priority: int, defer_seconds: float = 0.0
+    ) -> tuple[list[str], list[Any]]:
+        """KEYS and ARGV of `enqueue_job` in ENQUEUE_JOB_LUA for this spell of the job."""
         arq_id = arq_job_id(job_id, ticket)
         enqueued_ms = int(time.time() * 1000)
         if defer_seconds > 0:  # a back-off must be honoured: a deferred job gets no head start before it is due
@@ -64,11 +78,10 @@ class JobQueue:
             score = int(queue_score_ms(enqueued_ms / 1000, priority))
         serializer = self.redis.job_serializer
         payload = serialize_job(RUN_JOB_FUNCTION, (job_id,), {}, None, enqueued_ms, serializer=serializer)
-        added = await self._enqueue(
-            keys=[job_key_prefix + arq_id, result_key_prefix + arq_id, self.queue_name],
-            args=[JOB_EXPIRES_MS, payload, score, arq_id, wake_channel(self.queue_name)],
+        return (
+            [job_key_prefix + arq_id, result_key_prefix + arq_id, self.queue_name],
+            [JOB_EXPIRES_MS, payload, score, arq_id, wake_channel(self.queue_name)],
         )
-        return bool(added)
 
     async def depth(self) -> int:
         return int(await self.redis.zcard(self.queue_name))

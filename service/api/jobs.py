@@ -39,10 +39,9 @@ async def read_json(request: Request, limit: int) -> Any:
 
 
 def job_links(request: Request, job_id: str) -> dict[str, str]:
-    return {
-        "self": str(request.url_for("get_job", job_id=job_id).path),
-        "events": str(request.url_for("job_events", job_id=job_id).path),
-    }
+    """The job's own URLs (the get_job and job_events routes), formatted: url_for walks every route per call."""
+    base = f"{request.scope.get('root_path', '')}/api/jobs/{job_id}"
+    return {"self": base, "events": f"{base}/events"}
 
 
 async def create_job(request: Request) -> Response:
@@ -57,16 +56,16 @@ async def create_job(request: Request) -> Response:
         await check_limits(request, user, job_type, job_input)
         job_id = await seal_provider_key(request, user, provider_key) if provider_key else None
         if key is None:
-            job = await state.jobs.submit(user, body, job_id=job_id)
+            job, payload = await state.jobs.submit_described(user, body, job_id=job_id)
         else:
             job, created = await state.jobs.submit_idempotent(user, body, key, job_id=job_id)
             replayed = not created
+            payload = await state.jobs.describe(job)
     except JobRequestError as exc:
         extra = {"field": exc.field} if exc.field else {}
         raise ApiError(422 if exc.code != "invalid_body" else 400, exc.code, exc.message, **extra) from None
     except StoreUnavailable:
         raise store_unavailable() from None
-    payload = await state.jobs.describe(job)
     payload["links"] = job_links(request, job.id)
     headers = {"Location": payload["links"]["self"]}
     if replayed:
@@ -85,9 +84,10 @@ def store_unavailable() -> ApiError:
 
 async def get_job(request: Request) -> Response:
     state = app_state(request)
-    job = await state.store.get_owned(request.path_params["job_id"], current_user(request))
-    if job is None:
+    found = await state.store.get_owned_ranked(request.path_params["job_id"], current_user(request))
+    if found is None:
         raise not_found()
+    job, ahead = found
     etag = f'W/"{job.seq}"'
     headers = {"ETag": etag, "Cache-Control": "no-cache"}
     interval = state.jobs.poll_interval(job)
@@ -95,6 +95,6 @@ async def get_job(request: Request) -> Response:
         headers["X-Poll-Interval"] = str(interval)
     if etag in [t.strip() for t in request.headers.get("if-none-match", "").split(",")]:
         return Response(status_code=304, headers=headers)
-    payload = await state.jobs.describe(job)
+    payload = await state.jobs.describe(job, ahead=ahead)
     payload["links"] = job_links(request, job.id)
     return JSONResponse(payload, headers=headers)

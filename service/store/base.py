@@ -26,8 +26,14 @@ class JobStore(Protocol):
 
     async def get(self, job_id: str) -> Job | None: ...
 
+    async def create_ranked(self, job: Job) -> int:
+        """create(), also answering how many queued jobs run before the new one (its queue position)."""
+
     async def get_owned(self, job_id: str, user_id: str) -> Job | None:
         """The job, only if it belongs to this user: others' jobs look exactly like missing ones."""
+
+    async def get_owned_ranked(self, job_id: str, user_id: str) -> tuple[Job, int | None] | None:
+        """get_owned() with the job's queue position (None unless it is queued)."""
 
     async def claim(
         self, job_id: str, *, worker_id: str, token: str, ticket: int | None = None, lease_seconds: float = 30.0

@@ -18,6 +18,15 @@ _COLUMNS = (
     "partial_output, model, usage, lease_token, worker_id, seq, created_at, started_at, completed_at, updated_at, "
     "lease_expires_at, cancel_requested, ready_at, expires_at, history, model_index, retry_of"
 )
+# How many queued jobs run before the row `jobs` under the priority rule (NULL unless it is queued). The order
+# expression must match the jobs_queue_order index word for word for SQLite to use it (10.0 is
+# queue.PRIORITY_STEP_SECONDS). Read with the row itself, so a poll or a submit needs no second statement.
+_AHEAD = (
+    "CASE WHEN jobs.status = 'queued' THEN (SELECT COUNT(*) FROM jobs AS q WHERE q.status = 'queued' AND "
+    "(COALESCE(q.ready_at, q.created_at) - CASE WHEN q.ready_at > q.updated_at THEN 0 ELSE q.priority * 10.0 END) < "
+    "(COALESCE(jobs.ready_at, jobs.created_at) - CASE WHEN jobs.ready_at > jobs.updated_at THEN 0 "
+    "ELSE jobs.priority * 10.0 END) AND q.id != jobs.id) END"
+)
 _HISTORY_APPEND = (
     "history = CASE WHEN ? IS NULL THEN history ELSE json_insert(COALESCE(history, '[]'), '$[#]', json(?)) END"
 )
@@ -125,9 +134,14 @@ class SQLiteJobStore:
         return _row_to_job(row) if row else None
 
     async def create(self, job: Job) -> Job:
+        await self.create_ranked(job)
+        return job
+
+    async def create_ranked(self, job: Job) -> int:
+        """create(), answering in the same statement how many queued jobs run before the new one."""
         job.seq = 1
-        await self.db.execute(
-            f"INSERT INTO jobs ({_COLUMNS}) VALUES ({', '.join('?' * 29)})",
+        async with self.db.execute(
+            f"INSERT INTO jobs ({_COLUMNS}) VALUES ({', '.join('?' * 29)}) RETURNING {_AHEAD}",
             (
                 job.id,
                 job.user_id,
@@ -159,14 +173,25 @@ class SQLiteJobStore:
                 0,
                 job.retry_of,
             ),
-        )
-        return job
+        ) as cur:
+            row = await cur.fetchone()
+        return int(row[0]) if row and row[0] is not None else 0
 
     async def get(self, job_id: str) -> Job | None:
         return await self._one(f"SELECT {_COLUMNS} FROM jobs WHERE id = ?", (job_id,))
 
     async def get_owned(self, job_id: str, user_id: str) -> Job | None:
         return await self._one(f"SELECT {_COLUMNS} FROM jobs WHERE id = ? AND user_id = ?", (job_id, user_id))
+
+    async def get_owned_ranked(self, job_id: str, user_id: str) -> tuple[Job, int | None] | None:
+        """get_owned() with the job's queue position (None unless queued), in one statement."""
+        async with self.db.execute(
+            f"SELECT {_COLUMNS}, {_AHEAD} AS ahead FROM jobs WHERE id = ? AND user_id = ?", (job_id, user_id)
+        ) as cur:
+            row = await cur.fetchone()
+        if row is None:
+            return None
+        return _row_to_job(row), (int(row["ahead"]) if row["ahead"] is not None else None)
 
     async def claim(
         self, job_id: str, *, worker_id: str, token: str, ticket: int | None = None, lease_seconds: float = 30.0
@@ -396,8 +421,8 @@ class SQLiteJobStore:
 
         deferred = job.ready_at is not None and job.ready_at > job.updated_at
         mine = (job.ready_at or job.created_at) - (0.0 if deferred else job.priority * PRIORITY_STEP_SECONDS)
-        # The expression must match the jobs_queue_order index word for word for SQLite to use it.
-        assert PRIORITY_STEP_SECONDS == 10.0, "update the jobs_queue_order index with the new step"
+        # The expression must match the jobs_queue_order index (and _AHEAD) word for word for SQLite to use it.
+        assert PRIORITY_STEP_SECONDS == 10.0, "update the jobs_queue_order index and _AHEAD with the new step"
         async with self.db.execute(
             "SELECT COUNT(*) FROM jobs WHERE status = 'queued' AND "
             "(COALESCE(ready_at, created_at) - CASE WHEN ready_at > updated_at THEN 0 ELSE priority * 10.0 END) < ? "
