@@ -5,6 +5,8 @@ Append new migrations; never edit one that has shipped.
 
 from __future__ import annotations
 
+import sqlite3
+
 MIGRATIONS: list[str] = [
     """
     CREATE TABLE jobs (
@@ -95,3 +97,50 @@ MIGRATIONS.append(
     ) WHERE status = 'queued';
     """
 )
+
+# 6: counts kept by triggers, so a submit reads two numbers instead of counting rows. `queue_size` is the number
+# of queued jobs: a new job's position is then that minus the jobs queued at or after it (a short tail of the
+# jobs_queue_order index, where counting the jobs ahead read a slice as long as the queue). `user_active` is
+# each user's queued + processing jobs, for the MAX_ACTIVE_JOBS check. The triggers run inside the statement
+# that changes a job, so the counts are exact; a failed statement rolls them back with it. The insert trigger
+# runs BEFORE, so a RETURNING clause on the insert already sees the new job counted.
+MIGRATIONS.append(
+    """
+    CREATE TABLE queue_size (id INTEGER PRIMARY KEY CHECK (id = 1), queued INTEGER NOT NULL);
+    INSERT INTO queue_size (id, queued) VALUES (1, (SELECT COUNT(*) FROM jobs WHERE status = 'queued'));
+    CREATE TABLE user_active (user_id TEXT PRIMARY KEY, n INTEGER NOT NULL);
+    INSERT INTO user_active (user_id, n)
+        SELECT user_id, COUNT(*) FROM jobs WHERE status IN ('queued', 'processing') GROUP BY user_id;
+    CREATE TRIGGER jobs_count_insert BEFORE INSERT ON jobs BEGIN
+        UPDATE queue_size SET queued = queued + 1 WHERE NEW.status = 'queued';
+        INSERT INTO user_active (user_id, n) SELECT NEW.user_id, 1 WHERE NEW.status IN ('queued', 'processing')
+            ON CONFLICT (user_id) DO UPDATE SET n = n + 1;
+    END;
+    CREATE TRIGGER jobs_count_status AFTER UPDATE OF status ON jobs WHEN OLD.status IS NOT NEW.status BEGIN
+        UPDATE queue_size SET queued = queued + (NEW.status = 'queued') - (OLD.status = 'queued');
+        INSERT INTO user_active (user_id, n)
+            SELECT NEW.user_id, (NEW.status IN ('queued', 'processing')) - (OLD.status IN ('queued', 'processing'))
+            WHERE (NEW.status IN ('queued', 'processing')) != (OLD.status IN ('queued', 'processing'))
+            ON CONFLICT (user_id) DO UPDATE SET n = n + excluded.n;
+    END;
+    CREATE TRIGGER jobs_count_delete AFTER DELETE ON jobs BEGIN
+        UPDATE queue_size SET queued = queued - 1 WHERE OLD.status = 'queued';
+        UPDATE user_active SET n = n - 1 WHERE user_id = OLD.user_id AND OLD.status IN ('queued', 'processing');
+    END;
+    """
+)
+
+
+def statements(sql: str) -> list[str]:
+    """A migration's statements, split on the `;` that end one (not those inside a trigger's BEGIN … END)."""
+    out: list[str] = []
+    pending = ""
+    for piece in sql.split(";"):
+        pending += piece + ";"
+        if sqlite3.complete_statement(pending):
+            if pending.strip(" \n\t;"):
+                out.append(pending.strip().rstrip(";").strip())
+            pending = ""
+    if pending.strip(" \n\t;"):
+        out.append(pending.strip().rstrip(";").strip())
+    return out

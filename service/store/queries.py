@@ -78,10 +78,9 @@ class JobQueries:
         return [(r[0], int(r[1]), int(r[2]), int(r[3])) for r in rows]
 
     async def count_active(self, user_id: str) -> int:
-        rows = await self._all(
-            "SELECT COUNT(*) FROM jobs WHERE user_id = ? AND status IN ('queued', 'processing')", (user_id,)
-        )
-        return int(rows[0][0])
+        """The user's queued + processing jobs, as the migration-6 triggers keep count (no rows are counted here)."""
+        rows = await self._all("SELECT n FROM user_active WHERE user_id = ?", (user_id,))
+        return int(rows[0][0]) if rows else 0
 
     async def counts_by_status(self, user_id: str | None = None) -> dict[str, int]:
         if user_id is None:

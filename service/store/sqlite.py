@@ -11,7 +11,7 @@ from typing import Any
 import aiosqlite
 
 from ..models import Job, JobError, JobStatus, dumps, now
-from .migrations import MIGRATIONS
+from .migrations import MIGRATIONS, statements
 
 _COLUMNS = (
     "id, user_id, type, status, priority, input, result, error, attempts, max_attempts, percentage, current_step, "
@@ -21,11 +21,23 @@ _COLUMNS = (
 # How many queued jobs run before the row `jobs` under the priority rule (NULL unless it is queued). The order
 # expression must match the jobs_queue_order index word for word for SQLite to use it (10.0 is
 # queue.PRIORITY_STEP_SECONDS). Read with the row itself, so a poll or a submit needs no second statement.
+# No `q.id != jobs.id`: the strict < already leaves the job itself out, and testing id (not in the index)
+# would read every counted job's table row, which made the count ~2.5x slower.
 _AHEAD = (
     "CASE WHEN jobs.status = 'queued' THEN (SELECT COUNT(*) FROM jobs AS q WHERE q.status = 'queued' AND "
     "(COALESCE(q.ready_at, q.created_at) - CASE WHEN q.ready_at > q.updated_at THEN 0 ELSE q.priority * 10.0 END) < "
     "(COALESCE(jobs.ready_at, jobs.created_at) - CASE WHEN jobs.ready_at > jobs.updated_at THEN 0 "
-    "ELSE jobs.priority * 10.0 END) AND q.id != jobs.id) END"
+    "ELSE jobs.priority * 10.0 END)) END"
+)
+# The same number for a row just inserted, from the other end: every queued job (queue_size, kept by the
+# migration-6 triggers, which have counted the new one already) minus those queued at or after it (itself
+# included). That tail is short for a new job (only lower-priority jobs of the last few seconds, or deferred
+# ones), where counting the jobs ahead reads a slice of the index as long as the queue.
+_AHEAD_OF_NEW = (
+    "(SELECT queued FROM queue_size) - (SELECT COUNT(*) FROM jobs AS q WHERE q.status = 'queued' AND "
+    "(COALESCE(q.ready_at, q.created_at) - CASE WHEN q.ready_at > q.updated_at THEN 0 ELSE q.priority * 10.0 END) >= "
+    "(COALESCE(jobs.ready_at, jobs.created_at) - CASE WHEN jobs.ready_at > jobs.updated_at THEN 0 "
+    "ELSE jobs.priority * 10.0 END))"
 )
 _HISTORY_APPEND = (
     "history = CASE WHEN ? IS NULL THEN history ELSE json_insert(COALESCE(history, '[]'), '$[#]', json(?)) END"
@@ -110,9 +122,8 @@ class SQLiteJobStore:
                 row = await cur.fetchone()
             version = row[0] if row else 0
             for number, sql in enumerate(MIGRATIONS[version:], start=version + 1):
-                for statement in (s.strip() for s in sql.split(";")):
-                    if statement:
-                        await db.execute(statement)
+                for statement in statements(sql):
+                    await db.execute(statement)
                 await db.execute(f"PRAGMA user_version={number}")
             await db.execute("COMMIT")
         except BaseException:
@@ -141,7 +152,7 @@ class SQLiteJobStore:
         """create(), answering in the same statement how many queued jobs run before the new one."""
         job.seq = 1
         async with self.db.execute(
-            f"INSERT INTO jobs ({_COLUMNS}) VALUES ({', '.join('?' * 29)}) RETURNING {_AHEAD}",
+            f"INSERT INTO jobs ({_COLUMNS}) VALUES ({', '.join('?' * 29)}) RETURNING {_AHEAD_OF_NEW}",
             (
                 job.id,
                 job.user_id,
@@ -425,9 +436,8 @@ class SQLiteJobStore:
         assert PRIORITY_STEP_SECONDS == 10.0, "update the jobs_queue_order index and _AHEAD with the new step"
         async with self.db.execute(
             "SELECT COUNT(*) FROM jobs WHERE status = 'queued' AND "
-            "(COALESCE(ready_at, created_at) - CASE WHEN ready_at > updated_at THEN 0 ELSE priority * 10.0 END) < ? "
-            "AND id != ?",
-            (mine, job.id),
+            "(COALESCE(ready_at, created_at) - CASE WHEN ready_at > updated_at THEN 0 ELSE priority * 10.0 END) < ?",
+            (mine,),  # the strict < leaves the job itself out (see _AHEAD)
         ) as cur:
             row = await cur.fetchone()
         return int(row[0]) if row else 0
