@@ -42,6 +42,10 @@ class StoreUnavailable(RuntimeError):
     """The store could not take the job: nothing was promised, the client should try again later."""
 
 
+class TooManyActive(Exception):
+    """The store refused the job: its user already has `max_active` jobs queued or running. Nothing was written."""
+
+
 class JobService:
     def __init__(
         self,
@@ -93,23 +97,34 @@ class JobService:
             raise JobRequestError("invalid_input", f"{where} {exc.message}.", field=where) from None
         return job_type, to_dict(parsed), priority
 
-    async def submit(self, user_id: str, body: Any, *, job_id: str | None = None, retry_of: str | None = None) -> Job:
+    async def submit(
+        self,
+        user_id: str,
+        body: Any,
+        *,
+        job_id: str | None = None,
+        retry_of: str | None = None,
+        max_active: int | None = None,
+    ) -> Job:
         """Store first, then announce, then enqueue: a 202 is only given for a job the store holds.
 
         If Redis is down the job is still accepted (the store has it) and the reconciler enqueues it later;
-        if the store cannot take it, StoreUnavailable (503) and nothing was promised.
+        if the store cannot take it, StoreUnavailable (503) and nothing was promised. With `max_active`, the
+        store only takes it while the user has fewer jobs queued or running (else TooManyActive).
         """
-        job, _ = await self._submit(user_id, body, job_id=job_id, retry_of=retry_of)
+        job, _ = await self._submit(user_id, body, job_id=job_id, retry_of=retry_of, max_active=max_active)
         return job
 
     async def submit_described(
-        self, user_id: str, body: Any, *, job_id: str | None = None, retry_of: str | None = None
+        self, user_id: str, body: Any, *, job_id: str | None = None, max_active: int | None = None
     ) -> tuple[Job, dict[str, Any]]:
         """submit(), plus the public job with its estimate, built from what submitting read anyway."""
-        job, ahead = await self._submit(user_id, body, job_id=job_id, retry_of=retry_of)
+        job, ahead = await self._submit(user_id, body, job_id=job_id, retry_of=None, max_active=max_active)
         return job, await self.describe(job, ahead=ahead)
 
-    async def _submit(self, user_id: str, body: Any, *, job_id: str | None, retry_of: str | None) -> tuple[Job, int]:
+    async def _submit(
+        self, user_id: str, body: Any, *, job_id: str | None, retry_of: str | None, max_active: int | None
+    ) -> tuple[Job, int]:
         """The job and its queue position when stored. Two round trips: one statement, one Redis script."""
         job_type, job_input, priority = self.validate(body)
         spec = self.registry.get(job_type)
@@ -126,10 +141,12 @@ class JobService:
         job.ready_at = job.created_at
         job.expires_at = job.created_at + (self.max_wait or spec.max_wait)
         try:
-            ahead = await self.store.create_ranked(job)
+            ahead = await self.store.create_ranked(job, max_active=max_active)
         except Exception as exc:
             log.error("the store refused a job", extra={"error": repr(exc)})
             raise StoreUnavailable() from exc
+        if ahead is None:
+            raise TooManyActive()
         try:
             admitted = await self.admission.admit(user_id, status_event(job), ticket=job.seq, priority=priority)
             self.estimates.note_capacity(admitted.capacity)
@@ -141,7 +158,7 @@ class JobService:
         return job, ahead
 
     async def submit_idempotent(
-        self, user_id: str, body: Any, key: str, *, job_id: str | None = None
+        self, user_id: str, body: Any, key: str, *, job_id: str | None = None, max_active: int | None = None
     ) -> tuple[Job, bool]:
         """The same key and body within 24 h gives the same job (False: not new); another body is refused."""
         if not key or len(key) > 255:
@@ -154,9 +171,13 @@ class JobService:
             try:
                 held = await self.store.idempotency_get(user_id, key, since=since)
                 if held is None and await self.store.idempotency_put(user_id, key, digest, job_id, since=since):
-                    return await self.submit(user_id, body, job_id=job_id), True
+                    try:
+                        return await self.submit(user_id, body, job_id=job_id, max_active=max_active), True
+                    except TooManyActive:
+                        await self.store.idempotency_release(user_id, key, job_id)  # a refusal leaves no trace
+                        raise
                 held = held or await self.store.idempotency_get(user_id, key, since=since)
-            except StoreUnavailable:
+            except (StoreUnavailable, TooManyActive):
                 raise
             except Exception as exc:
                 raise StoreUnavailable() from exc

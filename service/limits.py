@@ -1,8 +1,9 @@
 """Per-user limits, so no one user can exhaust a shared deployment (or its AI bill).
 
-Every check runs before a job is stored: a refusal costs nothing and nothing already accepted is ever dropped.
-Submissions per minute is a sliding window in Redis (shared by all web processes); active jobs are counted in
-the store (the truth); open streams are counted per web process, in memory, so a crashed process leaks nothing.
+A refusal costs nothing and nothing already accepted is ever dropped. Submissions per minute is a sliding window
+in Redis (shared by all web processes), spent before the job is stored and given back if the store then refuses
+it; active jobs are counted in the store (the truth), by the insert itself, so concurrent submissions can't slip
+past the cap; open streams are counted per web process, in memory, so a crashed process leaks nothing.
 """
 
 from __future__ import annotations
@@ -62,24 +63,28 @@ class SubmissionLimits:
                 413, "input_too_large", f"A {job_type} job's input may be at most {cap} bytes of JSON (got {size})."
             )
 
-    def check_active(self, active: int) -> None:
+    def too_many_active(self, active: int) -> LimitExceeded:
+        """The refusal for a user at the active-jobs cap (the store's insert checks the cap itself, atomically)."""
         limit = self.settings.max_active_jobs
-        if active >= limit:
-            raise LimitExceeded(
-                429,
-                "too_many_active_jobs",
-                f"You already have {active} jobs queued or running (the limit is {limit}); "
-                "wait for one to finish, then submit again.",
-                retry_after=5,
-            )
+        return LimitExceeded(
+            429,
+            "too_many_active_jobs",
+            f"You already have {max(active, limit)} jobs queued or running (the limit is {limit}); "
+            "wait for one to finish, then submit again.",
+            retry_after=5,
+        )
 
-    async def take_submission(self, user_id: str) -> None:
-        """Count this submission against the user's per-minute budget, or refuse it with a Retry-After."""
+    async def take_submission(self, user_id: str) -> str:
+        """Count this submission against the user's per-minute budget, or refuse it with a Retry-After.
+
+        Returns the entry it made, for give_back() if the submission is refused later on.
+        """
         limit = self.settings.submissions_per_minute
+        entry = uuid.uuid4().hex
         wait_ms = int(
             await self._window(
-                keys=[f"aijobs:rate:submit:{user_id}"],
-                args=[int(time.time() * 1000), WINDOW_MS, limit, uuid.uuid4().hex],
+                keys=[_rate_key(user_id)],
+                args=[int(time.time() * 1000), WINDOW_MS, limit, entry],
             )
         )
         if wait_ms > 0:
@@ -90,6 +95,15 @@ class SubmissionLimits:
                 f"You may submit {limit} jobs per minute; try again in {seconds} s.",
                 retry_after=seconds,
             )
+        return entry
+
+    async def give_back(self, user_id: str, entry: str) -> None:
+        """Undo take_submission for a submission refused afterwards: a refusal costs nothing."""
+        await self.redis.zrem(_rate_key(user_id), entry)
+
+
+def _rate_key(user_id: str) -> str:
+    return f"aijobs:rate:submit:{user_id}"
 
 
 class StreamSlot:

@@ -132,3 +132,33 @@ async def test_two_users_hammering_never_lose_an_accepted_job(settings: Settings
                 for r in answers:
                     if r.status_code == 202:
                         assert (await wait_for_status(c, r.json()["job_id"], {"completed"}))["status"] == "completed"
+
+
+async def test_active_cap_holds_under_a_concurrent_burst(settings: Settings) -> None:
+    """The insert itself checks the cap: ten submissions at once, cap 3, exactly three are taken."""
+    async with app_with(settings, max_active_jobs=3) as (s, live):
+        async with user_client(live, s, "mia") as mia:
+            answers = await asyncio.gather(
+                *(mia.post("/api/jobs", json={"type": "titles", "input": {"text": f"m{i}"}}) for i in range(10))
+            )
+            codes = sorted(r.status_code for r in answers)
+            assert codes == [202] * 3 + [429] * 7
+            assert {r.json()["error"]["code"] for r in answers if r.status_code == 429} == {"too_many_active_jobs"}
+            assert len((await mia.get("/api/jobs")).json()["jobs"]) == 3  # the refused ones left no trace
+
+
+async def test_a_refusal_at_the_active_cap_spends_no_budget_and_frees_its_key(settings: Settings) -> None:
+    async with app_with(settings, max_active_jobs=1, submissions_per_minute=2) as (s, live):
+        async with user_client(live, s, "noa") as noa:
+            first = await noa.post("/api/jobs", json={"type": "titles", "input": {"text": "one"}})
+            assert first.status_code == 202
+            again = {"type": "titles", "input": {"text": "two"}}
+            for _ in range(3):  # each spends a per-minute entry first, given back when the store refuses it
+                over = await noa.post("/api/jobs", json=again, headers={"Idempotency-Key": "k-two"})
+                assert over.status_code == 429 and over.json()["error"]["code"] == "too_many_active_jobs"
+            async with run_worker(s):
+                await wait_for_status(noa, first.json()["job_id"], {"completed"})
+                # Budget 2, one used: accepted. The key refused three times is free again, not stuck or a 503.
+                second = await noa.post("/api/jobs", json=again, headers={"Idempotency-Key": "k-two"})
+                assert second.status_code == 202 and "idempotent-replayed" not in second.headers
+                await wait_for_status(noa, second.json()["job_id"], {"completed"})

@@ -8,11 +8,11 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from ..jobs import JobRequestError, StoreUnavailable
+from ..jobs import JobRequestError, StoreUnavailable, TooManyActive
 from .auth import current_user
 from .errors import ApiError, not_found
 from .state import app_state
-from .submit_rules import check_limits, seal_provider_key, take_provider_key
+from .submit_rules import check_limits, refuse_active, seal_provider_key, take_provider_key
 
 
 async def read_json(request: Request, limit: int) -> Any:
@@ -51,16 +51,20 @@ async def create_job(request: Request) -> Response:
     provider_key = take_provider_key(request, body)
     key = request.headers.get("idempotency-key")
     replayed = False
+    job_id = spent = None
+    max_active = state.settings.max_active_jobs
     try:
         job_type, job_input, _ = state.jobs.validate(body)
-        await check_limits(request, user, job_type, job_input)
+        spent = await check_limits(request, user, job_type, job_input)
         job_id = await seal_provider_key(request, user, provider_key) if provider_key else None
         if key is None:
-            job, payload = await state.jobs.submit_described(user, body, job_id=job_id)
+            job, payload = await state.jobs.submit_described(user, body, job_id=job_id, max_active=max_active)
         else:
-            job, created = await state.jobs.submit_idempotent(user, body, key, job_id=job_id)
+            job, created = await state.jobs.submit_idempotent(user, body, key, job_id=job_id, max_active=max_active)
             replayed = not created
             payload = await state.jobs.describe(job)
+    except TooManyActive:
+        raise await refuse_active(request, user, spent=spent, job_id=job_id) from None
     except JobRequestError as exc:
         extra = {"field": exc.field} if exc.field else {}
         raise ApiError(422 if exc.code != "invalid_body" else 400, exc.code, exc.message, **extra) from None

@@ -52,19 +52,36 @@ def _refuse(exc: LimitExceeded) -> ApiError:
     return ApiError(exc.status, exc.code, exc.message, headers=headers)
 
 
-async def check_limits(request: Request, user_id: str, job_type: str, job_input: Any) -> None:
-    """Cheapest first; the per-minute budget is spent only by a submission that passed everything else."""
+async def check_limits(request: Request, user_id: str, job_type: str, job_input: Any) -> str | None:
+    """The input size, then the per-minute budget; returns the budget entry spent (None when Redis is down).
+
+    The active-jobs cap is checked by the store's insert itself (atomic, and no statement of its own): when that
+    refuses, refuse_active() gives the entry back, so a refused submission still costs nothing.
+    """
     acc = accounts(request)
     try:
         acc.limits.check_input_size(job_type, job_input)
-        acc.limits.check_active(await acc.queries.count_active(user_id))
         try:
-            await acc.limits.take_submission(user_id)
+            return await acc.limits.take_submission(user_id)
         except (RedisError, OSError) as exc:
             # The store is the truth and still takes jobs; refusing everyone for Redis' sake would lose work.
             log.warning("rate limit unchecked: Redis unavailable", extra={"user_id": user_id, "error": repr(exc)})
+            return None
     except LimitExceeded as exc:
         raise _refuse(exc) from None
+
+
+async def refuse_active(request: Request, user_id: str, *, spent: str | None, job_id: str | None) -> ApiError:
+    """The 429 for a submission the store refused at the active-jobs cap, after undoing what it already did."""
+    acc = accounts(request)
+    if spent is not None:
+        try:
+            await acc.limits.give_back(user_id, spent)
+        except (RedisError, OSError) as exc:
+            log.warning("could not give back a rate-limit entry", extra={"user_id": user_id, "error": repr(exc)})
+    if job_id is not None:  # the sealed provider key of a job that will never exist
+        await acc.secrets.delete(job_id)
+    return _refuse(acc.limits.too_many_active(await acc.queries.count_active(user_id)))
 
 
 def acquire_stream_slot(request: Any, user_id: str) -> Any:

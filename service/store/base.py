@@ -26,8 +26,11 @@ class JobStore(Protocol):
 
     async def get(self, job_id: str) -> Job | None: ...
 
-    async def create_ranked(self, job: Job) -> int:
-        """create(), also answering how many queued jobs run before the new one (its queue position)."""
+    async def create_ranked(self, job: Job, *, max_active: int | None = None) -> int | None:
+        """create(), also answering how many queued jobs run before the new one (its queue position).
+
+        With `max_active`: only while the user has fewer queued + processing jobs, else None and nothing written.
+        """
 
     async def get_owned(self, job_id: str, user_id: str) -> Job | None:
         """The job, only if it belongs to this user: others' jobs look exactly like missing ones."""
@@ -112,6 +115,8 @@ class JobStore(Protocol):
     async def recent_durations(self, job_type: str, *, limit: int = 20) -> list[float]: ...
 
     async def idempotency_get(self, user_id: str, key: str, *, since: float) -> tuple[str, str] | None: ...
+
+    async def idempotency_release(self, user_id: str, key: str, job_id: str) -> None: ...
 
     async def idempotency_put(
         self, user_id: str, key: str, request_hash: str, job_id: str, *, since: float

@@ -148,11 +148,17 @@ class SQLiteJobStore:
         await self.create_ranked(job)
         return job
 
-    async def create_ranked(self, job: Job) -> int:
-        """create(), answering in the same statement how many queued jobs run before the new one."""
+    async def create_ranked(self, job: Job, *, max_active: int | None = None) -> int | None:
+        """create(), answering in the same statement how many queued jobs run before the new one.
+
+        With `max_active`, the job is only inserted while its user has fewer queued + processing jobs than that
+        (None: refused, nothing written). One statement, so concurrent submissions can't all slip under the cap.
+        """
         job.seq = 1
         async with self.db.execute(
-            f"INSERT INTO jobs ({_COLUMNS}) VALUES ({', '.join('?' * 29)}) RETURNING {_AHEAD_OF_NEW}",
+            f"INSERT INTO jobs ({_COLUMNS}) SELECT {', '.join('?' * 29)} "
+            "WHERE ? IS NULL OR COALESCE((SELECT n FROM user_active WHERE user_id = ?), 0) < ? "
+            f"RETURNING {_AHEAD_OF_NEW}",
             (
                 job.id,
                 job.user_id,
@@ -183,10 +189,13 @@ class SQLiteJobStore:
                 None,
                 0,
                 job.retry_of,
+                max_active,
+                job.user_id,
+                max_active,
             ),
         ) as cur:
             row = await cur.fetchone()
-        return int(row[0]) if row and row[0] is not None else 0
+        return int(row[0]) if row is not None else None
 
     async def get(self, job_id: str) -> Job | None:
         return await self._one(f"SELECT {_COLUMNS} FROM jobs WHERE id = ?", (job_id,))
@@ -462,6 +471,12 @@ class SQLiteJobStore:
         ) as cur:
             row = await cur.fetchone()
         return (row[0], row[1]) if row else None
+
+    async def idempotency_release(self, user_id: str, key: str, job_id: str) -> None:
+        """Free a key reserved for a job the store then refused, so the same request may be sent again."""
+        await self.db.execute(
+            "DELETE FROM idempotency_keys WHERE user_id = ? AND key = ? AND job_id = ?", (user_id, key, job_id)
+        )
 
     async def idempotency_put(self, user_id: str, key: str, request_hash: str, job_id: str, *, since: float) -> bool:
         """Reserve the key for this job; False if another request holds it (a stale one is replaced)."""
