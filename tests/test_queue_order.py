@@ -294,3 +294,33 @@ async def test_counted_position_and_active_jobs_match_the_rows(settings: Setting
         assert await store.create_ranked(late) == await store.queue_ahead(late)
     finally:
         await store.close()
+
+
+async def test_migration_5_counts_the_jobs_already_there(tmp_path: Path) -> None:
+    """A store made before the counts existed starts with them right: seeded from its rows by the migration."""
+    import sqlite3
+
+    from service.store.migrations import MIGRATIONS, statements
+    from service.store.queries import JobQueries
+
+    path = tmp_path / "old.db"
+    with sqlite3.connect(path) as db:
+        for number, sql in enumerate(MIGRATIONS[:4], start=1):
+            for statement in statements(sql):
+                db.execute(statement)
+            db.execute(f"PRAGMA user_version={number}")
+        for i, (user, status) in enumerate([("a", "queued"), ("a", "processing"), ("a", "completed"), ("b", "queued")]):
+            db.execute(
+                "INSERT INTO jobs (id, user_id, type, status, input, created_at, updated_at, ready_at) "
+                "VALUES (?, ?, 'noop', ?, '{}', ?, ?, ?)",
+                (f"j{i}", user, status, 1000.0 + i, 1000.0 + i, 1000.0 + i),
+            )
+    store = SQLiteJobStore(path)
+    await store.open()
+    try:
+        queries = JobQueries(store)
+        assert [await queries.count_active(u) for u in ("a", "b", "c")] == [2, 1, 0]
+        async with store.db.execute("SELECT queued FROM queue_size") as cur:
+            assert (await cur.fetchone())[0] == 2
+    finally:
+        await store.close()

@@ -117,7 +117,8 @@ MIGRATIONS.append(
             ON CONFLICT (user_id) DO UPDATE SET n = n + 1;
     END;
     CREATE TRIGGER jobs_count_status AFTER UPDATE OF status ON jobs WHEN OLD.status IS NOT NEW.status BEGIN
-        UPDATE queue_size SET queued = queued + (NEW.status = 'queued') - (OLD.status = 'queued');
+        UPDATE queue_size SET queued = queued + (NEW.status = 'queued') - (OLD.status = 'queued')
+            WHERE (NEW.status = 'queued') != (OLD.status = 'queued');
         INSERT INTO user_active (user_id, n)
             SELECT NEW.user_id, (NEW.status IN ('queued', 'processing')) - (OLD.status IN ('queued', 'processing'))
             WHERE (NEW.status IN ('queued', 'processing')) != (OLD.status IN ('queued', 'processing'))
