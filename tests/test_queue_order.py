@@ -296,7 +296,7 @@ async def test_counted_position_and_active_jobs_match_the_rows(settings: Setting
         await store.close()
 
 
-async def test_migration_5_counts_the_jobs_already_there(tmp_path: Path) -> None:
+async def test_migration_6_counts_the_jobs_already_there(tmp_path: Path) -> None:
     """A store made before the counts existed starts with them right: seeded from its rows by the migration."""
     import sqlite3
 
@@ -305,7 +305,7 @@ async def test_migration_5_counts_the_jobs_already_there(tmp_path: Path) -> None
 
     path = tmp_path / "old.db"
     with sqlite3.connect(path) as db:
-        for number, sql in enumerate(MIGRATIONS[:4], start=1):
+        for number, sql in enumerate(MIGRATIONS[:5], start=1):
             for statement in statements(sql):
                 db.execute(statement)
             db.execute(f"PRAGMA user_version={number}")

@@ -48,11 +48,12 @@ class PositionTicker:
         live: set[str] = set()
         for user_id, job_ids in watched.items():
             for job_id in job_ids:
-                job = await self.store.get_owned(job_id, user_id)
-                if job is None or job.status is not JobStatus.QUEUED:
+                found = await self.store.get_owned_ranked(job_id, user_id)  # the job and its place: one statement
+                if found is None or found[0].status is not JobStatus.QUEUED:
                     continue  # it moved on: its status event tells the watchers
+                job, ahead = found
                 live.add(job_id)
-                estimate = await self.jobs.estimates.estimate(job, self.jobs.registry, free=free)
+                estimate = await self.jobs.estimates.estimate(job, self.jobs.registry, free=free, ahead=ahead)
                 key = (job.seq, estimate.position, estimate.wait)
                 if self._sent.get(job_id) == key:
                     continue
