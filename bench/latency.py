@@ -136,6 +136,7 @@ def run(bench: Bench) -> list[Row]:
         "saq": bench.fresh_queue("saq"),
     }
     _ = bench.servers.aijobs  # the web process, on bench.queue
+    _ = bench.auth  # made with asyncio.run: not from inside _measure's loop (when no figure before made it)
     workers = [
         bench.worker("aijobs", bench.queue, burst=False, poll=aijobs_poll),
         bench.worker("arq", queues["arq-default"], burst=False, poll=0.5),
