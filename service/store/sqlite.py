@@ -1,16 +1,15 @@
-"""SQLite job store through aiosqlite: WAL, one autocommit statement per change, migrations at start."""
+"""SQLite job store: WAL, one statement per change (group-committed by .connection), migrations at start."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import sqlite3
+import time
 from pathlib import Path
 from typing import Any
 
-import aiosqlite
-
 from ..models import Job, JobError, JobStatus, dumps, now
+from .connection import Connection
 from .migrations import MIGRATIONS, statements
 
 _COLUMNS = (
@@ -44,7 +43,7 @@ _HISTORY_APPEND = (
 )
 
 
-def _row_to_job(row: aiosqlite.Row) -> Job:
+def _row_to_job(row: sqlite3.Row) -> Job:
     error = json.loads(row["error"]) if row["error"] else None
     return Job(
         id=row["id"],
@@ -79,56 +78,63 @@ def _row_to_job(row: aiosqlite.Row) -> Job:
     )
 
 
-async def _enable_wal(db: aiosqlite.Connection, attempts: int = 200) -> None:
+def _enable_wal(db: sqlite3.Connection, attempts: int = 200) -> None:
     """Switching to WAL takes an exclusive lock and ignores busy_timeout, so retry while a peer starts up."""
     for _ in range(attempts):
         try:
-            await db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA journal_mode=WAL").fetchall()
             return
         except sqlite3.OperationalError as exc:
             if "locked" not in str(exc):
                 raise
-            await asyncio.sleep(0.05)
+            time.sleep(0.05)  # on the store's own thread, not the event loop
     raise RuntimeError("could not switch the SQLite job store to WAL: another process holds it locked")
+
+
+def _migrate(db: sqlite3.Connection) -> None:
+    """Apply pending migrations in one immediate transaction so concurrent starters don't race."""
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        row = db.execute("PRAGMA user_version").fetchone()
+        version = row[0] if row else 0
+        for number, sql in enumerate(MIGRATIONS[version:], start=version + 1):
+            for statement in statements(sql):
+                db.execute(statement)
+            db.execute(f"PRAGMA user_version={number}")
+        db.execute("COMMIT")
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+
+
+def _prepare(db: sqlite3.Connection) -> None:
+    _enable_wal(db)
+    db.execute("PRAGMA synchronous=NORMAL")
+    db.execute("PRAGMA foreign_keys=ON")
+    _migrate(db)
 
 
 class SQLiteJobStore:
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._db: aiosqlite.Connection | None = None
+        self._db: Connection | None = None
 
     @property
-    def db(self) -> aiosqlite.Connection:
+    def db(self) -> Connection:
         if self._db is None:
             raise RuntimeError("the job store is not open: call open() first")
         return self._db
 
     async def open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        db = await aiosqlite.connect(self.path, isolation_level=None)
-        db.row_factory = aiosqlite.Row
-        await db.execute("PRAGMA busy_timeout=10000")  # first: another process may be migrating right now
-        await _enable_wal(db)
-        await db.execute("PRAGMA synchronous=NORMAL")
-        await db.execute("PRAGMA foreign_keys=ON")
-        await self._migrate(db)
-        self._db = db
-
-    async def _migrate(self, db: aiosqlite.Connection) -> None:
-        """Apply pending migrations in one immediate transaction so concurrent starters don't race."""
-        await db.execute("BEGIN IMMEDIATE")
+        db = Connection(self.path, busy_timeout_ms=10_000)  # busy_timeout first: a peer may be migrating right now
+        await db.open()
         try:
-            async with db.execute("PRAGMA user_version") as cur:
-                row = await cur.fetchone()
-            version = row[0] if row else 0
-            for number, sql in enumerate(MIGRATIONS[version:], start=version + 1):
-                for statement in statements(sql):
-                    await db.execute(statement)
-                await db.execute(f"PRAGMA user_version={number}")
-            await db.execute("COMMIT")
+            await db.call(_prepare)
         except BaseException:
-            await db.execute("ROLLBACK")
+            await db.close()
             raise
+        self._db = db
 
     async def close(self) -> None:
         if self._db is not None:

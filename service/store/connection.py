@@ -1,0 +1,236 @@
+"""One SQLite connection on its own thread, with group commit: what the asyncio code awaits instead of aiosqlite.
+
+aiosqlite hops to its thread and back for every call (execute, fetch, close: three loop wake-ups per
+statement), and lets other coroutines' statements run between a cursor's execute and its close: a SELECT
+left stepping holds a read snapshot open on the shared connection, and the next write on it then fails at
+once with `database is locked` (SQLITE_BUSY_SNAPSHOT skips the busy handler).
+
+Here every operation runs whole (execute, fetch every row, close) on the connection's thread, so statements
+never interleave. The thread takes every operation waiting when it wakes, runs a batch that writes inside one
+`BEGIN IMMEDIATE … COMMIT` (one lock, one WAL commit for many statements, and busy_timeout applies to the
+BEGIN), and hands all their results back to the loop in one wake-up. Each operation keeps its own result
+(rows, rowcount) or exception, and none resolves before its batch committed. If a statement's error rolled the
+whole transaction back (SQLite does for a few errors), the batch runs again one statement at a time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import queue
+import sqlite3
+import threading
+from collections.abc import Callable, Generator, Sequence
+from pathlib import Path
+from typing import Any
+
+MAX_BATCH = 256  # statements per transaction: bounds how long one batch holds the write lock
+
+
+class Result:
+    """Everything one statement returned, already fetched: rows, rowcount and lastrowid."""
+
+    __slots__ = ("lastrowid", "rowcount", "rows")
+
+    def __init__(self, rows: list[Any], rowcount: int, lastrowid: int | None) -> None:
+        self.rows = rows
+        self.rowcount = rowcount
+        self.lastrowid = lastrowid
+
+    async def fetchone(self) -> Any:
+        return self.rows[0] if self.rows else None
+
+    async def fetchall(self) -> list[Any]:
+        return self.rows
+
+    async def __aenter__(self) -> Result:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        return None
+
+
+class _Op:
+    __slots__ = ("fn", "future", "params", "readonly", "sql")
+
+    def __init__(
+        self,
+        future: asyncio.Future[Any],
+        sql: str | None,
+        params: Sequence[Any],
+        fn: Callable[[sqlite3.Connection], Any] | None = None,
+    ) -> None:
+        self.future = future
+        self.sql = sql
+        self.params = params
+        self.fn = fn  # runs alone, outside any batch transaction (it may manage its own)
+        self.readonly = sql is not None and sql.lstrip()[:6].upper() == "SELECT"
+
+
+class _Pending:
+    """What `execute` returns: await it for the Result, or use it as `async with … as cur`."""
+
+    __slots__ = ("_future",)
+
+    def __init__(self, future: asyncio.Future[Result]) -> None:
+        self._future = future
+
+    def __await__(self) -> Generator[Any, None, Result]:
+        return self._future.__await__()
+
+    async def __aenter__(self) -> Result:
+        return await self._future
+
+    async def __aexit__(self, *exc: object) -> None:
+        return None
+
+
+def _run_one(conn: sqlite3.Connection, op: _Op) -> Any:
+    if op.fn is not None:
+        return op.fn(conn)
+    assert op.sql is not None
+    cur = conn.execute(op.sql, op.params)
+    try:
+        rows = cur.fetchall()
+        return Result(rows, cur.rowcount, cur.lastrowid)
+    finally:
+        cur.close()
+
+
+class Connection:
+    """A sqlite3 connection owned by one thread; `execute` queues a statement and resolves when it committed."""
+
+    def __init__(self, path: Path | str, *, busy_timeout_ms: int = 10_000, max_batch: int = MAX_BATCH) -> None:
+        self.path = str(path)
+        self.busy_timeout_ms = busy_timeout_ms
+        self.max_batch = max_batch
+        self._queue: queue.SimpleQueue[_Op | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._conn: sqlite3.Connection | None = None
+        self._closed = False
+
+    async def open(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        opened: asyncio.Future[None] = self._loop.create_future()
+        self._thread = threading.Thread(target=self._main, args=(opened,), name="aijobs-sqlite", daemon=True)
+        self._thread.start()
+        await opened
+
+    def _main(self, opened: asyncio.Future[None]) -> None:
+        assert self._loop is not None
+        try:
+            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            conn.row_factory = sqlite3.Row
+            conn.execute(f"PRAGMA busy_timeout={int(self.busy_timeout_ms)}")
+        except BaseException as exc:
+            self._loop.call_soon_threadsafe(_settle, opened, None, exc)
+            return
+        self._conn = conn
+        self._loop.call_soon_threadsafe(_settle, opened, None, None)
+        try:
+            self._serve(conn)
+        finally:
+            conn.close()
+
+    def _serve(self, conn: sqlite3.Connection) -> None:
+        loop = self._loop
+        assert loop is not None
+        get, get_nowait = self._queue.get, self._queue.get_nowait
+        while True:
+            first = get()
+            if first is None:
+                return
+            batch = [first]
+            stop = False
+            while len(batch) < self.max_batch:
+                try:
+                    op = get_nowait()
+                except queue.Empty:
+                    break
+                if op is None:
+                    stop = True
+                    break
+                batch.append(op)
+            outcomes = self._run_batch(conn, batch)
+            try:
+                loop.call_soon_threadsafe(_resolve, batch, outcomes)
+            except RuntimeError:  # the loop closed under us: nobody is waiting any more
+                return
+            if stop:
+                return
+
+    def _run_batch(self, conn: sqlite3.Connection, batch: list[_Op]) -> list[tuple[Any, BaseException | None]]:
+        outcomes: list[tuple[Any, BaseException | None]] = []
+        start = 0
+        for i, op in enumerate(batch):  # a callable runs alone: split the batch around it
+            if op.fn is not None:
+                outcomes += self._run_group(conn, batch[start:i])
+                outcomes.append(_attempt(conn, op))
+                start = i + 1
+        outcomes += self._run_group(conn, batch[start:])
+        return outcomes
+
+    def _run_group(self, conn: sqlite3.Connection, ops: list[_Op]) -> list[tuple[Any, BaseException | None]]:
+        if len(ops) <= 1 or all(op.readonly for op in ops) or conn.in_transaction:
+            return [_attempt(conn, op) for op in ops]  # a lone statement is its own transaction
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:
+            return [(None, exc) for _ in ops]
+        outcomes = []
+        for op in ops:
+            outcome = _attempt(conn, op)
+            if outcome[1] is not None and not conn.in_transaction:  # the error rolled back the batch so far
+                return [_attempt(conn, op) for op in ops]
+            outcomes.append(outcome)
+        try:
+            conn.execute("COMMIT")
+        except sqlite3.Error:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            return [_attempt(conn, op) for op in ops]
+        return outcomes
+
+    def _submit(self, sql: str | None, params: Sequence[Any], fn: Callable[[sqlite3.Connection], Any] | None) -> Any:
+        if self._thread is None or self._closed:
+            raise sqlite3.ProgrammingError("Cannot operate on a closed database.")
+        future = asyncio.get_running_loop().create_future()
+        self._queue.put(_Op(future, sql, params, fn))
+        return future
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> _Pending:
+        """Queue one statement; await the Result (or `async with` it). Its effects are committed when it resolves."""
+        return _Pending(self._submit(sql, params, None))
+
+    async def call(self, fn: Callable[[sqlite3.Connection], Any]) -> Any:
+        """Run fn(connection) on the connection's thread, alone (it may run its own transaction)."""
+        return await self._submit(None, (), fn)
+
+    async def close(self) -> None:
+        if self._thread is None or self._closed:
+            return
+        self._closed = True
+        self._queue.put(None)
+        thread = self._thread
+        await asyncio.get_running_loop().run_in_executor(None, thread.join)
+
+
+def _attempt(conn: sqlite3.Connection, op: _Op) -> tuple[Any, BaseException | None]:
+    try:
+        return _run_one(conn, op), None
+    except Exception as exc:
+        return None, exc
+
+
+def _settle(future: asyncio.Future[Any], value: Any, exc: BaseException | None) -> None:
+    if future.done():
+        return
+    if exc is not None:
+        future.set_exception(exc)
+    else:
+        future.set_result(value)
+
+
+def _resolve(batch: list[_Op], outcomes: list[tuple[Any, BaseException | None]]) -> None:
+    for op, (value, exc) in zip(batch, outcomes, strict=True):
+        _settle(op.future, value, exc)
