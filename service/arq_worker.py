@@ -5,6 +5,10 @@ average (25 ms at our 50 ms default, 250 ms at arq's 0.5 s). JobQueue.enqueue PU
 wake channel in the same Lua call that adds the job; this worker listens on that channel and polls at
 once when told. The timer stays as the safety net: a lost wake-up (pub/sub is at-most-once, or the
 listener is reconnecting) or a deferred retry coming due costs at most one `poll_delay`, as before.
+
+Starting jobs: arq takes each job with WATCH, EXISTS, ZSCORE and MULTI/PSETEX/EXEC (four round trips per job).
+`start_jobs` here takes every job that fits in the free slots with one Lua call that does the same checks
+(not already in progress, still on the queue, due) and sets the same in-progress keys, atomically.
 """
 
 from __future__ import annotations
@@ -15,12 +19,30 @@ import logging
 
 from arq import Worker
 from arq.connections import create_pool
+from arq.constants import in_progress_key_prefix
+from arq.utils import timestamp_ms
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .queue import wake_channel
 
 log = logging.getLogger("aijobs.worker")
+
+# KEYS: the queue, then one in-progress key per job id; ARGV: now (ms), in-progress ttl (ms), the job ids.
+# Returns [job id, score, ...] for the jobs it took: the same rule as arq's start_jobs, in one call.
+_START_LUA = """
+local taken = {}
+for i = 2, #KEYS do
+  local id = ARGV[i + 1]
+  local score = redis.call('ZSCORE', KEYS[1], id)
+  if score and tonumber(score) <= tonumber(ARGV[1]) and redis.call('EXISTS', KEYS[i]) == 0 then
+    redis.call('PSETEX', KEYS[i], ARGV[2], '1')
+    taken[#taken + 1] = id
+    taken[#taken + 1] = score
+  end
+end
+return taken
+"""
 
 
 class WakeableWorker(Worker):
@@ -29,6 +51,31 @@ class WakeableWorker(Worker):
     _wake: asyncio.Event | None = None
     _wake_task: asyncio.Task[None] | None = None
     _paused_until: float = 0.0
+    _start_script: object | None = None
+
+    async def start_jobs(self, job_ids: list[bytes]) -> None:
+        """Start these jobs as slots free up, taking all that fit the free slots in one Redis call each time."""
+        if self._start_script is None:
+            self._start_script = self.pool.register_script(_START_LUA)
+        pending = [j.decode() for j in job_ids]
+        ttl_ms = int(self.in_progress_timeout_s * 1000)
+        while pending:
+            await self.sem.acquire()  # wait for a free slot, as arq does, then count them all
+            self.sem.release()
+            free = self.max_jobs - self.job_counter
+            if free <= 0:
+                return None
+            batch, pending = pending[:free], pending[free:]
+            keys = [self.queue_name, *(in_progress_key_prefix + job_id for job_id in batch)]
+            taken = await self._start_script(keys=keys, args=[timestamp_ms(), ttl_ms, *batch])  # type: ignore[operator]
+            for i in range(0, len(taken), 2):
+                job_id = taken[i].decode() if isinstance(taken[i], bytes) else str(taken[i])
+                await self.sem.acquire()  # free: nothing else starts jobs meanwhile
+                self.job_counter += 1
+                task = self.loop.create_task(self.run_job(job_id, int(float(taken[i + 1]))))
+                task.add_done_callback(lambda _: self._release_sem_dec_counter_on_complete())
+                self.tasks[job_id] = task
+        return None
 
     def pause(self, seconds: float) -> None:
         """Take no new job for `seconds` (the store could not claim one); running jobs go on."""

@@ -26,11 +26,16 @@ BACKOFF_PREFIX = "aijobs:backoff:"
 WORKERS_PREFIX = "aijobs:workers:"
 
 # Extend a pause, never shorten it: a later, shorter Retry-After must not lift an earlier, longer one.
+# KEYS[2] is the marker "some provider/model is paused", kept the same way.
 _PAUSE_LUA = """
-local left = redis.call('PTTL', KEYS[1])
-if left < tonumber(ARGV[1]) then redis.call('SET', KEYS[1], '1', 'PX', ARGV[1]) end
+for i = 1, #KEYS do
+  local left = redis.call('PTTL', KEYS[i])
+  if left < tonumber(ARGV[1]) then redis.call('SET', KEYS[i], '1', 'PX', ARGV[1]) end
+end
 return 1
 """
+ANY_PAUSE_KEY = "aijobs:backoff-any"  # set (and extended) with every pause
+ANY_PAUSE_CACHE_SECONDS = 0.25  # how stale a worker's "nothing is paused" may be
 
 
 async def publish_cancel(redis: Redis, job_id: str) -> None:
@@ -95,6 +100,7 @@ class ProviderBackoff:
     def __init__(self, redis: Redis) -> None:
         self.redis = redis
         self._script = redis.register_script(_PAUSE_LUA)
+        self._nothing_until = 0.0  # monotonic time until which "nothing is paused" holds
 
     @staticmethod
     def key(provider: str, model: str) -> str:
@@ -102,7 +108,20 @@ class ProviderBackoff:
 
     async def pause(self, provider: str, model: str, seconds: float) -> None:
         if seconds > 0:
-            await self._script(keys=[self.key(provider, model)], args=[int(seconds * 1000)])
+            self._nothing_until = 0.0
+            await self._script(keys=[self.key(provider, model), ANY_PAUSE_KEY], args=[int(seconds * 1000)])
+
+    async def maybe_paused(self) -> bool:
+        """Whether any provider/model may be paused: lets a job skip the per-model check (and the store read it
+        needs) when nothing is. A pause another worker set is seen within ANY_PAUSE_CACHE_SECONDS."""
+        if self._nothing_until > time.monotonic():
+            return False
+        try:
+            paused = bool(await self.redis.exists(ANY_PAUSE_KEY))
+        except Exception:
+            return False  # Redis trouble means no pause, as in remaining()
+        self._nothing_until = 0.0 if paused else time.monotonic() + ANY_PAUSE_CACHE_SECONDS
+        return paused
 
     async def remaining(self, provider: str, model: str) -> float:
         """Seconds the pause still lasts (0: go ahead). Redis trouble means no pause: the call decides."""

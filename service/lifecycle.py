@@ -32,6 +32,7 @@ from .store.users import JobSecrets
 log = logging.getLogger("aijobs.lifecycle")
 
 RECONCILE_GRACE = 2.0  # seconds a queued job may sit between its store write and its enqueue
+RECONCILE_CHUNK = 500  # queue entries checked per Redis round trip
 
 
 class Maintenance:
@@ -92,13 +93,17 @@ class Maintenance:
     async def reconcile(self) -> int:
         """Enqueue every queued job Redis lacks (or holds only as a stale, never-claimed run)."""
         fixed = 0
-        for job in await self.store.list_queued(older_than=now() - RECONCILE_GRACE):
+        queued = await self.store.list_queued(older_than=now() - RECONCILE_GRACE)
+        held: list[bool] = []
+        for start in range(0, len(queued), RECONCILE_CHUNK):  # a backlog of thousands: one round trip per chunk
+            held += await self.queue.holds_many([(j.id, j.seq) for j in queued[start : start + RECONCILE_CHUNK]])
+        for job, holds in zip(queued, held, strict=True):
             if job.cancel_requested:  # flagged while running, then given back: it must not wait forever
                 cancelled = await self.store.cancel_queued(job.id, job.user_id)
                 if cancelled is not None:
                     await self._announce(cancelled)
                 continue
-            if await self.queue.holds(job.id, job.seq):
+            if holds:
                 stale = job.updated_at < now() - self.settings.lease_seconds and await self.queue.redis.exists(
                     in_progress_key_prefix + arq_job_id(job.id, job.seq)
                 )

@@ -90,6 +90,16 @@ class JobQueue:
         """Whether this ticket is on the queue (waiting, or taken by a worker that has not finished it)."""
         return await self.redis.zscore(self.queue_name, arq_job_id(job_id, ticket)) is not None
 
+    async def holds_many(self, tickets: list[tuple[str, int]]) -> list[bool]:
+        """`holds` for many (job id, ticket) pairs in one round trip (the reconciler checks a whole backlog)."""
+        if not tickets:
+            return []
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for job_id, ticket in tickets:
+                pipe.zscore(self.queue_name, arq_job_id(job_id, ticket))
+            scores = await pipe.execute()
+        return [score is not None for score in scores]
+
 
 def arq_job_id(job_id: str, ticket: int) -> str:
     return f"{job_id}.{ticket}"

@@ -371,6 +371,9 @@ class JobRunner:
                 del self.active[job.id]
 
     async def _check_backoff(self, job_id: str, ticket: int | None) -> None:
+        assert self.backoff is not None
+        if not await self.backoff.maybe_paused():
+            return  # no provider/model is paused: no need to read the job for its model
         try:
             job = await self.store.get(job_id)
         except Exception as exc:
@@ -379,7 +382,6 @@ class JobRunner:
             return  # the claim will refuse it
         spec = self.registry.get(job.type)
         provider, model = self._entry_at(spec, job.model_index)
-        assert self.backoff is not None
         wait = await self.backoff.remaining(provider.name, model or provider.default_model)
         if wait > 0:
             raise HeldBack(wait)
