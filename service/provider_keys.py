@@ -22,7 +22,7 @@ class ProviderKeys:
     async def __call__(self, job: Job) -> str | None:
         """The job's key, None when the user sent none; a key that won't open fails the job, never falls back
         to the server's own key behind the user's back."""
-        sealed = await self.secrets.get(job.id)
+        sealed = None if job.sealed_key is False else await self.secrets.get(job.id)
         if sealed is None:
             if len(self._keyless) >= KEYLESS_MEMORY:
                 self._keyless.clear()

@@ -41,7 +41,9 @@ class JobStore(Protocol):
     async def claim(
         self, job_id: str, *, worker_id: str, token: str, ticket: int | None = None, lease_seconds: float = 30.0
     ) -> Job | None:
-        """Move a queued job to processing under a new lease; None if it is not queued (with this ticket) any more."""
+        """Move a queued job to processing under a new lease; None if it is not queued (with this ticket) any more.
+
+        May set `sealed_key` on the job it returns (whether a sealed provider key waits), sparing a read."""
 
     async def progress(
         self, job_id: str, token: str, *, percentage: float, step: str | None, partial_output: str | None = None

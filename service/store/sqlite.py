@@ -224,14 +224,20 @@ class SQLiteJobStore:
     ) -> Job | None:
         """Only a queued, uncancelled job whose queue ticket (its seq when queued) matches is taken."""
         t = now()
-        return await self._one(
+        async with self.db.execute(
             "UPDATE jobs SET status = 'processing', attempts = attempts + 1, lease_token = ?, worker_id = ?, "
             "lease_expires_at = ?, started_at = COALESCE(started_at, ?), updated_at = ?, seq = seq + 1, "
             "error = NULL, current_step = 'Starting…', percentage = 0, partial_output = NULL "
             "WHERE id = ? AND status = 'queued' AND cancel_requested = 0 AND (? IS NULL OR seq = ?) "
-            f"RETURNING {_COLUMNS}",
+            f"RETURNING {_COLUMNS}, EXISTS (SELECT 1 FROM job_secrets WHERE job_id = jobs.id) AS sealed_key",
             (token, worker_id, t + lease_seconds, t, t, job_id, ticket, ticket),
-        )
+        ) as cur:
+            row = await cur.fetchone()
+        if row is None:
+            return None
+        job = _row_to_job(row)
+        job.sealed_key = bool(row["sealed_key"])  # spares the worker a read for the (usual) job without one
+        return job
 
     async def progress(
         self, job_id: str, token: str, *, percentage: float, step: str | None, partial_output: str | None = None
