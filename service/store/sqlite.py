@@ -43,38 +43,53 @@ _HISTORY_APPEND = (
 )
 
 
+_NAMES = [c.strip() for c in _COLUMNS.split(",")]
+(
+    _ID, _USER_ID, _TYPE, _STATUS, _PRIORITY, _INPUT, _RESULT, _ERROR, _ATTEMPTS, _MAX_ATTEMPTS, _PERCENTAGE,
+    _CURRENT_STEP, _PARTIAL_OUTPUT, _MODEL, _USAGE, _LEASE_TOKEN, _WORKER_ID, _SEQ, _CREATED_AT, _STARTED_AT,
+    _COMPLETED_AT, _UPDATED_AT, _LEASE_EXPIRES_AT, _CANCEL_REQUESTED, _READY_AT, _EXPIRES_AT, _HISTORY,
+    _MODEL_INDEX, _RETRY_OF,
+) = range(len(_NAMES))  # fmt: skip
+_loads = json.loads
+
+
 def _row_to_job(row: sqlite3.Row) -> Job:
-    error = json.loads(row["error"]) if row["error"] else None
+    """A row selected as _COLUMNS (in that order: read by position, which is faster than by name)."""
+    error = row[_ERROR]
+    error_dict = _loads(error) if error else None
+    result = row[_RESULT]
+    usage = row[_USAGE]
+    history = row[_HISTORY]
     return Job(
-        id=row["id"],
-        user_id=row["user_id"],
-        type=row["type"],
-        status=JobStatus(row["status"]),
-        priority=row["priority"],
-        input=json.loads(row["input"]),
-        result=json.loads(row["result"]) if row["result"] is not None else None,
-        error=JobError(**error) if error else None,
-        attempts=row["attempts"],
-        max_attempts=row["max_attempts"],
-        percentage=row["percentage"],
-        current_step=row["current_step"],
-        partial_output=row["partial_output"],
-        model=row["model"],
-        usage=json.loads(row["usage"]) if row["usage"] else None,
-        lease_token=row["lease_token"],
-        worker_id=row["worker_id"],
-        seq=row["seq"],
-        created_at=row["created_at"],
-        started_at=row["started_at"],
-        completed_at=row["completed_at"],
-        updated_at=row["updated_at"],
-        lease_expires_at=row["lease_expires_at"],
-        cancel_requested=bool(row["cancel_requested"]),
-        ready_at=row["ready_at"],
-        expires_at=row["expires_at"],
-        history=json.loads(row["history"]) if row["history"] else [],
-        model_index=row["model_index"],
-        retry_of=row["retry_of"],
+        id=row[_ID],
+        user_id=row[_USER_ID],
+        type=row[_TYPE],
+        status=JobStatus(row[_STATUS]),
+        priority=row[_PRIORITY],
+        input=_loads(row[_INPUT]),
+        result=_loads(result) if result is not None else None,
+        error=JobError(**error_dict) if error_dict else None,
+        attempts=row[_ATTEMPTS],
+        max_attempts=row[_MAX_ATTEMPTS],
+        percentage=row[_PERCENTAGE],
+        current_step=row[_CURRENT_STEP],
+        partial_output=row[_PARTIAL_OUTPUT],
+        model=row[_MODEL],
+        usage=_loads(usage) if usage else None,
+        lease_token=row[_LEASE_TOKEN],
+        worker_id=row[_WORKER_ID],
+        seq=row[_SEQ],
+        created_at=row[_CREATED_AT],
+        started_at=row[_STARTED_AT],
+        completed_at=row[_COMPLETED_AT],
+        updated_at=row[_UPDATED_AT],
+        lease_expires_at=row[_LEASE_EXPIRES_AT],
+        cancel_requested=bool(row[_CANCEL_REQUESTED]),
+        ready_at=row[_READY_AT],
+        expires_at=row[_EXPIRES_AT],
+        history=_loads(history) if history else [],
+        model_index=row[_MODEL_INDEX],
+        retry_of=row[_RETRY_OF],
     )
 
 
@@ -236,7 +251,7 @@ class SQLiteJobStore:
         if row is None:
             return None
         job = _row_to_job(row)
-        job.sealed_key = bool(row["sealed_key"])  # spares the worker a read for the (usual) job without one
+        job.sealed_key = bool(row[len(_NAMES)])  # spares the worker a read for the (usual) job without one
         return job
 
     async def progress(
