@@ -191,6 +191,7 @@ class ActiveRun:
     token: str
     task: asyncio.Task[Any] | None = None
     stop_reason: str | None = None  # "cancel" | "lease_lost"
+    renewed: float = field(default_factory=time.monotonic)  # when the lease was last taken or renewed
 
     def stop(self, reason: str) -> None:
         if self.stop_reason is None:
@@ -203,7 +204,8 @@ class JobRunner:
     """Runs one attempt of one job; shared by every arq job in a worker process.
 
     The attempt holds a lease in the store, renewed by a heartbeat; a heartbeat that finds the lease gone
-    (taken over after a pause) or the job flagged for cancel stops the task at once.
+    (taken over after a pause) or the job flagged for cancel stops the task at once. One heartbeat loop
+    serves every run in the process (their renewals go to the store together), not a timer task per run.
     """
 
     def __init__(
@@ -242,6 +244,7 @@ class JobRunner:
         # What a chain entry `name:model` may name; the primary (self.provider) is the only one a user's key is for.
         self.providers: dict[str, Provider] = {**(providers or {}), provider.name: provider}
         self.active: dict[str, ActiveRun] = {}
+        self._heartbeat_task: asyncio.Task[None] | None = None
 
     def cancel_local(self, job_id: str) -> None:
         """A cancel message arrived: stop the run if this process holds it (others ignore it)."""
@@ -324,7 +327,8 @@ class JobRunner:
         )
         run = ActiveRun(job.id, token)
         self.active[job.id] = run
-        heartbeat = asyncio.create_task(self._heartbeat(run))
+        if self._heartbeat_task is None or self._heartbeat_task.done():
+            self._heartbeat_task = asyncio.create_task(self._heartbeats())
         started = time.monotonic()
         log.info("job started", extra={"job_id": job.id, "type": job.type, "attempt": job.attempts})
         try:
@@ -364,9 +368,6 @@ class JobRunner:
             log.info("job completed", extra={"job_id": job.id, "type": job.type, "seconds": round(seconds, 3)})
             return "completed" if finished else "lease_lost"
         finally:
-            heartbeat.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await heartbeat
             if self.active.get(job.id) is run:
                 del self.active[job.id]
 
@@ -395,30 +396,33 @@ class JobRunner:
                 raise KeyElsewhere(
                     f"Your provider key is for {self.provider.name}; this step of the chain is {ctx.ai.name}."
                 )
-        result = await asyncio.wait_for(spec.fn(ctx, data), timeout=spec.timeout or self.default_timeout)
+        async with asyncio.timeout(spec.timeout or self.default_timeout):  # no extra task, unlike wait_for
+            result = await spec.fn(ctx, data)
         await ctx.flush()
         return result
 
-    async def _heartbeat(self, run: ActiveRun) -> None:
-        """Renew the lease; stop the run when it is gone, flagged for cancel, or unrenewable for a whole lease."""
-        last_ok = time.monotonic()
-        while True:
+    async def _heartbeats(self) -> None:
+        """Every heartbeat, renew the lease of every run (all at once); ends when no run is left."""
+        while self.active:
             await asyncio.sleep(self.heartbeat_seconds)
-            try:
-                job = await self.store.renew(run.job_id, run.token, lease_seconds=self.lease_seconds)
-            except Exception as exc:
-                log.warning("lease renewal failed", extra={"job_id": run.job_id, "error": repr(exc)})
-                if time.monotonic() - last_ok > self.lease_seconds:
-                    run.stop("lease_lost")
-                    return
-                continue
-            if job is None:
+            runs = [r for r in self.active.values() if r.stop_reason is None]
+            await asyncio.gather(*(self._renew(run) for run in runs))
+
+    async def _renew(self, run: ActiveRun) -> None:
+        """Renew one lease; stop the run when it is gone, flagged for cancel, or unrenewable for a whole lease."""
+        try:
+            job = await self.store.renew(run.job_id, run.token, lease_seconds=self.lease_seconds)
+        except Exception as exc:
+            log.warning("lease renewal failed", extra={"job_id": run.job_id, "error": repr(exc)})
+            if time.monotonic() - run.renewed > self.lease_seconds:
                 run.stop("lease_lost")
-                return
-            last_ok = time.monotonic()
-            if job.cancel_requested:
-                run.stop("cancel")
-                return
+            return
+        if job is None:
+            run.stop("lease_lost")
+            return
+        run.renewed = time.monotonic()
+        if job.cancel_requested:
+            run.stop("cancel")
 
     async def _cancelled(self, job: Job, token: str, ctx: RunContext, seconds: float) -> None:
         """Stopped on request: keep the partial output, say `cancelled`, all fenced by this run's token."""
