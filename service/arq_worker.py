@@ -9,6 +9,7 @@ listener is reconnecting) or a deferred retry coming due costs at most one `poll
 Starting jobs: arq takes each job with WATCH, EXISTS, ZSCORE and MULTI/PSETEX/EXEC (four round trips per job).
 `start_jobs` here takes every job that fits in the free slots with one Lua call that does the same checks
 (not already in progress, still on the queue, due) and sets the same in-progress keys, atomically.
+A busy worker whose every slot is taken polls again as soon as one frees up, not a `poll_delay` later.
 """
 
 from __future__ import annotations
@@ -52,6 +53,14 @@ class WakeableWorker(Worker):
     _wake_task: asyncio.Task[None] | None = None
     _paused_until: float = 0.0
     _start_script: object | None = None
+    _full = False  # every slot was taken at the end of the last poll
+
+    def _release_sem_dec_counter_on_complete(self) -> None:
+        """A slot freed up: if the last poll found none, poll now rather than at the next timer tick."""
+        super()._release_sem_dec_counter_on_complete()
+        if self._full and self._wake is not None:
+            self._full = False
+            self._wake.set()
 
     async def start_jobs(self, job_ids: list[bytes]) -> None:
         """Start these jobs as slots free up, taking all that fit the free slots in one Redis call each time."""
@@ -146,6 +155,7 @@ class WakeableWorker(Worker):
                     if await self.pool.zcard(self.queue_name) == 0:
                         await asyncio.gather(*self.tasks.values())
                         return None
+                self._full = self.job_counter >= self.max_jobs
                 await self._idle(self.poll_delay_s - (loop.time() - before))
         finally:
             self._wake_task.cancel()
