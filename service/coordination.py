@@ -101,6 +101,7 @@ class ProviderBackoff:
         self.redis = redis
         self._script = redis.register_script(_PAUSE_LUA)
         self._nothing_until = 0.0  # monotonic time until which "nothing is paused" holds
+        self._refreshing: asyncio.Task[bool] | None = None
 
     @staticmethod
     def key(provider: str, model: str) -> str:
@@ -113,9 +114,18 @@ class ProviderBackoff:
 
     async def maybe_paused(self) -> bool:
         """Whether any provider/model may be paused: lets a job skip the per-model check (and the store read it
-        needs) when nothing is. A pause another worker set is seen within ANY_PAUSE_CACHE_SECONDS."""
-        if self._nothing_until > time.monotonic():
+        needs) when nothing is. A pause another worker set is seen within ANY_PAUSE_CACHE_SECONDS (plus a round
+        trip): a fresh "nothing paused" answers at once, a just-stale one answers too while it is refreshed."""
+        clock = time.monotonic()
+        if self._nothing_until > clock:
             return False
+        if self._nothing_until and self._nothing_until + ANY_PAUSE_CACHE_SECONDS > clock:
+            if self._refreshing is None or self._refreshing.done():
+                self._refreshing = asyncio.create_task(self._refresh())
+            return False
+        return await self._refresh()
+
+    async def _refresh(self) -> bool:
         try:
             paused = bool(await self.redis.exists(ANY_PAUSE_KEY))
         except Exception:

@@ -64,13 +64,21 @@ class EventLog:
 
     async def publish(self, user_id: str, event: Event) -> bool:
         """Append then publish; False when the log already holds this seq or a newer one."""
+        return await self.publish_soon(user_id, event)
+
+    def publish_soon(self, user_id: str, event: Event) -> asyncio.Future[bool]:
+        """Queue the event and return at once; the future says what `publish` would have.
+
+        Events go out in the order they were queued (one pipeline at a time, retries inside it), so a caller
+        may queue an event and carry on: anything it queues afterwards lands after it.
+        """
         keys, argv = self.publish_call(user_id, event)
         args = [*keys, *argv]
         future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         self._pending.append((args, future))
         if self._sender is None or self._sender.done():
             self._sender = asyncio.create_task(self._send())
-        return await future
+        return future
 
     async def _send(self) -> None:
         """Send what is pending, one pipeline at a time, until nothing is left."""

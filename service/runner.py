@@ -289,6 +289,18 @@ class JobRunner:
                 log.warning("could not publish an event", extra={"job_id": job.id, "error": repr(exc)})
         return job
 
+    def _announce_soon(self, job: Job) -> None:
+        """Queue the job's status event without waiting for Redis (what follows is queued after it)."""
+
+        def done(future: asyncio.Future[bool]) -> None:
+            if not future.cancelled() and future.exception() is not None:
+                log.warning("could not publish an event", extra={"job_id": job.id, "error": repr(future.exception())})
+
+        try:
+            self.events.publish_soon(job.user_id, status_event(job)).add_done_callback(done)
+        except Exception as exc:
+            log.warning("could not publish an event", extra={"job_id": job.id, "error": repr(exc)})
+
     async def _enqueue(self, job: Job, delay: float = 0.0) -> None:
         if job.status is not JobStatus.QUEUED:  # a cancel arrived while it was being given back
             return
@@ -302,12 +314,13 @@ class JobRunner:
             await self._check_backoff(job_id, ticket)
         token = uuid.uuid4().hex
         try:
-            claimed = await self.store.claim(
+            job = await self.store.claim(
                 job_id, worker_id=self.worker_id, token=token, ticket=ticket, lease_seconds=self.lease_seconds
             )
         except Exception as exc:  # nothing started: the job stays on the queue for when the store answers
             raise StoreUnreachable(repr(exc)) from exc
-        job = await self._announce(claimed)
+        if job is not None:  # the task starts while `processing` is on its way: its own events follow it
+            self._announce_soon(job)
         if job is None:
             current = await self.store.get(job_id)
             log.info("job not claimable", extra={"job_id": job_id, "status": current and current.status.value})
