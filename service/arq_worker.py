@@ -44,6 +44,30 @@ for i = 2, #KEYS do
 end
 return taken
 """
+# Read the due jobs and take those that fit the free slots, in one call (an idle worker's poll).
+# KEYS: the queue; ARGV: now (ms), in-progress ttl (ms), free slots, read limit, in-progress key prefix.
+# The in-progress keys are built here, as arq's are: arq runs on one Redis, never a cluster.
+# Returns {taken: [job id, score, ...], rest: [job id, ...]} (rest: due, but no slot was free).
+_TAKE_LUA = """
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'WITHSCORES', 'LIMIT', 0, ARGV[4])
+local taken, rest = {}, {}
+local free = tonumber(ARGV[3])
+for i = 1, #due, 2 do
+  local id = due[i]
+  if free > 0 then
+    local key = ARGV[5] .. id
+    if redis.call('EXISTS', key) == 0 then
+      redis.call('PSETEX', key, ARGV[2], '1')
+      taken[#taken + 1] = id
+      taken[#taken + 1] = due[i + 1]
+      free = free - 1
+    end
+  else
+    rest[#rest + 1] = id
+  end
+end
+return {taken, rest}
+"""
 
 
 class WakeableWorker(Worker):
@@ -53,6 +77,7 @@ class WakeableWorker(Worker):
     _wake_task: asyncio.Task[None] | None = None
     _paused_until: float = 0.0
     _start_script: object | None = None
+    _take_script: object | None = None
     _full = False  # every slot was taken at the end of the last poll
 
     def _release_sem_dec_counter_on_complete(self) -> None:
@@ -77,13 +102,39 @@ class WakeableWorker(Worker):
             batch, pending = pending[:free], pending[free:]
             keys = [self.queue_name, *(in_progress_key_prefix + job_id for job_id in batch)]
             taken = await self._start_script(keys=keys, args=[timestamp_ms(), ttl_ms, *batch])  # type: ignore[operator]
-            for i in range(0, len(taken), 2):
-                job_id = taken[i].decode() if isinstance(taken[i], bytes) else str(taken[i])
-                await self.sem.acquire()  # free: nothing else starts jobs meanwhile
-                self.job_counter += 1
-                task = self.loop.create_task(self.run_job(job_id, int(float(taken[i + 1]))))
-                task.add_done_callback(lambda _: self._release_sem_dec_counter_on_complete())
-                self.tasks[job_id] = task
+            await self._run_taken(taken)
+        return None
+
+    async def _run_taken(self, taken: list[bytes]) -> None:
+        """Run the jobs a script took ([job id, score, ...]), each in a slot that is known to be free."""
+        for i in range(0, len(taken), 2):
+            job_id = taken[i].decode() if isinstance(taken[i], bytes) else str(taken[i])
+            await self.sem.acquire()  # free at once: nothing else starts jobs meanwhile
+            self.job_counter += 1
+            task = self.loop.create_task(self.run_job(job_id, int(float(taken[i + 1]))))
+            task.add_done_callback(lambda _: self._release_sem_dec_counter_on_complete())
+            self.tasks[job_id] = task
+
+    async def _poll_iteration(self) -> None:
+        """arq's poll, with the read of due jobs and the taking of those that fit in one Redis call."""
+        if self.burst and self.max_burst_jobs >= 0:
+            return await super()._poll_iteration()
+        if self.allow_pick_jobs and self.job_counter < self.max_jobs:
+            if self._take_script is None:
+                self._take_script = self.pool.register_script(_TAKE_LUA)
+            free = self.max_jobs - self.job_counter
+            args = [timestamp_ms(), int(self.in_progress_timeout_s * 1000), free, self.queue_read_limit]
+            taken, rest = await self._take_script(keys=[self.queue_name], args=[*args, in_progress_key_prefix])  # type: ignore[operator]
+            await self._run_taken(taken)
+            if rest:  # more are due than slots were free: start them as slots free up, as arq does
+                await self.start_jobs(rest)
+        if self.allow_abort_jobs:
+            await self._cancel_aborted_jobs()
+        for job_id, t in list(self.tasks.items()):
+            if t.done():
+                del self.tasks[job_id]
+                t.result()  # as arq: errors in run_job propagate
+        await self.heart_beat()
         return None
 
     def pause(self, seconds: float) -> None:
