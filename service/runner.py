@@ -123,7 +123,6 @@ class RunContext:
     store: JobStore
     events: EventLog
     api_key: str | None = None
-    _output: list[str] = field(default_factory=list)
     _pending: list[str] = field(default_factory=list)
     _last_flush: float = 0.0
     _percentage: float = 0.0
@@ -160,10 +159,9 @@ class RunContext:
             return
         piece = "".join(self._pending)
         self._pending.clear()
-        self._output.append(piece)
         self._last_flush = time.monotonic()
-        job = await self.store.progress(
-            self.job_id, self.token, percentage=self._percentage, step=None, partial_output="".join(self._output)
+        job = await self.store.progress(  # only the new piece travels: the store appends it
+            self.job_id, self.token, percentage=self._percentage, step=None, append_output=piece
         )
         await self._emit(job, EventKind.DELTA, {"text": piece})
 

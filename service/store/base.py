@@ -46,8 +46,16 @@ class JobStore(Protocol):
         May set `sealed_key` on the job it returns (whether a sealed provider key waits), sparing a read."""
 
     async def progress(
-        self, job_id: str, token: str, *, percentage: float, step: str | None, partial_output: str | None = None
-    ) -> Job | None: ...
+        self,
+        job_id: str,
+        token: str,
+        *,
+        percentage: float,
+        step: str | None,
+        partial_output: str | None = None,
+        append_output: str | None = None,
+    ) -> Job | None:
+        """Progress, and the output so far: `partial_output` replaces it, `append_output` adds to its end."""
 
     async def finish(
         self,

@@ -255,13 +255,21 @@ class SQLiteJobStore:
         return job
 
     async def progress(
-        self, job_id: str, token: str, *, percentage: float, step: str | None, partial_output: str | None = None
+        self,
+        job_id: str,
+        token: str,
+        *,
+        percentage: float,
+        step: str | None,
+        partial_output: str | None = None,
+        append_output: str | None = None,
     ) -> Job | None:
         return await self._one(
             "UPDATE jobs SET percentage = ?, current_step = COALESCE(?, current_step), "
-            "partial_output = COALESCE(?, partial_output), updated_at = ?, seq = seq + 1 "
+            "partial_output = CASE WHEN ? IS NOT NULL THEN COALESCE(partial_output, '') || ? "
+            "ELSE COALESCE(?, partial_output) END, updated_at = ?, seq = seq + 1 "
             f"WHERE id = ? AND lease_token = ? AND status = 'processing' RETURNING {_COLUMNS}",
-            (percentage, step, partial_output, now(), job_id, token),
+            (percentage, step, append_output, append_output, partial_output, now(), job_id, token),
         )
 
     async def finish(
