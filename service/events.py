@@ -76,7 +76,8 @@ class EventLog:
         args = [*keys, *argv]
         future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         self._pending.append((args, future))
-        if self._sender is None or self._sender.done():
+        sender = self._sender
+        if sender is None or sender.done() or sender.get_loop() is not future.get_loop():
             self._sender = asyncio.create_task(self._send())
         return future
 

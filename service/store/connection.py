@@ -16,6 +16,7 @@ whole transaction back (SQLite does for a few errors), the batch runs again one 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import queue
 import sqlite3
 import threading
@@ -133,8 +134,6 @@ class Connection:
             conn.close()
 
     def _serve(self, conn: sqlite3.Connection) -> None:
-        loop = self._loop
-        assert loop is not None
         get, get_nowait = self._queue.get, self._queue.get_nowait
         while True:
             first = get()
@@ -152,10 +151,14 @@ class Connection:
                     break
                 batch.append(op)
             outcomes = self._run_batch(conn, batch)
-            try:
-                loop.call_soon_threadsafe(_resolve, batch, outcomes)
-            except RuntimeError:  # the loop closed under us: nobody is waiting any more
-                return
+            by_loop: dict[asyncio.AbstractEventLoop, tuple[list[_Op], list[Any]]] = {}
+            for op, outcome in zip(batch, outcomes, strict=True):  # one loop, unless a caller moved loops
+                ops, results = by_loop.setdefault(op.future.get_loop(), ([], []))
+                ops.append(op)
+                results.append(outcome)
+            for target, (ops, results) in by_loop.items():
+                with contextlib.suppress(RuntimeError):  # that loop closed: nobody is waiting any more
+                    target.call_soon_threadsafe(_resolve, ops, results)
             if stop:
                 return
 
