@@ -10,9 +10,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import random
 import time
-import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -310,7 +310,7 @@ class JobRunner:
     async def run(self, job_id: str, ticket: int | None = None) -> str:
         if self.backoff is not None:
             await self._check_backoff(job_id, ticket)
-        token = uuid.uuid4().hex
+        token = os.urandom(16).hex()  # as unique as uuid4().hex, without building a UUID per job
         try:
             job = await self.store.claim(
                 job_id, worker_id=self.worker_id, token=token, ticket=ticket, lease_seconds=self.lease_seconds
