@@ -36,6 +36,13 @@ class Settings:
     database_url: str = field(
         default="sqlite:///var/aijobs.db", metadata={"env": "DATABASE_URL", "doc": "Job store (sqlite:///path)"}
     )
+    store_busy_timeout: float = field(
+        default=10.0,
+        metadata={
+            "env": "STORE_BUSY_TIMEOUT",
+            "doc": "Seconds a store write waits for another process's SQLite write lock before it fails",
+        },
+    )
     data_dir: Path = field(
         default=Path("var"),
         metadata={"env": "AIJOBS_DATA_DIR", "doc": "Where the embedded Redis and SQLite keep their files"},
@@ -237,6 +244,7 @@ class Settings:
             ),
             ("STATS_WINDOW_SECONDS", self.stats_window_seconds > 0, "must be positive"),
             ("LEASE_SECONDS", self.lease_seconds > 0, "must be positive"),
+            ("STORE_BUSY_TIMEOUT", self.store_busy_timeout > 0, "must be positive"),
             ("HEARTBEAT_SECONDS", 0 < self.heartbeat_seconds < self.lease_seconds, "must be positive and < lease"),
             ("SWEEP_SECONDS", self.sweep_seconds > 0, "must be positive"),
             ("SHUTDOWN_GRACE", self.shutdown_grace >= 0, "must be zero or more"),

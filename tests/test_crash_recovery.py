@@ -134,7 +134,8 @@ async def test_worker_that_cannot_write_the_store_runs_nothing_it_cannot_record(
     again both jobs complete."""
     assert settings.redis_url
     with workers(settings, tmp_path) as started:
-        a = spawn(started, settings, tmp_path, WORKER_CONCURRENCY="1")
+        # A short busy timeout: each refused write fails after 1 s instead of the default 10 s.
+        a = spawn(started, settings, tmp_path, WORKER_CONCURRENCY="1", STORE_BUSY_TIMEOUT="1")
         first = await submit(client, "A long one. [[slow:3]]")
         await wait_row(settings, first, lambda r: r["status"] == "processing")
         second = await submit(client, "Waits its turn.")

@@ -14,7 +14,7 @@ def open_store(settings: Settings) -> JobStore:
     """Pick the backend from DATABASE_URL; imported lazily so a missing driver only hurts its users."""
     from .sqlite import SQLiteJobStore
 
-    return SQLiteJobStore(settings.sqlite_path)
+    return SQLiteJobStore(settings.sqlite_path, busy_timeout=settings.store_busy_timeout)
 
 
 __all__ = ["JobStore", "open_store"]

@@ -130,8 +130,9 @@ def _prepare(db: sqlite3.Connection) -> None:
 
 
 class SQLiteJobStore:
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, busy_timeout: float = 10.0) -> None:
         self.path = path
+        self.busy_timeout = busy_timeout
         self._db: Connection | None = None
 
     @property
@@ -142,7 +143,7 @@ class SQLiteJobStore:
 
     async def open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        db = Connection(self.path, busy_timeout_ms=10_000)  # busy_timeout first: a peer may be migrating right now
+        db = Connection(self.path, busy_timeout_ms=int(self.busy_timeout * 1000))  # first: a peer may be migrating
         await db.open()
         try:
             await db.call(_prepare)
