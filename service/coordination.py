@@ -43,26 +43,43 @@ async def publish_cancel(redis: Redis, job_id: str) -> None:
     await redis.publish(CONTROL_CHANNEL, json.dumps({"cancel": job_id}))
 
 
-async def listen_for_cancels(redis: Redis, on_cancel: Callable[[str], None], *, retry: float = 1.0) -> None:
-    """Follow the control channel until cancelled, resubscribing after any Redis error."""
+async def follow_channel(
+    redis: Redis,
+    channel: str,
+    on_message: Callable[[dict[str, Any]], None],
+    *,
+    on_subscribed: Callable[[], None] | None = None,
+    retry: float = 1.0,
+) -> None:
+    """Follow a JSON control channel until cancelled, resubscribing after any Redis error.
+
+    `on_subscribed` runs after each (re)subscribe: pub/sub is at-most-once, so whatever was published while this
+    process was not listening is lost, and the caller may need to assume the worst.
+    """
     while True:
         pubsub = redis.pubsub(ignore_subscribe_messages=True)
         try:
-            await pubsub.subscribe(CONTROL_CHANNEL)
+            await pubsub.subscribe(channel)
+            if on_subscribed is not None:
+                on_subscribed()
             while True:
                 message = await pubsub.get_message(timeout=1.0)
                 if message is None:
                     continue
                 with contextlib.suppress(ValueError, KeyError, TypeError):
-                    on_cancel(str(json.loads(message["data"])["cancel"]))
+                    on_message(json.loads(message["data"]))
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            log.warning("control channel lost, resubscribing", extra={"error": repr(exc)})
+            log.warning("control channel lost, resubscribing", extra={"channel": channel, "error": repr(exc)})
             await asyncio.sleep(retry)
         finally:
             with contextlib.suppress(Exception):
                 await pubsub.aclose()
+
+
+async def listen_for_cancels(redis: Redis, on_cancel: Callable[[str], None], *, retry: float = 1.0) -> None:
+    await follow_channel(redis, CONTROL_CHANNEL, lambda data: on_cancel(str(data["cancel"])), retry=retry)
 
 
 async def publish_revoked(redis: Redis, user_id: str) -> None:
@@ -71,27 +88,10 @@ async def publish_revoked(redis: Redis, user_id: str) -> None:
 
 
 async def listen_for_revocations(redis: Redis, forget: Callable[[str | None], None], *, retry: float = 1.0) -> None:
-    """Follow the auth channel until cancelled; after each (re)subscribe forget everything, since a revocation
-    may have been published while this process was not listening."""
-    while True:
-        pubsub = redis.pubsub(ignore_subscribe_messages=True)
-        try:
-            await pubsub.subscribe(AUTH_CHANNEL)
-            forget(None)
-            while True:
-                message = await pubsub.get_message(timeout=1.0)
-                if message is None:
-                    continue
-                with contextlib.suppress(ValueError, KeyError, TypeError):
-                    forget(str(json.loads(message["data"])["revoked"]))
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            log.warning("auth channel lost, resubscribing", extra={"error": repr(exc)})
-            await asyncio.sleep(retry)
-        finally:
-            with contextlib.suppress(Exception):
-                await pubsub.aclose()
+    """After each (re)subscribe forget everything: a revocation may have been published while not listening."""
+    await follow_channel(
+        redis, AUTH_CHANNEL, lambda data: forget(str(data["revoked"])), on_subscribed=lambda: forget(None), retry=retry
+    )
 
 
 class ProviderBackoff:
