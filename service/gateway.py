@@ -26,10 +26,14 @@ log = logging.getLogger("aijobs.gateway")
 
 # A client that stopped reading while text streams: past this much merged text it re-reads from the Stream.
 MAX_MERGED_DELTA_CHARS = 65_536
+# Keepalives sent per turn of the event loop.
+PING_SLICE = 256
 
 
 class Subscriber:
     """One client's view of the live events of one user's jobs (all of them, or a set of ids)."""
+
+    __slots__ = ("user_id", "job_ids", "maxsize", "buffer", "resync", "ping_due", "fast", "_waiter", "watched")
 
     def __init__(self, user_id: str, job_ids: set[str] | None = None, *, maxsize: int = 256) -> None:
         self.user_id = user_id
@@ -38,9 +42,10 @@ class Subscriber:
         self.buffer: list[Event] = []  # small; a list costs far less memory per idle client than a deque
         self.resync = False
         self.ping_due = False
-        # Set by an idle client whose events can be written straight from the dispatch (no task wake-up);
-        # returns False when it cannot take this event now, which then goes to the buffer as usual.
-        self.fast: Callable[[Event], bool] | None = None
+        # Set by an idle client that can write straight from the dispatch (no task wake-up): called with an
+        # event, or None for a keepalive; returns False when it cannot take it now, which then goes the
+        # usual way (buffer and wake-up).
+        self.fast: Callable[[Event | None], bool] | None = None
         self._waiter: asyncio.Future[None] | None = None  # a bare future: lighter than an asyncio.Event
         self.watched: Callable[[], Iterable[str]] | None = None  # set by the owner: its jobs that are queued
 
@@ -94,7 +99,14 @@ class Subscriber:
         self._notify()
 
     def ping(self) -> None:
-        """Keepalive due (called by the gateway's ticker): wakes the client's writer with nothing to send."""
+        """Keepalive due (called by the gateway's ticker): written directly if the client can, else a wake-up."""
+        fast = self.fast
+        if fast is not None and not self.buffer and not self.resync and fast(None):
+            return
+        self.wake()
+
+    def wake(self) -> None:
+        """Wake the client's writer with nothing to send (`wait` returns False)."""
         self.ping_due = True
         self._notify()
 
@@ -196,12 +208,18 @@ class Gateway:
                     await self._pubsub.unsubscribe(channel)
 
     async def _tick(self) -> None:
-        """One timer for every client's keepalive, instead of one timer per client."""
+        """One timer for every client's keepalive, instead of one timer per client.
+
+        Thousands of pings are written in slices, letting the loop run between them, so a live event
+        never waits behind the whole round.
+        """
         while True:
             await asyncio.sleep(self.ping_seconds)
-            for subs in list(self._subs.values()):
-                for sub in list(subs):
+            everyone = [sub for subs in self._subs.values() for sub in subs]
+            for start in range(0, len(everyone), PING_SLICE):
+                for sub in everyone[start : start + PING_SLICE]:
                     sub.ping()
+                await asyncio.sleep(0)
 
     def watched_queued(self) -> dict[str, set[str]]:
         """Queued jobs followed by this process's clients, by user: what a position ticker has to refresh."""

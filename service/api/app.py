@@ -16,6 +16,7 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
+from starlette.types import Receive, Scope, Send
 
 from ..config import Settings
 from ..coordination import listen_for_revocations
@@ -38,6 +39,7 @@ from .push import all_events, websocket_endpoint
 from .state import AppState, app_state
 from .stats import stats
 from .streams import job_events
+from .wire import RAW_SEND
 
 STATIC_DIR = Path(__file__).resolve().parent.parent.parent / "static"
 
@@ -68,6 +70,14 @@ async def index(request: Request) -> Response:
     response = FileResponse(STATIC_DIR / "index.html", headers={"Cache-Control": "no-cache"})
     await sign_in_demo(request, response)  # AIJOBS_DEMO_LOGIN (dev): the page works at once
     return response
+
+
+class App(Starlette):
+    """Starlette that also records the server's own `send` in the scope: push writes go under ASGI (wire.py)."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        scope[RAW_SEND] = send
+        await super().__call__(scope, receive, send)
 
 
 def create_app(settings: Settings, *, redis_url: str, registry: TaskRegistry | None = None) -> Starlette:
@@ -133,7 +143,7 @@ def create_app(settings: Settings, *, redis_url: str, registry: TaskRegistry | N
             return error_response(404, "not_found", f"No such endpoint: {request.method} {request.url.path}")
         return await handle_http_exception(request, exc)
 
-    return Starlette(
+    return App(
         routes=routes,
         lifespan=lifespan,
         middleware=[Middleware(AuthMiddleware)],

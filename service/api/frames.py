@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from ..models import Event, EventKind, dumps
+from .wire import chunk, ws_text_frame
 
 
 def event_json(event: Event) -> str:
@@ -46,3 +47,29 @@ def sse_frame(event: Event) -> bytes:
 
 
 PING_FRAME = b": ping\n\n"
+PING_CHUNK = chunk(PING_FRAME)
+WS_PING_FRAME = ws_text_frame(b'{"type":"ping"}')
+
+
+def sse_chunk(event: Event) -> bytes:
+    """`sse_frame` as one HTTP chunk, for writing straight to the socket (see wire.py)."""
+    cache = event.encoded
+    data = cache.get("sse1c") if cache is not None else None
+    if data is None:
+        data = chunk(sse_frame(event))
+        assert event.encoded is not None
+        event.encoded["sse1c"] = data
+    assert isinstance(data, bytes)
+    return data
+
+
+def ws_frame(event: Event) -> bytes:
+    """The event's JSON as a whole WebSocket text frame, for writing straight to the socket (see wire.py)."""
+    cache = event.encoded
+    data = cache.get("ws") if cache is not None else None
+    if data is None:
+        data = ws_text_frame(event_json(event).encode())
+        assert event.encoded is not None
+        event.encoded["ws"] = data
+    assert isinstance(data, bytes)
+    return data

@@ -30,12 +30,13 @@ from ..models import TERMINAL_STATUSES, Event, EventKind, dumps
 from .accounts import accounts
 from .auth import current_user, signed_in_by_cookie
 from .errors import ApiError
-from .frames import PING_FRAME, event_json, sse_body
+from .frames import PING_FRAME, WS_PING_FRAME, event_json, sse_body, ws_frame
 from .multiwatch import MAX_JOBS_PER_CLIENT, MultiWatch, parse_cursor
 from .sse import SseResponse
 from .state import AppState, app_state
 from .streams import RETRY_MS, ReleasingResponse
 from .submit_rules import acquire_stream_slot
+from .wire import WsWire, ws_wire
 
 
 def ends_job(event: Event) -> bool:
@@ -132,8 +133,9 @@ class RateLimit:
 class WsSession:
     """One WebSocket: reads client messages and writes events, one task each, sharing one MultiWatch."""
 
-    def __init__(self, ws: WebSocket, state: AppState, user: str) -> None:
+    def __init__(self, ws: WebSocket, state: AppState, user: str, wire: WsWire | None = None) -> None:
         self.ws = ws
+        self.wire = wire
         self.state = state
         self.user = user
         self.mw = multi_watch(state, user)
@@ -227,9 +229,36 @@ class WsSession:
                 continue
             await self.handle(text)
 
+    def fast(self, event: Event | None) -> bool:
+        """Live event (None: keepalive) while the writer is idle: written from the gateway's dispatch (wire.py).
+
+        Only for a job this connection already follows, and not its last event (the writer retires the job);
+        never while a subscribe is catching up or another send is under way, so order is kept.
+        """
+        wire = self.wire
+        if wire is None or self.mw.lock.locked() or self.send_lock.locked() or not wire.ready():
+            return False
+        if event is None:
+            wire.write(WS_PING_FRAME)
+            return True
+        if event.terminal:
+            return False
+        watch = self.mw.watches.get(event.job_id)
+        if watch is None:
+            return False
+        if watch.live([event]):
+            wire.write(ws_frame(event))
+        return True
+
     async def writer(self) -> None:
+        sub = self.mw.sub
         while True:
-            if not await self.mw.sub.wait():
+            sub.fast = self.fast
+            try:
+                woke = await sub.wait()
+            finally:
+                sub.fast = None
+            if not woke:
                 await self.control("ping")  # keepalive: proxies close idle connections
                 continue
             async with self.mw.lock:
@@ -270,7 +299,7 @@ async def websocket_endpoint(ws: WebSocket) -> None:
         return
     try:
         await ws.accept()
-        await WsSession(ws, state, user).run()
+        await WsSession(ws, state, user, ws_wire(ws.scope)).run()
     finally:
         slot.release()
         if ws.application_state is WebSocketState.CONNECTED and ws.client_state is WebSocketState.CONNECTED:

@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Coroutine
-from typing import Any
+from collections.abc import AsyncIterator
 
 from starlette.types import Message, Receive, Scope, Send
 
@@ -65,80 +64,11 @@ def _stall_watch() -> _StallWatch:
     return watch
 
 
-class DirectWriter:
-    """Writes a chunk from the gateway's dispatch, without waking the client's task.
-
-    The ASGI send is driven by hand: on an idle, writable connection it finishes at once (the bytes go to the
-    socket), so a fan-out costs one write per client and no task switch. If it has to wait (the client reads
-    slowly), the rest of that send is resumed from the future it waits on, and the client's own task waits for
-    it before sending anything else, so order is kept.
-    """
-
-    def __init__(self) -> None:
-        self.send: Send | None = None
-        self.response: SseResponse | None = None
-        self.inflight: Coroutine[Any, Any, None] | None = None
-        self.failed = False
-        self._idle: asyncio.Future[None] | None = None
-
-    def ready(self) -> bool:
-        return self.send is not None and self.inflight is None and not self.failed
-
-    def write(self, chunk: bytes) -> None:
-        assert self.send is not None
-        coro = self.send({"type": "http.response.body", "body": chunk, "more_body": True})
-        self._drive(coro)  # type: ignore[arg-type]
-
-    def _drive(self, coro: Coroutine[Any, Any, None]) -> None:
-        try:
-            waiting = coro.send(None)
-        except StopIteration:
-            self._finish()
-            return
-        except BaseException:
-            self.failed = True
-            self._finish()
-            return
-        if self.inflight is None and self.response is not None:
-            self.response.sending_since = asyncio.get_running_loop().time()
-        self.inflight = coro
-        if isinstance(waiting, asyncio.Future):
-            waiting._asyncio_future_blocking = False
-            waiting.add_done_callback(lambda _: self._drive(coro))
-        else:
-            asyncio.get_running_loop().call_soon(self._drive, coro)
-
-    def _finish(self) -> None:
-        self.inflight = None
-        if self.response is not None:
-            self.response.sending_since = 0.0
-        if self._idle is not None and not self._idle.done():
-            self._idle.set_result(None)
-        self._idle = None
-
-    async def idle(self) -> None:
-        """Wait until a send begun by the dispatch has finished."""
-        if self.inflight is None:
-            return
-        if self._idle is None:
-            self._idle = asyncio.get_running_loop().create_future()
-        await asyncio.shield(self._idle)
-
-    def close(self) -> None:
-        self.send = None
-        if self.inflight is not None:
-            self.inflight.close()
-            self.inflight = None
-
-
 class SseResponse:
     """Streams the bytes an async generator yields; ends when it ends, the client leaves, or a send stalls."""
 
-    def __init__(
-        self, body: AsyncIterator[bytes], *, send_timeout: float = 10.0, direct: DirectWriter | None = None
-    ) -> None:
+    def __init__(self, body: AsyncIterator[bytes], *, send_timeout: float = 10.0) -> None:
         self.body = body
-        self.direct = direct
         self.send_timeout = send_timeout
         self.stalled = False
         self._sending_since = 0.0
@@ -177,19 +107,12 @@ class SseResponse:
         stalls = self._stalls = _stall_watch()
         self._task = task
         loop = asyncio.get_running_loop()
-        direct = self.direct
         try:
             await send({"type": "http.response.start", "status": 200, "headers": HEADERS})
-            if direct is not None:
-                direct.send, direct.response = send, self
             async for chunk in self.body:
-                if direct is not None:
-                    await direct.idle()
                 self.sending_since = loop.time()
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
                 self.sending_since = 0.0
-            if direct is not None:
-                await direct.idle()
             self.sending_since = loop.time()
             await send({"type": "http.response.body", "body": b"", "more_body": False})
         except asyncio.CancelledError:
@@ -201,8 +124,6 @@ class SseResponse:
         except OSError:
             pass
         finally:
-            if direct is not None:
-                direct.close()
             stalls.remove(task)
             watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):

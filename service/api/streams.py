@@ -23,10 +23,11 @@ from ..models import TERMINAL_STATUSES, Event, EventKind
 from ..store.base import JobStore
 from .auth import current_user
 from .errors import ApiError, not_found
-from .frames import PING_FRAME, sse_frame
-from .sse import DirectWriter, SseResponse
+from .frames import PING_CHUNK, PING_FRAME, sse_chunk, sse_frame
+from .sse import SseResponse
 from .state import app_state
 from .submit_rules import acquire_stream_slot
+from .wire import SseWire, sse_wire
 
 RETRY_MS = 2000
 
@@ -101,19 +102,21 @@ class JobWatch:
 
 
 async def watch_events(
-    watch: JobWatch, gateway: Gateway, after: int | None, direct: DirectWriter | None = None
+    watch: JobWatch, gateway: Gateway, after: int | None, wire: SseWire | None = None
 ) -> AsyncIterator[bytes]:
     sub = Subscriber(watch.user_id, {watch.job_id})
     sub.watched = lambda: (watch.job_id,) if watch.queued and not watch.done else ()
 
-    def fast(event: Event) -> bool:
-        """Live event while idle: write it from the dispatch itself (see DirectWriter)."""
-        if direct is None or not direct.ready():
+    def fast(event: Event | None) -> bool:
+        """Live event (None: keepalive) while idle: written from the dispatch itself, no task wake-up (wire.py)."""
+        if wire is None or not wire.ready():
             return False
-        if watch.live([event]):
-            direct.write(sse_frame(event))
+        if event is None:
+            wire.write(PING_CHUNK)
+        elif watch.live([event]):
+            wire.write(sse_chunk(event))
             if watch.done:
-                sub.ping()  # wake the task to end the stream
+                sub.wake()  # the task ends the stream
         return True
 
     await gateway.subscribe(sub)
@@ -158,12 +161,10 @@ async def job_events(request: Request) -> Response:
         raise ApiError(400, "invalid_last_event_id", "Last-Event-ID is ahead of this job's events.")
     watch = JobWatch(job_id=job_id, user_id=user, store=state.store, events=state.events, jobs=state.jobs)
     slot = acquire_stream_slot(request, user)
-    direct = DirectWriter()
     return ReleasingResponse(
         SseResponse(
-            watch_events(watch, state.gateway, after, direct),
+            watch_events(watch, state.gateway, after, sse_wire(request.scope)),
             send_timeout=state.settings.push_send_timeout,
-            direct=direct,
         ),
         slot,
     )
