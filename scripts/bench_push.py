@@ -33,6 +33,11 @@ if str(ROOT) not in sys.path:
 
 from bench.users import make_token  # noqa: E402  (after the path is set)
 from service.embedded import die_with_parent  # noqa: E402
+from service.events import user_channel  # noqa: E402
+
+# The naive reference server (bench/naive_push.py) forwards this user's channel to every client.
+NAIVE_USER = "bench-naive"
+TRANSPORTS = ("sse", "ws", "naive")
 
 STAMP = re.compile(rb'"t":([0-9.]+)')
 SNAPSHOT = b'"kind":"snapshot"'
@@ -49,6 +54,12 @@ def rss_kb(pid: int) -> int:
         if line.startswith("VmRSS:"):
             return int(line.split()[1])
     return 0
+
+
+def cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def free_port() -> int:
@@ -171,12 +182,16 @@ async def measure(
 
     auth = {"Authorization": f"Bearer {token}"}
     async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30, headers=auth) as http:
-        r = await http.post("/api/jobs", json={"type": "titles", "input": {"text": "benchmark (no worker runs it)"}})
-        job_id = r.json()["job_id"]
-        user_id = (await http.get("/api/me")).json()["user"]["id"]
+        if transport == "naive":
+            job_id, user_id = f"naive-{n}", NAIVE_USER  # a fresh Stream: the log refuses old seqs
+        else:
+            job = {"type": "titles", "input": {"text": "benchmark (no worker runs it)"}}
+            r = await http.post("/api/jobs", json=job)
+            job_id = r.json()["job_id"]
+            user_id = (await http.get("/api/me")).json()["user"]["id"]
         rss_before = rss_kb(pid)
         lat: list[float] = []
-        hello = (sse_hello if transport == "sse" else ws_hello)(port, job_id, token)
+        hello = (ws_hello if transport == "ws" else sse_hello)(port, job_id, token)
         t0 = time.monotonic()
         clients = await connect_all(port, hello, n, lat)
         connect_s = time.monotonic() - t0
@@ -203,8 +218,10 @@ async def measure(
                 stderr=subprocess.DEVNULL,
             )
             await asyncio.sleep(1)
+        server_cpu0, client_cpu0 = cpu_s(pid), time.process_time()
         await publish_events(redis_url, user_id, job_id, events, interval, first_seq=2)
         await asyncio.sleep(min(2.0, 0.5 + n / 2000))
+        server_cpu, client_cpu = cpu_s(pid) - server_cpu0, time.process_time() - client_cpu0
         if spy is not None:
             await asyncio.to_thread(spy.wait)
         rss_after = rss_kb(pid)
@@ -228,6 +245,9 @@ async def measure(
         "mean_ms": round(statistics.fmean(ms), 2) if ms else None,
         "rss_per_conn_kb": round((max(rss_connected, rss_after) - rss_before) / n, 1),
         "connect_s": round(connect_s, 2),
+        # CPU per event while publishing (the client's includes publishing and its own idle loop)
+        "server_cpu_ms_per_event": round(server_cpu * 1000 / events, 1),
+        "client_cpu_ms_per_event": round(client_cpu * 1000 / events, 1),
     }
 
 
@@ -262,8 +282,10 @@ async def redis_baseline(redis_url: str, events: int, interval: float) -> dict[s
     }
 
 
-def start_web(env: dict[str, str], port: int, log: Path) -> subprocess.Popen[bytes]:
-    cmd = [sys.executable, "-m", "uvicorn", "--factory", "service.api.app:app_from_env", "--host", "127.0.0.1"]
+def start_web(
+    env: dict[str, str], port: int, log: Path, app: str = "service.api.app:app_from_env"
+) -> subprocess.Popen[bytes]:
+    cmd = [sys.executable, "-m", "uvicorn", "--factory", app, "--host", "127.0.0.1"]
     cmd += ["--port", str(port), "--no-access-log", "--log-level", "warning", "--backlog", "4096"]
     with log.open("wb") as out:
         return subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, preexec_fn=_child_setup, cwd=ROOT)
@@ -289,9 +311,7 @@ async def wait_healthy(port: int, proc: subprocess.Popen[bytes]) -> None:
     raise RuntimeError("web process did not become healthy")
 
 
-async def _run(
-    quick: bool, sizes: list[int] | None = None, transports: tuple[str, ...] = ("sse", "ws")
-) -> dict[str, Any]:
+async def _run(quick: bool, sizes: list[int] | None = None, transports: tuple[str, ...] = TRANSPORTS) -> dict[str, Any]:
     from service.embedded import EmbeddedRedis
 
     raise_fd_limit()
@@ -303,8 +323,8 @@ async def _run(
         redis = EmbeddedRedis(Path(tmp) / "redis", persist=False).start()
         try:
             results.append(await redis_baseline(redis.url, events * 5, 0.02))
-            for transport in transports:
-                for n in sizes:
+            for n in sizes:  # each size's transports back to back, so they share the machine's load
+                for transport in transports:
                     port = free_port()
                     db_path = Path(tmp) / f"bench-{transport}-{n}.db"
                     token = await make_token(db_path)
@@ -317,8 +337,11 @@ async def _run(
                         "AIJOBS_QUEUE": f"bench:{transport}:{n}",
                         "LOG_JSON": "false",
                         "LOG_LEVEL": "WARNING",
+                        "NAIVE_CHANNEL": user_channel(NAIVE_USER),
                     }
-                    proc = start_web(env, port, Path(tmp) / f"web-{transport}-{n}.log")
+                    app = "bench.naive_push:app" if transport == "naive" else "service.api.app:app_from_env"
+                    log_path = Path(tmp) / f"web-{transport}-{n}.log"
+                    proc = start_web(env, port, log_path, app)
                     try:
                         await wait_healthy(port, proc)
                         # One event per 250 ms per job is a fast job; at 5,000 clients space them 1 s apart so the
@@ -335,6 +358,8 @@ async def _run(
                             token=token,
                         )
                         row["interval_s"] = gap
+                        if row["delivered"] < 1:
+                            print(log_path.read_text()[-3000:], file=sys.stderr)
                         results.append(row)
                         print(json.dumps(row), file=sys.stderr, flush=True)
                     finally:
@@ -349,7 +374,7 @@ async def _run(
 
 
 def run(
-    quick: bool = False, sizes: list[int] | None = None, transports: tuple[str, ...] = ("sse", "ws")
+    quick: bool = False, sizes: list[int] | None = None, transports: tuple[str, ...] = TRANSPORTS
 ) -> dict[str, Any]:
     """Run the push benchmark; returns {"push": [rows...]} (one row per transport and subscriber count)."""
     try:
@@ -370,10 +395,16 @@ def table(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _opt(args: list[str], name: str) -> str | None:
+    return args[args.index(name) + 1] if name in args and args.index(name) + 1 < len(args) else None
+
+
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     quick = "--quick" in args
-    result = run(quick)
+    sizes = [int(x) for x in _opt(args, "--sizes").split(",")] if _opt(args, "--sizes") else None
+    transports = tuple(_opt(args, "--transports").split(",")) if _opt(args, "--transports") else TRANSPORTS
+    result = run(quick, sizes, transports)
     print(table(result))
     if "--json" in args:
         print(json.dumps(result))
