@@ -2,7 +2,8 @@
 
 The measurement itself lives in `scripts/bench_push.py` (also runnable alone as `scripts/bench-push`, which
 sweeps 100/1,000/5,000); here it runs at `Sizes.push_subscribers` and its rows become table rows, with bare
-Redis pub/sub to one subscriber as the baseline of the latencies.
+Redis pub/sub to one subscriber as the baseline of the latencies, and the naive fan-out of issue #3
+(bench/naive_push.py: sse-starlette encoding per client) as the reference of the SSE rows.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from .harness import ROOT, Bench, Stat
 from .report import Row
 
 NOT_YET = "push: see scripts/bench-push"
+NAIVE = "naive fan-out (sse-starlette per client)"
 
 
 def find_runner() -> Callable[..., dict[str, Any]] | None:
@@ -43,13 +45,18 @@ def run(bench: Bench, *, quick: bool) -> tuple[list[Row], dict[str, Any] | str]:
     raw = runner(quick, [bench.sizes.push_subscribers])  # type: ignore[call-arg]
     measured = raw.get("push", [])
     base = next((r for r in measured if r.get("transport") == "redis-pubsub"), None)
+    naive = {r["subscribers"]: r for r in measured if r.get("transport") == "naive" and r.get("delivered")}
     rows = []
     for r in measured:
-        if r.get("transport") == "redis-pubsub":
+        if r.get("transport") in ("redis-pubsub", "naive"):
             continue
         label = f"{r['transport']} × {r['subscribers']}"
+        ref = naive.get(r["subscribers"]) if r["transport"] == "sse" else None
         for key in ("p50_ms", "p99_ms"):
             baseline = {"bare Redis pub/sub, 1 subscriber": Stat.of([float(base[key])])} if base else {}
+            if ref is not None:
+                baseline[NAIVE] = Stat.of([float(ref[key])])
             rows.append(Row("push", f"{label} {key[:3]} ms", Stat.of([float(r[key])]), baseline, False))
-        rows.append(Row("push", f"{label} server KB/conn", Stat.of([float(r["rss_per_conn_kb"])]), {}, False))
+        kb = {NAIVE: Stat.of([float(ref["rss_per_conn_kb"])])} if ref is not None else {}
+        rows.append(Row("push", f"{label} server KB/conn", Stat.of([float(r["rss_per_conn_kb"])]), kb, False))
     return rows, raw

@@ -265,20 +265,33 @@ class WsSession:
                 await self.send_events(await self.mw.take())
 
     async def run(self) -> None:
+        """The reader runs in the connection's own task, the writer in one more (not a task each plus a waiter:
+        every task per connection costs memory at thousands of connections). A writer that ends stops the reader."""
         await self.mw.start()
-        tasks = [asyncio.create_task(self.reader()), asyncio.create_task(self.writer())]
+        me = asyncio.current_task()
+        assert me is not None
+        writer = asyncio.create_task(self.writer())
+
+        def writer_ended(_: asyncio.Task[None]) -> None:
+            me.cancel()
+
+        writer.add_done_callback(writer_ended)
         try:
-            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-            for task in done:
-                exc = task.exception()
-                if exc is not None and not isinstance(exc, WebSocketDisconnect | TimeoutError | OSError):
-                    raise exc
+            await self.reader()
+        except asyncio.CancelledError:
+            if not writer.done():
+                raise  # cancelled from outside, not by the writer
+            me.uncancel()
+            exc = None if writer.cancelled() else writer.exception()
+            if exc is not None and not isinstance(exc, WebSocketDisconnect | TimeoutError | OSError):
+                raise exc from None
+        except (WebSocketDisconnect, TimeoutError, OSError):
+            pass
         finally:
-            for task in tasks:
-                task.cancel()
-            for task in tasks:
-                with contextlib.suppress(BaseException):
-                    await task
+            writer.remove_done_callback(writer_ended)
+            writer.cancel()
+            with contextlib.suppress(BaseException):
+                await writer
             await self.mw.close()
 
 
