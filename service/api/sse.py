@@ -2,7 +2,7 @@
 
 sse-starlette runs a task group per client (a sender, a pinger, a disconnect listener) and encodes every
 event per client; with thousands of clients that per-client work dominates. Here the client's own request
-task runs the generator; a single small task waits for the disconnect and cancels it; each send is bounded
+task runs the generator; the disconnect is awaited from callbacks (no second task) and cancels it; each send is bounded
 by a timeout so a client that stops reading is dropped instead of holding memory.
 """
 
@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
+from typing import Any
 
 from starlette.types import Message, Receive, Scope, Send
 
@@ -64,6 +65,54 @@ def _stall_watch() -> _StallWatch:
     return watch
 
 
+class _DisconnectWatch:
+    """Waits for `http.disconnect` and cancels the response's task: `receive()` driven from callbacks, so an
+    idle stream costs no task of its own (at thousands of clients each task is memory)."""
+
+    __slots__ = ("receive", "task", "coro", "gone")
+
+    def __init__(self, receive: Receive, task: asyncio.Task[object]) -> None:
+        self.receive = receive
+        self.task = task
+        self.gone = False
+        self.coro: Coroutine[Any, Any, Message] | None = None
+        self._next()
+
+    def _next(self) -> None:
+        self.coro = self.receive()  # type: ignore[assignment]
+        self._step(None)
+
+    def _step(self, _: object) -> None:
+        coro = self.coro
+        if coro is None:
+            return
+        try:
+            waiting = coro.send(None)
+        except StopIteration as done:
+            if done.value["type"] == "http.disconnect":
+                self.coro = None
+                self.gone = True
+                self.task.cancel()
+            else:
+                self._next()  # a request body message: keep listening
+            return
+        except BaseException:
+            self.coro = None
+            self.gone = True
+            self.task.cancel()
+            return
+        if asyncio.isfuture(waiting):
+            waiting._asyncio_future_blocking = False  # type: ignore[union-attr]
+            waiting.add_done_callback(self._step)
+        else:
+            asyncio.get_running_loop().call_soon(self._step, None)
+
+    def close(self) -> None:
+        coro, self.coro = self.coro, None
+        if coro is not None:
+            coro.close()
+
+
 class SseResponse:
     """Streams the bytes an async generator yields; ends when it ends, the client leaves, or a send stalls."""
 
@@ -92,18 +141,7 @@ class SseResponse:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         task = asyncio.current_task()
         assert task is not None
-        gone = False
-
-        async def watch_disconnect() -> None:
-            nonlocal gone
-            while True:
-                message: Message = await receive()
-                if message["type"] == "http.disconnect":
-                    gone = True
-                    task.cancel()
-                    return
-
-        watcher = asyncio.create_task(watch_disconnect())
+        watcher = _DisconnectWatch(receive, task)
         stalls = self._stalls = _stall_watch()
         self._task = task
         loop = asyncio.get_running_loop()
@@ -118,15 +156,13 @@ class SseResponse:
         except asyncio.CancelledError:
             # The client left, or stopped reading for longer than the send timeout: drop it, its buffer
             # goes with it (it resumes with Last-Event-ID when it comes back).
-            if not (gone or self.stalled):
+            if not (watcher.gone or self.stalled):
                 raise
             task.uncancel()
         except OSError:
             pass
         finally:
             stalls.remove(task)
-            watcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await watcher
+            watcher.close()
             with contextlib.suppress(Exception):
                 await self.body.aclose()  # type: ignore[attr-defined]
