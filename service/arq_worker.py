@@ -17,11 +17,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from typing import Any
 
-from arq import Worker
+from arq import Retry, Worker
 from arq.connections import create_pool
-from arq.constants import in_progress_key_prefix
-from arq.utils import timestamp_ms
+from arq.constants import in_progress_key_prefix, job_key_prefix, retry_key_prefix
+from arq.jobs import SerializationError, deserialize_job_raw
+from arq.utils import ms_to_datetime, timestamp_ms
+from arq.worker import Function, RetryJob
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -29,44 +32,65 @@ from .queue import wake_channel
 
 log = logging.getLogger("aijobs.worker")
 
-# KEYS: the queue, then one in-progress key per job id; ARGV: now (ms), in-progress ttl (ms), the job ids.
-# Returns [job id, score, ...] for the jobs it took: the same rule as arq's start_jobs, in one call.
-_START_LUA = """
+FINISH_BATCH = 1000  # finished jobs removed per Redis call (Lua's unpack has a limit)
+
+# What taking a job does, for both scripts below: the same checks as arq's start_jobs (not already in progress,
+# still on the queue, due), the in-progress key set, then the first step of arq's run_job (read the job, count
+# the try) in the same call. Keys are built from their prefixes here, as arq's are: arq runs on one Redis,
+# never a cluster. ARGV prefix: now (ms), in-progress ttl (ms), then the in-progress, job and retry key prefixes.
+# Each job taken adds [job id, score, job data ('' when gone), try] to `taken`.
+_TAKE_ONE_LUA = """
+local function take(id, score, taken)
+  local key = ARGV[3] .. id
+  if redis.call('EXISTS', key) == 1 then return false end
+  redis.call('PSETEX', key, ARGV[2], '1')
+  local data = redis.call('GET', ARGV[4] .. id) or ''
+  local try = redis.call('INCR', ARGV[5] .. id)
+  redis.call('EXPIRE', ARGV[5] .. id, 88400)
+  taken[#taken + 1] = id
+  taken[#taken + 1] = score
+  taken[#taken + 1] = data
+  taken[#taken + 1] = try
+  return true
+end
+"""
+# Take these jobs (ARGV after the prefixes: the job ids) where still due. KEYS: the queue.
+_START_LUA = (
+    _TAKE_ONE_LUA
+    + """
 local taken = {}
-for i = 2, #KEYS do
-  local id = ARGV[i + 1]
-  local score = redis.call('ZSCORE', KEYS[1], id)
-  if score and tonumber(score) <= tonumber(ARGV[1]) and redis.call('EXISTS', KEYS[i]) == 0 then
-    redis.call('PSETEX', KEYS[i], ARGV[2], '1')
-    taken[#taken + 1] = id
-    taken[#taken + 1] = score
-  end
+for i = 6, #ARGV do
+  local score = redis.call('ZSCORE', KEYS[1], ARGV[i])
+  if score and tonumber(score) <= tonumber(ARGV[1]) then take(ARGV[i], score, taken) end
 end
 return taken
 """
+)
 # Read the due jobs and take those that fit the free slots, in one call (an idle worker's poll).
-# KEYS: the queue; ARGV: now (ms), in-progress ttl (ms), free slots, read limit, in-progress key prefix.
-# The in-progress keys are built here, as arq's are: arq runs on one Redis, never a cluster.
-# Returns {taken: [job id, score, ...], rest: [job id, ...]} (rest: due, but no slot was free).
-_TAKE_LUA = """
-local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'WITHSCORES', 'LIMIT', 0, ARGV[4])
+# KEYS: the queue; ARGV after the prefixes: free slots, read limit.
+# Returns {taken, rest: [job id, ...]} (rest: due, but no slot was free).
+_TAKE_LUA = (
+    _TAKE_ONE_LUA
+    + """
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'WITHSCORES', 'LIMIT', 0, ARGV[7])
 local taken, rest = {}, {}
-local free = tonumber(ARGV[3])
+local free = tonumber(ARGV[6])
 for i = 1, #due, 2 do
-  local id = due[i]
   if free > 0 then
-    local key = ARGV[5] .. id
-    if redis.call('EXISTS', key) == 0 then
-      redis.call('PSETEX', key, ARGV[2], '1')
-      taken[#taken + 1] = id
-      taken[#taken + 1] = due[i + 1]
-      free = free - 1
-    end
+    if take(due[i], due[i + 1], taken) then free = free - 1 end
   else
-    rest[#rest + 1] = id
+    rest[#rest + 1] = due[i]
   end
 end
 return {taken, rest}
+"""
+)
+# What a finished job leaves behind, for a whole batch of jobs: every key of each (in-progress, retry, job),
+# and its queue entry. KEYS: the queue, then the keys to delete; ARGV: the job ids.
+_FINISHED_LUA = """
+redis.call('ZREM', KEYS[1], unpack(ARGV))
+redis.call('DEL', unpack(KEYS, 2))
+return 0
 """
 
 
@@ -78,6 +102,15 @@ class WakeableWorker(Worker):
     _paused_until: float = 0.0
     _start_script: object | None = None
     _take_script: object | None = None
+    _finished_script: object | None = None
+    _finisher: asyncio.Task[None] | None = None
+    inline_functions: frozenset[str] = frozenset()  # run in the job's own task, finished in batches
+
+    def __init__(self, *args: Any, inline_functions: frozenset[str] = frozenset(), **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.inline_functions = inline_functions
+        self._finished: list[tuple[str, asyncio.Future[None]]] = []
+
     _full = False  # every slot was taken at the end of the last poll
 
     def _release_sem_dec_counter_on_complete(self) -> None:
@@ -87,12 +120,20 @@ class WakeableWorker(Worker):
             self._full = False
             self._wake.set()
 
+    def _prefixes(self) -> list[object]:
+        return [
+            timestamp_ms(),
+            int(self.in_progress_timeout_s * 1000),
+            in_progress_key_prefix,
+            job_key_prefix,
+            retry_key_prefix,
+        ]
+
     async def start_jobs(self, job_ids: list[bytes]) -> None:
         """Start these jobs as slots free up, taking all that fit the free slots in one Redis call each time."""
         if self._start_script is None:
             self._start_script = self.pool.register_script(_START_LUA)
         pending = [j.decode() for j in job_ids]
-        ttl_ms = int(self.in_progress_timeout_s * 1000)
         while pending:
             await self.sem.acquire()  # wait for a free slot, as arq does, then count them all
             self.sem.release()
@@ -100,20 +141,110 @@ class WakeableWorker(Worker):
             if free <= 0:
                 return None
             batch, pending = pending[:free], pending[free:]
-            keys = [self.queue_name, *(in_progress_key_prefix + job_id for job_id in batch)]
-            taken = await self._start_script(keys=keys, args=[timestamp_ms(), ttl_ms, *batch])  # type: ignore[operator]
+            taken = await self._start_script(keys=[self.queue_name], args=[*self._prefixes(), *batch])  # type: ignore[operator]
             await self._run_taken(taken)
         return None
 
     async def _run_taken(self, taken: list[bytes]) -> None:
-        """Run the jobs a script took ([job id, score, ...]), each in a slot that is known to be free."""
-        for i in range(0, len(taken), 2):
+        """Run the jobs a script took ([job id, score, job data, try, ...]), each in a slot known to be free."""
+        for i in range(0, len(taken), 4):
             job_id = taken[i].decode() if isinstance(taken[i], bytes) else str(taken[i])
             await self.sem.acquire()  # free at once: nothing else starts jobs meanwhile
             self.job_counter += 1
-            task = self.loop.create_task(self.run_job(job_id, int(float(taken[i + 1]))))
+            task = self.loop.create_task(
+                self._run_read(job_id, int(float(taken[i + 1])), taken[i + 2], int(taken[i + 3]))
+            )
             task.add_done_callback(lambda _: self._release_sem_dec_counter_on_complete())
             self.tasks[job_id] = task
+
+    async def _run_read(self, job_id: str, score: int, data: bytes, job_try: int) -> None:
+        """arq's run_job for a job whose data and try the take script already read.
+
+        A function in `inline_functions` runs in this task (no task of its own, no wait_for) and its finish goes
+        to Redis with the other jobs finishing meanwhile, in one call. Anything else (a cron job, a job whose
+        data is gone or unreadable) goes to arq's own run_job, which reads the job and counts the try itself.
+        """
+        function = None
+        if data and self.retry_jobs and not self.allow_abort_jobs:
+            try:
+                name, args, kwargs, enqueue_try, enqueue_time_ms = deserialize_job_raw(
+                    data, deserializer=self.job_deserializer
+                )
+            except SerializationError:
+                name = ""
+            if name in self.inline_functions and not enqueue_try:
+                function = self.functions.get(name)
+            if isinstance(function, Function) and (
+                function.keep_result_s or self.keep_result_s or self.keep_result_forever
+            ):
+                function = None  # a result to keep: arq's run_job writes it
+        if function is None:
+            await self.pool.decr(retry_key_prefix + job_id)  # arq's run_job counts this try again
+            return await self.run_job(job_id, score)
+        max_tries = self.max_tries if function.max_tries is None else function.max_tries
+        if job_try > max_tries:
+            log.warning("job %s: max retries %d exceeded", job_id, max_tries)
+            self.jobs_failed += 1
+            return await asyncio.shield(self.finish_failed_job(job_id, None))
+        timeout_s = self.job_timeout_s if function.timeout_s is None else function.timeout_s
+        ctx = {**self.ctx, "job_id": job_id, "job_try": job_try, "enqueue_time": ms_to_datetime(enqueue_time_ms)}
+        ctx["score"] = score
+        if self.on_job_start:
+            await self.on_job_start(ctx)
+        done, incr_score = True, None
+        try:
+            async with asyncio.timeout(timeout_s):
+                await function.coroutine(ctx, *args, **kwargs)
+        except Retry as exc:
+            done = False
+            if exc.defer_score:
+                incr_score = exc.defer_score + (timestamp_ms() - score)
+            self.jobs_retried += 1
+        except (asyncio.CancelledError, RetryJob):
+            done = False  # stopped (shutdown): it stays on the queue, to run again
+            self.jobs_retried += 1
+        except Exception:
+            log.exception("job %s failed", job_id)
+            self.jobs_failed += 1
+        else:
+            self.jobs_complete += 1
+        if self.on_job_end:
+            await self.on_job_end(ctx)
+        if done:
+            await asyncio.shield(self._finished_soon(job_id))
+        else:  # arq's finish for a job that runs again: keep it queued (later, if deferred), free the in-progress key
+            await asyncio.shield(self.finish_job(job_id, False, None, None, False, incr_score, None))
+        if self.after_job_end:
+            await self.after_job_end(ctx)
+        return None
+
+    def _finished_soon(self, job_id: str) -> asyncio.Future[None]:
+        """Remove a finished job's keys and queue entry along with every other job finished meanwhile."""
+        future: asyncio.Future[None] = self.loop.create_future()
+        self._finished.append((job_id, future))
+        if self._finisher is None or self._finisher.done():
+            self._finisher = self.loop.create_task(self._send_finished())
+        return future
+
+    async def _send_finished(self) -> None:
+        if self._finished_script is None:
+            self._finished_script = self.pool.register_script(_FINISHED_LUA)
+        while self._finished:
+            batch, self._finished = self._finished[:FINISH_BATCH], self._finished[FINISH_BATCH:]
+            ids = [job_id for job_id, _ in batch]
+            keys = [self.queue_name]
+            for job_id in ids:
+                keys += (in_progress_key_prefix + job_id, retry_key_prefix + job_id, job_key_prefix + job_id)
+            try:
+                await self._finished_script(keys=keys, args=ids)  # type: ignore[operator]
+            except Exception as exc:
+                for _, future in batch:
+                    if not future.done():
+                        future.set_exception(exc)
+                continue
+            for _, future in batch:
+                if not future.done():
+                    future.set_result(None)
 
     async def _poll_iteration(self) -> None:
         """arq's poll, with the read of due jobs and the taking of those that fit in one Redis call."""
@@ -122,9 +253,8 @@ class WakeableWorker(Worker):
         if self.allow_pick_jobs and self.job_counter < self.max_jobs:
             if self._take_script is None:
                 self._take_script = self.pool.register_script(_TAKE_LUA)
-            free = self.max_jobs - self.job_counter
-            args = [timestamp_ms(), int(self.in_progress_timeout_s * 1000), free, self.queue_read_limit]
-            taken, rest = await self._take_script(keys=[self.queue_name], args=[*args, in_progress_key_prefix])  # type: ignore[operator]
+            args = [*self._prefixes(), self.max_jobs - self.job_counter, self.queue_read_limit]
+            taken, rest = await self._take_script(keys=[self.queue_name], args=args)  # type: ignore[operator]
             await self._run_taken(taken)
             if rest:  # more are due than slots were free: start them as slots free up, as arq does
                 await self.start_jobs(rest)

@@ -191,11 +191,26 @@ class ActiveRun:
     stop_reason: str | None = None  # "cancel" | "lease_lost"
     renewed: float = field(default_factory=time.monotonic)  # when the lease was last taken or renewed
 
+    _cancelled: bool = False  # stop() cancelled the task
+
     def stop(self, reason: str) -> None:
-        if self.stop_reason is None:
-            self.stop_reason = reason
+        """Stop the attempt (once): the task running it gets a CancelledError where it waits."""
+        if self.stop_reason is not None:
+            return
+        self.stop_reason = reason
         if self.task is not None and not self.task.done():
-            self.task.cancel()
+            self._cancelled = self.task.cancel()
+
+    def settle(self) -> bool:
+        """The attempt is over: a later stop() cancels nothing, and our own cancel is taken back (the task goes
+        on to record the outcome). True if the task is still being cancelled by someone else (a shutdown)."""
+        task, self.task = self.task, None
+        if task is None:
+            return False
+        if self._cancelled:
+            self._cancelled = False
+            task.uncancel()
+        return task.cancelling() > 0
 
 
 class JobRunner:
@@ -343,17 +358,19 @@ class JobRunner:
         started = time.monotonic()
         log.info("job started", extra={"job_id": job.id, "type": job.type, "attempt": job.attempts})
         try:
-            run.task = asyncio.create_task(self._attempt(spec, ctx, job))
+            run.task = asyncio.current_task()  # the attempt runs in this task: stop() cancels it, settle() undoes that
             try:
-                result = await run.task
+                try:
+                    result = await self._attempt(spec, ctx, job)
+                finally:
+                    shutdown = run.settle()
             except asyncio.CancelledError:
-                current = asyncio.current_task()
                 if run.stop_reason == "cancel":
                     await asyncio.shield(self._cancelled(job, token, ctx, time.monotonic() - started))
-                    if current is not None and current.cancelling():
+                    if shutdown:
                         raise
                     return "cancelled"
-                if run.stop_reason == "lease_lost" and not (current is not None and current.cancelling()):
+                if run.stop_reason == "lease_lost" and not shutdown:
                     log.warning("lease lost, run stopped", extra={"job_id": job.id})
                     return "lease_lost"
                 # Shutdown: give the job back without spending the attempt.

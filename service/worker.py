@@ -163,6 +163,7 @@ def build_worker(
         burst=burst,
         handle_signals=handle_signals,
         max_burst_jobs=-1,
+        inline_functions=frozenset({RUN_JOB_FUNCTION}),
     )
     worker.ctx["pause_taking_jobs"] = worker.pause
     worker.ctx["store_pause"] = settings.heartbeat_seconds  # how long a worker that could not claim waits to retry
