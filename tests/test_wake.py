@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+from collections.abc import Awaitable, Callable
 
 import httpx
 from arq.connections import RedisSettings, create_pool
+from arq.constants import in_progress_key_prefix, job_key_prefix, retry_key_prefix
 
 from service.config import Settings
 from service.queue import JobQueue
@@ -47,5 +49,52 @@ async def test_enqueueing_the_same_attempt_twice_is_refused(settings: Settings) 
         assert await queue.enqueue("job-1", ticket=1, priority=5) is True
         assert await queue.depth() == 2
         assert await queue.holds("job-1", 0)
+    finally:
+        await redis.aclose()
+
+
+async def _until(check: Callable[[], Awaitable[bool]], timeout: float = 15.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not await check():
+        assert asyncio.get_running_loop().time() < deadline, "timed out"
+        await asyncio.sleep(0.05)
+
+
+async def test_a_job_not_run_inline_goes_through_arqs_run_job_with_its_try_counted_once(settings: Settings) -> None:
+    """The take script counts every job's try; a cron job (max_tries 1) that arq's run_job runs must not see 2."""
+    assert settings.redis_url
+    redis = await create_pool(
+        RedisSettings.from_dsn(settings.redis_url), job_serializer=json_serializer, job_deserializer=json_deserializer
+    )
+    try:
+        async with run_worker(settings) as worker:
+            await redis.enqueue_job("aijobs:cleanup", _job_id="cron-by-hand", _queue_name=settings.queue_name)
+
+            async def gone() -> bool:
+                return not await redis.exists(job_key_prefix + "cron-by-hand")
+
+            await _until(gone)
+            assert worker.jobs_complete >= 1
+            assert worker.jobs_failed == 0  # a try counted twice would be "max 1 retries exceeded"
+            assert await redis.zscore(settings.queue_name, "cron-by-hand") is None
+    finally:
+        await redis.aclose()
+
+
+async def test_a_queue_entry_whose_job_data_is_gone_is_dropped(settings: Settings) -> None:
+    assert settings.redis_url
+    redis = await create_pool(
+        RedisSettings.from_dsn(settings.redis_url), job_serializer=json_serializer, job_deserializer=json_deserializer
+    )
+    try:
+        async with run_worker(settings) as worker:
+            await redis.zadd(settings.queue_name, {"no-such-job.1": 0})
+
+            async def dropped() -> bool:
+                return await redis.zscore(settings.queue_name, "no-such-job.1") is None
+
+            await _until(dropped)
+            assert worker.jobs_failed == 1  # arq's "job expired"
+            assert not await redis.exists(in_progress_key_prefix + "no-such-job.1", retry_key_prefix + "no-such-job.1")
     finally:
         await redis.aclose()
