@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 import hashlib
 import json
 import math
@@ -154,12 +155,13 @@ class SimulatedProvider:
             else:
                 cleaned.append(message)
         delay = self.delay if directives.slow is None else directives.slow
-        failure = self._due_failure(directives.failure, json.dumps(messages, sort_keys=True))
+        request = json.dumps(messages, sort_keys=True) if directives.failure is not None else ""
+        failure = self._due_failure(directives.failure, request)
         if failure is not None and failure.kind != "midstream":
             await self._fail(failure, delay)
 
         text = directives.echo if directives.echo is not None else _reply(cleaned)
-        tokens = _TOKEN.findall(text)
+        tokens = list(_tokens(text))
         truncated = max_tokens is not None and directives.echo is None and len(tokens) > max(1, max_tokens)
         if truncated:
             tokens = tokens[: max(1, max_tokens or 1)]
@@ -337,6 +339,18 @@ def _keywords(text: str) -> list[str]:
 def _reply(messages: list[ChatMessage]) -> str:
     system = "\n".join(m["content"] for m in messages if m["role"] == "system")
     user = next((m["content"] for m in reversed(messages) if m["role"] == "user"), "")
+    return _reply_to(system, user)
+
+
+@functools.lru_cache(maxsize=256)
+def _tokens(text: str) -> tuple[str, ...]:
+    return tuple(_TOKEN.findall(text))
+
+
+@functools.lru_cache(maxsize=256)
+def _reply_to(system: str, user: str) -> str:
+    """The reply is a function of the prompt alone (seeded by it), so a repeated prompt is not worked out again:
+    the simulator stands in for a network call, and should cost the worker about as little CPU as one."""
     rng = _rng(system, user)
     words = _keywords(user)
     if titles := _TITLES.search(system):
