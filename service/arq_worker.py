@@ -328,10 +328,10 @@ class WakeableWorker(Worker):
         self._wake = asyncio.Event()
         subscribed = asyncio.Event()
         self._wake_task = asyncio.create_task(self._listen_for_wakes(subscribed), name="aijobs-worker-wake")
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(subscribed.wait(), 5)
         loop = asyncio.get_running_loop()
-        try:
+        try:  # from here on: a cancel (even during the first wait) also ends the listener, before the pool closes
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(subscribed.wait(), 5)
             while True:
                 self._wake.clear()  # anything enqueued from here on is seen by this iteration or wakes the next
                 before = loop.time()
