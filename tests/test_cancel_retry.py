@@ -12,6 +12,7 @@ from pathlib import Path
 import httpx
 
 from service.config import Settings
+from service.queue import JobQueue
 
 from .conftest import run_worker, wait_for_status
 from .procs import spawn, store_row, workers
@@ -338,3 +339,23 @@ async def test_a_type_chain_starting_elsewhere_keeps_a_users_key_on_its_provider
     ]
     assert [r.headers["authorization"] for r in backup.requests] == ["Bearer sk-backup"]  # the plain job only
     assert [r.headers["authorization"] for r in primary.requests] == ["Bearer sk-user-gus"]
+
+
+async def test_a_cancel_ends_only_the_attempt_and_the_worker_runs_on(
+    client: httpx.AsyncClient, settings: Settings
+) -> None:
+    """The attempt runs in the arq job's own task: the cancel must stop it, not the job's finish or the worker."""
+    async with run_worker(settings) as worker:
+        body = {"type": "chat", "input": {"messages": [{"role": "user", "content": "Long story [[slow:20]]"}]}}
+        job_id = (await client.post("/api/jobs", json=body)).json()["job_id"]
+        await wait_for_status(client, job_id, {"processing"})
+        c = await client.post(f"/api/jobs/{job_id}/cancel")
+        assert c.status_code == 200 and c.json()["status"] == "cancelled", c.text
+        r = await client.post("/api/jobs", json={"type": "titles", "input": {"text": "After a cancel"}})
+        await wait_for_status(client, r.json()["job_id"], {"completed"}, timeout=15)
+        queue = JobQueue(worker.pool, queue_name=settings.queue_name)  # type: ignore[attr-defined]
+        deadline = asyncio.get_running_loop().time() + 10
+        while await queue.depth():  # both arq jobs finished (neither left to run again)
+            assert asyncio.get_running_loop().time() < deadline, "an arq job was left on the queue"
+            await asyncio.sleep(0.05)
+        assert (worker.jobs_complete, worker.jobs_retried, worker.jobs_failed) == (2, 0, 0)  # type: ignore[attr-defined]
