@@ -15,6 +15,7 @@ from .coordination import capacity_of, workers_key
 from .events import PUBLISH_EVENT_LUA, EventLog
 from .models import Event
 from .queue import ENQUEUE_JOB_LUA, JobQueue
+from .script_batch import ScriptBatch
 
 _ADMIT_LUA = (
     PUBLISH_EVENT_LUA
@@ -38,14 +39,16 @@ class Admission:
     def __init__(self, events: EventLog, queue: JobQueue) -> None:
         self.events = events
         self.queue = queue
-        self._script = queue.redis.register_script(_ADMIT_LUA)
+        self._batch = ScriptBatch(queue.redis)  # concurrent submissions share one round trip
+        self._script = self._batch.register(_ADMIT_LUA)
 
     async def admit(self, user_id: str, event: Event, *, ticket: int, priority: int) -> Admitted:
         """Publish the job's first event and enqueue it; raises on any Redis trouble (the reconciler enqueues)."""
         ev_keys, ev_args = self.events.publish_call(user_id, event)
         q_keys, q_args = self.queue.enqueue_call(event.job_id, ticket=ticket, priority=priority)
-        published, enqueued, members = await self._script(
-            keys=[*ev_keys, *q_keys, workers_key(self.queue.queue_name)],
-            args=[*ev_args, *q_args, int(time.time() * 1000)],
+        published, enqueued, members = await self._batch.call(
+            self._script,
+            [*ev_keys, *q_keys, workers_key(self.queue.queue_name)],
+            [*ev_args, *q_args, int(time.time() * 1000)],
         )
         return Admitted(bool(published), bool(enqueued), capacity_of(members))

@@ -9,14 +9,15 @@ past the cap; open streams are counted per web process, in memory, so a crashed 
 from __future__ import annotations
 
 import math
+import os
 import time
-import uuid
 from typing import Any
 
 from redis.asyncio import Redis
 
 from .config import Settings, parse_byte_caps
 from .models import dumps
+from .script_batch import ScriptBatch
 
 # Drop entries older than the window, then admit (and record) the submission if under the limit; otherwise
 # answer how many ms until the oldest entry leaves the window.
@@ -51,7 +52,8 @@ class SubmissionLimits:
         self.settings = settings
         self.redis = redis
         self.byte_caps = parse_byte_caps(settings.max_input_bytes)
-        self._window = redis.register_script(_SLIDING_WINDOW)
+        self._batch = ScriptBatch(redis)  # concurrent submissions share one round trip
+        self._window = self._batch.register(_SLIDING_WINDOW)
 
     def check_input_size(self, job_type: str, job_input: Any) -> None:
         cap = self.byte_caps.get(job_type)
@@ -80,11 +82,10 @@ class SubmissionLimits:
         Returns the entry it made, for give_back() if the submission is refused later on.
         """
         limit = self.settings.submissions_per_minute
-        entry = uuid.uuid4().hex
+        entry = os.urandom(16).hex()
         wait_ms = int(
-            await self._window(
-                keys=[_rate_key(user_id)],
-                args=[int(time.time() * 1000), WINDOW_MS, limit, entry],
+            await self._batch.call(
+                self._window, [_rate_key(user_id)], [int(time.time() * 1000), WINDOW_MS, limit, entry]
             )
         )
         if wait_ms > 0:

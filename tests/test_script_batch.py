@@ -1,0 +1,62 @@
+"""Script calls batched into one round trip keep their own answers and errors, and a Redis that lost its
+scripts (restarted empty) or went away behaves as for a lone call."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
+
+from service.embedded import EmbeddedRedis, free_port
+from service.script_batch import ScriptBatch
+
+INCR = "return redis.call('INCRBY', KEYS[1], ARGV[1])"
+FAIL = "return redis.error_reply('refused ' .. ARGV[1])"
+
+
+async def test_concurrent_calls_share_a_batch_and_keep_their_own_answers(redis_server: EmbeddedRedis) -> None:
+    redis = Redis.from_url(redis_server.url)
+    try:
+        await redis.delete("sb:n")
+        batch = ScriptBatch(redis)
+        incr, fail = batch.register(INCR), batch.register(FAIL)
+        calls = [batch.call(incr, ["sb:n"], [1]) for _ in range(40)]
+        bad = batch.call(fail, [], ["x"])
+        after = batch.call(incr, ["sb:n"], [100])
+        answers = await asyncio.gather(*calls, bad, after, return_exceptions=True)
+        assert answers[:40] == list(range(1, 41))  # in the order called
+        assert isinstance(answers[40], ResponseError) and "refused x" in str(answers[40])
+        assert answers[41] == 140  # the failed script cost its neighbours nothing
+        await redis.script_flush()  # as after a restart: EVAL loads them again
+        assert await batch.call(incr, ["sb:n"], [1]) == 141
+        assert await asyncio.gather(batch.call(incr, ["sb:n"], [1]), batch.call(incr, ["sb:n"], [1])) == [142, 143]
+    finally:
+        await redis.aclose()
+
+
+async def test_redis_down_fails_every_call_of_the_batch() -> None:
+    redis = Redis.from_url(f"redis://127.0.0.1:{free_port()}/0")
+    try:
+        batch = ScriptBatch(redis)
+        incr = batch.register(INCR)
+        answers = await asyncio.gather(*[batch.call(incr, ["k"], [1]) for _ in range(3)], return_exceptions=True)
+        assert all(isinstance(a, RedisConnectionError | OSError) for a in answers), answers
+    finally:
+        await redis.aclose()
+
+
+@pytest.mark.parametrize("n", [1, 3])
+async def test_a_cancelled_caller_leaves_the_others_answered(redis_server: EmbeddedRedis, n: int) -> None:
+    redis = Redis.from_url(redis_server.url)
+    try:
+        await redis.delete("sb:c")
+        batch = ScriptBatch(redis)
+        incr = batch.register(INCR)
+        futures = [batch.call(incr, ["sb:c"], [1]) for _ in range(n + 1)]
+        futures[0].cancel()
+        assert await asyncio.gather(*futures[1:]) == list(range(2, n + 2))  # the cancelled one still ran
+    finally:
+        await redis.aclose()
