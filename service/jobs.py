@@ -116,17 +116,34 @@ class JobService:
         return job
 
     async def submit_described(
-        self, user_id: str, body: Any, *, job_id: str | None = None, max_active: int | None = None
+        self,
+        user_id: str,
+        body: Any,
+        *,
+        job_id: str | None = None,
+        max_active: int | None = None,
+        validated: tuple[str, dict[str, Any], int] | None = None,
     ) -> tuple[Job, dict[str, Any]]:
-        """submit(), plus the public job with its estimate, built from what submitting read anyway."""
-        job, ahead = await self._submit(user_id, body, job_id=job_id, retry_of=None, max_active=max_active)
+        """submit(), plus the public job with its estimate, built from what submitting read anyway.
+
+        `validated`: what validate(body) returned, when the caller already ran it (it is not run twice)."""
+        job, ahead = await self._submit(
+            user_id, body, job_id=job_id, retry_of=None, max_active=max_active, validated=validated
+        )
         return job, await self.describe(job, ahead=ahead)
 
     async def _submit(
-        self, user_id: str, body: Any, *, job_id: str | None, retry_of: str | None, max_active: int | None
+        self,
+        user_id: str,
+        body: Any,
+        *,
+        job_id: str | None,
+        retry_of: str | None,
+        max_active: int | None,
+        validated: tuple[str, dict[str, Any], int] | None = None,
     ) -> tuple[Job, int]:
         """The job and its queue position when stored. Two round trips: one statement, one Redis script."""
-        job_type, job_input, priority = self.validate(body)
+        job_type, job_input, priority = validated or self.validate(body)
         spec = self.registry.get(job_type)
         job = Job(
             id=job_id or str(uuid.uuid4()),

@@ -7,7 +7,9 @@ from typing import Any
 
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
+
+from .responses import JSONOut
 
 log = logging.getLogger("aijobs.api")
 
@@ -26,8 +28,8 @@ class ApiError(Exception):
 
 def error_response(
     status: int, code: str, message: str, headers: dict[str, str] | None = None, **extra: Any
-) -> JSONResponse:
-    return JSONResponse({"error": {"code": code, "message": message, **extra}}, status_code=status, headers=headers)
+) -> JSONOut:
+    return JSONOut({"error": {"code": code, "message": message, **extra}}, status_code=status, headers=headers)
 
 
 def not_found(what: str = "job") -> ApiError:

@@ -6,11 +6,12 @@ import json
 from typing import Any
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 
 from ..jobs import JobRequestError, StoreUnavailable, TooManyActive
 from .auth import current_user
 from .errors import ApiError, not_found
+from .responses import JSONOut
 from .state import app_state
 from .submit_rules import check_limits, refuse_active, seal_provider_key, take_provider_key
 
@@ -54,11 +55,13 @@ async def create_job(request: Request) -> Response:
     job_id = spent = None
     max_active = state.settings.max_active_jobs
     try:
-        job_type, job_input, _ = state.jobs.validate(body)
-        spent = await check_limits(request, user, job_type, job_input)
+        validated = state.jobs.validate(body)
+        spent = await check_limits(request, user, validated[0], validated[1])
         job_id = await seal_provider_key(request, user, provider_key) if provider_key else None
         if key is None:
-            job, payload = await state.jobs.submit_described(user, body, job_id=job_id, max_active=max_active)
+            job, payload = await state.jobs.submit_described(
+                user, body, job_id=job_id, max_active=max_active, validated=validated
+            )
         else:
             job, created = await state.jobs.submit_idempotent(user, body, key, job_id=job_id, max_active=max_active)
             replayed = not created
@@ -74,7 +77,7 @@ async def create_job(request: Request) -> Response:
     headers = {"Location": payload["links"]["self"]}
     if replayed:
         headers["Idempotent-Replayed"] = "true"
-    return JSONResponse(payload, status_code=202, headers=headers)
+    return JSONOut(payload, status_code=202, headers=headers)
 
 
 def store_unavailable() -> ApiError:
@@ -101,4 +104,4 @@ async def get_job(request: Request) -> Response:
         return Response(status_code=304, headers=headers)
     payload = await state.jobs.describe(job, ahead=ahead)
     payload["links"] = job_links(request, job.id)
-    return JSONResponse(payload, headers=headers)
+    return JSONOut(payload, headers=headers)
