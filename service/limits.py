@@ -8,6 +8,7 @@ past the cap; open streams are counted per web process, in memory, so a crashed 
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 import time
@@ -34,6 +35,18 @@ return math.max(1, tonumber(oldest[2]) + window - now)
 """
 
 WINDOW_MS = 60_000
+# A window entry only has to be unique within its user's key: this process's random prefix (new in a forked
+# child) and a counter, with no system call per submission as uuid4 or os.urandom would make.
+_entry_prefix = os.urandom(8).hex()
+_ENTRY_COUNT = itertools.count()
+
+
+def _new_entry_prefix() -> None:
+    global _entry_prefix
+    _entry_prefix = os.urandom(8).hex()
+
+
+os.register_at_fork(after_in_child=_new_entry_prefix)
 
 
 class LimitExceeded(Exception):
@@ -82,7 +95,7 @@ class SubmissionLimits:
         Returns the entry it made, for give_back() if the submission is refused later on.
         """
         limit = self.settings.submissions_per_minute
-        entry = os.urandom(16).hex()
+        entry = f"{_entry_prefix}:{next(_ENTRY_COUNT)}"
         wait_ms = int(
             await self._batch.call(
                 self._window, [_rate_key(user_id)], [int(time.time() * 1000), WINDOW_MS, limit, entry]

@@ -50,8 +50,12 @@ async def identify(scope: Scope) -> Identity:
     acc = accounts_from_scope(scope)
     if acc is None:
         return Identity(None)
-    headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
-    auth = headers.get("authorization")
+    auth = cookies = None
+    for name, value in scope.get("headers", ()):  # ASGI names are lower-case; only two of them matter here
+        if name == b"authorization":
+            auth = value.decode("latin-1")
+        elif name == b"cookie":
+            cookies = value.decode("latin-1")
     if auth is not None:
         scheme, _, token = auth.partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
@@ -60,7 +64,7 @@ async def identify(scope: Scope) -> Identity:
         if user is None:
             return Identity(None, "That API token is not valid.")
         return Identity(user.id, via="bearer")
-    cookie = _session_cookie(headers.get("cookie"))
+    cookie = _session_cookie(cookies)
     if cookie:
         signed = acc.signer.verify(cookie)
         if signed is None:
