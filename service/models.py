@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 from dataclasses import dataclass, field
@@ -27,6 +28,7 @@ def now() -> float:
     return time.time()
 
 
+@functools.lru_cache(maxsize=8192)  # a polled job's timestamps are formatted again on every poll
 def iso(ts: float | None) -> str | None:
     if ts is None:
         return None
