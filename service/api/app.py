@@ -119,11 +119,12 @@ def create_app(settings: Settings, *, redis_url: str, registry: TaskRegistry | N
             await store.close()
             await redis.aclose()
 
+    # Starlette tries routes in order, one regex each: the submit and poll paths go first (no path overlaps another).
     routes = [
+        Route("/api/jobs/{job_id}", get_job, methods=["GET"], name="get_job"),
+        Route("/api/jobs", create_job, methods=["POST"]),
         Route("/", index, methods=["GET"]),
         Route("/healthz", healthz, methods=["GET"]),
-        Route("/api/jobs", create_job, methods=["POST"]),
-        Route("/api/jobs/{job_id}", get_job, methods=["GET"], name="get_job"),
         Route("/api/jobs/{job_id}/events", job_events, methods=["GET"], name="job_events"),
         Route("/api/jobs", list_jobs, methods=["GET"], name="list_jobs"),
         Route("/api/stats", stats, methods=["GET"], name="stats"),
