@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +29,7 @@ from ..tasks import TaskRegistry, default_registry
 from ..worker import json_deserializer, json_serializer
 from .accounts import STATE_KEY, build_accounts, create_session, delete_session, me, sign_in_demo
 from .auth import AuthMiddleware
+from .direct import DirectRoutes, serve
 from .errors import ApiError, error_response, handle_api_error, handle_http_exception, handle_unexpected
 from .history import list_jobs
 from .jobs import create_job, get_job
@@ -73,10 +74,19 @@ async def index(request: Request) -> Response:
 
 
 class App(Starlette):
-    """Starlette that also records the server's own `send` in the scope: push writes go under ASGI (wire.py)."""
+    """Starlette that also records the server's own `send` in the scope (push writes go under ASGI, wire.py), and
+    serves the long-lived streams named in `direct` before its middleware stack (direct.py)."""
+
+    def __init__(self, *args: Any, direct: Sequence[str] = (), **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.direct = DirectRoutes([r for r in self.routes if isinstance(r, Route) and r.name in direct])
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         scope[RAW_SEND] = send
+        hit = self.direct.match(scope)
+        if hit is not None:
+            await serve(self, hit[0], hit[1], scope, receive, send)
+            return
         await super().__call__(scope, receive, send)
 
 
@@ -148,6 +158,7 @@ def create_app(settings: Settings, *, redis_url: str, registry: TaskRegistry | N
         routes=routes,
         lifespan=lifespan,
         middleware=[Middleware(AuthMiddleware)],
+        direct=("job_events", "all_events"),
         exception_handlers={
             ApiError: handle_api_error,
             HTTPException: not_found_route,

@@ -40,8 +40,13 @@ class AuthMiddleware:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] in ("http", "websocket"):
-            scope[_SCOPE_KEY] = await identify(scope)
+            await authenticate(scope)
         await self.app(scope, receive, send)
+
+
+async def authenticate(scope: Scope) -> None:
+    """Identify the caller and leave the answer in the scope, for `current_user`."""
+    scope[_SCOPE_KEY] = await identify(scope)
 
 
 async def identify(scope: Scope) -> Identity:

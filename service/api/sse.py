@@ -151,6 +151,7 @@ class SseResponse:
                 self.sending_since = loop.time()
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
                 self.sending_since = 0.0
+                chunk = b""  # not kept alive while the stream idles (a snapshot is big)
             self.sending_since = loop.time()
             await send({"type": "http.response.body", "body": b"", "more_body": False})
         except asyncio.CancelledError:

@@ -126,7 +126,7 @@ async def watch_events(
         while True:
             for frame in [sse_frame(event) for event in batch]:
                 yield frame
-            batch = []  # hold no event (a snapshot is big) while idle
+            batch, frame = [], b""  # hold no event nor frame (a snapshot is big) while idle
             if watch.done:
                 break
             sub.fast = fast
