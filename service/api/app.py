@@ -29,7 +29,7 @@ from ..tasks import TaskRegistry, default_registry
 from ..worker import json_deserializer, json_serializer
 from .accounts import STATE_KEY, build_accounts, create_session, delete_session, me, sign_in_demo
 from .auth import AuthMiddleware
-from .direct import DirectRoutes, serve
+from .direct import DirectRoutes, direct_response
 from .errors import ApiError, error_response, handle_api_error, handle_http_exception, handle_unexpected
 from .history import list_jobs
 from .jobs import create_job, get_job
@@ -84,8 +84,11 @@ class App(Starlette):
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         scope[RAW_SEND] = send
         hit = self.direct.match(scope)
-        if hit is not None:
-            await serve(self, hit[0], hit[1], scope, receive, send)
+        if hit is not None:  # a long-lived stream: no middleware frames kept alive under it
+            scope["app"] = self
+            scope["path_params"] = hit[1]
+            response = await direct_response(hit[0], scope, receive)
+            await response(scope, receive, send)
             return
         await super().__call__(scope, receive, send)
 

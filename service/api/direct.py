@@ -17,7 +17,7 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
-from starlette.types import Receive, Scope, Send
+from starlette.types import Receive, Scope
 
 from .auth import authenticate
 from .errors import ApiError, handle_api_error, handle_unexpected
@@ -44,18 +44,9 @@ class DirectRoutes:
         return None
 
 
-async def serve(
-    app: Any, endpoint: Endpoint, params: dict[str, Any], scope: Scope, receive: Receive, send: Send
-) -> None:
-    scope["app"] = app
-    scope["path_params"] = params
-    response = await _respond(endpoint, scope, receive)
-    await response(scope, receive, send)
-
-
-async def _respond(endpoint: Endpoint, scope: Scope, receive: Receive) -> Response:
-    """The endpoint's response or its refusal as JSON (as the app's exception handlers answer); its own frame,
-    so the Request and everything it parsed are gone while the stream runs."""
+async def direct_response(endpoint: Endpoint, scope: Scope, receive: Receive) -> Response:
+    """The endpoint's response or its refusal as JSON (as the app's exception handlers answer). A frame of its
+    own, gone (with the Request and all it parsed) before the response streams."""
     request = Request(scope, receive)
     try:
         await authenticate(scope)

@@ -34,7 +34,7 @@ from .frames import PING_FRAME, WS_PING_FRAME, event_json, sse_body, ws_frame
 from .multiwatch import MAX_JOBS_PER_CLIENT, MultiWatch, parse_cursor
 from .sse import SseResponse
 from .state import AppState, app_state
-from .streams import RETRY_MS, ReleasingResponse
+from .streams import RETRY_MS
 from .submit_rules import acquire_stream_slot
 from .wire import WsWire, ws_wire
 
@@ -89,11 +89,10 @@ async def all_events(request: Request) -> Response:
         raise ApiError(400, "invalid_last_event_id", "Last-Event-ID must be an id sent by this stream.") from None
     mw = multi_watch(state, user)
     slot = acquire_stream_slot(request, user)
-    return ReleasingResponse(
-        SseResponse(
-            mine_events(mw, cursor, state.settings.sse_ping_seconds), send_timeout=state.settings.push_send_timeout
-        ),
-        slot,
+    return SseResponse(
+        mine_events(mw, cursor, state.settings.sse_ping_seconds),
+        send_timeout=state.settings.push_send_timeout,
+        on_close=slot.release,
     )
 
 

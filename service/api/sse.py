@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any
 
+from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
 
 HEADERS = [
@@ -113,12 +114,21 @@ class _DisconnectWatch:
             coro.close()
 
 
-class SseResponse:
-    """Streams the bytes an async generator yields; ends when it ends, the client leaves, or a send stalls."""
+class SseResponse(Response):
+    """Streams the bytes an async generator yields; ends when it ends, the client leaves, or a send stalls.
 
-    def __init__(self, body: AsyncIterator[bytes], *, send_timeout: float = 10.0) -> None:
+    `on_close` runs however it ends (a stream slot's release): here rather than in a wrapping response, whose
+    frame each idle stream would keep suspended."""
+
+    status_code = 200
+    background = None
+
+    def __init__(
+        self, body: AsyncIterator[bytes], *, send_timeout: float = 10.0, on_close: Callable[[], None] | None = None
+    ) -> None:
         self.body = body
         self.send_timeout = send_timeout
+        self.on_close = on_close
         self.stalled = False
         self._sending_since = 0.0
         self._task: asyncio.Task[object] | None = None
@@ -165,5 +175,9 @@ class SseResponse:
         finally:
             stalls.remove(task)
             watcher.close()
-            with contextlib.suppress(Exception):
-                await self.body.aclose()  # type: ignore[attr-defined]
+            try:
+                with contextlib.suppress(Exception):
+                    await self.body.aclose()  # type: ignore[attr-defined]
+            finally:
+                if self.on_close is not None:
+                    self.on_close()

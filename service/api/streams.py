@@ -13,12 +13,10 @@ from collections.abc import AsyncIterator
 
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ..events import EventLog
 from ..gateway import Gateway, Subscriber
 from ..jobs import JobService
-from ..limits import StreamSlot
 from ..models import TERMINAL_STATUSES, Event, EventKind
 from ..store.base import JobStore
 from .auth import current_user
@@ -161,26 +159,8 @@ async def job_events(request: Request) -> Response:
         raise ApiError(400, "invalid_last_event_id", "Last-Event-ID is ahead of this job's events.")
     watch = JobWatch(job_id=job_id, user_id=user, store=state.store, events=state.events, jobs=state.jobs)
     slot = acquire_stream_slot(request, user)
-    return ReleasingResponse(
-        SseResponse(
-            watch_events(watch, state.gateway, after, sse_wire(request.scope)),
-            send_timeout=state.settings.push_send_timeout,
-        ),
-        slot,
+    return SseResponse(
+        watch_events(watch, state.gateway, after, sse_wire(request.scope)),
+        send_timeout=state.settings.push_send_timeout,
+        on_close=slot.release,
     )
-
-
-class ReleasingResponse(Response):
-    """Runs a streaming response and releases its stream slot however it ends (done, disconnect, error)."""
-
-    def __init__(self, inner: ASGIApp, slot: StreamSlot) -> None:
-        self.inner = inner
-        self.slot = slot
-        self.status_code = 200
-        self.background = None
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        try:
-            await self.inner(scope, receive, send)
-        finally:
-            self.slot.release()
