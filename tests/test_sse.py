@@ -94,3 +94,21 @@ async def test_unknown_job_stream_is_404(client: httpx.AsyncClient) -> None:
     r = await client.get("/api/jobs/00000000-0000-0000-0000-000000000000/events")
     assert r.status_code == 404
     assert r.json()["error"]["code"] == "job_not_found"
+
+
+async def test_stream_refusals_are_the_same_json_as_the_full_stack(client: httpx.AsyncClient) -> None:
+    """The stream routes skip Starlette's middleware (api/direct.py): their refusals must not change."""
+    missing = await client.get("/api/jobs/no-such-job/events")
+    assert missing.status_code == 404
+    assert missing.content == (await client.get("/api/jobs/no-such-job")).content
+    assert missing.json()["error"]["code"] == "job_not_found"
+    job_id = await submit(client, "quick")
+    ahead = await client.get(f"/api/jobs/{job_id}/events", headers={"Last-Event-ID": "x1"})
+    assert ahead.status_code == 400 and ahead.json()["error"]["code"] == "invalid_last_event_id"
+    bad_cursor = await client.get("/api/events", headers={"Last-Event-ID": "not a cursor"})
+    assert bad_cursor.status_code == 400 and bad_cursor.json()["error"]["code"] == "invalid_last_event_id"
+    async with httpx.AsyncClient(base_url=str(client.base_url)) as anonymous:
+        for path in (f"/api/jobs/{job_id}/events", "/api/events"):
+            refused = await anonymous.get(path)
+            assert refused.status_code == 401 and refused.headers["www-authenticate"] == "Bearer"
+            assert refused.content == (await anonymous.get(f"/api/jobs/{job_id}")).content
