@@ -41,6 +41,8 @@ def parse_resume_point(raw: str | None) -> int | None:
 class JobWatch:
     """Delivers one job's events to one client in seq order, catching up from the Stream when needed."""
 
+    __slots__ = ("job_id", "user_id", "store", "events", "jobs", "last", "done", "queued", "sub", "wire")
+
     def __init__(self, *, job_id: str, user_id: str, store: JobStore, events: EventLog, jobs: JobService) -> None:
         self.job_id = job_id
         self.user_id = user_id
@@ -50,6 +52,8 @@ class JobWatch:
         self.last = 0
         self.done = False
         self.queued = False  # as of the last event sent: only then do position updates concern this client
+        self.sub: Subscriber | None = None  # set by watch_events, for `fast`
+        self.wire: SseWire | None = None
 
     def _accept(self, event: Event) -> bool:
         if event.seq <= self.last:
@@ -98,25 +102,33 @@ class JobWatch:
         it never moves the resume point."""
         return event.kind is not EventKind.POSITION or (event.seq == self.last and not self.done)
 
+    def watching(self) -> tuple[str, ...]:
+        """The gateway's `Subscriber.watched`: this job while it is queued (for position updates)."""
+        return (self.job_id,) if self.queued and not self.done else ()
 
-async def watch_events(
-    watch: JobWatch, gateway: Gateway, after: int | None, wire: SseWire | None = None
-) -> AsyncIterator[bytes]:
-    sub = Subscriber(watch.user_id, {watch.job_id})
-    sub.watched = lambda: (watch.job_id,) if watch.queued and not watch.done else ()
+    def fast(self, event: Event | None) -> bool:
+        """Live event (None: keepalive) while idle: written from the dispatch itself, no task wake-up (wire.py).
 
-    def fast(event: Event | None) -> bool:
-        """Live event (None: keepalive) while idle: written from the dispatch itself, no task wake-up (wire.py)."""
+        Methods rather than closures in `watch_events`: one object per stream instead of functions and cells."""
+        wire = self.wire
         if wire is None or not wire.ready():
             return False
         if event is None:
             wire.write(PING_CHUNK)
-        elif watch.live([event]):
+        elif self.live([event]):
             wire.write(sse_chunk(event))
-            if watch.done:
-                sub.wake()  # the task ends the stream
+            if self.done and self.sub is not None:
+                self.sub.wake()  # the task ends the stream
         return True
 
+
+async def watch_events(
+    watch: JobWatch, gateway: Gateway, after: int | None, wire: SseWire | None = None
+) -> AsyncIterator[bytes]:
+    sub = watch.sub = Subscriber(watch.user_id, {watch.job_id})
+    sub.watched = watch.watching
+    watch.wire = wire
+    fast = watch.fast
     await gateway.subscribe(sub)
     try:
         yield f"retry: {RETRY_MS}\n\n".encode()
@@ -144,6 +156,7 @@ async def watch_events(
             else:
                 batch = watch.live(sub.drain())
     finally:
+        watch.sub = watch.wire = None  # no cycle (watch -> sub -> watch.watching) left for the GC to find
         await gateway.unsubscribe(sub)
 
 
