@@ -1,4 +1,4 @@
-"""Long-lived streams served before Starlette's middleware stack, so an idle stream suspends 3 frames, not ~12.
+"""Long-lived streams served before Starlette's middleware stack: an idle stream suspends 3 of our frames, not ~12.
 
 At thousands of open SSE streams every frame a stream keeps suspended is memory: Starlette's path runs through
 ServerErrorMiddleware, AuthMiddleware, ExceptionMiddleware, the Router, the Route and its exception wrappers, each
