@@ -17,9 +17,9 @@ import json
 from typing import Any
 
 from redis.asyncio import Redis
-from redis.exceptions import NoScriptError
 
 from .models import Event, EventKind
+from .script_batch import ScriptBatch
 
 STREAM_PREFIX = "aijobs:events:"
 USER_CHANNEL_PREFIX = "aijobs:user:"
@@ -53,9 +53,8 @@ class EventLog:
     def __init__(self, redis: Redis, *, maxlen: int = 2000) -> None:
         self.redis = redis
         self.maxlen = maxlen
-        self._script = redis.register_script(_PUBLISH_LUA)
-        self._pending: list[tuple[list[Any], asyncio.Future[bool]]] = []
-        self._sender: asyncio.Task[None] | None = None
+        self._batch = ScriptBatch(redis)  # events published at about the same time share one round trip
+        self._script = self._batch.register(_PUBLISH_LUA)
 
     def publish_call(self, user_id: str, event: Event) -> tuple[list[str], list[Any]]:
         """KEYS and ARGV of `publish_event` in PUBLISH_EVENT_LUA for this event."""
@@ -64,61 +63,16 @@ class EventLog:
 
     async def publish(self, user_id: str, event: Event) -> bool:
         """Append then publish; False when the log already holds this seq or a newer one."""
-        return await self.publish_soon(user_id, event)
+        return bool(await self.publish_soon(user_id, event))
 
-    def publish_soon(self, user_id: str, event: Event) -> asyncio.Future[bool]:
-        """Queue the event and return at once; the future says what `publish` would have.
+    def publish_soon(self, user_id: str, event: Event) -> asyncio.Future[Any]:
+        """Queue the event and return at once; the future resolves to 1 (published) or 0 (the log had that seq).
 
-        Events go out in the order they were queued (one pipeline at a time, retries inside it), so a caller
-        may queue an event and carry on: anything it queues afterwards lands after it.
+        Events go out in the order they were queued (script_batch.py), so a caller may queue an event and carry
+        on: anything it queues afterwards lands after it.
         """
         keys, argv = self.publish_call(user_id, event)
-        args = [*keys, *argv]
-        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-        self._pending.append((args, future))
-        sender = self._sender
-        if sender is None or sender.done() or sender.get_loop() is not future.get_loop():
-            self._sender = asyncio.create_task(self._send())
-        return future
-
-    async def _send(self) -> None:
-        """Send what is pending, one pipeline at a time, until nothing is left."""
-        while self._pending:
-            batch, self._pending = self._pending, []
-            try:
-                answers = await self._run(batch)
-            except Exception as exc:
-                for _, future in batch:
-                    if not future.done():
-                        future.set_exception(exc)
-                continue
-            for (_, future), answer in zip(batch, answers, strict=True):
-                if future.done():
-                    continue
-                if isinstance(answer, BaseException):
-                    future.set_exception(answer)
-                else:
-                    future.set_result(bool(answer))
-
-    async def _run(self, batch: list[tuple[list[Any], asyncio.Future[bool]]]) -> list[Any]:
-        if len(batch) == 1:  # no pipeline for a lone event
-            args = batch[0][0]
-            try:
-                return [await self._script(keys=args[:1], args=args[1:])]
-            except Exception as exc:
-                return [exc]
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for args, _ in batch:
-                pipe.evalsha(self._script.sha, 1, *args)
-            answers = list(await pipe.execute(raise_on_error=False))
-        for i, answer in enumerate(answers):
-            if isinstance(answer, NoScriptError):  # Redis restarted empty: EVAL loads it again
-                args = batch[i][0]
-                try:
-                    answers[i] = await self._script(keys=args[:1], args=args[1:])
-                except Exception as exc:
-                    answers[i] = exc
-        return answers
+        return self._batch.call(self._script, keys, argv)
 
     async def read_after(self, job_id: str, after_seq: int, *, count: int | None = None) -> list[Event]:
         entries = await self.redis.xrange(stream_key(job_id), min=f"(0-{after_seq}", max="+", count=count)
