@@ -7,13 +7,8 @@ from pathlib import Path
 
 async def make_token(db_path: Path, name: str = "bench") -> str:
     from service.config import Settings
-    from service.store import open_store
-    from service.store.users import UserStore
+    from service.store.users import open_users
 
-    store = open_store(Settings(database_url=f"sqlite:///{db_path}"))
-    await store.open()
-    try:
-        _, token = await UserStore(store).create(name)  # type: ignore[arg-type]
-    finally:
-        await store.close()
+    async with open_users(Settings(database_url=f"sqlite:///{db_path}")) as users:
+        _, token = await users.create(name)
     return token

@@ -14,7 +14,6 @@ from .config import Settings, SettingsError, settings_table
 from .embedded import die_with_parent, redis_url_for
 from .logs import setup_logging
 from .models import iso
-from .store import open_store
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -100,14 +99,10 @@ def _parse_demo(env: dict[str, str]) -> bool:
 
 
 async def _ensure_user(settings: Settings, name: str) -> str:
-    from .store.users import UserStore
+    from .store.users import open_users
 
-    store = open_store(settings)
-    await store.open()
-    try:
-        return (await UserStore(store).get_or_create(name)).name  # type: ignore[arg-type]
-    finally:
-        await store.close()
+    async with open_users(settings) as users:
+        return (await users.get_or_create(name)).name
 
 
 async def _broadcast_revoked(settings: Settings, user_id: str) -> bool:
@@ -129,12 +124,9 @@ async def _broadcast_revoked(settings: Settings, user_id: str) -> bool:
 
 
 async def _users(args: argparse.Namespace, settings: Settings) -> int:
-    from .store.users import TOKEN_CACHE_SECONDS, UserExists, UserStore
+    from .store.users import TOKEN_CACHE_SECONDS, UserExists, open_users
 
-    store = open_store(settings)
-    await store.open()
-    try:
-        users = UserStore(store)  # type: ignore[arg-type]
+    async with open_users(settings) as users:
         if args.action == "create":
             try:
                 user, token = await users.create(args.name)
@@ -164,8 +156,6 @@ async def _users(args: argparse.Namespace, settings: Settings) -> int:
         for user in await users.list():
             print(f"{user.id}  {iso(user.created_at)}  {user.name}")
         return 0
-    finally:
-        await store.close()
 
 
 def cmd_users(args: argparse.Namespace) -> int:

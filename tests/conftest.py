@@ -17,8 +17,7 @@ from arq.worker import Worker
 from service.api.app import create_app
 from service.config import Settings
 from service.embedded import EmbeddedRedis
-from service.store import open_store
-from service.store.users import UserStore
+from service.store.users import open_users
 from service.worker import build_worker
 
 
@@ -107,12 +106,8 @@ async def worker(settings: Settings) -> AsyncIterator[Worker]:
 
 async def make_user(settings: Settings, name: str) -> str:
     """Create a user in the store, as `aijobs users create` does, and return its API token."""
-    store = open_store(settings)
-    await store.open()
-    try:
-        _, token = await UserStore(store).create(name)  # type: ignore[arg-type]
-    finally:
-        await store.close()
+    async with open_users(settings) as users:
+        _, token = await users.create(name)
     return token
 
 

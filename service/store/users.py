@@ -5,14 +5,20 @@ Kept apart from the job store's lifecycle code: it shares the store's connection
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 import time
 import uuid
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from ..crypto import hash_token, new_token, session_epoch
 from ..models import iso, now
 from .sqlite import SQLiteJobStore
+
+if TYPE_CHECKING:
+    from ..config import Settings
 
 
 class UserExists(ValueError):
@@ -165,3 +171,16 @@ class JobSecrets:
             (now() - grace,),
         ) as cur:
             return cur.rowcount
+
+
+@contextlib.asynccontextmanager
+async def open_users(settings: Settings) -> AsyncIterator[UserStore]:
+    """The users of the configured store, for one-off callers (the CLI, tests, the bench) outside a running app."""
+    from . import open_store
+
+    store = open_store(settings)
+    await store.open()
+    try:
+        yield UserStore(store)  # type: ignore[arg-type]
+    finally:
+        await store.close()
