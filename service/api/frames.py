@@ -2,32 +2,34 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import TypeVar
+
 from ..models import Event, EventKind, dumps
 from .wire import chunk, ws_text_frame
+
+T = TypeVar("T", str, bytes)
+
+
+def _cached(event: Event, key: str, make: Callable[[Event], T]) -> T:
+    """The event's `key` encoding: made on first use, then the same object for every client of the fan-out."""
+    cache = event.encoded
+    if cache is None:
+        cache = event.encoded = {}
+    value = cache.get(key)
+    if value is None:
+        value = cache[key] = make(event)  # type: ignore[assignment]
+    return value  # type: ignore[return-value]
 
 
 def event_json(event: Event) -> str:
     """The event as JSON text: the SSE `data:` line and the WebSocket message are both this."""
-    cache = event.encoded
-    if cache is None:
-        cache = event.encoded = {}
-    text = cache.get("json")
-    if text is None:
-        text = cache["json"] = dumps(event.to_dict())
-    assert isinstance(text, str)
-    return text
+    return _cached(event, "json", _make_json)
 
 
 def sse_body(event: Event) -> bytes:
     """`event:` and `data:` lines of an SSE event, without its `id:` (which may differ per stream)."""
-    cache = event.encoded
-    body = cache.get("sse") if cache is not None else None
-    if body is None:
-        body = f"event: {event.kind.value}\ndata: {event_json(event)}\n\n".encode()
-        assert event.encoded is not None
-        event.encoded["sse"] = body
-    assert isinstance(body, bytes)
-    return body
+    return _cached(event, "sse", _make_sse_body)
 
 
 def sse_frame(event: Event) -> bytes:
@@ -36,14 +38,7 @@ def sse_frame(event: Event) -> bytes:
     A position update has no id: the client's resume point (Last-Event-ID) stays at the last logged event."""
     if event.kind is EventKind.POSITION:
         return sse_body(event)
-    cache = event.encoded
-    frame = cache.get("sse1") if cache is not None else None
-    if frame is None:
-        frame = b"id: %d\n" % event.seq + sse_body(event)
-        assert event.encoded is not None
-        event.encoded["sse1"] = frame
-    assert isinstance(frame, bytes)
-    return frame
+    return _cached(event, "sse1", _make_sse_frame)
 
 
 PING_FRAME = b": ping\n\n"
@@ -53,23 +48,31 @@ WS_PING_FRAME = ws_text_frame(b'{"type":"ping"}')
 
 def sse_chunk(event: Event) -> bytes:
     """`sse_frame` as one HTTP chunk, for writing straight to the socket (see wire.py)."""
-    cache = event.encoded
-    data = cache.get("sse1c") if cache is not None else None
-    if data is None:
-        data = chunk(sse_frame(event))
-        assert event.encoded is not None
-        event.encoded["sse1c"] = data
-    assert isinstance(data, bytes)
-    return data
+    return _cached(event, "sse1c", _make_sse_chunk)
 
 
 def ws_frame(event: Event) -> bytes:
     """The event's JSON as a whole WebSocket text frame, for writing straight to the socket (see wire.py)."""
-    cache = event.encoded
-    data = cache.get("ws") if cache is not None else None
-    if data is None:
-        data = ws_text_frame(event_json(event).encode())
-        assert event.encoded is not None
-        event.encoded["ws"] = data
-    assert isinstance(data, bytes)
-    return data
+    return _cached(event, "ws", _make_ws_frame)
+
+
+# The makers are module functions, not lambdas: `sse_chunk` runs once per client per event, and a lambda would be
+# a new function object on every call.
+def _make_json(e: Event) -> str:
+    return dumps(e.to_dict())
+
+
+def _make_sse_body(e: Event) -> bytes:
+    return f"event: {e.kind.value}\ndata: {event_json(e)}\n\n".encode()
+
+
+def _make_sse_frame(e: Event) -> bytes:
+    return b"id: %d\n" % e.seq + sse_body(e)
+
+
+def _make_sse_chunk(e: Event) -> bytes:
+    return chunk(sse_frame(e))
+
+
+def _make_ws_frame(e: Event) -> bytes:
+    return ws_text_frame(event_json(e).encode())
