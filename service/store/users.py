@@ -9,9 +9,9 @@ import contextlib
 import sqlite3
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Generic, TypeVar
 
 from ..crypto import hash_token, new_token, session_epoch
 from ..models import iso, now
@@ -38,14 +38,42 @@ class User:
 TOKEN_CACHE_SECONDS = 30.0
 TOKEN_CACHE_SIZE = 10_000
 
+V = TypeVar("V")
+
+
+class _Remembered(Generic[V]):
+    """Values kept for TOKEN_CACHE_SECONDS, at most TOKEN_CACHE_SIZE of them (then it starts over)."""
+
+    def __init__(self) -> None:
+        self.entries: dict[str, tuple[float, V]] = {}
+
+    def get(self, key: str) -> V | None:
+        hit = self.entries.get(key)
+        return hit[1] if hit is not None and hit[0] > time.monotonic() else None
+
+    def put(self, key: str, value: V) -> None:
+        if len(self.entries) >= TOKEN_CACHE_SIZE:
+            self.entries.clear()
+        self.entries[key] = (time.monotonic() + TOKEN_CACHE_SECONDS, value)
+
+    def drop(self, key: str | None = None, *, where: Callable[[V], bool] | None = None) -> None:
+        """Forget one key, the values `where` picks, or (neither given) everything."""
+        if key is not None:
+            self.entries.pop(key, None)
+        elif where is not None:
+            for k in [k for k, (_, v) in self.entries.items() if where(v)]:
+                del self.entries[k]
+        else:
+            self.entries.clear()
+
 
 class UserStore:
     def __init__(self, store: SQLiteJobStore) -> None:
         self.store = store
         # Every API request presents its token: remembering valid ones for a short while spares a store round trip
         # per request. A revocation clears it (`forget`, told by a broadcast); TOKEN_CACHE_SECONDS bounds the rest.
-        self._tokens: dict[str, tuple[float, User]] = {}
-        self._epochs: dict[str, tuple[float, str]] = {}  # user id -> session epoch, same lifetime and clearing
+        self._tokens: _Remembered[User] = _Remembered()  # token hash -> its user
+        self._epochs: _Remembered[str] = _Remembered()  # user id -> session epoch, same lifetime and clearing
 
     async def create(self, name: str) -> tuple[User, str]:
         """A new user and their API token: the token is returned this once and never stored."""
@@ -80,14 +108,12 @@ class UserStore:
 
     async def by_token(self, token: str) -> User | None:
         digest = hash_token(token)
-        hit = self._tokens.get(digest)
-        if hit is not None and hit[0] > time.monotonic():
-            return hit[1]
+        user = self._tokens.get(digest)
+        if user is not None:
+            return user
         user = await self._one("SELECT id, name, created_at FROM users WHERE token_hash = ?", (digest,))
         if user is not None:  # only valid tokens are kept, so junk tokens can't grow the cache
-            if len(self._tokens) >= TOKEN_CACHE_SIZE:
-                self._tokens.clear()
-            self._tokens[digest] = (time.monotonic() + TOKEN_CACHE_SECONDS, user)
+            self._tokens.put(digest, user)
         return user
 
     async def revoke(self, name: str, *, reissue: bool = False) -> tuple[User, str | None] | None:
@@ -105,28 +131,25 @@ class UserStore:
 
     async def session_epoch(self, user_id: str) -> str | None:
         """The epoch a session cookie of this user must carry (None: no such user); see `SessionSigner`."""
-        hit = self._epochs.get(user_id)
-        if hit is not None and hit[0] > time.monotonic():
-            return hit[1]
+        epoch = self._epochs.get(user_id)
+        if epoch is not None:
+            return epoch
         async with self.store.db.execute("SELECT token_hash FROM users WHERE id = ?", (user_id,)) as cur:
             row = await cur.fetchone()
         if row is None:
             return None
         epoch = session_epoch(row["token_hash"])
-        if len(self._epochs) >= TOKEN_CACHE_SIZE:
-            self._epochs.clear()
-        self._epochs[user_id] = (time.monotonic() + TOKEN_CACHE_SECONDS, epoch)
+        self._epochs.put(user_id, epoch)
         return epoch
 
     def forget(self, user_id: str | None = None) -> None:
         """Drop remembered tokens: one user's (after a revocation), or all (when revocations may have been missed)."""
         if user_id is None:
-            self._tokens.clear()
-            self._epochs.clear()
+            self._tokens.drop()
+            self._epochs.drop()
             return
-        self._epochs.pop(user_id, None)
-        for digest in [d for d, (_, u) in self._tokens.items() if u.id == user_id]:
-            del self._tokens[digest]
+        self._epochs.drop(user_id)
+        self._tokens.drop(where=lambda user: user.id == user_id)
 
     async def by_id(self, user_id: str) -> User | None:
         return await self._one("SELECT id, name, created_at FROM users WHERE id = ?", (user_id,))
