@@ -35,9 +35,10 @@ from bench.users import make_token  # noqa: E402  (after the path is set)
 from service.embedded import die_with_parent  # noqa: E402
 from service.events import user_channel  # noqa: E402
 
-# The naive reference server (bench/naive_push.py) forwards this user's channel to every client.
+# The reference servers (bench/naive_push.py, bench/floor_push.py) forward this user's channel to every client.
 NAIVE_USER = "bench-naive"
-TRANSPORTS = ("sse", "ws", "naive")
+TRANSPORTS = ("sse", "ws", "naive", "floor")
+REFERENCES = ("naive", "floor")
 
 STAMP = re.compile(rb'"t":([0-9.]+)')
 SNAPSHOT = b'"kind":"snapshot"'
@@ -182,8 +183,8 @@ async def measure(
 
     auth = {"Authorization": f"Bearer {token}"}
     async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30, headers=auth) as http:
-        if transport == "naive":
-            job_id, user_id = f"naive-{n}", NAIVE_USER  # a fresh Stream: the log refuses old seqs
+        if transport in REFERENCES:
+            job_id, user_id = f"{transport}-{n}", NAIVE_USER  # a fresh Stream: the log refuses old seqs
         else:
             job = {"type": "titles", "input": {"text": "benchmark (no worker runs it)"}}
             r = await http.post("/api/jobs", json=job)
@@ -197,6 +198,7 @@ async def measure(
         connect_s = time.monotonic() - t0
         await asyncio.sleep(0.5)
         rss_connected = rss_kb(pid)
+        parked = (await http.get("/healthz")).json()["gateway"].get("parked")
         spy = None
         if os.environ.get("BENCH_PUSH_PROFILE"):
             spy = subprocess.Popen(  # noqa: ASYNC220 (profiling only)
@@ -218,6 +220,14 @@ async def measure(
                 stderr=subprocess.DEVNULL,
             )
             await asyncio.sleep(1)
+        elif os.environ.get("BENCH_PUSH_PERF"):  # kernel and C frames too: `perf report -i FILE`
+            spy = subprocess.Popen(  # noqa: ASYNC220 (profiling only)
+                ["perf", "record", "-e", "cpu-clock", "-g", "-p", str(pid), "-o", os.environ["BENCH_PUSH_PERF"]]
+                + ["--", "sleep", str(int(events * interval) + 1)],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            await asyncio.sleep(0.5)
         server_cpu0, client_cpu0 = cpu_s(pid), time.process_time()
         await publish_events(redis_url, user_id, job_id, events, interval, first_seq=2)
         await asyncio.sleep(min(2.0, 0.5 + n / 2000))
@@ -243,6 +253,7 @@ async def measure(
         "p99_ms": round(pct(ms, 0.99), 2),
         "max_ms": round(max(ms), 2) if ms else None,
         "mean_ms": round(statistics.fmean(ms), 2) if ms else None,
+        "parked": parked,  # subscribers on the direct fan-out path once all were connected
         "rss_per_conn_kb": round((max(rss_connected, rss_after) - rss_before) / n, 1),
         "connect_s": round(connect_s, 2),
         # CPU per event while publishing (the client's includes publishing and its own idle loop)
@@ -285,8 +296,12 @@ async def redis_baseline(redis_url: str, events: int, interval: float) -> dict[s
 def start_web(
     env: dict[str, str], port: int, log: Path, app: str = "service.api.app:app_from_env"
 ) -> subprocess.Popen[bytes]:
-    cmd = [sys.executable, "-m", "uvicorn", "--factory", app, "--host", "127.0.0.1"]
-    cmd += ["--port", str(port), "--no-access-log", "--log-level", "warning", "--backlog", "4096"]
+    """uvicorn serving `app`, or for app "floor" the bare uvloop server of bench/floor_push.py."""
+    if app == "floor":
+        cmd = [sys.executable, "-m", "bench.floor_push"]
+    else:
+        cmd = [sys.executable, "-m", "uvicorn", "--factory", app, "--host", "127.0.0.1"]
+        cmd += ["--port", str(port), "--no-access-log", "--log-level", "warning", "--backlog", "4096"]
     with log.open("wb") as out:
         return subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, preexec_fn=_child_setup, cwd=ROOT)
 
@@ -338,8 +353,10 @@ async def _run(quick: bool, sizes: list[int] | None = None, transports: tuple[st
                         "LOG_JSON": "false",
                         "LOG_LEVEL": "WARNING",
                         "NAIVE_CHANNEL": user_channel(NAIVE_USER),
+                        "FLOOR_CHANNEL": user_channel(NAIVE_USER),
                     }
-                    app = "bench.naive_push:app" if transport == "naive" else "service.api.app:app_from_env"
+                    apps = {"naive": "bench.naive_push:app", "floor": "floor"}
+                    app = apps.get(transport, "service.api.app:app_from_env")
                     log_path = Path(tmp) / f"web-{transport}-{n}.log"
                     proc = start_web(env, port, log_path, app)
                     try:

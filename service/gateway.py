@@ -5,6 +5,12 @@ coalesced (latest wins) and consecutive text deltas are merged, so a slow client
 events are never dropped. If a buffer still overflows, or the Redis subscription had to be re-made
 (pub/sub is at-most-once), the subscriber is flagged `resync` and its owner re-reads the job's Stream from
 the last seq it delivered: nothing is lost, it only arrives by the slower path.
+
+A client with nothing pending may *park* in its job's group, with a `Lane`: a function that serves a whole
+group in one tight loop (for SSE: the same pre-made HTTP chunk written to each ready socket). An event then
+costs each parked client a few attribute reads and one `transport.write`, not a chain of calls through its
+subscriber; the members the lane cannot serve right now (a socket with unsent data) leave the group and get the
+event the usual way.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ import contextlib
 import json
 import logging
 from collections.abc import Callable, Iterable
+from typing import Any
 
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -29,11 +36,36 @@ MAX_MERGED_DELTA_CHARS = 65_536
 # Keepalives sent per turn of the event loop.
 PING_SLICE = 256
 
+# Serves a parked group: called with an event (None: a keepalive) and the group's members (member → its
+# subscriber); returns the members it could not serve now, which then take the usual path.
+Lane = Callable[[Event | None, dict[Any, "Subscriber"]], list[Any]]
+
+
+class _Parked:
+    """The clients of one job parked on one lane."""
+
+    __slots__ = ("lane", "members")
+
+    def __init__(self, lane: Lane) -> None:
+        self.lane = lane
+        self.members: dict[Any, Subscriber] = {}
+
 
 class Subscriber:
     """One client's view of the live events of one user's jobs (all of them, or a set of ids)."""
 
-    __slots__ = ("user_id", "job_ids", "maxsize", "buffer", "resync", "ping_due", "fast", "_waiter", "watched")
+    __slots__ = (
+        "user_id",
+        "job_ids",
+        "maxsize",
+        "buffer",
+        "resync",
+        "ping_due",
+        "fast",
+        "_waiter",
+        "watched",
+        "parked",
+    )
 
     def __init__(self, user_id: str, job_ids: set[str] | None = None, *, maxsize: int = 256) -> None:
         self.user_id = user_id
@@ -48,9 +80,7 @@ class Subscriber:
         self.fast: Callable[[Event | None], bool] | None = None
         self._waiter: asyncio.Future[None] | None = None  # a bare future: lighter than an asyncio.Event
         self.watched: Callable[[], Iterable[str]] | None = None  # set by the owner: its jobs that are queued
-
-    def wants(self, job_id: str) -> bool:
-        return self.job_ids is None or job_id in self.job_ids
+        self.parked: tuple[str, Any] | None = None  # (job id, member) while parked (Gateway.park)
 
     def watching(self) -> Iterable[str]:
         """The queued jobs this client follows, as its owner last saw them (none unless the owner says)."""
@@ -148,7 +178,9 @@ class Gateway:
         self.redis = redis
         self.ping_seconds = ping_seconds
         self._ticker: asyncio.Task[None] | None = None
-        self._subs: dict[str, set[Subscriber]] = {}
+        self._subs: dict[str, set[Subscriber]] = {}  # every subscriber, by user
+        self._loose: dict[str, set[Subscriber]] = {}  # those not parked: each is offered every event of its user
+        self._parked: dict[str, _Parked] = {}  # parked ones, by job
         self._confirmed: dict[str, asyncio.Event] = {}
         self._task: asyncio.Task[None] | None = None
         self._pubsub = redis.pubsub(ignore_subscribe_messages=False)
@@ -162,6 +194,11 @@ class Gateway:
     @property
     def channels(self) -> int:
         return len(self._subs)
+
+    @property
+    def parked(self) -> int:
+        """Clients served straight from the dispatch right now (idle, on a lane)."""
+        return sum(len(g.members) for g in self._parked.values())
 
     async def start(self) -> None:
         # A channel nobody publishes on keeps the connection in subscribed mode even with no clients.
@@ -182,8 +219,8 @@ class Gateway:
         """Register a client; returns once Redis confirmed the user's channel, so nothing published later is missed."""
         channel = user_channel(sub.user_id)
         async with self._lock:
-            subs = self._subs.setdefault(sub.user_id, set())
-            subs.add(sub)
+            self._subs.setdefault(sub.user_id, set()).add(sub)
+            self._loose.setdefault(sub.user_id, set()).add(sub)
             confirmed = self._confirmed.get(channel)
             if confirmed is None:
                 confirmed = self._confirmed[channel] = asyncio.Event()
@@ -200,9 +237,12 @@ class Gateway:
             subs = self._subs.get(sub.user_id)
             if subs is None:
                 return
+            self.unpark(sub)
             subs.discard(sub)
+            self._loose[sub.user_id].discard(sub)
             if not subs:
                 del self._subs[sub.user_id]
+                del self._loose[sub.user_id]
                 self._confirmed.pop(channel, None)
                 with contextlib.suppress(RedisConnectionError, RedisTimeoutError):
                     await self._pubsub.unsubscribe(channel)
@@ -215,42 +255,109 @@ class Gateway:
         """
         while True:
             await asyncio.sleep(self.ping_seconds)
-            everyone = [sub for subs in self._subs.values() for sub in subs]
+            for group in list(self._parked.values()):
+                members = list(group.members.items())
+                for start in range(0, len(members), PING_SLICE):
+                    # those still parked in this group (one may have left, or left and come back, meanwhile)
+                    part = {m: sub for m, sub in members[start : start + PING_SLICE] if group.members.get(m) is sub}
+                    self._serve(group, None, part)
+                    await asyncio.sleep(0)
+            everyone = [sub for subs in self._loose.values() for sub in subs]
             for start in range(0, len(everyone), PING_SLICE):
                 for sub in everyone[start : start + PING_SLICE]:
                     sub.ping()
                 await asyncio.sleep(0)
 
+    def park(self, sub: Subscriber, job_id: str, member: Any, lane: Lane) -> bool:
+        """Move an idle subscriber of one job into that job's group on `lane` (see the module docstring).
+
+        False (and nothing changes) if it has something pending, is not subscribed, or the job's group is on
+        another lane. The owner calls `unpark` when it wakes; the gateway unparks it itself before any
+        event goes to it the usual way.
+        """
+        loose = self._loose.get(sub.user_id)
+        if sub.buffer or sub.resync or sub.ping_due or sub.parked is not None or loose is None or sub not in loose:
+            return False
+        group = self._parked.get(job_id)
+        if group is None:
+            group = self._parked[job_id] = _Parked(lane)
+        elif group.lane is not lane:
+            return False
+        group.members[member] = sub
+        loose.discard(sub)
+        sub.parked = (job_id, member)
+        return True
+
+    def unpark(self, sub: Subscriber) -> None:
+        parked = sub.parked
+        if parked is None:
+            return
+        sub.parked = None
+        job_id, member = parked
+        group = self._parked.get(job_id)
+        if group is not None:
+            group.members.pop(member, None)
+            if not group.members:
+                del self._parked[job_id]
+        loose = self._loose.get(sub.user_id)
+        if loose is not None:
+            loose.add(sub)
+
+    def _serve(self, group: _Parked, event: Event | None, members: dict[Any, Subscriber] | None = None) -> None:
+        """One event (None: a keepalive) to a parked group, or to `members` of it; who the lane could not serve
+        gets it the usual way."""
+        missed = group.lane(event, group.members if members is None else members)
+        for member in missed:
+            sub = group.members.get(member)
+            if sub is None:
+                continue
+            self.unpark(sub)
+            if event is None:
+                sub.wake()
+            else:
+                sub.offer(event)
+
     def watched_queued(self) -> dict[str, set[str]]:
         """Queued jobs followed by this process's clients, by user: what a position ticker has to refresh."""
         out: dict[str, set[str]] = {}
-        for user_id, subs in self._subs.items():
+        for user_id, subs in self._loose.items():
             ids: set[str] = set()
             for sub in subs:
                 ids.update(sub.watching())
             if ids:
                 out[user_id] = ids
+        for job_id, group in self._parked.items():  # a job's watchers agree: the first that says queued will do
+            for sub in group.members.values():
+                if job_id in sub.watching():
+                    out.setdefault(sub.user_id, set()).add(job_id)
+                    break
         return out
 
     def offer_local(self, user_id: str, event: Event) -> None:
         """Hand an ephemeral event (not logged, not published) to this process's clients of the user's job."""
-        for sub in list(self._subs.get(user_id, ())):
-            if sub.wants(event.job_id):
+        if user_id in self._subs:
+            self._deliver(user_id, event)
+
+    def _deliver(self, user_id: str, event: Event) -> None:
+        job_id = event.job_id
+        for sub in self._loose.get(user_id, ()):  # offer never adds nor removes a subscriber
+            ids = sub.job_ids
+            if ids is None or job_id in ids:
                 sub.offer(event)
+        group = self._parked.get(job_id)
+        if group is not None:
+            self._serve(group, event)
 
     def _dispatch(self, channel: str, payload: bytes | str) -> None:
         user_id = channel[len(USER_CHANNEL_PREFIX) :]
-        subs = self._subs.get(user_id)
-        if not subs:
+        if user_id not in self._subs:
             return
         try:
             event = Event.from_dict(json.loads(payload))
         except (ValueError, KeyError):
             log.warning("undecodable event dropped", extra={"channel": channel})
             return
-        for sub in subs:
-            if sub.wants(event.job_id):
-                sub.offer(event)
+        self._deliver(user_id, event)
 
     async def _listen(self) -> None:
         backoff = 0.1
@@ -288,4 +395,5 @@ class Gateway:
             return  # the listen loop will try again
         for subs in self._subs.values():
             for sub in subs:
+                self.unpark(sub)
                 sub.mark_resync()

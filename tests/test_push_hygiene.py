@@ -9,6 +9,7 @@ import socket
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -97,7 +98,7 @@ async def test_ten_thousand_connect_disconnect_cycles_leave_nothing_behind(
         await asyncio.gather(*(one(i) for i in range(n)))
 
     async def idle() -> bool:
-        return await gateway_counts(client) == {"connections": 0, "channels": 0}
+        return await gateway_counts(client) == {"connections": 0, "channels": 0, "parked": 0}
 
     await run(600)  # warm up allocators and caches
     await until(idle, what="gateway idle after warm-up")
@@ -125,9 +126,29 @@ async def test_keepalive_pings_on_idle_streams(client: httpx.AsyncClient, web: L
                     return
 
         await asyncio.wait_for(first_ping(), 5)  # SSE_PING_SECONDS is 1 in tests
+    # A one-job stream idles parked in the gateway: its keepalives are written straight from the ticker.
+    job_id = (await client.post("/api/jobs", json={"type": "titles", "input": {"text": "idle"}})).json()["job_id"]
+    async with client.stream("GET", f"/api/jobs/{job_id}/events") as response:
+        lines = response.aiter_lines()
+        await asyncio.wait_for(first_ping(), 5)
+        assert (await gateway_counts(client))["parked"] == 1
     ws_url = web.url.replace("http://", "ws://") + "/api/ws"
     async with websockets.connect(ws_url, additional_headers={"Authorization": client.headers["authorization"]}) as ws:
         assert json.loads(await asyncio.wait_for(ws.recv(), 5)) == {"type": "ping"}
+        # Following one job, the WebSocket parks too; a second subscription takes it back to the usual path.
+        await ws.send(json.dumps({"type": "subscribe", "job_id": job_id}))
+        kinds = [json.loads(await asyncio.wait_for(ws.recv(), 5)) for _ in range(2)]
+        assert [m.get("type", m.get("kind")) for m in kinds if m != {"type": "ping"}][-1] == "snapshot"
+        while json.loads(await asyncio.wait_for(ws.recv(), 5)) != {"type": "ping"}:
+            pass
+        assert (await gateway_counts(client))["parked"] == 1
+        other = (await client.post("/api/jobs", json={"type": "titles", "input": {"text": "2nd"}})).json()["job_id"]
+        await ws.send(json.dumps({"type": "subscribe", "job_id": other}))
+        while json.loads(await asyncio.wait_for(ws.recv(), 5)).get("kind") != "snapshot":
+            pass
+        assert (await gateway_counts(client))["parked"] == 0
+        while json.loads(await asyncio.wait_for(ws.recv(), 5)) != {"type": "ping"}:
+            pass
 
 
 def progress(job_id: str, seq: int, step: str = "working") -> Event:
@@ -253,3 +274,57 @@ async def test_client_that_stops_reading_is_dropped(settings_fast_drop: Settings
             await until(dropped, timeout=20, what="the stalled client dropped by the send timeout")
             sock.close()
             await events.redis.aclose()
+
+
+async def test_parked_clients_are_served_by_their_lane_and_the_rest_the_usual_way(settings: Settings) -> None:
+    """A lane serves a parked group in one call; whom it cannot serve leaves the group and gets the event buffered,
+    keepalives go to the lane in slices, and leaving removes every trace."""
+    assert settings.redis_url
+    redis = Redis.from_url(settings.redis_url)
+    gateway = Gateway(redis, ping_seconds=0.05)
+    await gateway.start()
+    events = EventLog(redis)
+    calls: list[tuple[int | None, int]] = []
+    served: dict[int, list[int | None]] = {}
+
+    def lane(event: Event | None, members: dict[Any, Subscriber]) -> list[Any]:
+        calls.append((None if event is None else event.seq, len(members)))
+        for m in members:
+            served.setdefault(m, []).append(None if event is None else event.seq)
+        return [m for m in members if m % 10 == 0]  # these "sockets are busy"
+
+    job = f"lane-{time.monotonic_ns()}"
+    try:
+        subs = {}
+        for i in range(600):
+            sub = subs[i] = Subscriber("lane-user", {job})
+            await gateway.subscribe(sub)
+            assert gateway.park(sub, job, i, lane)
+        assert gateway.parked == 600 and gateway.connections == 600
+        assert not gateway.park(subs[1], job, 1, lane), "already parked"
+        await events.publish("lane-user", progress(job, 2))
+
+        async def received() -> bool:
+            return gateway.received >= 1
+
+        await until(received, what="the event")
+        assert calls[0] == (2, 600), "one call for the whole group"
+        busy = [i for i in subs if i % 10 == 0]
+        assert [e.seq for e in subs[10].buffer] == [2] and subs[10].parked is None, "a busy one takes the usual way"
+        assert not subs[11].buffer and subs[11].parked == (job, 11), "a served one stays parked, nothing buffered"
+        assert gateway.parked == 600 - len(busy)
+
+        async def pinged() -> bool:  # the unparked ones come after the parked groups in a round
+            return subs[10].ping_due
+
+        await until(pinged, what="a keepalive round reaching an unparked client")
+        pings = [n for seq, n in calls if seq is None]
+        assert sum(pings) >= 600 - len(busy) and max(pings) <= 256, "every parked one pinged, in slices"
+
+        for sub in subs.values():
+            await gateway.unsubscribe(sub)
+        assert gateway.parked == 0 and gateway.connections == 0 and gateway.channels == 0
+        assert not gateway._parked and not gateway._loose, "no empty group nor set left behind"
+    finally:
+        await gateway.stop()
+        await redis.aclose()

@@ -62,7 +62,11 @@ async def healthz(request: Request) -> Response:
     body = {
         "status": "ok" if ok else "degraded",
         "checks": checks,
-        "gateway": {"connections": state.gateway.connections, "channels": state.gateway.channels},
+        "gateway": {
+            "connections": state.gateway.connections,
+            "channels": state.gateway.channels,
+            "parked": state.gateway.parked,
+        },
     }
     return JSONResponse(body, status_code=200 if ok else 503)
 

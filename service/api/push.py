@@ -34,7 +34,7 @@ from .frames import PING_FRAME, WS_PING_FRAME, event_json, sse_body, ws_frame
 from .multiwatch import MAX_JOBS_PER_CLIENT, MultiWatch, parse_cursor
 from .sse import SseResponse
 from .state import AppState, app_state
-from .streams import RETRY_MS
+from .streams import RETRY_MS, ws_lane
 from .submit_rules import acquire_stream_slot
 from .wire import WsWire, ws_wire
 
@@ -155,6 +155,25 @@ class WsSession:
         for event in events:
             await self.send(event_json(event))
 
+    def park(self) -> None:
+        """With the writer idle and one job followed, park it on that job's `ws_lane`: the fan-out writes frames
+        straight to this socket. The reader unparks it while it handles a message, and parks it again after."""
+        mw, wire = self.mw, self.wire
+        if wire is None or mw.sub.fast is None:  # `fast` is set only while the writer waits
+            return
+        if mw.mine or len(mw.watches) != 1 or mw.lock.locked() or self.send_lock.locked():
+            return
+        if not wire.ready():
+            return
+        watch = next(iter(mw.watches.values()))
+        if self.state.gateway.park(mw.sub, watch.job_id, watch, ws_lane):
+            watch.transport = wire.transport
+
+    def unpark(self) -> None:
+        self.state.gateway.unpark(self.mw.sub)
+        for watch in self.mw.watches.values():
+            watch.transport = None
+
     async def handle(self, raw: str) -> None:
         if len(raw.encode()) > self.state.settings.ws_max_message_bytes:
             await self.error(
@@ -170,6 +189,8 @@ class WsSession:
             await self.error("invalid_message", "Send one JSON object per message.")
             return
         kind = msg.get("type")
+        if kind != "ping":
+            self.unpark()  # the writer stays idle; it parks again after its next wake-up
         if kind == "ping":
             await self.control("pong")
         elif kind == "subscribe" and msg.get("scope") == "mine":
@@ -227,6 +248,7 @@ class WsSession:
                 await self.error("invalid_message", "Send JSON text messages.")
                 continue
             await self.handle(text)
+            self.park()
 
     def fast(self, event: Event | None) -> bool:
         """Live event (None: keepalive) while the writer is idle: written from the gateway's dispatch (wire.py).
@@ -253,10 +275,12 @@ class WsSession:
         sub = self.mw.sub
         while True:
             sub.fast = self.fast
+            self.park()
             try:
                 woke = await sub.wait()
             finally:
                 sub.fast = None
+                self.unpark()
             if not woke:
                 await self.control("ping")  # keepalive: proxies close idle connections
                 continue

@@ -9,19 +9,20 @@ terminal event, so nobody waits on a job that is already done.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import Response
 
 from ..events import EventLog
-from ..gateway import Gateway, Subscriber
+from ..gateway import Gateway, Lane, Subscriber
 from ..jobs import JobService
 from ..models import TERMINAL_STATUSES, Event, EventKind
 from ..store.base import JobStore
 from .auth import current_user
 from .errors import ApiError, not_found
-from .frames import PING_CHUNK, PING_FRAME, sse_chunk, sse_frame
+from .frames import PING_CHUNK, PING_FRAME, WS_PING_FRAME, sse_chunk, sse_frame, ws_frame
 from .sse import SseResponse
 from .state import app_state
 from .submit_rules import acquire_stream_slot
@@ -41,7 +42,7 @@ def parse_resume_point(raw: str | None) -> int | None:
 class JobWatch:
     """Delivers one job's events to one client in seq order, catching up from the Stream when needed."""
 
-    __slots__ = ("job_id", "user_id", "store", "events", "jobs", "last", "done", "queued", "sub", "wire")
+    __slots__ = ("job_id", "user_id", "store", "events", "jobs", "last", "done", "queued", "transport")
 
     def __init__(self, *, job_id: str, user_id: str, store: JobStore, events: EventLog, jobs: JobService) -> None:
         self.job_id = job_id
@@ -52,8 +53,7 @@ class JobWatch:
         self.last = 0
         self.done = False
         self.queued = False  # as of the last event sent: only then do position updates concern this client
-        self.sub: Subscriber | None = None  # set by watch_events, for `fast`
-        self.wire: SseWire | None = None
+        self.transport: Any = None  # the socket, while parked in the gateway on `sse_lane`
 
     def _accept(self, event: Event) -> bool:
         if event.seq <= self.last:
@@ -106,29 +106,70 @@ class JobWatch:
         """The gateway's `Subscriber.watched`: this job while it is queued (for position updates)."""
         return (self.job_id,) if self.queued and not self.done else ()
 
-    def fast(self, event: Event | None) -> bool:
-        """Live event (None: keepalive) while idle: written from the dispatch itself, no task wake-up (wire.py).
 
-        Methods rather than closures in `watch_events`: one object per stream instead of functions and cells."""
-        wire = self.wire
-        if wire is None or not wire.ready():
-            return False
+def _lane(encode: Callable[[Event], bytes], ping: bytes) -> Lane:
+    """A gateway `Lane` for clients that each follow one job: the event's one encoding (`ping` for a keepalive)
+    written straight to every parked client's socket (wire.py), with `JobWatch.live`'s rules inlined.
+
+    This loop is the per-client cost of a fan-out, so it touches only the watch and its transport. A client
+    whose socket still holds unsent bytes is returned (it gets the event the usual way, behind them), and so
+    is every client for an event that ends the job: its own task sends that and closes or retires the job.
+    """
+
+    def lane(event: Event | None, watches: dict[JobWatch, Subscriber]) -> list[JobWatch]:
+        missed: list[JobWatch] = []
         if event is None:
-            wire.write(PING_CHUNK)
-        elif self.live([event]):
-            wire.write(sse_chunk(event))
-            if self.done and self.sub is not None:
-                self.sub.wake()  # the task ends the stream
-        return True
+            for w in watches:
+                t = w.transport
+                if t.get_write_buffer_size() or t.is_closing():
+                    missed.append(w)
+                else:
+                    t.write(ping)
+            return missed
+        kind, seq = event.kind, event.seq
+        if kind is EventKind.POSITION:  # only for a client still at that seq; the resume point stays
+            data = encode(event)
+            for w in watches:
+                if w.last != seq or w.done:
+                    continue
+                t = w.transport
+                if t.get_write_buffer_size() or t.is_closing():
+                    missed.append(w)
+                else:
+                    t.write(data)
+            return missed
+        if kind is EventKind.PROGRESS or kind is EventKind.DELTA:
+            queued = None
+        elif kind is EventKind.STATUS and not event.terminal:
+            queued = event.data.get("status") == "queued"
+        else:
+            return list(watches)
+        data = encode(event)
+        for w in watches:
+            if w.last >= seq:
+                continue  # sent already (a catch-up got there first)
+            t = w.transport
+            if t.get_write_buffer_size() or t.is_closing():
+                missed.append(w)
+                continue
+            w.last = seq
+            if queued is not None:
+                w.queued = queued
+            t.write(data)
+        return missed
+
+    return lane
+
+
+sse_lane = _lane(sse_chunk, PING_CHUNK)  # one-job SSE streams
+ws_lane = _lane(ws_frame, WS_PING_FRAME)  # WebSockets that follow one job
 
 
 async def watch_events(
     watch: JobWatch, gateway: Gateway, after: int | None, wire: SseWire | None = None
 ) -> AsyncIterator[bytes]:
-    sub = watch.sub = Subscriber(watch.user_id, {watch.job_id})
+    sub = Subscriber(watch.user_id, {watch.job_id})
     sub.watched = watch.watching
-    watch.wire = wire
-    fast = watch.fast
     await gateway.subscribe(sub)
     try:
         yield f"retry: {RETRY_MS}\n\n".encode()
@@ -139,11 +180,14 @@ async def watch_events(
             batch, frame = [], b""  # hold no event nor frame (a snapshot is big) while idle
             if watch.done:
                 break
-            sub.fast = fast
+            # Idle with everything sent: park, so live events are written from the dispatch (no task wake-up).
+            if wire is not None and wire.ready() and gateway.park(sub, watch.job_id, watch, sse_lane):
+                watch.transport = wire.transport
             try:
                 woke = await sub.wait()  # the gateway's ticker wakes it for keepalives
             finally:
-                sub.fast = None
+                gateway.unpark(sub)
+                watch.transport = None
             if watch.done:
                 break
             if not woke:
@@ -156,7 +200,6 @@ async def watch_events(
             else:
                 batch = watch.live(sub.drain())
     finally:
-        watch.sub = watch.wire = None  # no cycle (watch -> sub -> watch.watching) left for the GC to find
         await gateway.unsubscribe(sub)
 
 

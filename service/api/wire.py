@@ -64,6 +64,10 @@ class SseWire:
             and not t.is_closing()
         )
 
+    @property
+    def transport(self) -> Any:
+        return self.cycle.transport
+
     def write(self, data: bytes) -> None:
         self.cycle.transport.write(data)
 
@@ -92,6 +96,10 @@ class WsWire:
             and not t.get_write_buffer_size()
             and not t.is_closing()
         )
+
+    @property
+    def transport(self) -> Any:
+        return self.proto.transport
 
     def write(self, data: bytes) -> None:
         self.proto.transport.write(data)
