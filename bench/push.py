@@ -2,8 +2,10 @@
 
 The measurement itself lives in `scripts/bench_push.py` (also runnable alone as `scripts/bench-push`, which
 sweeps 100/1,000/5,000); here it runs at `Sizes.push_subscribers` and its rows become table rows, with bare
-Redis pub/sub to one subscriber as the baseline of the latencies, and the naive fan-out of issue #3
-(bench/naive_push.py: sse-starlette encoding per client) as the reference of the SSE rows.
+Redis pub/sub to one subscriber as the baseline of the latencies, the naive fan-out of issue #3
+(bench/naive_push.py: sse-starlette encoding per client) as the reference of the SSE rows, and the floor
+(bench/floor_push.py: bare uvloop, one `transport.write` per client and nothing else) as what no Python server
+can beat on this machine.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from .report import Row
 
 NOT_YET = "push: see scripts/bench-push"
 NAIVE = "naive fan-out (sse-starlette per client)"
+FLOOR = "floor (bare uvloop, one write per client)"
 
 
 def find_runner() -> Callable[..., dict[str, Any]] | None:
@@ -46,14 +49,18 @@ def run(bench: Bench, *, quick: bool) -> tuple[list[Row], dict[str, Any] | str]:
     measured = raw.get("push", [])
     base = next((r for r in measured if r.get("transport") == "redis-pubsub"), None)
     naive = {r["subscribers"]: r for r in measured if r.get("transport") == "naive" and r.get("delivered")}
+    floor = {r["subscribers"]: r for r in measured if r.get("transport") == "floor" and r.get("delivered")}
     rows = []
     for r in measured:
-        if r.get("transport") in ("redis-pubsub", "naive"):
+        if r.get("transport") in ("redis-pubsub", "naive", "floor"):
             continue
         label = f"{r['transport']} × {r['subscribers']}"
         ref = naive.get(r["subscribers"]) if r["transport"] == "sse" else None
+        bottom = floor.get(r["subscribers"])
         for key in ("p50_ms", "p99_ms"):
             baseline = {"bare Redis pub/sub, 1 subscriber": Stat.of([float(base[key])])} if base else {}
+            if bottom is not None:
+                baseline[FLOOR] = Stat.of([float(bottom[key])])
             if ref is not None:
                 baseline[NAIVE] = Stat.of([float(ref[key])])
             rows.append(Row("push", f"{label} {key[:3]} ms", Stat.of([float(r[key])]), baseline, False))
