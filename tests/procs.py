@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import os
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+
+import httpx
 
 from service.config import Settings
 
@@ -100,3 +104,62 @@ def store_row(settings: Settings, job_id: str) -> dict:
 def pid_of(row: dict) -> int | None:
     """The pid inside a worker id (`host:pid:suffix`)."""
     return int(row["worker_id"].split(":")[1]) if row.get("worker_id") else None
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclasses.dataclass
+class WebProcess:
+    url: str
+    proc: subprocess.Popen[bytes]
+
+
+@contextlib.asynccontextmanager
+async def web_process(
+    settings: Settings, log: Path, *, port: int | None = None, **env: str
+) -> AsyncIterator[WebProcess]:
+    """`uvicorn --factory service.api.app:app_from_env` as its own process, configured only by environment.
+
+    `port` lets a test start a new one where a killed one was (a restart)."""
+    assert settings.redis_url
+    port = port or free_port()
+    values = {
+        "REDIS_URL": settings.redis_url,
+        "DATABASE_URL": settings.database_url,
+        "PORT": str(port),
+        "AIJOBS_QUEUE": settings.queue_name,
+        "AIJOBS_DATA_DIR": str(settings.data_dir),  # the same secret key as the test's own app and worker
+        "SSE_PING_SECONDS": "1",
+        "LOG_JSON": "false",
+        **env,
+    }
+    cmd = [sys.executable, "-m", "uvicorn", "--factory", "service.api.app:app_from_env"]
+    cmd += ["--host", "127.0.0.1", "--port", str(port), "--no-access-log"]
+    with log.open("ab") as out:
+        proc = subprocess.Popen(  # noqa: ASYNC220 (starting it is quick; the wait below is async)
+            cmd, cwd=ROOT, env={**os.environ, **values}, stdout=out, stderr=subprocess.STDOUT
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        async with httpx.AsyncClient(timeout=2) as c:
+            for _ in range(300):
+                if proc.poll() is not None:
+                    raise AssertionError(f"web process exited: {log.read_text()[-3000:]}")  # noqa: ASYNC240
+                with contextlib.suppress(httpx.HTTPError):
+                    if (await c.get(url + "/healthz")).status_code == 200:
+                        break
+                await asyncio.sleep(0.05)
+            else:
+                raise AssertionError("web process did not become healthy")
+        yield WebProcess(url, proc)
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                await asyncio.to_thread(proc.wait, 10)
+            except subprocess.TimeoutExpired:
+                proc.kill()

@@ -7,6 +7,7 @@ import contextlib
 import dataclasses
 import os
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -16,6 +17,7 @@ from service.config import Settings
 
 from .chromium import launch_chromium
 from .conftest import LiveServer
+from .procs import free_port, web_process
 from .sse import collect
 
 pytestmark = pytest.mark.usefixtures("worker")
@@ -186,3 +188,28 @@ async def test_network_cut_mid_job_every_step_once_in_order(
         assert "poll" not in transports, "a cut is not a block: the client resumed on the same transport"
     finally:
         await proxy.close()
+
+
+@pytest.mark.parametrize("transport", ["sse", "ws"])
+async def test_web_process_restarted_mid_job_every_step_once_in_order(
+    browser: Any, settings: Settings, client: httpx.AsyncClient, tmp_path: Path, transport: str
+) -> None:
+    """The web process the tab talks to is SIGKILLed mid-job and started again on the same port: the tab resumes
+    where it was (its cookie still good), sees every step once and in order, and ends on the result."""
+    port, log = free_port(), tmp_path / "web.log"
+    async with web_process(settings, log, port=port, AIJOBS_DEMO_LOGIN="true") as web:
+        page = await browser.new_page()
+        await page.goto(web.url + "/")
+        job_id = await page.evaluate(WATCH_JS, {"text": "restart me [[slow:3]]", "transports": [transport, "poll"]})
+        await page.wait_for_function("window.seen.length >= 3", timeout=15_000)
+        web.proc.kill()  # no goodbye to any client
+        await asyncio.to_thread(web.proc.wait, 10)
+    before = len(await page.evaluate("window.seen"))
+    async with web_process(settings, log, port=port, AIJOBS_DEMO_LOGIN="true"):
+        result = await wait_js(page, "window.done", timeout=30)
+    assert len(result["titles"]) == 5
+    seen = await page.evaluate("window.seen")
+    assert len(seen) > before, "events after the restart arrived"
+    assert_once_in_order(seen, await full_log(client, job_id))
+    transports = await page.evaluate("window.transports")
+    assert transports.count(transport) >= 2, f"reconnected and resumed: {transports}"
