@@ -53,7 +53,9 @@ const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 /**
  * Watch a job until it ends. Resolves to its result (completed) or rejects with a JobError
  * (failed/cancelled/expired). Callbacks: onEvent(event) for every event, onProgress({percentage,
- * current_step}), onDelta(text), onTransport(name). `options.transports` limits the order tried.
+ * current_step}), onDelta(text), onTransport(name) when a transport is tried, onConnection(state, name) with
+ * state "live" once it is connected and "reconnecting" when it dropped and the next try is due (`options.transports`
+ * limits the order tried).
  */
 export function watchJob(jobId, options = {}) {
   const w = new Watch(jobId, options);
@@ -128,6 +130,7 @@ class Watch {
       // A transport that never delivered is blocked here: try the next. One that did was cut: resume on it.
       if (!ok && !this.worked.has(name)) i = Math.min(i + 1, this.transports.length - 1);
       this.failures = this.last === before ? this.failures + 1 : 0;
+      this.o.onConnection?.("reconnecting", name);
       await sleep(Math.min(250 * 2 ** Math.min(this.failures, 5), 8000));
     }
     const f = this.final;
@@ -152,6 +155,7 @@ class Watch {
           if (this.done) end(true);
         });
       }
+      source.onopen = () => this.o.onConnection?.("live", "sse");
       source.onerror = () => end(got);
     });
   }
@@ -186,6 +190,7 @@ class Watch {
           end(false);
           return;
         }
+        if (msg.type === "subscribed") this.o.onConnection?.("live", "ws");
         if (msg.type) return; // subscribed / ping / pong
         if (msg.job_id !== this.jobId) return;
         got = true;
@@ -210,10 +215,12 @@ class Watch {
           { headers: etag ? { "if-none-match": etag } : {} },
           this.base,
         );
+        if (errors || etag === null) this.o.onConnection?.("live", "poll");
         errors = 0;
       } catch (e) {
         if (e instanceof JobError && e.code === "job_not_found") throw e;
         errors += 1;
+        this.o.onConnection?.("reconnecting", "poll");
         await sleep(Math.min(500 * 2 ** errors, 10000));
         continue;
       }

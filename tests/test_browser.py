@@ -26,10 +26,11 @@ pytestmark = pytest.mark.usefixtures("worker")
 WATCH_JS = """
 async ({text, transports}) => {
   const m = await import('/static/jobs-client.js');
-  window.seen = []; window.transports = [];
+  window.seen = []; window.transports = []; window.states = [];
   const job = await m.createJob('titles', {text});
   window.jobId = job.job_id;
-  const opts = {onEvent: (e) => window.seen.push(e), onTransport: (t) => window.transports.push(t)};
+  const opts = {onEvent: (e) => window.seen.push(e), onTransport: (t) => window.transports.push(t),
+                onConnection: (s, t) => window.states.push(`${s}:${t}`)};
   if (transports) opts.transports = transports;
   window.result = m.watchJob(job.job_id, opts).then((r) => (window.done = r));
   return job.job_id;
@@ -213,3 +214,6 @@ async def test_web_process_restarted_mid_job_every_step_once_in_order(
     assert_once_in_order(seen, await full_log(client, job_id))
     transports = await page.evaluate("window.transports")
     assert transports.count(transport) >= 2, f"reconnected and resumed: {transports}"
+    states = await page.evaluate("window.states")
+    lost = states.index(f"reconnecting:{transport}")
+    assert states[0] == f"live:{transport}" and f"live:{transport}" in states[lost:], f"told the page: {states}"

@@ -50,6 +50,7 @@ export class JobCard {
     this.id = job.job_id;
     this.cb = { onRetry, onClose, onEnd };
     this.transport = null;
+    this.reconnecting = false;
     this.build();
     this.render();
   }
@@ -110,6 +111,10 @@ export class JobCard {
             this.transport = name;
             this.renderTransport();
           },
+          onConnection: (state) => {
+            this.reconnecting = state === "reconnecting";
+            this.renderTransport();
+          },
         });
       } catch (err) {
         if (err.code === "job_not_found") {
@@ -122,6 +127,7 @@ export class JobCard {
       }
     }
     this.transport = null;
+    this.reconnecting = false;
     this.render();
     this.cb.onEnd?.(this);
   }
@@ -234,9 +240,11 @@ export class JobCard {
   }
 
   renderTransport() {
+    const word = TRANSPORT_WORDS[this.transport] ?? this.transport;
     this.transportEl.textContent =
-      this.transport && !this.terminal ? `live via ${TRANSPORT_WORDS[this.transport] ?? this.transport}` : "";
+      !this.transport || this.terminal ? "" : this.reconnecting ? "connection lost, reconnecting…" : `live via ${word}`;
     this.el.dataset.transport = this.transport ?? "";
+    this.el.dataset.connection = this.reconnecting ? "reconnecting" : "live";
   }
 
   renderOutput() {
