@@ -44,11 +44,14 @@ Lane = Callable[[Event | None, dict[Any, "Subscriber"]], list[Any]]
 class _Parked:
     """The clients of one job parked on one lane."""
 
-    __slots__ = ("lane", "members")
+    __slots__ = ("lane", "members", "fresh")
 
     def __init__(self, lane: Lane) -> None:
         self.lane = lane
         self.members: dict[Any, Subscriber] = {}
+        # An event went to the group since the last keepalive round: its members are not idle, so the round skips
+        # them (and a streaming job's fan-out never shares the loop with a round of pings).
+        self.fresh = False
 
 
 class Subscriber:
@@ -256,6 +259,9 @@ class Gateway:
         while True:
             await asyncio.sleep(self.ping_seconds)
             for group in list(self._parked.values()):
+                if group.fresh:
+                    group.fresh = False
+                    continue
                 members = list(group.members.items())
                 for start in range(0, len(members), PING_SLICE):
                     # those still parked in this group (one may have left, or left and come back, meanwhile)
@@ -306,6 +312,8 @@ class Gateway:
     def _serve(self, group: _Parked, event: Event | None, members: dict[Any, Subscriber] | None = None) -> None:
         """One event (None: a keepalive) to a parked group, or to `members` of it; who the lane could not serve
         gets it the usual way."""
+        if event is not None and event.kind is not EventKind.POSITION:
+            group.fresh = True
         missed = group.lane(event, group.members if members is None else members)
         for member in missed:
             sub = group.members.get(member)
