@@ -187,6 +187,15 @@ async def test_ws_mine_ping_and_errors(client: httpx.AsyncClient, web: LiveServe
         assert (await ws_recv(ws))["code"] == "message_too_large"
 
 
+async def test_ws_without_a_valid_token_is_refused_before_upgrade(web: LiveServer) -> None:
+    """`WS /api/ws` skips Starlette's middleware (api/direct.py): no token, or a wrong one, is still a 403."""
+    for headers in ({}, {"Authorization": "Bearer not-a-token"}, {"Authorization": "Basic abc"}):
+        with pytest.raises(websockets.exceptions.InvalidStatus) as info:
+            async with websockets.connect(ws_url(web), additional_headers=headers):
+                pass
+        assert info.value.response.status_code == 403
+
+
 async def test_ws_foreign_origin_is_refused_before_upgrade(client: httpx.AsyncClient, web: LiveServer) -> None:
     with pytest.raises(websockets.exceptions.InvalidStatus) as info:
         async with websockets.connect(ws_url(web), additional_headers=auth(client), origin="http://evil.example"):  # type: ignore[arg-type]

@@ -29,7 +29,7 @@ from ..tasks import TaskRegistry, default_registry
 from ..worker import json_deserializer, json_serializer
 from .accounts import STATE_KEY, build_accounts, create_session, delete_session, me, sign_in_demo
 from .auth import AuthMiddleware
-from .direct import DirectRoutes, direct_response
+from .direct import DirectRoutes, direct_response, direct_websocket
 from .errors import ApiError, error_response, handle_api_error, handle_http_exception, handle_unexpected
 from .history import list_jobs
 from .jobs import create_job, get_job
@@ -83,7 +83,7 @@ class App(Starlette):
 
     def __init__(self, *args: Any, direct: Sequence[str] = (), **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        found = [r for r in self.routes if isinstance(r, Route) and r.name in direct]
+        found = [r for r in self.routes if isinstance(r, Route | WebSocketRoute) and r.name in direct]
         if len(found) != len(direct):  # not an assert: it must also hold under `python -O`
             raise RuntimeError(f"direct routes not found: {set(direct) - {r.name for r in found}}")
         self.direct = DirectRoutes(found)
@@ -94,6 +94,9 @@ class App(Starlette):
         if hit is not None:  # a long-lived stream: no middleware frames kept alive under it
             scope["app"] = self
             scope["path_params"] = hit[1]
+            if scope["type"] == "websocket":
+                await direct_websocket(hit[0], scope, receive, send)
+                return
             response = await direct_response(hit[0], scope, receive)
             await response(scope, receive, send)
             return
@@ -168,7 +171,7 @@ def create_app(settings: Settings, *, redis_url: str, registry: TaskRegistry | N
         routes=routes,
         lifespan=lifespan,
         middleware=[Middleware(AuthMiddleware)],
-        direct=("job_events", "all_events"),
+        direct=("job_events", "all_events", "ws"),
         exception_handlers={
             ApiError: handle_api_error,
             HTTPException: not_found_route,

@@ -1,4 +1,5 @@
-"""Long-lived streams served before Starlette's middleware stack: an idle stream suspends 3 of our frames, not ~12.
+"""Long-lived streams (SSE and the WebSocket) served before Starlette's middleware stack: an idle stream suspends 3 of
+our frames, not ~12.
 
 At thousands of open SSE streams every frame a stream keeps suspended is memory: Starlette's path runs through
 ServerErrorMiddleware, AuthMiddleware, ExceptionMiddleware, the Router, the Route and its exception wrappers, each
@@ -14,10 +15,12 @@ import re
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
+from starlette.exceptions import WebSocketException
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
-from starlette.types import Receive, Scope
+from starlette.routing import Route, WebSocketRoute
+from starlette.types import Receive, Scope, Send
+from starlette.websockets import WebSocket
 
 from .auth import authenticate
 from .errors import ApiError, handle_api_error, handle_unexpected
@@ -30,16 +33,21 @@ class DirectRoutes:
 
     __slots__ = ("routes",)
 
-    def __init__(self, routes: Sequence[Route]) -> None:
-        self.routes: list[tuple[re.Pattern[str], Endpoint]] = [(r.path_regex, r.endpoint) for r in routes]
+    def __init__(self, routes: Sequence[Route | WebSocketRoute]) -> None:
+        self.routes: list[tuple[str, re.Pattern[str], Any]] = [
+            ("websocket" if isinstance(r, WebSocketRoute) else "http", r.path_regex, r.endpoint) for r in routes
+        ]
 
-    def match(self, scope: Scope) -> tuple[Endpoint, dict[str, Any]] | None:
-        if scope["type"] != "http" or scope["method"] != "GET" or scope.get("root_path"):
+    def match(self, scope: Scope) -> tuple[Any, dict[str, Any]] | None:
+        """(endpoint, path params): an HTTP endpoint for a GET, a WebSocket endpoint for a handshake."""
+        kind = scope["type"]
+        if kind not in ("http", "websocket") or scope.get("root_path"):
+            return None
+        if kind == "http" and scope["method"] != "GET":
             return None
         path = scope["path"]
-        for regex, endpoint in self.routes:
-            m = regex.match(path)
-            if m is not None:
+        for route_kind, regex, endpoint in self.routes:
+            if route_kind == kind and (m := regex.match(path)) is not None:
                 return endpoint, m.groupdict()
         return None
 
@@ -55,3 +63,16 @@ async def direct_response(endpoint: Endpoint, scope: Scope, receive: Receive) ->
         return await handle_api_error(request, exc)
     except Exception as exc:
         return await handle_unexpected(request, exc)
+
+
+async def direct_websocket(
+    endpoint: Callable[[WebSocket], Awaitable[None]], scope: Scope, receive: Receive, send: Send
+) -> None:
+    """A WebSocket session without the middleware frames under it: identified as AuthMiddleware does; the endpoint
+    refuses (close before accept: HTTP 403) whoever it must, as under the full stack."""
+    await authenticate(scope)
+    ws = WebSocket(scope, receive, send)
+    try:
+        await endpoint(ws)
+    except WebSocketException as exc:  # as Starlette's ExceptionMiddleware answers it
+        await ws.close(code=exc.code, reason=exc.reason)
