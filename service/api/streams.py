@@ -118,19 +118,11 @@ def _lane(encode: Callable[[Event], bytes], ping: bytes) -> Lane:
 
     def lane(event: Event | None, watches: dict[JobWatch, Subscriber]) -> list[JobWatch]:
         missed: list[JobWatch] = []
-        if event is None:
+        if event is None or event.kind is EventKind.POSITION:
+            # A keepalive, or a queue position: only for a client still at that seq. Neither moves the resume point.
+            data, at = (ping, None) if event is None else (encode(event), event.seq)
             for w in watches:
-                t = w.transport
-                if t.get_write_buffer_size() or t.is_closing():
-                    missed.append(w)
-                else:
-                    t.write(ping)
-            return missed
-        kind, seq = event.kind, event.seq
-        if kind is EventKind.POSITION:  # only for a client still at that seq; the resume point stays
-            data = encode(event)
-            for w in watches:
-                if w.last != seq or w.done:
+                if at is not None and (w.last != at or w.done):
                     continue
                 t = w.transport
                 if t.get_write_buffer_size() or t.is_closing():
@@ -138,6 +130,7 @@ def _lane(encode: Callable[[Event], bytes], ping: bytes) -> Lane:
                 else:
                     t.write(data)
             return missed
+        kind, seq = event.kind, event.seq
         if kind is EventKind.PROGRESS or kind is EventKind.DELTA:
             queued = None
         elif kind is EventKind.STATUS and not event.terminal:
