@@ -284,11 +284,16 @@ async def test_counted_position_and_active_jobs_match_the_rows(settings: Setting
                 assert await queries.count_active(user) == (await cur.fetchone())[0]
         async with store.db.execute("SELECT id, user_id FROM jobs") as cur:
             rows = list(await cur.fetchall())
+        ranked = await store.queued_ranked(dict(rows))  # the position ticker's one pass over the queue
         for job_id, user in rows:
             found = await store.get_owned_ranked(job_id, user)
             assert found is not None
             job, ahead = found
             assert ahead == (await store.queue_ahead(job) if job.status.value == "queued" else None)
+            assert (ranked[job_id][1] if job_id in ranked else None) == ahead, "the batch agrees, job by job"
+        async with store.db.execute("SELECT COUNT(*) FROM jobs WHERE status = 'queued'") as cur:
+            assert len(ranked) == (await cur.fetchone())[0] > 10, "every queued one, and only those"
+        assert await store.queued_ranked({job_id: "someone else" for job_id, _ in rows}) == {}, "owners only"
         late = Job(id="late", user_id="a", type="noop", input={}, priority=1)
         late.ready_at, late.expires_at = late.created_at, late.created_at + 300
         assert await store.create_ranked(late) == await store.queue_ahead(late)

@@ -38,6 +38,10 @@ class JobStore(Protocol):
     async def get_owned_ranked(self, job_id: str, user_id: str) -> tuple[Job, int | None] | None:
         """get_owned() with the job's queue position (None unless it is queued)."""
 
+    async def queued_ranked(self, owned: dict[str, str]) -> dict[str, tuple[Job, int]]:
+        """The jobs of `owned` (job id → its owner) that are queued, each with its queue position: one pass over the
+        queue for all of them, where get_owned_ranked counts the jobs ahead once per job."""
+
     async def claim(
         self, job_id: str, *, worker_id: str, token: str, ticket: int | None = None, lease_seconds: float = 30.0
     ) -> Job | None:

@@ -22,6 +22,8 @@ _COLUMNS = (
 # queue.PRIORITY_STEP_SECONDS). Read with the row itself, so a poll or a submit needs no second statement.
 # No `q.id != jobs.id`: the strict < already leaves the job itself out, and testing id (not in the index)
 # would read every counted job's table row, which made the count ~2.5x slower.
+# A queued job's place in the queue order (the jobs_queue_order index's expression, word for word).
+_QUEUE_KEY = "(COALESCE(ready_at, created_at) - CASE WHEN ready_at > updated_at THEN 0 ELSE priority * 10.0 END)"
 _AHEAD = (
     "CASE WHEN jobs.status = 'queued' THEN (SELECT COUNT(*) FROM jobs AS q WHERE q.status = 'queued' AND "
     "(COALESCE(q.ready_at, q.created_at) - CASE WHEN q.ready_at > q.updated_at THEN 0 ELSE q.priority * 10.0 END) < "
@@ -234,6 +236,28 @@ class SQLiteJobStore:
         if row is None:
             return None
         return _row_to_job(row), (int(row["ahead"]) if row["ahead"] is not None else None)
+
+    async def queued_ranked(self, owned: dict[str, str]) -> dict[str, tuple[Job, int]]:
+        if not owned:
+            return {}
+        out: dict[str, tuple[Job, int]] = {}
+        ids = list(owned)
+        for start in range(0, len(ids), 500):  # SQLite's bound-parameter limit
+            part = ids[start : start + 500]
+            marks = ",".join("?" * len(part))
+            # RANK() - 1 counts the rows with a strictly smaller key: the same number as _AHEAD.
+            async with self.db.execute(
+                f"SELECT {_COLUMNS}, r.ahead AS ahead FROM jobs JOIN (SELECT id AS rid, RANK() OVER (ORDER BY "
+                f"{_QUEUE_KEY}) - 1 AS ahead FROM jobs WHERE status = 'queued') AS r ON r.rid = jobs.id "
+                f"WHERE jobs.id IN ({marks})",
+                part,
+            ) as cur:
+                rows = await cur.fetchall()
+            for row in rows:
+                job = _row_to_job(row)
+                if owned.get(job.id) == job.user_id:
+                    out[job.id] = (job, int(row["ahead"]))
+        return out
 
     async def claim(
         self, job_id: str, *, worker_id: str, token: str, ticket: int | None = None, lease_seconds: float = 30.0
