@@ -43,11 +43,20 @@ class JobStore(Protocol):
         queue for all of them, where get_owned_ranked counts the jobs ahead once per job."""
 
     async def claim(
-        self, job_id: str, *, worker_id: str, token: str, ticket: int | None = None, lease_seconds: float = 30.0
+        self,
+        job_id: str,
+        *,
+        worker_id: str,
+        token: str,
+        ticket: int | None = None,
+        lease_seconds: float = 30.0,
+        steps: str | None = None,
     ) -> Job | None:
         """Move a queued job to processing under a new lease; None if it is not queued (with this ticket) any more.
 
-        May set `sealed_key` on the job it returns (whether a sealed provider key waits), sparing a read."""
+        `steps` (every type's chain as JSON) lets the same write record `running_on`, the provider and model this
+        attempt runs on, which the sweeper names if the attempt is lost. May set `sealed_key` on the job it returns
+        (whether a sealed provider key waits), sparing a read."""
 
     async def progress(
         self,

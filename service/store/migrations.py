@@ -132,6 +132,15 @@ MIGRATIONS.append(
 )
 
 
+# 7: which provider and model the job's latest attempt runs on (its fallback-chain step), as JSON
+# {"provider", "model"}. The claim writes it, so the sweeper can name them in a `worker_lost` history entry.
+MIGRATIONS.append(
+    """
+    ALTER TABLE jobs ADD COLUMN running_on TEXT;
+    """
+)
+
+
 def statements(sql: str) -> list[str]:
     """A migration's statements, split on the `;` that end one (not those inside a trigger's BEGIN … END)."""
     out: list[str] = []

@@ -15,7 +15,7 @@ from .migrations import MIGRATIONS, statements
 _COLUMNS = (
     "id, user_id, type, status, priority, input, result, error, attempts, max_attempts, percentage, current_step, "
     "partial_output, model, usage, lease_token, worker_id, seq, created_at, started_at, completed_at, updated_at, "
-    "lease_expires_at, cancel_requested, ready_at, expires_at, history, model_index, retry_of"
+    "lease_expires_at, cancel_requested, ready_at, expires_at, history, model_index, retry_of, running_on"
 )
 # How many queued jobs run before the row `jobs` under the priority rule (NULL unless it is queued). The order
 # expression must match the jobs_queue_order index word for word for SQLite to use it (10.0 is
@@ -50,7 +50,7 @@ _NAMES = [c.strip() for c in _COLUMNS.split(",")]
     _ID, _USER_ID, _TYPE, _STATUS, _PRIORITY, _INPUT, _RESULT, _ERROR, _ATTEMPTS, _MAX_ATTEMPTS, _PERCENTAGE,
     _CURRENT_STEP, _PARTIAL_OUTPUT, _MODEL, _USAGE, _LEASE_TOKEN, _WORKER_ID, _SEQ, _CREATED_AT, _STARTED_AT,
     _COMPLETED_AT, _UPDATED_AT, _LEASE_EXPIRES_AT, _CANCEL_REQUESTED, _READY_AT, _EXPIRES_AT, _HISTORY,
-    _MODEL_INDEX, _RETRY_OF,
+    _MODEL_INDEX, _RETRY_OF, _RUNNING_ON,
 ) = range(len(_NAMES))  # fmt: skip
 _loads = json.loads
 
@@ -62,6 +62,7 @@ def _row_to_job(row: sqlite3.Row) -> Job:
     result = row[_RESULT]
     usage = row[_USAGE]
     history = row[_HISTORY]
+    running_on = row[_RUNNING_ON]
     return Job(
         id=row[_ID],
         user_id=row[_USER_ID],
@@ -92,6 +93,7 @@ def _row_to_job(row: sqlite3.Row) -> Job:
         history=_loads(history) if history else [],
         model_index=row[_MODEL_INDEX],
         retry_of=row[_RETRY_OF],
+        running_on=_loads(running_on) if running_on else None,
     )
 
 
@@ -180,7 +182,7 @@ class SQLiteJobStore:
         """
         job.seq = 1
         async with self.db.execute(
-            f"INSERT INTO jobs ({_COLUMNS}) SELECT {', '.join('?' * 29)} "
+            f"INSERT INTO jobs ({_COLUMNS}) SELECT {', '.join('?' * len(_NAMES))} "
             "WHERE ? IS NULL OR COALESCE((SELECT n FROM user_active WHERE user_id = ?), 0) < ? "
             f"RETURNING {_AHEAD_OF_NEW}",
             (
@@ -213,6 +215,7 @@ class SQLiteJobStore:
                 None,
                 0,
                 job.retry_of,
+                None,
                 max_active,
                 job.user_id,
                 max_active,
@@ -260,17 +263,28 @@ class SQLiteJobStore:
         return out
 
     async def claim(
-        self, job_id: str, *, worker_id: str, token: str, ticket: int | None = None, lease_seconds: float = 30.0
+        self,
+        job_id: str,
+        *,
+        worker_id: str,
+        token: str,
+        ticket: int | None = None,
+        lease_seconds: float = 30.0,
+        steps: str | None = None,
     ) -> Job | None:
-        """Only a queued, uncancelled job whose queue ticket (its seq when queued) matches is taken."""
+        """Only a queued, uncancelled job whose queue ticket (its seq when queued) matches is taken.
+
+        `steps` (JSON: type -> one {"provider", "model"} per chain step) sets `running_on` to the job's step, picked
+        by its type and model_index (past the end: the last step, as the runner picks), in this same write."""
         t = now()
         async with self.db.execute(
             "UPDATE jobs SET status = 'processing', attempts = attempts + 1, lease_token = ?, worker_id = ?, "
             "lease_expires_at = ?, started_at = COALESCE(started_at, ?), updated_at = ?, seq = seq + 1, "
-            "error = NULL, current_step = 'Starting…', percentage = 0, partial_output = NULL "
+            "error = NULL, current_step = 'Starting…', percentage = 0, partial_output = NULL, "
+            "running_on = (? -> type) -> MIN(model_index, json_array_length(? -> type) - 1) "
             "WHERE id = ? AND status = 'queued' AND cancel_requested = 0 AND (? IS NULL OR seq = ?) "
             f"RETURNING {_COLUMNS}, EXISTS (SELECT 1 FROM job_secrets WHERE job_id = jobs.id) AS sealed_key",
-            (token, worker_id, t + lease_seconds, t, t, job_id, ticket, ticket),
+            (token, worker_id, t + lease_seconds, t, t, steps, steps, job_id, ticket, ticket),
         ) as cur:
             row = await cur.fetchone()
         if row is None:
