@@ -19,7 +19,7 @@ from typing import Any
 
 from .coordination import ProviderBackoff
 from .events import EventLog
-from .models import Event, EventKind, Job, JobError, JobStatus, iso, now
+from .models import Event, EventKind, Job, JobError, JobStatus, dumps, iso, now
 from .providers.base import ChatMessage, ChatResult, ImageResult, Provider, Usage
 from .providers.errors import AuthError, ProviderError, RateLimited
 from .queue import JobQueue
@@ -258,6 +258,7 @@ class JobRunner:
         self.providers: dict[str, Provider] = {**(providers or {}), provider.name: provider}
         self.active: dict[str, ActiveRun] = {}
         self._heartbeat_task: asyncio.Task[None] | None = None
+        self._steps: str | None = None
 
     def cancel_local(self, job_id: str) -> None:
         """A cancel message arrived: stop the run if this process holds it (others ignore it)."""
@@ -284,6 +285,20 @@ class JobRunner:
         if not chain:
             return self.provider, None
         return self.resolve(chain[min(index, len(chain) - 1)])
+
+    def steps(self) -> str:
+        """Every type's chain as the claim records it (JSON: type -> one {"provider", "model"} per step, each as
+        `_entry_at` resolves it and as attempt records name it), so the claim's own write says what an attempt runs
+        on, for the sweeper to name if the attempt is lost. Built once: the registry is complete before work starts."""
+        if self._steps is None:
+            table: dict[str, list[dict[str, str]]] = {}
+            for spec in self.registry:
+                table[spec.name] = []
+                for index in range(max(1, len(self.chain(spec)))):
+                    provider, model = self._entry_at(spec, index)
+                    table[spec.name].append({"provider": provider.name, "model": model or provider.default_model})
+            self._steps = dumps(table)
+        return self._steps
 
     def _next_entry(self, spec: TaskSpec[Any], index: int, *, user_key: bool) -> int | None:
         """The chain position to try after `index`; a job carrying the user's own key skips other providers (the
@@ -328,7 +343,12 @@ class JobRunner:
         token = os.urandom(16).hex()  # as unique as uuid4().hex, without building a UUID per job
         try:
             job = await self.store.claim(
-                job_id, worker_id=self.worker_id, token=token, ticket=ticket, lease_seconds=self.lease_seconds
+                job_id,
+                worker_id=self.worker_id,
+                token=token,
+                ticket=ticket,
+                lease_seconds=self.lease_seconds,
+                steps=self.steps(),
             )
         except Exception as exc:  # nothing started: the job stays on the queue for when the store answers
             raise StoreUnreachable(repr(exc)) from exc

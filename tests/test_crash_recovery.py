@@ -52,7 +52,10 @@ async def test_sigkill_mid_job_runs_again_elsewhere(
             done = await wait_for_status(client, job_id, {"completed", "failed", "cancelled"}, timeout=30)
             assert done["status"] == "completed", done
             assert done["attempt"] == 2
-            assert [h["error"] for h in done["attempts"]] == ["worker_lost", None]
+            assert [(h["provider"], h["model"], h["error"]) for h in done["attempts"]] == [
+                ("simulated", "sim-1", "worker_lost"),  # what the killed attempt was on, not null
+                ("simulated", "sim-1", None),
+            ]
             row = store_row(settings, job_id)
             assert pid_of(row) == b.pid and row["lease_token"] is None  # finished by B, lease dropped
         assert "job completed" in b.log()
@@ -105,7 +108,45 @@ async def test_poison_pill_ends_worker_lost(client: httpx.AsyncClient, settings:
         done = await wait_for_status(client, job_id, {"failed", "completed"}, timeout=20)
         assert done["status"] == "failed", done
         assert done["error"]["code"] == "worker_lost" and done["attempt"] == 3
-        assert [h["error"] for h in done["attempts"]] == ["worker_lost"] * 3
+        assert [(h["provider"], h["model"], h["error"]) for h in done["attempts"]] == [
+            ("simulated", "sim-1", "worker_lost")
+        ] * 3
+
+
+async def test_lost_attempt_names_the_fallback_step_it_was_on(
+    client: httpx.AsyncClient, settings: Settings, tmp_path: Path
+) -> None:
+    """A chain `sim-fail-400` on the simulated primary, then `backup:gpt-b` on an OpenAI-compatible server: the
+    worker is SIGKILLed while the backup holds its request, and the sweeper's `worker_lost` entry names the backup
+    and gpt-b (the step the attempt was on), not the primary, and not null."""
+    from .fake_openai import serve_fake_openai
+
+    async with serve_fake_openai() as backup:
+        chain = {
+            "AI_MODEL": "sim-fail-400",
+            "AI_FALLBACK_MODELS": "backup:gpt-b",
+            "AI_PROVIDERS": f"backup={backup.base_url.replace('http://', 'http://sk-backup@')}",
+        }
+        backup.hang()  # the first request to the backup gets no answer: the attempt is in flight there
+        with workers(settings, tmp_path) as started:
+            a = spawn(started, settings, tmp_path, **chain)
+            job_id = await submit(client, "Which step was I on?")
+            deadline = asyncio.get_running_loop().time() + 20
+            while not backup.requests:
+                assert asyncio.get_running_loop().time() < deadline, a.log()[-3000:]
+                await asyncio.sleep(0.05)
+            row = store_row(settings, job_id)
+            assert row["status"] == "processing" and row["model_index"] == 1 and pid_of(row) == a.pid, row
+            a.signal(signal.SIGKILL)
+            await a.wait_exit()
+            spawn(started, settings, tmp_path, **chain)
+            done = await wait_for_status(client, job_id, {"completed", "failed", "cancelled"}, timeout=30)
+    assert done["status"] == "completed" and (done["provider"], done["model"]) == ("backup", "gpt-b"), done
+    assert [(h["attempt"], h["provider"], h["model"], h["error"]) for h in done["attempts"]] == [
+        (1, "simulated", "sim-fail-400", "provider_bad_request"),
+        (1, "backup", "gpt-b", "worker_lost"),
+        (2, "backup", "gpt-b", None),
+    ]
 
 
 async def test_sigterm_gives_running_job_back_without_spending_an_attempt(
