@@ -17,6 +17,7 @@ import websockets
 from redis.asyncio import Redis
 
 from service.api.multiwatch import MultiWatch
+from service.api.streams import JobWatch
 from service.config import Settings
 from service.events import EventLog, status_event
 from service.gateway import Gateway, Subscriber
@@ -332,4 +333,46 @@ async def test_parked_clients_are_served_by_their_lane_and_the_rest_the_usual_wa
         assert not gateway._parked and not gateway._loose, "no empty group nor set left behind"
     finally:
         await gateway.stop()
+        await redis.aclose()
+
+
+async def test_resume_while_an_event_is_between_store_and_stream_gets_the_event_not_a_gap(settings: Settings) -> None:
+    """A worker commits an event to the store, then publishes it. A watcher resuming in between finds the store a
+    step ahead of an empty Stream: it must wait for the event, not replace it with a `gap` snapshot (whose text
+    would stand in for the streamed deltas)."""
+    assert settings.redis_url
+    redis = Redis.from_url(settings.redis_url)
+    store = open_store(settings)
+    await store.open()
+    events = EventLog(redis)
+    jobs = JobService(
+        store=store,
+        queue=JobQueue(redis, queue_name=settings.queue_name),
+        events=events,
+        registry=default_registry(),
+        max_attempts=3,
+    )
+    try:
+        job = await store.create(Job(id=f"tween-{time.monotonic_ns()}", user_id="tween-user", type="titles", input={}))
+        await store.db.execute("UPDATE jobs SET seq = 2 WHERE id = ?", (job.id,))  # counted, not yet published
+        pending = Event(job_id=job.id, seq=2, kind=EventKind.DELTA, data={"text": "1. "})
+
+        class Landing:
+            """The store, with the event landing in the Stream while the watcher looks at the store."""
+
+            def __getattr__(self, name: str) -> Any:
+                return getattr(store, name)
+
+            async def get(self, job_id: str) -> Job | None:
+                if not published:
+                    published.append(await events.publish("tween-user", pending))
+                return await store.get(job_id)
+
+        published: list[bool] = []
+        watch = JobWatch(job_id=job.id, user_id="tween-user", store=Landing(), events=events, jobs=jobs)  # type: ignore[arg-type]
+        got = await watch.catch_up(1)
+        assert published == [True]
+        assert [(e.kind, e.seq, e.data) for e in got] == [(EventKind.DELTA, 2, {"text": "1. "})], "the event, no gap"
+    finally:
+        await store.close()
         await redis.aclose()

@@ -9,6 +9,7 @@ terminal event, so nobody waits on a job that is already done.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -86,13 +87,29 @@ class JobWatch:
             out = []
         if self.done:
             return out
-        replay = await self.events.read_after(self.job_id, self.last)
+        replay = await self._replay()
         if not replay or replay[0].seq != self.last + 1:
             job = await self.store.get(self.job_id)
             if job is not None and job.seq > self.last:
                 out += await self.snapshot("gap")
         out += [e for e in replay if self._accept(e)]
         return out
+
+    async def _replay(self) -> list[Event]:
+        """The job's Stream after `last`.
+
+        A worker commits an event to the store, then publishes it: for that moment the store is ahead of the Stream.
+        An empty read while the store is ahead is read again a few times (up to ~0.1 s) before it counts as a gap,
+        so a watcher resuming right then gets the event itself, not a `gap` snapshot in its place."""
+        for attempt in range(4):
+            replay = await self.events.read_after(self.job_id, self.last)
+            if replay or attempt == 3:
+                return replay
+            job = await self.store.get(self.job_id)
+            if job is None or job.seq <= self.last:
+                return replay
+            await asyncio.sleep(0.015 * (attempt + 1))
+        return []
 
     def live(self, batch: list[Event]) -> list[Event]:
         return [e for e in batch if self._current(e) if e.kind is EventKind.POSITION or self._accept(e)]
