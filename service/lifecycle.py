@@ -73,7 +73,7 @@ class Maintenance:
             else:
                 status, error, step = JobStatus.QUEUED, lost, "Waiting for a worker (the last one stopped)…"
             on = job.running_on or {}  # written by the lost attempt's claim (None for a row from before migration 7)
-            seconds = now() - (job.started_at or now())
+            seconds = now() - (on.get("since") or job.started_at or now())  # this attempt's claim, when known
             record = attempt_record(job, on.get("model"), lost, seconds, on.get("provider"))
             done = await self.store.take_over(
                 job.id, job.lease_token, status=status, error=error, step=step, record=record

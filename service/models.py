@@ -85,7 +85,8 @@ class Job:
     history: list[dict[str, Any]] = field(default_factory=list)  # one entry per finished attempt
     model_index: int = 0  # position in the type's model fallback chain
     retry_of: str | None = None
-    running_on: dict[str, str] | None = None  # {"provider", "model"} of the chain step the latest attempt runs on
+    # {"provider", "model", "since"}: the chain step the latest attempt runs on, and when that attempt was claimed
+    running_on: dict[str, Any] | None = None
     sealed_key: bool | None = None  # set by a claim: whether a sealed provider key waits (None: not known)
 
     @property

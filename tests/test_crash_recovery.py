@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import signal
 import sqlite3
+import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 from redis.asyncio import Redis
@@ -111,6 +113,9 @@ async def test_poison_pill_ends_worker_lost(client: httpx.AsyncClient, settings:
         assert [(h["provider"], h["model"], h["error"]) for h in done["attempts"]] == [
             ("simulated", "sim-1", "worker_lost")
         ] * 3
+        # Each lost attempt is timed from its own claim: about a lease each, not the job's whole life so far.
+        seconds = [h["seconds"] for h in done["attempts"]]
+        assert max(seconds) < 2 * min(seconds), seconds
 
 
 async def test_lost_attempt_names_the_fallback_step_it_was_on(
@@ -221,8 +226,18 @@ async def test_claim_records_the_chain_step_the_attempt_runs_on(tmp_path: Path) 
     try:
         for job_id, job_type in (("s", "summary"), ("i", "image"), ("x", "unknown")):
             await store.create(Job(id=job_id, user_id="u", type=job_type, input={}))
+
+        def step(job: Job | None) -> dict[str, Any] | None:
+            """running_on without its `since`, which must be the claim's time."""
+            on = job.running_on if job else None
+            if on is None:
+                return None
+            assert before <= on["since"] <= time.time(), on
+            return {k: v for k, v in on.items() if k != "since"}
+
+        before = time.time()
         claimed = {j: await store.claim(j, worker_id="w", token=f"t{j}", steps=steps) for j in ("s", "i", "x")}
-        assert {j: job and job.running_on for j, job in claimed.items()} == {
+        assert {j: step(job) for j, job in claimed.items()} == {
             "s": {"provider": "simulated", "model": "sim-fail-400"},
             "i": {"provider": "simulated", "model": "sim-1"},
             "x": None,  # a type this worker's chains do not know: unknown, not guessed
@@ -230,11 +245,11 @@ async def test_claim_records_the_chain_step_the_attempt_runs_on(tmp_path: Path) 
         error = JobError(message="no", code="provider_bad_request", retryable=False)
         assert await store.requeue("s", "ts", error=error, step="Next…", next_model=1)
         again = await store.claim("s", worker_id="w", token="ts2", steps=steps)
-        assert again is not None and again.running_on == {"provider": "backup", "model": "gpt-b"}
+        assert again is not None and step(again) == {"provider": "backup", "model": "gpt-b"}
         assert await store.requeue("s", "ts2", error=error, step="Past the end…", next_model=1)
         past = await store.claim("s", worker_id="w", token="ts3", steps=steps)
         assert past is not None and past.model_index == 2
-        assert past.running_on == {"provider": "backup", "model": "gpt-b"}
+        assert step(past) == {"provider": "backup", "model": "gpt-b"}
         read = await store.get("s")
         assert read is not None and read.running_on == past.running_on  # read back as written
     finally:

@@ -55,7 +55,7 @@ MIGRATIONS: list[str] = [
     """,
 ]
 
-# 2: the job lifecycle (leases, cancel, retries, fallback, idempotency, expiry). Appended, never edited.
+# 3: the job lifecycle (leases, cancel, retries, fallback, idempotency, expiry). Appended, never edited.
 MIGRATIONS.append(
     """
     ALTER TABLE jobs ADD COLUMN lease_expires_at REAL;

@@ -281,12 +281,13 @@ class SQLiteJobStore:
             "UPDATE jobs SET status = 'processing', attempts = attempts + 1, lease_token = ?, worker_id = ?, "
             "lease_expires_at = ?, started_at = COALESCE(started_at, ?), updated_at = ?, seq = seq + 1, "
             "error = NULL, current_step = 'Starting…', percentage = 0, partial_output = NULL, "
-            # json_extract, not `->`: the operator needs SQLite 3.38, and Pythons linked to an older one exist
-            "running_on = json_extract(?, '$.\"' || type || '\"[' || "
-            "MIN(model_index, json_array_length(?, '$.\"' || type || '\"') - 1) || ']') "
+            # json_extract, not `->`: the operator needs SQLite 3.38, and Pythons linked to an older one exist.
+            # `since`: this attempt's start (started_at is the first attempt's), for the sweeper's duration.
+            "running_on = json_set(json_extract(?, '$.\"' || type || '\"[' || "
+            "MIN(model_index, json_array_length(?, '$.\"' || type || '\"') - 1) || ']'), '$.since', ?) "
             "WHERE id = ? AND status = 'queued' AND cancel_requested = 0 AND (? IS NULL OR seq = ?) "
             f"RETURNING {_COLUMNS}, EXISTS (SELECT 1 FROM job_secrets WHERE job_id = jobs.id) AS sealed_key",
-            (token, worker_id, t + lease_seconds, t, t, steps, steps, job_id, ticket, ticket),
+            (token, worker_id, t + lease_seconds, t, t, steps, steps, t, job_id, ticket, ticket),
         ) as cur:
             row = await cur.fetchone()
         if row is None:
