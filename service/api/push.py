@@ -166,13 +166,11 @@ class WsSession:
         if not wire.ready():
             return
         watch = next(iter(mw.watches.values()))
-        if self.state.gateway.park(mw.sub, watch.job_id, watch, ws_lane):
-            watch.transport = wire.transport
+        watch.transport = wire.transport  # read by ws_lane only while parked
+        self.state.gateway.park(mw.sub, watch.job_id, watch, ws_lane)
 
     def unpark(self) -> None:
         self.state.gateway.unpark(self.mw.sub)
-        for watch in self.mw.watches.values():
-            watch.transport = None
 
     async def handle(self, raw: str) -> None:
         if len(raw.encode()) > self.state.settings.ws_max_message_bytes:
@@ -315,6 +313,8 @@ class WsSession:
             writer.cancel()
             with contextlib.suppress(BaseException):
                 await writer
+            for watch in self.mw.watches.values():
+                watch.transport = None  # no cycle through the socket left for the GC
             await self.mw.close()
 
 

@@ -54,7 +54,7 @@ class JobWatch:
         self.last = 0
         self.done = False
         self.queued = False  # as of the last event sent: only then do position updates concern this client
-        self.transport: Any = None  # the socket, while parked in the gateway on `sse_lane`
+        self.transport: Any = None  # the client's socket, written by a lane while the client is parked
 
     def _accept(self, event: Event) -> bool:
         if event.seq <= self.last:
@@ -180,6 +180,8 @@ async def watch_events(
 ) -> AsyncIterator[bytes]:
     sub = Subscriber(watch.user_id, {watch.job_id})
     sub.watched = watch.watching
+    if wire is not None:
+        watch.transport = wire.transport  # read by sse_lane only while the stream is parked
     await gateway.subscribe(sub)
     try:
         yield f"retry: {RETRY_MS}\n\n".encode()
@@ -191,13 +193,12 @@ async def watch_events(
             if watch.done:
                 break
             # Idle with everything sent: park, so live events are written from the dispatch (no task wake-up).
-            if wire is not None and wire.ready() and gateway.park(sub, watch.job_id, watch, sse_lane):
-                watch.transport = wire.transport
+            if wire is not None and wire.ready():
+                gateway.park(sub, watch.job_id, watch, sse_lane)
             try:
                 woke = await sub.wait()  # the gateway's ticker wakes it for keepalives
             finally:
                 gateway.unpark(sub)
-                watch.transport = None
             if watch.done:
                 break
             if not woke:
@@ -210,6 +211,7 @@ async def watch_events(
             else:
                 batch = watch.live(sub.drain())
     finally:
+        watch.transport = None  # no cycle (watch -> transport -> protocol -> this task) left for the GC
         await gateway.unsubscribe(sub)
 
 
