@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -130,6 +130,15 @@ async def client_b(web: LiveServer, settings: Settings) -> AsyncIterator[httpx.A
     """A second user, `bob`, for isolation tests."""
     async with user_client(web, settings, "bob") as c:
         yield c
+
+
+async def until(check: Callable[[], Awaitable[bool]], timeout: float = 10, what: str = "condition") -> None:
+    """Poll `check` until it holds, failing after `timeout` seconds."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not await check():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.02)
 
 
 async def wait_for_status(client: httpx.AsyncClient, job_id: str, statuses: set[str], timeout: float = 10) -> dict:

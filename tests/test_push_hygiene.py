@@ -7,7 +7,6 @@ import dataclasses
 import json
 import socket
 import time
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +26,7 @@ from service.queue import JobQueue
 from service.store import open_store
 from service.tasks import default_registry
 
-from .conftest import LiveServer
+from .conftest import LiveServer, until
 
 
 def rss_kb() -> int:
@@ -39,14 +38,6 @@ def rss_kb() -> int:
 
 async def gateway_counts(client: httpx.AsyncClient) -> dict[str, int]:
     return (await client.get("/healthz")).json()["gateway"]
-
-
-async def until(check: Callable[[], Awaitable[bool]], timeout: float = 10, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not await check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.02)
 
 
 @pytest.fixture

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import Awaitable, Callable
 
 import httpx
 from arq.connections import RedisSettings, create_pool
@@ -14,7 +13,7 @@ from service.config import Settings
 from service.queue import JobQueue
 from service.worker import json_deserializer, json_serializer
 
-from .conftest import run_worker, wait_for_status
+from .conftest import run_worker, until, wait_for_status
 
 
 async def test_idle_worker_with_a_long_poll_starts_a_job_when_woken(
@@ -53,13 +52,6 @@ async def test_enqueueing_the_same_attempt_twice_is_refused(settings: Settings) 
         await redis.aclose()
 
 
-async def _until(check: Callable[[], Awaitable[bool]], timeout: float = 15.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not await check():
-        assert asyncio.get_running_loop().time() < deadline, "timed out"
-        await asyncio.sleep(0.05)
-
-
 async def test_a_job_not_run_inline_goes_through_arqs_run_job_with_its_try_counted_once(settings: Settings) -> None:
     """The take script counts every job's try; a cron job (max_tries 1) that arq's run_job runs must not see 2."""
     assert settings.redis_url
@@ -73,7 +65,7 @@ async def test_a_job_not_run_inline_goes_through_arqs_run_job_with_its_try_count
             async def gone() -> bool:
                 return not await redis.exists(job_key_prefix + "cron-by-hand")
 
-            await _until(gone)
+            await until(gone, 15, "the cron job to finish")
             assert worker.jobs_complete >= 1
             assert worker.jobs_failed == 0  # a try counted twice would be "max 1 retries exceeded"
             assert await redis.zscore(settings.queue_name, "cron-by-hand") is None
@@ -93,7 +85,7 @@ async def test_a_queue_entry_whose_job_data_is_gone_is_dropped(settings: Setting
             async def dropped() -> bool:
                 return await redis.zscore(settings.queue_name, "no-such-job.1") is None
 
-            await _until(dropped)
+            await until(dropped, 15, "the orphan entry to be dropped")
             assert worker.jobs_failed == 1  # arq's "job expired"
             assert not await redis.exists(in_progress_key_prefix + "no-such-job.1", retry_key_prefix + "no-such-job.1")
     finally:
