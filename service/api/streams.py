@@ -19,7 +19,7 @@ from starlette.responses import Response
 from ..events import EventLog
 from ..gateway import Gateway, Lane, Subscriber
 from ..jobs import JobService
-from ..models import TERMINAL_STATUSES, Event, EventKind
+from ..models import TERMINAL_STATUSES, Event, EventKind, Job
 from ..store.base import JobStore
 from .auth import current_user
 from .errors import ApiError, not_found
@@ -69,8 +69,9 @@ class JobWatch:
             self.queued = event.data.get("status") == "queued"
         return True
 
-    async def snapshot(self, reason: str) -> list[Event]:
-        job = await self.store.get(self.job_id)
+    async def snapshot(self, reason: str, job: Job | None = None) -> list[Event]:
+        """The job as it stands (`job`: just read by the caller, so not read again)."""
+        job = job or await self.store.get(self.job_id)
         if job is None:
             self.done = True
             return []
@@ -87,29 +88,24 @@ class JobWatch:
             out = []
         if self.done:
             return out
-        replay = await self._replay()
-        if not replay or replay[0].seq != self.last + 1:
-            job = await self.store.get(self.job_id)
-            if job is not None and job.seq > self.last:
-                out += await self.snapshot("gap")
-        out += [e for e in replay if self._accept(e)]
-        return out
-
-    async def _replay(self) -> list[Event]:
-        """The job's Stream after `last`.
-
-        A worker commits an event to the store, then publishes it: for that moment the store is ahead of the Stream.
-        An empty read while the store is ahead is read again a few times (up to ~0.1 s) before it counts as a gap,
-        so a watcher resuming right then gets the event itself, not a `gap` snapshot in its place."""
-        for attempt in range(4):
-            replay = await self.events.read_after(self.job_id, self.last)
-            if replay or attempt == 3:
-                return replay
+        replay = await self.events.read_after(self.job_id, self.last)
+        # A worker commits an event to the store, then publishes it: for that moment the store is ahead of the Stream.
+        # An empty read while the store is ahead is read again a few times (up to ~0.1 s) before it counts as a gap,
+        # so a watcher resuming right then gets the event itself, not a `gap` snapshot in its place. A Stream that
+        # starts past `last` is a gap at once (trimmed, or lost with Redis).
+        for pause in (0.015, 0.03, 0.045, None):
+            if replay and replay[0].seq == self.last + 1:
+                break
             job = await self.store.get(self.job_id)
             if job is None or job.seq <= self.last:
-                return replay
-            await asyncio.sleep(0.015 * (attempt + 1))
-        return []
+                break  # nothing is missing
+            if replay or pause is None:
+                out += await self.snapshot("gap", job)
+                break
+            await asyncio.sleep(pause)
+            replay = await self.events.read_after(self.job_id, self.last)
+        out += [e for e in replay if self._accept(e)]
+        return out
 
     def live(self, batch: list[Event]) -> list[Event]:
         return [e for e in batch if self._current(e) if e.kind is EventKind.POSITION or self._accept(e)]
