@@ -243,23 +243,20 @@ class SQLiteJobStore:
     async def queued_ranked(self, owned: dict[str, str]) -> dict[str, tuple[Job, int]]:
         if not owned:
             return {}
+        # RANK() - 1 counts the rows with a strictly smaller key: the same number as _AHEAD. The ids go in as one
+        # JSON array, so any number of them is one statement and one ranking of the queue.
+        async with self.db.execute(
+            f"SELECT {_COLUMNS}, r.ahead AS ahead FROM jobs JOIN (SELECT id AS rid, RANK() OVER (ORDER BY "
+            f"{_QUEUE_KEY}) - 1 AS ahead FROM jobs WHERE status = 'queued') AS r ON r.rid = jobs.id "
+            "WHERE jobs.id IN (SELECT value FROM json_each(?))",
+            (json.dumps(list(owned)),),
+        ) as cur:
+            rows = await cur.fetchall()
         out: dict[str, tuple[Job, int]] = {}
-        ids = list(owned)
-        for start in range(0, len(ids), 500):  # SQLite's bound-parameter limit
-            part = ids[start : start + 500]
-            marks = ",".join("?" * len(part))
-            # RANK() - 1 counts the rows with a strictly smaller key: the same number as _AHEAD.
-            async with self.db.execute(
-                f"SELECT {_COLUMNS}, r.ahead AS ahead FROM jobs JOIN (SELECT id AS rid, RANK() OVER (ORDER BY "
-                f"{_QUEUE_KEY}) - 1 AS ahead FROM jobs WHERE status = 'queued') AS r ON r.rid = jobs.id "
-                f"WHERE jobs.id IN ({marks})",
-                part,
-            ) as cur:
-                rows = await cur.fetchall()
-            for row in rows:
-                job = _row_to_job(row)
-                if owned.get(job.id) == job.user_id:
-                    out[job.id] = (job, int(row["ahead"]))
+        for row in rows:
+            job = _row_to_job(row)
+            if owned.get(job.id) == job.user_id:
+                out[job.id] = (job, int(row["ahead"]))
         return out
 
     async def claim(
