@@ -121,6 +121,7 @@ class JobService:
         body: Any,
         *,
         job_id: str | None = None,
+        retry_of: str | None = None,
         max_active: int | None = None,
         validated: tuple[str, dict[str, Any], int] | None = None,
     ) -> tuple[Job, dict[str, Any]]:
@@ -128,7 +129,7 @@ class JobService:
 
         `validated`: what validate(body) returned, when the caller already ran it (it is not run twice)."""
         job, ahead = await self._submit(
-            user_id, body, job_id=job_id, retry_of=None, max_active=max_active, validated=validated
+            user_id, body, job_id=job_id, retry_of=retry_of, max_active=max_active, validated=validated
         )
         return job, await self.describe(job, ahead=ahead)
 
@@ -239,8 +240,11 @@ class JobService:
             await asyncio.sleep(0.05)
         return await self.store.get(job_id)
 
-    async def retry(self, user_id: str, job_id: str) -> Job | None:
-        """A new job with the same request, linked to the old one; only for jobs that did not complete."""
+    async def retryable(self, user_id: str, job_id: str) -> Job | None:
+        """The user's job to retry (None if unknown); JobRequestError('job_not_retryable') unless it did not complete.
+
+        The new job goes through the same limits as any submission (the caller's), with `retry_body(old)` and
+        `retry_of=old.id`."""
         old = await self.store.get_owned(job_id, user_id)
         if old is None:
             return None
@@ -248,8 +252,12 @@ class JobService:
             raise JobRequestError(
                 "job_not_retryable", f"Only failed, cancelled or expired jobs can be retried; this one is {old.status}."
             )
-        body = {"type": old.type, "input": old.input, "priority": old.priority}
-        return await self.submit(user_id, body, retry_of=old.id)
+        return old
+
+    @staticmethod
+    def retry_body(old: Job) -> dict[str, Any]:
+        """The submission that repeats `old`'s request."""
+        return {"type": old.type, "input": old.input, "priority": old.priority}
 
     async def _announce(self, job: Job) -> None:
         try:

@@ -162,3 +162,30 @@ async def test_a_refusal_at_the_active_cap_spends_no_budget_and_frees_its_key(se
                 second = await noa.post("/api/jobs", json=again, headers={"Idempotency-Key": "k-two"})
                 assert second.status_code == 202 and "idempotent-replayed" not in second.headers
                 await wait_for_status(noa, second.json()["job_id"], {"completed"})
+
+
+async def test_retry_counts_against_the_active_cap(settings: Settings) -> None:
+    """Retrying a cancelled job again and again is one more active job each time: the cap holds (issue 15.1)."""
+    async with app_with(settings, max_active_jobs=3) as (s, live):
+        async with user_client(live, s, "oli") as oli:
+            job_id = (await oli.post("/api/jobs", json={"type": "titles", "input": {"text": "o"}})).json()["job_id"]
+            assert (await oli.post(f"/api/jobs/{job_id}/cancel")).json()["status"] == "cancelled"
+            answers = [await oli.post(f"/api/jobs/{job_id}/retry") for _ in range(6)]
+            assert [r.status_code for r in answers] == [202] * 3 + [429] * 3
+            refused = answers[-1]
+            assert refused.json()["error"]["code"] == "too_many_active_jobs" and refused.headers["retry-after"]
+            active = (await oli.get("/api/jobs", params={"status": "queued,processing"})).json()["jobs"]
+            assert len(active) == 3 and {j["retry_of"] for j in active} == {job_id}
+
+
+async def test_retry_counts_against_the_per_minute_budget(settings: Settings) -> None:
+    async with app_with(settings, submissions_per_minute=2) as (s, live):
+        async with user_client(live, s, "pia") as pia:
+            job_id = (await pia.post("/api/jobs", json={"type": "titles", "input": {"text": "p"}})).json()["job_id"]
+            await pia.post(f"/api/jobs/{job_id}/cancel")
+            assert (await pia.post(f"/api/jobs/{job_id}/retry")).status_code == 202  # the second of two
+            over = await pia.post(f"/api/jobs/{job_id}/retry")
+            assert over.status_code == 429 and over.json()["error"]["code"] == "rate_limited"
+            assert 1 <= int(over.headers["retry-after"]) <= 60
+            # and a retry spent the budget a new submission would have used
+            assert (await pia.post("/api/jobs", json={"type": "titles", "input": {"text": "q"}})).status_code == 429

@@ -9,6 +9,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from ..jobs import JobRequestError, StoreUnavailable, TooManyActive
+from ..models import Job
 from .auth import current_user
 from .errors import ApiError, not_found
 from .responses import JSONOut
@@ -50,7 +51,26 @@ async def create_job(request: Request) -> Response:
     user = current_user(request)
     body = await read_json(request, state.settings.max_body_bytes)
     provider_key = take_provider_key(request, body)
-    key = request.headers.get("idempotency-key")
+    job, payload, replayed = await admit(
+        request, user, body, provider_key=provider_key, idempotency_key=request.headers.get("idempotency-key")
+    )
+    return accepted(request, job, payload, replayed=replayed)
+
+
+async def admit(
+    request: Request,
+    user: str,
+    body: Any,
+    *,
+    provider_key: str | None,
+    idempotency_key: str | None = None,
+    retry_of: str | None = None,
+) -> tuple[Job, dict[str, Any], bool]:
+    """Everything between a request and a stored job, for a new submission and a retry alike: the input schema and
+    size, the per-minute budget, the sealed provider key, and the store's insert under the active-jobs cap.
+
+    Returns the job, its public form, and whether it is an idempotent replay (not new)."""
+    state = app_state(request)
     replayed = False
     job_id = spent = None
     max_active = state.settings.max_active_jobs
@@ -58,12 +78,14 @@ async def create_job(request: Request) -> Response:
         validated = state.jobs.validate(body)
         spent = await check_limits(request, user, validated[0], validated[1])
         job_id = await seal_provider_key(request, user, provider_key) if provider_key else None
-        if key is None:
+        if idempotency_key is None:
             job, payload = await state.jobs.submit_described(
-                user, body, job_id=job_id, max_active=max_active, validated=validated
+                user, body, job_id=job_id, retry_of=retry_of, max_active=max_active, validated=validated
             )
         else:
-            job, created = await state.jobs.submit_idempotent(user, body, key, job_id=job_id, max_active=max_active)
+            job, created = await state.jobs.submit_idempotent(
+                user, body, idempotency_key, job_id=job_id, max_active=max_active
+            )
             replayed = not created
             payload = await state.jobs.describe(job)
     except TooManyActive:
@@ -73,6 +95,11 @@ async def create_job(request: Request) -> Response:
         raise ApiError(422 if exc.code != "invalid_body" else 400, exc.code, exc.message, **extra) from None
     except StoreUnavailable:
         raise store_unavailable() from None
+    return job, payload, replayed
+
+
+def accepted(request: Request, job: Job, payload: dict[str, Any], *, replayed: bool = False) -> Response:
+    """The 202 for a stored job, with its links."""
     payload["links"] = job_links(request, job.id)
     headers = {"Location": payload["links"]["self"]}
     if replayed:

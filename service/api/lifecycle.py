@@ -5,11 +5,11 @@ from __future__ import annotations
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from ..jobs import JobRequestError, StoreUnavailable
+from ..jobs import JobRequestError
 from .accounts import accounts
 from .auth import current_user
 from .errors import ApiError, not_found
-from .jobs import job_links, store_unavailable
+from .jobs import accepted, admit, job_links
 from .state import app_state
 
 
@@ -30,16 +30,15 @@ async def cancel_job(request: Request) -> Response:
 
 
 async def retry_job(request: Request) -> Response:
-    """202 with a new job that repeats the old one's request; `retry_of` links them."""
+    """202 with a new job that repeats the old one's request (`retry_of` links them), under the same limits as a
+    new submission: a retry is one more job running on someone's account."""
     state = app_state(request)
+    user = current_user(request)
     try:
-        job = await state.jobs.retry(current_user(request), request.path_params["job_id"])
+        old = await state.jobs.retryable(user, request.path_params["job_id"])
     except JobRequestError as exc:
         raise ApiError(409, exc.code, exc.message) from None
-    except StoreUnavailable:
-        raise store_unavailable() from None
-    if job is None:
+    if old is None:
         raise not_found()
-    payload = await state.jobs.describe(job)
-    payload["links"] = job_links(request, job.id)
-    return JSONResponse(payload, status_code=202, headers={"Location": payload["links"]["self"]})
+    job, payload, _ = await admit(request, user, state.jobs.retry_body(old), provider_key=None, retry_of=old.id)
+    return accepted(request, job, payload)
