@@ -105,6 +105,7 @@ class JobService:
         job_id: str | None = None,
         retry_of: str | None = None,
         max_active: int | None = None,
+        own_provider_key: bool = False,
     ) -> Job:
         """Store first, then announce, then enqueue: a 202 is only given for a job the store holds.
 
@@ -112,7 +113,9 @@ class JobService:
         if the store cannot take it, StoreUnavailable (503) and nothing was promised. With `max_active`, the
         store only takes it while the user has fewer jobs queued or running (else TooManyActive).
         """
-        job, _ = await self._submit(user_id, body, job_id=job_id, retry_of=retry_of, max_active=max_active)
+        job, _ = await self._submit(
+            user_id, body, job_id=job_id, retry_of=retry_of, max_active=max_active, own_provider_key=own_provider_key
+        )
         return job
 
     async def submit_described(
@@ -124,12 +127,19 @@ class JobService:
         retry_of: str | None = None,
         max_active: int | None = None,
         validated: tuple[str, dict[str, Any], int] | None = None,
+        own_provider_key: bool = False,
     ) -> tuple[Job, dict[str, Any]]:
         """submit(), plus the public job with its estimate, built from what submitting read anyway.
 
         `validated`: what validate(body) returned, when the caller already ran it (it is not run twice)."""
         job, ahead = await self._submit(
-            user_id, body, job_id=job_id, retry_of=retry_of, max_active=max_active, validated=validated
+            user_id,
+            body,
+            job_id=job_id,
+            retry_of=retry_of,
+            max_active=max_active,
+            validated=validated,
+            own_provider_key=own_provider_key,
         )
         return job, await self.describe(job, ahead=ahead)
 
@@ -142,6 +152,7 @@ class JobService:
         retry_of: str | None,
         max_active: int | None,
         validated: tuple[str, dict[str, Any], int] | None = None,
+        own_provider_key: bool = False,
     ) -> tuple[Job, int]:
         """The job and its queue position when stored. Two round trips: one statement, one Redis script."""
         job_type, job_input, priority = validated or self.validate(body)
@@ -155,6 +166,7 @@ class JobService:
             max_attempts=spec.max_attempts or self.max_attempts,
             current_step="Waiting for a worker…",
             retry_of=retry_of,
+            own_provider_key=own_provider_key,
         )
         job.ready_at = job.created_at
         job.expires_at = job.created_at + (self.max_wait or spec.max_wait)
@@ -176,7 +188,14 @@ class JobService:
         return job, ahead
 
     async def submit_idempotent(
-        self, user_id: str, body: Any, key: str, *, job_id: str | None = None, max_active: int | None = None
+        self,
+        user_id: str,
+        body: Any,
+        key: str,
+        *,
+        job_id: str | None = None,
+        max_active: int | None = None,
+        own_provider_key: bool = False,
     ) -> tuple[Job, bool]:
         """The same key and body within 24 h gives the same job (False: not new); another body is refused."""
         if not key or len(key) > 255:
@@ -190,7 +209,10 @@ class JobService:
                 held = await self.store.idempotency_get(user_id, key, since=since)
                 if held is None and await self.store.idempotency_put(user_id, key, digest, job_id, since=since):
                     try:
-                        return await self.submit(user_id, body, job_id=job_id, max_active=max_active), True
+                        job = await self.submit(
+                            user_id, body, job_id=job_id, max_active=max_active, own_provider_key=own_provider_key
+                        )
+                        return job, True
                     except TooManyActive:
                         await self.store.idempotency_release(user_id, key, job_id)  # a refusal leaves no trace
                         raise

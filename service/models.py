@@ -88,6 +88,9 @@ class Job:
     # {"provider", "model", "since"}: the chain step the latest attempt runs on, and when that attempt was claimed
     running_on: dict[str, Any] | None = None
     sealed_key: bool | None = None  # set by a claim: whether a sealed provider key waits (None: not known)
+    # Submitted with the user's own provider key (the key itself is sealed apart and deleted when the job ends): a
+    # retry must bring the key again, never fall back to the server's.
+    own_provider_key: bool = False
 
     @property
     def terminal(self) -> bool:
@@ -135,6 +138,7 @@ class Job:
         )
         body["attempts"] = self.history
         body["retry_of"] = self.retry_of
+        body["own_provider_key"] = self.own_provider_key
         if poll_interval is not None:
             body["poll_interval"] = poll_interval
         return body

@@ -235,6 +235,37 @@ async def test_phone_several_jobs_history_pages_queue_and_labels(page: Any, live
     await shot(page, "phone")
 
 
+async def test_retry_of_a_job_on_the_users_own_key_asks_for_the_key(page: Any) -> None:
+    """The server keeps no copy of a user's provider key: the card asks for it instead of retrying on the server's."""
+    old = await page.evaluate(
+        """async () => {
+          const r = await fetch('/api/jobs', {method: 'POST', headers: {'content-type': 'application/json'},
+            body: JSON.stringify({type: 'titles', input: {text: 'On my key [[fail:400]]'},
+                                  user_provided_key: 'sk-page-user-key'})});
+          return (await r.json()).job_id;
+        }"""
+    )
+    await page.evaluate(f"localStorage.setItem('aijobs.open', JSON.stringify(['{old}']))")
+    await page.reload()
+    await wait_status(page, old, "failed")
+    c = card(page, old)
+    assert await c.locator(".retry").text_content() == "Retry with my key…"
+    await c.locator(".retry").click()
+    await c.locator(".key-retry").wait_for(timeout=T)
+    assert "does not keep" in await c.locator(".key-retry p").text_content()
+    assert await c.get_by_label("Your provider key").get_attribute("type") == "password"
+    await c.get_by_label("Your provider key").fill("sk-page-user-key")
+    await c.locator(".key-retry button").click()
+    await page.wait_for_function(
+        f"""() => !document.querySelector('.job[data-job-id="{old}"]') && document.querySelector('.job')""",
+        timeout=T,
+    )
+    fresh = await page.locator(".job").first.get_attribute("data-job-id")
+    job = await page.evaluate(f"fetch('/api/jobs/{fresh}').then(r => r.json())")
+    assert job["retry_of"] == old and job["own_provider_key"] is True
+    await shot(page, "retry-own-key")
+
+
 async def test_reload_keeps_open_cards(page: Any) -> None:
     ids = [await submit(page, "summary", f"Keep me {i}") for i in range(2)]
     for job_id in ids:

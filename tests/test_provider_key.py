@@ -126,3 +126,49 @@ async def test_a_key_that_no_longer_opens_fails_the_job_instead_of_using_the_ser
                 final = await wait_for_status(ned, job_id, {"completed", "failed"})
         assert final["status"] == "failed" and final["error"]["code"] == "provider_auth"
         assert fake.requests == []  # the server's key was never used in its place
+
+
+async def test_a_retry_of_a_job_on_the_users_key_needs_that_key_again(settings: Settings) -> None:
+    """The sealed key is gone once the job ends: a retry without it is refused, never run on the server's key."""
+    first_key, again_key = f"sk-user-{secrets.token_hex(8)}", f"sk-user-{secrets.token_hex(8)}"
+    async with serve_fake_openai() as fake:
+        s = dataclasses.replace(settings, ai_base_url=fake.base_url, ai_api_key="sk-server-key")
+        assert s.redis_url
+        async with serve(create_app(s, redis_url=s.redis_url)) as live, user_client(live, s, "ola") as ola:
+            body = {"type": "summary", "input": {"text": "Mine to pay for"}, "user_provided_key": first_key}
+            old = (await ola.post("/api/jobs", json=body)).json()
+            assert old["own_provider_key"] is True
+            assert (await ola.post(f"/api/jobs/{old['job_id']}/cancel")).json()["status"] == "cancelled"
+
+            refused = await ola.post(f"/api/jobs/{old['job_id']}/retry")
+            assert refused.status_code == 422, refused.text
+            error = refused.json()["error"]
+            assert error["code"] == "provider_key_required" and error["field"] == "user_provided_key"
+            assert "send the key again" in error["message"]
+            assert (await ola.get("/api/jobs", params={"status": "queued"})).json()["jobs"] == []  # nothing made
+
+            by_body = await ola.post(f"/api/jobs/{old['job_id']}/retry", json={"user_provided_key": again_key})
+            assert by_body.status_code == 202, by_body.text
+            retried = by_body.json()
+            assert retried["retry_of"] == old["job_id"] and retried["own_provider_key"] is True
+            assert again_key not in by_body.text
+            # The retried job is itself retryable only with a key; the header works as on submit.
+            await ola.post(f"/api/jobs/{retried['job_id']}/cancel")
+            by_header = await ola.post(f"/api/jobs/{retried['job_id']}/retry", headers={"X-Provider-Key": again_key})
+            assert by_header.status_code == 202, by_header.text
+            unknown = await ola.post(f"/api/jobs/{old['job_id']}/retry", json={"priority": 9})
+            assert unknown.status_code == 400 and unknown.json()["error"]["field"] == "priority"
+            async with run_worker(s):
+                final = await wait_for_status(ola, by_header.json()["job_id"], {"completed", "failed"})
+        assert final["status"] == "completed", final
+        assert [r.headers["authorization"] for r in fake.requests] == [f"Bearer {again_key}"]  # never the server's
+        with sqlite3.connect(s.sqlite_path) as db:
+            assert db.execute("SELECT COUNT(*) FROM job_secrets").fetchone()[0] == 0
+
+
+async def test_a_job_on_the_server_key_retries_without_one(client: httpx.AsyncClient) -> None:
+    job = (await client.post("/api/jobs", json={"type": "titles", "input": {"text": "server pays"}})).json()
+    assert job["own_provider_key"] is False
+    await client.post(f"/api/jobs/{job['job_id']}/cancel")
+    again = await client.post(f"/api/jobs/{job['job_id']}/retry")
+    assert again.status_code == 202 and again.json()["own_provider_key"] is False

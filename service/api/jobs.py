@@ -17,8 +17,10 @@ from .state import app_state
 from .submit_rules import check_limits, refuse_active, seal_provider_key, take_provider_key
 
 
-async def read_json(request: Request, limit: int) -> Any:
-    """The body as JSON, refusing oversized or malformed input before it costs anything."""
+async def read_json(request: Request, limit: int, *, empty: Any = None) -> Any:
+    """The body as JSON, refusing oversized or malformed input before it costs anything.
+
+    `empty`: what an empty body stands for, where one is allowed (None: refused)."""
     if request.headers.get("content-type", "").split(";")[0].strip() not in ("application/json", ""):
         raise ApiError(415, "unsupported_media_type", "Send the body as JSON (Content-Type: application/json).")
     declared = request.headers.get("content-length")
@@ -33,6 +35,8 @@ async def read_json(request: Request, limit: int) -> Any:
         chunks.append(chunk)
     raw = b"".join(chunks)
     if not raw.strip():
+        if empty is not None:
+            return empty
         raise ApiError(400, "invalid_json", "The request body is empty; send a JSON object.")
     try:
         return json.loads(raw)
@@ -80,11 +84,22 @@ async def admit(
         job_id = await seal_provider_key(request, user, provider_key) if provider_key else None
         if idempotency_key is None:
             job, payload = await state.jobs.submit_described(
-                user, body, job_id=job_id, retry_of=retry_of, max_active=max_active, validated=validated
+                user,
+                body,
+                job_id=job_id,
+                retry_of=retry_of,
+                max_active=max_active,
+                validated=validated,
+                own_provider_key=provider_key is not None,
             )
         else:
             job, created = await state.jobs.submit_idempotent(
-                user, body, idempotency_key, job_id=job_id, max_active=max_active
+                user,
+                body,
+                idempotency_key,
+                job_id=job_id,
+                max_active=max_active,
+                own_provider_key=provider_key is not None,
             )
             replayed = not created
             payload = await state.jobs.describe(job)

@@ -140,6 +140,14 @@ MIGRATIONS.append(
     """
 )
 
+# 8: whether the job was submitted with the user's own provider key. The sealed key is deleted when the job ends, so
+# without this a retry could not tell, and would run on the server's key: someone else would pay.
+MIGRATIONS.append(
+    """
+    ALTER TABLE jobs ADD COLUMN own_provider_key INTEGER NOT NULL DEFAULT 0;
+    """
+)
+
 
 def statements(sql: str) -> list[str]:
     """A migration's statements, split on the `;` that end one (not those inside a trigger's BEGIN … END)."""

@@ -15,7 +15,8 @@ from .migrations import MIGRATIONS, statements
 _COLUMNS = (
     "id, user_id, type, status, priority, input, result, error, attempts, max_attempts, percentage, current_step, "
     "partial_output, model, usage, lease_token, worker_id, seq, created_at, started_at, completed_at, updated_at, "
-    "lease_expires_at, cancel_requested, ready_at, expires_at, history, model_index, retry_of, running_on"
+    "lease_expires_at, cancel_requested, ready_at, expires_at, history, model_index, retry_of, running_on, "
+    "own_provider_key"
 )
 # How many queued jobs run before the row `jobs` under the priority rule (NULL unless it is queued). The order
 # expression must match the jobs_queue_order index word for word for SQLite to use it (10.0 is
@@ -50,7 +51,7 @@ _NAMES = [c.strip() for c in _COLUMNS.split(",")]
     _ID, _USER_ID, _TYPE, _STATUS, _PRIORITY, _INPUT, _RESULT, _ERROR, _ATTEMPTS, _MAX_ATTEMPTS, _PERCENTAGE,
     _CURRENT_STEP, _PARTIAL_OUTPUT, _MODEL, _USAGE, _LEASE_TOKEN, _WORKER_ID, _SEQ, _CREATED_AT, _STARTED_AT,
     _COMPLETED_AT, _UPDATED_AT, _LEASE_EXPIRES_AT, _CANCEL_REQUESTED, _READY_AT, _EXPIRES_AT, _HISTORY,
-    _MODEL_INDEX, _RETRY_OF, _RUNNING_ON,
+    _MODEL_INDEX, _RETRY_OF, _RUNNING_ON, _OWN_PROVIDER_KEY,
 ) = range(len(_NAMES))  # fmt: skip
 _loads = json.loads
 
@@ -94,6 +95,7 @@ def _row_to_job(row: sqlite3.Row) -> Job:
         model_index=row[_MODEL_INDEX],
         retry_of=row[_RETRY_OF],
         running_on=_loads(running_on) if running_on else None,
+        own_provider_key=bool(row[_OWN_PROVIDER_KEY]),
     )
 
 
@@ -216,6 +218,7 @@ class SQLiteJobStore:
                 0,
                 job.retry_of,
                 None,
+                int(job.own_provider_key),
                 max_active,
                 job.user_id,
                 max_active,

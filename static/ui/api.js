@@ -25,7 +25,9 @@ export async function api(path, { method = "GET", body } = {}) {
 
 const jobPath = (id) => `/api/jobs/${encodeURIComponent(id)}`;
 export const getJob = (id) => api(jobPath(id));
-export const retryJob = (id) => api(`${jobPath(id)}/retry`, { method: "POST" });
+/** `key`: the user's own provider key, for a job that ran on it (the server does not keep it). */
+export const retryJob = (id, key) =>
+  api(`${jobPath(id)}/retry`, { method: "POST", body: key ? { user_provided_key: key } : undefined });
 export const me = () => api("/api/me");
 export const signIn = (token) => api("/api/session", { method: "POST", body: token ? { token } : undefined });
 export const stats = () => api("/api/stats");

@@ -22,7 +22,7 @@ const PROBLEMS = {
   provider_timeout: ["The AI service took too long to answer.", "Press Retry; a shorter text also helps."],
   provider_server_error: ["The AI service had a problem on its side.", "Press Retry in a moment."],
   provider_bad_request: ["The AI service could not handle this request.", "Change the text a little, then Retry."],
-  provider_auth: ["The AI service did not accept the API key.", "Check the key in the settings, then Retry."],
+  provider_auth: ["The AI service did not accept the service's API key.", "This is on our side: tell the operator."],
   content_refused: ["The AI declined to answer this request.", "Rephrase it and try again."],
   invalid_input: ["The request was not valid.", "Check the form fields and send it again."],
   task_error: ["Something went wrong while preparing the answer.", "Press Retry."],
@@ -36,9 +36,12 @@ export function summarize(input) {
   return line.length > 90 ? `${line.slice(0, 89)}…` : line;
 }
 
+const OWN_KEY_AUTH = ["The AI service did not accept your provider key.", "Check it, then Retry with the key."];
+
 function plainError(job) {
   const code = job.error?.code ?? job.status;
-  const [what, next] = PROBLEMS[code] ?? ["The job did not finish.", "Press Retry to try again."];
+  const known = code === "provider_auth" && job.own_provider_key ? OWN_KEY_AUTH : PROBLEMS[code];
+  const [what, next] = known ?? ["The job did not finish.", "Press Retry to try again."];
   return { what, next, detail: job.error?.message ?? null };
 }
 
@@ -194,6 +197,7 @@ export class JobCard {
     this.renderProblem();
     this.cancelBtn.hidden = this.terminal;
     this.retryBtn.hidden = !["failed", "cancelled", "expired"].includes(job.status) || job.error?.code === "job_not_found";
+    this.retryBtn.textContent = job.own_provider_key ? "Retry with my key…" : "Retry";
     this.closeBtn.hidden = !this.terminal;
   }
 
@@ -328,18 +332,56 @@ export class JobCard {
     }
   }
 
-  async retry() {
+  /** A job that ran on the user's own provider key is retried only with the key sent again (the server does not
+   * keep it, and never switches to its own key): ask for it in the card first. */
+  async retry(key) {
+    if (this.job.own_provider_key && !key) {
+      this.askForKey();
+      return;
+    }
     this.retryBtn.disabled = true;
     this.retryBtn.textContent = "Retrying…";
     try {
-      const fresh = await retryJob(this.id);
+      const fresh = await retryJob(this.id, key);
+      this.keyForm?.remove();
+      this.keyForm = null;
       this.cb.onRetry?.(this, fresh);
     } catch (err) {
       this.retryBtn.disabled = false;
-      this.retryBtn.textContent = "Retry";
+      this.retryBtn.textContent = this.job.own_provider_key ? "Retry with my key…" : "Retry";
+      if (err.code === "provider_key_required") {
+        this.job.own_provider_key = true;
+        this.askForKey();
+        return;
+      }
       this.errorEl.hidden = false;
       this.errorEl.append(h("small", { class: "detail", text: `Retry did not start: ${err.message}` }));
     }
+  }
+
+  askForKey() {
+    if (this.keyForm) {
+      this.keyForm.querySelector("input").focus();
+      return;
+    }
+    const inputId = `job-${this.id}-key`;
+    const input = h("input", { id: inputId, type: "password", autocomplete: "off", required: true, spellcheck: "false" });
+    this.keyForm = h(
+      "form",
+      {
+        class: "key-retry",
+        onsubmit: (e) => {
+          e.preventDefault();
+          if (input.value.trim()) this.retry(input.value.trim());
+        },
+      },
+      h("p", { text: "This job ran on your own provider key, which the server does not keep. Enter it to retry." }),
+      h("label", { for: inputId, text: "Your provider key" }),
+      input,
+      h("button", { type: "submit", class: "primary", text: "Retry with this key" }),
+    );
+    this.el.querySelector(".actions").before(this.keyForm);
+    input.focus();
   }
 }
 
