@@ -22,6 +22,7 @@ from ..store.sqlite import SQLiteJobStore
 from ..store.users import JobSecrets, UserStore
 from ..usage import PriceTable
 from .auth import SESSION_COOKIE, SESSION_MAX_AGE, current_user
+from .body import read_body
 from .errors import ApiError
 
 DEMO_USER = "demo"
@@ -99,7 +100,7 @@ async def sign_in_demo(request: Request, response: Response) -> None:
 
 async def create_session(request: Request) -> Response:
     acc = accounts(request)
-    raw = await request.body()
+    raw = await read_body(request, acc.settings.max_body_bytes)  # capped: this runs before anyone is identified
     token: Any = None
     if raw.strip():
         try:

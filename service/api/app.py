@@ -29,6 +29,7 @@ from ..tasks import TaskRegistry, default_registry
 from ..worker import json_deserializer, json_serializer
 from .accounts import STATE_KEY, build_accounts, create_session, delete_session, me, sign_in_demo
 from .auth import AuthMiddleware
+from .body import BodyCap
 from .direct import DirectRoutes, direct_response, direct_websocket
 from .errors import ApiError, error_response, handle_api_error, handle_http_exception, handle_unexpected
 from .history import list_jobs
@@ -43,6 +44,7 @@ from .streams import job_events
 from .wire import RAW_SEND
 
 STATIC_DIR = Path(__file__).resolve().parent.parent.parent / "static"
+_MAX_BODY: int = Settings.__dataclass_fields__["max_body_bytes"].default  # MAX_BODY_BYTES's default
 
 
 async def healthz(request: Request) -> Response:
@@ -78,11 +80,13 @@ async def index(request: Request) -> Response:
 
 
 class App(Starlette):
-    """Starlette that also records the server's own `send` in the scope (push writes go under ASGI, wire.py), and
-    serves the long-lived streams named in `direct` before its middleware stack (direct.py)."""
+    """Starlette that also records the server's own `send` in the scope (push writes go under ASGI, wire.py), caps
+    every request body before routing (body.py), and serves the long-lived streams named in `direct` before its
+    middleware stack (direct.py)."""
 
-    def __init__(self, *args: Any, direct: Sequence[str] = (), **kwargs: Any) -> None:
+    def __init__(self, *args: Any, direct: Sequence[str] = (), max_body_bytes: int = _MAX_BODY, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        self.body_cap = BodyCap(max_body_bytes)
         found = [r for r in self.routes if isinstance(r, Route | WebSocketRoute) and r.name in direct]
         if len(found) != len(direct):  # not an assert: it must also hold under `python -O`
             raise RuntimeError(f"direct routes not found: {set(direct) - {r.name for r in found}}")
@@ -90,6 +94,12 @@ class App(Starlette):
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         scope[RAW_SEND] = send
+        if scope["type"] == "http":
+            capped = self.body_cap.guard(scope, receive)
+            if capped is None:  # declared over the cap: refused before routing or authentication, nothing read
+                await self.body_cap.refuse(scope, receive, send)
+                return
+            receive = capped
         hit = self.direct.match(scope)
         if hit is not None:  # a long-lived stream: no middleware frames kept alive under it
             scope["app"] = self
@@ -172,6 +182,7 @@ def create_app(settings: Settings, *, redis_url: str, registry: TaskRegistry | N
         lifespan=lifespan,
         middleware=[Middleware(AuthMiddleware)],
         direct=("job_events", "all_events", "ws"),
+        max_body_bytes=settings.max_body_bytes,
         exception_handlers={
             ApiError: handle_api_error,
             HTTPException: not_found_route,

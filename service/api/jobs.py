@@ -11,6 +11,7 @@ from starlette.responses import Response
 from ..jobs import JobRequestError, StoreUnavailable, TooManyActive
 from ..models import Job
 from .auth import current_user
+from .body import read_body
 from .errors import ApiError, not_found
 from .responses import JSONOut
 from .state import app_state
@@ -23,17 +24,7 @@ async def read_json(request: Request, limit: int, *, empty: Any = None) -> Any:
     `empty`: what an empty body stands for, where one is allowed (None: refused)."""
     if request.headers.get("content-type", "").split(";")[0].strip() not in ("application/json", ""):
         raise ApiError(415, "unsupported_media_type", "Send the body as JSON (Content-Type: application/json).")
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise ApiError(413, "body_too_large", f"The request body is larger than {limit} bytes.")
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise ApiError(413, "body_too_large", f"The request body is larger than {limit} bytes.")
-        chunks.append(chunk)
-    raw = b"".join(chunks)
+    raw = await read_body(request, limit)
     if not raw.strip():
         if empty is not None:
             return empty
