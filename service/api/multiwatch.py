@@ -89,7 +89,7 @@ class MultiWatch:
         """
         self.mine = True
         self.sub.job_ids = None
-        active = [job for job in await self.store.list_active() if job.user_id == self.user_id]
+        active = await self.store.active_for_user(self.user_id)
         out: list[Event] = []
         for job_id, seq in (cursor or {}).items():
             job = await self.store.get_owned(job_id, self.user_id)

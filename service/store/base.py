@@ -101,6 +101,11 @@ class JobStore(Protocol):
     async def list_active(self) -> list[Job]:
         """Queued and processing jobs: what the queue must hold, used to rebuild it."""
 
+    async def active_for_user(self, user_id: str) -> list[Job]:
+        """One user's queued and processing jobs, oldest first: what a "mine" watcher (GET /api/events, a WebSocket's
+        subscribe "mine") starts from, on every connect. Reads that user's rows only, through an index on
+        (user_id, status): never every user's active jobs with their inputs."""
+
     # The lifecycle (leases, cancel, recovery, expiry, estimates, idempotency): see SQLiteJobStore for the rules.
     async def renew(self, job_id: str, token: str, *, lease_seconds: float) -> Job | None: ...
 

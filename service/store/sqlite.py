@@ -41,6 +41,9 @@ _AHEAD_OF_NEW = (
     "(COALESCE(jobs.ready_at, jobs.created_at) - CASE WHEN jobs.ready_at > jobs.updated_at THEN 0 "
     "ELSE jobs.priority * 10.0 END))"
 )
+# One user's active jobs: a search of the jobs_user_status index (migration 2). No ORDER BY: with one, SQLite walks
+# jobs_user_created instead, every job the user ever had, to skip a sort of the few active ones (done in Python).
+ACTIVE_FOR_USER = f"SELECT {_COLUMNS} FROM jobs WHERE user_id = ? AND status IN ('queued', 'processing')"
 _HISTORY_APPEND = (
     "history = CASE WHEN ? IS NULL THEN history ELSE json_insert(COALESCE(history, '[]'), '$[#]', json(?)) END"
 )
@@ -396,6 +399,9 @@ class SQLiteJobStore:
         ) as cur:
             rows = await cur.fetchall()
         return [_row_to_job(r) for r in rows]
+
+    async def active_for_user(self, user_id: str) -> list[Job]:
+        return sorted(await self._many(ACTIVE_FOR_USER, (user_id,)), key=lambda job: job.created_at)
 
     # --- the job lifecycle: leases, cancel, recovery, expiry, queue estimates, idempotency -------------
 

