@@ -16,7 +16,7 @@ import websockets
 from service.config import Settings
 from service.store.sqlite import ACTIVE_FOR_USER, SQLiteJobStore
 
-from .conftest import LiveServer
+from .conftest import LiveServer, run_worker
 from .sse import read_events
 from .test_push import auth, submit, ws_recv, ws_url
 
@@ -60,3 +60,53 @@ async def test_the_per_user_query_searches_an_index(settings: Settings) -> None:
     with contextlib.closing(sqlite3.connect(settings.sqlite_path)) as db:
         plan = " ".join(row[-1] for row in db.execute(f"EXPLAIN QUERY PLAN {ACTIVE_FOR_USER}", ("someone",)))
     assert "SEARCH jobs USING INDEX jobs_user_status (user_id=? AND status=?)" in plan, plan
+
+
+async def test_ws_mine_resumes_from_a_cursor(client: httpx.AsyncClient, web: LiveServer, settings: Settings) -> None:
+    """A "mine" subscription with the SSE cursor format gets each listed job right after its seq: no snapshot,
+    nothing twice, nothing missed; an active job not in the cursor starts from a snapshot."""
+    slow = await submit(client, "Resume me [[slow:2]]")
+    async with run_worker(settings):
+        async with websockets.connect(ws_url(web), additional_headers=auth(client)) as ws:
+            await ws.send(json.dumps({"type": "subscribe", "scope": "mine"}))
+            assert (await ws_recv(ws))["type"] == "subscribed"
+            seen: list[dict[str, Any]] = []
+            while not seen or seen[-1]["seq"] < 3:  # the snapshot, then live events
+                seen.append(await ws_recv(ws))
+        cut = seen[-1]["seq"]
+        other = await submit(client, "Not in the cursor [[slow:2]]")
+        async with websockets.connect(ws_url(web), additional_headers=auth(client)) as ws:
+            await ws.send(json.dumps({"type": "subscribe", "scope": "mine", "cursor": f"{slow}:{cut}"}))
+            assert (await ws_recv(ws))["type"] == "subscribed"
+            rest: dict[str, list[dict[str, Any]]] = {}
+            while not any(m.get("kind") == "status" and m.get("status") == "completed" for m in rest.get(slow, [])):
+                msg = await ws_recv(ws, timeout=20)
+                rest.setdefault(msg["job_id"], []).append(msg)
+    final = (await client.get(f"/api/jobs/{slow}")).json()
+    assert rest[slow][0]["kind"] != "snapshot"
+    assert [m["seq"] for m in rest[slow]] == list(range(cut + 1, final["last_seq"] + 1))
+    assert rest[other][0]["kind"] == "snapshot"  # active, not in the cursor: sent with the subscription
+
+
+@pytest.mark.parametrize(
+    ("message", "field", "hint"),
+    [
+        ({"type": "ping", "extra": 1}, "extra", "a ping message takes only type"),
+        ({"type": "subscribe", "scope": "mine", "after": 3}, "after", "resumes from 'cursor'"),
+        ({"type": "subscribe", "job_id": "x", "cursor": "x:1"}, "cursor", "one job resumes from 'after'"),
+        ({"type": "subscribe", "job_id": "x", "afterr": 1}, "afterr", "takes only after, job_id, type"),
+        ({"type": "unsubscribe", "scope": "mine", "job_id": "x"}, "job_id", "not both"),
+        ({"type": "subscribe", "scope": "everyone"}, "scope", 'scope must be "mine"'),
+        ({"type": "subscribe", "scope": "mine", "cursor": "nonsense"}, "cursor", "<job_id>:<seq>"),
+    ],
+)
+async def test_ws_refuses_unknown_fields_naming_them(
+    client: httpx.AsyncClient, web: LiveServer, message: dict[str, Any], field: str, hint: str
+) -> None:
+    async with websockets.connect(ws_url(web), additional_headers=auth(client)) as ws:
+        await ws.send(json.dumps(message))
+        err = await ws_recv(ws)
+        assert err["type"] == "error" and err["field"] == field, err
+        assert err["code"] in ("invalid_message", "invalid_cursor") and hint in err["message"], err
+        await ws.send(json.dumps({"type": "ping"}))  # the connection carries on
+        assert await ws_recv(ws) == {"type": "pong"}

@@ -7,9 +7,11 @@ replays each job's Stream after its seq (gap-free per job), and starts any other
 from a snapshot.
 
 WebSocket: client messages are JSON objects: `{"type":"subscribe","job_id":ID,"after":N?}`,
-`{"type":"subscribe","scope":"mine"}`, `{"type":"unsubscribe","job_id":ID}`, `{"type":"ping"}`. Server
-messages are the same event JSON the SSE `data:` lines carry (they have `kind`), or control messages
-with a `type`: `subscribed`, `unsubscribed`, `pong`, `error` (`code`, `message`, maybe `job_id`).
+`{"type":"subscribe","scope":"mine","cursor":C?}` (C: the SSE cursor format, `<job_id>:<seq>,…`, resumes those
+jobs after their seq), `{"type":"unsubscribe","job_id":ID}` (or `"scope":"mine"`), `{"type":"ping"}`; any other
+field is refused, naming it. Server messages are the same event JSON the SSE `data:` lines carry (they have
+`kind`), or control messages with a `type`: `subscribed`, `unsubscribed`, `pong`, `error` (`code`, `message`,
+maybe `job_id` or `field`).
 """
 
 from __future__ import annotations
@@ -129,6 +131,34 @@ class RateLimit:
         return True
 
 
+# The fields each client message may carry, by its type and what it names (a job, or the scope "mine").
+_FIELDS: dict[tuple[str, str], frozenset[str]] = {
+    ("ping", ""): frozenset({"type"}),
+    ("subscribe", "job"): frozenset({"type", "job_id", "after"}),
+    ("subscribe", "mine"): frozenset({"type", "scope", "cursor"}),
+    ("unsubscribe", "job"): frozenset({"type", "job_id"}),
+    ("unsubscribe", "mine"): frozenset({"type", "scope"}),
+}
+_WHY_NOT = {  # a field that belongs to the other form of the message: say which one to use
+    ("mine", "after"): "a \"mine\" subscription resumes from 'cursor' (<job_id>:<seq>,…), not 'after'",
+    ("mine", "job_id"): "send either 'job_id' or 'scope', not both",
+    ("job", "cursor"): "'cursor' resumes a \"mine\" subscription; one job resumes from 'after'",
+}
+
+
+def unknown_field(msg: dict[str, Any]) -> tuple[str, str] | None:
+    """(field, why) for the first field this message may not carry, or None."""
+    kind = msg.get("type")
+    target = "" if kind == "ping" else ("mine" if "scope" in msg else "job")
+    allowed = _FIELDS.get((kind, target)) if isinstance(kind, str) else None
+    if allowed is None:
+        return None  # an unknown type: refused as such
+    extra = sorted(set(msg) - allowed)
+    if not extra:
+        return None
+    return extra[0], _WHY_NOT.get((target, extra[0]), f"a {kind} message takes only {', '.join(sorted(allowed))}")
+
+
 class WsSession:
     """One WebSocket: reads client messages and writes events, one task each, sharing one MultiWatch."""
 
@@ -187,14 +217,19 @@ class WsSession:
             await self.error("invalid_message", "Send one JSON object per message.")
             return
         kind = msg.get("type")
+        refused = unknown_field(msg)
+        if refused is not None:
+            await self.error("invalid_message", f"Unknown field {refused[0]!r}: {refused[1]}.", field=refused[0])
+            return
+        if "scope" in msg and msg["scope"] != "mine":
+            await self.error("invalid_message", 'scope must be "mine".', field="scope")
+            return
         if kind != "ping":
             self.unpark()  # the writer stays idle; it parks again after its next wake-up
         if kind == "ping":
             await self.control("pong")
         elif kind == "subscribe" and msg.get("scope") == "mine":
-            async with self.mw.lock:
-                await self.control("subscribed", scope="mine")
-                await self.send_events(await self.mw.add_mine())
+            await self.subscribe_mine(msg.get("cursor"))
         elif kind == "subscribe":
             await self.subscribe(msg.get("job_id"), msg.get("after"))
         elif kind == "unsubscribe":
@@ -209,6 +244,25 @@ class WsSession:
                 await self.error("not_subscribed", "Not subscribed to that job.", job_id=job_id)
         else:
             await self.error("invalid_message", "type must be subscribe, unsubscribe or ping.")
+
+    async def subscribe_mine(self, raw: Any) -> None:
+        """Every job of the user; with `cursor` (as GET /api/events reads Last-Event-ID), those jobs resume after
+        their seq, others start from a snapshot."""
+        try:
+            if raw is not None and not isinstance(raw, str):
+                raise ValueError(raw)
+            cursor = parse_cursor(raw)
+        except ValueError:
+            await self.error(
+                "invalid_cursor",
+                "cursor must be <job_id>:<seq> pairs joined by commas (an /api/events id, or built from the events "
+                "you got).",
+                field="cursor",
+            )
+            return
+        async with self.mw.lock:
+            await self.control("subscribed", scope="mine")
+            await self.send_events(await self.mw.add_mine(cursor))
 
     async def subscribe(self, job_id: Any, after: Any) -> None:
         if not isinstance(job_id, str) or not job_id or len(job_id) > 64:
