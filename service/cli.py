@@ -12,6 +12,7 @@ from pathlib import Path
 
 from .config import Settings, SettingsError, settings_table
 from .embedded import die_with_parent, redis_url_for
+from .files import private_dir
 from .logs import setup_logging
 from .models import iso
 
@@ -29,7 +30,7 @@ def cmd_dev(args: argparse.Namespace) -> int:
     """Embedded Redis (unless REDIS_URL is set), then the Procfile's own lines through honcho."""
     settings = _settings()
     setup_logging(settings.log_level, json_lines=settings.log_json)
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    private_dir(settings.data_dir)
     with redis_url_for(settings.redis_url, settings.data_dir) as url:
         bin_dir = str(Path(sys.executable).parent)  # the Procfile's uvicorn/aijobs live beside this python
         env = dict(

@@ -8,6 +8,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+MIN_SECRET_BYTES = 32  # SECRET_KEY signs sessions and seals provider keys: a short one can be guessed offline
+
 
 class SettingsError(ValueError):
     """A setting has a value we cannot use; the message names the variable."""
@@ -45,7 +47,10 @@ class Settings:
     )
     data_dir: Path = field(
         default=Path("var"),
-        metadata={"env": "AIJOBS_DATA_DIR", "doc": "Where the embedded Redis and SQLite keep their files"},
+        metadata={
+            "env": "AIJOBS_DATA_DIR",
+            "doc": "Where the embedded Redis and SQLite keep their files (made 0700, its files 0600)",
+        },
     )
     host: str = field(default="127.0.0.1", metadata={"env": "HOST", "doc": "Address the web process binds"})
     port: int = field(default=8000, metadata={"env": "PORT", "doc": "Port the web process binds"})
@@ -125,8 +130,9 @@ class Settings:
         default=None,
         metadata={
             "env": "SECRET_KEY",
-            "doc": "Server secret that signs session cookies and encrypts users' provider keys; unset: generated "
-            "once into <AIJOBS_DATA_DIR>/secret_key (set it when web and workers do not share that directory)",
+            "doc": "Server secret that signs session cookies and encrypts users' provider keys, at least 32 bytes; "
+            "unset: generated once into <AIJOBS_DATA_DIR>/secret_key (set it when web and workers do not share "
+            "that directory)",
             "secret": True,
         },
     )
@@ -261,6 +267,16 @@ class Settings:
                 "must be DEBUG/INFO/WARNING/ERROR",
             ),
         ]
+        if self.secret_key is not None:
+            checks.append(
+                (
+                    "SECRET_KEY",
+                    len(self.secret_key.encode()) >= MIN_SECRET_BYTES,
+                    f"must be at least {MIN_SECRET_BYTES} bytes of randomness; make one with "
+                    "python -c 'import secrets; print(secrets.token_urlsafe(48))' (or unset it: a key is then "
+                    "generated into <AIJOBS_DATA_DIR>/secret_key)",
+                )
+            )
         if self.redis_url is not None:
             checks.append(
                 (

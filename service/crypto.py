@@ -22,6 +22,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from .config import Settings
+from .files import private_dir, private_file
 
 log = logging.getLogger("aijobs.crypto")
 
@@ -36,6 +37,7 @@ def load_server_secret(settings: Settings) -> bytes:
     path = settings.data_dir / SECRET_FILE
     if not path.exists():
         _create_secret_file(path)
+    private_file(path)  # one an older version wrote readable
     raw = path.read_text().strip()
     if len(raw) < 32:
         raise RuntimeError(f"{path} holds no usable secret; delete it to make a new one, or set SECRET_KEY")
@@ -44,7 +46,7 @@ def load_server_secret(settings: Settings) -> bytes:
 
 def _create_secret_file(path: Path) -> None:
     """Write to a private temp file, then hard-link it into place: atomic, and a concurrent starter's file wins."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    private_dir(path.parent)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:

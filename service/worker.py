@@ -20,6 +20,7 @@ from .config import Settings, parse_providers
 from .coordination import ProviderBackoff, listen_for_cancels, unregister_worker
 from .crypto import KeyBox, load_server_secret
 from .events import EventLog
+from .files import tighten_dir
 from .lifecycle import Maintenance
 from .models import dumps
 from .provider_keys import ProviderKeys
@@ -81,6 +82,7 @@ def build_worker(
     worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
 
     async def startup(ctx: dict[str, Any]) -> None:
+        tighten_dir(settings.data_dir)  # an older version left it readable by others
         store = open_store(settings)
         await store.open()
         http = httpx.AsyncClient(timeout=settings.ai_timeout) if provider is None else None

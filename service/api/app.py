@@ -18,9 +18,10 @@ from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 from starlette.types import Receive, Scope, Send
 
-from ..config import Settings
+from ..config import Settings, SettingsError
 from ..coordination import listen_for_revocations
 from ..events import EventLog
+from ..files import tighten_dir
 from ..gateway import Gateway
 from ..jobs import JobService
 from ..queue import JobQueue
@@ -118,6 +119,7 @@ def create_app(settings: Settings, *, redis_url: str, registry: TaskRegistry | N
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
+        tighten_dir(settings.data_dir)  # an older version left it readable by others
         redis = await create_pool(
             RedisSettings.from_dsn(redis_url),
             job_serializer=json_serializer,
@@ -195,7 +197,10 @@ def app_from_env() -> Starlette:
     """The zero-argument factory the Procfile's `uvicorn --factory` calls."""
     from ..logs import setup_logging
 
-    settings = Settings.from_env()
+    try:
+        settings = Settings.from_env()
+    except SettingsError as exc:  # a message naming the variable, not a traceback
+        raise SystemExit(f"aijobs: bad setting: {exc}") from None
     setup_logging(settings.log_level, json_lines=settings.log_json)
     if not settings.redis_url:
         raise SystemExit(

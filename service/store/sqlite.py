@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ..files import private_dir, private_file
 from ..models import Job, JobError, JobStatus, dumps, now
 from .connection import Connection
 from .migrations import MIGRATIONS, statements
@@ -151,7 +152,13 @@ class SQLiteJobStore:
         return self._db
 
     async def open(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if not self.path.parent.exists():
+            private_dir(self.path.parent)
+        # 0600 before SQLite opens it: SQLite gives the -wal and -shm files it creates the database file's mode.
+        private_file(self.path)
+        for old in (Path(f"{self.path}-wal"), Path(f"{self.path}-shm")):  # left readable by an older version
+            if old.exists():
+                private_file(old)
         db = Connection(self.path, busy_timeout_ms=int(self.busy_timeout * 1000))  # first: a peer may be migrating
         await db.open()
         try:
