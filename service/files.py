@@ -56,10 +56,21 @@ def tighten_dir(path: Path) -> None:
 
 
 def private_file(path: Path) -> Path:
-    """`path` as a file only we can read: created empty with 0600 if missing, tightened if not."""
-    os.close(os.open(path, os.O_WRONLY | os.O_CREAT, FILE_MODE))
+    """`path` as a file only we can read: created empty with 0600 if missing, tightened if not.
+
+    An existing file is never opened here, only chmod-ed: closing any descriptor of a file drops every POSIX lock
+    this process holds on it, and SQLite keeps its locks on the database and -shm files that way."""
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE))
+    except FileExistsError:
+        pass
     _tighten(path, FILE_MODE)
     return path
+
+
+def tighten_file(path: Path) -> None:
+    """Make an existing file 0600 (without opening it); a missing one is left alone."""
+    _tighten(path, FILE_MODE)
 
 
 def tighten_tree(root: Path) -> None:

@@ -3,8 +3,10 @@ Redis' files 0600, whatever the umask; an older install is tightened at start; a
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
+import sqlite3
 import stat
 import subprocess
 import sys
@@ -18,6 +20,7 @@ import redis.asyncio as aioredis
 from service.api.app import create_app
 from service.config import Settings, SettingsError
 from service.embedded import redis_url_for
+from service.store.sqlite import SQLiteJobStore
 
 from .conftest import run_worker, serve, user_client, wait_for_status
 
@@ -118,3 +121,30 @@ def test_the_web_process_stops_at_start_on_a_short_secret_key() -> None:
     assert proc.returncode != 0
     assert "aijobs: bad setting: SECRET_KEY must be at least 32 bytes" in proc.stderr, proc.stderr
     assert "Traceback" not in proc.stderr and "too-short" not in proc.stderr
+
+
+async def test_opening_the_store_again_keeps_the_locks_of_connections_already_open(tmp_path: Path) -> None:
+    """Making the files private must never open them: closing any descriptor of a file drops every POSIX lock the
+    process holds on it, SQLite's included. A reader's lock on the WAL must survive a second store opening in the
+    same process (as `open_users` does in the web process), or another process may checkpoint under it."""
+    path = tmp_path / "jobs.db"
+    first = SQLiteJobStore(path)
+    await first.open()
+    await first.close()
+    with contextlib.closing(sqlite3.connect(path, isolation_level=None)) as reader:
+        reader.execute("BEGIN")
+        reader.execute("SELECT COUNT(*) FROM jobs").fetchone()  # a read snapshot: a lock in the -shm file
+        with contextlib.closing(sqlite3.connect(path)) as writer:
+            writer.execute("INSERT INTO users (id, name, token_hash, created_at) VALUES ('u', 'u', 'h', 0)")
+            writer.commit()
+        again = SQLiteJobStore(path)
+        await again.open()
+        await again.close()
+        checkpoint = (
+            "import sqlite3, sys; "
+            "print(sqlite3.connect(sys.argv[1]).execute('PRAGMA wal_checkpoint(TRUNCATE)').fetchone()[0])"
+        )
+        command = [sys.executable, "-c", checkpoint, str(path)]
+        busy = await asyncio.to_thread(subprocess.run, command, capture_output=True, text=True, timeout=30)
+        assert busy.stdout.strip() == "1", f"the reader's lock was lost: {busy.stdout} {busy.stderr}"
+        reader.execute("COMMIT")

@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..files import private_dir, private_file
+from ..files import private_dir, private_file, tighten_file
 from ..models import Job, JobError, JobStatus, dumps, now
 from .connection import Connection
 from .migrations import MIGRATIONS, statements
@@ -157,8 +157,7 @@ class SQLiteJobStore:
         # 0600 before SQLite opens it: SQLite gives the -wal and -shm files it creates the database file's mode.
         private_file(self.path)
         for old in (Path(f"{self.path}-wal"), Path(f"{self.path}-shm")):  # left readable by an older version
-            if old.exists():
-                private_file(old)
+            tighten_file(old)
         db = Connection(self.path, busy_timeout_ms=int(self.busy_timeout * 1000))  # first: a peer may be migrating
         await db.open()
         try:
