@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import os
 import shutil
 import signal
@@ -63,8 +64,8 @@ async def test_scripts_aijobs_runs_the_cli_from_any_directory_reusing_the_venv(t
     (bin_dir / "aijobs").write_text(f'#!/bin/sh\nexec {sys.executable} -m service.cli "$@"\n')
     for exe in ("python", "aijobs"):
         (bin_dir / exe).chmod(0o755)
-    digest = subprocess.run(["sha256sum", "pyproject.toml"], cwd=checkout, capture_output=True, text=True, check=True)
-    (checkout / ".venv" / ".aijobs-installed").write_text(digest.stdout.split()[0] + "\n")
+    digest = hashlib.sha256((checkout / "pyproject.toml").read_bytes()).hexdigest()  # as _venv.sh's sha256sum
+    (checkout / ".venv" / ".aijobs-installed").write_text(digest + "\n")
     data = tmp_path / "data"
     await make_user(store_settings(data), "alice")
     elsewhere = tmp_path / "elsewhere"
@@ -174,3 +175,51 @@ async def test_a_revoke_from_another_shell_reaches_the_embedded_redis_of_dev_at_
 
         await until(refused, timeout=10, what="the revoked token to be refused")
     assert not url_file.exists()  # gone with the dev run: no later CLI is pointed at a dead Redis
+
+
+def test_the_readmes_procfile_is_the_procfile() -> None:
+    production = (ROOT / "README.md").read_text().split("\n## Production\n", 1)[1]
+    quoted = production.split("```\n", 2)[1]
+    assert quoted == (ROOT / "Procfile").read_text()
+
+
+async def test_aijobs_web_caps_websocket_frames_at_ws_max_size(settings: Settings) -> None:
+    """The Procfile's `aijobs web` applies WS_MAX_SIZE: a message over WS_MAX_MESSAGE_BYTES gets an error reply, one
+    over WS_MAX_SIZE closes the connection (1009) instead of being read into memory (uvicorn's default: 16 MiB)."""
+    import websockets
+
+    assert settings.redis_url
+    token = await make_user(settings, "wes")
+    port = free_port()
+    env = cli_env(
+        REDIS_URL=settings.redis_url, DATABASE_URL=settings.database_url, AIJOBS_DATA_DIR=str(settings.data_dir),
+        AIJOBS_QUEUE=settings.queue_name, PORT=str(port), WS_MAX_SIZE="20000",
+    )  # fmt: skip
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "service.cli", "web", cwd=ROOT, env=env,
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as http:
+
+            async def healthy() -> bool:
+                with contextlib.suppress(httpx.HTTPError):
+                    return (await http.get("/healthz")).status_code == 200
+                return False
+
+            await until(healthy, timeout=30, what="aijobs web to serve /healthz")
+        url = f"ws://127.0.0.1:{port}/api/ws"
+        async with websockets.connect(url, additional_headers={"Authorization": f"Bearer {token}"}) as ws:
+            await ws.send("x" * 10_000)  # over WS_MAX_MESSAGE_BYTES (4096), under WS_MAX_SIZE
+            assert '"message_too_large"' in await asyncio.wait_for(ws.recv(), 10)
+            await ws.send("x" * 30_000)  # over WS_MAX_SIZE
+            with pytest.raises(websockets.exceptions.ConnectionClosed) as closed:
+                await asyncio.wait_for(ws.recv(), 10)
+            assert closed.value.rcvd is not None and closed.value.rcvd.code == 1009
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            await asyncio.wait_for(proc.wait(), 15)
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
