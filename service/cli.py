@@ -211,8 +211,9 @@ def cmd_users(args: argparse.Namespace) -> int:
         raise SystemExit("aijobs users revoke: give the user's NAME")
     if args.action == "create" and not (args.name and len(args.name) <= 64 and args.name.isprintable()):
         raise SystemExit("aijobs users create: give the new user's NAME (1-64 printable characters)")
-    if settings.database_url.startswith("sqlite:///") and not settings.sqlite_path.exists():
-        # Never make a second, empty store that the running server does not read: its tokens would be refused.
+    if not os.environ.get("DATABASE_URL") and not settings.sqlite_path.exists():
+        # Never make a second, empty store in a place derived from defaults, which the running server does not
+        # read (its tokens would be refused); a store named by DATABASE_URL is made on purpose.
         raise SystemExit(
             f"aijobs users: there is no job store at {settings.sqlite_path}. Start the server once (`scripts/dev`, "
             "or the Procfile's web), which makes it, or set AIJOBS_DATA_DIR (or DATABASE_URL) to the store your "
