@@ -20,8 +20,12 @@ SESSION_COOKIE = "aijobs_session"
 SESSION_MAX_AGE = 7 * 24 * 3600
 _SCOPE_KEY = "aijobs.identity"
 HOW_TO_AUTH = (
-    "Send 'Authorization: Bearer <token>' (make a token with `aijobs users create NAME`), "
-    "or sign in through POST /api/session to get a session cookie."
+    "Send 'Authorization: Bearer <token>' (make a token with `aijobs users create NAME`; `scripts/aijobs` in a "
+    "checkout), or sign in through POST /api/session to get a session cookie."
+)
+TOKEN_NOT_VALID = (
+    "That API token is not valid: it is mistyped, or it was revoked. Check it, or get a new one "
+    "(`aijobs users revoke NAME --new-token` prints one)."
 )
 
 
@@ -67,7 +71,7 @@ async def identify(scope: Scope) -> Identity:
             return Identity(None, "The Authorization header must be 'Bearer <token>'.")
         user = await acc.users.by_token(token.strip())
         if user is None:
-            return Identity(None, "That API token is not valid.")
+            return Identity(None, TOKEN_NOT_VALID)
         return Identity(user.id, via="bearer")
     cookie = _session_cookie(cookies)
     if cookie:

@@ -81,11 +81,17 @@ async def all_events(request: Request) -> Response:
     """SSE of every job of the caller: active ones from a snapshot (or the cursor), new ones as they come."""
     state = app_state(request)
     user = current_user(request)
-    raw = request.headers.get("last-event-id") or request.query_params.get("cursor")
+    header = request.headers.get("last-event-id")
+    raw = header or request.query_params.get("cursor")
     try:
         cursor = parse_cursor(raw)
     except ValueError:
-        raise ApiError(400, "invalid_last_event_id", "Last-Event-ID must be an id sent by this stream.") from None
+        raise ApiError(
+            400,
+            "invalid_last_event_id",
+            f"{'Last-Event-ID' if header else '?cursor='} must be an id this stream sent (job_id:seq pairs joined "
+            "by commas); leave it out to start every active job from a snapshot.",
+        ) from None
     mw = multi_watch(state, user)
     slot = acquire_stream_slot(request, user)
     return SseResponse(

@@ -480,7 +480,12 @@ class SQLiteJobStore:
         """Queued jobs never started within their maximum wait become `expired`."""
         t = now()
         error = dumps(
-            {"message": "No worker started this job within its maximum wait.", "code": "expired", "retryable": False}
+            {
+                "message": "No worker started this job within its maximum wait: check that a worker is running "
+                "(`aijobs worker`), then retry the job.",
+                "code": "expired",
+                "retryable": False,
+            }
         )
         return await self._many(
             "UPDATE jobs SET status = 'expired', error = ?, current_step = 'Expired', completed_at = ?, "
