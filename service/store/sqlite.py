@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from ..models import Job, JobError, JobStatus, dumps, now
+from .base import FINAL_STEPS
 from .connection import Connection
 from .migrations import MIGRATIONS, statements
 
@@ -325,10 +326,12 @@ class SQLiteJobStore:
     ) -> Job | None:
         t = now()
         percentage_sql = "100" if status is JobStatus.COMPLETED else "percentage"
+        step = FINAL_STEPS.get(status)  # a finished job no longer says "Polishing titles…"
         rec = dumps(record) if record else None
         return await self._one(
             f"UPDATE jobs SET status = ?, result = ?, error = ?, model = COALESCE(?, model), "
-            f"usage = COALESCE(?, usage), percentage = {percentage_sql}, lease_token = NULL, "
+            f"usage = COALESCE(?, usage), percentage = {percentage_sql}, current_step = COALESCE(?, current_step), "
+            "lease_token = NULL, "
             f"lease_expires_at = NULL, completed_at = ?, updated_at = ?, seq = seq + 1, {_HISTORY_APPEND} "
             f"WHERE id = ? AND lease_token = ? AND status = 'processing' RETURNING {_COLUMNS}",
             (
@@ -337,6 +340,7 @@ class SQLiteJobStore:
                 dumps(error.to_dict()) if error else None,
                 model,
                 dumps(usage) if usage else None,
+                step,
                 t,
                 t,
                 rec,
