@@ -13,7 +13,7 @@ from typing import Any, Protocol
 from ..models import Job, JobError, JobStatus
 
 # The step `finish` leaves on a job it ends: its last running step ("Polishing titles…") would no longer be true.
-FINAL_STEPS = {JobStatus.COMPLETED: "Done", JobStatus.FAILED: "Failed"}
+FINAL_STEPS = {JobStatus.COMPLETED: "Done", JobStatus.FAILED: "Failed", JobStatus.CANCELLED: "Cancelled"}
 
 
 class JobStore(Protocol):
