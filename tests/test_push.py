@@ -111,6 +111,22 @@ async def test_all_events_resume_with_composite_cursor_is_gap_free(client: httpx
         assert set(need) <= set(got), f"{job_id}: no state change or delta missed"
 
 
+async def test_all_events_cursor_drops_ids_it_does_not_follow(
+    client: httpx.AsyncClient, client_b: httpx.AsyncClient
+) -> None:
+    """A cursor's unknown or someone else's job ids are ignored, and not echoed back in every later `id:`."""
+    mine = await submit(client)
+    theirs = await submit(client_b)
+    cursor = f"no-such-job:4,{theirs}:1,{mine}:1"
+    events: list[SseEvent] = []
+    async with client.stream("GET", "/api/events", headers={"Last-Event-ID": cursor}) as response:
+        await asyncio.wait_for(read_until_done(response, {mine}, events), 20)
+    ids = [e.id for e in events if e.id]
+    assert ids and all(f"{mine}:" in i for i in ids[:-1]), ids
+    assert not any("no-such-job" in i or theirs in i for i in ids), ids
+    assert {e.data["job_id"] for e in events} == {mine}
+
+
 async def test_all_events_bad_cursor_is_400(client: httpx.AsyncClient) -> None:
     r = await client.get("/api/events", headers={"Last-Event-ID": "nonsense"})
     assert r.status_code == 400

@@ -65,6 +65,8 @@ async def mine_events(mw: MultiWatch, cursor: dict[str, int] | None, ping: float
     try:
         yield f"retry: {RETRY_MS}\n\n".encode()
         batch: list[Event] | None = await mw.add_mine(cursor)
+        for job_id in [j for j in positions if j not in mw.watches]:
+            del positions[job_id]  # not the caller's, unknown or already over: never echoed back in an id
         while True:
             if batch is None:
                 yield PING_FRAME
