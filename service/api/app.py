@@ -71,6 +71,12 @@ async def healthz(request: Request) -> Response:
     return JSONResponse(body, status_code=200 if ok else 503)
 
 
+async def favicon(request: Request) -> Response:
+    """Browsers ask for /favicon.ico on any page without a <link rel=icon> (an API document, /healthz): no 404."""
+    icon = STATIC_DIR / "favicon.svg"
+    return FileResponse(icon, media_type="image/svg+xml", headers={"Cache-Control": "max-age=86400"})
+
+
 async def index(request: Request) -> Response:
     response = FileResponse(STATIC_DIR / "index.html", headers={"Cache-Control": "no-cache"})
     await sign_in_demo(request, response)  # AIJOBS_DEMO_LOGIN (dev): the page works at once
@@ -148,6 +154,7 @@ def create_app(settings: Settings, *, redis_url: str, registry: TaskRegistry | N
         Route("/api/jobs", create_job, methods=["POST"]),
         Route("/", index, methods=["GET"]),
         Route("/healthz", healthz, methods=["GET"]),
+        Route("/favicon.ico", favicon, methods=["GET"]),
         Route("/api/jobs/{job_id}/events", job_events, methods=["GET"], name="job_events"),
         Route("/api/jobs", list_jobs, methods=["GET"], name="list_jobs"),
         Route("/api/stats", stats, methods=["GET"], name="stats"),
