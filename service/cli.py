@@ -85,6 +85,10 @@ def cmd_dev(args: argparse.Namespace) -> int:
             "  'Authorization: Bearer <token>'.\n",
             flush=True,
         )
+        # A SIGTERM (a process manager, `kill`) or SIGHUP (the terminal closed) stops it as Ctrl-C does: web and
+        # worker are stopped in turn, then Redis, and var/redis.url is removed (no later CLI aims at a dead Redis).
+        signal.signal(signal.SIGTERM, _interrupt)
+        signal.signal(signal.SIGHUP, _interrupt)
         proc = subprocess.Popen(
             [sys.executable, "-m", "honcho", "start", "-f", str(ROOT / "Procfile"), "-d", str(ROOT), "-p", str(port)],
             env=env,
@@ -99,6 +103,10 @@ def cmd_dev(args: argparse.Namespace) -> int:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 return proc.wait()
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 def cmd_worker(args: argparse.Namespace) -> int:

@@ -115,7 +115,7 @@ async def test_dev_refuses_a_taken_port_before_its_banner(tmp_path: Path) -> Non
 @contextlib.asynccontextmanager
 async def running_dev(data: Path, port: int) -> AsyncIterator[list[str]]:
     """`aijobs dev` as `scripts/dev` runs it (embedded Redis, honcho, the Procfile's web and worker); yields its
-    output lines as they come, and stops it with Ctrl-C."""
+    output lines as they come, and stops it as a process manager does (SIGTERM: handled as Ctrl-C)."""
     env = cli_env(PORT=str(port), AIJOBS_DATA_DIR=str(data), AIJOBS_SIM_DELAY="0.2")
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "service.cli", "dev", cwd=ROOT, env=env,
@@ -133,7 +133,7 @@ async def running_dev(data: Path, port: int) -> AsyncIterator[list[str]]:
         yield lines
     finally:
         if proc.returncode is None:
-            proc.send_signal(signal.SIGINT)
+            proc.send_signal(signal.SIGTERM)
             try:
                 await asyncio.wait_for(proc.wait(), 30)
             except TimeoutError:
