@@ -188,7 +188,7 @@ def create_app(settings: Settings, *, redis_url: str, registry: TaskRegistry | N
 
 
 def app_from_env() -> Starlette:
-    """The zero-argument factory the Procfile's `uvicorn --factory` calls."""
+    """The zero-argument factory `aijobs web` (the Procfile's web) has uvicorn call."""
     from ..logs import setup_logging
 
     settings = Settings.from_env()
