@@ -117,7 +117,10 @@ def cmd_worker(args: argparse.Namespace) -> int:
     settings = _settings()
     setup_logging(settings.log_level, json_lines=settings.log_json)
     if not settings.redis_url:
-        raise SystemExit("aijobs worker: REDIS_URL is not set: run `aijobs dev`, or point REDIS_URL at Redis.")
+        raise SystemExit(
+            "aijobs worker: REDIS_URL is not set: point it at Redis, or run `scripts/dev` (`aijobs dev`), which starts "
+            "an embedded Redis with web and worker."
+        )
     worker: Worker = build_worker(settings, redis_url=settings.redis_url, burst=args.burst)
     worker.run()
     return 0

@@ -223,3 +223,9 @@ async def test_aijobs_web_caps_websocket_frames_at_ws_max_size(settings: Setting
         except TimeoutError:
             proc.kill()
             await proc.wait()
+
+
+@pytest.mark.parametrize("command", ["web", "worker"])
+async def test_web_and_worker_without_redis_say_what_to_run(command: str, tmp_path: Path) -> None:
+    done = await cli(command, env=cli_env(PORT=str(free_port()), AIJOBS_DATA_DIR=str(tmp_path)))
+    assert done.returncode == 1 and "REDIS_URL is not set" in done.stderr and "scripts/dev" in done.stderr

@@ -195,6 +195,7 @@ def app_from_env() -> Starlette:
     setup_logging(settings.log_level, json_lines=settings.log_json)
     if not settings.redis_url:
         raise SystemExit(
-            "REDIS_URL is not set: run `aijobs dev` (starts an embedded Redis) or point REDIS_URL at Redis."
+            "REDIS_URL is not set: point it at Redis, or run `scripts/dev` (`aijobs dev`), which starts an embedded "
+            "Redis with web and worker."
         )
     return create_app(settings, redis_url=settings.redis_url)
