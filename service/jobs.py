@@ -200,8 +200,10 @@ class JobService:
         """The same key and body within 24 h gives the same job (False: not new); another body is refused."""
         if not key or len(key) > 255:
             raise JobRequestError("invalid_idempotency_key", "Idempotency-Key must be 1-255 characters.")
-        self.validate(body)
-        digest = hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+        # The request as it will run, defaults applied: `"priority": 5` written out is the same request as none.
+        job_type, job_input, priority = self.validate(body)
+        normal = {"type": job_type, "input": job_input, "priority": priority}
+        digest = hashlib.sha256(json.dumps(normal, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
         since = time.time() - IDEMPOTENCY_TTL
         job_id = job_id or str(uuid.uuid4())
         for _ in range(50):
@@ -225,7 +227,8 @@ class JobService:
                 if held[0] != digest:
                     raise JobRequestError(
                         "idempotency_key_reused",
-                        "This Idempotency-Key was already used with a different request body.",
+                        "This Idempotency-Key was already used in the last 24 h with a different request: send "
+                        "this one with a new key, or repeat the first request exactly to get its job back.",
                     )
                 existing = await self.store.get(held[1])
                 if existing is not None:

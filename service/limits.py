@@ -16,7 +16,7 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from .config import Settings, parse_byte_caps
+from .config import Settings
 from .models import dumps
 from .script_batch import ScriptBatch
 
@@ -64,7 +64,7 @@ class SubmissionLimits:
     def __init__(self, settings: Settings, redis: Redis) -> None:
         self.settings = settings
         self.redis = redis
-        self.byte_caps = parse_byte_caps(settings.max_input_bytes)
+        self.byte_caps = dict(settings.input_byte_caps)  # parsed once, by Settings
         self._batch = ScriptBatch(redis)  # concurrent submissions share one round trip
         self._window = self._batch.register(_SLIDING_WINDOW)
 

@@ -50,6 +50,15 @@ async def test_bad_credentials_are_refused(web: LiveServer, header: str) -> None
     assert r.status_code == 401 and r.json()["error"]["code"] == "unauthenticated"
 
 
+async def test_a_wrong_token_says_what_to_do_at_sign_in_and_on_the_api(web: LiveServer) -> None:
+    async with httpx.AsyncClient(base_url=web.url) as anon:
+        signin = await anon.post("/api/session", json={"token": "aij_mistyped"})
+        api = await anon.get("/api/me", headers={"Authorization": "Bearer aij_mistyped"})
+    for r in (signin, api):
+        assert r.status_code == 401
+        assert "revoked" in r.json()["error"]["message"] and "--new-token" in r.json()["error"]["message"]
+
+
 async def test_public_routes_stay_public(web: LiveServer) -> None:
     async with httpx.AsyncClient(base_url=web.url) as anon:
         assert (await anon.get("/healthz")).status_code == 200

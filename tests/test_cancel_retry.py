@@ -144,6 +144,11 @@ async def test_idempotency_key(client: httpx.AsyncClient) -> None:
     assert a.json()["job_id"] == b.json()["job_id"] and b.headers["Idempotent-Replayed"] == "true"
     other = await client.post("/api/jobs", json={**body, "priority": 9}, headers={"Idempotency-Key": "k-1"})
     assert other.status_code == 422 and other.json()["error"]["code"] == "idempotency_key_reused"
+    assert "new key" in other.json()["error"]["message"]  # says what to do next
+    # The same request with its defaults written out is the same request, not a reuse of the key.
+    spelled_out = {"type": "summary", "input": {"text": "once only", "max_sentences": 3}, "priority": 5}
+    same_again = await client.post("/api/jobs", json=spelled_out, headers={"Idempotency-Key": "k-1"})
+    assert same_again.status_code == 202 and same_again.json()["job_id"] == a.json()["job_id"]
     reordered = {"input": body["input"], "type": body["type"]}  # same request, keys in another order
     same = await client.post("/api/jobs", json=reordered, headers={"Idempotency-Key": "k-1"})
     assert same.status_code == 202 and same.json()["job_id"] == a.json()["job_id"]

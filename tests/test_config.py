@@ -6,13 +6,52 @@ from pathlib import Path
 
 import pytest
 
-from service.config import Settings, SettingsError, settings_table
+from service.config import DEFAULT_INPUT_BYTES, PROJECT_DIR, Settings, SettingsError, settings_table
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_defaults_need_nothing() -> None:
     s = Settings.from_env({})
     assert s.redis_url is None and s.uses_simulated_ai
-    assert s.sqlite_path == Path("var/aijobs.db")
+    assert s.sqlite_path == ROOT / "var" / "aijobs.db"
+
+
+def test_relative_paths_start_at_the_checkout_whatever_the_cwd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The CLI run from another directory opens the store `scripts/dev` (cwd: the checkout) uses, not ./var."""
+    assert PROJECT_DIR == ROOT
+    monkeypatch.chdir(tmp_path)
+    s = Settings.from_env({})
+    assert s.data_dir == ROOT / "var" and s.sqlite_path == ROOT / "var" / "aijobs.db"
+    moved = Settings.from_env({"AIJOBS_DATA_DIR": "elsewhere"})  # the store follows the data directory
+    assert moved.sqlite_path == ROOT / "elsewhere" / "aijobs.db"
+    rel = Settings.from_env({"DATABASE_URL": "sqlite:///db/x.db"})
+    assert rel.sqlite_path == ROOT / "db" / "x.db"
+    absolute = Settings.from_env({"AIJOBS_DATA_DIR": str(tmp_path), "DATABASE_URL": f"sqlite:///{tmp_path}/y.db"})
+    assert absolute.data_dir == tmp_path and absolute.sqlite_path == tmp_path / "y.db"
+
+
+def test_an_input_cap_override_changes_only_the_types_it_names() -> None:
+    s = Settings.from_env({"MAX_INPUT_BYTES": "titles=100"})
+    assert s.input_byte_caps == {**DEFAULT_INPUT_BYTES, "titles": 100}
+    assert Settings.from_env({}).input_byte_caps == DEFAULT_INPUT_BYTES
+
+
+def test_an_unknown_job_type_in_the_input_caps_fails_at_start_naming_the_known_ones() -> None:
+    with pytest.raises(SettingsError, match="MAX_INPUT_BYTES") as info:
+        Settings.from_env({"MAX_INPUT_BYTES": "poem=5"})
+    assert all(name in str(info.value) for name in ("titles", "summary", "chat", "image"))
+
+
+def test_every_job_type_has_a_default_input_cap() -> None:
+    from service.tasks import default_registry
+
+    assert set(DEFAULT_INPUT_BYTES) == set(default_registry().names())
+
+
+def test_the_websocket_frame_limit_lets_every_allowed_message_through() -> None:
+    with pytest.raises(SettingsError, match="WS_MAX_SIZE"):
+        Settings.from_env({"WS_MAX_SIZE": "1000", "WS_MAX_MESSAGE_BYTES": "4096"})
 
 
 def test_values_are_parsed() -> None:

@@ -54,15 +54,17 @@ async def test_progress_visible_while_processing(client: httpx.AsyncClient) -> N
     seen_steps = set()
     while running["status"] == "processing":
         seen_steps.add(running["progress"]["current_step"])
+        assert running["model"] is None and running["usage"] is None  # as the README's example shows: set at the end
         running = (await client.get(f"/api/jobs/{job_id}")).json()
     assert "Generating titles…" in seen_steps
     assert running["status"] == "completed"
+    assert running["progress"]["current_step"] == "Done" and running["model"] and running["usage"]
 
 
 async def test_failing_task_ends_failed_with_its_message(client: httpx.AsyncClient) -> None:
     r = await client.post("/api/jobs", json={"type": "summary", "input": {"text": "nope [[fail:400]]"}})
     done = await wait_for_status(client, r.json()["job_id"], {"completed", "failed"})
-    assert done["status"] == "failed"
+    assert done["status"] == "failed" and done["progress"]["current_step"] == "Failed"
     assert done["error"]["code"] == "provider_bad_request"
     assert done["error"]["retryable"] is False
     assert done["error"]["message"]
@@ -89,3 +91,11 @@ async def test_polling_etag_and_interval(client: httpx.AsyncClient) -> None:
     assert r2.status_code == 304 and r2.content == b""
     queued = (await client.post("/api/jobs", json={"type": "image", "input": {"prompt": "y"}})).json()
     assert queued["poll_interval"] == 5.0
+
+
+async def test_a_summary_keeps_to_max_sentences(client: httpx.AsyncClient) -> None:
+    body = {"type": "summary", "input": {"text": INPUTS["summary"]["text"], "max_sentences": 1}}
+    r = await client.post("/api/jobs", json=body)
+    done = await wait_for_status(client, r.json()["job_id"], {"completed", "failed"})
+    summary = done["result"]["summary"]
+    assert summary.count(". ") == 0 and summary.endswith("."), summary

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import json
 from collections.abc import AsyncIterator
 
 import httpx
@@ -13,7 +14,7 @@ import pytest
 from service.api.app import create_app
 from service.config import Settings
 
-from .conftest import LiveServer, run_worker, serve, user_client, wait_for_status
+from .conftest import LiveServer, run_worker, serve, until, user_client, wait_for_status
 
 
 @contextlib.asynccontextmanager
@@ -99,6 +100,36 @@ async def test_open_streams_are_capped_per_user_and_released(settings: Settings)
                         break
                 assert asyncio.get_running_loop().time() < deadline, "stream slots were not released"
                 await asyncio.sleep(0.05)
+
+
+async def test_a_websocket_over_the_stream_cap_gets_429_too_many_streams(settings: Settings) -> None:
+    """As the README's table says: over MAX_STREAMS a WebSocket handshake is answered `429 too_many_streams` (JSON,
+    Retry-After) instead of the upgrade, not the 403 of a foreign origin or a missing sign-in."""
+    import websockets
+
+    async with app_with(settings, max_streams=2) as (s, live):
+        async with user_client(live, s, "kim") as kim:
+            url = live.url.replace("http://", "ws://") + "/api/ws"
+            headers = {"Authorization": kim.headers["authorization"]}
+            async with websockets.connect(url, additional_headers=headers), websockets.connect(
+                url, additional_headers=headers
+            ):
+                with pytest.raises(websockets.exceptions.InvalidStatus) as info:
+                    async with websockets.connect(url, additional_headers=headers):
+                        pass
+                response = info.value.response
+                assert response.status_code == 429 and response.headers["retry-after"]
+                error = json.loads(response.body)["error"]
+                assert error["code"] == "too_many_streams" and "poll" in error["message"]
+
+            async def slot_free() -> bool:
+                try:
+                    async with websockets.connect(url, additional_headers=headers):
+                        return True
+                except websockets.exceptions.InvalidStatus:
+                    return False
+
+            await until(slot_free, what="the closed WebSockets to give their slots back")
 
 
 @pytest.mark.parametrize("value", ["titles", "titles=-1", "x=abc"])

@@ -339,3 +339,24 @@ async def test_queued_card_follows_its_place_as_the_queue_drains(browser: Any, s
             await wait_status(page, job_id, "completed")
         finally:
             await context.close()
+
+
+async def test_a_page_load_asks_for_nothing_that_is_missing(browser: Any, live: LiveServer) -> None:
+    """Every request the page makes answers (the icon included: no /favicon.ico 404 on each load)."""
+    context = await browser.new_context(viewport=DESKTOP)
+    failed: list[str] = []
+    try:
+        pg = await context.new_page()
+        pg.on("response", lambda r: failed.append(f"{r.status} {r.url}") if r.status >= 400 else None)
+        await pg.goto(live.url + "/", wait_until="networkidle")
+        await pg.wait_for_selector("#form-titles", timeout=T)
+        icon = await pg.evaluate(
+            "fetch('/static/favicon.svg').then(r => r.status + ' ' + r.headers.get('content-type'))"
+        )
+    finally:
+        await context.close()
+    assert not failed, failed
+    assert icon.startswith("200 image/svg+xml")
+    async with httpx.AsyncClient(base_url=live.url) as http:
+        legacy = await http.get("/favicon.ico")  # what browsers ask for on pages without a <link rel=icon>
+    assert legacy.status_code == 200 and legacy.headers["content-type"].startswith("image/svg+xml")

@@ -191,3 +191,19 @@ async def test_delay_zero_is_fast() -> None:
     await provider.image("fast image", n=4)
 
     assert time.monotonic() - started < 1.0
+
+
+@pytest.mark.parametrize("most", [1, 2, 3, 10])
+async def test_summary_keeps_to_max_sentences(most: int) -> None:
+    result = await SimulatedProvider(delay=0).chat(user(TEXT, system=f"Summarize. FORMAT:summary:{most}"))
+    sentences = [s for s in re.split(r"(?<=[.!?…])\s+", result.text) if s]
+    assert 1 <= len(sentences) <= most
+
+
+@pytest.mark.parametrize("limit", [1, 3, 10, 25])
+async def test_max_tokens_is_never_overshot(limit: int) -> None:
+    """The completion tokens it reports (counted, ~4 characters each) stay within max_tokens, and the cut says so."""
+    collect = Collector()
+    result = await SimulatedProvider(delay=0).chat(user("Tell me about tides"), max_tokens=limit, on_delta=collect)
+    assert 1 <= result.usage.completion_tokens <= limit
+    assert result.finish_reason == "length" and "".join(collect.pieces) == result.text

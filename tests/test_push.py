@@ -111,6 +111,22 @@ async def test_all_events_resume_with_composite_cursor_is_gap_free(client: httpx
         assert set(need) <= set(got), f"{job_id}: no state change or delta missed"
 
 
+async def test_all_events_cursor_drops_ids_it_does_not_follow(
+    client: httpx.AsyncClient, client_b: httpx.AsyncClient
+) -> None:
+    """A cursor's unknown or someone else's job ids are ignored, and not echoed back in every later `id:`."""
+    mine = await submit(client)
+    theirs = await submit(client_b)
+    cursor = f"no-such-job:4,{theirs}:1,{mine}:1"
+    events: list[SseEvent] = []
+    async with client.stream("GET", "/api/events", headers={"Last-Event-ID": cursor}) as response:
+        await asyncio.wait_for(read_until_done(response, {mine}, events), 20)
+    ids = [e.id for e in events if e.id]
+    assert ids and all(f"{mine}:" in i for i in ids[:-1]), ids
+    assert not any("no-such-job" in i or theirs in i for i in ids), ids
+    assert {e.data["job_id"] for e in events} == {mine}
+
+
 async def test_all_events_bad_cursor_is_400(client: httpx.AsyncClient) -> None:
     r = await client.get("/api/events", headers={"Last-Event-ID": "nonsense"})
     assert r.status_code == 400
@@ -187,20 +203,30 @@ async def test_ws_mine_ping_and_errors(client: httpx.AsyncClient, web: LiveServe
         assert (await ws_recv(ws))["code"] == "message_too_large"
 
 
+def refusal(info: pytest.ExceptionInfo[websockets.exceptions.InvalidStatus]) -> tuple[int, str]:
+    """The status and JSON error code a refused handshake was answered with (before any upgrade)."""
+    response = info.value.response
+    assert response.headers["content-type"] == "application/json"
+    return response.status_code, json.loads(response.body)["error"]["code"]
+
+
 async def test_ws_without_a_valid_token_is_refused_before_upgrade(web: LiveServer) -> None:
-    """`WS /api/ws` skips Starlette's middleware (api/direct.py): no token, or a wrong one, is still a 403."""
+    """`WS /api/ws` skips Starlette's middleware (api/direct.py): no token, or a wrong one, is the same 401 JSON
+    error an HTTP request gets, sent instead of the upgrade."""
     for headers in ({}, {"Authorization": "Bearer not-a-token"}, {"Authorization": "Basic abc"}):
         with pytest.raises(websockets.exceptions.InvalidStatus) as info:
             async with websockets.connect(ws_url(web), additional_headers=headers):
                 pass
-        assert info.value.response.status_code == 403
+        assert refusal(info) == (401, "unauthenticated")
+        assert info.value.response.headers["www-authenticate"] == "Bearer"
 
 
 async def test_ws_foreign_origin_is_refused_before_upgrade(client: httpx.AsyncClient, web: LiveServer) -> None:
     with pytest.raises(websockets.exceptions.InvalidStatus) as info:
         async with websockets.connect(ws_url(web), additional_headers=auth(client), origin="http://evil.example"):  # type: ignore[arg-type]
             pass
-    assert info.value.response.status_code == 403
+    assert refusal(info) == (403, "origin_not_allowed")
+    assert "ALLOWED_ORIGINS" in json.loads(info.value.response.body)["error"]["message"]
     port = web.url.rsplit(":", 1)[1]
     async with websockets.connect(
         ws_url(web), additional_headers=auth(client), origin=f"http://127.0.0.1:{port}"
@@ -220,7 +246,7 @@ async def test_ws_cookie_without_origin_is_refused_but_bearer_is_not(
     with pytest.raises(websockets.exceptions.InvalidStatus) as info:
         async with websockets.connect(ws_url(web), additional_headers={"Cookie": cookie}):  # no Origin header
             pass
-    assert info.value.response.status_code == 403
+    assert refusal(info) == (403, "origin_required")
     port = web.url.rsplit(":", 1)[1]
     async with websockets.connect(
         ws_url(web), additional_headers={"Cookie": cookie}, origin=f"http://127.0.0.1:{port}"

@@ -130,6 +130,7 @@ async def test_job_not_started_in_time_expires(settings: Settings, maintenance) 
         assert await sweeper.forget_keys() == 1  # the user's sealed key does not outlive the job
         assert await sweeper.forget_keys() == 0
     assert job["status"] == "expired" and job["error"]["code"] == "expired"
+    assert "worker is running" in job["error"]["message"] and "retry" in job["error"]["message"]
 
 
 async def test_cleanup_purges_old_results_and_streams(

@@ -88,6 +88,9 @@ async def test_bad_last_event_id_is_a_clear_400(client: httpx.AsyncClient, bad: 
     r = await client.get(f"/api/jobs/{job_id}/events", headers={"Last-Event-ID": bad})
     assert r.status_code == 400
     assert r.json()["error"]["code"] == "invalid_last_event_id"
+    assert r.json()["error"]["message"].startswith("Last-Event-ID") and "leave it out" in r.json()["error"]["message"]
+    by_query = await client.get(f"/api/jobs/{job_id}/events?after={bad}")  # the same refusal names ?after=
+    assert by_query.status_code == 400 and by_query.json()["error"]["message"].startswith("?after=")
 
 
 async def test_unknown_job_stream_is_404(client: httpx.AsyncClient) -> None:
@@ -107,6 +110,8 @@ async def test_stream_refusals_are_the_same_json_as_the_full_stack(client: httpx
     assert ahead.status_code == 400 and ahead.json()["error"]["code"] == "invalid_last_event_id"
     bad_cursor = await client.get("/api/events", headers={"Last-Event-ID": "not a cursor"})
     assert bad_cursor.status_code == 400 and bad_cursor.json()["error"]["code"] == "invalid_last_event_id"
+    by_query = await client.get("/api/events?cursor=not-a-cursor")
+    assert by_query.status_code == 400 and by_query.json()["error"]["message"].startswith("?cursor=")
     async with httpx.AsyncClient(base_url=str(client.base_url)) as anonymous:
         for path in (f"/api/jobs/{job_id}/events", "/api/events"):
             refused = await anonymous.get(path)

@@ -21,7 +21,7 @@ from ..store.queries import JobQueries
 from ..store.sqlite import SQLiteJobStore
 from ..store.users import JobSecrets, UserStore
 from ..usage import PriceTable
-from .auth import SESSION_COOKIE, SESSION_MAX_AGE, current_user
+from .auth import SESSION_COOKIE, SESSION_MAX_AGE, TOKEN_NOT_VALID, current_user
 from .body import read_body
 from .errors import ApiError
 
@@ -115,7 +115,7 @@ async def create_session(request: Request) -> Response:
             raise ApiError(422, "invalid_token", "'token' must be an API token string.", field="token")
         user = await acc.users.by_token(token)
         if user is None:
-            raise ApiError(401, "unauthenticated", "That API token is not valid.")
+            raise ApiError(401, "unauthenticated", TOKEN_NOT_VALID)
     elif acc.settings.demo_login:
         user = await acc.users.get_or_create(DEMO_USER)
     else:

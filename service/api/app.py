@@ -74,6 +74,12 @@ async def healthz(request: Request) -> Response:
     return JSONResponse(body, status_code=200 if ok else 503)
 
 
+async def favicon(request: Request) -> Response:
+    """Browsers ask for /favicon.ico on any page without a <link rel=icon> (an API document, /healthz): no 404."""
+    icon = STATIC_DIR / "favicon.svg"
+    return FileResponse(icon, media_type="image/svg+xml", headers={"Cache-Control": "max-age=86400"})
+
+
 async def index(request: Request) -> Response:
     response = FileResponse(STATIC_DIR / "index.html", headers={"Cache-Control": "no-cache"})
     await sign_in_demo(request, response)  # AIJOBS_DEMO_LOGIN (dev): the page works at once
@@ -160,6 +166,7 @@ def create_app(settings: Settings, *, redis_url: str, registry: TaskRegistry | N
         Route("/api/jobs", create_job, methods=["POST"]),
         Route("/", index, methods=["GET"]),
         Route("/healthz", healthz, methods=["GET"]),
+        Route("/favicon.ico", favicon, methods=["GET"]),
         Route("/api/jobs/{job_id}/events", job_events, methods=["GET"], name="job_events"),
         Route("/api/jobs", list_jobs, methods=["GET"], name="list_jobs"),
         Route("/api/stats", stats, methods=["GET"], name="stats"),
@@ -194,7 +201,7 @@ def create_app(settings: Settings, *, redis_url: str, registry: TaskRegistry | N
 
 
 def app_from_env() -> Starlette:
-    """The zero-argument factory the Procfile's `uvicorn --factory` calls."""
+    """The zero-argument factory `aijobs web` (the Procfile's web) has uvicorn call."""
     from ..logs import setup_logging
 
     try:
@@ -204,6 +211,7 @@ def app_from_env() -> Starlette:
     setup_logging(settings.log_level, json_lines=settings.log_json)
     if not settings.redis_url:
         raise SystemExit(
-            "REDIS_URL is not set: run `aijobs dev` (starts an embedded Redis) or point REDIS_URL at Redis."
+            "REDIS_URL is not set: point it at Redis, or run `scripts/dev` (`aijobs dev`), which starts an embedded "
+            "Redis with web and worker."
         )
     return create_app(settings, redis_url=settings.redis_url)

@@ -20,8 +20,12 @@ SESSION_COOKIE = "aijobs_session"
 SESSION_MAX_AGE = 7 * 24 * 3600
 _SCOPE_KEY = "aijobs.identity"
 HOW_TO_AUTH = (
-    "Send 'Authorization: Bearer <token>' (make a token with `aijobs users create NAME`), "
-    "or sign in through POST /api/session to get a session cookie."
+    "Send 'Authorization: Bearer <token>' (make a token with `aijobs users create NAME`; `scripts/aijobs` in a "
+    "checkout), or sign in through POST /api/session to get a session cookie."
+)
+TOKEN_NOT_VALID = (
+    "That API token is not valid: it is mistyped, or it was revoked. Check it, or get a new one "
+    "(`aijobs users revoke NAME --new-token` prints one)."
 )
 
 
@@ -67,7 +71,7 @@ async def identify(scope: Scope) -> Identity:
             return Identity(None, "The Authorization header must be 'Bearer <token>'.")
         user = await acc.users.by_token(token.strip())
         if user is None:
-            return Identity(None, "That API token is not valid.")
+            return Identity(None, TOKEN_NOT_VALID)
         return Identity(user.id, via="bearer")
     cookie = _session_cookie(cookies)
     if cookie:
@@ -99,12 +103,19 @@ def signed_in_by_cookie(conn: HTTPConnection) -> bool:
     return identity is not None and identity.via == "cookie"
 
 
+def unauthenticated(conn: HTTPConnection) -> ApiError:
+    """The 401 for a caller `current_user` refuses, saying what was wrong with what it sent and how to sign in."""
+    identity: Identity | None = conn.scope.get(_SCOPE_KEY)
+    problem = identity.problem if identity and identity.problem else "You are not signed in."
+    return ApiError(401, "unauthenticated", f"{problem} {HOW_TO_AUTH}", headers={"WWW-Authenticate": "Bearer"})
+
+
 def current_user(conn: HTTPConnection) -> str:
-    """The caller's user id, or a refusal: 401 JSON over HTTP, a policy-violation close (HTTP 403) for a WebSocket."""
+    """The caller's user id, or a refusal: 401 JSON over HTTP, a policy-violation close for a WebSocket (whose
+    handler answers the handshake with the 401 itself: api/push.py)."""
     identity: Identity | None = conn.scope.get(_SCOPE_KEY)
     if identity is not None and identity.user_id is not None:
         return identity.user_id
-    problem = identity.problem if identity and identity.problem else "You are not signed in."
     if conn.scope["type"] == "websocket":
         raise WebSocketException(code=1008, reason="unauthenticated")
-    raise ApiError(401, "unauthenticated", f"{problem} {HOW_TO_AUTH}", headers={"WWW-Authenticate": "Bearer"})
+    raise unauthenticated(conn)

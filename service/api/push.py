@@ -23,15 +23,14 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
+from starlette.exceptions import WebSocketException
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
-from ..limits import LimitExceeded
 from ..models import TERMINAL_STATUSES, Event, EventKind, dumps
-from .accounts import accounts
-from .auth import current_user, signed_in_by_cookie
-from .errors import ApiError
+from .auth import current_user, signed_in_by_cookie, unauthenticated
+from .errors import ApiError, error_response
 from .frames import PING_FRAME, WS_PING_FRAME, event_json, sse_body, ws_frame
 from .multiwatch import MAX_JOBS_PER_CLIENT, MultiWatch, parse_cursor
 from .sse import SseResponse
@@ -68,6 +67,8 @@ async def mine_events(mw: MultiWatch, cursor: dict[str, int] | None, ping: float
     try:
         yield f"retry: {RETRY_MS}\n\n".encode()
         batch: list[Event] | None = await mw.add_mine(cursor)
+        for job_id in [j for j in positions if j not in mw.watches]:
+            del positions[job_id]  # not the caller's, unknown or already over: never echoed back in an id
         while True:
             if batch is None:
                 yield PING_FRAME
@@ -84,11 +85,17 @@ async def all_events(request: Request) -> Response:
     """SSE of every job of the caller: active ones from a snapshot (or the cursor), new ones as they come."""
     state = app_state(request)
     user = current_user(request)
-    raw = request.headers.get("last-event-id") or request.query_params.get("cursor")
+    header = request.headers.get("last-event-id")
+    raw = header or request.query_params.get("cursor")
     try:
         cursor = parse_cursor(raw)
     except ValueError:
-        raise ApiError(400, "invalid_last_event_id", "Last-Event-ID must be an id sent by this stream.") from None
+        raise ApiError(
+            400,
+            "invalid_last_event_id",
+            f"{'Last-Event-ID' if header else '?cursor='} must be an id this stream sent (job_id:seq pairs joined "
+            "by commas); leave it out to start every active job from a snapshot.",
+        ) from None
     mw = multi_watch(state, user)
     slot = acquire_stream_slot(request, user)
     return SseResponse(
@@ -96,6 +103,16 @@ async def all_events(request: Request) -> Response:
         send_timeout=state.settings.push_send_timeout,
         on_close=slot.release,
     )
+
+
+ORIGIN_NOT_ALLOWED = (
+    "This page's origin may not open WebSockets here: serve the page from the app's own origin, or add its origin "
+    "to ALLOWED_ORIGINS."
+)
+ORIGIN_REQUIRED = (
+    "A WebSocket signed in by the session cookie must carry an Origin header (browsers send one); an API client "
+    "signs in with 'Authorization: Bearer <token>' instead."
+)
 
 
 def origin_allowed(ws: WebSocket, allowed: tuple[str, ...]) -> bool:
@@ -372,20 +389,33 @@ class WsSession:
             await self.mw.close()
 
 
+async def refuse(ws: WebSocket, exc: ApiError) -> None:
+    """Refuse the handshake before the upgrade with the JSON error and status an HTTP request would get, through the
+    ASGI `websocket.http.response` extension (uvicorn offers it); under a server without it, a policy-violation close
+    (HTTP 403) whose reason is the error code."""
+    if "websocket.http.response" in ws.scope.get("extensions", {}):
+        await ws.send_denial_response(error_response(exc.status, exc.code, exc.message, exc.headers))
+    else:
+        await ws.close(code=1008, reason=exc.code)
+
+
 async def websocket_endpoint(ws: WebSocket) -> None:
     state = app_state(ws)
     if not origin_allowed(ws, state.settings.allowed_origins):
-        await ws.close(code=1008)  # before accept: the server answers the upgrade with HTTP 403
+        if ws.headers.get("origin") is None:
+            await refuse(ws, ApiError(403, "origin_required", ORIGIN_REQUIRED))
+        else:
+            await refuse(ws, ApiError(403, "origin_not_allowed", ORIGIN_NOT_ALLOWED))
         return
     try:
         user = current_user(ws)
-    except ApiError:
-        await ws.close(code=1008)  # not signed in: refused before the upgrade, like a foreign origin
+    except WebSocketException:
+        await refuse(ws, unauthenticated(ws))
         return
     try:
-        slot = accounts(ws).slots.acquire(user)
-    except LimitExceeded:
-        await ws.close(code=1008)  # over MAX_STREAMS: refused before the upgrade (HTTP 403)
+        slot = acquire_stream_slot(ws, user)
+    except ApiError as exc:  # over MAX_STREAMS: 429 too_many_streams, as for SSE
+        await refuse(ws, exc)
         return
     try:
         await ws.accept()

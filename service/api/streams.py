@@ -32,11 +32,17 @@ from .wire import SseWire, sse_wire
 RETRY_MS = 2000
 
 
-def parse_resume_point(raw: str | None) -> int | None:
+def parse_resume_point(raw: str | None, source: str = "Last-Event-ID") -> int | None:
+    """A resume point: the seq of an event the client got; `source` names where it came from, for the refusal."""
     if raw is None or raw == "":
         return None
     if not raw.isdigit() or len(raw) > 12:
-        raise ApiError(400, "invalid_last_event_id", "Last-Event-ID must be the id of an event from this job.")
+        raise ApiError(
+            400,
+            "invalid_last_event_id",
+            f"{source} must be the seq of an event from this job (the number in its SSE id: line); leave it out to "
+            "start from a snapshot.",
+        )
     return int(raw)
 
 
@@ -218,9 +224,16 @@ async def job_events(request: Request) -> Response:
     job = await state.store.get_owned(job_id, user)
     if job is None:
         raise not_found()
-    after = parse_resume_point(request.headers.get("last-event-id") or request.query_params.get("after"))
+    header = request.headers.get("last-event-id")
+    source = "Last-Event-ID" if header else "?after="
+    after = parse_resume_point(header or request.query_params.get("after"), source)
     if after is not None and after > job.seq:
-        raise ApiError(400, "invalid_last_event_id", "Last-Event-ID is ahead of this job's events.")
+        raise ApiError(
+            400,
+            "invalid_last_event_id",
+            f"{source} {after} is ahead of this job's events (its last seq is {job.seq}): resume after a seq you "
+            "received, or leave it out to start from a snapshot.",
+        )
     watch = JobWatch(job_id=job_id, user_id=user, store=state.store, events=state.events, jobs=state.jobs)
     slot = acquire_stream_slot(request, user)
     return SseResponse(

@@ -14,8 +14,9 @@ Directives, written anywhere in a user message (or in an image prompt) and strip
 
 Model names inject failures too: `sim-fail-500`, `sim-fail-400`, `sim-fail-429`, `sim-fail-timeout`...
 
-System-message conventions shape the reply: `FORMAT:titles:N` gives N numbered titles, `FORMAT:summary`
-a 2-3 sentence summary; otherwise a 40-80 word conversational paragraph.
+System-message conventions shape the reply: `FORMAT:titles:N` gives N numbered titles, `FORMAT:summary:N` a
+summary of at most N sentences (at most 3; `FORMAT:summary`: 3); otherwise a 40-80 word conversational paragraph.
+`max_tokens` cuts the reply at a word so that its counted completion tokens (~4 characters each) stay within it.
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ from .errors import (
 
 _DIRECTIVE = re.compile(r"\[\[(fail|echo|slow):(.*?)\]\]", re.DOTALL)
 _TITLES = re.compile(r"FORMAT:titles:(\d+)")
+_SUMMARY = re.compile(r"FORMAT:summary(?::(\d+))?")
 _WORD = re.compile(r"[^\W\d_][\w'\u2019-]*")
 _TOKEN = re.compile(r"\s*\S+\s*|\s+")
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
@@ -162,10 +164,9 @@ class SimulatedProvider:
 
         text = directives.echo if directives.echo is not None else _reply(cleaned)
         tokens = list(_tokens(text))
-        truncated = max_tokens is not None and directives.echo is None and len(tokens) > max(1, max_tokens)
+        truncated = max_tokens is not None and directives.echo is None and estimate_tokens(text) > max_tokens
         if truncated:
-            tokens = tokens[: max(1, max_tokens or 1)]
-            tokens[-1] = tokens[-1].rstrip()
+            tokens = _cut(tokens, 4 * max(1, max_tokens or 1))
             text = "".join(tokens)
         per_token = self._per_token(delay, len(tokens), directives.slow is not None)
         if failure is not None:  # midstream: emit half, then break like a dropped upstream stream would
@@ -355,8 +356,8 @@ def _reply_to(system: str, user: str) -> str:
     words = _keywords(user)
     if titles := _TITLES.search(system):
         return _titles(words, max(1, min(int(titles.group(1)), 50)), rng)
-    if "FORMAT:summary" in system:
-        return _summary(user, words, rng)
+    if summary := _SUMMARY.search(system):
+        return _summary(user, words, rng, max(1, int(summary.group(1) or 3)))
     return _conversation(words, rng)
 
 
@@ -386,7 +387,22 @@ def _titles(words: list[str], count: int, rng: random.Random) -> str:
     return "\n".join(lines)
 
 
-def _summary(text: str, words: list[str], rng: random.Random) -> str:
+def _cut(tokens: tuple[str, ...], limit: int) -> list[str]:
+    """The leading tokens whose text (trailing space dropped) fits in `limit` characters; at least one, cut."""
+    kept: list[str] = []
+    length = 0
+    for token in tokens:
+        if length + len(token.rstrip()) > limit:
+            break
+        kept.append(token)
+        length += len(token)
+    if not kept:
+        kept = [tokens[0][:limit]]
+    kept[-1] = kept[-1].rstrip()
+    return kept
+
+
+def _summary(text: str, words: list[str], rng: random.Random, max_sentences: int) -> str:
     sentences = [s.strip() for s in _SENTENCE_END.split(" ".join(text.split())) if s.strip()]
     if not sentences:
         return "The text is empty, so there is nothing to summarize."
@@ -400,7 +416,7 @@ def _summary(text: str, words: list[str], rng: random.Random) -> str:
     if rest:
         joined = rest[0] if len(rest) == 1 else ", ".join(rest[:-1]) + f" and {rest[-1]}"
         out.append(f"It also touches on {joined}.")
-    return " ".join(out)
+    return " ".join(out[:max_sentences])
 
 
 def _conversation(words: list[str], rng: random.Random) -> str:

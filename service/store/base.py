@@ -12,6 +12,9 @@ from typing import Any, Protocol
 
 from ..models import Job, JobError, JobStatus
 
+# The step `finish` leaves on a job it ends: its last running step ("Polishing titles…") would no longer be true.
+FINAL_STEPS = {JobStatus.COMPLETED: "Done", JobStatus.FAILED: "Failed", JobStatus.CANCELLED: "Cancelled"}
+
 
 class JobStore(Protocol):
     async def open(self) -> None: ...
@@ -82,7 +85,7 @@ class JobStore(Protocol):
         usage: dict[str, Any] | None = None,
         record: dict[str, Any] | None = None,
     ) -> Job | None:
-        """Write a terminal state (completed/failed/cancelled) and drop the lease."""
+        """Write a terminal state (completed/failed/cancelled), drop the lease; the step: FINAL_STEPS[status]."""
 
     async def requeue(
         self,

@@ -10,6 +10,7 @@ from typing import Any
 
 from ..files import private_dir, private_file, tighten_file
 from ..models import Job, JobError, JobStatus, dumps, now
+from .base import FINAL_STEPS
 from .connection import Connection
 from .migrations import MIGRATIONS, statements
 
@@ -337,10 +338,12 @@ class SQLiteJobStore:
     ) -> Job | None:
         t = now()
         percentage_sql = "100" if status is JobStatus.COMPLETED else "percentage"
+        step = FINAL_STEPS.get(status)  # a finished job no longer says "Polishing titles…"
         rec = dumps(record) if record else None
         return await self._one(
             f"UPDATE jobs SET status = ?, result = ?, error = ?, model = COALESCE(?, model), "
-            f"usage = COALESCE(?, usage), percentage = {percentage_sql}, lease_token = NULL, "
+            f"usage = COALESCE(?, usage), percentage = {percentage_sql}, current_step = COALESCE(?, current_step), "
+            "lease_token = NULL, "
             f"lease_expires_at = NULL, completed_at = ?, updated_at = ?, seq = seq + 1, {_HISTORY_APPEND} "
             f"WHERE id = ? AND lease_token = ? AND status = 'processing' RETURNING {_COLUMNS}",
             (
@@ -349,6 +352,7 @@ class SQLiteJobStore:
                 dumps(error.to_dict()) if error else None,
                 model,
                 dumps(usage) if usage else None,
+                step,
                 t,
                 t,
                 rec,
@@ -495,7 +499,12 @@ class SQLiteJobStore:
         """Queued jobs never started within their maximum wait become `expired`."""
         t = now()
         error = dumps(
-            {"message": "No worker started this job within its maximum wait.", "code": "expired", "retryable": False}
+            {
+                "message": "No worker started this job within its maximum wait: check that a worker is running "
+                "(`aijobs worker`), then retry the job.",
+                "code": "expired",
+                "retryable": False,
+            }
         )
         return await self._many(
             "UPDATE jobs SET status = 'expired', error = ?, current_step = 'Expired', completed_at = ?, "

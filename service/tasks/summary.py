@@ -21,7 +21,8 @@ class SummaryInput:
 async def summary(ctx: TaskContext, data: SummaryInput) -> dict[str, str]:
     """Summarize a text."""
     await ctx.progress(10, "Reading the text…")
-    system = f"Summarize the user's text in at most {data.max_sentences} sentences. FORMAT:summary"
+    n = data.max_sentences
+    system = f"Summarize the user's text in at most {n} sentences. FORMAT:summary:{n}"
     reply = await stream_chat(
         ctx,
         [{"role": "system", "content": system}, {"role": "user", "content": data.text}],
