@@ -140,6 +140,7 @@ class WsSession:
         self.mw = multi_watch(state, user)
         self.send_lock = asyncio.Lock()
         self.idle = False  # the writer waits for events (only then may the fan-out write to this socket)
+        self.direct = state.gateway.fast.ws_direct  # the switch of `fast`
         self.limit = RateLimit(state.settings.ws_max_messages_per_second, 2 * state.settings.ws_max_messages_per_second)
 
     async def send(self, text: str) -> None:
@@ -263,7 +264,7 @@ class WsSession:
         so the watch moves only once the frame is written.
         """
         wire = self.wire
-        if wire is None or self.mw.lock.locked() or self.send_lock.locked() or not self.state.gateway.fast.ws_direct.on:
+        if wire is None or self.mw.lock.locked() or self.send_lock.locked() or not self.direct.on:
             return False
         if not wire.ready():
             return False
@@ -288,7 +289,7 @@ class WsSession:
 
     async def writer(self) -> None:
         sub = self.mw.sub
-        sub.fast_path = self.state.gateway.fast.ws_direct
+        sub.fast_path = self.direct
         while True:
             if sub.fast_path.on:
                 sub.fast = self.fast
