@@ -430,7 +430,7 @@ class Gateway:
 
     def _listener_ended(self, task: asyncio.Task[None]) -> None:
         """The subscription task ended without `stop`: no client would get another live event, so start it again."""
-        if self._stopping or task is not self._task:
+        if self._stopping or task is not self._task or task.get_loop().is_closed():
             return
         exc = None if task.cancelled() else task.exception()
         self.restarts += 1
