@@ -94,3 +94,11 @@ async def test_usable_images_are_kept_and_an_unusable_one_left_out(
     fake.next_response({"data": [{"url": f"data:image/svg+xml;base64,{SVG}"}, {"url": png}]})
     job = await image_job(client, n=2)
     assert job["status"] == "completed" and job["result"] == {"images": [png]}
+
+
+async def test_a_failed_simulated_image_attempt_names_the_image_model(
+    client: httpx.AsyncClient, worker: object
+) -> None:
+    r = await client.post("/api/jobs", json={"type": "image", "input": {"prompt": "a fox [[fail:400]]"}})
+    job = await wait_for_status(client, r.json()["job_id"], {"failed"}, timeout=20)
+    assert [a["model"] for a in job["attempts"]] == ["sim-image-1"], job["attempts"]
