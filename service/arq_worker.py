@@ -10,6 +10,14 @@ Starting jobs: arq takes each job with WATCH, EXISTS, ZSCORE and MULTI/PSETEX/EX
 `start_jobs` here takes every job that fits in the free slots with one Lua call that does the same checks
 (not already in progress, still on the queue, due) and sets the same in-progress keys, atomically.
 A busy worker whose every slot is taken polls again as soon as one frees up, not a `poll_delay` later.
+
+Mirrors arq 0.28 (written against 0.28.0, and pinned to 0.28.x in pyproject.toml): it replaces four of arq's
+internals (`main`, `_poll_iteration`, `start_jobs`, `_release_sem_dec_counter_on_complete`), repeats the first
+part of `run_job` and calls `run_job`, `finish_job` and `finish_failed_job`, whose signatures
+tests/test_arq_worker.py checks against the installed arq. Should one of these fast paths fail anyway (anything
+but a lost Redis connection, which arq's own path would meet too), the worker logs it once and falls back for
+good to arq's own poll, start, run and finish (`_fall_back`). A take script that failed halfway may leave a job
+marked in progress: arq's path takes it again once that mark expires (`in_progress_timeout_s`), late, not lost.
 """
 
 from __future__ import annotations
@@ -32,6 +40,10 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from .queue import wake_channel
 
 log = logging.getLogger("aijobs.worker")
+
+ARQ_VERSION = "0.28"  # the arq whose internals this module mirrors (pinned in pyproject.toml)
+# Errors arq's own path would meet just the same: they propagate, as in arq, and do not switch paths.
+_TRANSIENT = (RedisConnectionError, RedisTimeoutError, OSError)
 
 FINISH_BATCH = 1000  # finished jobs removed per Redis call (Lua's unpack has a limit)
 
@@ -106,6 +118,7 @@ class WakeableWorker(Worker):
     _finished_script: object | None = None
     _finisher: asyncio.Task[None] | None = None
     inline_functions: frozenset[str] = frozenset()  # run in the job's own task, finished in batches
+    arq_path = False  # a fast path failed: arq's own poll, start, run and finish from then on
 
     def __init__(self, *args: Any, inline_functions: frozenset[str] = frozenset(), **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -113,6 +126,18 @@ class WakeableWorker(Worker):
         self._finished: list[tuple[str, asyncio.Future[None]]] = []
 
     _full = False  # every slot was taken at the end of the last poll
+
+    def _fall_back(self, where: str, exc: BaseException) -> None:
+        """A fast path failed: use arq's own code from now on (logged once, with the error)."""
+        if self.arq_path:
+            return
+        self.arq_path = True
+        log.error(
+            "worker fast path failed in %s; this worker now uses arq's own poll, start and finish "
+            "(arq's internals may have changed: check the arq pin and tests/test_arq_worker.py)",
+            where,
+            exc_info=exc,
+        )
 
     def _release_sem_dec_counter_on_complete(self) -> None:
         """A slot freed up: if the last poll found none, poll now rather than at the next timer tick."""
@@ -132,6 +157,8 @@ class WakeableWorker(Worker):
 
     async def start_jobs(self, job_ids: list[bytes]) -> None:
         """Start these jobs as slots free up, taking all that fit the free slots in one Redis call each time."""
+        if self.arq_path:
+            return await super().start_jobs(job_ids)
         if self._start_script is None:
             self._start_script = self.pool.register_script(_START_LUA)
         pending = [j.decode() for j in job_ids]
@@ -142,7 +169,13 @@ class WakeableWorker(Worker):
             if free <= 0:
                 return None
             batch, pending = pending[:free], pending[free:]
-            taken = await self._start_script(keys=[self.queue_name], args=[*self._prefixes(), *batch])  # type: ignore[operator]
+            try:
+                taken = await self._start_script(keys=[self.queue_name], args=[*self._prefixes(), *batch])  # type: ignore[operator]
+            except _TRANSIENT:
+                raise
+            except Exception as exc:
+                self._fall_back("start_jobs", exc)
+                return await super().start_jobs([j.encode() for j in (*batch, *pending)])
             await self._run_taken(taken)
         return None
 
@@ -173,31 +206,20 @@ class WakeableWorker(Worker):
         to Redis with the other jobs finishing meanwhile, in one call. Anything else (a cron job, a job whose
         data is gone or unreadable) goes to arq's own run_job, which reads the job and counts the try itself.
         """
-        function = None
-        if data and self.retry_jobs and not self.allow_abort_jobs:
+        plan = None
+        if data and not self.arq_path:
             try:
-                name, args, kwargs, enqueue_try, enqueue_time_ms = deserialize_job_raw(
-                    data, deserializer=self.job_deserializer
-                )
-            except SerializationError:
-                name = ""
-            if name in self.inline_functions and not enqueue_try:
-                function = self.functions.get(name)
-            if isinstance(function, Function) and (
-                function.keep_result_s or self.keep_result_s or self.keep_result_forever
-            ):
-                function = None  # a result to keep: arq's run_job writes it
-        if function is None:
+                plan = self._inline_plan(job_id, score, data, job_try)
+            except Exception as exc:
+                self._fall_back("reading a job", exc)
+        if plan is None:
             await self.pool.decr(retry_key_prefix + job_id)  # arq's run_job counts this try again
             return await self.run_job(job_id, score)
-        max_tries = self.max_tries if function.max_tries is None else function.max_tries
+        function, args, kwargs, ctx, max_tries, timeout_s = plan
         if job_try > max_tries:
             log.warning("job %s: max retries %d exceeded", job_id, max_tries)
             self.jobs_failed += 1
             return await asyncio.shield(self.finish_failed_job(job_id, None))
-        timeout_s = self.job_timeout_s if function.timeout_s is None else function.timeout_s
-        ctx = {**self.ctx, "job_id": job_id, "job_try": job_try, "enqueue_time": ms_to_datetime(enqueue_time_ms)}
-        ctx["score"] = score
         if self.on_job_start:
             await self.on_job_start(ctx)
         done, incr_score = True, None
@@ -221,11 +243,59 @@ class WakeableWorker(Worker):
             await self.on_job_end(ctx)
         if done:
             await asyncio.shield(self._finished_soon(job_id))
-        else:  # arq's finish for a job that runs again: keep it queued (later, if deferred), free the in-progress key
-            await asyncio.shield(self.finish_job(job_id, False, None, None, False, incr_score, None))
+        else:
+            await asyncio.shield(self._finish_again(job_id, incr_score))
         if self.after_job_end:
             await self.after_job_end(ctx)
         return None
+
+    def _inline_plan(
+        self, job_id: str, score: int, data: bytes, job_try: int
+    ) -> tuple[Function, tuple[Any, ...], dict[str, Any], dict[str, Any], int, float] | None:
+        """What arq's run_job would work out before calling an inline function: (function, args, kwargs, ctx,
+        max tries, timeout), or None for a job arq's run_job must run itself."""
+        if not self.retry_jobs or self.allow_abort_jobs:
+            return None
+        try:
+            name, args, kwargs, enqueue_try, enqueue_time_ms = deserialize_job_raw(
+                data, deserializer=self.job_deserializer
+            )
+        except SerializationError:
+            return None
+        if name not in self.inline_functions or enqueue_try:
+            return None
+        function = self.functions.get(name)
+        if not isinstance(function, Function) or function.keep_result_s or self.keep_result_s:
+            return None  # a result to keep: arq's run_job writes it
+        if self.keep_result_forever or function.keep_result_forever:
+            return None
+        max_tries = self.max_tries if function.max_tries is None else function.max_tries
+        timeout_s = self.job_timeout_s if function.timeout_s is None else function.timeout_s
+        ctx = {**self.ctx, "job_id": job_id, "job_try": job_try, "enqueue_time": ms_to_datetime(enqueue_time_ms)}
+        ctx["score"] = score
+        return function, tuple(args), dict(kwargs), ctx, max_tries, timeout_s
+
+    async def _finish_again(self, job_id: str, incr_score: int | None) -> None:
+        """arq's finish for a job that runs again: keep it queued (later, if deferred), free its in-progress key."""
+        try:
+            await self.finish_job(
+                job_id,
+                finish=False,
+                result_data=None,
+                result_timeout_s=None,
+                keep_result_forever=False,
+                incr_score=incr_score,
+                keep_in_progress=None,
+            )
+        except _TRANSIENT:
+            raise
+        except Exception as exc:  # its signature changed: the same two writes, by hand
+            self._fall_back("finish_job", exc)
+            async with self.pool.pipeline(transaction=True) as tr:
+                tr.delete(in_progress_key_prefix + job_id)
+                if incr_score:
+                    tr.zincrby(self.queue_name, incr_score, job_id)
+                await tr.execute()
 
     def _finished_soon(self, job_id: str) -> asyncio.Future[None]:
         """Remove a finished job's keys and queue entry along with every other job finished meanwhile."""
@@ -245,7 +315,16 @@ class WakeableWorker(Worker):
             for job_id in ids:
                 keys += (in_progress_key_prefix + job_id, retry_key_prefix + job_id, job_key_prefix + job_id)
             try:
-                await self._finished_script(keys=keys, args=ids)  # type: ignore[operator]
+                if self.arq_path:
+                    await self._finish_each(ids)
+                else:
+                    try:
+                        await self._finished_script(keys=keys, args=ids)  # type: ignore[operator]
+                    except _TRANSIENT:
+                        raise
+                    except Exception as exc:
+                        self._fall_back("finishing jobs", exc)
+                        await self._finish_each(ids)
             except Exception as exc:
                 for _, future in batch:
                     if not future.done():
@@ -255,15 +334,34 @@ class WakeableWorker(Worker):
                 if not future.done():
                     future.set_result(None)
 
+    async def _finish_each(self, ids: list[str]) -> None:
+        """arq's own finish of each job (the batch script's fallback)."""
+        for job_id in ids:
+            await self.finish_job(
+                job_id,
+                finish=True,
+                result_data=None,
+                result_timeout_s=None,
+                keep_result_forever=False,
+                incr_score=None,
+                keep_in_progress=None,
+            )
+
     async def _poll_iteration(self) -> None:
         """arq's poll, with the read of due jobs and the taking of those that fit in one Redis call."""
-        if self.burst and self.max_burst_jobs >= 0:
+        if self.arq_path or (self.burst and self.max_burst_jobs >= 0):
             return await super()._poll_iteration()
         if self.allow_pick_jobs and self.job_counter < self.max_jobs:
             if self._take_script is None:
                 self._take_script = self.pool.register_script(_TAKE_LUA)
             args = [*self._prefixes(), self.max_jobs - self.job_counter, self.queue_read_limit]
-            taken, rest = await self._take_script(keys=[self.queue_name], args=args)  # type: ignore[operator]
+            try:
+                taken, rest = await self._take_script(keys=[self.queue_name], args=args)  # type: ignore[operator]
+            except _TRANSIENT:
+                raise
+            except Exception as exc:
+                self._fall_back("the poll", exc)
+                return await super()._poll_iteration()
             await self._run_taken(taken)
             if rest:  # more are due than slots were free: start them as slots free up, as arq does
                 await self.start_jobs(rest)
@@ -299,6 +397,10 @@ class WakeableWorker(Worker):
                 subscribed.set()
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
+            except Exception:  # not worth a crash: the poll timer still finds every job
+                log.exception("wake-up listener failed; this worker now polls every poll_delay only")
+                subscribed.set()
+                return
             finally:
                 with contextlib.suppress(Exception):
                     await pubsub.aclose()

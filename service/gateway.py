@@ -11,6 +11,12 @@ group in one tight loop (for SSE: the same pre-made HTTP chunk written to each r
 costs each parked client a few attribute reads and one `transport.write`, not a chain of calls through its
 subscriber; the members the lane cannot serve right now (a socket with unsent data) leave the group and get the
 event the usual way.
+
+Fail safe: the fast paths (lanes, a subscriber's `fast`) reach into the server's private objects, so every call to
+one is isolated. Its first error turns that fast path off for this process (service/fastpath.py), its clients leave
+their groups and get the event that hit the fault the usual way, as they do every event after it. The subscription
+task is watched: if it ends for any reason but `stop`, it is logged and started again, and every watcher re-reads
+its Stream from its last seq, as after a lost Redis connection.
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Coroutine, Iterable
 from typing import Any
 
 from redis.asyncio import Redis
@@ -27,6 +33,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .events import USER_CHANNEL_PREFIX, user_channel
+from .fastpath import FastPath, FastPaths
 from .models import Event, EventKind
 
 log = logging.getLogger("aijobs.gateway")
@@ -44,10 +51,11 @@ Lane = Callable[[Event | None, dict[Any, "Subscriber"]], list[Any]]
 class _Parked:
     """The clients of one job parked on one lane."""
 
-    __slots__ = ("lane", "members", "fresh")
+    __slots__ = ("lane", "path", "members", "fresh")
 
-    def __init__(self, lane: Lane) -> None:
+    def __init__(self, lane: Lane, path: FastPath) -> None:
         self.lane = lane
+        self.path = path  # the lane's switch: turned off by the lane's first error
         self.members: dict[Any, Subscriber] = {}
         # An event went to the group since the last keepalive round: its members are not idle, so the round skips
         # them (and a streaming job's fan-out never shares the loop with a round of pings).
@@ -65,6 +73,7 @@ class Subscriber:
         "resync",
         "ping_due",
         "fast",
+        "fast_path",
         "_waiter",
         "watched",
         "parked",
@@ -81,6 +90,7 @@ class Subscriber:
         # event, or None for a keepalive; returns False when it cannot take it now, which then goes the
         # usual way (buffer and wake-up).
         self.fast: Callable[[Event | None], bool] | None = None
+        self.fast_path: FastPath | None = None  # the switch `fast` belongs to: its first error turns it off
         self._waiter: asyncio.Future[None] | None = None  # a bare future: lighter than an asyncio.Event
         self.watched: Callable[[], Iterable[str]] | None = None  # set by the owner: its jobs that are queued
         self.parked: tuple[str, Any] | None = None  # (job id, member) while parked (Gateway.park)
@@ -91,8 +101,12 @@ class Subscriber:
 
     def offer(self, event: Event) -> None:
         fast = self.fast
-        if fast is not None and not self.buffer and not self.resync and fast(event):
-            return
+        if fast is not None and not self.buffer and not self.resync:
+            try:
+                if fast(event):
+                    return
+            except Exception as exc:  # the event goes the usual way below
+                self._fast_failed(exc)
         if event.kind is EventKind.PROGRESS or event.kind is EventKind.POSITION:
             for i, old in enumerate(self.buffer):
                 if old.kind is event.kind and old.job_id == event.job_id:
@@ -122,6 +136,14 @@ class Subscriber:
             self.buffer.append(event)
         self._notify()
 
+    def _fast_failed(self, exc: Exception) -> None:
+        """`fast` raised: never call it again, and turn its fast path off (the owner sets no `fast` then)."""
+        self.fast = None
+        if self.fast_path is not None:
+            self.fast_path.fail(exc)
+        else:
+            log.error("a subscriber's fast write failed; it takes the normal path from now on", exc_info=exc)
+
     def _notify(self) -> None:
         waiter = self._waiter
         if waiter is not None and not waiter.done():
@@ -134,8 +156,12 @@ class Subscriber:
     def ping(self) -> None:
         """Keepalive due (called by the gateway's ticker): written directly if the client can, else a wake-up."""
         fast = self.fast
-        if fast is not None and not self.buffer and not self.resync and fast(None):
-            return
+        if fast is not None and not self.buffer and not self.resync:
+            try:
+                if fast(None):
+                    return
+            except Exception as exc:
+                self._fast_failed(exc)
         self.wake()
 
     def wake(self) -> None:
@@ -189,6 +215,10 @@ class Gateway:
         self._pubsub = redis.pubsub(ignore_subscribe_messages=False)
         self._lock = asyncio.Lock()
         self.received = 0
+        self.fast = FastPaths()
+        self.restarts = 0  # times the subscription task ended unasked and was started again
+        self._crashes = 0  # restarts since the last message the task handled (for the restart backoff)
+        self._stopping = False
 
     @property
     def connections(self) -> int:
@@ -206,10 +236,11 @@ class Gateway:
     async def start(self) -> None:
         # A channel nobody publishes on keeps the connection in subscribed mode even with no clients.
         await self._pubsub.subscribe(USER_CHANNEL_PREFIX + "-gateway")
-        self._task = asyncio.create_task(self._listen(), name="aijobs-gateway")
+        self._start_listener(self._listen())
         self._ticker = asyncio.create_task(self._tick(), name="aijobs-gateway-keepalive")
 
     async def stop(self) -> None:
+        self._stopping = True
         for task in (self._task, self._ticker):
             if task is not None:
                 task.cancel()
@@ -274,19 +305,22 @@ class Gateway:
                     sub.ping()
                 await asyncio.sleep(0)
 
-    def park(self, sub: Subscriber, job_id: str, member: Any, lane: Lane) -> bool:
-        """Move an idle subscriber of one job into that job's group on `lane` (see the module docstring).
+    def park(self, sub: Subscriber, job_id: str, member: Any, lane: Lane, path: FastPath) -> bool:
+        """Move an idle subscriber of one job into that job's group on `lane` (see the module docstring), whose
+        switch is `path` (one of `self.fast`).
 
-        False (and nothing changes) if it has something pending, is not subscribed, or the job's group is on
-        another lane. The owner calls `unpark` when it wakes; the gateway unparks it itself before any
-        event goes to it the usual way.
+        False (and nothing changes) if the lane is off, it has something pending, is not subscribed, or the
+        job's group is on another lane. The owner calls `unpark` when it wakes; the gateway unparks it itself
+        before any event goes to it the usual way.
         """
+        if not path.on:
+            return False
         loose = self._loose.get(sub.user_id)
         if sub.buffer or sub.resync or sub.ping_due or sub.parked is not None or loose is None or sub not in loose:
             return False
         group = self._parked.get(job_id)
         if group is None:
-            group = self._parked[job_id] = _Parked(lane)
+            group = self._parked[job_id] = _Parked(lane, path)
         elif group.lane is not lane:
             return False
         group.members[member] = sub
@@ -314,12 +348,35 @@ class Gateway:
         gets it the usual way."""
         if event is not None and event.kind is not EventKind.POSITION:
             group.fresh = True
-        missed = group.lane(event, group.members if members is None else members)
+        if members is None:
+            members = group.members
+        try:
+            missed = group.lane(event, members)
+        except Exception as exc:
+            self._lane_failed(group, event, members, exc)
+            return
         for member in missed:
             sub = group.members.get(member)
             if sub is None:
                 continue
             self.unpark(sub)
+            if event is None:
+                sub.wake()
+            else:
+                sub.offer(event)
+
+    def _lane_failed(self, group: _Parked, event: Event | None, members: dict[Any, Subscriber], exc: Exception) -> None:
+        """A lane raised while serving `members`: its fast path goes off, every client parked on it leaves its
+        group, and `members` get this event the usual way (a client's own seq check drops it where the lane had
+        already written it, so each gets it once)."""
+        hit = list(members.values())
+        group.path.fail(exc)
+        for other in [g for g in self._parked.values() if g.path is group.path]:
+            for sub in list(other.members.values()):
+                self.unpark(sub)
+        for sub in hit:
+            if sub.user_id not in self._subs or sub not in self._subs[sub.user_id]:
+                continue  # left meanwhile
             if event is None:
                 sub.wake()
             else:
@@ -367,6 +424,29 @@ class Gateway:
             return
         self._deliver(user_id, event)
 
+    def _start_listener(self, body: Coroutine[Any, Any, None]) -> None:
+        self._task = task = asyncio.create_task(body, name="aijobs-gateway")
+        task.add_done_callback(self._listener_ended)
+
+    def _listener_ended(self, task: asyncio.Task[None]) -> None:
+        """The subscription task ended without `stop`: no client would get another live event, so start it again."""
+        if self._stopping or task is not self._task or task.get_loop().is_closed():
+            return
+        exc = None if task.cancelled() else task.exception()
+        self.restarts += 1
+        self._crashes += 1
+        log.error(
+            "gateway subscription task ended (%s); restarting it, and every watcher re-reads its stream",
+            "cancelled" if task.cancelled() else "error" if exc is not None else "returned",
+            exc_info=exc,
+        )
+        self._start_listener(self._restart(min(0.05 * 2 ** (self._crashes - 1), 5.0)))
+
+    async def _restart(self, delay: float) -> None:
+        await asyncio.sleep(delay)  # one that dies again at once is not restarted in a tight loop
+        await self._resubscribe()
+        await self._listen()
+
     async def _listen(self) -> None:
         backoff = 0.1
         while True:
@@ -386,6 +466,7 @@ class Gateway:
             if kind == "message":
                 self.received += 1
                 self._dispatch(channel, msg["data"])
+                self._crashes = 0
             elif kind == "subscribe":
                 event = self._confirmed.get(channel)
                 if event is not None:

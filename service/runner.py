@@ -89,6 +89,8 @@ class RecordingProvider:
         return result
 
     async def image(self, prompt: str, **kwargs: Any) -> ImageResult:
+        # An attempt that fails is recorded under default_model: for an image, the image model, not the chat one.
+        self.default_model = kwargs.get("model") or getattr(self._inner, "image_model", None) or self.default_model
         result = await self._inner.image(prompt, **kwargs)
         self._record(result.model, result.usage)
         return result

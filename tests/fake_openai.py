@@ -11,7 +11,9 @@ Usage::
 Default answers:
     POST /v1/chat/completions   "Hello from fake: <last user content>" (JSON, or SSE when `stream: true`;
                                 the SSE usage chunk is sent only when `stream_options.include_usage`)
-    POST /v1/images/generations `n` copies of a 1x1 PNG as `b64_json`
+    POST /v1/images/generations `n` copies of a 1x1 image (`image_type`, PNG unless set) as `b64_json`, or as a
+                                `data:<type>;base64,` URL in `url` when `images_as = "data_url"` (some
+                                OpenAI-compatible servers answer so, whatever `response_format` asked)
 
 Scripting (each call queues one answer, consumed in order by the next requests, whatever their path):
     next_error(status, body=None, headers=None)   an error; `body` defaults to an OpenAI-style error object
@@ -40,6 +42,14 @@ from starlette.types import Receive, Scope, Send
 
 REPLY_PREFIX = "Hello from fake: "
 TINY_PNG_B64 = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNkYPhfDwAChwGA60e6kgAAAABJRU5ErkJggg=="
+# 1x1 images of each raster type a provider may send, base64.
+TINY_IMAGES = {
+    "image/png": TINY_PNG_B64,
+    "image/jpeg": "/9j/4AAQSkZJRgABAQEASABIAAD/2wBDAP////////////////////////////////////////////////////////////"
+    "//////////////////////////wgALCAABAAEBAREA/8QAFBABAAAAAAAAAAAAAAAAAAAAAP/aAAgBAQABPxA=",
+    "image/gif": "R0lGODlhAQABAIAAAAAAAP///yH5BAEAAAAALAAAAAABAAEAAAIBRAA7",
+    "image/webp": "UklGRhoAAABXRUJQVlA4TA0AAAAvAAAAEAcQERGIiP4HAA==",
+}
 
 
 class Received(NamedTuple):
@@ -103,6 +113,8 @@ class FakeOpenAI:
         self.script: deque[_Scripted] = deque()
         self.client_disconnected = asyncio.Event()
         self._released = asyncio.Event()
+        self.images_as = "b64_json"  # or "data_url"
+        self.image_type = "image/png"
         self.app = Starlette(
             routes=[
                 Route("/v1/chat/completions", self._chat, methods=["POST"]),
@@ -183,7 +195,9 @@ class FakeOpenAI:
         if (scripted := self._scripted(body)) is not None:
             return scripted
         n = body.get("n", 1) if isinstance(body, dict) else 1
-        return JSONResponse({"created": 0, "data": [{"b64_json": TINY_PNG_B64} for _ in range(int(n))]})
+        b64 = TINY_IMAGES[self.image_type]
+        item = {"url": f"data:{self.image_type};base64,{b64}"} if self.images_as == "data_url" else {"b64_json": b64}
+        return JSONResponse({"created": 0, "data": [item for _ in range(int(n))]})
 
 
 def _words(text: str) -> Iterator[str]:

@@ -1,10 +1,19 @@
 """The push fast path (service/api/wire.py) under real uvicorn: bytes written under ASGI arrive whole and in order.
 
 If uvicorn changes the protocol objects the wire reaches into, `sse_wire`/`ws_wire` turn the fast path off
-(the normal path still delivers): these tests fail then, so it does not go unnoticed.
+(the normal path still delivers): these tests fail then, so it does not go unnoticed. They check every attribute
+the wire reads (wire.py's lists), on live connections, and that the installed uvicorn is within the pin these
+tests were run on (pyproject.toml).
 """
 
 from __future__ import annotations
+
+import asyncio
+import inspect
+import tomllib
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -19,7 +28,18 @@ from websockets.streams import StreamReader
 
 from service.api.app import App
 from service.api.sse import HEADERS
-from service.api.wire import chunk, sse_wire, ws_text_frame, ws_wire
+from service.api.wire import (
+    RAW_SEND,
+    SSE_CYCLE_ATTRS,
+    SSE_FLOW_ATTRS,
+    WS_CONN_ATTRS,
+    WS_PROTO_ATTRS,
+    chunk,
+    sse_wire,
+    ws_text_frame,
+    ws_wire,
+)
+from service.fastpath import FastPath
 
 from .conftest import serve
 
@@ -46,8 +66,11 @@ class DirectThenNormal(Response):
         self.background = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        wire = sse_wire(scope)
-        assert wire is not None and not wire.ready()  # nothing may go out before the headers
+        path = FastPath("sse_lane")
+        wire = sse_wire(scope, path)
+        assert wire is not None and path.on, path.error
+        seen["sse"] = scope[RAW_SEND]
+        assert not wire.ready()  # nothing may go out before the headers
         await send({"type": "http.response.start", "status": 200, "headers": HEADERS})
         assert wire.ready()
         wire.write(chunk(b"data: direct\n\n"))
@@ -59,11 +82,17 @@ async def sse_probe(_: Request) -> Response:
     return DirectThenNormal()
 
 
+seen: dict[str, Any] = {}  # the server's `send` each probe saw (its owner is what the wire reads)
+
+
 async def ws_probe(ws: WebSocket) -> None:
     assert ws_wire(ws.scope) is not None
     await ws.accept()
-    wire = ws_wire(ws.scope)
-    assert wire is not None and wire.ready()
+    path = FastPath("ws_lane")
+    wire = ws_wire(ws.scope, path)
+    assert wire is not None and path.on, path.error
+    seen["ws"] = ws.scope[RAW_SEND]
+    assert wire.ready()
     wire.write(ws_text_frame(b"direct"))
     await ws.send_text("normal")
     await ws.close()
@@ -80,3 +109,59 @@ async def test_sse_and_ws_wire_write_whole_frames_in_order() -> None:
         for compression in (None, "deflate"):  # permessage-deflate negotiated or not
             async with websockets.connect(url, compression=compression) as ws:
                 assert [await ws.recv(), await ws.recv()] == ["direct", "normal"]
+    check_server_objects()
+
+
+def check_server_objects() -> None:
+    """Every attribute the wire reads, with the type it expects, on the objects the probes met."""
+    from websockets.protocol import State
+
+    cycle = seen["sse"].__self__
+    assert type(cycle).__module__ == "uvicorn.protocols.http.httptools_impl"
+    assert all(hasattr(cycle, a) for a in SSE_CYCLE_ATTRS) and all(hasattr(cycle.flow, a) for a in SSE_FLOW_ATTRS)
+    assert isinstance(cycle.flow.write_paused, bool) and isinstance(cycle.response_complete, bool)
+    assert isinstance(cycle.transport, asyncio.Transport)
+    proto = seen["ws"].__self__
+    assert type(proto).__module__ == "uvicorn.protocols.websockets.websockets_sansio_impl"
+    assert all(hasattr(proto, a) for a in WS_PROTO_ATTRS) and all(hasattr(proto.conn, a) for a in WS_CONN_ATTRS)
+    assert isinstance(proto.writable, asyncio.Event) and isinstance(proto.conn.state, State)
+    assert isinstance(proto.transport, asyncio.Transport)
+    # The server's `send` the app records: awaited with one ASGI message.
+    for send in (seen["sse"], seen["ws"]):
+        assert inspect.iscoroutinefunction(send) and list(inspect.signature(send).parameters) == ["message"]
+
+
+async def test_a_server_object_without_what_the_wire_reads_turns_the_path_off() -> None:
+    """What a changed uvicorn looks like to the wire: it gives no wire and turns its fast path off."""
+    from uvicorn.protocols.http.httptools_impl import RequestResponseCycle
+
+    cycle = RequestResponseCycle.__new__(RequestResponseCycle)  # no attributes at all
+    path = FastPath("sse_lane")
+
+    async def send(message: Any) -> None: ...
+
+    scope = {"type": "http", "method": "GET", RAW_SEND: send.__get__(cycle)}
+    assert sse_wire(scope, path) is None
+    assert not path.on and path.error is not None and "transport" in path.error
+    assert sse_wire(scope, path) is None, "off stays off"
+
+
+def pinned(name: str) -> str:
+    """The version specifier of `name` in pyproject.toml's dependencies."""
+    from packaging.requirements import Requirement
+
+    project = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())["project"]
+    for line in project["dependencies"]:
+        req = Requirement(line)
+        if req.name == name:
+            return str(req.specifier)
+    raise AssertionError(f"{name} not in dependencies")
+
+
+def test_installed_uvicorn_is_the_pinned_one() -> None:
+    """The pin is what these tests prove: an upper bound, and the installed version inside it."""
+    from packaging.specifiers import SpecifierSet
+
+    spec = SpecifierSet(pinned("uvicorn"))
+    assert any(s.operator == "<" for s in spec), "uvicorn needs an upper bound: wire.py reads its internals"
+    assert version("uvicorn") in spec

@@ -69,6 +69,8 @@ async def healthz(request: Request) -> Response:
             "connections": state.gateway.connections,
             "channels": state.gateway.channels,
             "parked": state.gateway.parked,
+            "fast_paths": state.gateway.fast.report(),
+            "restarts": state.gateway.restarts,
         },
     }
     return JSONResponse(body, status_code=200 if ok else 503)

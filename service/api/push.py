@@ -186,6 +186,8 @@ class WsSession:
         self.user = user
         self.mw = multi_watch(state, user)
         self.send_lock = asyncio.Lock()
+        self.idle = False  # the writer waits for events (only then may the fan-out write to this socket)
+        self.direct = state.gateway.fast.ws_direct  # the switch of `fast`
         self.limit = RateLimit(state.settings.ws_max_messages_per_second, 2 * state.settings.ws_max_messages_per_second)
 
     async def send(self, text: str) -> None:
@@ -205,16 +207,21 @@ class WsSession:
     def park(self) -> None:
         """With the writer idle and one job followed, park it on that job's `ws_lane`: the fan-out writes frames
         straight to this socket. The reader unparks it while it handles a message, and parks it again after."""
-        mw, wire = self.mw, self.wire
-        if wire is None or mw.sub.fast is None:  # `fast` is set only while the writer waits
+        mw, wire, path = self.mw, self.wire, self.state.gateway.fast.ws_lane
+        if wire is None or not self.idle or not path.on:
             return
         if mw.mine or len(mw.watches) != 1 or mw.lock.locked() or self.send_lock.locked():
             return
-        if not wire.ready():
+        try:
+            if not wire.ready():
+                return
+            transport = wire.transport
+        except Exception as exc:  # the wire no longer fits the server: no more parking, the normal path serves
+            path.fail(exc)
             return
         watch = next(iter(mw.watches.values()))
-        watch.transport = wire.transport  # read by ws_lane only while parked
-        self.state.gateway.park(mw.sub, watch.job_id, watch, ws_lane)
+        watch.transport = transport  # read by ws_lane only while parked
+        self.state.gateway.park(mw.sub, watch.job_id, watch, ws_lane, path)
 
     def unpark(self) -> None:
         self.state.gateway.unpark(self.mw.sub)
@@ -323,10 +330,14 @@ class WsSession:
         """Live event (None: keepalive) while the writer is idle: written from the gateway's dispatch (wire.py).
 
         Only for a job this connection already follows, and not its last event (the writer retires the job);
-        never while a subscribe is catching up or another send is under way, so order is kept.
+        never while a subscribe is catching up or another send is under way, so order is kept. An error here is
+        caught by the gateway (`Subscriber.offer`), which turns `ws_direct` off and sends the event the usual way:
+        so the watch moves only once the frame is written.
         """
         wire = self.wire
-        if wire is None or self.mw.lock.locked() or self.send_lock.locked() or not wire.ready():
+        if wire is None or self.mw.lock.locked() or self.send_lock.locked() or not self.direct.on:
+            return False
+        if not wire.ready():
             return False
         if event is None:
             wire.write(WS_PING_FRAME)
@@ -336,18 +347,29 @@ class WsSession:
         watch = self.mw.watches.get(event.job_id)
         if watch is None:
             return False
-        if watch.live([event]):
-            wire.write(ws_frame(event))
+        if event.kind is EventKind.POSITION:
+            if watch.live([event]):
+                wire.write(ws_frame(event))
+            return True
+        if event.seq <= watch.last:
+            return True  # sent already
+        frame = ws_frame(event)
+        wire.write(frame)
+        watch.live([event])
         return True
 
     async def writer(self) -> None:
         sub = self.mw.sub
+        sub.fast_path = self.direct
         while True:
-            sub.fast = self.fast
+            if sub.fast_path.on:
+                sub.fast = self.fast
+            self.idle = True
             self.park()
             try:
                 woke = await sub.wait()
             finally:
+                self.idle = False
                 sub.fast = None
                 self.unpark()
             if not woke:
@@ -419,7 +441,8 @@ async def websocket_endpoint(ws: WebSocket) -> None:
         return
     try:
         await ws.accept()
-        await WsSession(ws, state, user, ws_wire(ws.scope)).run()
+        fast = state.gateway.fast
+        await WsSession(ws, state, user, ws_wire(ws.scope, fast.ws_lane, fast.ws_direct)).run()
     finally:
         slot.release()
         if ws.application_state is WebSocketState.CONNECTED and ws.client_state is WebSocketState.CONNECTED:

@@ -17,6 +17,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from ..events import EventLog
+from ..fastpath import FastPath
 from ..gateway import Gateway, Lane, Subscriber
 from ..jobs import JobService
 from ..models import TERMINAL_STATUSES, Event, EventKind, Job
@@ -27,7 +28,7 @@ from .frames import PING_CHUNK, PING_FRAME, WS_PING_FRAME, sse_chunk, sse_frame,
 from .sse import SseResponse
 from .state import app_state
 from .submit_rules import acquire_stream_slot
-from .wire import SseWire, sse_wire
+from .wire import SseWire, WsWire, sse_wire
 
 RETRY_MS = 2000
 
@@ -164,10 +165,10 @@ def _lane(encode: Callable[[Event], bytes], ping: bytes) -> Lane:
             if t.get_write_buffer_size() or t.is_closing():
                 missed.append(w)
                 continue
-            w.last = seq
+            t.write(data)
+            w.last = seq  # after the write: a write that raises leaves the event to the normal path
             if queued is not None:
                 w.queued = queued
-            t.write(data)
         return missed
 
     return lane
@@ -177,13 +178,27 @@ sse_lane = _lane(sse_chunk, PING_CHUNK)  # one-job SSE streams
 ws_lane = _lane(ws_frame, WS_PING_FRAME)  # WebSockets that follow one job
 
 
+def _ready(wire: SseWire | WsWire, path: FastPath) -> bool:
+    """`wire.ready()`, isolated: an error turns `path` off (the caller keeps the normal path)."""
+    try:
+        return wire.ready()
+    except Exception as exc:
+        path.fail(exc)
+        return False
+
+
 async def watch_events(
     watch: JobWatch, gateway: Gateway, after: int | None, wire: SseWire | None = None
 ) -> AsyncIterator[bytes]:
     sub = Subscriber(watch.user_id, {watch.job_id})
     sub.watched = watch.watching
+    path = gateway.fast.sse_lane
     if wire is not None:
-        watch.transport = wire.transport  # read by sse_lane only while the stream is parked
+        try:
+            watch.transport = wire.transport  # read by sse_lane only while the stream is parked
+        except Exception as exc:
+            path.fail(exc)
+            wire = None
     await gateway.subscribe(sub)
     try:
         yield f"retry: {RETRY_MS}\n\n".encode()
@@ -195,8 +210,8 @@ async def watch_events(
             if watch.done:
                 break
             # Idle with everything sent: park, so live events are written from the dispatch (no task wake-up).
-            if wire is not None and wire.ready():
-                gateway.park(sub, watch.job_id, watch, sse_lane)
+            if wire is not None and path.on and _ready(wire, path):
+                gateway.park(sub, watch.job_id, watch, sse_lane, path)
             try:
                 woke = await sub.wait()  # the gateway's ticker wakes it for keepalives
             finally:
@@ -237,7 +252,7 @@ async def job_events(request: Request) -> Response:
     watch = JobWatch(job_id=job_id, user_id=user, store=state.store, events=state.events, jobs=state.jobs)
     slot = acquire_stream_slot(request, user)
     return SseResponse(
-        watch_events(watch, state.gateway, after, sse_wire(request.scope)),
+        watch_events(watch, state.gateway, after, sse_wire(request.scope, state.gateway.fast.sse_lane)),
         send_timeout=state.settings.push_send_timeout,
         on_close=slot.release,
     )

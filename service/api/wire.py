@@ -9,6 +9,11 @@ the connection's transport and state. A write goes direct only while the connect
 its flow control and coalescing. Under any other server `sse_wire`/`ws_wire` return None and callers keep
 the normal path.
 
+These are uvicorn's private objects, so uvicorn is pinned (pyproject.toml) to the versions tests/test_wire.py
+has proven, and that test checks every attribute listed below on live connections. Should they change anyway,
+`sse_wire`/`ws_wire` find the attribute missing and turn their fast path off (service/fastpath.py) instead of
+returning a wire; an error later, in a lane or a direct write, does the same from the gateway.
+
 Bytes written here never interleave with the normal path's: both write whole frames synchronously to the
 same transport, and callers use the wire only while their own task is idle (between sends).
 """
@@ -19,10 +24,26 @@ from typing import Any
 
 from starlette.types import Scope
 
+from ..fastpath import FastPath
+
 RAW_SEND = "aijobs.raw_send"
 
 _HTTPTOOLS = "uvicorn.protocols.http.httptools_impl"
 _WS_SANSIO = "uvicorn.protocols.websockets.websockets_sansio_impl"
+
+# What the wire reads on uvicorn's objects: an httptools RequestResponseCycle, a WebSocketsSansIOProtocol.
+SSE_CYCLE_ATTRS = ("transport", "flow", "response_started", "chunked_encoding", "response_complete", "disconnected")
+SSE_FLOW_ATTRS = ("write_paused",)
+WS_PROTO_ATTRS = (
+    "transport",
+    "conn",
+    "handshake_complete",
+    "close_sent",
+    "disconnected",
+    "initial_response",
+    "writable",
+)
+WS_CONN_ATTRS = ("state", "extensions")  # websockets' ServerProtocol
 
 
 def chunk(body: bytes) -> bytes:
@@ -106,28 +127,59 @@ class WsWire:
 
 
 def _server_object(scope: Scope, module: str) -> Any:
+    """uvicorn's object behind this connection, if it is the one the wire knows (`module`), else None."""
     send = scope.get(RAW_SEND)
     owner = getattr(send, "__self__", None)
-    if owner is None or type(owner).__module__ != module or not hasattr(owner, "transport"):
+    if owner is None or type(owner).__module__ != module:
         return None
     return owner
 
 
-def sse_wire(scope: Scope) -> SseWire | None:
+def _missing(obj: Any, names: tuple[str, ...]) -> None:
+    for name in names:
+        if not hasattr(obj, name):
+            raise AttributeError(f"{type(obj).__module__}.{type(obj).__qualname__} has no attribute {name!r}")
+
+
+def _fail(paths: tuple[FastPath, ...], exc: Exception) -> None:
+    for path in paths:
+        path.fail(exc)
+
+
+def sse_wire(scope: Scope, *paths: FastPath) -> SseWire | None:
+    """The wire of an SSE response under uvicorn's httptools protocol, else None (also when every one of the fast
+    `paths` that would use it is off). uvicorn's object lacking what the wire reads turns `paths` off: it is
+    not the uvicorn this was proven on."""
+    if paths and not any(p.on for p in paths):
+        return None
     cycle = _server_object(scope, _HTTPTOOLS)
-    if cycle is None or scope.get("method") != "GET" or not hasattr(cycle, "flow"):
+    if cycle is None or scope.get("method") != "GET":
+        return None
+    try:
+        _missing(cycle, SSE_CYCLE_ATTRS)
+        _missing(cycle.flow, SSE_FLOW_ATTRS)
+    except Exception as exc:
+        _fail(paths, exc)
         return None
     return SseWire(cycle)
 
 
-def ws_wire(scope: Scope) -> WsWire | None:
+def ws_wire(scope: Scope, *paths: FastPath) -> WsWire | None:
     """Call after accept: only plain frames are written, so only no extension or permessage-deflate (whose
-    RFC 7692 lets any message go uncompressed, RSV1 clear) is allowed."""
+    RFC 7692 lets any message go uncompressed, RSV1 clear) is allowed. As `sse_wire` for a changed uvicorn."""
+    if paths and not any(p.on for p in paths):
+        return None
     proto = _server_object(scope, _WS_SANSIO)
     if proto is None:
         return None
-    from websockets.extensions.permessage_deflate import PerMessageDeflate
+    try:
+        from websockets.extensions.permessage_deflate import PerMessageDeflate
 
-    if not all(isinstance(ext, PerMessageDeflate) for ext in proto.conn.extensions):
+        _missing(proto, WS_PROTO_ATTRS)
+        _missing(proto.conn, WS_CONN_ATTRS)
+        if not all(isinstance(ext, PerMessageDeflate) for ext in proto.conn.extensions):
+            return None
+        return WsWire(proto)
+    except Exception as exc:
+        _fail(paths, exc)
         return None
-    return WsWire(proto)

@@ -9,7 +9,8 @@ ProviderError                 base: .retryable, .retry_after, .status, .code
 └── PermanentError            the same request will fail again
     ├── BadRequest            HTTP 400/404/422: the request itself is wrong
     ├── AuthError             HTTP 401/403: the key is missing, wrong or lacks access
-    └── ContentRefused        the provider declined the content
+    ├── ContentRefused        the provider declined the content
+    └── BadResponse           a 2xx answer aijobs cannot use (an image that is SVG, not an image, or missing)
 """
 
 from __future__ import annotations
@@ -62,3 +63,7 @@ class AuthError(PermanentError):
 
 class ContentRefused(PermanentError):
     code = "content_refused"
+
+
+class BadResponse(PermanentError):
+    code = "provider_bad_response"

@@ -26,6 +26,7 @@ from .base import ChatMessage, ChatResult, ImageResult, OnDelta, Usage, estimate
 from .errors import (
     AuthError,
     BadRequest,
+    BadResponse,
     ContentRefused,
     ProviderError,
     ProviderServerError,
@@ -195,10 +196,7 @@ class OpenAICompatProvider:
         async with self._request("/images/generations", payload, api_key) as response:
             body = await _read_capped(response, self.max_response_bytes)
         data = _json_object(body)
-        items = data.get("data")
-        images = [url for item in items if (url := _image_url(item))] if isinstance(items, list) else []
-        if not images:
-            raise ProviderServerError("The AI provider's image response contained no images; retrying may help.")
+        images = _images(data.get("data"))
         usage = _parse_usage(data.get("usage")) or Usage(prompt_tokens=estimate_tokens(prompt), estimated=True)
         reported = data.get("model")
         return ImageResult(
@@ -393,34 +391,94 @@ def _parse_usage(raw: object) -> Usage | None:
     return Usage(prompt_tokens=prompt or 0, completion_tokens=completion or 0)
 
 
-def _image_url(item: object) -> str | None:
+# Raster types a job's result may hold, each with the bytes its files start with. No SVG: it can carry scripts.
+RASTER_MAGIC: dict[str, tuple[bytes, ...]] = {
+    "image/png": (b"\x89PNG\r\n\x1a\n",),
+    "image/jpeg": (b"\xff\xd8\xff",),
+    "image/gif": (b"GIF87a", b"GIF89a"),
+    "image/webp": (b"RIFF",),  # and "WEBP" at offset 8
+}
+_TYPE_ALIASES = {"image/jpg": "image/jpeg", "image/pjpeg": "image/jpeg", "image/x-png": "image/png"}
+_ACCEPTED = "PNG, JPEG, WebP or GIF"
+_FIX = "check that AI_IMAGE_MODEL names an image model that returns PNG, JPEG, WebP or GIF"
+
+
+class _Unusable(Exception):
+    """One image item that cannot be used, and why (in words for the job's error)."""
+
+
+def _images(items: object) -> list[str]:
+    """The usable images of a response's `data` (each an https URL or a raster data: URL); an item that cannot be
+    used is left out, and a response with none left is a `BadResponse` (retrying the same request will not help)."""
+    if not isinstance(items, list) or not items:
+        raise BadResponse(f"The AI provider's image response held no images (no `data` list); {_FIX}.")
+    images: list[str] = []
+    reasons: list[str] = []
+    for index, item in enumerate(items):
+        try:
+            images.append(_image_url(item))
+        except _Unusable as why:
+            reasons.append(f"image {index + 1}: {why}")
+    if not images:
+        raise BadResponse(f"The AI provider's image response cannot be used ({'; '.join(reasons[:3])}); {_FIX}.")
+    return images
+
+
+def _image_url(item: object) -> str:
     if not isinstance(item, dict):
-        return None
+        raise _Unusable("not an object")
     url = item.get("url")
     if isinstance(url, str) and url.startswith(("https://", "http://")):
         return url
+    if isinstance(url, str) and url[:5].lower() == "data:":
+        return _data_url(url)
     b64 = item.get("b64_json")
-    if not isinstance(b64, str) or not b64:
-        return None
+    if isinstance(b64, str) and b64:
+        return _raster_data_url(b64, None)
+    if isinstance(url, str) and url:
+        raise _Unusable(f"its url is neither https nor a data: URL ({url[:24]!r}…)")
+    raise _Unusable("it has neither `url` nor `b64_json`")
+
+
+def _data_url(url: str) -> str:
+    """A `data:image/...;base64,` URL, checked: a raster type, base64 that decodes, bytes of that type."""
+    header, comma, payload = url[5:].partition(",")
+    if not comma:
+        raise _Unusable("a data: URL without data")
+    params = [p.strip().lower() for p in header.split(";")]
+    declared = _TYPE_ALIASES.get(params[0], params[0])
+    if declared == "image/svg+xml":
+        raise _Unusable(f"an SVG image, which aijobs does not accept (it can carry scripts); only {_ACCEPTED}")
+    if declared not in RASTER_MAGIC:
+        raise _Unusable(f"a data: URL of type {declared or 'none'!r}; only {_ACCEPTED} images are accepted")
+    if "base64" not in params[1:]:
+        raise _Unusable("a data: URL that is not base64-encoded")
+    return _raster_data_url(payload, declared)
+
+
+def _raster_data_url(b64: str, declared: str | None) -> str:
+    """`data:<type>;base64,<b64>` once the base64 decodes to a PNG, JPEG, WebP or GIF (of type `declared`, if
+    given: providers differ, e.g. xAI returns JPEG, so an undeclared type is read from the bytes)."""
     b64 = "".join(b64.split())
     try:
         raw = base64.b64decode(b64, validate=True)
     except (binascii.Error, ValueError):
-        raise ProviderServerError(
-            "The AI provider sent an image that is not valid base64; retrying may help."
-        ) from None
-    return f"data:{_sniff_image_type(raw)};base64,{b64}"
+        raise _Unusable("its base64 does not decode") from None
+    sniffed = _sniff_image_type(raw)
+    if sniffed is None:
+        what = "SVG" if raw.lstrip()[:5].lower() in (b"<svg ", b"<?xml", b"<svg>") else "not an image aijobs knows"
+        raise _Unusable(f"its bytes are {what}; only {_ACCEPTED} images are accepted")
+    if declared is not None and sniffed != declared:
+        raise _Unusable(f"declared {declared} but its bytes are {sniffed}")
+    return f"data:{sniffed};base64,{b64}"
 
 
-def _sniff_image_type(raw: bytes) -> str:
-    """Providers differ (xAI returns JPEG), so label the data URL by its magic bytes, defaulting to PNG."""
-    if raw.startswith(b"\xff\xd8\xff"):
-        return "image/jpeg"
-    if raw[:4] == b"RIFF" and raw[8:12] == b"WEBP":
-        return "image/webp"
-    if raw.startswith((b"GIF87a", b"GIF89a")):
-        return "image/gif"
-    return "image/png"
+def _sniff_image_type(raw: bytes) -> str | None:
+    """The raster type the bytes start with, or None."""
+    for kind, magics in RASTER_MAGIC.items():
+        if raw.startswith(magics) and (kind != "image/webp" or raw[8:12] == b"WEBP"):
+            return kind
+    return None
 
 
 def parse_retry_after(headers: httpx.Headers, *, now: float | None = None) -> float | None:

@@ -122,6 +122,7 @@ class SimulatedProvider:
     ) -> None:
         self.name = name
         self.default_model = default_model
+        self.image_model = "sim-image-1"
         self.delay = max(0.0, delay)
         self.token_delay = token_delay
         self._attempts: dict[str, int] = {}  # hash of the request -> calls seen, only for `times=` directives
@@ -187,7 +188,7 @@ class SimulatedProvider:
         model: str | None = None,
         api_key: str | None = None,
     ) -> ImageResult:
-        chosen = model or "sim-image-1"
+        chosen = model or self.image_model
         _check_model(chosen)
         directives, cleaned = _parse_directives(prompt)
         delay = self.delay if directives.slow is None else directives.slow

@@ -24,6 +24,10 @@ const PROBLEMS = {
   provider_bad_request: ["The AI service could not handle this request.", "Change the text a little, then Retry."],
   provider_auth: ["The AI service did not accept the service's API key.", "This is on our side: tell the operator."],
   content_refused: ["The AI declined to answer this request.", "Rephrase it and try again."],
+  provider_bad_response: [
+    "The AI service sent back an answer that cannot be shown (for images: SVG, or not an image at all).",
+    "Retrying will not help; ask whoever runs this service to check its image model.",
+  ],
   invalid_input: ["The request was not valid.", "Check the form fields and send it again."],
   task_error: ["Something went wrong while preparing the answer.", "Press Retry."],
   cancelled: ["You cancelled this job.", "Press Retry to run it again."],
