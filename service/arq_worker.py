@@ -34,6 +34,7 @@ from arq.constants import in_progress_key_prefix, job_key_prefix, retry_key_pref
 from arq.jobs import SerializationError, deserialize_job_raw
 from arq.utils import ms_to_datetime, timestamp_ms
 from arq.worker import Function, RetryJob
+from redis.commands.core import AsyncScript
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -113,9 +114,9 @@ class WakeableWorker(Worker):
     _wake: asyncio.Event | None = None
     _wake_task: asyncio.Task[None] | None = None
     _paused_until: float = 0.0
-    _start_script: object | None = None
-    _take_script: object | None = None
-    _finished_script: object | None = None
+    _start_script: AsyncScript | None = None
+    _take_script: AsyncScript | None = None
+    _finished_script: AsyncScript | None = None
     _finisher: asyncio.Task[None] | None = None
     inline_functions: frozenset[str] = frozenset()  # run in the job's own task, finished in batches
     arq_path = False  # a fast path failed: arq's own poll, start, run and finish from then on
@@ -146,7 +147,7 @@ class WakeableWorker(Worker):
             self._full = False
             self._wake.set()
 
-    def _prefixes(self) -> list[object]:
+    def _prefixes(self) -> list[str | int]:
         return [
             timestamp_ms(),
             int(self.in_progress_timeout_s * 1000),
@@ -170,7 +171,7 @@ class WakeableWorker(Worker):
                 return None
             batch, pending = pending[:free], pending[free:]
             try:
-                taken = await self._start_script(keys=[self.queue_name], args=[*self._prefixes(), *batch])  # type: ignore[operator]
+                taken = await self._start_script(keys=[self.queue_name], args=[*self._prefixes(), *batch])
             except _TRANSIENT:
                 raise
             except Exception as exc:
@@ -319,7 +320,7 @@ class WakeableWorker(Worker):
                     await self._finish_each(ids)
                 else:
                     try:
-                        await self._finished_script(keys=keys, args=ids)  # type: ignore[operator]
+                        await self._finished_script(keys=keys, args=ids)
                     except _TRANSIENT:
                         raise
                     except Exception as exc:
@@ -356,7 +357,7 @@ class WakeableWorker(Worker):
                 self._take_script = self.pool.register_script(_TAKE_LUA)
             args = [*self._prefixes(), self.max_jobs - self.job_counter, self.queue_read_limit]
             try:
-                taken, rest = await self._take_script(keys=[self.queue_name], args=args)  # type: ignore[operator]
+                taken, rest = await self._take_script(keys=[self.queue_name], args=args)
             except _TRANSIENT:
                 raise
             except Exception as exc:

@@ -198,7 +198,7 @@ async def _users(args: argparse.Namespace, settings: Settings) -> int:
             if revoked is None:
                 print(f"aijobs users: no user named {args.name!r}", file=sys.stderr)
                 return 1
-            user, token = revoked
+            user, new_token = revoked
             print(f"Revoked the API token of {user.name}.")
             problem = await _broadcast_revoked(settings, user.id)
             if problem:
@@ -208,8 +208,8 @@ async def _users(args: argparse.Namespace, settings: Settings) -> int:
                     f"to the Redis your web processes use and run `{cli_name()} users revoke {user.name}` again.",
                     file=sys.stderr,
                 )
-            if token:
-                print(f"Its new API token, shown this once:\n\n  {token}\n")
+            if new_token:
+                print(f"Its new API token, shown this once:\n\n  {new_token}\n")
             return 0
         for user in await users.list():
             print(f"{user.id}  {iso(user.created_at)}  {user.name}")

@@ -81,9 +81,9 @@ class EventLog:
 
 def decode_entry(fields: dict[Any, Any]) -> Event:
     raw = fields.get(b"e") if b"e" in fields else fields.get("e")
-    if isinstance(raw, bytes):
-        raw = raw.decode()
-    return Event.from_dict(json.loads(raw))
+    if raw is None:
+        raise ValueError(f"stream entry without an event: {sorted(fields)!r}")
+    return Event.from_dict(json.loads(raw))  # json.loads takes bytes as they come
 
 
 def status_event(job_id: str, seq: int, data: dict[str, Any]) -> Event:

@@ -11,9 +11,12 @@ import dataclasses
 import functools
 import types
 import typing
-from typing import Any, Literal, TypeVar, get_args, get_origin
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, get_args, get_origin
 
-T = TypeVar("T")
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
+T = TypeVar("T", bound="DataclassInstance")
 
 
 class ValidationError(ValueError):
@@ -73,8 +76,8 @@ def _check_value(path: str, tp: Any, value: Any, meta: dict[str, Any]) -> Any:
         (item_tp,) = get_args(tp)
         _check_len(path, value, meta, "items")
         return [_check_value(f"{path}[{i}]", item_tp, v, {}) for i, v in enumerate(value)]
-    if dataclasses.is_dataclass(tp):
-        return _from_dict(tp, value, path)  # type: ignore[arg-type]
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
+        return _from_dict(tp, value, path)
     if tp is bool:
         if not isinstance(value, bool):
             raise ValidationError(path, "must be true or false")
@@ -117,12 +120,12 @@ def _from_dict(cls: type[T], data: Any, prefix: str = "") -> T:
     if not isinstance(data, dict):
         raise ValidationError(prefix, "must be a JSON object")
     hints = _hints(cls)
-    known = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - known)
     if unknown:
         raise ValidationError(f"{prefix}.{unknown[0]}" if prefix else unknown[0], "is not a known field")
     values: dict[str, Any] = {}
-    for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+    for f in dataclasses.fields(cls):
         path = f"{prefix}.{f.name}" if prefix else f.name
         if f.name not in data:
             if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
@@ -138,7 +141,7 @@ def parse(cls: type[T], data: Any) -> T:
 
 
 def to_dict(value: Any) -> Any:
-    return dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value
+    return dataclasses.asdict(value) if dataclasses.is_dataclass(value) and not isinstance(value, type) else value
 
 
 def json_schema(cls: type) -> dict[str, Any]:
@@ -172,8 +175,8 @@ def _type_schema(tp: Any, meta: dict[str, Any]) -> dict[str, Any]:
             out["minItems"] = meta["min_len"]
         if "max_len" in meta:
             out["maxItems"] = meta["max_len"]
-    elif dataclasses.is_dataclass(tp):
-        out = json_schema(tp)  # type: ignore[arg-type]
+    elif isinstance(tp, type) and dataclasses.is_dataclass(tp):
+        out = json_schema(tp)
     else:
         out = {"type": {bool: "boolean", int: "integer", float: "number", str: "string"}[tp]}
         if tp is str:

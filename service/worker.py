@@ -152,7 +152,7 @@ def build_worker(
     worker = WakeableWorker(
         functions=[func(run_job, name=RUN_JOB_FUNCTION, max_tries=1000, timeout=max_timeout + 30)],
         cron_jobs=[cron(cleanup_job, name="aijobs:cleanup", second={0}, unique=True, timeout=60)],
-        job_completion_wait=settings.shutdown_grace,  # type: ignore[arg-type]  # SIGTERM: finish, then give back
+        job_completion_wait=settings.shutdown_grace,  # SIGTERM: finish, then give back
         queue_name=settings.queue_name,
         redis_settings=RedisSettings.from_dsn(redis_url),
         on_startup=startup,

@@ -100,7 +100,7 @@ async def ws_probe(ws: WebSocket) -> None:
 
 
 async def test_sse_and_ws_wire_write_whole_frames_in_order() -> None:
-    app = App(routes=[Route("/sse", sse_probe), WebSocketRoute("/ws", ws_probe)])
+    app = App(routes=[Route("/sse", sse_probe), WebSocketRoute("/ws", ws_probe)], max_body_bytes=1024)
     async with serve(app) as live:
         async with httpx.AsyncClient(base_url=live.url) as http:
             r = await http.get("/sse")

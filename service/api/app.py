@@ -45,7 +45,6 @@ from .streams import job_events
 from .wire import RAW_SEND
 
 STATIC_DIR = Path(__file__).resolve().parent.parent.parent / "static"
-_MAX_BODY: int = Settings.__dataclass_fields__["max_body_bytes"].default  # MAX_BODY_BYTES's default
 
 
 async def healthz(request: Request) -> Response:
@@ -93,7 +92,7 @@ class App(Starlette):
     every request body before routing (body.py), and serves the long-lived streams named in `direct` before its
     middleware stack (direct.py)."""
 
-    def __init__(self, *args: Any, direct: Sequence[str] = (), max_body_bytes: int = _MAX_BODY, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, direct: Sequence[str] = (), max_body_bytes: int, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.body_cap = BodyCap(max_body_bytes)
         found = [r for r in self.routes if isinstance(r, Route | WebSocketRoute) and r.name in direct]

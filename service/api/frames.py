@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TypeVar
+from typing import TypeVar, cast
 
 from ..models import Event, EventKind, dumps
 from .wire import chunk, ws_text_frame
@@ -18,8 +18,10 @@ def _cached(event: Event, key: str, make: Callable[[Event], T]) -> T:
         cache = event.encoded = {}
     value = cache.get(key)
     if value is None:
-        value = cache[key] = make(event)  # type: ignore[assignment]
-    return value  # type: ignore[return-value]
+        made = make(event)
+        cache[key] = made
+        return made
+    return cast(T, value)  # what this key's maker made, the first time
 
 
 def event_json(event: Event) -> str:

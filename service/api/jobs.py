@@ -97,7 +97,7 @@ async def admit(
     except TooManyActive:
         raise await refuse_active(request, user, spent=spent, job_id=job_id) from None
     except JobRequestError as exc:
-        extra = {"field": exc.field} if exc.field else {}
+        extra: dict[str, Any] = {"field": exc.field} if exc.field else {}
         raise ApiError(422 if exc.code != "invalid_body" else 400, exc.code, exc.message, **extra) from None
     except StoreUnavailable:
         raise store_unavailable() from None

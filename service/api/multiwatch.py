@@ -121,8 +121,8 @@ class MultiWatch:
             self._retire_done()
             return out
         for event in self.sub.drain():
-            watch = self.watches.get(event.job_id)
-            if watch is None:
+            found = self.watches.get(event.job_id)
+            if found is None:
                 if event.kind is EventKind.POSITION:
                     continue
                 if not self.mine or event.job_id in self._done or len(self.watches) >= MAX_JOBS_PER_CLIENT:
@@ -130,7 +130,7 @@ class MultiWatch:
                 # A job this client has not seen yet: its whole story from the log, then live.
                 out += await self._new_watch(event.job_id).catch_up(0)
                 continue
-            out += watch.live([event])
+            out += found.live([event])
         self._retire_done()
         return out
 

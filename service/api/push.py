@@ -20,7 +20,7 @@ import asyncio
 import contextlib
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any
 
 from starlette.exceptions import WebSocketException
@@ -50,7 +50,9 @@ def multi_watch(state: AppState, user: str) -> MultiWatch:
     return MultiWatch(user_id=user, store=state.store, events=state.events, jobs=state.jobs, gateway=state.gateway)
 
 
-async def mine_events(mw: MultiWatch, cursor: dict[str, int] | None, ping: float) -> AsyncIterator[bytes]:
+async def mine_events(
+    mw: MultiWatch, cursor: dict[str, int] | None, ping: float
+) -> AsyncGenerator[bytes, None]:
     positions: dict[str, int] = dict(cursor or {})
 
     def frame(event: Event) -> bytes:

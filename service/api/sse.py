@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncGenerator, Callable, Coroutine
 from typing import Any
 
 from starlette.responses import Response
@@ -80,6 +80,7 @@ class _DisconnectWatch:
         self._next()
 
     def _next(self) -> None:
+        # ASGI types `receive` as returning any Awaitable; uvicorn's is an `async def`, a coroutine this drives by hand
         self.coro = self.receive()  # type: ignore[assignment]
         self._step(None)
 
@@ -103,7 +104,7 @@ class _DisconnectWatch:
             self.task.cancel()
             return
         if asyncio.isfuture(waiting):
-            waiting._asyncio_future_blocking = False  # type: ignore[union-attr]
+            waiting._asyncio_future_blocking = False  # asyncio's protocol for a yielded future (as Task.__step does)
             waiting.add_done_callback(self._step)
         else:
             asyncio.get_running_loop().call_soon(self._step, None)
@@ -124,9 +125,13 @@ class SseResponse(Response):
     background = None
 
     def __init__(
-        self, body: AsyncIterator[bytes], *, send_timeout: float = 10.0, on_close: Callable[[], None] | None = None
+        self,
+        body: AsyncGenerator[bytes, None],
+        *,
+        send_timeout: float = 10.0,
+        on_close: Callable[[], None] | None = None,
     ) -> None:
-        self.body = body
+        self.events = body  # not `body`: Response.body is the bytes of a whole response
         self.send_timeout = send_timeout
         self.on_close = on_close
         self.stalled = False
@@ -157,7 +162,7 @@ class SseResponse(Response):
         loop = asyncio.get_running_loop()
         try:
             await send({"type": "http.response.start", "status": 200, "headers": HEADERS})
-            async for chunk in self.body:
+            async for chunk in self.events:
                 self.sending_since = loop.time()
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
                 self.sending_since = 0.0
@@ -177,7 +182,7 @@ class SseResponse(Response):
             watcher.close()
             try:
                 with contextlib.suppress(Exception):
-                    await self.body.aclose()  # type: ignore[attr-defined]
+                    await self.events.aclose()
             finally:
                 if self.on_close is not None:
                     self.on_close()

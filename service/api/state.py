@@ -25,4 +25,5 @@ class AppState:
 
 
 def app_state(conn: HTTPConnection) -> AppState:
-    return conn.state.aijobs  # type: ignore[no-any-return]
+    state: AppState = conn.state.aijobs  # Starlette's State is untyped; the lifespan put an AppState there
+    return state

@@ -10,7 +10,7 @@ terminal event, so nobody waits on a job that is already done.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from typing import Any
 
 from starlette.requests import Request
@@ -189,7 +189,7 @@ def _ready(wire: SseWire | WsWire, path: FastPath) -> bool:
 
 async def watch_events(
     watch: JobWatch, gateway: Gateway, after: int | None, wire: SseWire | None = None
-) -> AsyncIterator[bytes]:
+) -> AsyncGenerator[bytes, None]:
     sub = Subscriber(watch.user_id, {watch.job_id})
     sub.watched = watch.watching
     path = gateway.fast.sse_lane

@@ -349,7 +349,9 @@ def _chat_result(
             raise _stream_error(data, secrets)
         raise ProviderServerError("The AI provider's response contained no answer (no choices); retrying may help.")
     choice = choices[0]
-    message = choice.get("message") if isinstance(choice.get("message"), dict) else {}
+    message = choice.get("message")
+    if not isinstance(message, dict):
+        message = {}
     text = _content_text(message.get("content"))
     finish_reason = choice.get("finish_reason") if isinstance(choice.get("finish_reason"), str) else None
     refusal = message.get("refusal")

@@ -29,6 +29,7 @@ import json
 import math
 import random
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from xml.sax.saxutils import escape
 
@@ -388,7 +389,7 @@ def _titles(words: list[str], count: int, rng: random.Random) -> str:
     return "\n".join(lines)
 
 
-def _cut(tokens: tuple[str, ...], limit: int) -> list[str]:
+def _cut(tokens: Sequence[str], limit: int) -> list[str]:
     """The leading tokens whose text (trailing space dropped) fits in `limit` characters; at least one, cut."""
     kept: list[str] = []
     length = 0
@@ -444,7 +445,8 @@ def _parse_size(size: str) -> tuple[int, int]:
     match = re.fullmatch(r"\s*(\d{1,5})\s*[xX]\s*(\d{1,5})\s*", size or "")
     if not match:
         return 512, 512
-    return tuple(max(16, min(int(v), 2048)) for v in match.groups())  # type: ignore[return-value]
+    width, height = (max(16, min(int(v), 2048)) for v in match.groups())
+    return width, height
 
 
 def _svg_data_url(prompt: str, index: int, width: int, height: int) -> str:

@@ -8,11 +8,24 @@ from ..providers.base import Provider
 
 
 class TaskContext(Protocol):
-    job_id: str
-    attempt: int
-    max_attempts: int
-    ai: Provider
-    api_key: str | None  # the user's own provider key for this job, if they supplied one
+    """Read-only to a task (properties, not attributes): the runner's context may hold narrower types, such as a
+    provider that records usage."""
+
+    @property
+    def job_id(self) -> str: ...
+
+    @property
+    def attempt(self) -> int: ...
+
+    @property
+    def max_attempts(self) -> int: ...
+
+    @property
+    def ai(self) -> Provider: ...
+
+    @property
+    def api_key(self) -> str | None:
+        """The user's own provider key for this job, if they supplied one."""
 
     async def progress(self, percentage: float, step: str | None = None) -> None:
         """Report how far along the task is (0-100) and what it is doing, in words a user understands."""

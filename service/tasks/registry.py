@@ -4,12 +4,15 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from ..schema import parse
 from .context import TaskContext
 
-In = TypeVar("In")
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
+In = TypeVar("In", bound="DataclassInstance")  # a task's input is a dataclass: schema.parse validates into it
 TaskFn = Callable[[TaskContext, Any], Awaitable[Any]]
 
 
