@@ -16,11 +16,15 @@ from typing import Any
 from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
 
+from .headers import SECURITY_HEADERS, SECURITY_HEADERS_TLS
+
 HEADERS = [
     (b"content-type", b"text/event-stream; charset=utf-8"),
     (b"cache-control", b"no-cache"),
     (b"x-accel-buffering", b"no"),
+    *SECURITY_HEADERS,
 ]
+HEADERS_TLS = [*HEADERS[:3], *SECURITY_HEADERS_TLS]  # chosen once per stream: no work per event
 
 
 class _StallWatch:
@@ -156,7 +160,8 @@ class SseResponse(Response):
         self._task = task
         loop = asyncio.get_running_loop()
         try:
-            await send({"type": "http.response.start", "status": 200, "headers": HEADERS})
+            headers = HEADERS_TLS if scope.get("scheme") == "https" else HEADERS
+            await send({"type": "http.response.start", "status": 200, "headers": headers})
             async for chunk in self.body:
                 self.sending_since = loop.time()
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
