@@ -90,17 +90,19 @@ def csrf_refusal(scope: Scope, *, by_cookie: bool, allowed: tuple[str, ...]) -> 
         return None
     if header(scope, b"authorization") is not None:
         return None  # a Bearer client (or a refused one: it gets its own 401)
+    what = "A request signed in by the session cookie that changes something"
+    if not by_cookie:
+        what = "Signing in or out (POST/DELETE /api/session)"
     if not _is_json(header(scope, b"content-type")):
         return (
-            "A request signed in by the session cookie that changes something must be sent as JSON "
-            "(Content-Type: application/json), so another site's form can't send it. API clients: use "
-            "'Authorization: Bearer <token>' instead of the cookie."
+            f"{what} must be sent as JSON (Content-Type: application/json), so another site's form can't send it. "
+            "API clients: use 'Authorization: Bearer <token>' instead of the cookie."
         )
     origin = header(scope, b"origin")
     if origin is None:
         return (
-            "A request signed in by the session cookie that changes something must carry an Origin header "
-            "(browsers send it by themselves). API clients: use 'Authorization: Bearer <token>' instead of the cookie."
+            f"{what} must carry an Origin header (browsers send it by themselves). API clients: use "
+            "'Authorization: Bearer <token>' instead of the cookie."
         )
     if not origin_allowed(scope, origin, allowed):
         return (
