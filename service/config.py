@@ -316,6 +316,16 @@ class Settings:
                 f"signs in anyone who reaches the server, so it needs HOST to be a loopback address "
                 f"(127.0.0.1, ::1 or localhost), not {self.host!r}: bind HOST=127.0.0.1, or unset AIJOBS_DEMO_LOGIN",
             ),
+            (
+                "ALLOWED_ORIGINS",
+                all(map(_is_origin, self.allowed_origins)),
+                "must be origins like https://app.example.com[:port] (scheme and host, no path), comma-separated",
+            ),
+            (
+                "ALLOWED_HOSTS",
+                all(map(_is_host_pattern, self.allowed_hosts)),
+                "must be host names like app.example.com or *.example.com (no scheme, port or path), comma-separated",
+            ),
             ("DATABASE_URL", self.database_url.startswith("sqlite:///"), "only sqlite:///path is supported so far"),
             (
                 "LOG_LEVEL",
@@ -465,6 +475,22 @@ def is_loopback_host(host: str) -> bool:
         return ipaddress.ip_address(name).is_loopback
     except ValueError:
         return False
+
+
+def _is_origin(raw: str) -> bool:
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(raw.strip())
+        parts.port  # noqa: B018 (raises on a bad port)
+    except ValueError:
+        return False
+    return parts.scheme in ("http", "https") and bool(parts.hostname) and parts.path in ("", "/") and not parts.query
+
+
+def _is_host_pattern(raw: str) -> bool:
+    name = raw.strip().removeprefix("*.")
+    return raw.strip() == "*" or (bool(name) and not any(c in name for c in "/:@ ") and "*" not in name)
 
 
 def _parses(parser: Callable[[str], Any], raw: str) -> bool:

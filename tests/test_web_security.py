@@ -274,6 +274,18 @@ def test_loopback_request_needs_a_loopback_host_and_connection() -> None:
     assert not loopback_request(scope("127.0.0.1.evil.example", ("127.0.0.1", 8000)))
 
 
+def test_origin_and_host_lists_are_checked_at_start() -> None:
+    Settings(
+        allowed_origins=("https://app.example", "http://127.0.0.1:8080"), allowed_hosts=("a.example", "*.b.example")
+    )
+    for bad in ("app.example", "https://app.example/path", "ftp://app.example", "https://app.example:99999"):
+        with pytest.raises(SettingsError, match="ALLOWED_ORIGINS"):
+            Settings(allowed_origins=(bad,))
+    for bad in ("https://a.example", "a.example:8000", "a.*.example"):
+        with pytest.raises(SettingsError, match="ALLOWED_HOSTS"):
+            Settings(allowed_hosts=(bad,))
+
+
 def test_demo_login_needs_a_loopback_bind() -> None:
     for host in ("127.0.0.1", "::1", "localhost", "127.0.0.2"):
         Settings(demo_login=True, host=host)
