@@ -51,7 +51,7 @@ async def test_bad_credentials_are_refused(web: LiveServer, header: str) -> None
 
 
 async def test_a_wrong_token_says_what_to_do_at_sign_in_and_on_the_api(web: LiveServer) -> None:
-    async with httpx.AsyncClient(base_url=web.url) as anon:
+    async with httpx.AsyncClient(base_url=web.url, headers={"Origin": web.url}) as anon:
         signin = await anon.post("/api/session", json={"token": "aij_mistyped"})
         api = await anon.get("/api/me", headers={"Authorization": "Bearer aij_mistyped"})
     for r in (signin, api):

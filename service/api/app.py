@@ -147,10 +147,8 @@ class App(Starlette):
 
 
 async def refuse_host(scope: Scope, receive: Receive, send: Send) -> None:
-    """400 JSON over HTTP; a WebSocket handshake is closed before accept (the server answers HTTP 403)."""
-    if scope["type"] == "websocket":
-        await send({"type": "websocket.close", "code": 1008, "reason": "host not allowed"})
-        return
+    """400 JSON, over HTTP and for a WebSocket handshake too (before the upgrade, through the ASGI
+    `websocket.http.response` extension, as push.refuse answers); without it, a policy-violation close (HTTP 403)."""
     host = header(scope, b"host") or ""
     response = error_response(
         400,
@@ -158,6 +156,9 @@ async def refuse_host(scope: Scope, receive: Receive, send: Send) -> None:
         f"This server does not answer to the Host {host[:100]!r}. Use its own address, or add the name to "
         "ALLOWED_HOSTS.",
     )
+    if scope["type"] == "websocket" and "websocket.http.response" not in scope.get("extensions", {}):
+        await send({"type": "websocket.close", "code": 1008, "reason": "host_not_allowed"})
+        return
     response.raw_headers.extend(security_headers(scope))
     await response(scope, receive, send)
 
