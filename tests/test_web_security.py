@@ -298,10 +298,10 @@ def test_demo_login_needs_a_loopback_bind() -> None:
 @pytest.mark.parametrize(
     "cmd",
     [
-        ["-m", "service.cli", "web"],  # `aijobs web`
+        ["-m", "service.cli", "web"],  # `aijobs web`, as the Procfile runs it
         ["-m", "uvicorn", "--factory", "service.api.app:app_from_env", "--host", "0.0.0.0", "--port", "PORT"],
     ],
-    ids=["aijobs-web", "procfile-uvicorn"],
+    ids=["aijobs-web", "uvicorn-factory"],
 )
 def test_demo_login_on_a_public_bind_refuses_to_start(settings: Settings, cmd: list[str]) -> None:
     port = str(free_port())
