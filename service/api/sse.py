@@ -18,13 +18,13 @@ from starlette.types import Message, Receive, Scope, Send
 
 from .headers import SECURITY_HEADERS, SECURITY_HEADERS_TLS
 
-HEADERS = [
+_STREAM = [
     (b"content-type", b"text/event-stream; charset=utf-8"),
     (b"cache-control", b"no-cache"),
     (b"x-accel-buffering", b"no"),
-    *SECURITY_HEADERS,
 ]
-HEADERS_TLS = [*HEADERS[:3], *SECURITY_HEADERS_TLS]  # chosen once per stream: no work per event
+HEADERS = [*_STREAM, *SECURITY_HEADERS]  # one of the two, chosen once per stream: no work per event
+HEADERS_TLS = [*_STREAM, *SECURITY_HEADERS_TLS]
 
 
 class _StallWatch:
