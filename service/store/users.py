@@ -147,7 +147,8 @@ class UserStore:
         """Record a browser session as signed out until its cookie would expire anyway; older records go."""
         self._signed_out.put(session_id, True)
         await self.store.db.execute(
-            "INSERT OR IGNORE INTO signed_out_sessions (session_id, user_id, expires_at) VALUES (?, ?, ?)",
+            "INSERT INTO signed_out_sessions (session_id, user_id, expires_at) VALUES (?, ?, ?) "
+            "ON CONFLICT (session_id) DO NOTHING",  # standard SQL: the PostgreSQL store runs it too
             (session_id, user_id, expires_at),
         )
         await self.store.db.execute("DELETE FROM signed_out_sessions WHERE expires_at < ?", (time.time(),))
