@@ -377,6 +377,8 @@ async def test_a_copied_cookie_stops_working_at_sign_out_on_every_web_process(se
                 assert "signed out" in r.json()["error"]["message"]
                 for path in ("/api/events", f"/api/jobs/{job_id}/events"):  # SSE, on the direct path
                     assert (await copy.get(path)).status_code == 401, path
+                again = await copy.request("DELETE", "/api/session", headers={"Origin": live.url, **JSON})
+                assert again.status_code == 204  # signing out twice is fine (one record)
             with pytest.raises(websockets.exceptions.InvalidStatus) as info:
                 url = live.url.replace("http://", "ws://") + "/api/ws"
                 async with websockets.connect(url, additional_headers={"Cookie": cookie, "Origin": live.url}):
