@@ -234,7 +234,7 @@ def create_app(settings: Settings, *, redis_url: str, registry: TaskRegistry | N
     return App(
         routes=routes,
         lifespan=lifespan,
-        middleware=[Middleware(AuthMiddleware)],
+        middleware=[Middleware(AuthMiddleware, allowed_origins=settings.allowed_origins)],
         direct=("job_events", "all_events", "ws"),
         max_body_bytes=settings.max_body_bytes,
         allowed_hosts=settings.allowed_hosts,

@@ -41,18 +41,16 @@ class AuthMiddleware:
     """Pure ASGI (so it also covers WebSocket handshakes and never buffers a stream). Refuses a cookie request
     that changes something but may come from another site (origins.csrf_refusal) before any handler runs."""
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, allowed_origins: tuple[str, ...] = ()) -> None:
         self.app = app
+        self.allowed_origins = allowed_origins  # ALLOWED_ORIGINS
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] in ("http", "websocket"):
             await authenticate(scope)
         if scope["type"] == "http" and scope["method"] in UNSAFE_METHODS:
-            from .accounts import accounts_from_scope
-
-            acc = accounts_from_scope(scope)
-            allowed = acc.settings.allowed_origins if acc is not None else ()
-            why = csrf_refusal(scope, by_cookie=scope[_SCOPE_KEY].via == "cookie", allowed=allowed)
+            by_cookie = scope[_SCOPE_KEY].via == "cookie"
+            why = csrf_refusal(scope, by_cookie=by_cookie, allowed=self.allowed_origins)
             if why is not None:
                 await error_response(403, "csrf_refused", why)(scope, receive, send)
                 return
