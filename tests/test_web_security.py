@@ -171,6 +171,9 @@ def test_origin_rules() -> None:
     assert csrf_refusal(bearer, by_cookie=False, allowed=()) is None
     login = scope_for("POST", "/api/session", {"host": "a"})
     assert csrf_refusal(login, by_cookie=False, allowed=()) is not None  # login CSRF, with no cookie yet
+    mounted = {**login, "root_path": "/aijobs", "path": "/aijobs/api/session"}  # uvicorn --root-path /aijobs
+    assert csrf_refusal(mounted, by_cookie=False, allowed=()) is not None
+    assert csrf_refusal({**mounted, "path": "/aijobs/api/jobs"}, by_cookie=True, allowed=()) is not None
 
 
 async def test_the_routes_served_before_the_middleware_take_only_gets_and_handshakes(settings: Settings) -> None:

@@ -1,11 +1,11 @@
 """Where a request comes from: the Host allow-list, the app's own origin, and the CSRF rule for cookie requests.
 
-A browser attaches the session cookie to requests any site makes, so a cookie alone does not show the user meant
-the request. A state-changing request signed in by the cookie (and every POST/DELETE /api/session: a login made
-by another site, login CSRF, signs the browser into the attacker's account) must therefore be JSON and carry an
-Origin that is this app's own or listed in ALLOWED_ORIGINS. JSON from another origin needs a CORS preflight, which
-this app never grants; a form can't send JSON; and every browser sends Origin on such requests. A Bearer request
-is exempt: a browser never adds the Authorization header by itself.
+A browser attaches the session cookie to requests any site makes, so a cookie alone does not show the user meant the
+request. A state-changing request (POST/PUT/PATCH/DELETE; only /api/* has any) signed in by the cookie, and every
+POST/DELETE /api/session (a login made by another site, login CSRF, signs the browser into the attacker's account),
+must therefore be JSON and carry an Origin that is this app's own or listed in ALLOWED_ORIGINS. JSON from another
+origin needs a CORS preflight, which this app never grants; a form can't send JSON; and every browser sends Origin
+on such requests. A Bearer request is exempt: a browser never adds the Authorization header by itself.
 
 The SSE and WebSocket routes served before the middleware stack (direct.py) need no CSRF rule: they are GETs and
 WebSocket handshakes only (`DirectRoutes.match`), which change nothing; the handshake's own Origin check is in
@@ -78,15 +78,21 @@ def origin_allowed(scope: Scope, origin: str, allowed: tuple[str, ...]) -> bool:
     return any(key == parse_origin(extra) for extra in allowed)
 
 
+def _app_path(scope: Scope) -> str:
+    """The path below the app's mount point (ASGI's `path` includes `root_path`, e.g. uvicorn --root-path)."""
+    path, root = scope["path"], scope.get("root_path", "")
+    return path[len(root) :] if root and path.startswith(root) else path
+
+
 def _is_json(content_type: str | None) -> bool:
     return content_type is not None and content_type.split(";", 1)[0].strip().lower() == "application/json"
 
 
 def csrf_refusal(scope: Scope, *, by_cookie: bool, allowed: tuple[str, ...]) -> str | None:
     """Why this HTTP request must be refused as possibly cross-site (None: it may go on)."""
-    if scope["method"] not in UNSAFE_METHODS or not scope["path"].startswith("/api/"):
+    if scope["method"] not in UNSAFE_METHODS:
         return None
-    if not by_cookie and scope["path"] != SESSION_PATH:
+    if not by_cookie and _app_path(scope) != SESSION_PATH:
         return None
     if header(scope, b"authorization") is not None:
         return None  # a Bearer client (or a refused one: it gets its own 401)
