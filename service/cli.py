@@ -12,7 +12,7 @@ import sys
 from dataclasses import fields
 from pathlib import Path
 
-from .config import Settings, SettingsError, settings_table
+from .config import Settings, SettingsError, is_loopback_host, settings_table
 from .embedded import die_with_parent, embedded_redis_url, redis_url_for
 from .files import private_dir
 from .logs import setup_logging
@@ -64,7 +64,9 @@ def cmd_dev(args: argparse.Namespace) -> int:
             os.environ, REDIS_URL=url, PYTHONUNBUFFERED="1", PATH=f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"
         )
         env.setdefault("DATABASE_URL", settings.database_url)
-        env.setdefault("AIJOBS_DEMO_LOGIN", "true")  # dev only: the page signs in as `demo` by itself
+        env.setdefault("COOKIE_SECURE", "false")  # dev serves plain http: a Secure cookie would not come back
+        if is_loopback_host(settings.host):  # dev only, and only on loopback (Settings refuses it elsewhere)
+            env.setdefault("AIJOBS_DEMO_LOGIN", "true")  # the page signs in as `demo` by itself
         demo = asyncio.run(_ensure_user(settings, "demo")) if _parse_demo(env) else None
         env.setdefault("HOST", settings.host)
         port = settings.port

@@ -143,7 +143,23 @@ class Settings:
         default=(),
         metadata={
             "env": "ALLOWED_ORIGINS",
-            "doc": "Extra origins allowed to open WebSockets (comma-separated); the app's own origin is always allowed",
+            "doc": "Extra origins (scheme://host[:port], comma-separated) allowed to open WebSockets and to make "
+            "changes with the session cookie; the app's own origin is always allowed",
+        },
+    )
+    allowed_hosts: tuple[str, ...] = field(
+        default=(),
+        metadata={
+            "env": "ALLOWED_HOSTS",
+            "doc": "Host names the app answers to (comma-separated; *.example.com for its subdomains); others get "
+            "400 host_not_allowed. Empty: any (dev); set it in production",
+        },
+    )
+    cookie_secure: bool = field(
+        default=True,
+        metadata={
+            "env": "COOKIE_SECURE",
+            "doc": "Mark the session cookie Secure (browsers send it over https only); `aijobs dev` turns it off",
         },
     )
     secret_key: str | None = field(
@@ -160,7 +176,8 @@ class Settings:
         default=False,
         metadata={
             "env": "AIJOBS_DEMO_LOGIN",
-            "doc": "Sign browsers opening / in as user `demo` (`aijobs dev` turns it on; never in production)",
+            "doc": "Sign browsers opening / in as user `demo` (`aijobs dev` turns it on; never in production): only "
+            "with HOST a loopback address, and only for requests whose Host is loopback",
         },
     )
     max_active_jobs: int = field(
@@ -292,6 +309,22 @@ class Settings:
                 "WS_MAX_SIZE",
                 self.ws_max_size >= self.ws_max_message_bytes,
                 "must be at least WS_MAX_MESSAGE_BYTES (a message the app would answer must get through)",
+            ),
+            (
+                "AIJOBS_DEMO_LOGIN",
+                not self.demo_login or is_loopback_host(self.host),
+                f"signs in anyone who reaches the server, so it needs HOST to be a loopback address "
+                f"(127.0.0.1, ::1 or localhost), not {self.host!r}: bind HOST=127.0.0.1, or unset AIJOBS_DEMO_LOGIN",
+            ),
+            (
+                "ALLOWED_ORIGINS",
+                all(map(_is_origin, self.allowed_origins)),
+                "must be origins like https://app.example.com[:port] (scheme and host, no path), comma-separated",
+            ),
+            (
+                "ALLOWED_HOSTS",
+                all(map(_is_host_pattern, self.allowed_hosts)),
+                "must be host names like app.example.com or *.example.com (no scheme, port or path), comma-separated",
             ),
             ("DATABASE_URL", self.database_url.startswith("sqlite:///"), "only sqlite:///path is supported so far"),
             (
@@ -429,6 +462,35 @@ def parse_providers(raw: str) -> dict[str, ProviderConfig]:
         base = urlunsplit((parts.scheme, host, parts.path, "", ""))
         providers[name] = ProviderConfig(name=name, base_url=base, api_key=key)
     return providers
+
+
+def is_loopback_host(host: str) -> bool:
+    """127.0.0.0/8, ::1 or localhost (a bind address or a Host header's name, without port or brackets)."""
+    import ipaddress
+
+    name = host.strip().strip("[]").rstrip(".").lower()
+    if name == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
+def _is_origin(raw: str) -> bool:
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(raw.strip())
+        parts.port  # noqa: B018 (raises on a bad port)
+    except ValueError:
+        return False
+    return parts.scheme in ("http", "https") and bool(parts.hostname) and parts.path in ("", "/") and not parts.query
+
+
+def _is_host_pattern(raw: str) -> bool:
+    name = raw.strip().removeprefix("*.")
+    return raw.strip() == "*" or (bool(name) and not any(c in name for c in "/:@ ") and "*" not in name)
 
 
 def _parses(parser: Callable[[str], Any], raw: str) -> bool:

@@ -15,6 +15,7 @@ import os
 import secrets
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
@@ -78,11 +79,19 @@ def _b64(raw: bytes) -> str:
     return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
 
 
+class SignedSession(NamedTuple):
+    user_id: str
+    epoch: str
+    session_id: str
+    expires: int
+
+
 class SessionSigner:
-    """`<user_id>.<epoch>.<expires>.<hmac>`: every web process checks a cookie with its key alone.
+    """`<user_id>.<epoch>.<session_id>.<expires>.<hmac>`: every web process checks a cookie with its key alone.
 
     The epoch is a fingerprint of the user's current API token (`session_epoch`): revoking the token changes it,
-    which signs out every browser session made before, without a session table.
+    which signs out every browser session made before. The session id names this one sign-in, so signing out
+    can record it as ended (UserStore.sign_out) and a copy of the cookie stops working too.
     """
 
     def __init__(self, secret: bytes, max_age: int) -> None:
@@ -92,23 +101,24 @@ class SessionSigner:
     def _mac(self, body: str) -> str:
         return _b64(hmac.new(self._key, body.encode(), hashlib.sha256).digest())
 
-    def sign(self, user_id: str, epoch: str = "", *, now: float | None = None) -> str:
-        body = f"{user_id}.{epoch}.{int((now or time.time()) + self.max_age)}"
+    def sign(self, user_id: str, epoch: str = "", *, session_id: str | None = None, now: float | None = None) -> str:
+        sid = session_id or secrets.token_urlsafe(16)
+        body = f"{user_id}.{epoch}.{sid}.{int((now or time.time()) + self.max_age)}"
         return f"{body}.{self._mac(body)}"
 
-    def verify(self, value: str, *, now: float | None = None) -> tuple[str, str] | None:
-        """(user id, epoch), or None for anything forged, malformed or expired."""
+    def verify(self, value: str, *, now: float | None = None) -> SignedSession | None:
+        """The signed session, or None for anything forged, malformed or expired."""
         parts = value.split(".")
-        if len(parts) != 4:
+        if len(parts) != 5:
             return None
-        user_id, epoch, expires, mac = parts
-        if not user_id or not expires.isdigit() or not mac:
+        user_id, epoch, sid, expires, mac = parts
+        if not user_id or not sid or not expires.isdigit() or not mac:
             return None
-        if not hmac.compare_digest(mac, self._mac(f"{user_id}.{epoch}.{expires}")):
+        if not hmac.compare_digest(mac, self._mac(f"{user_id}.{epoch}.{sid}.{expires}")):
             return None
         if int(expires) < (now or time.time()):
             return None
-        return user_id, epoch
+        return SignedSession(user_id, epoch, sid, int(expires))
 
 
 def session_epoch(token_hash: str) -> str:

@@ -22,6 +22,28 @@ ARGS = [
 ]
 
 
+class Browser:
+    """Playwright's Browser, with pages that bypass the app's Content-Security-Policy unless asked not to.
+
+    Playwright runs a string predicate (`wait_for_function("...")`) through `eval`, which the page's CSP
+    (no 'unsafe-eval') refuses; `page.evaluate` is not affected. Tests that check the page under its real policy
+    pass `bypass_csp=False` and wait with `evaluate` (test_browser_security.py)."""
+
+    def __init__(self, browser: Any) -> None:
+        self._browser = browser
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._browser, name)
+
+    async def new_context(self, **options: Any) -> Any:
+        options.setdefault("bypass_csp", True)
+        return await self._browser.new_context(**options)
+
+    async def new_page(self, **options: Any) -> Any:
+        options.setdefault("bypass_csp", True)
+        return await self._browser.new_page(**options)
+
+
 @contextlib.asynccontextmanager
 async def launch_chromium() -> AsyncIterator[Any]:
     if not shutil.which(CHROMIUM):
@@ -31,6 +53,6 @@ async def launch_chromium() -> AsyncIterator[Any]:
     async with async_playwright() as p:
         browser = await p.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
         try:
-            yield browser
+            yield Browser(browser)
         finally:
             await browser.close()

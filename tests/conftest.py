@@ -39,6 +39,7 @@ def fast_settings(redis_server: EmbeddedRedis, tmp_path: Path, **overrides: obje
         "poll_delay": 0.01,
         "sse_ping_seconds": 1.0,
         "log_json": False,
+        "cookie_secure": False,  # the suite's servers are plain http, as `aijobs dev` is
     }
     return Settings(**{**values, **overrides})  # type: ignore[arg-type]
 

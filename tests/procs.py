@@ -135,6 +135,7 @@ async def web_process(
         "AIJOBS_DATA_DIR": str(settings.data_dir),  # the same secret key as the test's own app and worker
         "SSE_PING_SECONDS": "1",
         "LOG_JSON": "false",
+        "COOKIE_SECURE": "false",  # plain http, as `aijobs dev`
         **env,
     }
     cmd = [sys.executable, "-m", "uvicorn", "--factory", "service.api.app:app_from_env"]

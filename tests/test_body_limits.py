@@ -67,7 +67,8 @@ async def token(web: LiveServer, settings: Settings) -> AsyncIterator[str]:
 
 @pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
 async def test_sign_in_refuses_a_huge_body_before_reading_it(web: LiveServer, chunked: bool) -> None:
-    status, _, body, sent = await push_huge_body(web.url, "POST", "/api/session", chunked=chunked)
+    origin = {"Origin": web.url}  # as a browser signs in (CSRF rule)
+    status, _, body, sent = await push_huge_body(web.url, "POST", "/api/session", chunked=chunked, headers=origin)
     assert status == 413 and body["error"]["code"] == "body_too_large", body
     assert "MAX_BODY_BYTES" in body["error"]["message"]
     assert sent < TOTAL // 4, f"the client got to send {sent} bytes: the server kept reading"
@@ -104,7 +105,8 @@ async def test_bodies_within_the_cap_still_work_chunked_or_not(web: LiveServer, 
         yield json.dumps({"type": "titles", "input": {"text": "chunked"}}).encode()
 
     async with httpx.AsyncClient(base_url=web.url) as c:
-        signed_in = await c.post("/api/session", content=padded, headers={"content-type": "application/json"})
+        browser = {"content-type": "application/json", "Origin": web.url}
+        signed_in = await c.post("/api/session", content=padded, headers=browser)
         assert signed_in.status_code == 200, signed_in.text
         job = await c.post(
             "/api/jobs",

@@ -47,8 +47,8 @@ def settings(settings: Settings) -> Settings:
 @pytest.fixture
 async def client(web: LiveServer) -> AsyncIterator[httpx.AsyncClient]:
     """Signed in as the demo user, like the page (POST /api/session with an empty body), to read its jobs' logs."""
-    async with httpx.AsyncClient(base_url=web.url, timeout=10) as c:
-        r = await c.post("/api/session")
+    async with httpx.AsyncClient(base_url=web.url, timeout=10, headers={"Origin": web.url}) as c:
+        r = await c.post("/api/session", json={})
         assert r.status_code == 200, r.text
         yield c
 

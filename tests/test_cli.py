@@ -113,10 +113,10 @@ async def test_dev_refuses_a_taken_port_before_its_banner(tmp_path: Path) -> Non
 
 
 @contextlib.asynccontextmanager
-async def running_dev(data: Path, port: int) -> AsyncIterator[list[str]]:
+async def running_dev(data: Path, port: int, **extra: str) -> AsyncIterator[list[str]]:
     """`aijobs dev` as `scripts/dev` runs it (embedded Redis, honcho, the Procfile's web and worker); yields its
     output lines as they come, and stops it as a process manager does (SIGTERM: handled as Ctrl-C)."""
-    env = cli_env(PORT=str(port), AIJOBS_DATA_DIR=str(data), AIJOBS_SIM_DELAY="0.2")
+    env = cli_env(PORT=str(port), AIJOBS_DATA_DIR=str(data), AIJOBS_SIM_DELAY="0.2", **extra)
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "service.cli", "dev", cwd=ROOT, env=env,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
@@ -175,6 +175,24 @@ async def test_a_revoke_from_another_shell_reaches_the_embedded_redis_of_dev_at_
 
         await until(refused, timeout=10, what="the revoked token to be refused")
     assert not url_file.exists()  # gone with the dev run: no later CLI is pointed at a dead Redis
+
+
+async def test_dev_signs_the_page_in_with_a_cookie_that_works_over_plain_http(tmp_path: Path) -> None:
+    """`aijobs dev` serves http: it turns COOKIE_SECURE (default on) off, or the demo cookie would never come back."""
+    data, port = tmp_path / "data", free_port()
+    async with running_dev(data, port) as output, httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as browser:
+
+        async def healthy() -> bool:
+            with contextlib.suppress(httpx.HTTPError):
+                return (await browser.get("/healthz")).status_code == 200
+            return False
+
+        await until(healthy, timeout=60, what="aijobs dev to serve /healthz")
+        assert any("Signed in as the demo user" in line for line in output)
+        page = await browser.get("/")
+        assert "aijobs_session=" in page.headers["set-cookie"] and "secure" not in page.headers["set-cookie"].lower()
+        me = await browser.get("/api/me")  # httpx, like a browser, sends a Secure cookie only over https
+        assert me.status_code == 200 and me.json()["user"]["name"] == "demo"
 
 
 def test_the_readmes_procfile_is_the_procfile() -> None:

@@ -55,8 +55,10 @@ def test_the_websocket_frame_limit_lets_every_allowed_message_through() -> None:
 
 
 def test_values_are_parsed() -> None:
-    s = Settings.from_env({"PORT": "9000", "AIJOBS_SIM_DELAY": "0.5", "LOG_JSON": "false", "ALLOWED_ORIGINS": "a, b"})
-    assert (s.port, s.sim_delay, s.log_json, s.allowed_origins) == (9000, 0.5, False, ("a", "b"))
+    s = Settings.from_env(
+        {"PORT": "9000", "AIJOBS_SIM_DELAY": "0.5", "LOG_JSON": "false", "ALLOWED_ORIGINS": "https://a, http://b:8"}
+    )
+    assert (s.port, s.sim_delay, s.log_json, s.allowed_origins) == (9000, 0.5, False, ("https://a", "http://b:8"))
 
 
 @pytest.mark.parametrize(

@@ -196,8 +196,8 @@ async def test_ai_output_is_text_never_html(page: Any) -> None:
 @pytest.mark.parametrize("page", [PHONE], indirect=True)
 async def test_phone_several_jobs_history_pages_queue_and_labels(page: Any, live: LiveServer) -> None:
     # Earlier jobs of this user, made through the API, fill more than one history page.
-    async with httpx.AsyncClient(base_url=live.url, timeout=10) as api:
-        assert (await api.post("/api/session")).status_code == 200
+    async with httpx.AsyncClient(base_url=live.url, timeout=10, headers={"Origin": live.url}) as api:
+        assert (await api.post("/api/session", json={})).status_code == 200
         for i in range(9):
             r = await api.post("/api/jobs", json={"type": "summary", "input": {"text": f"Earlier post {i}"}})
             assert r.status_code == 202, r.text

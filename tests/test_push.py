@@ -240,7 +240,7 @@ async def test_ws_cookie_without_origin_is_refused_but_bearer_is_not(
 ) -> None:
     """A browser always sends Origin; a cookie-signed handshake without one is refused (403) before the upgrade."""
     token = client.headers["authorization"].split(" ", 1)[1]
-    async with httpx.AsyncClient(base_url=web.url) as browser:
+    async with httpx.AsyncClient(base_url=web.url, headers={"Origin": web.url}) as browser:
         assert (await browser.post("/api/session", json={"token": token})).status_code == 200
         cookie = "; ".join(f"{k}={v}" for k, v in browser.cookies.items())
     with pytest.raises(websockets.exceptions.InvalidStatus) as info:

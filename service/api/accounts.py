@@ -1,12 +1,16 @@
 """Accounts in the web process: what auth, limits and history need, and the browser session endpoints.
 
 Browsers never carry a long-lived token in a URL: POST /api/session trades a token (or, with AIJOBS_DEMO_LOGIN,
-nothing) for an HttpOnly SameSite=Lax cookie, which EventSource and same-origin fetch send by themselves.
+nothing) for an HttpOnly SameSite=Lax cookie (Secure unless COOKIE_SECURE=false), which EventSource and
+same-origin fetch send by themselves. DELETE /api/session records the cookie's session id as signed out, so a
+copy of the cookie stops working too. Demo login answers only a loopback Host on a loopback connection: a
+rebinding DNS name (evil.example resolving to 127.0.0.1) or a LAN address gets no session.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,15 +19,20 @@ from starlette.responses import JSONResponse, Response
 from starlette.types import Scope
 
 from ..config import Settings
+from ..coordination import publish_signed_out
 from ..crypto import KeyBox, SessionSigner, load_server_secret
 from ..limits import StreamSlots, SubmissionLimits
 from ..store.queries import JobQueries
 from ..store.sqlite import SQLiteJobStore
 from ..store.users import JobSecrets, UserStore
 from ..usage import PriceTable
-from .auth import SESSION_COOKIE, SESSION_MAX_AGE, TOKEN_NOT_VALID, current_user
+from .auth import SESSION_COOKIE, SESSION_MAX_AGE, TOKEN_NOT_VALID, current_user, session_cookie
 from .body import read_body
 from .errors import ApiError
+from .origins import loopback_request
+from .state import app_state
+
+log = logging.getLogger("aijobs.api")
 
 DEMO_USER = "demo"
 STATE_KEY = "aijobs_accounts"
@@ -80,14 +89,14 @@ async def set_session(request: Request, response: Response, acc: Accounts, user_
         path="/",
         httponly=True,
         samesite="lax",
-        secure=request.url.scheme == "https",
+        secure=acc.settings.cookie_secure or request.url.scheme == "https",
     )
 
 
 async def sign_in_demo(request: Request, response: Response) -> None:
     """With AIJOBS_DEMO_LOGIN, a browser without a valid session becomes the demo user (dev only)."""
     acc = accounts(request)
-    if not acc.settings.demo_login:
+    if not acc.settings.demo_login or not loopback_request(request.scope):
         return
     try:
         current_user(request)
@@ -117,6 +126,13 @@ async def create_session(request: Request) -> Response:
         if user is None:
             raise ApiError(401, "unauthenticated", TOKEN_NOT_VALID)
     elif acc.settings.demo_login:
+        if not loopback_request(request.scope):
+            raise ApiError(
+                401,
+                "unauthenticated",
+                "The demo login only answers requests to a loopback address (127.0.0.1, ::1 or localhost); "
+                'send {"token": "aij_…"} (make one with `aijobs users create NAME`).',
+            )
         user = await acc.users.get_or_create(DEMO_USER)
     else:
         raise ApiError(401, "unauthenticated", 'Send {"token": "aij_…"} (make one with `aijobs users create NAME`).')
@@ -126,8 +142,19 @@ async def create_session(request: Request) -> Response:
 
 
 async def delete_session(request: Request) -> Response:
+    """Sign out: the session is recorded as ended in the store (the system of record) and every web process is
+    told at once; the browser's copy is cleared too."""
+    acc = accounts(request)
+    raw = session_cookie(request.scope)
+    signed = acc.signer.verify(raw) if raw else None
+    if signed is not None:
+        await acc.users.sign_out(signed.session_id, signed.user_id, signed.expires)
+        try:
+            await publish_signed_out(app_state(request).redis, signed.session_id)
+        except Exception as exc:  # the store has it: other processes refuse it once their cache (30 s) lapses
+            log.warning("could not broadcast a sign-out", extra={"error": repr(exc)})
     response = Response(status_code=204)
-    response.delete_cookie(SESSION_COOKIE, path="/", httponly=True, samesite="lax")
+    response.delete_cookie(SESSION_COOKIE, path="/", httponly=True, samesite="lax", secure=acc.settings.cookie_secure)
     return response
 
 

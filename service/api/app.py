@@ -33,12 +33,15 @@ from .auth import AuthMiddleware
 from .body import BodyCap
 from .direct import DirectRoutes, direct_response, direct_websocket
 from .errors import ApiError, error_response, handle_api_error, handle_http_exception, handle_unexpected
+from .headers import security_headers, with_security_headers
 from .history import list_jobs
 from .jobs import create_job, get_job
 from .lifecycle import cancel_job, retry_job
 from .openapi import openapi_json
+from .origins import header, host_allowed
 from .positions import PositionTicker
 from .push import all_events, websocket_endpoint
+from .sse import SseResponse
 from .state import AppState, app_state
 from .stats import stats
 from .streams import job_events
@@ -89,23 +92,40 @@ async def index(request: Request) -> Response:
 
 class App(Starlette):
     """Starlette that also records the server's own `send` in the scope (push writes go under ASGI, wire.py), caps
-    every request body before routing (body.py), and serves the long-lived streams named in `direct` before its
-    middleware stack (direct.py)."""
+    every request body before routing (body.py), serves the long-lived streams named in `direct` before its
+    middleware stack (direct.py), and, for both paths, refuses a Host outside ALLOWED_HOSTS and adds the security
+    headers (headers.py)."""
 
-    def __init__(self, *args: Any, direct: Sequence[str] = (), max_body_bytes: int, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *args: Any,
+        direct: Sequence[str] = (),
+        max_body_bytes: int,
+        allowed_hosts: tuple[str, ...] = (),
+        **kwargs: Any,
+    ) -> None:
         super().__init__(*args, **kwargs)
         self.body_cap = BodyCap(max_body_bytes)
         found = [r for r in self.routes if isinstance(r, Route | WebSocketRoute) and r.name in direct]
         if len(found) != len(direct):  # not an assert: it must also hold under `python -O`
             raise RuntimeError(f"direct routes not found: {set(direct) - {r.name for r in found}}")
         self.direct = DirectRoutes(found)
+        self.allowed_hosts = allowed_hosts
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         scope[RAW_SEND] = send
+        if (
+            self.allowed_hosts
+            and scope["type"] != "lifespan"
+            and scope["path"] != "/healthz"  # load balancers probe by IP; it shows nothing of anyone's
+            and not host_allowed(scope, self.allowed_hosts)
+        ):
+            await refuse_host(scope, receive, send)
+            return
         if scope["type"] == "http":
             capped = self.body_cap.guard(scope, receive)
             if capped is None:  # declared over the cap: refused before routing or authentication, nothing read
-                await self.body_cap.refuse(scope, receive, send)
+                await self.body_cap.refuse(scope, receive, with_security_headers(scope, send))
                 return
             receive = capped
         hit = self.direct.match(scope)
@@ -116,9 +136,30 @@ class App(Starlette):
                 await direct_websocket(hit[0], scope, receive, send)
                 return
             response = await direct_response(hit[0], scope, receive)
+            if not isinstance(response, SseResponse):  # a refusal; a stream sends its own pre-encoded headers
+                response.raw_headers.extend(security_headers(scope))
             await response(scope, receive, send)
             return
+        if scope["type"] == "http":
+            send = with_security_headers(scope, send)
         await super().__call__(scope, receive, send)
+
+
+async def refuse_host(scope: Scope, receive: Receive, send: Send) -> None:
+    """400 JSON, over HTTP and for a WebSocket handshake too (before the upgrade, through the ASGI
+    `websocket.http.response` extension, as push.refuse answers); without it, a policy-violation close (HTTP 403)."""
+    host = header(scope, b"host") or ""
+    response = error_response(
+        400,
+        "host_not_allowed",
+        f"This server does not answer to the Host {host[:100]!r}. Use its own address, or add the name to "
+        "ALLOWED_HOSTS.",
+    )
+    if scope["type"] == "websocket" and "websocket.http.response" not in scope.get("extensions", {}):
+        await send({"type": "websocket.close", "code": 1008, "reason": "host_not_allowed"})
+        return
+    response.raw_headers.extend(security_headers(scope))
+    await response(scope, receive, send)
 
 
 def create_app(settings: Settings, *, redis_url: str, registry: TaskRegistry | None = None) -> Starlette:
@@ -147,7 +188,9 @@ def create_app(settings: Settings, *, redis_url: str, registry: TaskRegistry | N
             max_wait=settings.job_max_wait,
         )
         accounts = build_accounts(settings, store, redis)
-        revocations = asyncio.create_task(listen_for_revocations(redis, accounts.users.forget))
+        revocations = asyncio.create_task(
+            listen_for_revocations(redis, accounts.users.forget, signed_out=accounts.users.saw_sign_out)
+        )
         ticker = PositionTicker(gateway=gateway, store=store, jobs=jobs, interval=settings.position_push_seconds)
         positions = asyncio.create_task(ticker.run(), name="aijobs-positions")
         try:
@@ -190,9 +233,10 @@ def create_app(settings: Settings, *, redis_url: str, registry: TaskRegistry | N
     return App(
         routes=routes,
         lifespan=lifespan,
-        middleware=[Middleware(AuthMiddleware)],
+        middleware=[Middleware(AuthMiddleware, allowed_origins=settings.allowed_origins)],
         direct=("job_events", "all_events", "ws"),
         max_body_bytes=settings.max_body_bytes,
+        allowed_hosts=settings.allowed_hosts,
         exception_handlers={
             ApiError: handle_api_error,
             HTTPException: not_found_route,

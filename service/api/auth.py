@@ -14,7 +14,8 @@ from starlette.exceptions import WebSocketException
 from starlette.requests import HTTPConnection
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from .errors import ApiError
+from .errors import ApiError, error_response
+from .origins import UNSAFE_METHODS, csrf_refusal
 
 SESSION_COOKIE = "aijobs_session"
 SESSION_MAX_AGE = 7 * 24 * 3600
@@ -37,14 +38,22 @@ class Identity:
 
 
 class AuthMiddleware:
-    """Pure ASGI (so it also covers WebSocket handshakes and never buffers a stream)."""
+    """Pure ASGI (so it also covers WebSocket handshakes and never buffers a stream). Refuses a cookie request
+    that changes something but may come from another site (origins.csrf_refusal) before any handler runs."""
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, allowed_origins: tuple[str, ...] = ()) -> None:
         self.app = app
+        self.allowed_origins = allowed_origins  # ALLOWED_ORIGINS
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] in ("http", "websocket"):
             await authenticate(scope)
+        if scope["type"] == "http" and scope["method"] in UNSAFE_METHODS:
+            by_cookie = scope[_SCOPE_KEY].via == "cookie"
+            why = csrf_refusal(scope, by_cookie=by_cookie, allowed=self.allowed_origins)
+            if why is not None:
+                await error_response(403, "csrf_refused", why)(scope, receive, send)
+                return
         await self.app(scope, receive, send)
 
 
@@ -78,11 +87,20 @@ async def identify(scope: Scope) -> Identity:
         signed = acc.signer.verify(cookie)
         if signed is None:
             return Identity(None, "Your session has expired or is not valid; sign in again.")
-        user_id, epoch = signed
-        if await acc.users.session_epoch(user_id) != epoch:
+        if await acc.users.session_epoch(signed.user_id) != signed.epoch:
             return Identity(None, "Your session was signed out (the account's API token was revoked); sign in again.")
-        return Identity(user_id, via="cookie")
+        if await acc.users.signed_out(signed.session_id):
+            return Identity(None, "This session was signed out; sign in again.")
+        return Identity(signed.user_id, via="cookie")
     return Identity(None)
+
+
+def session_cookie(scope: Scope) -> str | None:
+    """The raw session cookie the request carries, if any."""
+    for name, value in scope.get("headers", ()):
+        if name == b"cookie":
+            return _session_cookie(value.decode("latin-1"))
+    return None
 
 
 def _session_cookie(raw: str | None) -> str | None:

@@ -29,6 +29,7 @@ from starlette.responses import Response
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from ..models import TERMINAL_STATUSES, Event, EventKind, dumps
+from . import origins
 from .auth import current_user, signed_in_by_cookie, unauthenticated
 from .errors import ApiError, error_response
 from .frames import PING_FRAME, WS_PING_FRAME, event_json, sse_body, ws_frame
@@ -118,7 +119,7 @@ ORIGIN_REQUIRED = (
 
 
 def origin_allowed(ws: WebSocket, allowed: tuple[str, ...]) -> bool:
-    """Same origin as the app (scheme + Host) or listed in ALLOWED_ORIGINS.
+    """Same origin as the app (scheme + Host) or listed in ALLOWED_ORIGINS (origins.origin_allowed).
 
     No Origin is fine for a Bearer client (not a browser: it had to hold the token), but not for a handshake
     signed in by the session cookie, which only a browser (or something replaying its cookie) sends: browsers
@@ -126,9 +127,7 @@ def origin_allowed(ws: WebSocket, allowed: tuple[str, ...]) -> bool:
     origin = ws.headers.get("origin")
     if origin is None:
         return not signed_in_by_cookie(ws)
-    host = ws.headers.get("host", "")
-    scheme = "https" if ws.url.scheme == "wss" else "http"
-    return origin in (f"{scheme}://{host}", *allowed)
+    return origins.origin_allowed(ws.scope, origin, allowed)
 
 
 class RateLimit:

@@ -16,11 +16,15 @@ from typing import Any
 from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
 
-HEADERS = [
+from .headers import SECURITY_HEADERS, SECURITY_HEADERS_TLS
+
+_STREAM = [
     (b"content-type", b"text/event-stream; charset=utf-8"),
     (b"cache-control", b"no-cache"),
     (b"x-accel-buffering", b"no"),
 ]
+HEADERS = [*_STREAM, *SECURITY_HEADERS]  # one of the two, chosen once per stream: no work per event
+HEADERS_TLS = [*_STREAM, *SECURITY_HEADERS_TLS]
 
 
 class _StallWatch:
@@ -161,7 +165,8 @@ class SseResponse(Response):
         self._task = task
         loop = asyncio.get_running_loop()
         try:
-            await send({"type": "http.response.start", "status": 200, "headers": HEADERS})
+            headers = HEADERS_TLS if scope.get("scheme") == "https" else HEADERS
+            await send({"type": "http.response.start", "status": 200, "headers": headers})
             async for chunk in self.events:
                 self.sending_since = loop.time()
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})

@@ -149,6 +149,21 @@ MIGRATIONS.append(
 )
 
 
+# 8: browser sessions signed out before their cookie expires (DELETE /api/session). A cookie whose session id is
+# here is refused even though its signature holds; a row is useless once `expires_at` (the cookie's own expiry)
+# passes, and is purged then.
+MIGRATIONS.append(
+    """
+    CREATE TABLE signed_out_sessions (
+        session_id TEXT PRIMARY KEY,
+        user_id TEXT NOT NULL,
+        expires_at REAL NOT NULL
+    );
+    CREATE INDEX signed_out_sessions_expiry ON signed_out_sessions (expires_at);
+    """
+)
+
+
 def statements(sql: str) -> list[str]:
     """A migration's statements, split on the `;` that end one (not those inside a trigger's BEGIN … END)."""
     out: list[str] = []

@@ -74,6 +74,7 @@ class UserStore:
         # per request. A revocation clears it (`forget`, told by a broadcast); TOKEN_CACHE_SECONDS bounds the rest.
         self._tokens: _Remembered[User] = _Remembered()  # token hash -> its user
         self._epochs: _Remembered[str] = _Remembered()  # user id -> session epoch, same lifetime and clearing
+        self._signed_out: _Remembered[bool] = _Remembered()  # session id -> signed out?, same lifetime
 
     async def create(self, name: str) -> tuple[User, str]:
         """A new user and their API token: the token is returned this once and never stored."""
@@ -142,11 +143,38 @@ class UserStore:
         self._epochs.put(user_id, epoch)
         return epoch
 
+    async def sign_out(self, session_id: str, user_id: str, expires_at: float) -> None:
+        """Record a browser session as signed out until its cookie would expire anyway; older records go."""
+        self._signed_out.put(session_id, True)
+        await self.store.db.execute(
+            "INSERT INTO signed_out_sessions (session_id, user_id, expires_at) VALUES (?, ?, ?) "
+            "ON CONFLICT (session_id) DO NOTHING",  # standard SQL: the PostgreSQL store runs it too
+            (session_id, user_id, expires_at),
+        )
+        await self.store.db.execute("DELETE FROM signed_out_sessions WHERE expires_at < ?", (time.time(),))
+
+    async def signed_out(self, session_id: str) -> bool:
+        """Whether this session was signed out (remembered like tokens; a broadcast sets it at once)."""
+        known = self._signed_out.get(session_id)
+        if known is not None:
+            return known
+        async with self.store.db.execute(
+            "SELECT 1 FROM signed_out_sessions WHERE session_id = ?", (session_id,)
+        ) as cur:
+            found = await cur.fetchone() is not None
+        self._signed_out.put(session_id, found)
+        return found
+
+    def saw_sign_out(self, session_id: str) -> None:
+        """Another web process signed this session out (told on the auth channel): refuse it from now on."""
+        self._signed_out.put(session_id, True)
+
     def forget(self, user_id: str | None = None) -> None:
         """Drop remembered tokens: one user's (after a revocation), or all (when revocations may have been missed)."""
         if user_id is None:
             self._tokens.drop()
             self._epochs.drop()
+            self._signed_out.drop()
             return
         self._epochs.drop(user_id)
         self._tokens.drop(where=lambda user: user.id == user_id)

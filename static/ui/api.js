@@ -12,7 +12,8 @@ export async function api(path, { method = "GET", body } = {}) {
   const response = await fetch(path, {
     method,
     credentials: "same-origin",
-    headers: body === undefined ? {} : { "content-type": "application/json" },
+    // Always JSON, even without a body: the server refuses a cookie-signed change that isn't (CSRF, see README).
+    headers: { "content-type": "application/json" },
     body: body === undefined ? undefined : JSON.stringify(body),
   });
   const data = response.status === 204 ? null : await response.json().catch(() => null);
