@@ -55,9 +55,8 @@ async def seed_aijobs(bench: Bench, queue: str, job_type: str, n: int) -> list[s
 
     from service.events import EventLog
     from service.jobs import JobService
-    from service.queue import JobQueue
+    from service.queue import JobQueue, json_deserializer, json_serializer
     from service.store import open_store
-    from service.worker import json_deserializer, json_serializer
 
     from .tasks import bench_registry
 

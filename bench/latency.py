@@ -70,9 +70,8 @@ class Systems:
         from saq import Queue
 
         from service.events import EventLog
-        from service.queue import JobQueue
+        from service.queue import JobQueue, json_deserializer, json_serializer
         from service.store import open_store
-        from service.worker import json_deserializer, json_serializer
 
         url = self.bench.redis_url
         self.marks = Redis.from_url(url)

@@ -18,12 +18,25 @@ writes the job in arq's format and then PUBLISHes on the queue's wake channel, s
 
 from __future__ import annotations
 
+import json
 import time
 from typing import Any
 
 from arq.connections import ArqRedis
 from arq.constants import job_key_prefix, result_key_prefix
 from arq.jobs import serialize_job
+
+from .models import dumps
+
+
+def json_serializer(value: Any) -> bytes:
+    """arq's job payloads as JSON, never pickle (arq's default): what the web enqueues and the worker reads."""
+    return dumps(value).encode()
+
+
+def json_deserializer(raw: bytes) -> Any:
+    return json.loads(raw)
+
 
 PRIORITY_STEP_SECONDS = 10.0
 DEFAULT_PRIORITY = 5

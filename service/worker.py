@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import os
 import socket
@@ -22,25 +21,16 @@ from .crypto import KeyBox, load_server_secret
 from .events import EventLog
 from .files import tighten_dir
 from .lifecycle import Maintenance
-from .models import dumps
 from .provider_keys import ProviderKeys
 from .providers.base import Provider
 from .providers.factory import build_chain_providers, build_provider
-from .queue import RUN_JOB_FUNCTION, JobQueue, parse_arq_job_id
+from .queue import RUN_JOB_FUNCTION, JobQueue, json_deserializer, json_serializer, parse_arq_job_id
 from .runner import HeldBack, JobRunner, StoreUnreachable
 from .store import open_store
 from .store.users import JobSecrets
 from .tasks import TaskRegistry, default_registry
 
 log = logging.getLogger("aijobs.worker")
-
-
-def json_serializer(value: Any) -> bytes:
-    return dumps(value).encode()
-
-
-def json_deserializer(raw: bytes) -> Any:
-    return json.loads(raw)
 
 
 async def run_job(ctx: dict[str, Any], job_id: str) -> str:

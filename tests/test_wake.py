@@ -10,8 +10,7 @@ from arq.connections import RedisSettings, create_pool
 from arq.constants import in_progress_key_prefix, job_key_prefix, retry_key_prefix
 
 from service.config import Settings
-from service.queue import JobQueue
-from service.worker import json_deserializer, json_serializer
+from service.queue import JobQueue, json_deserializer, json_serializer
 
 from .conftest import run_worker, until, wait_for_status
 

@@ -24,11 +24,10 @@ from ..events import EventLog
 from ..files import tighten_dir
 from ..gateway import Gateway
 from ..jobs import JobService
-from ..queue import JobQueue
+from ..queue import JobQueue, json_deserializer, json_serializer
 from ..store import open_store
 from ..tasks import TaskRegistry, default_registry
-from ..worker import json_deserializer, json_serializer
-from .accounts import STATE_KEY, build_accounts, create_session, delete_session, me, sign_in_demo
+from .accounts import STATE_KEY, build_accounts
 from .auth import AuthMiddleware
 from .body import BodyCap
 from .direct import DirectRoutes, direct_response, direct_websocket
@@ -41,6 +40,7 @@ from .openapi import openapi_json
 from .origins import header, host_allowed
 from .positions import PositionTicker
 from .push import all_events, websocket_endpoint
+from .session import create_session, delete_session, me, sign_in_demo
 from .sse import SseResponse
 from .state import AppState, app_state
 from .stats import stats

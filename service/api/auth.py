@@ -14,11 +14,11 @@ from starlette.exceptions import WebSocketException
 from starlette.requests import HTTPConnection
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from .accounts import accounts_from_scope
 from .errors import ApiError, error_response
 from .origins import UNSAFE_METHODS, csrf_refusal
 
 SESSION_COOKIE = "aijobs_session"
-SESSION_MAX_AGE = 7 * 24 * 3600
 _SCOPE_KEY = "aijobs.identity"
 HOW_TO_AUTH = (
     "Send 'Authorization: Bearer <token>' (make a token with `aijobs users create NAME`; `scripts/aijobs` in a "
@@ -63,8 +63,6 @@ async def authenticate(scope: Scope) -> None:
 
 
 async def identify(scope: Scope) -> Identity:
-    from .accounts import accounts_from_scope
-
     acc = accounts_from_scope(scope)
     if acc is None:
         return Identity(None)

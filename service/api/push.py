@@ -51,9 +51,7 @@ def multi_watch(state: AppState, user: str) -> MultiWatch:
     return MultiWatch(user_id=user, store=state.store, events=state.events, jobs=state.jobs, gateway=state.gateway)
 
 
-async def mine_events(
-    mw: MultiWatch, cursor: dict[str, int] | None, ping: float
-) -> AsyncGenerator[bytes, None]:
+async def mine_events(mw: MultiWatch, cursor: dict[str, int] | None, ping: float) -> AsyncGenerator[bytes, None]:
     positions: dict[str, int] = dict(cursor or {})
 
     def frame(event: Event) -> bytes:
