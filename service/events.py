@@ -14,12 +14,15 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from typing import Any
 
 from redis.asyncio import Redis
 
-from .models import Event, EventKind
+from .models import Event, EventKind, Job, JobStatus, iso, now
 from .script_batch import ScriptBatch
+
+log = logging.getLogger("aijobs.events")
 
 STREAM_PREFIX = "aijobs:events:"
 USER_CHANNEL_PREFIX = "aijobs:user:"
@@ -47,6 +50,36 @@ def user_channel(user_id: str) -> str:
     return USER_CHANNEL_PREFIX + user_id
 
 
+def status_data(job: Job) -> dict[str, Any]:
+    """The payload of a status event: small, and complete enough to render the job without a fetch."""
+    data: dict[str, Any] = {
+        "status": job.status.value,
+        "attempt": job.attempts,
+        "max_attempts": job.max_attempts,
+        "percentage": round(job.percentage, 1),
+        "current_step": job.current_step,
+    }
+    if job.terminal:
+        data.update(
+            result=job.result,
+            error=job.error.to_dict() if job.error else None,
+            model=job.model,
+            provider=job.provider,
+            usage=job.usage,
+            partial_output=job.partial_output if job.result is None else None,
+        )
+    elif job.error:
+        data["error"] = job.error.to_dict()
+    if job.status is JobStatus.QUEUED and job.attempts and job.ready_at and job.ready_at > now():
+        data["next_attempt_at"] = iso(job.ready_at)
+    return data
+
+
+def announcement(job: Job) -> Event:
+    """The status event that tells watchers the job's state after a write that bumped its seq."""
+    return Event(job_id=job.id, seq=job.seq, kind=EventKind.STATUS, data=status_data(job))
+
+
 class EventLog:
     """Publish events and read them back; used by the API, the worker and the gateway."""
 
@@ -64,6 +97,14 @@ class EventLog:
     async def publish(self, user_id: str, event: Event) -> bool:
         """Append then publish; False when the log already holds this seq or a newer one."""
         return bool(await self.publish_soon(user_id, event))
+
+    async def announce(self, job: Job) -> None:
+        """Publish the job's status event, best effort: the store already holds the state, and a watcher that
+        misses the event resyncs from it (a gap snapshot), so a Redis fault here must not fail the caller's write."""
+        try:
+            await self.publish(job.user_id, announcement(job))
+        except Exception as exc:
+            log.warning("could not publish an event", extra={"job_id": job.id, "error": repr(exc)})
 
     def publish_soon(self, user_id: str, event: Event) -> asyncio.Future[Any]:
         """Queue the event and return at once; the future resolves to 1 (published) or 0 (the log had that seq).

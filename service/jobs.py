@@ -13,11 +13,11 @@ from typing import Any
 
 from .admit import Admission
 from .coordination import publish_cancel
+from .errors import JobRequestError, StoreUnavailable
 from .estimates import Estimate, QueueEstimator
-from .events import EventLog
+from .events import EventLog, announcement
 from .models import Event, EventKind, Job, JobStatus
 from .queue import DEFAULT_PRIORITY, JobQueue
-from .runner import status_event
 from .schema import ValidationError, to_dict
 from .store.base import JobStore
 from .tasks import TaskRegistry, UnknownTaskType
@@ -25,21 +25,7 @@ from .tasks import TaskRegistry, UnknownTaskType
 log = logging.getLogger("aijobs.jobs")
 
 
-class JobRequestError(ValueError):
-    """A submission we refuse; `code` is stable, `message` is for people."""
-
-    def __init__(self, code: str, message: str, *, field: str | None = None) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-        self.field = field
-
-
 IDEMPOTENCY_TTL = 24 * 3600.0
-
-
-class StoreUnavailable(RuntimeError):
-    """The store could not take the job: nothing was promised, the client should try again later."""
 
 
 class TooManyActive(Exception):
@@ -68,7 +54,7 @@ class JobService:
 
     def validate(self, body: Any) -> tuple[str, dict[str, Any], int]:
         if not isinstance(body, dict):
-            raise JobRequestError("invalid_body", "The request body must be a JSON object.")
+            raise JobRequestError("invalid_body", "The request body must be a JSON object.", status=400)
         unknown = sorted(set(body) - {"type", "input", "priority"})
         if unknown:
             raise JobRequestError("unknown_field", f"Unknown field {unknown[0]!r}.", field=unknown[0])
@@ -178,7 +164,7 @@ class JobService:
         if ahead is None:
             raise TooManyActive()
         try:
-            admitted = await self.admission.admit(user_id, status_event(job), ticket=job.seq, priority=priority)
+            admitted = await self.admission.admit(user_id, announcement(job), ticket=job.seq, priority=priority)
             self.estimates.note_capacity(admitted.capacity)
         except Exception as exc:
             log.warning(
@@ -243,7 +229,7 @@ class JobService:
         """
         job = await self.store.cancel_queued(job_id, user_id)
         if job is not None:
-            await self._announce(job)
+            await self.events.announce(job)
             return job
         job = await self.store.request_cancel(job_id, user_id)
         if job is None:
@@ -253,7 +239,9 @@ class JobService:
             if job.status is JobStatus.CANCELLED:
                 return job
             if job.terminal:
-                raise JobRequestError("job_finished", f"The job already ended ({job.status.value}); nothing to cancel.")
+                raise JobRequestError(
+                    "job_finished", f"The job already ended ({job.status.value}); nothing to cancel.", status=409
+                )
             return await self.cancel(user_id, job_id, wait=wait)  # it changed state under us: try again
         with contextlib.suppress(Exception):
             await publish_cancel(self.queue.redis, job_id)
@@ -275,7 +263,9 @@ class JobService:
             return None
         if old.status not in (JobStatus.FAILED, JobStatus.CANCELLED, JobStatus.EXPIRED):
             raise JobRequestError(
-                "job_not_retryable", f"Only failed, cancelled or expired jobs can be retried; this one is {old.status}."
+                "job_not_retryable",
+                f"Only failed, cancelled or expired jobs can be retried; this one is {old.status}.",
+                status=409,
             )
         return old
 
@@ -283,12 +273,6 @@ class JobService:
     def retry_body(old: Job) -> dict[str, Any]:
         """The submission that repeats `old`'s request."""
         return {"type": old.type, "input": old.input, "priority": old.priority}
-
-    async def _announce(self, job: Job) -> None:
-        try:
-            await self.events.publish(job.user_id, status_event(job))
-        except Exception as exc:
-            log.warning("could not publish an event", extra={"job_id": job.id, "error": repr(exc)})
 
     async def describe(self, job: Job, *, ahead: int | None = None) -> dict[str, Any]:
         """The public job with honest estimates: queue position and wait, or time remaining.

@@ -22,9 +22,9 @@ from arq.constants import in_progress_key_prefix
 from .config import Settings
 from .coordination import register_worker
 from .events import EventLog, stream_key
-from .models import Job, JobError, JobStatus, now
+from .models import JobError, JobStatus, now
 from .queue import JobQueue, arq_job_id
-from .runner import attempt_record, status_event
+from .runner import attempt_record
 from .store.base import JobStore
 from .store.sqlite import SQLiteJobStore
 from .store.users import JobSecrets
@@ -44,12 +44,6 @@ class Maintenance:
         self.events = events
         self.settings = settings
         self.worker_id = worker_id
-
-    async def _announce(self, job: Job) -> None:
-        try:
-            await self.events.publish(job.user_id, status_event(job))
-        except Exception as exc:
-            log.warning("could not publish an event", extra={"job_id": job.id, "error": repr(exc)})
 
     async def sweep_leases(self) -> int:
         """Take back every job whose lease lapsed; returns how many."""
@@ -84,7 +78,7 @@ class Maintenance:
             log.warning(
                 "lapsed lease taken over", extra={"job_id": job.id, "worker": job.worker_id, "now": done.status.value}
             )
-            await self._announce(done)
+            await self.events.announce(done)
             if done.status is JobStatus.QUEUED:
                 try:
                     await self.queue.enqueue(done.id, ticket=done.seq, priority=done.priority)
@@ -103,7 +97,7 @@ class Maintenance:
             if job.cancel_requested:  # flagged while running, then given back: it must not wait forever
                 cancelled = await self.store.cancel_queued(job.id, job.user_id)
                 if cancelled is not None:
-                    await self._announce(cancelled)
+                    await self.events.announce(cancelled)
                 continue
             if holds:
                 stale = job.updated_at < now() - self.settings.lease_seconds and await self.queue.redis.exists(
@@ -114,7 +108,7 @@ class Maintenance:
             fresh = await self.store.touch_queued(job.id, job.seq, step="Back in the queue…")
             if fresh is None:
                 continue
-            await self._announce(fresh)
+            await self.events.announce(fresh)
             delay = max(0.0, (fresh.ready_at or 0) - now())
             await self.queue.enqueue(fresh.id, ticket=fresh.seq, priority=fresh.priority, defer_seconds=delay)
             fixed += 1
@@ -124,7 +118,7 @@ class Maintenance:
     async def expire(self) -> int:
         expired = await self.store.expire_overdue()
         for job in expired:
-            await self._announce(job)
+            await self.events.announce(job)
         return len(expired)
 
     async def cleanup(self) -> int:

@@ -17,6 +17,7 @@ from typing import Any
 from redis.asyncio import Redis
 
 from .config import Settings
+from .errors import LimitExceeded
 from .models import dumps
 from .script_batch import ScriptBatch
 
@@ -47,17 +48,6 @@ def _new_entry_prefix() -> None:
 
 
 os.register_at_fork(after_in_child=_new_entry_prefix)
-
-
-class LimitExceeded(Exception):
-    """A refusal: HTTP status, stable code, a message that says what to do, and Retry-After when it helps."""
-
-    def __init__(self, status: int, code: str, message: str, *, retry_after: int | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
-        self.retry_after = retry_after
 
 
 class SubmissionLimits:

@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .coordination import ProviderBackoff
-from .events import EventLog
+from .errors import StoreUnavailable
+from .events import EventLog, announcement
 from .models import Event, EventKind, Job, JobError, JobStatus, dumps, iso, now
 from .providers.base import ChatMessage, ChatResult, ImageResult, Provider, Usage
 from .providers.errors import AuthError, ProviderError, RateLimited
@@ -30,35 +31,6 @@ from .tasks.registry import TaskRegistry, TaskSpec
 log = logging.getLogger("aijobs.runner")
 
 DELTA_FLUSH_SECONDS = 0.1  # at most ~10 delta events per second per job
-
-
-def status_data(job: Job) -> dict[str, Any]:
-    """The payload of a status event: small, and complete enough to render the job without a fetch."""
-    data: dict[str, Any] = {
-        "status": job.status.value,
-        "attempt": job.attempts,
-        "max_attempts": job.max_attempts,
-        "percentage": round(job.percentage, 1),
-        "current_step": job.current_step,
-    }
-    if job.terminal:
-        data.update(
-            result=job.result,
-            error=job.error.to_dict() if job.error else None,
-            model=job.model,
-            provider=job.provider,
-            usage=job.usage,
-            partial_output=job.partial_output if job.result is None else None,
-        )
-    elif job.error:
-        data["error"] = job.error.to_dict()
-    if job.status is JobStatus.QUEUED and job.attempts and job.ready_at and job.ready_at > now():
-        data["next_attempt_at"] = iso(job.ready_at)
-    return data
-
-
-def status_event(job: Job) -> Event:
-    return Event(job_id=job.id, seq=job.seq, kind=EventKind.STATUS, data=status_data(job))
 
 
 class RecordingProvider:
@@ -177,10 +149,6 @@ class HeldBack(Exception):
     def __init__(self, seconds: float) -> None:
         super().__init__(f"provider paused for {seconds:.1f} s")
         self.seconds = seconds
-
-
-class StoreUnreachable(Exception):
-    """The store could not claim the job: run nothing it could not record; the job waits on the queue."""
 
 
 @dataclass
@@ -313,10 +281,7 @@ class JobRunner:
 
     async def _announce(self, job: Job | None) -> Job | None:
         if job is not None:
-            try:
-                await self.events.publish(job.user_id, status_event(job))
-            except Exception as exc:  # the store holds the truth; watchers resync from it
-                log.warning("could not publish an event", extra={"job_id": job.id, "error": repr(exc)})
+            await self.events.announce(job)
         return job
 
     def _announce_soon(self, job: Job) -> None:
@@ -327,7 +292,7 @@ class JobRunner:
                 log.warning("could not publish an event", extra={"job_id": job.id, "error": repr(future.exception())})
 
         try:
-            self.events.publish_soon(job.user_id, status_event(job)).add_done_callback(done)
+            self.events.publish_soon(job.user_id, announcement(job)).add_done_callback(done)
         except Exception as exc:
             log.warning("could not publish an event", extra={"job_id": job.id, "error": repr(exc)})
 
@@ -353,7 +318,7 @@ class JobRunner:
                 steps=self.steps(),
             )
         except Exception as exc:  # nothing started: the job stays on the queue for when the store answers
-            raise StoreUnreachable(repr(exc)) from exc
+            raise StoreUnavailable(f"the store could not record the claim: {exc!r}") from exc
         if job is not None:  # the task starts while `processing` is on its way: its own events follow it
             self._announce_soon(job)
         if job is None:
@@ -428,7 +393,7 @@ class JobRunner:
         try:
             job = await self.store.get(job_id)
         except Exception as exc:
-            raise StoreUnreachable(repr(exc)) from exc
+            raise StoreUnavailable(f"the store could not record the claim: {exc!r}") from exc
         if job is None or job.status is not JobStatus.QUEUED or (ticket is not None and job.seq != ticket):
             return  # the claim will refuse it
         spec = self.registry.get(job.type)

@@ -18,6 +18,7 @@ from .arq_worker import WakeableWorker
 from .config import Settings, parse_providers
 from .coordination import ProviderBackoff, listen_for_cancels, unregister_worker
 from .crypto import KeyBox, load_server_secret
+from .errors import StoreUnavailable
 from .events import EventLog
 from .files import tighten_dir
 from .lifecycle import Maintenance
@@ -25,7 +26,7 @@ from .provider_keys import ProviderKeys
 from .providers.base import Provider
 from .providers.factory import build_chain_providers, build_provider
 from .queue import RUN_JOB_FUNCTION, JobQueue, json_deserializer, json_serializer, parse_arq_job_id
-from .runner import HeldBack, JobRunner, StoreUnreachable
+from .runner import HeldBack, JobRunner
 from .store import open_store
 from .store.users import JobSecrets
 from .tasks import TaskRegistry, default_registry
@@ -40,7 +41,8 @@ async def run_job(ctx: dict[str, Any], job_id: str) -> str:
         outcome = await runner.run(job_id, ticket)
     except HeldBack as held:  # a shared provider back-off: wait in the queue, no attempt spent
         raise Retry(defer=held.seconds) from None
-    except StoreUnreachable as exc:  # the job keeps its place; this worker takes no job until the store answers
+    except StoreUnavailable as exc:  # the claim was not recorded: the job keeps its place, and this worker takes
+        # no job until the store answers
         pause = ctx["store_pause"]
         log.warning(
             "store unreachable: job left on the queue, taking no jobs",

@@ -111,8 +111,9 @@ async def test_a_websocket_over_the_stream_cap_gets_429_too_many_streams(setting
         async with user_client(live, s, "kim") as kim:
             url = live.url.replace("http://", "ws://") + "/api/ws"
             headers = {"Authorization": kim.headers["authorization"]}
-            async with websockets.connect(url, additional_headers=headers), websockets.connect(
-                url, additional_headers=headers
+            async with (
+                websockets.connect(url, additional_headers=headers),
+                websockets.connect(url, additional_headers=headers),
             ):
                 with pytest.raises(websockets.exceptions.InvalidStatus) as info:
                     async with websockets.connect(url, additional_headers=headers):

@@ -12,8 +12,9 @@ import pytest
 from service.api.app import create_app
 from service.config import Settings
 from service.embedded import EmbeddedRedis, free_port
+from service.errors import StoreUnavailable
 from service.events import EventLog
-from service.jobs import JobService, StoreUnavailable
+from service.jobs import JobService
 from service.store.sqlite import SQLiteJobStore
 from service.tasks import default_registry
 

@@ -20,6 +20,7 @@ from starlette.types import Receive, Scope, Send
 
 from ..config import Settings, SettingsError
 from ..coordination import listen_for_revocations
+from ..errors import AijobsError
 from ..events import EventLog
 from ..files import tighten_dir
 from ..gateway import Gateway
@@ -31,7 +32,7 @@ from .accounts import STATE_KEY, build_accounts
 from .auth import AuthMiddleware
 from .body import BodyCap
 from .direct import DirectRoutes, direct_response, direct_websocket
-from .errors import ApiError, error_response, handle_api_error, handle_http_exception, handle_unexpected
+from .errors import error_response, handle_api_error, handle_http_exception, handle_unexpected
 from .headers import security_headers, with_security_headers
 from .history import list_jobs
 from .jobs import create_job, get_job
@@ -238,7 +239,7 @@ def create_app(settings: Settings, *, redis_url: str, registry: TaskRegistry | N
         max_body_bytes=settings.max_body_bytes,
         allowed_hosts=settings.allowed_hosts,
         exception_handlers={
-            ApiError: handle_api_error,
+            AijobsError: handle_api_error,
             HTTPException: not_found_route,
             Exception: handle_unexpected,
         },

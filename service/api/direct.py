@@ -22,8 +22,9 @@ from starlette.routing import Route, WebSocketRoute
 from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket
 
+from ..errors import AijobsError
 from .auth import authenticate
-from .errors import ApiError, handle_api_error, handle_unexpected
+from .errors import handle_api_error, handle_unexpected
 
 Endpoint = Callable[[Request], Awaitable[Response]]
 
@@ -59,7 +60,7 @@ async def direct_response(endpoint: Endpoint, scope: Scope, receive: Receive) ->
     try:
         await authenticate(scope)
         return await endpoint(request)
-    except ApiError as exc:
+    except AijobsError as exc:
         return await handle_api_error(request, exc)
     except Exception as exc:
         return await handle_unexpected(request, exc)

@@ -1,4 +1,6 @@
-"""API errors: every refusal is JSON `{"error": {"code", "message"}}` with a fitting status, never a traceback."""
+"""API errors: every refusal is JSON `{"error": {"code", "message"}}` with a fitting status, never a traceback.
+
+The errors themselves are one tree (service/errors.py); here is how the web answers them."""
 
 from __future__ import annotations
 
@@ -9,21 +11,10 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
+from ..errors import AijobsError, ApiError
 from .responses import JSONOut
 
 log = logging.getLogger("aijobs.api")
-
-
-class ApiError(Exception):
-    def __init__(
-        self, status: int, code: str, message: str, *, headers: dict[str, str] | None = None, **extra: Any
-    ) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
-        self.headers = headers
-        self.extra = extra
 
 
 def error_response(
@@ -38,7 +29,9 @@ def not_found(what: str = "job") -> ApiError:
 
 
 async def handle_api_error(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, ApiError)
+    """Every error of the tree (service/errors.py) answers for itself: its status, code, message and headers."""
+    if not isinstance(exc, AijobsError):  # registered for AijobsError only; anything else is a bug
+        return await handle_unexpected(request, exc)
     return error_response(exc.status, exc.code, exc.message, exc.headers, **exc.extra)
 
 

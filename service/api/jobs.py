@@ -8,7 +8,7 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import Response
 
-from ..jobs import JobRequestError, StoreUnavailable, TooManyActive
+from ..jobs import TooManyActive
 from ..models import Job
 from .auth import current_user
 from .body import read_body
@@ -96,11 +96,6 @@ async def admit(
             payload = await state.jobs.describe(job)
     except TooManyActive:
         raise await refuse_active(request, user, spent=spent, job_id=job_id) from None
-    except JobRequestError as exc:
-        extra: dict[str, Any] = {"field": exc.field} if exc.field else {}
-        raise ApiError(422 if exc.code != "invalid_body" else 400, exc.code, exc.message, **extra) from None
-    except StoreUnavailable:
-        raise store_unavailable() from None
     return job, payload, replayed
 
 
@@ -111,15 +106,6 @@ def accepted(request: Request, job: Job, payload: dict[str, Any], *, replayed: b
     if replayed:
         headers["Idempotent-Replayed"] = "true"
     return JSONOut(payload, status_code=202, headers=headers)
-
-
-def store_unavailable() -> ApiError:
-    return ApiError(
-        503,
-        "store_unavailable",
-        "The job store cannot take jobs right now; nothing was created. Try again shortly.",
-        headers={"Retry-After": "5"},
-    )
 
 
 async def get_job(request: Request) -> Response:

@@ -5,7 +5,6 @@ from __future__ import annotations
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from ..jobs import JobRequestError
 from .accounts import accounts
 from .auth import current_user
 from .errors import ApiError, not_found
@@ -17,10 +16,7 @@ from .submit_rules import KEY_FIELD, take_provider_key
 async def cancel_job(request: Request) -> Response:
     """200 with the job (cancelled, or still stopping if its worker is slow to answer); 409 once finished."""
     state = app_state(request)
-    try:
-        job = await state.jobs.cancel(current_user(request), request.path_params["job_id"])
-    except JobRequestError as exc:
-        raise ApiError(409, exc.code, exc.message) from None
+    job = await state.jobs.cancel(current_user(request), request.path_params["job_id"])  # 409 once finished
     if job is None:
         raise not_found()
     if job.terminal:  # cancelled before any worker opened it (or after): the sealed provider key goes now
@@ -46,10 +42,7 @@ async def retry_job(request: Request) -> Response:
     if body:
         field = sorted(body)[0]
         raise ApiError(400, "unknown_field", f"Unknown field {field!r}; a retry takes only '{KEY_FIELD}'.", field=field)
-    try:
-        old = await state.jobs.retryable(user, request.path_params["job_id"])
-    except JobRequestError as exc:
-        raise ApiError(409, exc.code, exc.message) from None
+    old = await state.jobs.retryable(user, request.path_params["job_id"])  # 409 unless it did not complete
     if old is None:
         raise not_found()
     if old.own_provider_key and provider_key is None:

@@ -28,6 +28,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
+from ..errors import AijobsError
 from ..models import TERMINAL_STATUSES, Event, EventKind, dumps
 from . import origins
 from .auth import current_user, signed_in_by_cookie, unauthenticated
@@ -410,7 +411,7 @@ class WsSession:
             await self.mw.close()
 
 
-async def refuse(ws: WebSocket, exc: ApiError) -> None:
+async def refuse(ws: WebSocket, exc: AijobsError) -> None:
     """Refuse the handshake before the upgrade with the JSON error and status an HTTP request would get, through the
     ASGI `websocket.http.response` extension (uvicorn offers it); under a server without it, a policy-violation close
     (HTTP 403) whose reason is the error code."""
@@ -435,7 +436,7 @@ async def websocket_endpoint(ws: WebSocket) -> None:
         return
     try:
         slot = acquire_stream_slot(ws, user)
-    except ApiError as exc:  # over MAX_STREAMS: 429 too_many_streams, as for SSE
+    except AijobsError as exc:  # over MAX_STREAMS: 429 too_many_streams, as for SSE
         await refuse(ws, exc)
         return
     try:

@@ -15,7 +15,7 @@ from typing import Any
 from redis.exceptions import RedisError
 from starlette.requests import Request
 
-from ..limits import LimitExceeded
+from ..errors import LimitExceeded
 from .accounts import accounts
 from .errors import ApiError
 
@@ -47,11 +47,6 @@ def take_provider_key(request: Request, body: Any) -> str | None:
     return key
 
 
-def _refuse(exc: LimitExceeded) -> ApiError:
-    headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after is not None else None
-    return ApiError(exc.status, exc.code, exc.message, headers=headers)
-
-
 async def check_limits(request: Request, user_id: str, job_type: str, job_input: Any) -> str | None:
     """The input size, then the per-minute budget; returns the budget entry spent (None when Redis is down).
 
@@ -59,19 +54,16 @@ async def check_limits(request: Request, user_id: str, job_type: str, job_input:
     refuses, refuse_active() gives the entry back, so a refused submission still costs nothing.
     """
     acc = accounts(request)
+    acc.limits.check_input_size(job_type, job_input)
     try:
-        acc.limits.check_input_size(job_type, job_input)
-        try:
-            return await acc.limits.take_submission(user_id)
-        except (RedisError, OSError) as exc:
-            # The store is the truth and still takes jobs; refusing everyone for Redis' sake would lose work.
-            log.warning("rate limit unchecked: Redis unavailable", extra={"user_id": user_id, "error": repr(exc)})
-            return None
-    except LimitExceeded as exc:
-        raise _refuse(exc) from None
+        return await acc.limits.take_submission(user_id)
+    except (RedisError, OSError) as exc:
+        # The store is the truth and still takes jobs; refusing everyone for Redis' sake would lose work.
+        log.warning("rate limit unchecked: Redis unavailable", extra={"user_id": user_id, "error": repr(exc)})
+        return None
 
 
-async def refuse_active(request: Request, user_id: str, *, spent: str | None, job_id: str | None) -> ApiError:
+async def refuse_active(request: Request, user_id: str, *, spent: str | None, job_id: str | None) -> LimitExceeded:
     """The 429 for a submission the store refused at the active-jobs cap, after undoing what it already did."""
     acc = accounts(request)
     if spent is not None:
@@ -81,15 +73,12 @@ async def refuse_active(request: Request, user_id: str, *, spent: str | None, jo
             log.warning("could not give back a rate-limit entry", extra={"user_id": user_id, "error": repr(exc)})
     if job_id is not None:  # the sealed provider key of a job that will never exist
         await acc.secrets.delete(job_id)
-    return _refuse(acc.limits.too_many_active(await acc.queries.count_active(user_id)))
+    return acc.limits.too_many_active(await acc.queries.count_active(user_id))
 
 
 def acquire_stream_slot(request: Any, user_id: str) -> Any:
     """A StreamSlot for one SSE/WebSocket stream, or a 429 refusal; the caller must release() it when done."""
-    try:
-        return accounts(request).slots.acquire(user_id)
-    except LimitExceeded as exc:
-        raise _refuse(exc) from None
+    return accounts(request).slots.acquire(user_id)
 
 
 async def seal_provider_key(request: Request, user_id: str, key: str) -> str:
