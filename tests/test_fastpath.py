@@ -1,6 +1,6 @@
 """The push fast paths fail safe (issue 15.13): a fault in one turns it off, and nobody loses an event.
 
-A lane or a direct write reaches into uvicorn's private objects (service/api/wire.py). These tests make those
+A lane or a direct write reaches into uvicorn's private objects (service/push/wire.py). These tests make those
 writes raise, as a changed uvicorn would, mid-job while many real clients watch over real uvicorn, and check
 that every client still gets every event once and in order through the normal path, that `/healthz` says the
 fast path is off, and that the process goes on serving. And the gateway's one subscription task, if it dies,
@@ -23,11 +23,11 @@ from redis.asyncio import Redis
 
 from service.api import app as app_module
 from service.api.app import create_app
-from service.api.wire import SseWire, WsWire
 from service.config import Settings
 from service.events import EventLog
-from service.gateway import Gateway, Subscriber
 from service.models import Event, EventKind
+from service.push.gateway import Gateway, Subscriber
+from service.push.wire import SseWire, WsWire
 
 from .conftest import LiveServer, run_worker, serve, until, user_client
 from .sse import collect, read_events

@@ -15,13 +15,13 @@ import pytest
 import websockets
 from redis.asyncio import Redis
 
-from service.api.multiwatch import MultiWatch
-from service.api.streams import JobWatch
 from service.config import Settings
 from service.events import EventLog, status_event
-from service.gateway import Gateway, Subscriber
 from service.jobs import JobService
 from service.models import Event, EventKind, Job, JobStatus
+from service.push.gateway import Gateway, Subscriber
+from service.push.multiwatch import MultiWatch
+from service.push.watch import JobWatch
 from service.queue import JobQueue
 from service.store import open_store
 from service.tasks import default_registry

@@ -1,4 +1,4 @@
-"""The push fast path (service/api/wire.py) under real uvicorn: bytes written under ASGI arrive whole and in order.
+"""The push fast path (service/push/wire.py) under real uvicorn: bytes written under ASGI arrive whole and in order.
 
 If uvicorn changes the protocol objects the wire reaches into, `sse_wire`/`ws_wire` turn the fast path off
 (the normal path still delivers): these tests fail then, so it does not go unnoticed. They check every attribute
@@ -27,8 +27,9 @@ from websockets.frames import Frame, Opcode
 from websockets.streams import StreamReader
 
 from service.api.app import App
-from service.api.sse import HEADERS
-from service.api.wire import (
+from service.api.headers import SSE_HEADERS
+from service.push.fastpath import FastPath
+from service.push.wire import (
     RAW_SEND,
     SSE_CYCLE_ATTRS,
     SSE_FLOW_ATTRS,
@@ -39,7 +40,6 @@ from service.api.wire import (
     ws_text_frame,
     ws_wire,
 )
-from service.fastpath import FastPath
 
 from .conftest import serve
 
@@ -71,7 +71,7 @@ class DirectThenNormal(Response):
         assert wire is not None and path.on, path.error
         seen["sse"] = scope[RAW_SEND]
         assert not wire.ready()  # nothing may go out before the headers
-        await send({"type": "http.response.start", "status": 200, "headers": HEADERS})
+        await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS})
         assert wire.ready()
         wire.write(chunk(b"data: direct\n\n"))
         await send({"type": "http.response.body", "body": b"data: normal\n\n", "more_body": True})

@@ -23,8 +23,11 @@ from ..coordination import listen_for_revocations
 from ..errors import AijobsError
 from ..events import EventLog
 from ..files import tighten_dir
-from ..gateway import Gateway
 from ..jobs import JobService
+from ..push.gateway import Gateway
+from ..push.positions import PositionTicker
+from ..push.sse import SseResponse
+from ..push.wire import RAW_SEND
 from ..queue import JobQueue, json_deserializer, json_serializer
 from ..store import open_store
 from ..tasks import TaskRegistry, default_registry
@@ -39,14 +42,10 @@ from .jobs import create_job, get_job
 from .lifecycle import cancel_job, retry_job
 from .openapi import openapi_json
 from .origins import header, host_allowed
-from .positions import PositionTicker
-from .push import all_events, websocket_endpoint
 from .session import create_session, delete_session, me, sign_in_demo
-from .sse import SseResponse
 from .state import AppState, app_state
 from .stats import stats
-from .streams import job_events
-from .wire import RAW_SEND
+from .streams import all_events, job_events, websocket_endpoint
 
 STATIC_DIR = Path(__file__).resolve().parent.parent.parent / "static"
 
@@ -148,7 +147,7 @@ class App(Starlette):
 
 async def refuse_host(scope: Scope, receive: Receive, send: Send) -> None:
     """400 JSON, over HTTP and for a WebSocket handshake too (before the upgrade, through the ASGI
-    `websocket.http.response` extension, as push.refuse answers); without it, a policy-violation close (HTTP 403)."""
+    `websocket.http.response` extension, as streams.refuse answers); without it, a policy-violation close (HTTP 403)."""
     host = header(scope, b"host") or ""
     response = error_response(
         400,

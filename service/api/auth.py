@@ -128,7 +128,7 @@ def unauthenticated(conn: HTTPConnection) -> ApiError:
 
 def current_user(conn: HTTPConnection) -> str:
     """The caller's user id, or a refusal: 401 JSON over HTTP, a policy-violation close for a WebSocket (whose
-    handler answers the handshake with the 401 itself: api/push.py)."""
+    handler answers the handshake with the 401 itself: api/streams.py)."""
     identity: Identity | None = conn.scope.get(_SCOPE_KEY)
     if identity is not None and identity.user_id is not None:
         return identity.user_id

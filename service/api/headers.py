@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from starlette.types import Message, Scope, Send
 
+from ..push.sse import STREAM_HEADERS
+
 CSP = "default-src 'self'; img-src 'self' data: https:; frame-ancestors 'none'; object-src 'none'; base-uri 'none'"
 HSTS = "max-age=31536000"
 
@@ -20,10 +22,18 @@ SECURITY_HEADERS: list[tuple[bytes, bytes]] = [
     (b"x-frame-options", b"DENY"),
 ]
 SECURITY_HEADERS_TLS: list[tuple[bytes, bytes]] = [*SECURITY_HEADERS, (b"strict-transport-security", HSTS.encode())]
+# An event stream's headers (SseResponse sends them itself, not through `with_security_headers`): one of the two,
+# chosen once per stream, no work per event.
+SSE_HEADERS = [*STREAM_HEADERS, *SECURITY_HEADERS]
+SSE_HEADERS_TLS = [*STREAM_HEADERS, *SECURITY_HEADERS_TLS]
 
 
 def security_headers(scope: Scope) -> list[tuple[bytes, bytes]]:
     return SECURITY_HEADERS_TLS if scope.get("scheme") == "https" else SECURITY_HEADERS
+
+
+def sse_headers(scope: Scope) -> list[tuple[bytes, bytes]]:
+    return SSE_HEADERS_TLS if scope.get("scheme") == "https" else SSE_HEADERS
 
 
 def with_security_headers(scope: Scope, send: Send) -> Send:

@@ -9,8 +9,8 @@ from starlette.requests import HTTPConnection
 
 from ..config import Settings
 from ..events import EventLog
-from ..gateway import Gateway
 from ..jobs import JobService
+from ..push.gateway import Gateway
 from ..store.base import JobStore
 
 

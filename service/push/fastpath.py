@@ -1,7 +1,7 @@
 """Switches for the push fast paths: each turns itself off, for good in this process, on its first error.
 
 The fast paths (a parked group's lane, a WebSocket's direct write) reach under ASGI into the server's
-private objects (service/api/wire.py). If the server changes under them, the first call that fails must not
+private objects (wire.py). If the server changes under them, the first call that fails must not
 cost a client an event nor end the gateway's subscription task: the caller catches the error, calls `fail`,
 and hands the event to the normal path, which every client always has. From then on nothing in this
 process takes that fast path again; the error is logged once, with its traceback, and `/healthz` says so.

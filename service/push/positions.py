@@ -14,10 +14,10 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from ..gateway import Gateway
 from ..jobs import JobService
 from ..models import Event, EventKind
 from ..store.base import JobStore
+from .gateway import Gateway
 
 log = logging.getLogger("aijobs.positions")
 

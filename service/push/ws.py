@@ -1,10 +1,4 @@
-"""`GET /api/events` (SSE, every job of the caller) and `WS /api/ws` (subscribe to jobs or "mine", with resume).
-
-SSE cursor: with many jobs on one stream no single seq can be the event id, so each event's `id:` is the
-resume point of every job still running on that stream, `<job_id>:<seq>` joined by commas (a finished
-job drops out once its terminal event is sent). A browser sends it back as `Last-Event-ID`; the server
-replays each job's Stream after its seq (gap-free per job), and starts any other active job of the user
-from a snapshot.
+"""One WebSocket session of `WS /api/ws`: its messages checked, rate-limited, and answered; events written.
 
 WebSocket: client messages are JSON objects: `{"type":"subscribe","job_id":ID,"after":N?}`,
 `{"type":"subscribe","scope":"mine","cursor":C?}` (C: the SSE cursor format, `<job_id>:<seq>,…`, resumes those
@@ -20,113 +14,16 @@ import asyncio
 import contextlib
 import json
 import time
-from collections.abc import AsyncGenerator
 from typing import Any
 
-from starlette.exceptions import WebSocketException
-from starlette.requests import Request
-from starlette.responses import Response
-from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
+from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from ..errors import AijobsError
-from ..models import TERMINAL_STATUSES, Event, EventKind, dumps
-from . import origins
-from .auth import current_user, signed_in_by_cookie, unauthenticated
-from .errors import ApiError, error_response
-from .frames import PING_FRAME, WS_PING_FRAME, event_json, sse_body, ws_frame
-from .multiwatch import MAX_JOBS_PER_CLIENT, MultiWatch, parse_cursor
-from .sse import SseResponse
-from .state import AppState, app_state
-from .streams import RETRY_MS, ws_lane
-from .submit_rules import acquire_stream_slot
-from .wire import WsWire, ws_wire
-
-
-def ends_job(event: Event) -> bool:
-    return event.terminal or (
-        event.kind is EventKind.SNAPSHOT and event.data.get("job", {}).get("status") in TERMINAL_STATUSES
-    )
-
-
-def multi_watch(state: AppState, user: str) -> MultiWatch:
-    return MultiWatch(user_id=user, store=state.store, events=state.events, jobs=state.jobs, gateway=state.gateway)
-
-
-async def mine_events(mw: MultiWatch, cursor: dict[str, int] | None, ping: float) -> AsyncGenerator[bytes, None]:
-    positions: dict[str, int] = dict(cursor or {})
-
-    def frame(event: Event) -> bytes:
-        if event.kind is EventKind.POSITION:
-            return sse_body(event)  # ephemeral: the cursor does not move
-        if ends_job(event):
-            positions.pop(event.job_id, None)
-        else:
-            positions[event.job_id] = event.seq
-        ident = ",".join(f"{j}:{s}" for j, s in positions.items())
-        return b"id: " + ident.encode() + b"\n" + sse_body(event)
-
-    await mw.start()
-    try:
-        yield f"retry: {RETRY_MS}\n\n".encode()
-        batch: list[Event] | None = await mw.add_mine(cursor)
-        for job_id in [j for j in positions if j not in mw.watches]:
-            del positions[job_id]  # not the caller's, unknown or already over: never echoed back in an id
-        while True:
-            if batch is None:
-                yield PING_FRAME
-            else:
-                for chunk in [frame(event) for event in batch]:
-                    yield chunk
-            batch = None  # hold no event while idle
-            batch = await mw.next_batch()
-    finally:
-        await mw.close()
-
-
-async def all_events(request: Request) -> Response:
-    """SSE of every job of the caller: active ones from a snapshot (or the cursor), new ones as they come."""
-    state = app_state(request)
-    user = current_user(request)
-    header = request.headers.get("last-event-id")
-    raw = header or request.query_params.get("cursor")
-    try:
-        cursor = parse_cursor(raw)
-    except ValueError:
-        raise ApiError(
-            400,
-            "invalid_last_event_id",
-            f"{'Last-Event-ID' if header else '?cursor='} must be an id this stream sent (job_id:seq pairs joined "
-            "by commas); leave it out to start every active job from a snapshot.",
-        ) from None
-    mw = multi_watch(state, user)
-    slot = acquire_stream_slot(request, user)
-    return SseResponse(
-        mine_events(mw, cursor, state.settings.sse_ping_seconds),
-        send_timeout=state.settings.push_send_timeout,
-        on_close=slot.release,
-    )
-
-
-ORIGIN_NOT_ALLOWED = (
-    "This page's origin may not open WebSockets here: serve the page from the app's own origin, or add its origin "
-    "to ALLOWED_ORIGINS."
-)
-ORIGIN_REQUIRED = (
-    "A WebSocket signed in by the session cookie must carry an Origin header (browsers send one); an API client "
-    "signs in with 'Authorization: Bearer <token>' instead."
-)
-
-
-def origin_allowed(ws: WebSocket, allowed: tuple[str, ...]) -> bool:
-    """Same origin as the app (scheme + Host) or listed in ALLOWED_ORIGINS (origins.origin_allowed).
-
-    No Origin is fine for a Bearer client (not a browser: it had to hold the token), but not for a handshake
-    signed in by the session cookie, which only a browser (or something replaying its cookie) sends: browsers
-    always send Origin on a WebSocket handshake, so a cookie without one is refused (cross-site hijacking)."""
-    origin = ws.headers.get("origin")
-    if origin is None:
-        return not signed_in_by_cookie(ws)
-    return origins.origin_allowed(ws.scope, origin, allowed)
+from ..models import Event, EventKind, dumps
+from .frames import WS_PING_FRAME, event_json, ws_frame
+from .multiwatch import MAX_JOBS_PER_CLIENT, multi_watch, parse_cursor
+from .state import PushState
+from .watch import ws_lane
+from .wire import WsWire
 
 
 class RateLimit:
@@ -179,7 +76,7 @@ def unknown_field(msg: dict[str, Any]) -> tuple[str, str] | None:
 class WsSession:
     """One WebSocket: reads client messages and writes events, one task each, sharing one MultiWatch."""
 
-    def __init__(self, ws: WebSocket, state: AppState, user: str, wire: WsWire | None = None) -> None:
+    def __init__(self, ws: WebSocket, state: PushState, user: str, wire: WsWire | None = None) -> None:
         self.ws = ws
         self.wire = wire
         self.state = state
@@ -409,42 +306,3 @@ class WsSession:
             for watch in self.mw.watches.values():
                 watch.transport = None  # no cycle through the socket left for the GC
             await self.mw.close()
-
-
-async def refuse(ws: WebSocket, exc: AijobsError) -> None:
-    """Refuse the handshake before the upgrade with the JSON error and status an HTTP request would get, through the
-    ASGI `websocket.http.response` extension (uvicorn offers it); under a server without it, a policy-violation close
-    (HTTP 403) whose reason is the error code."""
-    if "websocket.http.response" in ws.scope.get("extensions", {}):
-        await ws.send_denial_response(error_response(exc.status, exc.code, exc.message, exc.headers))
-    else:
-        await ws.close(code=1008, reason=exc.code)
-
-
-async def websocket_endpoint(ws: WebSocket) -> None:
-    state = app_state(ws)
-    if not origin_allowed(ws, state.settings.allowed_origins):
-        if ws.headers.get("origin") is None:
-            await refuse(ws, ApiError(403, "origin_required", ORIGIN_REQUIRED))
-        else:
-            await refuse(ws, ApiError(403, "origin_not_allowed", ORIGIN_NOT_ALLOWED))
-        return
-    try:
-        user = current_user(ws)
-    except WebSocketException:
-        await refuse(ws, unauthenticated(ws))
-        return
-    try:
-        slot = acquire_stream_slot(ws, user)
-    except AijobsError as exc:  # over MAX_STREAMS: 429 too_many_streams, as for SSE
-        await refuse(ws, exc)
-        return
-    try:
-        await ws.accept()
-        fast = state.gateway.fast
-        await WsSession(ws, state, user, ws_wire(ws.scope, fast.ws_lane, fast.ws_direct)).run()
-    finally:
-        slot.release()
-        if ws.application_state is WebSocketState.CONNECTED and ws.client_state is WebSocketState.CONNECTED:
-            with contextlib.suppress(Exception):
-                await ws.close()

@@ -11,7 +11,7 @@ the normal path.
 
 These are uvicorn's private objects, so uvicorn is pinned (pyproject.toml) to the versions tests/test_wire.py
 has proven, and that test checks every attribute listed below on live connections. Should they change anyway,
-`sse_wire`/`ws_wire` find the attribute missing and turn their fast path off (service/fastpath.py) instead of
+`sse_wire`/`ws_wire` find the attribute missing and turn their fast path off (fastpath.py) instead of
 returning a wire; an error later, in a lane or a direct write, does the same from the gateway.
 
 Bytes written here never interleave with the normal path's: both write whole frames synchronously to the
@@ -24,7 +24,7 @@ from typing import Any
 
 from starlette.types import Scope
 
-from ..fastpath import FastPath
+from .fastpath import FastPath
 
 RAW_SEND = "aijobs.raw_send"
 

@@ -4,19 +4,28 @@ Used by `GET /api/events` and `WS /api/ws`. It holds one gateway `Subscriber` fo
 `JobWatch` per job, which keeps that job's events in seq order with no duplicate and catches up from
 the job's Stream whenever the live path may have missed something (late start, buffer overflow,
 re-made Redis subscription). Finished jobs are forgotten so a long-lived connection stays small.
+
+`mine_events` is the SSE stream of `GET /api/events` (ws.py serves the WebSocket). Its cursor: with many jobs on one
+stream no single seq can be the event id, so each event's `id:` is the resume point of every job still running on
+that stream, `<job_id>:<seq>` joined by commas (a finished job drops out once its terminal event is sent). A browser
+sends it back as `Last-Event-ID`; the server replays each job's Stream after its seq (gap-free per job), and starts
+any other active job of the user from a snapshot.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections import OrderedDict
+from collections.abc import AsyncGenerator
 
 from ..events import EventLog
-from ..gateway import Gateway, Subscriber
 from ..jobs import JobService
-from ..models import Event, EventKind
+from ..models import TERMINAL_STATUSES, Event, EventKind
 from ..store.base import JobStore
-from .streams import JobWatch
+from .frames import PING_FRAME, sse_body
+from .gateway import Gateway, Subscriber
+from .state import PushState
+from .watch import RETRY_MS, JobWatch
 
 MAX_JOBS_PER_CLIENT = 1000
 _DONE_MEMORY = 1000
@@ -148,3 +157,44 @@ def parse_cursor(raw: str | None) -> dict[str, int] | None:
         if len(out) > MAX_JOBS_PER_CLIENT:
             raise ValueError("too many jobs")
     return out
+
+
+def ends_job(event: Event) -> bool:
+    return event.terminal or (
+        event.kind is EventKind.SNAPSHOT and event.data.get("job", {}).get("status") in TERMINAL_STATUSES
+    )
+
+
+def multi_watch(state: PushState, user: str) -> MultiWatch:
+    return MultiWatch(user_id=user, store=state.store, events=state.events, jobs=state.jobs, gateway=state.gateway)
+
+
+async def mine_events(mw: MultiWatch, cursor: dict[str, int] | None, ping: float) -> AsyncGenerator[bytes, None]:
+    positions: dict[str, int] = dict(cursor or {})
+
+    def frame(event: Event) -> bytes:
+        if event.kind is EventKind.POSITION:
+            return sse_body(event)  # ephemeral: the cursor does not move
+        if ends_job(event):
+            positions.pop(event.job_id, None)
+        else:
+            positions[event.job_id] = event.seq
+        ident = ",".join(f"{j}:{s}" for j, s in positions.items())
+        return b"id: " + ident.encode() + b"\n" + sse_body(event)
+
+    await mw.start()
+    try:
+        yield f"retry: {RETRY_MS}\n\n".encode()
+        batch: list[Event] | None = await mw.add_mine(cursor)
+        for job_id in [j for j in positions if j not in mw.watches]:
+            del positions[job_id]  # not the caller's, unknown or already over: never echoed back in an id
+        while True:
+            if batch is None:
+                yield PING_FRAME
+            else:
+                for chunk in [frame(event) for event in batch]:
+                    yield chunk
+            batch = None  # hold no event while idle
+            batch = await mw.next_batch()
+    finally:
+        await mw.close()

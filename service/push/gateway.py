@@ -13,7 +13,7 @@ subscriber; the members the lane cannot serve right now (a socket with unsent da
 event the usual way.
 
 Fail safe: the fast paths (lanes, a subscriber's `fast`) reach into the server's private objects, so every call to
-one is isolated. Its first error turns that fast path off for this process (service/fastpath.py), its clients leave
+one is isolated. Its first error turns that fast path off for this process (fastpath.py), its clients leave
 their groups and get the event that hit the fault the usual way, as they do every event after it. The subscription
 task is watched: if it ends for any reason but `stop`, it is logged and started again, and every watcher re-reads
 its Stream from its last seq, as after a lost Redis connection.
@@ -32,9 +32,9 @@ from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from .events import USER_CHANNEL_PREFIX, user_channel
+from ..events import USER_CHANNEL_PREFIX, user_channel
+from ..models import Event, EventKind
 from .fastpath import FastPath, FastPaths
-from .models import Event, EventKind
 
 log = logging.getLogger("aijobs.gateway")
 

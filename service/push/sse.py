@@ -16,15 +16,12 @@ from typing import Any
 from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
 
-from .headers import SECURITY_HEADERS, SECURITY_HEADERS_TLS
-
-_STREAM = [
+# An event stream's own headers; the caller adds the app's security headers (api/headers.py: SSE_HEADERS).
+STREAM_HEADERS = [
     (b"content-type", b"text/event-stream; charset=utf-8"),
     (b"cache-control", b"no-cache"),
     (b"x-accel-buffering", b"no"),
 ]
-HEADERS = [*_STREAM, *SECURITY_HEADERS]  # one of the two, chosen once per stream: no work per event
-HEADERS_TLS = [*_STREAM, *SECURITY_HEADERS_TLS]
 
 
 class _StallWatch:
@@ -122,8 +119,9 @@ class _DisconnectWatch:
 class SseResponse(Response):
     """Streams the bytes an async generator yields; ends when it ends, the client leaves, or a send stalls.
 
-    `on_close` runs however it ends (a stream slot's release): here rather than in a wrapping response, whose
-    frame each idle stream would keep suspended."""
+    `headers` is the whole header block of the response start, built once by the caller (STREAM_HEADERS and the
+    app's security headers), not per stream. `on_close` runs however it ends (a stream slot's release): here rather
+    than in a wrapping response, whose frame each idle stream would keep suspended."""
 
     status_code = 200
     background = None
@@ -132,10 +130,12 @@ class SseResponse(Response):
         self,
         body: AsyncGenerator[bytes, None],
         *,
+        headers: list[tuple[bytes, bytes]],
         send_timeout: float = 10.0,
         on_close: Callable[[], None] | None = None,
     ) -> None:
         self.events = body  # not `body`: Response.body is the bytes of a whole response
+        self.start_headers = headers  # not `headers`: Response.headers is a view of raw_headers
         self.send_timeout = send_timeout
         self.on_close = on_close
         self.stalled = False
@@ -165,8 +165,7 @@ class SseResponse(Response):
         self._task = task
         loop = asyncio.get_running_loop()
         try:
-            headers = HEADERS_TLS if scope.get("scheme") == "https" else HEADERS
-            await send({"type": "http.response.start", "status": 200, "headers": headers})
+            await send({"type": "http.response.start", "status": 200, "headers": self.start_headers})
             async for chunk in self.events:
                 self.sending_since = loop.time()
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
