@@ -110,3 +110,46 @@ async def test_ws_refuses_unknown_fields_naming_them(
         assert err["code"] in ("invalid_message", "invalid_cursor") and hint in err["message"], err
         await ws.send(json.dumps({"type": "ping"}))  # the connection carries on
         assert await ws_recv(ws) == {"type": "pong"}
+
+
+async def test_a_job_made_once_the_headers_came_is_told_from_its_first_event(
+    client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """GET /api/events answers its headers only once it is subscribed and has listed the active jobs: a job made
+    after that (a page opens the stream, then submits) comes from seq 1, never as a snapshot of a later state.
+
+    Listing the active jobs is held until a job is made or a second passes: with the headers sent first, the job
+    is made while the stream is not yet listening, and the listing then finds it already under way."""
+    from service.push.multiwatch import MultiWatch
+
+    made = asyncio.Event()
+    add_mine = MultiWatch.add_mine
+
+    async def held(self: MultiWatch, cursor: dict[str, int] | None = None) -> list[Any]:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(made.wait(), 1.0)
+        return await add_mine(self, cursor)
+
+    monkeypatch.setattr(MultiWatch, "add_mine", held)
+    async with client.stream("GET", "/api/events") as response:
+        assert response.status_code == 200
+        stream = read_events(response)
+        job_id = await submit(client)
+        made.set()
+        first = await asyncio.wait_for(anext(stream), 10)
+    assert (first.event, first.data["job_id"], first.data["seq"]) == ("status", job_id, 1)
+
+
+async def test_a_stream_that_cannot_start_is_a_json_503(
+    client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from service.push.multiwatch import MultiWatch
+
+    async def broken(self: MultiWatch, cursor: dict[str, int] | None = None) -> list[Any]:
+        raise ConnectionError("store gone")
+
+    monkeypatch.setattr(MultiWatch, "add_mine", broken)
+    response = await client.get("/api/events")
+    assert response.status_code == 503 and response.headers["retry-after"] == "5"
+    assert response.json()["error"]["code"] == "stream_unavailable"
+    assert response.headers["x-content-type-options"] == "nosniff"  # the security headers stay

@@ -184,10 +184,12 @@ async def mine_events(mw: MultiWatch, cursor: dict[str, int] | None, ping: float
 
     await mw.start()
     try:
-        yield f"retry: {RETRY_MS}\n\n".encode()
         batch: list[Event] | None = await mw.add_mine(cursor)
         for job_id in [j for j in positions if j not in mw.watches]:
             del positions[job_id]  # not the caller's, unknown or already over: never echoed back in an id
+        # The first chunk comes only now, subscribed and with the active jobs listed, and SseResponse sends the
+        # headers with it: a client that has the headers is told every job it makes after, from its first event.
+        yield f"retry: {RETRY_MS}\n\n".encode()
         while True:
             if batch is None:
                 yield PING_FRAME

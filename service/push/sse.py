@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncGenerator, Callable, Coroutine
 from typing import Any
 
@@ -22,6 +23,20 @@ STREAM_HEADERS = [
     (b"cache-control", b"no-cache"),
     (b"x-accel-buffering", b"no"),
 ]
+_STREAM_NAMES = {name for name, _ in STREAM_HEADERS}
+# A stream whose set-up failed (the store or Redis down as it subscribed) is refused like any API error, in JSON.
+_UNAVAILABLE = (
+    b'{"error": {"code": "stream_unavailable", "message": "The live stream could not start; reconnect in a few '
+    b'seconds, or poll GET /api/jobs/{id} meanwhile."}}'
+)
+
+log = logging.getLogger("aijobs.push")
+
+
+def _unavailable_headers(response: SseResponse) -> list[tuple[bytes, bytes]]:
+    """The stream's security headers, as JSON with a Retry-After instead of an event stream."""
+    kept = [(name, value) for name, value in response.start_headers if name not in _STREAM_NAMES]
+    return [(b"content-type", b"application/json"), (b"retry-after", b"5"), *kept]
 
 
 class _StallWatch:
@@ -165,7 +180,19 @@ class SseResponse(Response):
         self._task = task
         loop = asyncio.get_running_loop()
         try:
+            try:  # the stream's set-up (its subscription) is done before the client sees the headers
+                first = await anext(self.events, b"")
+            except Exception:
+                log.exception("a live stream could not start")
+                await send({"type": "http.response.start", "status": 503, "headers": _unavailable_headers(self)})
+                await send({"type": "http.response.body", "body": _UNAVAILABLE, "more_body": False})
+                return
             await send({"type": "http.response.start", "status": 200, "headers": self.start_headers})
+            if first:
+                self.sending_since = loop.time()
+                await send({"type": "http.response.body", "body": first, "more_body": True})
+                self.sending_since = 0.0
+                first = b""
             async for chunk in self.events:
                 self.sending_since = loop.time()
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
