@@ -1,4 +1,4 @@
-"""The `aijobs` command: dev (everything on embedded defaults), web, worker, settings."""
+"""The `aijobs` command: dev (everything on embedded defaults), web, worker, migrate, users, settings."""
 
 from __future__ import annotations
 
@@ -48,6 +48,42 @@ def port_problem(host: str, port: int) -> str | None:
             f"Set PORT to a free one, e.g. `PORT={port + 1} scripts/dev`."
         )
     return None
+def _migrate(settings: Settings) -> str:
+    from .store import migrate
+
+    before, after = asyncio.run(migrate(settings))
+    where = settings.database_url_shown
+    if before == after:
+        return f"{where}: schema already at version {after}, nothing to do"
+    return f"{where}: schema migrated from version {before} to {after}"
+
+
+def _check_schema(settings: Settings, command: str) -> None:
+    """Refuse to start against a schema older or newer than this code, saying what to run (the store's open()
+    checks too, but inside uvicorn's lifespan or arq's startup that would end as a traceback)."""
+    from .store import SchemaMismatch, open_store
+
+    async def check() -> None:
+        store = open_store(settings)
+        await store.open()
+        await store.close()
+
+    try:
+        asyncio.run(check())
+    except SchemaMismatch as exc:
+        raise SystemExit(f"aijobs {command}: {exc}") from None
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    """Apply the store's pending migrations: once per deploy, from any one host (several at once take turns)."""
+    from .store import SchemaMismatch
+
+    settings = _settings()
+    try:
+        print(f"aijobs migrate: {_migrate(settings)}")
+    except SchemaMismatch as exc:
+        raise SystemExit(f"aijobs migrate: {exc}") from None
+    return 0
 
 
 def cmd_dev(args: argparse.Namespace) -> int:
@@ -58,6 +94,8 @@ def cmd_dev(args: argparse.Namespace) -> int:
     if problem:
         raise SystemExit(f"aijobs dev: {problem}")
     private_dir(settings.data_dir)
+    if settings.uses_postgres:  # dev migrates whatever it is pointed at; web/worker alone never do for PostgreSQL
+        print(f"  {_migrate(settings)}", flush=True)
     with redis_url_for(settings.redis_url, settings.data_dir) as url:
         bin_dir = str(Path(sys.executable).parent)  # the Procfile's uvicorn/aijobs live beside this python
         env = dict(
@@ -78,7 +116,7 @@ def cmd_dev(args: argparse.Namespace) -> int:
         shown = "127.0.0.1" if settings.host in ("0.0.0.0", "::", "") else settings.host
         print(
             f"\n  aijobs is starting: open http://{shown}:{port}/\n"
-            f"  Redis: {url}   store: {settings.database_url}   AI: {ai}\n"
+            f"  Redis: {url}   store: {settings.database_url_shown}   AI: {ai}\n"
             + (
                 f"  Signed in as the demo user '{demo}' automatically (AIJOBS_DEMO_LOGIN=true; dev only).\n"
                 if demo
@@ -124,6 +162,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
             "aijobs worker: REDIS_URL is not set: point it at Redis, or run `scripts/dev` (`aijobs dev`), which starts "
             "an embedded Redis with web and worker."
         )
+    _check_schema(settings, "worker")
     worker: Worker = build_worker(settings, redis_url=settings.redis_url, burst=args.burst)
     worker.run()
     return 0
@@ -133,6 +172,7 @@ def cmd_web(args: argparse.Namespace) -> int:
     import uvicorn
 
     settings = _settings()
+    _check_schema(settings, "web")
     uvicorn.run(
         "service.api.app:app_from_env",
         factory=True,
@@ -266,6 +306,9 @@ def main(argv: list[str] | None = None) -> int:
     w = sub.add_parser("worker", help="run a worker process (REDIS_URL required)")
     w.add_argument("--burst", action="store_true", help="exit once the queue is empty")
     w.set_defaults(fn=cmd_worker)
+    sub.add_parser(
+        "migrate", help="apply the job store's pending schema migrations (before starting a new release)"
+    ).set_defaults(fn=cmd_migrate)
     sub.add_parser("settings", help="list every setting with its default").set_defaults(fn=cmd_settings)
     u = sub.add_parser("users", help="create a user (prints its API token once), revoke its token, or list users")
     u.add_argument("action", choices=["create", "revoke", "list"])

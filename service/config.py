@@ -48,7 +48,19 @@ class Settings:
     )
     database_url: str = field(
         default="sqlite:///var/aijobs.db",
-        metadata={"env": "DATABASE_URL", "doc": "Job store (sqlite:///path); unset: <AIJOBS_DATA_DIR>/aijobs.db"},
+        metadata={
+            "env": "DATABASE_URL",
+            "doc": "Job store: sqlite:///path (one machine; migrates itself on start; unset: "
+            "<AIJOBS_DATA_DIR>/aijobs.db) or postgresql://user@host/db (many hosts; run `aijobs migrate` first)",
+        },
+    )
+    database_pool_size: int = field(
+        default=10,
+        metadata={
+            "env": "DATABASE_POOL_SIZE",
+            "doc": "PostgreSQL connections one process may open (keep processes x this under max_connections, or "
+            "put PgBouncer in transaction mode in front)",
+        },
     )
     store_busy_timeout: float = field(
         default=10.0,
@@ -326,7 +338,12 @@ class Settings:
                 all(map(_is_host_pattern, self.allowed_hosts)),
                 "must be host names like app.example.com or *.example.com (no scheme, port or path), comma-separated",
             ),
-            ("DATABASE_URL", self.database_url.startswith("sqlite:///"), "only sqlite:///path is supported so far"),
+            (
+                "DATABASE_URL",
+                self.database_url.startswith(("sqlite:///", "postgresql://", "postgres://")),
+                "must be sqlite:///path or postgresql://[user[:password]@]host[:port]/dbname",
+            ),
+            ("DATABASE_POOL_SIZE", self.database_pool_size >= 1, "must be at least 1"),
             (
                 "LOG_LEVEL",
                 self.log_level.upper() in {"DEBUG", "INFO", "WARNING", "ERROR"},
@@ -383,6 +400,17 @@ class Settings:
         elif isinstance(url, str) and url.startswith("sqlite:///") and not Path(url[10:]).is_absolute():
             values["database_url"] = f"sqlite:///{base / url[10:]}"
         return cls(**values)
+
+    @property
+    def uses_postgres(self) -> bool:
+        return self.database_url.startswith(("postgresql://", "postgres://"))
+
+    @property
+    def database_url_shown(self) -> str:
+        """DATABASE_URL with any password masked, for logs and banners."""
+        import re
+
+        return re.sub(r"(://[^/:@]*:)[^/@]*@", r"\1***@", self.database_url)
 
     @property
     def sqlite_path(self) -> Path:

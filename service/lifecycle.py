@@ -25,9 +25,7 @@ from .events import EventLog, stream_key
 from .models import JobError, JobStatus, now
 from .queue import JobQueue, arq_job_id
 from .runner import attempt_record
-from .store.base import JobStore
-from .store.sqlite import SQLiteJobStore
-from .store.users import JobSecrets
+from .store import JobStore, job_secrets
 
 log = logging.getLogger("aijobs.lifecycle")
 
@@ -140,9 +138,7 @@ class Maintenance:
 
     async def forget_keys(self) -> int:
         """Users' sealed provider keys of jobs that are over (expired, swept, cancelled while queued) are deleted."""
-        if not isinstance(self.store, SQLiteJobStore):
-            return 0
-        return await JobSecrets(self.store).delete_finished()
+        return await job_secrets(self.store).delete_finished()
 
     async def tick(self) -> None:
         await self.sweep_leases()

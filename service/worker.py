@@ -27,8 +27,7 @@ from .providers.base import Provider
 from .providers.factory import build_chain_providers, build_provider
 from .queue import RUN_JOB_FUNCTION, JobQueue, json_deserializer, json_serializer, parse_arq_job_id
 from .runner import HeldBack, JobRunner
-from .store import open_store
-from .store.users import JobSecrets
+from .store import job_secrets, open_store
 from .tasks import TaskRegistry, default_registry
 
 log = logging.getLogger("aijobs.worker")
@@ -93,7 +92,7 @@ def build_worker(
             sim_delay=settings.sim_delay,
             client=http,
         )
-        keys = ProviderKeys(JobSecrets(store), KeyBox(load_server_secret(settings)))  # type: ignore[arg-type]
+        keys = ProviderKeys(job_secrets(store), KeyBox(load_server_secret(settings)))
         ctx.update(store=store, http=http, provider=ai, provider_keys=keys, chain_providers=chain_providers)
         events = EventLog(ctx["redis"], maxlen=settings.event_stream_maxlen)
         queue = JobQueue(ctx["redis"], queue_name=settings.queue_name)

@@ -13,8 +13,8 @@ from starlette.types import Scope
 from ..config import Settings
 from ..crypto import KeyBox, SessionSigner, load_server_secret
 from ..limits import StreamSlots, SubmissionLimits
+from ..store import JobStore, job_queries, job_secrets, user_store
 from ..store.queries import JobQueries
-from ..store.sqlite import SQLiteJobStore
 from ..store.users import JobSecrets, UserStore
 from ..usage import PriceTable
 
@@ -35,15 +35,13 @@ class Accounts:
     prices: PriceTable
 
 
-def build_accounts(settings: Settings, store: Any, redis: Any) -> Accounts:
-    if not isinstance(store, SQLiteJobStore):
-        raise RuntimeError("accounts need the SQLite store")
+def build_accounts(settings: Settings, store: JobStore, redis: Any) -> Accounts:
     secret = load_server_secret(settings)
     return Accounts(
         settings=settings,
-        users=UserStore(store),
-        secrets=JobSecrets(store),
-        queries=JobQueries(store),
+        users=user_store(store),
+        secrets=job_secrets(store),
+        queries=job_queries(store),
         signer=SessionSigner(secret, SESSION_MAX_AGE),
         keybox=KeyBox(secret),
         limits=SubmissionLimits(settings, redis),

@@ -16,10 +16,43 @@ from ..models import Job, JobError, JobStatus
 FINAL_STEPS = {JobStatus.COMPLETED: "Done", JobStatus.FAILED: "Failed", JobStatus.CANCELLED: "Cancelled"}
 
 
+class UniqueViolation(ValueError):
+    """A write broke a unique key (both stores raise this one from the statements they share)."""
+
+
+class SchemaMismatch(RuntimeError):
+    """The database's schema is not the one this code was written for: the message says what to run."""
+
+    def __init__(self, found: int, expected: int) -> None:
+        self.found, self.expected = found, expected
+        if found < expected:
+            msg = (
+                f"the job store's schema is at version {found}, this code needs {expected}: "
+                "run `aijobs migrate` (same DATABASE_URL) once, then start again"
+            )
+        else:
+            msg = (
+                f"the job store's schema is at version {found}, newer than this code's {expected}: a newer aijobs "
+                "migrated it; run that release here too (migrations only go forward)"
+            )
+        super().__init__(msg)
+
+
 class JobStore(Protocol):
-    async def open(self) -> None: ...
+    dialect: str  # "sqlite" or "postgres": the few shared statements that differ pick by it
+
+    @property
+    def db(self) -> Any:
+        """What the modules both stores share (users, sealed keys, history queries) run statements on:
+        `execute(sql, params)` with `?` placeholders, awaited or `async with`, rows read by position."""
+
+    async def open(self) -> None:
+        """Connect; raise SchemaMismatch unless the schema is this code's (SQLite migrates itself first)."""
 
     async def close(self) -> None: ...
+
+    async def migrate(self) -> tuple[int, int]:
+        """Apply pending migrations, safe while other hosts do the same; (version before, version after)."""
 
     async def ping(self) -> None:
         """Raise if the store cannot answer."""

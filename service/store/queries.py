@@ -9,7 +9,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..models import Job
-from .sqlite import _COLUMNS, SQLiteJobStore, _row_to_job
+from .base import JobStore
+from .rows import _COLUMNS, _row_to_job
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,7 +46,7 @@ def _where(f: HistoryFilter) -> tuple[str, list[Any]]:
 
 
 class JobQueries:
-    def __init__(self, store: SQLiteJobStore) -> None:
+    def __init__(self, store: JobStore) -> None:
         self.store = store
 
     async def _all(self, sql: str, params: list[Any] | tuple[Any, ...]) -> list[Any]:
@@ -68,18 +69,25 @@ class JobQueries:
     async def usage_by_model(self, f: HistoryFilter) -> list[tuple[str | None, int, int, int]]:
         """(model, jobs, prompt_tokens, completion_tokens) over the filtered jobs."""
         where, params = _where(f)
+        if self.store.dialect == "postgres":
+            tokens = "COALESCE(SUM((usage::jsonb ->> '{0}')::bigint), 0)"
+        else:
+            tokens = "COALESCE(SUM(json_extract(usage, '$.{0}')), 0)"
         rows = await self._all(
-            "SELECT model, COUNT(*), "
-            "COALESCE(SUM(json_extract(usage, '$.prompt_tokens')), 0), "
-            "COALESCE(SUM(json_extract(usage, '$.completion_tokens')), 0) "
+            f"SELECT model, COUNT(*), {tokens.format('prompt_tokens')}, {tokens.format('completion_tokens')} "
             f"FROM jobs WHERE {where} GROUP BY model",
             params,
         )
         return [(r[0], int(r[1]), int(r[2]), int(r[3])) for r in rows]
 
     async def count_active(self, user_id: str) -> int:
-        """The user's queued + processing jobs, as the migration-6 triggers keep count (no rows are counted here)."""
-        rows = await self._all("SELECT n FROM user_active WHERE user_id = ?", (user_id,))
+        """The user's queued + processing jobs: SQLite's migration-6 triggers keep the count; PostgreSQL counts
+        the user's short slice of the jobs_user_active partial index (no counter row every submit updates)."""
+        if self.store.dialect == "postgres":
+            sql = "SELECT COUNT(*) FROM jobs WHERE user_id = ? AND status IN ('queued', 'processing')"
+        else:
+            sql = "SELECT n FROM user_active WHERE user_id = ?"
+        rows = await self._all(sql, (user_id,))
         return int(rows[0][0]) if rows else 0
 
     async def counts_by_status(self, user_id: str | None = None) -> dict[str, int]:

@@ -10,16 +10,11 @@ from typing import Any
 
 from ..files import private_dir, private_file, tighten_file
 from ..models import Job, JobError, JobStatus, dumps, now
-from .base import FINAL_STEPS
+from .base import FINAL_STEPS, SchemaMismatch
 from .connection import Connection
 from .migrations import MIGRATIONS, statements
+from .rows import _COLUMNS, _NAMES, _row_to_job
 
-_COLUMNS = (
-    "id, user_id, type, status, priority, input, result, error, attempts, max_attempts, percentage, current_step, "
-    "partial_output, model, usage, lease_token, worker_id, seq, created_at, started_at, completed_at, updated_at, "
-    "lease_expires_at, cancel_requested, ready_at, expires_at, history, model_index, retry_of, running_on, "
-    "own_provider_key"
-)
 # How many queued jobs run before the row `jobs` under the priority rule (NULL unless it is queued). The order
 # expression must match the jobs_queue_order index word for word for SQLite to use it (10.0 is
 # queue.PRIORITY_STEP_SECONDS). Read with the row itself, so a poll or a submit needs no second statement.
@@ -51,59 +46,6 @@ _HISTORY_APPEND = (
 )
 
 
-_NAMES = [c.strip() for c in _COLUMNS.split(",")]
-(
-    _ID, _USER_ID, _TYPE, _STATUS, _PRIORITY, _INPUT, _RESULT, _ERROR, _ATTEMPTS, _MAX_ATTEMPTS, _PERCENTAGE,
-    _CURRENT_STEP, _PARTIAL_OUTPUT, _MODEL, _USAGE, _LEASE_TOKEN, _WORKER_ID, _SEQ, _CREATED_AT, _STARTED_AT,
-    _COMPLETED_AT, _UPDATED_AT, _LEASE_EXPIRES_AT, _CANCEL_REQUESTED, _READY_AT, _EXPIRES_AT, _HISTORY,
-    _MODEL_INDEX, _RETRY_OF, _RUNNING_ON, _OWN_PROVIDER_KEY,
-) = range(len(_NAMES))  # fmt: skip
-_loads = json.loads
-
-
-def _row_to_job(row: sqlite3.Row) -> Job:
-    """A row selected as _COLUMNS (in that order: read by position, which is faster than by name)."""
-    error = row[_ERROR]
-    error_dict = _loads(error) if error else None
-    result = row[_RESULT]
-    usage = row[_USAGE]
-    history = row[_HISTORY]
-    running_on = row[_RUNNING_ON]
-    return Job(
-        id=row[_ID],
-        user_id=row[_USER_ID],
-        type=row[_TYPE],
-        status=JobStatus(row[_STATUS]),
-        priority=row[_PRIORITY],
-        input=_loads(row[_INPUT]),
-        result=_loads(result) if result is not None else None,
-        error=JobError(**error_dict) if error_dict else None,
-        attempts=row[_ATTEMPTS],
-        max_attempts=row[_MAX_ATTEMPTS],
-        percentage=row[_PERCENTAGE],
-        current_step=row[_CURRENT_STEP],
-        partial_output=row[_PARTIAL_OUTPUT],
-        model=row[_MODEL],
-        usage=_loads(usage) if usage else None,
-        lease_token=row[_LEASE_TOKEN],
-        worker_id=row[_WORKER_ID],
-        seq=row[_SEQ],
-        created_at=row[_CREATED_AT],
-        started_at=row[_STARTED_AT],
-        completed_at=row[_COMPLETED_AT],
-        updated_at=row[_UPDATED_AT],
-        lease_expires_at=row[_LEASE_EXPIRES_AT],
-        cancel_requested=bool(row[_CANCEL_REQUESTED]),
-        ready_at=row[_READY_AT],
-        expires_at=row[_EXPIRES_AT],
-        history=_loads(history) if history else [],
-        model_index=row[_MODEL_INDEX],
-        retry_of=row[_RETRY_OF],
-        running_on=_loads(running_on) if running_on else None,
-        own_provider_key=bool(row[_OWN_PROVIDER_KEY]),
-    )
-
-
 def _enable_wal(db: sqlite3.Connection, attempts: int = 200) -> None:
     """Switching to WAL takes an exclusive lock and ignores busy_timeout, so retry while a peer starts up."""
     for _ in range(attempts):
@@ -117,12 +59,15 @@ def _enable_wal(db: sqlite3.Connection, attempts: int = 200) -> None:
     raise RuntimeError("could not switch the SQLite job store to WAL: another process holds it locked")
 
 
-def _migrate(db: sqlite3.Connection) -> None:
-    """Apply pending migrations in one immediate transaction so concurrent starters don't race."""
+def _migrate(db: sqlite3.Connection) -> tuple[int, int]:
+    """Apply pending migrations in one immediate transaction so concurrent starters don't race; refuse a schema
+    newer than this code (a newer release migrated it)."""
     db.execute("BEGIN IMMEDIATE")
     try:
         row = db.execute("PRAGMA user_version").fetchone()
         version = row[0] if row else 0
+        if version > len(MIGRATIONS):
+            raise SchemaMismatch(version, len(MIGRATIONS))
         for number, sql in enumerate(MIGRATIONS[version:], start=version + 1):
             for statement in statements(sql):
                 db.execute(statement)
@@ -131,20 +76,27 @@ def _migrate(db: sqlite3.Connection) -> None:
     except BaseException:
         db.execute("ROLLBACK")
         raise
+    return version, len(MIGRATIONS)
 
 
-def _prepare(db: sqlite3.Connection) -> None:
+def _prepare(db: sqlite3.Connection) -> tuple[int, int]:
     _enable_wal(db)
     db.execute("PRAGMA synchronous=NORMAL")
     db.execute("PRAGMA foreign_keys=ON")
-    _migrate(db)
+    return _migrate(db)
 
 
 class SQLiteJobStore:
+    """Migrates itself on open: the embedded store of one machine (`scripts/dev`, tests) needs no separate step,
+    and BEGIN IMMEDIATE already makes concurrent starters take turns. `aijobs migrate` runs the same code."""
+
+    dialect = "sqlite"
+
     def __init__(self, path: Path, *, busy_timeout: float = 10.0) -> None:
         self.path = path
         self.busy_timeout = busy_timeout
         self._db: Connection | None = None
+        self._migrated = (0, 0)  # the schema versions the last open() found and left
 
     @property
     def db(self) -> Connection:
@@ -162,11 +114,16 @@ class SQLiteJobStore:
         db = Connection(self.path, busy_timeout_ms=int(self.busy_timeout * 1000))  # first: a peer may be migrating
         await db.open()
         try:
-            await db.call(_prepare)
+            self._migrated = await db.call(_prepare)
         except BaseException:
             await db.close()
             raise
         self._db = db
+
+    async def migrate(self) -> tuple[int, int]:
+        """open() already migrated: the versions it found and left (a no-op pass confirms under the lock)."""
+        _, after = await self.db.call(_migrate)
+        return self._migrated[0], after
 
     async def close(self) -> None:
         if self._db is not None:

@@ -1,6 +1,7 @@
-"""Users, their API tokens (as SHA-256 hashes only) and sealed per-job provider keys, in the SQLite store.
+"""Users, their API tokens (as SHA-256 hashes only) and sealed per-job provider keys, in either store.
 
-Kept apart from the job store's lifecycle code: it shares the store's connection and migrations, nothing else.
+Kept apart from the job store's lifecycle code: it shares the store's connection (`store.db`, SQLite's `?`
+placeholders on both) and migrations, nothing else.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import TYPE_CHECKING, Generic, TypeVar
 
 from ..crypto import hash_token, new_token, session_epoch
 from ..models import iso, now
-from .sqlite import SQLiteJobStore
+from .base import JobStore, UniqueViolation
 
 if TYPE_CHECKING:
     from ..config import Settings
@@ -68,7 +69,7 @@ class _Remembered(Generic[V]):
 
 
 class UserStore:
-    def __init__(self, store: SQLiteJobStore) -> None:
+    def __init__(self, store: JobStore) -> None:
         self.store = store
         # Every API request presents its token: remembering valid ones for a short while spares a store round trip
         # per request. A revocation clears it (`forget`, told by a broadcast); TOKEN_CACHE_SECONDS bounds the rest.
@@ -85,7 +86,7 @@ class UserStore:
                 "INSERT INTO users (id, name, token_hash, created_at) VALUES (?, ?, ?, ?)",
                 (user.id, user.name, hash_token(token), user.created_at),
             )
-        except sqlite3.IntegrityError:
+        except (UniqueViolation, sqlite3.IntegrityError):
             raise UserExists(name) from None
         return user, token
 
@@ -105,7 +106,7 @@ class UserStore:
     async def _one(self, sql: str, params: tuple[str, ...]) -> User | None:
         async with self.store.db.execute(sql, params) as cur:
             row = await cur.fetchone()
-        return User(id=row["id"], name=row["name"], created_at=row["created_at"]) if row else None
+        return User(id=row[0], name=row[1], created_at=row[2]) if row else None
 
     async def by_token(self, token: str) -> User | None:
         digest = hash_token(token)
@@ -126,7 +127,7 @@ class UserStore:
             row = await cur.fetchone()
         if row is None:
             return None
-        user = User(id=row["id"], name=row["name"], created_at=row["created_at"])
+        user = User(id=row[0], name=row[1], created_at=row[2])
         self.forget(user.id)
         return user, token if reissue else None
 
@@ -139,7 +140,7 @@ class UserStore:
             row = await cur.fetchone()
         if row is None:
             return None
-        epoch = session_epoch(row["token_hash"])
+        epoch = session_epoch(row[0])
         self._epochs.put(user_id, epoch)
         return epoch
 
@@ -188,13 +189,13 @@ class UserStore:
     async def list(self) -> list[User]:
         async with self.store.db.execute("SELECT id, name, created_at FROM users ORDER BY created_at") as cur:
             rows = await cur.fetchall()
-        return [User(id=r["id"], name=r["name"], created_at=r["created_at"]) for r in rows]
+        return [User(id=r[0], name=r[1], created_at=r[2]) for r in rows]
 
 
 class JobSecrets:
     """Sealed provider keys, one per job; only ciphertext is ever written, and it is deleted when the job ends."""
 
-    def __init__(self, store: SQLiteJobStore) -> None:
+    def __init__(self, store: JobStore) -> None:
         self.store = store
 
     async def put(self, job_id: str, user_id: str, ciphertext: bytes) -> None:
@@ -206,7 +207,7 @@ class JobSecrets:
     async def get(self, job_id: str) -> bytes | None:
         async with self.store.db.execute("SELECT ciphertext FROM job_secrets WHERE job_id = ?", (job_id,)) as cur:
             row = await cur.fetchone()
-        return bytes(row["ciphertext"]) if row else None
+        return bytes(row[0]) if row else None
 
     async def delete(self, job_id: str) -> None:
         await self.store.db.execute("DELETE FROM job_secrets WHERE job_id = ?", (job_id,))
@@ -232,6 +233,6 @@ async def open_users(settings: Settings) -> AsyncIterator[UserStore]:
     store = open_store(settings)
     await store.open()
     try:
-        yield UserStore(store)  # type: ignore[arg-type]
+        yield UserStore(store)
     finally:
         await store.close()

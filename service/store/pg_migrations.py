@@ -1,0 +1,93 @@
+"""The PostgreSQL schema, as numbered migrations applied by `aijobs migrate` (never by a web or worker start).
+
+`aijobs_schema.version` records how many ran. Append new migrations; never edit one that has shipped.
+
+The same tables as the SQLite store, minus its trigger-kept counters: those are one row (`queue_size`) that every
+submit of every user would update, which under PostgreSQL's row locks serializes all submits. Here a user's
+active jobs are counted from a partial index (at most MAX_ACTIVE_JOBS entries per user), and a new job's queue
+position from the partial queue-order index. JSON stays TEXT (what the Python side writes and reads, no codec
+per connection); statements cast to jsonb where they look inside it.
+"""
+
+from __future__ import annotations
+
+# The queue order of a queued job (queue.py's score: ready time minus the priority head start, except a deferred
+# retry, scored at its due time). 10.0 is queue.PRIORITY_STEP_SECONDS. The jobs_queue_order index is on this very
+# expression, so the planner uses it for `key < x` counts.
+QUEUE_KEY = (
+    "(COALESCE({t}ready_at, {t}created_at) - CASE WHEN {t}ready_at > {t}updated_at THEN 0.0::float8 "
+    "ELSE {t}priority * 10.0::float8 END)"
+)
+
+
+def queue_key(alias: str = "") -> str:
+    return QUEUE_KEY.format(t=f"{alias}." if alias else "")
+
+
+MIGRATIONS: list[str] = [
+    f"""
+    CREATE TABLE jobs (
+        id TEXT PRIMARY KEY,
+        user_id TEXT NOT NULL,
+        type TEXT NOT NULL,
+        status TEXT NOT NULL CHECK (status IN ('queued','processing','completed','failed','cancelled','expired')),
+        priority INTEGER NOT NULL DEFAULT 5 CHECK (priority BETWEEN 1 AND 10),
+        input TEXT NOT NULL,
+        result TEXT,
+        error TEXT,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        max_attempts INTEGER NOT NULL DEFAULT 3,
+        percentage DOUBLE PRECISION NOT NULL DEFAULT 0,
+        current_step TEXT,
+        partial_output TEXT,
+        model TEXT,
+        usage TEXT,
+        lease_token TEXT,
+        worker_id TEXT,
+        seq BIGINT NOT NULL DEFAULT 0,
+        created_at DOUBLE PRECISION NOT NULL,
+        started_at DOUBLE PRECISION,
+        completed_at DOUBLE PRECISION,
+        updated_at DOUBLE PRECISION NOT NULL,
+        lease_expires_at DOUBLE PRECISION,
+        cancel_requested BOOLEAN NOT NULL DEFAULT FALSE,
+        ready_at DOUBLE PRECISION,
+        expires_at DOUBLE PRECISION,
+        history TEXT,
+        model_index INTEGER NOT NULL DEFAULT 0,
+        retry_of TEXT,
+        running_on TEXT,
+        own_provider_key BOOLEAN NOT NULL DEFAULT FALSE
+    );
+    -- history pages: newest first with an (created_at, id) cursor
+    CREATE INDEX jobs_user_created ON jobs (user_id, created_at DESC, id DESC);
+    -- the per-user active-jobs cap counts here: only queued/processing rows, so a user's slice is short
+    CREATE INDEX jobs_user_active ON jobs (user_id) WHERE status IN ('queued', 'processing');
+    CREATE INDEX jobs_queue_order ON jobs ({queue_key()}) WHERE status = 'queued';
+    CREATE INDEX jobs_lease ON jobs (lease_expires_at) WHERE status = 'processing';
+    CREATE INDEX jobs_completed ON jobs (completed_at) WHERE completed_at IS NOT NULL;
+    CREATE INDEX jobs_status_created ON jobs (status, created_at);
+    CREATE INDEX jobs_type_completed ON jobs (type, completed_at DESC) WHERE status = 'completed';
+    CREATE TABLE users (
+        id TEXT PRIMARY KEY,
+        name TEXT NOT NULL UNIQUE,
+        token_hash TEXT NOT NULL UNIQUE,
+        created_at DOUBLE PRECISION NOT NULL
+    );
+    CREATE TABLE job_secrets (
+        job_id TEXT PRIMARY KEY,
+        user_id TEXT NOT NULL,
+        ciphertext BYTEA NOT NULL,
+        created_at DOUBLE PRECISION NOT NULL
+    );
+    CREATE TABLE idempotency_keys (
+        user_id TEXT NOT NULL,
+        key TEXT NOT NULL,
+        request_hash TEXT NOT NULL,
+        job_id TEXT NOT NULL,
+        created_at DOUBLE PRECISION NOT NULL,
+        PRIMARY KEY (user_id, key)
+    );
+    CREATE INDEX idempotency_keys_created ON idempotency_keys (created_at);
+    """,
+]

@@ -1,0 +1,600 @@
+"""PostgreSQL job store: psycopg 3 on a psycopg_pool pool, the same fencing, seq and queue rules as the SQLite store.
+
+Why psycopg and not asyncpg: measured on the store's own statements with server-side prepared statements off
+(as PgBouncer's transaction mode needs), psycopg was as fast or faster (bench/pg_driver.py, README): asyncpg
+with `statement_cache_size=0` still parses each statement in a round trip of its own before running it.
+
+PgBouncer (transaction pooling): every connection has `prepare_threshold=None`, so psycopg never makes a named
+server-side prepared statement; locks are transaction-scoped (`pg_advisory_xact_lock`), nothing relies on
+session state, and no LISTEN is used.
+
+The active-jobs cap: a submit with `max_active` takes a transaction-scoped advisory lock on its user, then counts
+and inserts in the next statement (READ COMMITTED gives that statement a snapshot taken after the lock, so it
+sees every job a concurrent submit of the same user committed before releasing it). Users never wait on each
+other: there is no shared counter row.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from typing import Any
+
+from ..models import Job, JobError, JobStatus, dumps, now
+from .base import FINAL_STEPS, SchemaMismatch, UniqueViolation
+from .pg_migrations import MIGRATIONS, queue_key
+from .rows import _COLUMNS, _NAMES, _row_to_job
+
+log = logging.getLogger("aijobs.store")
+
+# pg_advisory_xact_lock(LOCK_SPACE, key): the first key names what is locked, so our locks never meet others'.
+LOCK_USER_CAP = 0x61696A31  # "aij1": one user's submits, while the cap is checked
+LOCK_MIGRATE = 0x61696A32  # "aij2": migrations
+
+_AHEAD_NEW = f"(SELECT COUNT(*) FROM jobs AS q WHERE q.status = 'queued' AND {queue_key('q')} < {queue_key('jobs')})"
+_AHEAD = f"CASE WHEN jobs.status = 'queued' THEN {_AHEAD_NEW} END"
+_HISTORY_APPEND = (
+    "history = CASE WHEN %(rec)s::text IS NULL THEN history "
+    "ELSE (COALESCE(history, '[]')::jsonb || jsonb_build_array(%(rec)s::jsonb))::text END"
+)
+_INSERT = (
+    f"INSERT INTO jobs ({_COLUMNS}) SELECT "
+    + ", ".join(f"%({n})s" for n in _NAMES)
+    + " WHERE %(cap)s::int IS NULL OR (SELECT COUNT(*) FROM jobs WHERE user_id = %(user_id)s "
+    f"AND status IN ('queued', 'processing')) < %(cap)s::int RETURNING {_AHEAD_NEW}"
+)
+
+
+def _configure_kwargs() -> dict[str, Any]:
+    # autocommit: one statement is one transaction, as in the SQLite store; prepare_threshold=None: never a named
+    # server-side prepared statement, so PgBouncer's transaction mode is safe.
+    return {"autocommit": True, "prepare_threshold": None}
+
+
+class Result:
+    """What a shared (dialect-neutral) statement returned, shaped like .connection.Result."""
+
+    __slots__ = ("rowcount", "rows")
+
+    def __init__(self, rows: list[Any], rowcount: int) -> None:
+        self.rows = rows
+        self.rowcount = rowcount
+
+    async def fetchone(self) -> Any:
+        return self.rows[0] if self.rows else None
+
+    async def fetchall(self) -> list[Any]:
+        return self.rows
+
+
+class _Pending:
+    def __init__(self, db: PgDb, sql: str, params: Sequence[Any]) -> None:
+        self._db, self._sql, self._params = db, sql, params
+
+    def __await__(self):  # type: ignore[no-untyped-def]
+        return self._db._run(self._sql, self._params).__await__()
+
+    async def __aenter__(self) -> Result:
+        return await self._db._run(self._sql, self._params)
+
+    async def __aexit__(self, *exc: object) -> None:
+        return None
+
+
+class PgDb:
+    """`execute(sql, params)` with SQLite's `?` placeholders, for the modules both stores share (users, keys,
+    history queries): the same interface as .connection.Connection, a unique-key error as UniqueViolation."""
+
+    def __init__(self, pool: Any) -> None:
+        self.pool = pool
+        self._sql: dict[str, str] = {}
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> _Pending:
+        return _Pending(self, sql, params)
+
+    async def _run(self, sql: str, params: Sequence[Any]) -> Result:
+        import psycopg
+
+        pg = self._sql.get(sql)
+        if pg is None:
+            pg = self._sql[sql] = sql.replace("%", "%%").replace("?", "%s")
+        try:
+            async with self.pool.connection() as conn:
+                cur = await conn.execute(pg, tuple(params))
+                rows = await cur.fetchall() if cur.description is not None else []
+                return Result(rows, cur.rowcount)
+        except psycopg.errors.UniqueViolation as exc:
+            raise UniqueViolation(str(exc)) from None
+
+
+class PostgresJobStore:
+    dialect = "postgres"
+
+    def __init__(self, url: str, *, min_size: int = 1, max_size: int = 10, connect_timeout: float = 10.0) -> None:
+        self.url = url
+        self.min_size = min_size
+        self.max_size = max_size
+        self.connect_timeout = connect_timeout
+        self._pool: Any = None
+        self._db: PgDb | None = None
+
+    @property
+    def pool(self) -> Any:
+        if self._pool is None:
+            raise RuntimeError("the job store is not open: call open() first")
+        return self._pool
+
+    @property
+    def db(self) -> PgDb:
+        if self._db is None:
+            raise RuntimeError("the job store is not open: call open() first")
+        return self._db
+
+    async def open(self, *, check_schema: bool = True) -> None:
+        from psycopg_pool import AsyncConnectionPool
+
+        pool = AsyncConnectionPool(
+            self.url,
+            min_size=self.min_size,
+            max_size=self.max_size,
+            kwargs=_configure_kwargs(),
+            open=False,
+            timeout=self.connect_timeout,
+            name="aijobs",
+        )
+        await pool.open(wait=True, timeout=self.connect_timeout)
+        self._pool, self._db = pool, PgDb(pool)
+        if check_schema:
+            try:
+                await self.check_schema()
+            except BaseException:
+                await self.close()
+                raise
+
+    async def close(self) -> None:
+        if self._pool is not None:
+            await self._pool.close()
+            self._pool = self._db = None
+
+    # --- schema -----------------------------------------------------------------------------------------
+
+    async def schema_version(self) -> int:
+        async with self.pool.connection() as conn:
+            cur = await conn.execute("SELECT to_regclass('aijobs_schema') IS NOT NULL")
+            row = await cur.fetchone()
+            if not row[0]:
+                return 0
+            cur = await conn.execute("SELECT version FROM aijobs_schema")
+            row = await cur.fetchone()
+        return int(row[0]) if row else 0
+
+    async def check_schema(self) -> None:
+        version = await self.schema_version()
+        if version != len(MIGRATIONS):
+            raise SchemaMismatch(version, len(MIGRATIONS))
+
+    async def migrate(self) -> tuple[int, int]:
+        """Apply pending migrations in one transaction under an advisory lock, so hosts starting together take
+        turns (the second finds nothing to do). Transaction-scoped lock: safe behind PgBouncer. Returns
+        (version before, version after)."""
+        async with self.pool.connection() as conn, conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock(%s, 0)", (LOCK_MIGRATE,))
+            await conn.execute("CREATE TABLE IF NOT EXISTS aijobs_schema (version INTEGER NOT NULL)")
+            cur = await conn.execute("SELECT version FROM aijobs_schema FOR UPDATE")
+            row = await cur.fetchone()
+            before = int(row[0]) if row else 0
+            if row is None:
+                await conn.execute("INSERT INTO aijobs_schema (version) VALUES (0)")
+            if before > len(MIGRATIONS):
+                raise SchemaMismatch(before, len(MIGRATIONS))
+            for number, sql in enumerate(MIGRATIONS[before:], start=before + 1):
+                await conn.execute(sql)
+                await conn.execute("UPDATE aijobs_schema SET version = %s", (number,))
+        return before, len(MIGRATIONS)
+
+    # --- helpers ----------------------------------------------------------------------------------------
+
+    async def ping(self) -> None:
+        async with self.pool.connection() as conn:
+            await conn.execute("SELECT 1")
+
+    async def _rows(self, sql: str, params: Any) -> list[Any]:
+        async with self.pool.connection() as conn:
+            cur = await conn.execute(sql, params)
+            return await cur.fetchall()
+
+    async def _one(self, sql: str, params: Any) -> Job | None:
+        rows = await self._rows(sql, params)
+        return _row_to_job(rows[0]) if rows else None
+
+    async def _many(self, sql: str, params: Any) -> list[Job]:
+        return [_row_to_job(r) for r in await self._rows(sql, params)]
+
+    @asynccontextmanager
+    async def _transaction(self) -> AsyncIterator[Any]:
+        async with self.pool.connection() as conn, conn.transaction():
+            yield conn
+
+    # --- the job store --------------------------------------------------------------------------------
+
+    async def create(self, job: Job) -> Job:
+        await self.create_ranked(job)
+        return job
+
+    async def create_ranked(self, job: Job, *, max_active: int | None = None) -> int | None:
+        job.seq = 1
+        values: dict[str, Any] = {
+            "id": job.id,
+            "user_id": job.user_id,
+            "type": job.type,
+            "status": job.status.value,
+            "priority": job.priority,
+            "input": dumps(job.input),
+            "result": None,
+            "error": None,
+            "attempts": job.attempts,
+            "max_attempts": job.max_attempts,
+            "percentage": job.percentage,
+            "current_step": job.current_step,
+            "partial_output": None,
+            "model": job.model,
+            "usage": None,
+            "lease_token": None,
+            "worker_id": None,
+            "seq": job.seq,
+            "created_at": job.created_at,
+            "started_at": None,
+            "completed_at": None,
+            "updated_at": job.updated_at,
+            "lease_expires_at": None,
+            "cancel_requested": False,
+            "ready_at": job.ready_at if job.ready_at is not None else job.created_at,
+            "expires_at": job.expires_at,
+            "history": None,
+            "model_index": 0,
+            "retry_of": job.retry_of,
+            "running_on": None,
+            "own_provider_key": job.own_provider_key,
+            "cap": max_active,
+        }
+        if max_active is None:
+            rows = await self._rows(_INSERT, values)
+        else:
+            async with self._transaction() as conn:
+                await conn.execute("SELECT pg_advisory_xact_lock(%s, hashtext(%s))", (LOCK_USER_CAP, job.user_id))
+                cur = await conn.execute(_INSERT, values)
+                rows = await cur.fetchall()
+        return int(rows[0][0]) if rows else None
+
+    async def get(self, job_id: str) -> Job | None:
+        return await self._one(f"SELECT {_COLUMNS} FROM jobs WHERE id = %s", (job_id,))
+
+    async def get_owned(self, job_id: str, user_id: str) -> Job | None:
+        return await self._one(f"SELECT {_COLUMNS} FROM jobs WHERE id = %s AND user_id = %s", (job_id, user_id))
+
+    async def get_owned_ranked(self, job_id: str, user_id: str) -> tuple[Job, int | None] | None:
+        rows = await self._rows(
+            f"SELECT {_COLUMNS}, {_AHEAD} FROM jobs WHERE id = %s AND user_id = %s", (job_id, user_id)
+        )
+        if not rows:
+            return None
+        ahead = rows[0][len(_NAMES)]
+        return _row_to_job(rows[0]), (int(ahead) if ahead is not None else None)
+
+    async def queued_ranked(self, owned: dict[str, str]) -> dict[str, tuple[Job, int]]:
+        if not owned:
+            return {}
+        rows = await self._rows(
+            f"SELECT {_COLUMNS}, r.ahead FROM jobs JOIN (SELECT id AS rid, RANK() OVER (ORDER BY {queue_key()}) - 1 "
+            "AS ahead FROM jobs WHERE status = 'queued') AS r ON r.rid = jobs.id WHERE jobs.id = ANY(%s)",
+            (list(owned),),
+        )
+        out: dict[str, tuple[Job, int]] = {}
+        for row in rows:
+            job = _row_to_job(row)
+            if owned.get(job.id) == job.user_id:
+                out[job.id] = (job, int(row[len(_NAMES)]))
+        return out
+
+    async def claim(
+        self,
+        job_id: str,
+        *,
+        worker_id: str,
+        token: str,
+        ticket: int | None = None,
+        lease_seconds: float = 30.0,
+        steps: str | None = None,
+    ) -> Job | None:
+        """As SQLiteJobStore.claim: only a queued, uncancelled job with this ticket; `running_on` from `steps`."""
+        t = now()
+        rows = await self._rows(
+            "UPDATE jobs SET status = 'processing', attempts = attempts + 1, lease_token = %(token)s, "
+            "worker_id = %(worker)s, lease_expires_at = %(until)s, started_at = COALESCE(started_at, %(t)s), "
+            "updated_at = %(t)s, seq = seq + 1, error = NULL, current_step = 'Starting…', percentage = 0, "
+            "partial_output = NULL, running_on = (((%(steps)s::jsonb -> type) -> LEAST(model_index, "
+            "jsonb_array_length(%(steps)s::jsonb -> type) - 1)) || jsonb_build_object('since', %(t)s::float8))::text "
+            "WHERE id = %(id)s AND status = 'queued' AND NOT cancel_requested "
+            "AND (%(ticket)s::bigint IS NULL OR seq = %(ticket)s::bigint) "
+            f"RETURNING {_COLUMNS}, EXISTS (SELECT 1 FROM job_secrets WHERE job_id = jobs.id)",
+            {
+                "token": token,
+                "worker": worker_id,
+                "until": t + lease_seconds,
+                "t": t,
+                "steps": steps,
+                "id": job_id,
+                "ticket": ticket,
+            },
+        )
+        if not rows:
+            return None
+        job = _row_to_job(rows[0])
+        job.sealed_key = bool(rows[0][len(_NAMES)])
+        return job
+
+    async def progress(
+        self,
+        job_id: str,
+        token: str,
+        *,
+        percentage: float,
+        step: str | None,
+        partial_output: str | None = None,
+        append_output: str | None = None,
+    ) -> Job | None:
+        return await self._one(
+            "UPDATE jobs SET percentage = %(pct)s, current_step = COALESCE(%(step)s::text, current_step), "
+            "partial_output = CASE WHEN %(append)s::text IS NOT NULL THEN COALESCE(partial_output, '') || "
+            "%(append)s::text ELSE COALESCE(%(partial)s::text, partial_output) END, updated_at = %(t)s, "
+            "seq = seq + 1 WHERE id = %(id)s AND lease_token = %(token)s AND status = 'processing' "
+            f"RETURNING {_COLUMNS}",
+            {
+                "pct": percentage,
+                "step": step,
+                "append": append_output,
+                "partial": partial_output,
+                "t": now(),
+                "id": job_id,
+                "token": token,
+            },
+        )
+
+    async def finish(
+        self,
+        job_id: str,
+        token: str,
+        *,
+        status: JobStatus,
+        result: Any = None,
+        error: JobError | None = None,
+        model: str | None = None,
+        usage: dict[str, Any] | None = None,
+        record: dict[str, Any] | None = None,
+    ) -> Job | None:
+        t = now()
+        percentage_sql = "100" if status is JobStatus.COMPLETED else "percentage"
+        return await self._one(
+            "UPDATE jobs SET status = %(status)s, result = %(result)s, error = %(error)s, "
+            "model = COALESCE(%(model)s::text, model), usage = COALESCE(%(usage)s::text, usage), "
+            "current_step = COALESCE(%(step)s::text, current_step), "
+            f"percentage = {percentage_sql}, lease_token = NULL, lease_expires_at = NULL, completed_at = %(t)s, "
+            f"updated_at = %(t)s, seq = seq + 1, {_HISTORY_APPEND} "
+            f"WHERE id = %(id)s AND lease_token = %(token)s AND status = 'processing' RETURNING {_COLUMNS}",
+            {
+                "status": status.value,
+                "result": dumps(result) if result is not None else None,
+                "error": dumps(error.to_dict()) if error else None,
+                "model": model,
+                "usage": dumps(usage) if usage else None,
+                "step": FINAL_STEPS.get(status),  # a finished job no longer says "Polishing titles…"
+                "t": t,
+                "rec": dumps(record) if record else None,
+                "id": job_id,
+                "token": token,
+            },
+        )
+
+    async def requeue(
+        self,
+        job_id: str,
+        token: str,
+        *,
+        error: JobError | None,
+        step: str | None,
+        delay: float = 0.0,
+        refund: bool = False,
+        next_model: int = 0,
+        record: dict[str, Any] | None = None,
+    ) -> Job | None:
+        """As SQLiteJobStore.requeue (a job flagged for cancel ends `cancelled`)."""
+        t = now()
+        attempts_sql = "attempts - 1" if refund else ("0" if next_model else "attempts")
+        return await self._one(
+            "UPDATE jobs SET status = CASE WHEN cancel_requested THEN 'cancelled' ELSE 'queued' END, "
+            "completed_at = CASE WHEN cancel_requested THEN %(t)s ELSE NULL END, "
+            "lease_token = NULL, lease_expires_at = NULL, worker_id = NULL, error = %(error)s, "
+            f"current_step = %(step)s, updated_at = %(t)s, ready_at = %(ready)s, seq = seq + 1, "
+            f"attempts = {attempts_sql}, model_index = model_index + %(next)s, {_HISTORY_APPEND} "
+            f"WHERE id = %(id)s AND lease_token = %(token)s AND status = 'processing' RETURNING {_COLUMNS}",
+            {
+                "t": t,
+                "error": dumps(error.to_dict()) if error else None,
+                "step": step,
+                "ready": t + delay,
+                "next": int(next_model),
+                "rec": dumps(record) if record else None,
+                "id": job_id,
+                "token": token,
+            },
+        )
+
+    async def list_active(self) -> list[Job]:
+        return await self._many(
+            f"SELECT {_COLUMNS} FROM jobs WHERE status IN ('queued', 'processing') ORDER BY created_at", ()
+        )
+
+    async def active_for_user(self, user_id: str) -> list[Job]:
+        """One user's queued and processing jobs, oldest first (the jobs_user_status index)."""
+        return await self._many(
+            f"SELECT {_COLUMNS} FROM jobs WHERE user_id = %s AND status IN ('queued', 'processing') "
+            "ORDER BY created_at",
+            (user_id,),
+        )
+
+    # --- the job lifecycle: leases, cancel, recovery, expiry, queue estimates, idempotency -------------
+
+    async def renew(self, job_id: str, token: str, *, lease_seconds: float) -> Job | None:
+        return await self._one(
+            "UPDATE jobs SET lease_expires_at = %s WHERE id = %s AND lease_token = %s AND status = 'processing' "
+            f"RETURNING {_COLUMNS}",
+            (now() + lease_seconds, job_id, token),
+        )
+
+    async def cancel_queued(self, job_id: str, user_id: str) -> Job | None:
+        t = now()
+        return await self._one(
+            "UPDATE jobs SET status = 'cancelled', cancel_requested = TRUE, completed_at = %s, updated_at = %s, "
+            "seq = seq + 1, current_step = 'Cancelled', error = NULL "
+            f"WHERE id = %s AND user_id = %s AND status = 'queued' RETURNING {_COLUMNS}",
+            (t, t, job_id, user_id),
+        )
+
+    async def request_cancel(self, job_id: str, user_id: str) -> Job | None:
+        return await self._one(
+            "UPDATE jobs SET cancel_requested = TRUE "
+            f"WHERE id = %s AND user_id = %s AND status = 'processing' RETURNING {_COLUMNS}",
+            (job_id, user_id),
+        )
+
+    async def expired_leases(self) -> list[Job]:
+        return await self._many(
+            f"SELECT {_COLUMNS} FROM jobs WHERE status = 'processing' AND lease_expires_at < %s", (now(),)
+        )
+
+    async def take_over(
+        self,
+        job_id: str,
+        token: str | None,
+        *,
+        status: JobStatus,
+        error: JobError | None,
+        step: str,
+        record: dict[str, Any] | None,
+    ) -> Job | None:
+        t = now()
+        return await self._one(
+            "UPDATE jobs SET status = %(status)s, lease_token = NULL, lease_expires_at = NULL, worker_id = NULL, "
+            "error = %(error)s, current_step = %(step)s, updated_at = %(t)s, ready_at = %(t)s, "
+            f"completed_at = CASE WHEN %(ends)s THEN %(t)s ELSE NULL END, seq = seq + 1, {_HISTORY_APPEND} "
+            "WHERE id = %(id)s AND status = 'processing' AND lease_token IS NOT DISTINCT FROM %(token)s::text "
+            f"AND lease_expires_at < %(t)s RETURNING {_COLUMNS}",
+            {
+                "status": status.value,
+                "error": dumps(error.to_dict()) if error else None,
+                "step": step,
+                "t": t,
+                "ends": status is not JobStatus.QUEUED,
+                "rec": dumps(record) if record else None,
+                "id": job_id,
+                "token": token,
+            },
+        )
+
+    async def touch_queued(self, job_id: str, seq: int, *, step: str) -> Job | None:
+        return await self._one(
+            "UPDATE jobs SET seq = seq + 1, current_step = %s, updated_at = %s "
+            f"WHERE id = %s AND status = 'queued' AND seq = %s RETURNING {_COLUMNS}",
+            (step, now(), job_id, seq),
+        )
+
+    async def list_queued(self, *, older_than: float) -> list[Job]:
+        return await self._many(
+            f"SELECT {_COLUMNS} FROM jobs WHERE status = 'queued' AND updated_at < %s ORDER BY created_at",
+            (older_than,),
+        )
+
+    async def expire_overdue(self) -> list[Job]:
+        t = now()
+        error = dumps(
+            {
+                "message": "No worker started this job within its maximum wait: check that a worker is running "
+                "(`aijobs worker`), then retry the job.",
+                "code": "expired",
+                "retryable": False,
+            }
+        )
+        return await self._many(
+            "UPDATE jobs SET status = 'expired', error = %s, current_step = 'Expired', completed_at = %s, "
+            "updated_at = %s, seq = seq + 1 "
+            f"WHERE status = 'queued' AND started_at IS NULL AND expires_at < %s RETURNING {_COLUMNS}",
+            (error, t, t, t),
+        )
+
+    async def purge(self, *, completed_before: float, others_before: float, idempotency_before: float) -> list[str]:
+        rows = await self._rows(
+            "DELETE FROM jobs WHERE (status = 'completed' AND completed_at < %s) "
+            "OR (status IN ('failed', 'cancelled', 'expired') AND completed_at < %s) RETURNING id",
+            (completed_before, others_before),
+        )
+        async with self.pool.connection() as conn:
+            await conn.execute("DELETE FROM idempotency_keys WHERE created_at < %s", (idempotency_before,))
+        return [r[0] for r in rows]
+
+    async def finished_before(self, before: float, *, limit: int = 1000) -> list[str]:
+        rows = await self._rows(
+            "SELECT id FROM jobs WHERE completed_at < %s AND status IN ('completed','failed','cancelled','expired') "
+            "ORDER BY completed_at DESC LIMIT %s",
+            (before, limit),
+        )
+        return [r[0] for r in rows]
+
+    async def queue_ahead(self, job: Job) -> int:
+        from ..queue import PRIORITY_STEP_SECONDS
+
+        deferred = job.ready_at is not None and job.ready_at > job.updated_at
+        mine = (job.ready_at or job.created_at) - (0.0 if deferred else job.priority * PRIORITY_STEP_SECONDS)
+        assert PRIORITY_STEP_SECONDS == 10.0, "update pg_migrations.QUEUE_KEY (and its index) with the new step"
+        rows = await self._rows(
+            f"SELECT COUNT(*) FROM jobs WHERE status = 'queued' AND {queue_key()} < %s::float8", (mine,)
+        )
+        return int(rows[0][0]) if rows else 0
+
+    async def running(self) -> list[Job]:
+        return await self._many(f"SELECT {_COLUMNS} FROM jobs WHERE status = 'processing'", ())
+
+    async def recent_durations(self, job_type: str, *, limit: int = 20) -> list[float]:
+        rows = await self._rows(
+            "SELECT completed_at - started_at FROM jobs WHERE type = %s AND status = 'completed' AND attempts = 1 "
+            "ORDER BY completed_at DESC LIMIT %s",
+            (job_type, limit),
+        )
+        return [float(r[0]) for r in rows]
+
+    async def idempotency_get(self, user_id: str, key: str, *, since: float) -> tuple[str, str] | None:
+        rows = await self._rows(
+            "SELECT request_hash, job_id FROM idempotency_keys WHERE user_id = %s AND key = %s AND created_at >= %s",
+            (user_id, key, since),
+        )
+        return (rows[0][0], rows[0][1]) if rows else None
+
+    async def idempotency_release(self, user_id: str, key: str, job_id: str) -> None:
+        async with self.pool.connection() as conn:
+            await conn.execute(
+                "DELETE FROM idempotency_keys WHERE user_id = %s AND key = %s AND job_id = %s", (user_id, key, job_id)
+            )
+
+    async def idempotency_put(self, user_id: str, key: str, request_hash: str, job_id: str, *, since: float) -> bool:
+        """Reserve the key for this job; False if another request holds it (a stale one is replaced)."""
+        async with self.pool.connection() as conn:
+            await conn.execute(
+                "DELETE FROM idempotency_keys WHERE user_id = %s AND key = %s AND created_at < %s",
+                (user_id, key, since),
+            )
+            cur = await conn.execute(
+                "INSERT INTO idempotency_keys (user_id, key, request_hash, job_id, created_at) "
+                "VALUES (%s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
+                (user_id, key, request_hash, job_id, now()),
+            )
+            return cur.rowcount == 1
