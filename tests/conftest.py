@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
@@ -20,6 +21,42 @@ from service.embedded import EmbeddedRedis
 from service.store.users import open_users
 from service.worker import build_worker
 
+from .postgres import PostgresForTests, migrated_schema_url
+
+# AIJOBS_TEST_STORE=postgres runs the API-level tests on PostgreSQL: every `fast_settings` gets a fresh migrated
+# schema of the session's server (see tests/postgres.py for which server). Default: SQLite, a file per test.
+TEST_STORE = os.environ.get("AIJOBS_TEST_STORE", "sqlite")
+_postgres: list[PostgresForTests] = []  # the session's server, once something asked for it
+
+
+def session_postgres() -> PostgresForTests:
+    if not _postgres:
+        _postgres.append(PostgresForTests().start())
+        _postgres_used.append(_postgres[0].how)
+    return _postgres[0]
+
+
+_postgres_used: list[str] = []
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """Say which PostgreSQL the run used, so a run on a fresh machine shows it did not skip that half."""
+    for how in _postgres_used:
+        terminalreporter.write_line(f"PostgreSQL for the tests: {how}")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _stop_postgres() -> Iterator[None]:
+    yield
+    while _postgres:
+        _postgres.pop().stop()
+
+
+@pytest.fixture(scope="session")
+def postgres() -> PostgresForTests:
+    """The session's PostgreSQL (started on first use); `migrated_schema_url(postgres)` gives a test its schema."""
+    return session_postgres()
+
 
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedRedis]:
@@ -30,9 +67,13 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedR
 
 def fast_settings(redis_server: EmbeddedRedis, tmp_path: Path, **overrides: object) -> Settings:
     """Fast settings on the suite's Redis, with a store and a queue of their own."""
+    if TEST_STORE == "postgres" and "database_url" not in overrides:
+        database_url = migrated_schema_url(session_postgres())
+    else:
+        database_url = f"sqlite:///{tmp_path / 'jobs.db'}"
     values: dict[str, object] = {
         "redis_url": redis_server.url,
-        "database_url": f"sqlite:///{tmp_path / 'jobs.db'}",
+        "database_url": database_url,
         "data_dir": tmp_path,
         "sim_delay": 0.3,
         "queue_name": f"aijobs:test:{uuid.uuid4().hex[:8]}",

@@ -5,18 +5,14 @@ from __future__ import annotations
 import asyncio
 import signal
 import sqlite3
-import time
 from pathlib import Path
-from typing import Any
 
 import httpx
 from redis.asyncio import Redis
 
 from service.config import Settings
 from service.events import EventLog
-from service.models import Job, JobError, dumps
 from service.queue import JobQueue
-from service.store.sqlite import SQLiteJobStore
 
 from .conftest import wait_for_status
 from .procs import pid_of, spawn, store_row, workers
@@ -210,47 +206,3 @@ async def test_worker_that_cannot_write_the_store_runs_nothing_it_cannot_record(
         first_done = (await client.get(f"/api/jobs/{first}")).json()
         assert [h["error"] for h in first_done["attempts"]] == ["worker_lost", None], first_done["attempts"]
         assert (await client.get(f"/api/jobs/{second}")).json()["attempt"] == 1
-
-
-async def test_claim_records_the_chain_step_the_attempt_runs_on(tmp_path: Path) -> None:
-    """What the sweeper reads to name a lost attempt's provider and model: written by the claim itself, picked by
-    the job's type and chain position (past the chain's end, its last step, as the runner picks)."""
-    steps = dumps(
-        {
-            "summary": [{"provider": "simulated", "model": "sim-fail-400"}, {"provider": "backup", "model": "gpt-b"}],
-            "image": [{"provider": "simulated", "model": "sim-1"}],
-        }
-    )
-    store = SQLiteJobStore(tmp_path / "jobs.db")
-    await store.open()
-    try:
-        for job_id, job_type in (("s", "summary"), ("i", "image"), ("x", "unknown")):
-            await store.create(Job(id=job_id, user_id="u", type=job_type, input={}))
-
-        def step(job: Job | None) -> dict[str, Any] | None:
-            """running_on without its `since`, which must be the claim's time."""
-            on = job.running_on if job else None
-            if on is None:
-                return None
-            assert before <= on["since"] <= time.time(), on
-            return {k: v for k, v in on.items() if k != "since"}
-
-        before = time.time()
-        claimed = {j: await store.claim(j, worker_id="w", token=f"t{j}", steps=steps) for j in ("s", "i", "x")}
-        assert {j: step(job) for j, job in claimed.items()} == {
-            "s": {"provider": "simulated", "model": "sim-fail-400"},
-            "i": {"provider": "simulated", "model": "sim-1"},
-            "x": None,  # a type this worker's chains do not know: unknown, not guessed
-        }
-        error = JobError(message="no", code="provider_bad_request", retryable=False)
-        assert await store.requeue("s", "ts", error=error, step="Next…", next_model=1)
-        again = await store.claim("s", worker_id="w", token="ts2", steps=steps)
-        assert again is not None and step(again) == {"provider": "backup", "model": "gpt-b"}
-        assert await store.requeue("s", "ts2", error=error, step="Past the end…", next_model=1)
-        past = await store.claim("s", worker_id="w", token="ts3", steps=steps)
-        assert past is not None and past.model_index == 2
-        assert step(past) == {"provider": "backup", "model": "gpt-b"}
-        read = await store.get("s")
-        assert read is not None and read.running_on == past.running_on  # read back as written
-    finally:
-        await store.close()

@@ -257,51 +257,6 @@ async def test_watchers_of_a_queued_job_see_its_place_and_wait_move(settings: Se
         assert estimated / 3 - 0.3 <= actual <= estimated * 3 + 0.5
 
 
-async def test_counted_position_and_active_jobs_match_the_rows(settings: Settings) -> None:
-    """The trigger-kept counts (queue_size, user_active) give the same answers as counting rows would."""
-    import random
-    import uuid
-
-    from service.models import Job
-    from service.store.queries import JobQueries
-
-    store = SQLiteJobStore(Path(str(settings.database_url).removeprefix("sqlite:///")))
-    await store.open()
-    rng = random.Random(7)
-    try:
-        for i in range(60):
-            user, priority = rng.choice("ab"), rng.randint(1, 10)
-            job = Job(id=str(uuid.uuid4()), user_id=user, type="noop", input={}, priority=priority)
-            job.ready_at = job.created_at + rng.choice([0, 0, 0, 50])  # some deferred, as a retry backing off
-            assert await store.create_ranked(job) == await store.queue_ahead(job), f"job {i}"
-        await store.db.execute("UPDATE jobs SET status = 'processing' WHERE rowid % 3 = 0")
-        await store.db.execute("UPDATE jobs SET status = 'completed' WHERE rowid % 5 = 0")
-        await store.db.execute("DELETE FROM jobs WHERE rowid % 7 = 0")
-        queries = JobQueries(store)
-        for user in ("a", "b", "nobody"):
-            async with store.db.execute(
-                "SELECT COUNT(*) FROM jobs WHERE user_id = ? AND status IN ('queued', 'processing')", (user,)
-            ) as cur:
-                assert await queries.count_active(user) == (await cur.fetchone())[0]
-        async with store.db.execute("SELECT id, user_id FROM jobs") as cur:
-            rows = list(await cur.fetchall())
-        ranked = await store.queued_ranked(dict(rows))  # the position ticker's one pass over the queue
-        for job_id, user in rows:
-            found = await store.get_owned_ranked(job_id, user)
-            assert found is not None
-            job, ahead = found
-            assert ahead == (await store.queue_ahead(job) if job.status.value == "queued" else None)
-            assert (ranked[job_id][1] if job_id in ranked else None) == ahead, "the batch agrees, job by job"
-        async with store.db.execute("SELECT COUNT(*) FROM jobs WHERE status = 'queued'") as cur:
-            assert len(ranked) == (await cur.fetchone())[0] > 10, "every queued one, and only those"
-        assert await store.queued_ranked({job_id: "someone else" for job_id, _ in rows}) == {}, "owners only"
-        late = Job(id="late", user_id="a", type="noop", input={}, priority=1)
-        late.ready_at, late.expires_at = late.created_at, late.created_at + 300
-        assert await store.create_ranked(late) == await store.queue_ahead(late)
-    finally:
-        await store.close()
-
-
 async def test_migration_6_counts_the_jobs_already_there(tmp_path: Path) -> None:
     """A store made before the counts existed starts with them right: seeded from its rows by the migration."""
     import sqlite3

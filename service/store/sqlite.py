@@ -123,7 +123,8 @@ class SQLiteJobStore:
     async def migrate(self) -> tuple[int, int]:
         """open() already migrated: the versions it found and left (a no-op pass confirms under the lock)."""
         _, after = await self.db.call(_migrate)
-        return self._migrated[0], after
+        found, self._migrated = self._migrated[0], (after, after)
+        return found, after
 
     async def close(self) -> None:
         if self._db is not None:

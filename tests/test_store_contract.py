@@ -1,0 +1,482 @@
+"""One contract, two stores: every test here runs on SQLite and on PostgreSQL and must give the same answers.
+
+Fencing by lease token, seq growth, queue order and positions, the active-jobs cap under concurrent submits,
+idempotency keys, history pages and stats, the lease lifecycle, users and sealed keys, migrations. PostgreSQL is
+whichever tests/postgres.py finds or starts (never skipped).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from service.config import Settings
+from service.models import Job, JobError, JobStatus, dumps, now
+from service.store import JobStore, SchemaMismatch, job_queries, job_secrets, open_store, user_store
+from service.store.queries import HistoryFilter
+from service.store.users import UserExists
+
+from .postgres import PostgresForTests, migrated_schema_url
+
+ERROR = JobError(message="busy", code="rate_limited", retryable=True)
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'jobs.db'}"
+    return migrated_schema_url(request.getfixturevalue("postgres"))
+
+
+@pytest.fixture
+async def store(database_url: str) -> AsyncIterator[JobStore]:
+    s = open_store(Settings(database_url=database_url))
+    await s.open()
+    try:
+        yield s
+    finally:
+        await s.close()
+
+
+def new_job(user: str = "u", *, priority: int = 5, job_type: str = "summary", **kw: Any) -> Job:
+    job = Job(id=uuid.uuid4().hex, user_id=user, type=job_type, input={"text": "x"}, priority=priority, **kw)
+    return job
+
+
+async def count(store: JobStore, sql: str, params: tuple[Any, ...] = ()) -> int:
+    async with store.db.execute(sql, params) as cur:
+        return int((await cur.fetchone())[0])
+
+
+# --- fencing and seq --------------------------------------------------------------------------------------
+
+
+async def test_every_accepted_write_adds_one_to_seq_and_a_stale_token_changes_nothing(store: JobStore) -> None:
+    job = await store.create(new_job())
+    assert (await store.get(job.id)).seq == 1  # type: ignore[union-attr]
+    claimed = await store.claim(job.id, worker_id="w1", token="t1", ticket=1)
+    assert claimed is not None and claimed.seq == 2 and claimed.status is JobStatus.PROCESSING
+    assert claimed.attempts == 1 and claimed.lease_token == "t1" and claimed.worker_id == "w1"
+    p = await store.progress(job.id, "t1", percentage=40, step="Thinking", append_output="Hel")
+    assert p is not None and p.seq == 3 and p.partial_output == "Hel" and p.current_step == "Thinking"
+    p = await store.progress(job.id, "t1", percentage=50, step=None, append_output="lo")
+    assert p is not None and p.seq == 4 and p.partial_output == "Hello" and p.current_step == "Thinking"
+    p = await store.progress(job.id, "t1", percentage=60, step=None, partial_output="Replaced")
+    assert p is not None and p.seq == 5 and p.partial_output == "Replaced"
+    renewed = await store.renew(job.id, "t1", lease_seconds=60)
+    assert renewed is not None and renewed.seq == 5, "a renewal is not an event"
+    before = await store.get(job.id)
+
+    stale = "t0"
+    assert await store.progress(job.id, stale, percentage=99, step="late", append_output="!") is None
+    assert await store.renew(job.id, stale, lease_seconds=60) is None
+    assert await store.finish(job.id, stale, status=JobStatus.COMPLETED, result={"late": True}) is None
+    assert await store.requeue(job.id, stale, error=ERROR, step="late") is None
+    assert await store.claim(job.id, worker_id="w2", token="t2") is None, "not queued"
+    assert await store.get(job.id) == before, "nothing changed"
+
+    done = await store.finish(
+        job.id, "t1", status=JobStatus.COMPLETED, result={"ok": 1}, model="m1", usage={"prompt_tokens": 3},
+        record={"attempt": 1},
+    )  # fmt: skip
+    assert done is not None and done.seq == 6 and done.percentage == 100 and done.lease_token is None
+    assert done.result == {"ok": 1} and done.model == "m1" and done.usage == {"prompt_tokens": 3}
+    assert done.history == [{"attempt": 1}] and done.completed_at is not None
+    assert await store.progress(job.id, "t1", percentage=1, step=None) is None, "a finished job takes no writes"
+    assert await store.finish(job.id, "t1", status=JobStatus.FAILED) is None
+    assert await store.get(job.id) == done
+
+
+async def test_claim_takes_only_a_queued_uncancelled_job_with_its_ticket(store: JobStore) -> None:
+    job = await store.create(new_job())
+    assert await store.claim(job.id, worker_id="w", token="t", ticket=7) is None, "wrong ticket"
+    touched = await store.touch_queued(job.id, 1, step="Re-queued")
+    assert touched is not None and touched.seq == 2
+    assert await store.touch_queued(job.id, 1, step="stale ticket") is None
+    assert await store.claim(job.id, worker_id="w", token="t", ticket=1) is None, "the old ticket is spent"
+    claimed = await store.claim(job.id, worker_id="w", token="t", ticket=2)
+    assert claimed is not None and claimed.seq == 3 and claimed.sealed_key is False
+    assert await store.claim(job.id, worker_id="w", token="t2") is None, "already processing"
+
+    other = await store.create(new_job("v"))
+    assert await store.cancel_queued(other.id, "u") is None, "someone else's job"
+    cancelled = await store.cancel_queued(other.id, "v")
+    assert cancelled is not None and cancelled.status is JobStatus.CANCELLED and cancelled.seq == 2
+    assert await store.claim(other.id, worker_id="w", token="t") is None
+
+
+async def test_claim_records_the_chain_step_the_attempt_runs_on(store: JobStore) -> None:
+    """What the sweeper reads to name a lost attempt's provider and model: written by the claim itself, picked by
+    the job's type and chain position (past the chain's end, its last step, as the runner picks)."""
+    steps = dumps(
+        {
+            "summary": [{"provider": "simulated", "model": "sim-fail-400"}, {"provider": "backup", "model": "gpt-b"}],
+            "image": [{"provider": "simulated", "model": "sim-1"}],
+        }
+    )
+    for job_id, job_type in (("s", "summary"), ("i", "image"), ("x", "unknown")):
+        await store.create(Job(id=job_id, user_id="u", type=job_type, input={}))
+
+    def step(job: Job | None) -> dict[str, Any] | None:
+        """running_on without its `since`, which must be the claim's time."""
+        on = job.running_on if job else None
+        if on is None:
+            return None
+        assert before <= on["since"] <= time.time(), on
+        return {k: v for k, v in on.items() if k != "since"}
+
+    before = time.time()
+    claimed = {j: await store.claim(j, worker_id="w", token=f"t{j}", steps=steps) for j in ("s", "i", "x")}
+    assert {j: step(job) for j, job in claimed.items()} == {
+        "s": {"provider": "simulated", "model": "sim-fail-400"},
+        "i": {"provider": "simulated", "model": "sim-1"},
+        "x": None,  # a type this worker's chains do not know: unknown, not guessed
+    }
+    error = JobError(message="no", code="provider_bad_request", retryable=False)
+    assert await store.requeue("s", "ts", error=error, step="Next…", next_model=1)
+    again = await store.claim("s", worker_id="w", token="ts2", steps=steps)
+    assert again is not None and step(again) == {"provider": "backup", "model": "gpt-b"}
+    assert await store.requeue("s", "ts2", error=error, step="Past the end…", next_model=1)
+    past = await store.claim("s", worker_id="w", token="ts3", steps=steps)
+    assert past is not None and past.model_index == 2
+    assert step(past) == {"provider": "backup", "model": "gpt-b"}
+    read = await store.get("s")
+    assert read is not None and read.running_on == past.running_on  # read back as written
+
+
+async def test_requeue_refunds_moves_down_the_chain_or_ends_a_cancelled_job(store: JobStore) -> None:
+    job = await store.create(new_job())
+    await store.claim(job.id, worker_id="w", token="a")
+    back = await store.requeue(job.id, "a", error=None, step="Shutting down", refund=True, record={"n": 1})
+    assert back is not None and back.status is JobStatus.QUEUED and back.attempts == 0 and back.lease_token is None
+    assert back.history == [{"n": 1}] and back.worker_id is None
+    await store.claim(job.id, worker_id="w", token="b")
+    later = await store.requeue(job.id, "b", error=ERROR, step="Retrying", delay=30)
+    assert later is not None and later.attempts == 1 and later.error == ERROR
+    assert later.ready_at is not None and later.ready_at >= later.updated_at + 29
+    await store.claim(job.id, worker_id="w", token="c")
+    moved = await store.requeue(job.id, "c", error=ERROR, step="Next model", next_model=1)
+    assert moved is not None and moved.attempts == 0 and moved.model_index == 1
+
+    await store.claim(job.id, worker_id="w", token="d")
+    assert await store.request_cancel(job.id, "someone else") is None
+    flagged = await store.request_cancel(job.id, "u")
+    assert flagged is not None and flagged.cancel_requested and flagged.seq == moved.seq + 1, "a flag is no event"
+    ended = await store.requeue(job.id, "d", error=None, step="Cancelled")
+    assert ended is not None and ended.status is JobStatus.CANCELLED and ended.completed_at is not None
+
+
+# --- queue order and positions ------------------------------------------------------------------------------
+
+
+async def test_positions_follow_the_queue_order_everywhere(store: JobStore) -> None:
+    """Priority buys a head start of PRIORITY_STEP_SECONDS a step; a retry backing off counts from its due time.
+    create_ranked, queue_ahead, get_owned_ranked and queued_ranked all count the same jobs ahead."""
+    t = now()
+    low = new_job(priority=1, created_at=t, updated_at=t)
+    mid = new_job(priority=5, created_at=t + 1, updated_at=t + 1)
+    high = new_job(priority=10, created_at=t + 2, updated_at=t + 2)
+    for job in (low, mid, high):
+        await store.create(job)
+    retry = await store.create(new_job(priority=10, created_at=t + 3, updated_at=t + 3))
+    await store.claim(retry.id, worker_id="w", token="r")
+    deferred = await store.requeue(retry.id, "r", error=ERROR, step="Retrying", delay=5.0)
+    assert deferred is not None
+    expected = {high.id: 0, mid.id: 1, low.id: 2, deferred.id: 3}
+    for job_id, ahead in expected.items():
+        job = await store.get(job_id)
+        assert job is not None and await store.queue_ahead(job) == ahead, job_id
+        found = await store.get_owned_ranked(job_id, "u")
+        assert found is not None and found[1] == ahead
+    ranked = await store.queued_ranked({j: "u" for j in expected})
+    assert {j: a for j, (_, a) in ranked.items()} == expected
+    assert await store.queued_ranked({j: "v" for j in expected}) == {}, "owners only"
+    assert await store.get_owned_ranked(low.id, "v") is None
+    newest = new_job(priority=1)
+    assert await store.create_ranked(newest) == 3, "behind high, mid and low; ahead of the retry"
+    await store.claim(high.id, worker_id="w", token="h")
+    found = await store.get_owned_ranked(high.id, "u")
+    assert found is not None and found[1] is None, "no position once it runs"
+    listed = [j.id for j in await store.list_active()]
+    assert sorted(listed) == sorted([low.id, mid.id, high.id, deferred.id, newest.id])
+    assert [j.id for j in await store.running()] == [high.id]
+
+
+async def test_counted_positions_and_active_jobs_match_the_rows(store: JobStore) -> None:
+    """Whatever keeps the counts (SQLite's triggers, PostgreSQL's indexes), they agree with counting rows."""
+    rng = random.Random(7)
+    ids = []
+    for i in range(60):
+        user, priority = rng.choice("ab"), rng.randint(1, 10)
+        job = new_job(user, priority=priority)
+        job.ready_at = job.created_at + rng.choice([0, 0, 0, 50])  # some deferred, as a retry backing off
+        assert await store.create_ranked(job) == await store.queue_ahead(job), f"job {i}"
+        ids.append(job.id)
+    for i, job_id in enumerate(ids):
+        if i % 3 == 0:
+            await store.claim(job_id, worker_id="w", token=f"t{i}")
+        if i % 5 == 0 and i % 3 == 0:
+            await store.finish(job_id, f"t{i}", status=JobStatus.COMPLETED)
+        if i % 7 == 0:
+            await store.db.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
+    queries = job_queries(store)
+    for user in ("a", "b", "nobody"):
+        rows = await count(
+            store, "SELECT COUNT(*) FROM jobs WHERE user_id = ? AND status IN ('queued', 'processing')", (user,)
+        )
+        assert await queries.count_active(user) == rows
+    async with store.db.execute("SELECT id, user_id FROM jobs") as cur:
+        rows = [(r[0], r[1]) for r in await cur.fetchall()]
+    ranked = await store.queued_ranked(dict(rows))
+    for job_id, user in rows:
+        found = await store.get_owned_ranked(job_id, user)
+        assert found is not None
+        job, ahead = found
+        assert ahead == (await store.queue_ahead(job) if job.status is JobStatus.QUEUED else None)
+        assert (ranked[job_id][1] if job_id in ranked else None) == ahead, "the batch agrees, job by job"
+    assert len(ranked) == await count(store, "SELECT COUNT(*) FROM jobs WHERE status = 'queued'") > 10
+
+
+# --- the active-jobs cap --------------------------------------------------------------------------------
+
+
+async def test_the_cap_holds_under_concurrent_submits_of_one_user(store: JobStore, database_url: str) -> None:
+    """40 submits of one user at once, from two store instances (two processes' pools), cap 5: exactly 5 land;
+    another user is not held back by them."""
+    other = open_store(Settings(database_url=database_url))
+    await other.open()
+    try:
+        results = await asyncio.gather(
+            *(
+                (store if i % 2 else other).create_ranked(new_job("greedy"), max_active=5)
+                for i in range(40)
+            ),
+            *(store.create_ranked(new_job(f"user{i}"), max_active=5) for i in range(10)),
+        )
+    finally:
+        await other.close()
+    greedy, others = results[:40], results[40:]
+    assert sum(r is not None for r in greedy) == 5
+    assert all(r is not None for r in others)
+    assert await count(store, "SELECT COUNT(*) FROM jobs WHERE user_id = 'greedy'") == 5
+    # A finished job frees its slot; a refused insert wrote nothing.
+    job = (await store.list_active())[0]
+    user = job.user_id
+    await store.claim(job.id, worker_id="w", token="t")
+    await store.finish(job.id, "t", status=JobStatus.COMPLETED)
+    if user == "greedy":
+        assert await store.create_ranked(new_job("greedy"), max_active=5) is not None
+    assert await store.create_ranked(new_job("greedy"), max_active=5) is None
+    assert await job_queries(store).count_active("greedy") == 5
+
+
+# --- idempotency ------------------------------------------------------------------------------------------
+
+
+async def test_idempotency_keys_reserve_answer_release_and_expire(store: JobStore) -> None:
+    t = now()
+    assert await store.idempotency_get("u", "k", since=t - 60) is None
+    assert await store.idempotency_put("u", "k", "h1", "job1", since=t - 60) is True
+    assert await store.idempotency_put("u", "k", "h2", "job2", since=t - 60) is False, "held"
+    assert await store.idempotency_put("v", "k", "h3", "job3", since=t - 60) is True, "keys are per user"
+    assert await store.idempotency_get("u", "k", since=t - 60) == ("h1", "job1")
+    assert await store.idempotency_get("u", "k", since=now() + 1) is None, "too old for this window"
+    assert await store.idempotency_put("u", "k", "h4", "job4", since=now() + 1) is True, "a stale key is replaced"
+    await store.idempotency_release("u", "k", "someone-else")
+    assert await store.idempotency_get("u", "k", since=t - 60) == ("h4", "job4")
+    await store.idempotency_release("u", "k", "job4")
+    assert await store.idempotency_get("u", "k", since=t - 60) is None
+    await store.purge(completed_before=0, others_before=0, idempotency_before=now() + 1)
+    assert await store.idempotency_get("v", "k", since=0) is None, "purged past retention"
+
+
+# --- leases, expiry, take-over, sweeping ----------------------------------------------------------------
+
+
+async def test_a_lapsed_lease_is_taken_over_once_and_the_old_owner_is_fenced_out(store: JobStore) -> None:
+    live = await store.create(new_job())
+    lapsed = await store.create(new_job())
+    await store.claim(live.id, worker_id="w", token="live", lease_seconds=60)
+    await store.claim(lapsed.id, worker_id="w", token="old", lease_seconds=-1)
+    assert [j.id for j in await store.expired_leases()] == [lapsed.id]
+    assert await store.take_over(live.id, "live", status=JobStatus.QUEUED, error=None, step="x", record=None) is None
+    assert (
+        await store.take_over(lapsed.id, "other", status=JobStatus.QUEUED, error=None, step="x", record=None) is None
+    ), "only the lease that lapsed"
+    lost = JobError(message="lost", code="worker_lost", retryable=True)
+    back = await store.take_over(lapsed.id, "old", status=JobStatus.QUEUED, error=lost, step="Re-queued",
+                                 record={"error": "worker_lost"})  # fmt: skip
+    assert back is not None and back.status is JobStatus.QUEUED and back.seq == 3 and back.completed_at is None
+    assert back.history == [{"error": "worker_lost"}] and back.lease_token is None
+    assert await store.take_over(lapsed.id, "old", status=JobStatus.QUEUED, error=None, step="x", record=None) is None
+    assert await store.progress(lapsed.id, "old", percentage=90, step="late") is None, "late writes refused"
+    assert await store.finish(lapsed.id, "old", status=JobStatus.COMPLETED) is None
+    again = await store.claim(lapsed.id, worker_id="w2", token="new", lease_seconds=-1)
+    assert again is not None and again.attempts == 2
+    failed = await store.take_over(lapsed.id, "new", status=JobStatus.FAILED, error=lost, step="Lost", record=None)
+    assert failed is not None and failed.status is JobStatus.FAILED and failed.completed_at is not None
+
+
+async def test_expiry_listing_purge_and_durations(store: JobStore) -> None:
+    t = now()
+    overdue = await store.create(new_job(expires_at=t - 1))
+    fresh = await store.create(new_job(expires_at=t + 600))
+    expired = await store.expire_overdue()
+    assert [j.id for j in expired] == [overdue.id]
+    assert expired[0].status is JobStatus.EXPIRED and expired[0].error is not None
+    assert expired[0].error.code == "expired" and expired[0].seq == 2
+    assert await store.expire_overdue() == []
+    assert [j.id for j in await store.list_queued(older_than=now() + 1)] == [fresh.id]
+    assert await store.list_queued(older_than=t - 10) == []
+
+    run = await store.create(new_job(job_type="titles"))
+    await store.claim(run.id, worker_id="w", token="t")
+    await store.finish(run.id, "t", status=JobStatus.COMPLETED, result=["a"])
+    durations = await store.recent_durations("titles")
+    assert len(durations) == 1 and 0 <= durations[0] < 60
+    assert await store.recent_durations("summary") == []
+    finished = set(await store.finished_before(now() + 1))
+    assert finished == {overdue.id, run.id}
+    purged = await store.purge(completed_before=now() + 1, others_before=t - 3600, idempotency_before=0)
+    assert purged == [run.id], "failed/expired jobs are kept longer"
+    assert await store.get(run.id) is None and await store.get(overdue.id) is not None
+
+
+# --- history and stats ------------------------------------------------------------------------------------
+
+
+async def test_history_pages_filters_and_stats(store: JobStore) -> None:
+    t = now() - 100
+    jobs = []
+    for i in range(7):
+        job = new_job("h", job_type="summary" if i % 2 else "titles", created_at=t + i, updated_at=t + i)
+        await store.create(job)
+        jobs.append(job)
+    await store.create(new_job("other", created_at=t, updated_at=t))
+    for i, job in enumerate(jobs[:4]):
+        await store.claim(job.id, worker_id="w", token=f"t{i}")
+        status = JobStatus.COMPLETED if i < 3 else JobStatus.FAILED
+        await store.finish(job.id, f"t{i}", status=status, model="m" if i < 2 else "n",
+                           usage={"prompt_tokens": 10, "completion_tokens": i})  # fmt: skip
+    queries = job_queries(store)
+    pages, after, more = [], None, True
+    while more:
+        page, more = await queries.history(HistoryFilter(user_id="h"), limit=3, after=after)
+        pages.append([j.id for j in page])
+        after = (page[-1].created_at, page[-1].id)
+    assert pages == [[j.id for j in reversed(jobs)][i : i + 3] for i in (0, 3, 6)], "newest first, no overlap"
+    same_time = [new_job("s", created_at=t, updated_at=t) for _ in range(4)]
+    for job in same_time:
+        await store.create(job)
+    seen: list[str] = []
+    after, more = None, True
+    while more:
+        page, more = await queries.history(HistoryFilter(user_id="s"), limit=1, after=after)
+        seen += [j.id for j in page]
+        after = (page[-1].created_at, page[-1].id)
+    assert seen == sorted((j.id for j in same_time), reverse=True), "ties broken by id, none lost"
+
+    done, _ = await queries.history(HistoryFilter(user_id="h", statuses=("completed",)), limit=50)
+    assert {j.id for j in done} == {j.id for j in jobs[:3]}
+    titles, _ = await queries.history(HistoryFilter(user_id="h", types=("titles",)), limit=50)
+    assert {j.id for j in titles} == {j.id for j in jobs if j.type == "titles"}
+    recent, _ = await queries.history(HistoryFilter(user_id="h", since=t + 5), limit=50)
+    assert {j.id for j in recent} == {jobs[5].id, jobs[6].id}
+
+    usage = sorted(await queries.usage_by_model(HistoryFilter(user_id="h")), key=lambda r: (r[0] is None, str(r[0])))
+    assert usage == [("m", 2, 20, 1), ("n", 2, 20, 5), (None, 3, 0, 0)]
+    assert await queries.counts_by_status("h") == {"completed": 3, "failed": 1, "queued": 3}
+    assert (await queries.counts_by_status())["queued"] == 8
+    assert await queries.count_active("h") == 3
+    timings = await queries.timings(t - 1)
+    assert [(x.type, x.started, x.finished) for x in timings] == [("summary", 2, 1), ("titles", 2, 2)]
+    assert all(x.avg_wait is not None and x.avg_wait > 0 for x in timings)
+
+
+# --- users and sealed keys --------------------------------------------------------------------------------
+
+
+async def test_users_tokens_and_sealed_keys(store: JobStore) -> None:
+    users = user_store(store)
+    alice, token = await users.create("alice")
+    with pytest.raises(UserExists):
+        await users.create("alice")
+    assert await users.by_token(token) == alice
+    assert await users.by_token("nope") is None
+    assert await users.by_name("alice") == alice and await users.by_id(alice.id) == alice
+    assert (await users.get_or_create("bob")).name == "bob"
+    assert [u.name for u in await users.list()] == ["alice", "bob"]
+    epoch = await users.session_epoch(alice.id)
+    revoked = await users.revoke("alice", reissue=True)
+    assert revoked is not None and revoked[1]
+    assert await users.by_token(token) is None, "the old token is worthless at once (cache dropped)"
+    assert await users.by_token(revoked[1]) == alice
+    assert await users.session_epoch(alice.id) != epoch
+    assert await users.revoke("nobody") is None
+    async with store.db.execute("SELECT token_hash FROM users WHERE id = ?", (alice.id,)) as cur:
+        stored = (await cur.fetchone())[0]
+    assert revoked[1] not in stored, "only a hash is kept"
+
+    secrets = job_secrets(store)
+    running = await store.create(new_job("alice"))
+    over = await store.create(new_job("alice"))
+    await secrets.put(running.id, alice.id, b"\x00sealed\xff")
+    await secrets.put(over.id, alice.id, b"gone")
+    await secrets.put("no-such-job", alice.id, b"orphan")
+    assert await secrets.get(running.id) == b"\x00sealed\xff"
+    claimed = await store.claim(running.id, worker_id="w", token="t")
+    assert claimed is not None and claimed.sealed_key is True
+    await store.cancel_queued(over.id, "alice")
+    assert await secrets.delete_finished() == 1, "the ended job's key goes; a fresh orphan waits for its grace"
+    assert await secrets.get(over.id) is None and await secrets.get(running.id) is not None
+    assert await secrets.delete_finished(grace=-1) == 1
+    await secrets.delete(running.id)
+    assert await secrets.get(running.id) is None
+
+
+# --- migrations -------------------------------------------------------------------------------------------
+
+
+async def test_schema_older_or_newer_than_the_code_refuses_to_start(store: JobStore, database_url: str) -> None:
+    await store.migrate()
+    before, after = await store.migrate()
+    assert before == after > 0, "already current: nothing to do"
+    if store.dialect == "postgres":
+        await store.db.execute("UPDATE aijobs_schema SET version = version - 1")
+        older = open_store(Settings(database_url=database_url))
+        with pytest.raises(SchemaMismatch, match="run `aijobs migrate`"):
+            await older.open()
+        await store.db.execute("UPDATE aijobs_schema SET version = version + 1")
+    newer = after + 1
+    if store.dialect == "postgres":
+        await store.db.execute("UPDATE aijobs_schema SET version = ?", (newer,))
+    else:
+        await store.db.call(lambda db: db.execute(f"PRAGMA user_version={newer}"))
+    late = open_store(Settings(database_url=database_url))
+    with pytest.raises(SchemaMismatch, match="newer than this code"):
+        await late.open()
+
+
+async def test_hosts_migrating_at_once_take_turns(postgres: PostgresForTests) -> None:
+    """Five processes' `aijobs migrate` against one fresh database at once: one applies, the rest find it done."""
+    url = postgres.schema_url()
+    stores = [open_store(Settings(database_url=url)) for _ in range(5)]
+    for s in stores:
+        await s.open(check_schema=False)  # type: ignore[call-arg]
+    try:
+        results = await asyncio.gather(*(s.migrate() for s in stores))
+    finally:
+        for s in stores:
+            await s.close()
+    assert sum(before == 0 for before, _ in results) == 1, results
+    assert len({after for _, after in results}) == 1
+    check = open_store(Settings(database_url=url))
+    await check.open()  # the schema is this code's now
+    await check.close()
