@@ -93,12 +93,23 @@ def spawn(started: list[WorkerProcess], settings: Settings, tmp_path: Path, **en
     return w
 
 
-def store_row(settings: Settings, job_id: str) -> dict:
-    """The job's row straight from SQLite: what the API never shows (worker id, lease)."""
-    with contextlib.closing(sqlite3.connect(settings.sqlite_path)) as db:
+def store_sql(settings: Settings, sql: str, params: tuple = ()) -> list[dict]:
+    """One statement (`?` placeholders) straight on the test's store, SQLite or PostgreSQL, committed; its rows."""
+    if settings.uses_postgres:
+        import psycopg
+        from psycopg.rows import dict_row
+
+        with psycopg.connect(settings.database_url, autocommit=True, row_factory=dict_row) as conn:
+            cur = conn.execute(sql.replace("?", "%s"), params)  # type: ignore[arg-type]
+            return list(cur.fetchall()) if cur.description else []
+    with contextlib.closing(sqlite3.connect(settings.sqlite_path)) as db, db:
         db.row_factory = sqlite3.Row
-        row = db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
-    return dict(row)
+        return [dict(r) for r in db.execute(sql, params).fetchall()]
+
+
+def store_row(settings: Settings, job_id: str) -> dict:
+    """The job's row straight from the store: what the API never shows (worker id, lease)."""
+    return store_sql(settings, "SELECT * FROM jobs WHERE id = ?", (job_id,))[0]
 
 
 def pid_of(row: dict) -> int | None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import sqlite3
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -15,7 +14,7 @@ from service.config import Settings
 from service.queue import JobQueue
 
 from .conftest import run_worker, wait_for_status
-from .procs import spawn, store_row, workers
+from .procs import spawn, store_row, store_sql, workers
 
 
 async def test_cancel_queued_job_never_starts(client: httpx.AsyncClient, settings: Settings) -> None:
@@ -176,8 +175,8 @@ async def test_cancel_seen_by_heartbeat_when_the_message_is_lost(client: httpx.A
         body = {"type": "chat", "input": {"messages": [{"role": "user", "content": "Long story [[slow:20]]"}]}}
         job_id = (await client.post("/api/jobs", json=body)).json()["job_id"]
         await wait_for_status(client, job_id, {"processing"})
-        with sqlite3.connect(settings.sqlite_path) as db:  # what the API does, minus the control message
-            db.execute("UPDATE jobs SET cancel_requested = 1 WHERE id = ?", (job_id,))
+        # what the API does, minus the control message
+        store_sql(settings, "UPDATE jobs SET cancel_requested = (1 = 1) WHERE id = ?", (job_id,))
         done = await wait_for_status(client, job_id, {"cancelled", "completed", "failed"}, timeout=5)
         assert done["status"] == "cancelled"
 
@@ -232,12 +231,11 @@ async def test_cancel_closes_the_upstream_stream(settings: Settings) -> None:
 async def test_cancel_of_a_queued_job_deletes_its_sealed_key(client: httpx.AsyncClient, settings: Settings) -> None:
     body = {"type": "summary", "input": {"text": "never run me"}, "user_provided_key": "sk-user-queued"}
     job_id = (await client.post("/api/jobs", json=body)).json()["job_id"]
-    with sqlite3.connect(settings.sqlite_path) as db:
-        assert db.execute("SELECT COUNT(*) FROM job_secrets WHERE job_id = ?", (job_id,)).fetchone()[0] == 1
+    sealed = "SELECT COUNT(*) AS n FROM job_secrets WHERE job_id = ?"
+    assert store_sql(settings, sealed, (job_id,))[0]["n"] == 1
     c = await client.post(f"/api/jobs/{job_id}/cancel")
     assert c.status_code == 200 and c.json()["status"] == "cancelled"
-    with sqlite3.connect(settings.sqlite_path) as db:
-        assert db.execute("SELECT COUNT(*) FROM job_secrets WHERE job_id = ?", (job_id,)).fetchone()[0] == 0
+    assert store_sql(settings, sealed, (job_id,))[0]["n"] == 0
 
 
 async def test_fallback_to_another_provider(settings: Settings) -> None:

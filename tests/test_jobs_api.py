@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sqlite3
 
 import httpx
 import pytest
@@ -11,6 +10,7 @@ import pytest
 from service.config import Settings
 
 from .conftest import wait_for_status
+from .procs import store_row
 
 pytestmark = pytest.mark.usefixtures("worker")
 
@@ -75,8 +75,8 @@ async def test_store_row_matches_last_event(client: httpx.AsyncClient, settings:
     r = await client.post("/api/jobs", json={"type": "titles", "input": INPUTS["titles"]})
     job_id = r.json()["job_id"]
     done = await wait_for_status(client, job_id, {"completed"})
-    with sqlite3.connect(settings.sqlite_path) as db:
-        status, seq, result = db.execute("SELECT status, seq, result FROM jobs WHERE id = ?", (job_id,)).fetchone()
+    row = store_row(settings, job_id)
+    status, seq, result = row["status"], row["seq"], row["result"]
     assert status == "completed" and seq == done["last_seq"]
     assert json.loads(result) == done["result"]
 
