@@ -19,18 +19,20 @@ from service.models import Job
 from service.store import open_store
 
 USERS = 50
-PER_USER = 40
+PER_USER = 20  # = MAX_ACTIVE_JOBS's default: every submit is accepted, and checked against the cap
 
 
 async def _rate(database_url: str, users: int, per_user: int, pool: int = 10) -> float:
     store = open_store(Settings(database_url=database_url, database_pool_size=pool))
     await store.open()
+    cap = per_user * (USERS if users == 1 else 1)
+    await store.db.execute("DELETE FROM jobs")  # each round starts from an empty queue
     try:
 
         async def user(name: str) -> None:
             for _ in range(per_user):
                 job = Job(id=uuid.uuid4().hex, user_id=name, type="summary", input={"text": "x" * 200})
-                assert await store.create_ranked(job, max_active=10**6) is not None
+                assert await store.create_ranked(job, max_active=cap) is not None
 
         t = time.perf_counter()
         if users == 1:  # one user, 50 submits in flight at once

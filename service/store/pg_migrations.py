@@ -2,11 +2,13 @@
 
 `aijobs_schema.version` records how many ran. Append new migrations; never edit one that has shipped.
 
-The same tables as the SQLite store, minus its trigger-kept counters: those are one row (`queue_size`) that every
-submit of every user would update, which under PostgreSQL's row locks serializes all submits. Here a user's
-active jobs are counted from a partial index (at most MAX_ACTIVE_JOBS entries per user), and a new job's queue
-position from the partial queue-order index. JSON stays TEXT (what the Python side writes and reads, no codec
-per connection); statements cast to jsonb where they look inside it.
+The same tables as the SQLite store, minus its one-row `queue_size` counter: a row that every submit of every user
+updates serializes all submits under PostgreSQL's row locks. A new job's queue position is counted from the
+partial queue-order index instead. `user_active` stays, one row per user: the submit statement itself adds to
+its user's row (an upsert that only succeeds under the cap, which makes the cap exact under concurrency), and a
+trigger takes one off when a job leaves queued/processing. Only a user's own submits and job ends touch their row.
+JSON stays TEXT (what the Python side writes and reads, no codec per connection); statements cast to jsonb where
+they look inside it.
 """
 
 from __future__ import annotations
@@ -61,8 +63,7 @@ MIGRATIONS: list[str] = [
     );
     -- history pages: newest first with an (created_at, id) cursor
     CREATE INDEX jobs_user_created ON jobs (user_id, created_at DESC, id DESC);
-    -- the per-user active-jobs cap counts here: only queued/processing rows, so a user's slice is short
-    CREATE INDEX jobs_user_active ON jobs (user_id) WHERE status IN ('queued', 'processing');
+    CREATE INDEX jobs_user_status ON jobs (user_id, status);
     CREATE INDEX jobs_queue_order ON jobs ({queue_key()}) WHERE status = 'queued';
     CREATE INDEX jobs_lease ON jobs (lease_expires_at) WHERE status = 'processing';
     CREATE INDEX jobs_completed ON jobs (completed_at) WHERE completed_at IS NOT NULL;
@@ -89,5 +90,24 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (user_id, key)
     );
     CREATE INDEX idempotency_keys_created ON idempotency_keys (created_at);
+    -- each user's queued + processing jobs: +1 by the submit statement (PostgresJobStore.create_ranked), -1 here
+    CREATE TABLE user_active (user_id TEXT PRIMARY KEY, n INTEGER NOT NULL);
+    CREATE FUNCTION aijobs_user_active_left() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+        IF TG_OP = 'DELETE' THEN
+            UPDATE user_active SET n = n - 1 WHERE user_id = OLD.user_id;
+        ELSE
+            INSERT INTO user_active AS u (user_id, n)
+                VALUES (NEW.user_id, CASE WHEN NEW.status IN ('queued', 'processing') THEN 1 ELSE -1 END)
+                ON CONFLICT (user_id) DO UPDATE SET n = u.n + EXCLUDED.n;
+        END IF;
+        RETURN NULL;
+    END $$;
+    CREATE TRIGGER jobs_active_status AFTER UPDATE OF status ON jobs FOR EACH ROW
+        WHEN ((OLD.status IN ('queued', 'processing')) IS DISTINCT FROM (NEW.status IN ('queued', 'processing')))
+        EXECUTE FUNCTION aijobs_user_active_left();
+    CREATE TRIGGER jobs_active_delete AFTER DELETE ON jobs FOR EACH ROW
+        WHEN (OLD.status IN ('queued', 'processing'))
+        EXECUTE FUNCTION aijobs_user_active_left();
     """,
 ]

@@ -8,17 +8,16 @@ PgBouncer (transaction pooling): every connection has `prepare_threshold=None`, 
 server-side prepared statement; locks are transaction-scoped (`pg_advisory_xact_lock`), nothing relies on
 session state, and no LISTEN is used.
 
-The active-jobs cap: a submit with `max_active` takes a transaction-scoped advisory lock on its user, then counts
-and inserts in the next statement (READ COMMITTED gives that statement a snapshot taken after the lock, so it
-sees every job a concurrent submit of the same user committed before releasing it). Users never wait on each
-other: there is no shared counter row.
+The active-jobs cap: the submit is one statement that adds to its user's `user_active` row only while under the
+cap (an upsert, so concurrent submits of one user take turns on that row's lock and each sees the count the
+previous one left) and inserts the job only if it did. Users never wait on each other: there is no shared
+counter row (see pg_migrations).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Sequence
 from typing import Any
 
 from ..models import Job, JobError, JobStatus, dumps, now
@@ -29,7 +28,6 @@ from .rows import _COLUMNS, _NAMES, _row_to_job
 log = logging.getLogger("aijobs.store")
 
 # pg_advisory_xact_lock(LOCK_SPACE, key): the first key names what is locked, so our locks never meet others'.
-LOCK_USER_CAP = 0x61696A31  # "aij1": one user's submits, while the cap is checked
 LOCK_MIGRATE = 0x61696A32  # "aij2": migrations
 
 _AHEAD_NEW = f"(SELECT COUNT(*) FROM jobs AS q WHERE q.status = 'queued' AND {queue_key('q')} < {queue_key('jobs')})"
@@ -38,11 +36,16 @@ _HISTORY_APPEND = (
     "history = CASE WHEN %(rec)s::text IS NULL THEN history "
     "ELSE (COALESCE(history, '[]')::jsonb || jsonb_build_array(%(rec)s::jsonb))::text END"
 )
+# The submit, one statement: take a slot in the user's user_active row (the upsert's WHERE is checked against the
+# row's latest version under its row lock, so concurrent submits of one user queue on that row and the cap is
+# exact), and insert the job only if a slot was taken. A refused submit writes nothing.
 _INSERT = (
+    "WITH slot AS (INSERT INTO user_active AS u (user_id, n) SELECT %(user_id)s, 1 "
+    "WHERE %(cap)s::int IS NULL OR %(cap)s::int > 0 ON CONFLICT (user_id) "
+    "DO UPDATE SET n = u.n + 1 WHERE %(cap)s::int IS NULL OR u.n < %(cap)s::int RETURNING 1) "
     f"INSERT INTO jobs ({_COLUMNS}) SELECT "
     + ", ".join(f"%({n})s" for n in _NAMES)
-    + " WHERE %(cap)s::int IS NULL OR (SELECT COUNT(*) FROM jobs WHERE user_id = %(user_id)s "
-    f"AND status IN ('queued', 'processing')) < %(cap)s::int RETURNING {_AHEAD_NEW}"
+    + f" WHERE EXISTS (SELECT 1 FROM slot) RETURNING {_AHEAD_NEW}"
 )
 
 
@@ -211,11 +214,6 @@ class PostgresJobStore:
     async def _many(self, sql: str, params: Any) -> list[Job]:
         return [_row_to_job(r) for r in await self._rows(sql, params)]
 
-    @asynccontextmanager
-    async def _transaction(self) -> AsyncIterator[Any]:
-        async with self.pool.connection() as conn, conn.transaction():
-            yield conn
-
     # --- the job store --------------------------------------------------------------------------------
 
     async def create(self, job: Job) -> Job:
@@ -258,13 +256,7 @@ class PostgresJobStore:
             "own_provider_key": job.own_provider_key,
             "cap": max_active,
         }
-        if max_active is None:
-            rows = await self._rows(_INSERT, values)
-        else:
-            async with self._transaction() as conn:
-                await conn.execute("SELECT pg_advisory_xact_lock(%s, hashtext(%s))", (LOCK_USER_CAP, job.user_id))
-                cur = await conn.execute(_INSERT, values)
-                rows = await cur.fetchall()
+        rows = await self._rows(_INSERT, values)
         return int(rows[0][0]) if rows else None
 
     async def get(self, job_id: str) -> Job | None:

@@ -81,13 +81,9 @@ class JobQueries:
         return [(r[0], int(r[1]), int(r[2]), int(r[3])) for r in rows]
 
     async def count_active(self, user_id: str) -> int:
-        """The user's queued + processing jobs: SQLite's migration-6 triggers keep the count; PostgreSQL counts
-        the user's short slice of the jobs_user_active partial index (no counter row every submit updates)."""
-        if self.store.dialect == "postgres":
-            sql = "SELECT COUNT(*) FROM jobs WHERE user_id = ? AND status IN ('queued', 'processing')"
-        else:
-            sql = "SELECT n FROM user_active WHERE user_id = ?"
-        rows = await self._all(sql, (user_id,))
+        """The user's queued + processing jobs, as each store keeps count in its user_active row (no rows are
+        counted here)."""
+        rows = await self._all("SELECT n FROM user_active WHERE user_id = ?", (user_id,))
         return int(rows[0][0]) if rows else 0
 
     async def counts_by_status(self, user_id: str | None = None) -> dict[str, int]:
