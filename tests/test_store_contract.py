@@ -254,10 +254,7 @@ async def test_the_cap_holds_under_concurrent_submits_of_one_user(store: JobStor
     await other.open()
     try:
         results = await asyncio.gather(
-            *(
-                (store if i % 2 else other).create_ranked(new_job("greedy"), max_active=5)
-                for i in range(40)
-            ),
+            *((store if i % 2 else other).create_ranked(new_job("greedy"), max_active=5) for i in range(40)),
             *(store.create_ranked(new_job(f"user{i}"), max_active=5) for i in range(10)),
         )
     finally:
