@@ -432,6 +432,8 @@ class Settings:
             value = getattr(self, f.name)
             if f.metadata.get("secret") and value:
                 value = "***"
+            elif f.name == "database_url":
+                value = self.database_url_shown  # a PostgreSQL URL may carry a password
             parts.append(f"{f.name}={value!r}")
         return f"Settings({', '.join(parts)})"
 

@@ -101,3 +101,12 @@ def test_extra_providers_are_parsed_and_their_keys_never_shown() -> None:
         with pytest.raises(SettingsError, match="AI_PROVIDERS") as info:
             Settings.from_env({"AI_PROVIDERS": bad})
         assert "sk-" not in str(info.value)
+
+
+def test_database_url_picks_the_store_and_never_shows_its_password() -> None:
+    pg = Settings.from_env({"DATABASE_URL": "postgresql://aijobs:s3cret@db.internal:5432/aijobs"})
+    assert pg.uses_postgres and "s3cret" not in repr(pg) and "s3cret" not in pg.database_url_shown
+    assert pg.database_url_shown == "postgresql://aijobs:***@db.internal:5432/aijobs"
+    assert not Settings.from_env({}).uses_postgres
+    with pytest.raises(SettingsError, match="DATABASE_URL must be sqlite:///path or postgresql://"):
+        Settings.from_env({"DATABASE_URL": "mysql://x/y"})
