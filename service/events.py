@@ -115,6 +115,19 @@ class EventLog:
         keys, argv = self.publish_call(user_id, event)
         return self._batch.call(self._script, keys, argv)
 
+    async def newest_seq(self, job_id: str) -> int:
+        """The seq of the job's newest logged event (0: none). Ahead of the store's while a run is between two
+        checkpoints: a resume point up to this one is real."""
+        entries = await self.redis.xrevrange(stream_key(job_id), count=1)
+        if not entries:
+            return 0
+        entry_id = entries[0][0]
+        return int((entry_id.decode() if isinstance(entry_id, bytes) else entry_id).split("-")[1])
+
+    async def resumable(self, job_id: str, after: int, stored_seq: int) -> bool:
+        """Whether `after` is a seq this job has reached: the store's, or past it in the log."""
+        return after <= stored_seq or after <= await self.newest_seq(job_id)
+
     async def read_after(self, job_id: str, after_seq: int, *, count: int | None = None) -> list[Event]:
         entries = await self.redis.xrange(stream_key(job_id), min=f"(0-{after_seq}", max="+", count=count)
         return [decode_entry(fields) for _id, fields in entries]

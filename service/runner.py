@@ -1,8 +1,10 @@
 """The lifecycle around every task run: claim, progress, output, result, error, each fenced and announced.
 
-Order matters: the store is written first (conditional on this run's lease token), and only a write the
-store accepted is published as an event, with the seq the store gave it. A run that lost its lease
-(taken over, cancelled) therefore can neither change the job nor show users anything.
+Order matters: a state change is written to the store first (conditional on this run's lease token), and only
+a write the store accepted is published as an event, with the seq the store gave it. Progress and output are
+announced as they come but reach the store only at checkpoints (RunContext); between two, the Redis log fences
+them. A run that lost its lease (taken over, cancelled) therefore can neither change the job nor show users
+anything past what it had announced before the take-over.
 """
 
 from __future__ import annotations
@@ -25,12 +27,13 @@ from .providers.base import ChatMessage, ChatResult, ImageResult, Provider, Usag
 from .providers.errors import AuthError, ProviderError, RateLimited
 from .queue import JobQueue
 from .schema import ValidationError
-from .store.base import JobStore
+from .store.base import UNSTORED_EVENTS_MAX, JobStore
 from .tasks.registry import TaskRegistry, TaskSpec
 
 log = logging.getLogger("aijobs.runner")
 
 DELTA_FLUSH_SECONDS = 0.1  # at most ~10 delta events per second per job
+CHECKPOINT_SECONDS = 1.0  # at most one store write per second per running job, besides its state changes
 
 
 class RecordingProvider:
@@ -86,7 +89,16 @@ class LeaseLost(Exception):
 
 @dataclass
 class RunContext:
-    """The TaskContext handed to a task for one attempt."""
+    """The TaskContext handed to a task for one attempt.
+
+    Every progress and delta event is announced (published with the next seq), but the store is written only at
+    checkpoints: at most once per CHECKPOINT_SECONDS, every UNSTORED_EVENTS_MAX events at the latest, and always
+    before the attempt's final write (`checkpoint`). A checkpoint carries everything announced since the last
+    one (the output appended since, the latest percentage and step) and sets the store's seq to the announced
+    one, still fenced by this run's lease token. An event announced without a store write is fenced by the Redis
+    log instead: a take-over moves the seq past any such event (JobStore.take_over), so a late one is refused
+    there (`publish` answers False) and this run stops.
+    """
 
     job_id: str
     user_id: str
@@ -97,28 +109,101 @@ class RunContext:
     store: JobStore
     events: EventLog
     api_key: str | None = None
-    _pending: list[str] = field(default_factory=list)
+    seq: int = 0  # the seq of the last event this run announced (the claim's, at first)
+    _pending: list[str] = field(default_factory=list)  # delta text not yet announced
+    _unstored: list[str] = field(default_factory=list)  # text announced, not yet in the store
+    _stored_seq: int = 0
+    _stored_at: float = field(default_factory=time.monotonic)
+    _step: str | None = None
     _last_flush: float = 0.0
     _percentage: float = 0.0
     _started: float = field(default_factory=time.monotonic)
+    _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    _timer: asyncio.TimerHandle | None = None
+    _timed: asyncio.Future[None] | None = None
 
-    async def _emit(self, job: Job | None, kind: EventKind, data: dict[str, Any]) -> None:
-        if job is None:
-            raise LeaseLost(self.job_id)
+    def __post_init__(self) -> None:
+        self._stored_seq = self.seq
+
+    @property
+    def unsaved(self) -> bool:
+        """Output or progress not in the store yet (announced or not)."""
+        return bool(self._pending) or self.seq > self._stored_seq
+
+    async def _store(self, seq: int) -> None:
+        """Write a checkpoint up to `seq`: one at a time (the timed one may run beside the task's own)."""
+        async with self._lock:
+            if seq <= self._stored_seq:
+                return  # a checkpoint that ran meanwhile covered it
+            n = len(self._unstored)
+            piece = "".join(self._unstored[:n])
+            job = await self.store.progress(
+                self.job_id, self.token, percentage=self._percentage, step=self._step, append_output=piece or None,
+                seq=seq,
+            )  # fmt: skip
+            if job is None:
+                raise LeaseLost(self.job_id)
+            del self._unstored[:n]  # what was appended while the write was on its way waits for the next one
+            self._stored_seq, self._stored_at = job.seq, time.monotonic()
+
+    def _store_later(self) -> None:
+        """An event left out of the store gets there within CHECKPOINT_SECONDS even if no other event follows (a
+        provider that pauses mid-stream): a poll never shows output more than that much behind the events."""
+        if self._timer is not None:
+            return
+        delay = max(0.0, CHECKPOINT_SECONDS - (time.monotonic() - self._stored_at))
+        self._timer = asyncio.get_running_loop().call_later(delay, self._timer_fired)
+
+    def _timer_fired(self) -> None:
+        self._timer = None
+        self._timed = asyncio.ensure_future(self._timed_store())
+
+    async def _timed_store(self) -> None:
         try:
-            await self.events.publish(self.user_id, Event(job_id=self.job_id, seq=job.seq, kind=kind, data=data))
-        except Exception as exc:  # the store took the write; a watcher resyncs from it
+            await self._store(self.seq)
+        except Exception as exc:  # a lost lease or an unreachable store: the task's next write finds out
+            log.info("timed checkpoint not written", extra={"job_id": self.job_id, "error": repr(exc)})
+
+    def close(self) -> None:
+        """The attempt is over: no timed checkpoint any more."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._timed is not None and not self._timed.done():
+            self._timed.cancel()
+
+    async def _emit(self, kind: EventKind, data: dict[str, Any], text: str | None = None) -> None:
+        """Announce the next event; write the store first when a checkpoint is due."""
+        seq = self.seq + 1
+        if text:
+            self._unstored.append(text)
+        stored = (
+            time.monotonic() - self._stored_at >= CHECKPOINT_SECONDS or seq - self._stored_seq > UNSTORED_EVENTS_MAX
+        )
+        if stored:
+            await self._store(seq)
+        self.seq = seq
+        if not stored:
+            self._store_later()
+        try:
+            event = Event(job_id=self.job_id, seq=seq, kind=kind, data=data)
+            published = await self.events.publish(self.user_id, event)
+        except Exception as exc:  # the store has (or will have, at the next checkpoint) it; a watcher resyncs from it
             log.warning("could not publish an event", extra={"job_id": self.job_id, "error": repr(exc)})
+            return
+        if not published and not stored:
+            raise LeaseLost(self.job_id)  # the log holds a newer event: the job was taken over
 
     async def progress(self, percentage: float, step: str | None = None) -> None:
         await self.flush()
         self._percentage = max(0.0, min(100.0, float(percentage)))
-        job = await self.store.progress(self.job_id, self.token, percentage=self._percentage, step=step)
+        if step is not None:
+            self._step = step
         data: dict[str, Any] = {"percentage": round(self._percentage, 1), "current_step": step}
         if self._percentage >= 5:  # time left, extrapolated from this attempt's pace so far
             elapsed = time.monotonic() - self._started
             data["estimated_time_remaining"] = round(elapsed * (100 - self._percentage) / self._percentage, 1)
-        await self._emit(job, EventKind.PROGRESS, data)
+        await self._emit(EventKind.PROGRESS, data)
 
     async def delta(self, text: str) -> None:
         if not text:
@@ -128,16 +213,23 @@ class RunContext:
             await self.flush()
 
     async def flush(self) -> None:
-        """Write and announce the text gathered since the last flush, as one delta event."""
+        """Announce the text gathered since the last flush, as one delta event."""
         if not self._pending:
             return
         piece = "".join(self._pending)
         self._pending.clear()
         self._last_flush = time.monotonic()
-        job = await self.store.progress(  # only the new piece travels: the store appends it
-            self.job_id, self.token, percentage=self._percentage, step=None, append_output=piece
-        )
-        await self._emit(job, EventKind.DELTA, {"text": piece})
+        await self._emit(EventKind.DELTA, {"text": piece}, text=piece)
+
+    async def checkpoint(self) -> None:
+        """Announce what is pending and bring the store up to everything announced: before the final write."""
+        await self.flush()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._timed is not None:
+            await self._timed  # never cancelled mid-write: its outcome decides what is left to store
+        await self._store(self.seq)
 
 
 ProviderKeyOpener = Callable[[Job], Awaitable[str | None]]  # the user's own provider key for a job, if any
@@ -337,6 +429,7 @@ class JobRunner:
             ai=ai,
             store=self.store,
             events=self.events,
+            seq=job.seq,
         )
         run = ActiveRun(job.id, token)
         self.active[job.id] = run
@@ -383,6 +476,7 @@ class JobRunner:
             log.info("job completed", extra={"job_id": job.id, "type": job.type, "seconds": round(seconds, 3)})
             return "completed" if finished else "lease_lost"
         finally:
+            ctx.close()
             if self.active.get(job.id) is run:
                 del self.active[job.id]
 
@@ -413,7 +507,7 @@ class JobRunner:
                 )
         async with asyncio.timeout(spec.timeout or self.default_timeout):  # no extra task, unlike wait_for
             result = await spec.fn(ctx, data)
-        await ctx.flush()
+        await ctx.checkpoint()  # the final checkpoint: the store's seq reaches every event announced
         return result
 
     async def _heartbeats(self) -> None:
@@ -442,7 +536,7 @@ class JobRunner:
     async def _cancelled(self, job: Job, token: str, ctx: RunContext, seconds: float) -> None:
         """Stopped on request: keep the partial output, say `cancelled`, all fenced by this run's token."""
         try:
-            await ctx.flush()
+            await ctx.checkpoint()
         except LeaseLost:
             return
         error = JobError(message="Cancelled on request.", code="cancelled", retryable=False)
@@ -461,7 +555,7 @@ class JobRunner:
     async def _give_back(self, job: Job, token: str, ctx: RunContext) -> None:
         async def give_back() -> None:
             with contextlib.suppress(LeaseLost):
-                await ctx.flush()
+                await ctx.checkpoint()
             requeued = await self._announce(
                 await self.store.requeue(job.id, token, error=None, step="Waiting for a worker…", refund=True)
             )
@@ -480,9 +574,9 @@ class JobRunner:
         error = to_job_error(exc)
         model = ctx.ai.model or ctx.ai.requested or ctx.ai.default_model
         record = attempt_record(job, model, error, seconds, ctx.ai.name)
-        if ctx._pending:
+        if ctx.unsaved:
             try:
-                await ctx.flush()
+                await ctx.checkpoint()
             except LeaseLost:
                 return "lease_lost"
         retry_after = getattr(exc, "retry_after", None)

@@ -20,6 +20,7 @@ import pytest
 from service.config import Settings
 from service.models import Job, JobError, JobStatus, dumps, now
 from service.store import JobStore, SchemaMismatch, job_queries, job_secrets, open_store, user_store
+from service.store.base import UNSTORED_EVENTS_MAX
 from service.store.queries import HistoryFilter
 from service.store.users import UserExists
 
@@ -70,8 +71,15 @@ async def test_every_accepted_write_adds_one_to_seq_and_a_stale_token_changes_no
     assert p is not None and p.seq == 4 and p.partial_output == "Hello" and p.current_step == "Thinking"
     p = await store.progress(job.id, "t1", percentage=60, step=None, partial_output="Replaced")
     assert p is not None and p.seq == 5 and p.partial_output == "Replaced"
+    # A checkpoint: the run announced events 6..9 without writing; the store's seq catches up to the last one.
+    p = await store.progress(job.id, "t1", percentage=70, step="Later", append_output="!", seq=9)
+    assert p is not None and p.seq == 9 and p.partial_output == "Replaced!" and p.percentage == 70
+    p = await store.progress(job.id, "t1", percentage=70, step=None, seq=3)
+    assert p is not None and p.seq == 10, "never backwards: at least seq + 1"
+    p = await store.progress(job.id, "t1", percentage=70, step=None)
+    assert p is not None and p.seq == 11
     renewed = await store.renew(job.id, "t1", lease_seconds=60)
-    assert renewed is not None and renewed.seq == 5, "a renewal is not an event"
+    assert renewed is not None and renewed.seq == 11, "a renewal is not an event"
     before = await store.get(job.id)
 
     stale = "t0"
@@ -86,7 +94,7 @@ async def test_every_accepted_write_adds_one_to_seq_and_a_stale_token_changes_no
         job.id, "t1", status=JobStatus.COMPLETED, result={"ok": 1}, model="m1", usage={"prompt_tokens": 3},
         record={"attempt": 1},
     )  # fmt: skip
-    assert done is not None and done.seq == 6 and done.percentage == 100 and done.lease_token is None
+    assert done is not None and done.seq == 12 and done.percentage == 100 and done.lease_token is None
     assert done.result == {"ok": 1} and done.model == "m1" and done.usage == {"prompt_tokens": 3}
     assert done.history == [{"attempt": 1}] and done.completed_at is not None
     assert await store.progress(job.id, "t1", percentage=1, step=None) is None, "a finished job takes no writes"
@@ -310,7 +318,8 @@ async def test_a_lapsed_lease_is_taken_over_once_and_the_old_owner_is_fenced_out
     lost = JobError(message="lost", code="worker_lost", retryable=True)
     back = await store.take_over(lapsed.id, "old", status=JobStatus.QUEUED, error=lost, step="Re-queued",
                                  record={"error": "worker_lost"})  # fmt: skip
-    assert back is not None and back.status is JobStatus.QUEUED and back.seq == 3 and back.completed_at is None
+    assert back is not None and back.status is JobStatus.QUEUED and back.completed_at is None
+    assert back.seq == 2 + UNSTORED_EVENTS_MAX + 1, "past any event the revoked run announced since its checkpoint"
     assert back.history == [{"error": "worker_lost"}] and back.lease_token is None
     assert await store.take_over(lapsed.id, "old", status=JobStatus.QUEUED, error=None, step="x", record=None) is None
     assert await store.progress(lapsed.id, "old", percentage=90, step="late") is None, "late writes refused"

@@ -55,7 +55,7 @@ async def job_events(request: Request) -> Response:
     header = request.headers.get("last-event-id")
     source = "Last-Event-ID" if header else "?after="
     after = parse_resume_point(header or request.query_params.get("after"), source)
-    if after is not None and after > job.seq:
+    if after is not None and not await state.events.resumable(job_id, after, job.seq):
         raise ApiError(
             400,
             "invalid_last_event_id",

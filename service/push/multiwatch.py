@@ -103,7 +103,8 @@ class MultiWatch:
         for job_id, seq in (cursor or {}).items():
             job = await self.store.get_owned(job_id, self.user_id)
             if job is not None:  # others' ids are ignored; a point ahead of the job restarts from a snapshot
-                out += await self.add_job(job_id, seq if seq <= job.seq else None)
+                ok = await self.events.resumable(job_id, seq, job.seq)
+                out += await self.add_job(job_id, seq if ok else None)
         for job in active:
             if job.id not in self.watches and job.id not in self._done:
                 out += await self.add_job(job.id, None)

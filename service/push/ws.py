@@ -198,7 +198,7 @@ class WsSession:
         if job is None:  # the same answer for a missing job and someone else's
             await self.error("job_not_found", "No job with that id.", job_id=job_id)
             return
-        if after is not None and after > job.seq:
+        if after is not None and not await self.state.events.resumable(job_id, after, job.seq):
             await self.error("invalid_after", "after is ahead of this job's events.", job_id=job_id)
             return
         if job_id not in self.mw.watches and len(self.mw.watches) >= MAX_JOBS_PER_CLIENT:

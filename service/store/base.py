@@ -3,7 +3,10 @@
 Every write a worker makes is fenced by its lease token: when the token no longer matches (the job was
 taken over, cancelled or already finished) the write does nothing and returns None, so a worker that woke
 up late can never overwrite what the new owner did. Each successful write bumps the job's `seq`, which is
-the sequence number of the event that announces it.
+the sequence number of the event that announces it, by one; except that a running job's progress reaches the
+store only at checkpoints (runner.RunContext), so a checkpoint sets `seq` to the last event its run announced
+(`progress(seq=…)`), and a take-over, which no run announced, jumps past any event a run may have announced
+since its last checkpoint (at most UNSTORED_EVENTS_MAX).
 """
 
 from __future__ import annotations
@@ -14,6 +17,10 @@ from ..models import Job, JobError, JobStatus
 
 # The step `finish` leaves on a job it ends: its last running step ("Polishing titles…") would no longer be true.
 FINAL_STEPS = {JobStatus.COMPLETED: "Done", JobStatus.FAILED: "Failed", JobStatus.CANCELLED: "Cancelled"}
+
+# The most events a run announces between two store writes: a take-over moves `seq` this far ahead (plus one),
+# so any event of the run it revokes sorts before the take-over's and the Redis log refuses the late ones.
+UNSTORED_EVENTS_MAX = 50
 
 
 class UniqueViolation(ValueError):
@@ -103,8 +110,12 @@ class JobStore(Protocol):
         step: str | None,
         partial_output: str | None = None,
         append_output: str | None = None,
+        seq: int | None = None,
     ) -> Job | None:
-        """Progress, and the output so far: `partial_output` replaces it, `append_output` adds to its end."""
+        """Progress, and the output so far: `partial_output` replaces it, `append_output` adds to its end.
+
+        `seq`: the seq of the last event the run announced (a checkpoint); the job's seq becomes the larger of
+        that and seq + 1."""
 
     async def finish(
         self,
@@ -160,7 +171,8 @@ class JobStore(Protocol):
         error: JobError | None,
         step: str,
         record: dict[str, Any] | None,
-    ) -> Job | None: ...
+    ) -> Job | None:
+        """Revoke a lapsed lease (only if still lapsed and unchanged); seq grows by UNSTORED_EVENTS_MAX + 1."""
 
     async def touch_queued(self, job_id: str, seq: int, *, step: str) -> Job | None: ...
 

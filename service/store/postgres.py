@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from ..models import Job, JobError, JobStatus, dumps, now
-from .base import FINAL_STEPS, SchemaMismatch, UniqueViolation
+from .base import FINAL_STEPS, UNSTORED_EVENTS_MAX, SchemaMismatch, UniqueViolation
 from .pg_migrations import MIGRATIONS, queue_key
 from .rows import _COLUMNS, _NAMES, _row_to_job
 
@@ -335,18 +335,21 @@ class PostgresJobStore:
         step: str | None,
         partial_output: str | None = None,
         append_output: str | None = None,
+        seq: int | None = None,
     ) -> Job | None:
         return await self._one(
             "UPDATE jobs SET percentage = %(pct)s, current_step = COALESCE(%(step)s::text, current_step), "
             "partial_output = CASE WHEN %(append)s::text IS NOT NULL THEN COALESCE(partial_output, '') || "
             "%(append)s::text ELSE COALESCE(%(partial)s::text, partial_output) END, updated_at = %(t)s, "
-            "seq = seq + 1 WHERE id = %(id)s AND lease_token = %(token)s AND status = 'processing' "
+            "seq = GREATEST(seq + 1, COALESCE(%(seq)s::bigint, 0)) "
+            "WHERE id = %(id)s AND lease_token = %(token)s AND status = 'processing' "
             f"RETURNING {_COLUMNS}",
             {
                 "pct": percentage,
                 "step": step,
                 "append": append_output,
                 "partial": partial_output,
+                "seq": seq,
                 "t": now(),
                 "id": job_id,
                 "token": token,
@@ -479,7 +482,8 @@ class PostgresJobStore:
         return await self._one(
             "UPDATE jobs SET status = %(status)s, lease_token = NULL, lease_expires_at = NULL, worker_id = NULL, "
             "error = %(error)s, current_step = %(step)s, updated_at = %(t)s, ready_at = %(t)s, "
-            f"completed_at = CASE WHEN %(ends)s THEN %(t)s ELSE NULL END, seq = seq + 1, {_HISTORY_APPEND} "
+            f"completed_at = CASE WHEN %(ends)s THEN %(t)s ELSE NULL END, seq = seq + {UNSTORED_EVENTS_MAX + 1}, "
+            f"{_HISTORY_APPEND} "
             "WHERE id = %(id)s AND status = 'processing' AND lease_token IS NOT DISTINCT FROM %(token)s::text "
             f"AND lease_expires_at < %(t)s RETURNING {_COLUMNS}",
             {

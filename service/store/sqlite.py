@@ -10,7 +10,7 @@ from typing import Any
 
 from ..files import private_dir, private_file, tighten_file
 from ..models import Job, JobError, JobStatus, dumps, now
-from .base import FINAL_STEPS, SchemaMismatch
+from .base import FINAL_STEPS, UNSTORED_EVENTS_MAX, SchemaMismatch
 from .connection import Connection
 from .migrations import MIGRATIONS, statements
 from .rows import _COLUMNS, _NAMES, _row_to_job
@@ -273,13 +273,14 @@ class SQLiteJobStore:
         step: str | None,
         partial_output: str | None = None,
         append_output: str | None = None,
+        seq: int | None = None,
     ) -> Job | None:
         return await self._one(
             "UPDATE jobs SET percentage = ?, current_step = COALESCE(?, current_step), "
             "partial_output = CASE WHEN ? IS NOT NULL THEN COALESCE(partial_output, '') || ? "
-            "ELSE COALESCE(?, partial_output) END, updated_at = ?, seq = seq + 1 "
+            "ELSE COALESCE(?, partial_output) END, updated_at = ?, seq = MAX(seq + 1, COALESCE(?, 0)) "
             f"WHERE id = ? AND lease_token = ? AND status = 'processing' RETURNING {_COLUMNS}",
-            (percentage, step, append_output, append_output, partial_output, now(), job_id, token),
+            (percentage, step, append_output, append_output, partial_output, now(), seq, job_id, token),
         )
 
     async def finish(
@@ -414,13 +415,14 @@ class SQLiteJobStore:
         step: str,
         record: dict[str, Any] | None,
     ) -> Job | None:
-        """Revoke a lapsed lease (only if still lapsed and unchanged): back to queued, or a terminal state."""
+        """Revoke a lapsed lease (only if still lapsed and unchanged): back to queued, or a terminal state. The seq
+        jumps past any event the revoked run announced since its last checkpoint (see JobStore)."""
         t = now()
         rec = dumps(record) if record else None
         return await self._one(
             "UPDATE jobs SET status = ?, lease_token = NULL, lease_expires_at = NULL, worker_id = NULL, error = ?, "
             "current_step = ?, updated_at = ?, ready_at = ?, completed_at = CASE WHEN ? THEN ? ELSE NULL END, "
-            f"seq = seq + 1, {_HISTORY_APPEND} "
+            f"seq = seq + {UNSTORED_EVENTS_MAX + 1}, {_HISTORY_APPEND} "
             "WHERE id = ? AND status = 'processing' AND lease_token IS ? AND lease_expires_at < ? "
             f"RETURNING {_COLUMNS}",
             (

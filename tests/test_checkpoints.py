@@ -1,0 +1,114 @@
+"""A running job's progress reaches the store at checkpoints, not on every event (issue 16 point 6).
+
+Every event is still announced in order with the next seq; the store is written at most once a second (or every
+UNSTORED_EVENTS_MAX events), a paused stream is stored within a second anyway, the final write covers everything,
+and a run whose job was taken over between two checkpoints is stopped by the Redis log.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import pytest
+from redis.asyncio import Redis
+
+from service.config import Settings
+from service.events import EventLog
+from service.models import Job, JobStatus
+from service.providers.simulated import SimulatedProvider
+from service.runner import CHECKPOINT_SECONDS, LeaseLost, RecordingProvider, RunContext
+from service.store import JobStore, open_store
+from service.store.base import UNSTORED_EVENTS_MAX
+
+from .conftest import until
+
+
+@dataclass
+class Run:
+    store: JobStore
+    events: EventLog
+    ctx: RunContext
+    claimed: Job
+
+
+@pytest.fixture
+async def run(settings: Settings) -> AsyncIterator[Run]:
+    """A claimed job and the RunContext its worker would hand the task (real store, real Redis log)."""
+    assert settings.redis_url
+    redis = Redis.from_url(settings.redis_url)
+    store = open_store(settings)
+    await store.open()
+    events = EventLog(redis)
+    job = await store.create(Job(id=uuid.uuid4().hex, user_id="u", type="chat", input={}))
+    claimed = await store.claim(job.id, worker_id="w", token="tok", lease_seconds=-1)  # lapsed: may be taken over
+    assert claimed is not None
+    ctx = RunContext(
+        job_id=job.id, user_id="u", attempt=1, max_attempts=3, token="tok",
+        ai=RecordingProvider(SimulatedProvider(delay=0)), store=store, events=events, seq=claimed.seq,
+    )  # fmt: skip
+    try:
+        yield Run(store, events, ctx, claimed)
+    finally:
+        ctx.close()
+        await store.close()
+        await redis.aclose()
+
+
+async def stored(run: Run) -> Job:
+    job = await run.store.get(run.claimed.id)
+    assert job is not None
+    return job
+
+
+async def test_a_burst_of_events_is_announced_in_full_and_stored_in_few_writes(run: Run) -> None:
+    start = run.claimed.seq
+    for i in range(UNSTORED_EVENTS_MAX):
+        await run.ctx.progress(i, f"step {i}")
+    assert (await stored(run)).seq == start, "within a second: announced, not stored"
+    await run.ctx.progress(60, "one more")  # past UNSTORED_EVENTS_MAX: stored, whatever the time
+    job = await stored(run)
+    assert job.seq == start + UNSTORED_EVENTS_MAX + 1 and job.percentage == 60 and job.current_step == "one more"
+    for piece in ("Hel", "lo ", "world"):
+        run.ctx._last_flush = 0  # each piece its own delta event (the 0.1 s merge is not what this tests)
+        await run.ctx.delta(piece)
+    await run.ctx.checkpoint()
+    job = await stored(run)
+    assert job.seq == run.ctx.seq == start + UNSTORED_EVENTS_MAX + 4 and job.partial_output == "Hello world"
+    log = await run.events.read_after(run.claimed.id, start)
+    assert [e.seq for e in log] == list(range(start + 1, run.ctx.seq + 1)), "every event, once, in order"
+    assert "".join(e.data["text"] for e in log if e.kind.value == "delta") == "Hello world"
+
+
+async def test_a_paused_stream_is_stored_within_a_checkpoint_interval(run: Run) -> None:
+    await run.ctx.delta("partial")  # and then nothing more, as a provider that stalls
+    assert (await stored(run)).partial_output is None
+    began = time.monotonic()
+
+    async def visible() -> bool:
+        return (await stored(run)).partial_output == "partial"
+
+    await until(visible, timeout=CHECKPOINT_SECONDS + 5, what="the timed checkpoint")
+    assert (await stored(run)).seq == run.ctx.seq
+    print(f"stored after {time.monotonic() - began:.2f} s")
+
+
+async def test_a_run_taken_over_between_checkpoints_is_stopped_by_the_log(run: Run) -> None:
+    await run.ctx.progress(10, "working")  # announced only
+    taken = await run.store.take_over(
+        run.claimed.id, "tok", status=JobStatus.QUEUED, error=None, step="Re-queued", record=None
+    )
+    assert taken is not None and taken.seq > run.ctx.seq + UNSTORED_EVENTS_MAX - 1
+    from service.runner import status_event
+
+    assert await run.events.publish("u", status_event(taken))  # what the sweeper does
+    with pytest.raises(LeaseLost):
+        await run.ctx.progress(20, "late")  # not stored (no checkpoint due), refused by the log
+    log = await run.events.read_after(run.claimed.id, run.claimed.seq)
+    assert [e.seq for e in log] == [run.claimed.seq + 1, taken.seq], "the late event is not in the log"
+    with pytest.raises(LeaseLost):
+        await run.ctx.checkpoint()  # and the store refuses its checkpoint
+    job = await stored(run)
+    assert job.status is JobStatus.QUEUED and job.seq == taken.seq
