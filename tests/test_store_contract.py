@@ -96,14 +96,17 @@ async def test_every_accepted_write_adds_one_to_seq_and_a_stale_token_changes_no
     )  # fmt: skip
     assert done is not None and done.seq == 12 and done.percentage == 100 and done.lease_token is None
     assert done.result == {"ok": 1} and done.model == "m1" and done.usage == {"prompt_tokens": 3}
-    assert done.history == [{"attempt": 1}] and done.completed_at is not None
+    assert done.history == [{"attempt": 1}] and done.completed_at is not None and done.current_step == "Done"
     assert await store.progress(job.id, "t1", percentage=1, step=None) is None, "a finished job takes no writes"
     assert await store.finish(job.id, "t1", status=JobStatus.FAILED) is None
     assert await store.get(job.id) == done
 
 
 async def test_claim_takes_only_a_queued_uncancelled_job_with_its_ticket(store: JobStore) -> None:
+    own = await store.create(new_job(own_provider_key=True))
+    assert (await store.get(own.id)).own_provider_key is True  # type: ignore[union-attr]
     job = await store.create(new_job())
+    assert (await store.get(job.id)).own_provider_key is False  # type: ignore[union-attr]
     assert await store.claim(job.id, worker_id="w", token="t", ticket=7) is None, "wrong ticket"
     touched = await store.touch_queued(job.id, 1, step="Re-queued")
     assert touched is not None and touched.seq == 2
@@ -212,6 +215,9 @@ async def test_positions_follow_the_queue_order_everywhere(store: JobStore) -> N
     await store.claim(high.id, worker_id="w", token="h")
     found = await store.get_owned_ranked(high.id, "u")
     assert found is not None and found[1] is None, "no position once it runs"
+    by_age = sorted([low, mid, high, deferred, newest], key=lambda j: j.created_at)
+    assert [j.id for j in await store.active_for_user("u")] == [j.id for j in by_age], "oldest first"
+    assert await store.active_for_user("v") == [], "one user's jobs only"
     listed = [j.id for j in await store.list_active()]
     assert sorted(listed) == sorted([low.id, mid.id, high.id, deferred.id, newest.id])
     assert [j.id for j in await store.running()] == [high.id]
