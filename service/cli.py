@@ -48,6 +48,8 @@ def port_problem(host: str, port: int) -> str | None:
             f"Set PORT to a free one, e.g. `PORT={port + 1} scripts/dev`."
         )
     return None
+
+
 def _migrate(settings: Settings) -> str:
     from .store import migrate
 
