@@ -275,7 +275,12 @@ def cmd_users(args: argparse.Namespace) -> int:
             "or the Procfile's web), which makes it, or set AIJOBS_DATA_DIR (or DATABASE_URL) to the store your "
             "server uses."
         )
-    return asyncio.run(_users(args, settings))
+    from .store import SchemaMismatch
+
+    try:
+        return asyncio.run(_users(args, settings))
+    except SchemaMismatch as exc:
+        raise SystemExit(f"aijobs users: {exc}") from None
 
 
 def cmd_settings(args: argparse.Namespace) -> int:
