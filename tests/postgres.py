@@ -9,7 +9,9 @@ would `useradd` a user and chmod every parent directory, which a test suite has 
 Never a skip: if none of the three works, the PostgreSQL half of the suite fails with the reason.
 
 Each session gets a database of its own, each test a schema of its own in it (`search_path` in the URL), so tests
-never see each other's rows and nothing is left behind on a shared server.
+never see each other's rows and nothing is left behind on a shared server. Behind PgBouncer, which passes no
+startup options, set `AIJOBS_TEST_POSTGRES_ADMIN_URL` to the server itself as well: each test then gets a database
+of its own, made there, and connects to it through `AIJOBS_TEST_POSTGRES_URL`.
 """
 
 from __future__ import annotations
@@ -153,11 +155,19 @@ class PostgresForTests:
         self.how = ""
         self.admin_url = ""
         self.url = ""
+        self.database = ""
+        self.client_url = ""  # set: a database per test, reached through this URL (PgBouncer)
+        self.databases: list[str] = []
 
     def start(self) -> PostgresForTests:
         import psycopg
 
         given = os.environ.get("AIJOBS_TEST_POSTGRES_URL")
+        admin = os.environ.get("AIJOBS_TEST_POSTGRES_ADMIN_URL")
+        if given and admin:  # e.g. PgBouncer in front: a database per test, made on the server directly
+            self.admin_url, self.client_url = admin, given
+            self.how = f"AIJOBS_TEST_POSTGRES_URL, a database per test (made through {admin.split('@')[-1]})"
+            return self
         if given:
             self.admin_url, self.how = given, "AIJOBS_TEST_POSTGRES_URL"
         elif os.environ.get("AIJOBS_TEST_POSTGRES_EMBEDDED") != "1" and _answers(LOCAL_URL):
@@ -176,6 +186,12 @@ class PostgresForTests:
         """A new empty schema, and a URL whose connections use it (search_path in the startup options)."""
         import psycopg
 
+        if self.client_url:
+            name = f"aijobs_t_{uuid.uuid4().hex[:12]}"
+            with psycopg.connect(self.admin_url, autocommit=True) as conn:
+                conn.execute(f'CREATE DATABASE "{name}"')
+            self.databases.append(name)
+            return with_database(self.client_url, name)
         schema = f"t_{uuid.uuid4().hex[:12]}"
         with psycopg.connect(self.url, autocommit=True) as conn:
             conn.execute(f"CREATE SCHEMA {schema}")
@@ -184,8 +200,10 @@ class PostgresForTests:
     def stop(self) -> None:
         import psycopg
 
-        with contextlib.suppress(psycopg.Error), psycopg.connect(self.admin_url, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{self.database}" WITH (FORCE)')
+        for name in [self.database, *self.databases]:
+            if name:
+                with contextlib.suppress(psycopg.Error), psycopg.connect(self.admin_url, autocommit=True) as conn:
+                    conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         if self.server is not None:
             self.server.stop()
 
