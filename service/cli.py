@@ -63,7 +63,7 @@ def _migrate(settings: Settings) -> str:
 def _check_schema(settings: Settings, command: str) -> None:
     """Refuse to start against a schema older or newer than this code, saying what to run (the store's open()
     checks too, but inside uvicorn's lifespan or arq's startup that would end as a traceback)."""
-    from .store import SchemaMismatch, open_store
+    from .store import StoreOpenError, open_store
 
     async def check() -> None:
         store = open_store(settings)
@@ -72,18 +72,18 @@ def _check_schema(settings: Settings, command: str) -> None:
 
     try:
         asyncio.run(check())
-    except SchemaMismatch as exc:
+    except StoreOpenError as exc:
         raise SystemExit(f"aijobs {command}: {exc}") from None
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
     """Apply the store's pending migrations: once per deploy, from any one host (several at once take turns)."""
-    from .store import SchemaMismatch
+    from .store import StoreOpenError
 
     settings = _settings()
     try:
         print(f"aijobs migrate: {_migrate(settings)}")
-    except SchemaMismatch as exc:
+    except StoreOpenError as exc:
         raise SystemExit(f"aijobs migrate: {exc}") from None
     return 0
 
@@ -275,11 +275,11 @@ def cmd_users(args: argparse.Namespace) -> int:
             "or the Procfile's web), which makes it, or set AIJOBS_DATA_DIR (or DATABASE_URL) to the store your "
             "server uses."
         )
-    from .store import SchemaMismatch
+    from .store import StoreOpenError
 
     try:
         return asyncio.run(_users(args, settings))
-    except SchemaMismatch as exc:
+    except StoreOpenError as exc:
         raise SystemExit(f"aijobs users: {exc}") from None
 
 

@@ -492,3 +492,14 @@ async def test_hosts_migrating_at_once_take_turns(postgres: PostgresForTests) ->
     check = open_store(Settings(database_url=url))
     await check.open()  # the schema is this code's now
     await check.close()
+
+
+async def test_an_unreachable_postgres_is_named_without_its_password() -> None:
+    from service.embedded import free_port
+    from service.store import StoreOpenError
+    from service.store.postgres import PostgresJobStore
+
+    store = PostgresJobStore(f"postgresql://aijobs:s3cret@127.0.0.1:{free_port()}/x", connect_timeout=0.5)
+    with pytest.raises(StoreOpenError, match="cannot connect to PostgreSQL") as info:
+        await store.open()
+    assert "s3cret" not in str(info.value) and "aijobs:***@" in str(info.value)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from .base import JobStore, SchemaMismatch, UniqueViolation
+from .base import JobStore, SchemaMismatch, StoreOpenError, UniqueViolation
 
 if TYPE_CHECKING:
     from ..config import Settings
@@ -61,6 +61,7 @@ def job_queries(store: JobStore) -> JobQueries:
 __all__ = [
     "JobStore",
     "SchemaMismatch",
+    "StoreOpenError",
     "UniqueViolation",
     "job_queries",
     "job_secrets",

@@ -27,7 +27,11 @@ class UniqueViolation(ValueError):
     """A write broke a unique key (both stores raise this one from the statements they share)."""
 
 
-class SchemaMismatch(RuntimeError):
+class StoreOpenError(RuntimeError):
+    """The store could not be opened (PostgreSQL unreachable, refused the login, ...): the message says which."""
+
+
+class SchemaMismatch(StoreOpenError):
     """The database's schema is not the one this code was written for: the message says what to run."""
 
     def __init__(self, found: int, expected: int) -> None:

@@ -17,11 +17,12 @@ counter row (see pg_migrations).
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Sequence
 from typing import Any
 
 from ..models import Job, JobError, JobStatus, dumps, now
-from .base import FINAL_STEPS, UNSTORED_EVENTS_MAX, SchemaMismatch, UniqueViolation
+from .base import FINAL_STEPS, UNSTORED_EVENTS_MAX, SchemaMismatch, StoreOpenError, UniqueViolation
 from .pg_migrations import MIGRATIONS, queue_key
 from .rows import _COLUMNS, _NAMES, _row_to_job
 
@@ -47,6 +48,10 @@ _INSERT = (
     + ", ".join(f"%({n})s" for n in _NAMES)
     + f" WHERE EXISTS (SELECT 1 FROM slot) RETURNING {_AHEAD_NEW}"
 )
+
+
+def _shown(url: str) -> str:
+    return re.sub(r"(://[^/:@]*:)[^/@]*@", r"\1***@", url)
 
 
 def _configure_kwargs() -> dict[str, Any]:
@@ -146,7 +151,14 @@ class PostgresJobStore:
             timeout=self.connect_timeout,
             name="aijobs",
         )
-        await pool.open(wait=True, timeout=self.connect_timeout)
+        try:
+            await pool.open(wait=True, timeout=self.connect_timeout)
+        except Exception as exc:  # PoolTimeout: the pool has been retrying a connection that keeps failing
+            await pool.close()
+            raise StoreOpenError(
+                f"cannot connect to PostgreSQL at {_shown(self.url)} within {self.connect_timeout:.0f} s ({exc}): "
+                "check DATABASE_URL and that the server is up and accepts this user"
+            ) from None
         self._pool, self._db = pool, PgDb(pool)
         if check_schema:
             try:
