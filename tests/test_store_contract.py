@@ -255,7 +255,10 @@ async def test_counted_positions_and_active_jobs_match_the_rows(store: JobStore)
         job, ahead = found
         assert ahead == (await store.queue_ahead(job) if job.status is JobStatus.QUEUED else None)
         assert (ranked[job_id][1] if job_id in ranked else None) == ahead, "the batch agrees, job by job"
-    assert len(ranked) == await count(store, "SELECT COUNT(*) FROM jobs WHERE status = 'queued'") > 10
+    queued = await count(store, "SELECT COUNT(*) FROM jobs WHERE status = 'queued'")
+    assert len(ranked) == queued > 10
+    kept = "SELECT SUM(n) FROM queue_count" if store.dialect == "postgres" else "SELECT queued FROM queue_size"
+    assert await count(store, kept) == queued, "the trigger-kept queue length"
 
 
 # --- the active-jobs cap --------------------------------------------------------------------------------

@@ -2,9 +2,9 @@
 
 `aijobs_schema.version` records how many ran. Append new migrations; never edit one that has shipped.
 
-The same tables as the SQLite store, minus its one-row `queue_size` counter: a row that every submit of every user
-updates serializes all submits under PostgreSQL's row locks. A new job's queue position is counted from the
-partial queue-order index instead. `user_active` stays, one row per user: the submit statement itself adds to
+The same tables as the SQLite store, but not its one-row `queue_size` counter: a row that every submit of every
+user updates serializes all submits under PostgreSQL's row locks. The queued count is spread over 64 rows of
+`queue_count` instead (a job counts in the row its id hashes to). `user_active` stays, one row per user: the submit statement itself adds to
 its user's row (an upsert that only succeeds under the cap, which makes the cap exact under concurrency), and a
 trigger takes one off when a job leaves queued/processing. Only a user's own submits and job ends touch their row.
 JSON stays TEXT (what the Python side writes and reads, no codec per connection); statements cast to jsonb where
@@ -14,16 +14,18 @@ they look inside it.
 from __future__ import annotations
 
 # The queue order of a queued job (queue.py's score: ready time minus the priority head start, except a deferred
-# retry, scored at its due time). 10.0 is queue.PRIORITY_STEP_SECONDS. The jobs_queue_order index is on this very
-# expression, so the planner uses it for `key < x` counts.
-QUEUE_KEY = (
-    "(COALESCE({t}ready_at, {t}created_at) - CASE WHEN {t}ready_at > {t}updated_at THEN 0.0::float8 "
-    "ELSE {t}priority * 10.0::float8 END)"
+# retry, scored at its due time). 10.0 is queue.PRIORITY_STEP_SECONDS. Kept as a stored generated column, `queue_at`,
+# rather than an expression index: an expression index over updated_at makes every progress write (which moves
+# updated_at) a non-HOT update that writes a new entry into every index of the table, while the column's value does
+# not change for a running job, so a checkpoint stays a HOT update. Counting the jobs ahead reads its index.
+QUEUE_AT = (
+    "COALESCE(ready_at, created_at) - CASE WHEN ready_at > updated_at THEN 0.0::float8 "
+    "ELSE priority * 10.0::float8 END"
 )
 
 
 def queue_key(alias: str = "") -> str:
-    return QUEUE_KEY.format(t=f"{alias}." if alias else "")
+    return f"{alias}.queue_at" if alias else "queue_at"
 
 
 MIGRATIONS: list[str] = [
@@ -59,12 +61,13 @@ MIGRATIONS: list[str] = [
         model_index INTEGER NOT NULL DEFAULT 0,
         retry_of TEXT,
         running_on TEXT,
-        own_provider_key BOOLEAN NOT NULL DEFAULT FALSE
-    );
+        own_provider_key BOOLEAN NOT NULL DEFAULT FALSE,
+        queue_at DOUBLE PRECISION GENERATED ALWAYS AS ({QUEUE_AT}) STORED
+    ) WITH (fillfactor = 70);  -- room on each page for a job's next row versions: updates stay HOT (no index writes)
     -- history pages: newest first with an (created_at, id) cursor
     CREATE INDEX jobs_user_created ON jobs (user_id, created_at DESC, id DESC);
     CREATE INDEX jobs_user_status ON jobs (user_id, status);
-    CREATE INDEX jobs_queue_order ON jobs ({queue_key()}) WHERE status = 'queued';
+    CREATE INDEX jobs_queue_order ON jobs (queue_at) WHERE status = 'queued';
     CREATE INDEX jobs_lease ON jobs (lease_expires_at) WHERE status = 'processing';
     CREATE INDEX jobs_completed ON jobs (completed_at) WHERE completed_at IS NOT NULL;
     CREATE INDEX jobs_status_created ON jobs (status, created_at);
@@ -109,5 +112,28 @@ MIGRATIONS: list[str] = [
     CREATE TRIGGER jobs_active_delete AFTER DELETE ON jobs FOR EACH ROW
         WHEN (OLD.status IN ('queued', 'processing'))
         EXECUTE FUNCTION aijobs_user_active_left();
+    -- how many jobs are queued, spread over 64 rows (a job counts in the row its id hashes to): a new job's queue
+    -- position is this total minus the short tail of jobs queued at or after it, where counting the jobs ahead
+    -- would read the whole queue on every submit; no one row takes every submit's update
+    CREATE TABLE queue_count (shard SMALLINT PRIMARY KEY, n BIGINT NOT NULL);
+    INSERT INTO queue_count (shard, n) SELECT g, 0 FROM generate_series(0, 63) AS g;
+    CREATE FUNCTION aijobs_queue_count() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+        IF TG_OP = 'INSERT' THEN
+            UPDATE queue_count SET n = n + 1 WHERE shard = hashtext(NEW.id) & 63;
+        ELSIF TG_OP = 'DELETE' THEN
+            UPDATE queue_count SET n = n - 1 WHERE shard = hashtext(OLD.id) & 63;
+        ELSE
+            UPDATE queue_count SET n = n + CASE WHEN NEW.status = 'queued' THEN 1 ELSE -1 END
+                WHERE shard = hashtext(NEW.id) & 63;
+        END IF;
+        RETURN NULL;
+    END $$;
+    CREATE TRIGGER jobs_queued_insert AFTER INSERT ON jobs FOR EACH ROW
+        WHEN (NEW.status = 'queued') EXECUTE FUNCTION aijobs_queue_count();
+    CREATE TRIGGER jobs_queued_status AFTER UPDATE OF status ON jobs FOR EACH ROW
+        WHEN ((OLD.status = 'queued') IS DISTINCT FROM (NEW.status = 'queued')) EXECUTE FUNCTION aijobs_queue_count();
+    CREATE TRIGGER jobs_queued_delete AFTER DELETE ON jobs FOR EACH ROW
+        WHEN (OLD.status = 'queued') EXECUTE FUNCTION aijobs_queue_count();
     """,
 ]

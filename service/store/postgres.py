@@ -31,8 +31,19 @@ log = logging.getLogger("aijobs.store")
 # pg_advisory_xact_lock(LOCK_SPACE, key): the first key names what is locked, so our locks never meet others'.
 LOCK_MIGRATE = 0x61696A32  # "aij2": migrations
 
-_AHEAD_NEW = f"(SELECT COUNT(*) FROM jobs AS q WHERE q.status = 'queued' AND {queue_key('q')} < {queue_key('jobs')})"
-_AHEAD = f"CASE WHEN jobs.status = 'queued' THEN {_AHEAD_NEW} END"
+# How many queued jobs run before the row `jobs` (NULL unless it is queued).
+_AHEAD = (
+    "CASE WHEN jobs.status = 'queued' THEN (SELECT COUNT(*) FROM jobs AS q WHERE q.status = 'queued' AND "
+    f"{queue_key('q')} < {queue_key('jobs')}) END"
+)
+# The same number for a row being inserted, from the other end: every queued job (queue_count, summed over its 64
+# rows) minus those queued at or after it. Both read the statement's snapshot, which holds neither the new row nor
+# its own count (the trigger runs after), so this is exactly the jobs ahead; the tail is short for a new job (lower
+# priorities of the last few seconds, deferred retries) where the jobs ahead are nearly the whole queue.
+_AHEAD_NEW = (
+    "(SELECT SUM(n) FROM queue_count) - (SELECT COUNT(*) FROM jobs AS q WHERE q.status = 'queued' AND "
+    f"{queue_key('q')} >= {queue_key('jobs')})"
+)
 _HISTORY_APPEND = (
     "history = CASE WHEN %(rec)s::text IS NULL THEN history "
     "ELSE (COALESCE(history, '[]')::jsonb || jsonb_build_array(%(rec)s::jsonb))::text END"
@@ -563,7 +574,7 @@ class PostgresJobStore:
 
         deferred = job.ready_at is not None and job.ready_at > job.updated_at
         mine = (job.ready_at or job.created_at) - (0.0 if deferred else job.priority * PRIORITY_STEP_SECONDS)
-        assert PRIORITY_STEP_SECONDS == 10.0, "update pg_migrations.QUEUE_KEY (and its index) with the new step"
+        assert PRIORITY_STEP_SECONDS == 10.0, "a new migration must redefine pg_migrations.QUEUE_AT with the new step"
         rows = await self._rows(
             f"SELECT COUNT(*) FROM jobs WHERE status = 'queued' AND {queue_key()} < %s::float8", (mine,)
         )
