@@ -16,6 +16,7 @@ from service.config import Settings
 from service.events import EventLog, stream_key
 from service.lifecycle import Maintenance
 from service.queue import PRIORITY_STEP_SECONDS, JobQueue, queue_score_ms
+from service.store import open_store
 from service.store.sqlite import SQLiteJobStore
 
 from .conftest import run_worker, wait_for_status
@@ -104,7 +105,7 @@ async def test_shared_backoff_holds_other_jobs_without_spending_attempts(
 async def maintenance(settings: Settings):  # type: ignore[no-untyped-def]
     assert settings.redis_url
     redis = await create_pool(RedisSettings.from_dsn(settings.redis_url))
-    store = SQLiteJobStore(settings.sqlite_path)
+    store = open_store(settings)
     await store.open()
     yield lambda s: Maintenance(
         store=store, queue=JobQueue(redis, queue_name=s.queue_name), events=EventLog(redis), settings=s
@@ -153,7 +154,7 @@ async def test_deferred_retry_position_counts_what_runs_before_it(settings: Sett
 
     assert settings.redis_url
     redis = await create_pool(RedisSettings.from_dsn(settings.redis_url))
-    store = SQLiteJobStore(settings.sqlite_path)
+    store = open_store(settings)
     await store.open()
     queue = JobQueue(redis, queue_name=settings.queue_name)
     try:
