@@ -439,6 +439,13 @@ async def test_users_tokens_and_sealed_keys(store: JobStore) -> None:
         stored = (await cur.fetchone())[0]
     assert revoked[1] not in stored, "only a hash is kept"
 
+    await users.sign_out("session-1", alice.id, time.time() + 60)
+    await users.sign_out("session-1", alice.id, time.time() + 60)  # twice: one record
+    await users.sign_out("old", alice.id, time.time() - 1)  # past its cookie's expiry: purged at once
+    users.forget()
+    assert await users.signed_out("session-1") and not await users.signed_out("session-2")
+    assert await count(store, "SELECT COUNT(*) FROM signed_out_sessions") == 1, "one record; the expired one gone"
+
     secrets = job_secrets(store)
     running = await store.create(new_job("alice"))
     over = await store.create(new_job("alice"))

@@ -4,11 +4,11 @@
 
 The same tables as the SQLite store, but not its one-row `queue_size` counter: a row that every submit of every
 user updates serializes all submits under PostgreSQL's row locks. The queued count is spread over 64 rows of
-`queue_count` instead (a job counts in the row its id hashes to). `user_active` stays, one row per user: the submit statement itself adds to
-its user's row (an upsert that only succeeds under the cap, which makes the cap exact under concurrency), and a
-trigger takes one off when a job leaves queued/processing. Only a user's own submits and job ends touch their row.
-JSON stays TEXT (what the Python side writes and reads, no codec per connection); statements cast to jsonb where
-they look inside it.
+`queue_count` instead (a job counts in the row its id hashes to). `user_active` stays, one row per user: the
+submit statement itself adds to its user's row (an upsert that only succeeds under the cap, which makes the cap
+exact under concurrency), and a trigger takes one off when a job leaves queued/processing. Only a user's own
+submits and job ends touch their row. JSON stays TEXT (what the Python side writes and reads, no codec per
+connection); statements cast to jsonb where they look inside it.
 """
 
 from __future__ import annotations
@@ -19,8 +19,7 @@ from __future__ import annotations
 # updated_at) a non-HOT update that writes a new entry into every index of the table, while the column's value does
 # not change for a running job, so a checkpoint stays a HOT update. Counting the jobs ahead reads its index.
 QUEUE_AT = (
-    "COALESCE(ready_at, created_at) - CASE WHEN ready_at > updated_at THEN 0.0::float8 "
-    "ELSE priority * 10.0::float8 END"
+    "COALESCE(ready_at, created_at) - CASE WHEN ready_at > updated_at THEN 0.0::float8 ELSE priority * 10.0::float8 END"
 )
 
 
@@ -93,6 +92,13 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (user_id, key)
     );
     CREATE INDEX idempotency_keys_created ON idempotency_keys (created_at);
+    -- browser sessions signed out before their cookie expires (users.py: sign_out / signed_out)
+    CREATE TABLE signed_out_sessions (
+        session_id TEXT PRIMARY KEY,
+        user_id TEXT NOT NULL,
+        expires_at DOUBLE PRECISION NOT NULL
+    );
+    CREATE INDEX signed_out_sessions_expiry ON signed_out_sessions (expires_at);
     -- each user's queued + processing jobs: +1 by the submit statement (PostgresJobStore.create_ranked), -1 here
     CREATE TABLE user_active (user_id TEXT PRIMARY KEY, n INTEGER NOT NULL);
     CREATE FUNCTION aijobs_user_active_left() RETURNS trigger LANGUAGE plpgsql AS $$
