@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Sequence
+from collections.abc import Generator, Sequence
 from typing import Any
 
 from ..models import Job, JobError, JobStatus, dumps, now
@@ -91,7 +91,7 @@ class _Pending:
     def __init__(self, db: PgDb, sql: str, params: Sequence[Any]) -> None:
         self._db, self._sql, self._params = db, sql, params
 
-    def __await__(self):  # type: ignore[no-untyped-def]
+    def __await__(self) -> Generator[Any, None, Result]:
         return self._db._run(self._sql, self._params).__await__()
 
     async def __aenter__(self) -> Result:
