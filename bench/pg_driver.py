@@ -1,8 +1,8 @@
 """Which PostgreSQL driver for the store: psycopg 3 (+ psycopg_pool) against asyncpg on the store's hot statements.
 
 Run: `python -m bench.pg_driver [POSTGRES_URL]` (default: this machine's 127.0.0.1:5432, else an embedded server).
-Both drivers run the same statements the same way the store does (the submit: advisory xact lock + capped
-insert in one transaction; claim; progress), with server-side prepared statements off as PgBouncer's transaction
+Both drivers run the same statements the same way the store does (the submit: one statement taking a slot in the
+user's counter row and inserting; claim; progress), with server-side prepared statements off as PgBouncer's transaction
 mode needs (psycopg prepare_threshold=None, asyncpg statement_cache_size=0), 50 concurrent tasks on a pool of 10.
 """
 
@@ -20,8 +20,8 @@ CREATE TABLE IF NOT EXISTS bench_jobs (
     percentage DOUBLE PRECISION NOT NULL DEFAULT 0, current_step TEXT, partial_output TEXT, lease_token TEXT,
     seq BIGINT NOT NULL, created_at DOUBLE PRECISION NOT NULL, updated_at DOUBLE PRECISION NOT NULL
 );
-CREATE INDEX IF NOT EXISTS bench_jobs_active ON bench_jobs (user_id) WHERE status IN ('queued', 'processing');
-TRUNCATE bench_jobs;
+CREATE TABLE IF NOT EXISTS bench_user_active (user_id TEXT PRIMARY KEY, n INTEGER NOT NULL);
+TRUNCATE bench_jobs, bench_user_active;
 """
 N = 4000
 TASKS = 50
@@ -29,10 +29,13 @@ POOL = 10
 
 
 def _ins(ph: list[str]) -> str:
+    """The store's submit shape: take a slot in the user's counter row under the cap, insert only then."""
     return (
+        f"WITH slot AS (INSERT INTO bench_user_active AS u (user_id, n) VALUES ({ph[0]}, 1) ON CONFLICT (user_id) "
+        "DO UPDATE SET n = u.n + 1 WHERE u.n < 1000000 RETURNING 1) "
         f"INSERT INTO bench_jobs (id, user_id, status, input, seq, created_at, updated_at) "
-        f"SELECT {ph[0]}, {ph[1]}, 'queued', {ph[2]}, 1, {ph[3]}, {ph[5]} WHERE (SELECT COUNT(*) FROM bench_jobs "
-        f"WHERE user_id = {ph[4]} AND status IN ('queued', 'processing')) < 1000000 RETURNING seq"
+        f"SELECT {ph[1]}, {ph[2]}, 'queued', {ph[3]}, 1, {ph[4]}, {ph[5]} "
+        "WHERE EXISTS (SELECT 1 FROM slot) RETURNING seq"
     )
 
 
@@ -81,9 +84,8 @@ async def bench_psycopg(url: str) -> dict[str, float]:
     ins, claim, prog = _ins(ph), _claim(ph), _progress(ph)
 
     async def insert(job_id: str) -> None:
-        async with pool.connection() as c, c.transaction():
-            await c.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (job_id[:2],))
-            await (await c.execute(ins, (job_id, job_id[:2], '{"x": 1}', t := time.time(), t, job_id[:2]))).fetchone()
+        async with pool.connection() as c:
+            await (await c.execute(ins, (job_id[:2], job_id, job_id[:2], '{"x": 1}', t := time.time(), t))).fetchone()
 
     async def do_claim(job_id: str) -> None:
         async with pool.connection() as c:
@@ -116,9 +118,8 @@ async def bench_asyncpg(url: str) -> dict[str, float]:
     prog = _progress(ph)
 
     async def insert(job_id: str) -> None:
-        async with pool.acquire() as c, c.transaction():
-            await c.execute("SELECT pg_advisory_xact_lock(hashtext($1))", job_id[:2])
-            await c.fetchrow(ins, job_id, job_id[:2], '{"x": 1}', t := time.time(), job_id[:2], t)
+        async with pool.acquire() as c:
+            await c.fetchrow(ins, job_id[:2], job_id, job_id[:2], '{"x": 1}', t := time.time(), t)
 
     async def do_claim(job_id: str) -> None:
         async with pool.acquire() as c:
