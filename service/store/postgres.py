@@ -1,8 +1,8 @@
 """PostgreSQL job store: psycopg 3 on a psycopg_pool pool, the same fencing, seq and queue rules as the SQLite store.
 
 Why psycopg and not asyncpg: measured on the store's own statements with server-side prepared statements off
-(as PgBouncer's transaction mode needs), psycopg was as fast or faster (bench/pg_driver.py, README): asyncpg
-with `statement_cache_size=0` still parses each statement in a round trip of its own before running it.
+(as PgBouncer's transaction mode needs), the two were within noise of each other (bench/pg_driver.py, README),
+and psycopg is typed, pipelines, and needs no JSON codec per connection.
 
 PgBouncer (transaction pooling): every connection has `prepare_threshold=None`, so psycopg never makes a named
 server-side prepared statement; locks are transaction-scoped (`pg_advisory_xact_lock`), nothing relies on
