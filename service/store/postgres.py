@@ -10,8 +10,8 @@ session state, and no LISTEN is used.
 
 The active-jobs cap: the submit is one statement that adds to its user's `user_active` row only while under the
 cap (an upsert, so concurrent submits of one user take turns on that row's lock and each sees the count the
-previous one left) and inserts the job only if it did. Users never wait on each other: there is no shared
-counter row (see pg_migrations).
+previous one left) and inserts the job only if it did. Users never wait on each other: no one counter row takes
+every submit (the queue length is spread over 64 rows; see pg_migrations).
 """
 
 from __future__ import annotations
