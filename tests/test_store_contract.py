@@ -8,6 +8,7 @@ whichever tests/postgres.py finds or starts (never skipped).
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
 import time
 import uuid
@@ -513,3 +514,43 @@ async def test_an_unreachable_postgres_is_named_without_its_password() -> None:
     with pytest.raises(StoreOpenError, match="cannot connect to PostgreSQL") as info:
         await store.open()
     assert "s3cret" not in str(info.value) and "aijobs:***@" in str(info.value)
+
+
+async def test_a_submit_caught_in_a_deadlock_is_run_again(
+    postgres: PostgresForTests, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A statement that takes the same two counter rows in the other order (as a bulk expiry can) deadlocks a submit:
+    PostgreSQL rolls the submit back whole, and the store runs it again."""
+    import psycopg
+
+    from .conftest import until
+
+    caplog.set_level(logging.INFO, logger="aijobs.store")
+    url = migrated_schema_url(postgres)
+    store = open_store(Settings(database_url=url))
+    await store.open()
+    other = await psycopg.AsyncConnection.connect(url, autocommit=True)
+    try:
+        await store.create_ranked(new_job("u"), max_active=10)  # the user's counter row exists
+        job = new_job("u")
+        shard = await count(store, "SELECT hashtext(?) & 63", (job.id,))
+        await other.execute("SET deadlock_timeout = '60s'")  # so the submit is the one PostgreSQL picks
+        await other.execute("BEGIN")
+        await other.execute("UPDATE queue_count SET n = n WHERE shard = %s", (shard,))
+        submit = asyncio.create_task(store.create_ranked(job, max_active=10))
+
+        async def blocked() -> bool:
+            row = await (
+                await other.execute("SELECT COUNT(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'")
+            ).fetchone()
+            return bool(row and row[0] >= 1)
+
+        await until(blocked, what="the submit waiting for the queue_count row")
+        await other.execute("UPDATE user_active SET n = n WHERE user_id = 'u'")  # the other order: a deadlock
+        await other.execute("COMMIT")
+        assert await asyncio.wait_for(submit, 30) is not None, "the submit went through on its second run"
+        assert await job_queries(store).count_active("u") == 2
+        assert any("deadlock" in r.getMessage() for r in caplog.records)
+    finally:
+        await other.close()
+        await store.close()

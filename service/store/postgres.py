@@ -30,6 +30,7 @@ log = logging.getLogger("aijobs.store")
 
 # pg_advisory_xact_lock(LOCK_SPACE, key): the first key names what is locked, so our locks never meet others'.
 LOCK_MIGRATE = 0x61696A32  # "aij2": migrations
+DEADLOCK_RETRIES = 3
 
 # How many queued jobs run before the row `jobs` (NULL unless it is queued).
 _AHEAD = (
@@ -226,9 +227,21 @@ class PostgresJobStore:
             await conn.execute("SELECT 1")
 
     async def _rows(self, sql: str, params: Any) -> list[Any]:
-        async with self.pool.connection() as conn:
-            cur = await conn.execute(sql, params)
-            return await cur.fetchall()
+        """One statement, its own transaction. A deadlock (two statements taking the counter rows their triggers
+        update, user_active and queue_count, in different orders: a bulk expiry beside a submit) rolled the whole
+        statement back, so it is simply run again."""
+        import psycopg
+
+        for attempt in range(DEADLOCK_RETRIES + 1):
+            try:
+                async with self.pool.connection() as conn:
+                    cur = await conn.execute(sql, params)
+                    return await cur.fetchall()
+            except psycopg.errors.DeadlockDetected:
+                if attempt == DEADLOCK_RETRIES:
+                    raise
+                log.info("deadlock, statement run again", extra={"attempt": attempt + 1})
+        raise AssertionError("unreachable")
 
     async def _one(self, sql: str, params: Any) -> Job | None:
         rows = await self._rows(sql, params)
