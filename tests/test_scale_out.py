@@ -41,7 +41,13 @@ async def test_client_on_web_a_gets_every_event_of_a_job_made_on_web_b(settings:
         final = (await c.get(a + f"/api/jobs/{job_id}")).json()
         mine = [e.data["seq"] for e in events if e.data["job_id"] == job_id]
         # A job made after the stream opened is told from its first event; the log (replayed on B) agrees.
-        log = []
         async with c.stream("GET", b + f"/api/jobs/{job_id}/events", headers={"Last-Event-ID": "0"}) as s:
-            log = [e.data["seq"] async for e in read_events(s)]
-        assert mine == log == list(range(1, final["last_seq"] + 1)), "every event of the job, once, in order"
+            logged = [(e.data["seq"], e.event) async for e in read_events(s)]
+        log = [seq for seq, _ in logged]
+        assert log == list(range(1, final["last_seq"] + 1)), "the log holds every event of the job, once, in order"
+        # A live client gets them all in order, except that the gateway coalesces progress (latest wins) when two
+        # arrive before the client took the first: a superseded progress event may be missing, nothing else.
+        assert mine == sorted(set(mine)) and set(mine) <= set(log), "once each, in order"
+        progress = [seq for seq, kind in logged if kind == "progress"]
+        for missing in set(log) - set(mine):
+            assert missing in progress and any(p > missing and p in mine for p in progress), (missing, mine)
