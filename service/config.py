@@ -414,6 +414,9 @@ class Settings:
 
     @property
     def sqlite_path(self) -> Path:
+        """The SQLite file; an error for a PostgreSQL DATABASE_URL (read as a path it would make a stray file)."""
+        if self.uses_postgres:
+            raise ValueError("DATABASE_URL names PostgreSQL: there is no SQLite file")
         return Path(self.database_url.removeprefix("sqlite:///"))
 
     @property

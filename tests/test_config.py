@@ -108,5 +108,7 @@ def test_database_url_picks_the_store_and_never_shows_its_password() -> None:
     assert pg.uses_postgres and "s3cret" not in repr(pg) and "s3cret" not in pg.database_url_shown
     assert pg.database_url_shown == "postgresql://aijobs:***@db.internal:5432/aijobs"
     assert not Settings.from_env({}).uses_postgres
+    with pytest.raises(ValueError, match="no SQLite file"):
+        _ = pg.sqlite_path  # never a stray file named after the URL
     with pytest.raises(SettingsError, match="DATABASE_URL must be sqlite:///path or postgresql://"):
         Settings.from_env({"DATABASE_URL": "mysql://x/y"})
