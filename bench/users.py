@@ -7,7 +7,7 @@ from pathlib import Path
 
 async def make_token(db_path: Path, name: str = "bench") -> str:
     from service.config import Settings
-    from service.store.users import open_users
+    from service.store import open_users
 
     async with open_users(Settings(database_url=f"sqlite:///{db_path}")) as users:
         _, token = await users.create(name)

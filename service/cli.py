@@ -192,7 +192,7 @@ def _parse_demo(env: dict[str, str]) -> bool:
 
 
 async def _ensure_user(settings: Settings, name: str) -> str:
-    from .store.users import open_users
+    from .store import open_users
 
     async with open_users(settings) as users:
         return (await users.get_or_create(name)).name
@@ -223,7 +223,8 @@ async def _broadcast_revoked(settings: Settings, user_id: str) -> str | None:
 
 
 async def _users(args: argparse.Namespace, settings: Settings) -> int:
-    from .store.users import TOKEN_CACHE_SECONDS, UserExists, open_users
+    from .store import open_users
+    from .store.users import TOKEN_CACHE_SECONDS, UserExists
 
     async with open_users(settings) as users:
         if args.action == "create":

@@ -18,7 +18,7 @@ from arq.worker import Worker
 from service.api.app import create_app
 from service.config import Settings
 from service.embedded import EmbeddedRedis
-from service.store.users import open_users
+from service.store import open_users
 from service.worker import build_worker
 
 from .postgres import PostgresForTests, migrated_schema_url

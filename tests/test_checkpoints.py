@@ -101,9 +101,9 @@ async def test_a_run_taken_over_between_checkpoints_is_stopped_by_the_log(run: R
         run.claimed.id, "tok", status=JobStatus.QUEUED, error=None, step="Re-queued", record=None
     )
     assert taken is not None and taken.seq > run.ctx.seq + UNSTORED_EVENTS_MAX - 1
-    from service.runner import status_event
+    from service.events import announcement
 
-    assert await run.events.publish("u", status_event(taken))  # what the sweeper does
+    assert await run.events.publish("u", announcement(taken))  # what the sweeper does
     with pytest.raises(LeaseLost):
         await run.ctx.progress(20, "late")  # not stored (no checkpoint due), refused by the log
     log = await run.events.read_after(run.claimed.id, run.claimed.seq)

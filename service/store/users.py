@@ -6,11 +6,10 @@ placeholders on both) and migrations, nothing else.
 
 from __future__ import annotations
 
-import contextlib
 import sqlite3
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Generic, TypeVar
 
@@ -19,7 +18,7 @@ from ..models import iso, now
 from .base import JobStore, UniqueViolation
 
 if TYPE_CHECKING:
-    from ..config import Settings
+    pass
 
 
 class UserExists(ValueError):
@@ -223,16 +222,3 @@ class JobSecrets:
             (now() - grace,),
         ) as cur:
             return cur.rowcount
-
-
-@contextlib.asynccontextmanager
-async def open_users(settings: Settings) -> AsyncIterator[UserStore]:
-    """The users of the configured store, for one-off callers (the CLI, tests, the bench) outside a running app."""
-    from . import open_store
-
-    store = open_store(settings)
-    await store.open()
-    try:
-        yield UserStore(store)
-    finally:
-        await store.close()
