@@ -539,11 +539,8 @@ async def test_a_submit_caught_in_a_deadlock_is_run_again(
         await other.execute("UPDATE queue_count SET n = n WHERE shard = %s", (shard,))
         submit = asyncio.create_task(store.create_ranked(job, max_active=10))
 
-        async def blocked() -> bool:
-            row = await (
-                await other.execute("SELECT COUNT(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'")
-            ).fetchone()
-            return bool(row and row[0] >= 1)
+        async def blocked() -> bool:  # asked on a connection of its own: a transaction caches pg_stat_activity
+            return await count(store, "SELECT COUNT(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'") >= 1
 
         await until(blocked, what="the submit waiting for the queue_count row")
         await other.execute("UPDATE user_active SET n = n WHERE user_id = 'u'")  # the other order: a deadlock
