@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import secrets
-import sqlite3
 from pathlib import Path
 
 import httpx
@@ -18,6 +17,11 @@ from service.embedded import EmbeddedRedis
 
 from .conftest import run_worker, serve, user_client, wait_for_status
 from .fake_openai import serve_fake_openai
+from .procs import store_sql
+
+
+def sealed_keys(s: Settings) -> int:
+    return int(store_sql(s, "SELECT COUNT(*) AS n FROM job_secrets")[0]["n"])
 
 
 async def _redis_values(r: aioredis.Redis) -> list[bytes]:
@@ -58,8 +62,7 @@ async def test_user_key_is_used_for_its_job_and_found_nowhere_at_rest(
             )
             plain_job = await mia.post("/api/jobs", json={"type": "summary", "input": {"text": "Server key"}})
             ids = [accepted.json()["job_id"], header_job.json()["job_id"], plain_job.json()["job_id"]]
-            with sqlite3.connect(s.sqlite_path) as db:  # sealed before the worker can see the job
-                assert db.execute("SELECT COUNT(*) FROM job_secrets").fetchone()[0] == 2
+            assert sealed_keys(s) == 2  # sealed before the worker can see the job
             async with run_worker(s):
                 finals = [await wait_for_status(mia, job_id, {"completed", "failed"}) for job_id in ids]
             assert [f["status"] for f in finals] == ["completed"] * 3, finals
@@ -72,12 +75,15 @@ async def test_user_key_is_used_for_its_job_and_found_nowhere_at_rest(
             responses += [(await mia.get("/api/jobs")).text, (await mia.get("/api/stats")).text]
             async with mia.stream("GET", f"/api/jobs/{ids[0]}/events") as stream:
                 responses.append((await stream.aread()).decode())
-        with sqlite3.connect(s.sqlite_path) as db:
-            assert db.execute("SELECT COUNT(*) FROM job_secrets").fetchone()[0] == 0  # gone once the jobs ended
+        assert sealed_keys(s) == 0  # gone once the jobs ended
 
     needle = user_key.encode()
-    files = [p for p in (s.sqlite_path, Path(f"{s.sqlite_path}-wal"), Path(f"{s.sqlite_path}-shm")) if p.exists()]
-    at_rest = b"".join(p.read_bytes() for p in files)
+    if s.uses_postgres:  # every row of every table, as the server holds them
+        tables = ("jobs", "job_secrets", "users", "idempotency_keys")
+        at_rest = repr([store_sql(s, f"SELECT * FROM {t}") for t in tables]).encode()
+    else:
+        files = [p for p in (s.sqlite_path, Path(f"{s.sqlite_path}-wal"), Path(f"{s.sqlite_path}-shm")) if p.exists()]
+        at_rest = b"".join(p.read_bytes() for p in files)
     assert b"Keys at rest" in at_rest  # control: the scan does see what the jobs stored
     assert needle not in at_rest, "key found in the SQLite files"
     r = aioredis.from_url(redis_server.url)
@@ -120,8 +126,8 @@ async def test_a_key_that_no_longer_opens_fails_the_job_instead_of_using_the_ser
                 "/api/jobs", json={"type": "summary", "input": {"text": "x"}, "user_provided_key": "sk-user-1"}
             )
             job_id = r.json()["job_id"]
-            with sqlite3.connect(s.sqlite_path) as db:  # as if the server secret had changed since
-                db.execute("UPDATE job_secrets SET ciphertext = ? WHERE job_id = ?", (b"\x01" + b"\x00" * 40, job_id))
+            # as if the server secret had changed since
+            store_sql(s, "UPDATE job_secrets SET ciphertext = ? WHERE job_id = ?", (b"\x01" + b"\x00" * 40, job_id))
             async with run_worker(s):
                 final = await wait_for_status(ned, job_id, {"completed", "failed"})
         assert final["status"] == "failed" and final["error"]["code"] == "provider_auth"
@@ -162,8 +168,7 @@ async def test_a_retry_of_a_job_on_the_users_key_needs_that_key_again(settings: 
                 final = await wait_for_status(ola, by_header.json()["job_id"], {"completed", "failed"})
         assert final["status"] == "completed", final
         assert [r.headers["authorization"] for r in fake.requests] == [f"Bearer {again_key}"]  # never the server's
-        with sqlite3.connect(s.sqlite_path) as db:
-            assert db.execute("SELECT COUNT(*) FROM job_secrets").fetchone()[0] == 0
+        assert sealed_keys(s) == 0
 
 
 async def test_a_job_on_the_server_key_retries_without_one(client: httpx.AsyncClient) -> None:
