@@ -87,6 +87,13 @@ class EmbeddedPostgres:
             ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGINT)  # PR_SET_PDEATHSIG: fast shutdown
 
     def start(self, timeout: float = 30.0) -> EmbeddedPostgres:
+        try:
+            return self._start(timeout)
+        except BaseException:
+            self.stop()  # no server and no temporary directory left behind
+            raise
+
+    def _start(self, timeout: float) -> EmbeddedPostgres:
         install = _wheel_install()
         if self.as_root:
             os.chmod(self.root, 0o755)
@@ -119,7 +126,6 @@ class EmbeddedPostgres:
         while not _answers(self.url):
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 tail = (self.root / "postgres.log").read_text(errors="replace")[-2000:]
-                self.stop()
                 raise RuntimeError(f"the embedded PostgreSQL did not start:\n{tail}")
             time.sleep(0.05)
         return self
