@@ -32,7 +32,10 @@ async def migrate(settings: Settings) -> tuple[int, int]:
     """`aijobs migrate`: bring the store's schema to this code's; (version before, version after)."""
     store = open_store(settings)
     if settings.uses_postgres:
-        await store.open(check_schema=False)  # type: ignore[call-arg]
+        from .postgres import PostgresJobStore
+
+        assert isinstance(store, PostgresJobStore)  # open_store's own choice, a line above
+        await store.open(check_schema=False)  # the one opening that may find an older schema: it is here to fix it
     else:
         await store.open()  # SQLite migrates as it opens: report what it found
     try:
