@@ -1,0 +1,138 @@
+"""The page's accessibility audit: axe-core's WCAG 2.1 A and AA rules (and best practices) over every state.
+
+Real headless Chromium (Debian's), the real app and a real worker, in the light and the dark colour scheme (the
+page follows the system's). Each run signs a new user in through the token form, so "empty" really is empty.
+A failure prints each broken rule with the elements that break it (tests/axe.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+from service.api.app import create_app
+from service.config import Settings
+from service.embedded import EmbeddedRedis
+
+from .axe import assert_accessible, audit, report
+from .chromium import launch_chromium
+from .conftest import LiveServer, fast_settings, make_user, run_worker, serve
+from .test_page import DESKTOP, T, card, shot, submit, wait_status
+
+
+@pytest.fixture(scope="module")
+def a11y_settings(redis_server: EmbeddedRedis, tmp_path_factory: pytest.TempPathFactory) -> Settings:
+    return fast_settings(redis_server, tmp_path_factory.mktemp("a11y"))
+
+
+@pytest.fixture(scope="module")
+async def app_only(a11y_settings: Settings) -> AsyncIterator[LiveServer]:
+    """The app with no worker yet: a job stays queued until a test starts one."""
+    assert a11y_settings.redis_url
+    async with serve(create_app(a11y_settings, redis_url=a11y_settings.redis_url)) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+async def browser() -> AsyncIterator[Any]:
+    async with launch_chromium() as b:
+        yield b
+
+
+async def signed_in_page(browser: Any, url: str, token: str, scheme: str) -> tuple[Any, Any]:
+    context = await browser.new_context(viewport=DESKTOP, color_scheme=scheme)
+    page = await context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    await page.goto(url + "/")
+    await page.wait_for_selector("#token", timeout=T)
+    await assert_accessible(page, f"asking for a token ({scheme})")
+    await page.fill("#token", token)
+    await page.click("form.signin button[type=submit]")
+    await page.wait_for_selector("#form-titles", timeout=T)
+    return context, page
+
+
+@pytest.mark.parametrize("scheme", ["light", "dark"])
+async def test_every_state_of_the_page_passes_wcag21_aa(
+    browser: Any, app_only: LiveServer, a11y_settings: Settings, scheme: str
+) -> None:
+    token = await make_user(a11y_settings, f"axe-{scheme}")
+    context, page = await signed_in_page(browser, app_only.url, token, scheme)
+    try:
+        # Empty: no card, no history, the queue panel says no worker runs.
+        await page.wait_for_selector("#history >> text=No jobs yet", timeout=T)
+        await page.wait_for_selector("#queue >> text=No worker is running", timeout=T)
+        await assert_accessible(page, f"empty ({scheme})")
+
+        # Queued with no worker: the card says where it stands.
+        queued = await submit(page, "titles", "Waiting for a worker [[slow:3]]")
+        await page.wait_for_function(
+            f"""document.querySelector('.job[data-job-id="{queued}"] .eta').textContent.includes('no worker')""",
+            timeout=T,
+        )
+        await assert_accessible(page, f"with a queued job ({scheme})")
+
+        async with run_worker(a11y_settings):
+            # Running: progress, step, streamed text, attempt, transport, Cancel.
+            await page.wait_for_function(
+                f"""() => {{
+                  const c = document.querySelector('.job[data-job-id="{queued}"]');
+                  return c.dataset.status === 'processing' && c.querySelector('.output').textContent.length > 0;
+                }}""",
+                timeout=T,
+            )
+            await assert_accessible(page, f"with a running job ({scheme})")
+            await shot(page, f"a11y-running-{scheme}")
+
+            # Done: titles with Copy buttons, a summary, an image; history filled, pager buttons disabled.
+            done = [queued, await submit(page, "summary", "A short text"), await submit(page, "image", "A red boat")]
+            for job_id in done:
+                await wait_status(page, job_id, "completed")
+            await page.wait_for_function("document.querySelectorAll('.history-list li').length === 3", timeout=T)
+            await assert_accessible(page, f"with finished jobs ({scheme})")
+
+            # Failed and cancelled: the problem in words, Retry and Remove.
+            failed = await submit(page, "titles", "This one fails [[fail:400]]")
+            await wait_status(page, failed, "failed")
+            cancelled = await submit(page, "chat", "Cancel me [[slow:6]]")
+            await wait_status(page, cancelled, "processing")
+            await card(page, cancelled).locator(".cancel").click()
+            await wait_status(page, cancelled, "cancelled")
+            await assert_accessible(page, f"with a failed and a cancelled job ({scheme})")
+            await shot(page, f"a11y-failed-{scheme}")
+    finally:
+        await context.close()
+
+
+async def test_the_audit_runs_under_a_strict_csp_and_finds_bad_contrast(browser: Any, app_only: LiveServer) -> None:
+    """The engine is live even where the page's CSP forbids inline scripts, and reports the old grey.
+
+    #777 on white (4.47:1), the page's grey before, is the one violation found, on the one element that has it.
+    """
+    csp = "default-src 'self'; img-src 'self' data: https:; frame-ancestors 'none'; object-src 'none'; base-uri 'none'"
+
+    async def with_csp(route: Any) -> None:
+        response = await route.fetch()
+        await route.fulfill(response=response, headers={**response.headers, "content-security-policy": csp})
+
+    context = await browser.new_context(viewport=DESKTOP, color_scheme="light")
+    try:
+        page = await context.new_page()
+        await page.route(app_only.url + "/", with_csp)
+        await page.goto(app_only.url + "/")
+        await page.wait_for_selector("#token", timeout=T)
+        inline = "() => { const s = document.createElement('script'); s.textContent = 'window.__inline = 1';"
+        assert await page.evaluate(inline + " document.head.append(s); return window.__inline; }") is None, "no CSP"
+        await page.evaluate(
+            """() => { const p = document.createElement('p'); p.id = 'grey'; p.textContent = 'Signed in as x';
+                       p.style.color = '#777'; p.style.background = '#fff';
+                       document.querySelector('header').append(p); }"""
+        )
+        violations = await audit(page)
+        assert [v["id"] for v in violations] == ["color-contrast"], report(violations)
+        assert [n["target"] for n in violations[0]["nodes"]] == [["#grey"]]
+    finally:
+        await context.close()
