@@ -18,7 +18,7 @@ from .estimates import Estimate, QueueEstimator
 from .events import EventLog, announcement
 from .models import Event, EventKind, Job, JobStatus
 from .queue import DEFAULT_PRIORITY, JobQueue
-from .schema import ValidationError, to_dict
+from .schema import ValidationError, as_integer, to_dict
 from .store.base import JobStore
 from .tasks import TaskRegistry, UnknownTaskType
 
@@ -71,8 +71,8 @@ class JobService:
                 f"Unknown job type {job_type!r}; known types: {', '.join(self.registry.names())}.",
                 field="type",
             ) from None
-        priority = body.get("priority", DEFAULT_PRIORITY)
-        if isinstance(priority, bool) or not isinstance(priority, int) or not 1 <= priority <= 10:
+        priority = as_integer(body.get("priority", DEFAULT_PRIORITY))
+        if priority is None or not 1 <= priority <= 10:
             raise JobRequestError("invalid_priority", "'priority' must be an integer from 1 to 10.", field="priority")
         if "input" not in body:
             raise JobRequestError("invalid_input", "'input' is required.", field="input")

@@ -83,10 +83,11 @@ def _check_value(path: str, tp: Any, value: Any, meta: dict[str, Any]) -> Any:
             raise ValidationError(path, "must be true or false")
         return value
     if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
+        number = as_integer(value)
+        if number is None:
             raise ValidationError(path, "must be an integer")
-        _check_range(path, value, meta)
-        return value
+        _check_range(path, number, meta)
+        return number
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise ValidationError(path, "must be a number")
@@ -98,6 +99,17 @@ def _check_value(path: str, tp: Any, value: Any, meta: dict[str, Any]) -> Any:
         _check_len(path, value, meta, "characters")
         return value
     raise TypeError(f"unsupported schema type {tp!r} at {path}")
+
+
+def as_integer(value: Any) -> int | None:
+    """`value` as an int if JSON Schema calls it an integer (so 1.0 too, as JSON has one number type), else None."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return None
 
 
 def _check_len(path: str, value: Any, meta: dict[str, Any], unit: str) -> None:

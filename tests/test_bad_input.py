@@ -24,6 +24,10 @@ import pytest
         (b'{"type": "titles", "input": {"text": "x"}, "priority": 11}', 422, "invalid_priority"),
         (b'{"type": "titles", "input": {"text": "x"}, "owner": "me"}', 422, "unknown_field"),
         (b"\xff\xfe", 400, "invalid_json"),
+        (b'{"type": "summary", "input": {"text": "x", "max_sentences": 1.5}}', 422, "invalid_input"),
+        (b'{"type": "titles", "input": {"text": "x"}, "priority": 5.5}', 422, "invalid_priority"),
+        (b'{"type": "titles", "input": {"text": "x"}, "priority": true}', 422, "invalid_priority"),
+        (b'{"type": "titles", "input": {"text": "x"}, "user_provided_key": null}', 422, "invalid_provider_key"),
     ],
 )
 async def test_bad_submissions(client: httpx.AsyncClient, body: bytes, status: int, code: str) -> None:
@@ -33,6 +37,16 @@ async def test_bad_submissions(client: httpx.AsyncClient, body: bytes, status: i
     assert error["code"] == code
     assert isinstance(error["message"], str) and len(error["message"]) > 5
     assert "Traceback" not in r.text
+
+
+async def test_integers_may_be_written_as_integral_numbers(client: httpx.AsyncClient) -> None:
+    """JSON has one number type, and JSON Schema counts 1.0 as an integer: so does the server."""
+    body = {"type": "summary", "input": {"text": "x", "max_sentences": 1.0}, "priority": 7.0}
+    r = await client.post("/api/jobs", json=body)
+    assert r.status_code == 202, r.text
+    job = r.json()
+    assert job["input"]["max_sentences"] == 1 and job["priority"] == 7
+    assert isinstance(job["input"]["max_sentences"], int) and isinstance(job["priority"], int)
 
 
 async def test_field_errors_name_the_field(client: httpx.AsyncClient) -> None:
@@ -61,6 +75,10 @@ async def test_unknown_routes_and_methods_are_json(client: httpx.AsyncClient) ->
     assert r.status_code == 404 and r.json()["error"]["code"] == "not_found"
     r = await client.delete("/api/jobs")
     assert r.status_code == 405 and r.json()["error"]["code"] == "method_not_allowed"
+    # Allow names every method of the path, not just those of one of its handlers
+    assert set(r.headers["allow"].split(", ")) == {"GET", "HEAD", "POST"}
+    r = await client.put("/api/session")
+    assert r.status_code == 405 and set(r.headers["allow"].split(", ")) == {"POST", "DELETE"}
     r = await client.get("/api/jobs/not-a-job")
     assert r.status_code == 404 and r.json()["error"]["code"] == "job_not_found"
 

@@ -83,6 +83,12 @@ async def test_history_item_has_summary_durations_usage_and_cost(client: httpx.A
         ({"limit": "0"}, "invalid_limit"),
         ({"limit": "101"}, "invalid_limit"),
         ({"cursor": "not-a-cursor"}, "invalid_cursor"),
+        ({"status": "failed, completed"}, "invalid_status"),
+        ({"status": "failed,"}, "invalid_status"),
+        ({"since": "2026-01-31"}, "invalid_since"),  # a date without a time and a zone is not a date-time
+        ({"since": "2026-01-31T09:00:00"}, "invalid_since"),
+        ({"since": "٣"}, "invalid_since"),  # a digit, but not an ASCII one
+        ({"limit": ""}, "invalid_limit"),
     ],
 )
 async def test_bad_history_queries_are_400(client: httpx.AsyncClient, params: dict, code: str) -> None:
@@ -138,3 +144,25 @@ def test_price_table() -> None:
     assert prices.price("gpt-4o-mini-2024-07-18") == (0.15, 0.60)  # longest listed prefix
     assert prices.price("gpt-4o-2024-08-06") == (2.50, 10.00)
     assert prices.cost("llama3", 10, 10) is None
+
+
+async def test_empty_filters_mean_no_filter_and_any_cursor_of_the_documented_shape_is_a_place(
+    client: httpx.AsyncClient,
+) -> None:
+    """What the OpenAPI contract allows is accepted: an HTML form's blank fields, and a cursor made by hand."""
+    ids = [await _submit(client, "titles", {"text": f"blank {i}"}) for i in range(3)]
+    everything = (await client.get("/api/jobs")).json()
+    blank = await client.get("/api/jobs", params={"status": "", "type": "", "since": "", "cursor": ""})
+    assert blank.status_code == 200, blank.text
+    assert [j["job_id"] for j in blank.json()["jobs"]] == [j["job_id"] for j in everything["jobs"]]
+    first = (await client.get("/api/jobs", params={"limit": 1})).json()
+    assert first["next_cursor"].endswith("_" + ids[-1])
+    rest = (await client.get("/api/jobs", params={"cursor": first["next_cursor"]})).json()
+    assert [j["job_id"] for j in rest["jobs"]] == ids[-2::-1]
+    # Any (time, id) place: a cursor just after the newest job's time gives every job.
+    newest = float(first["next_cursor"].split("_")[0])
+    assert len((await client.get("/api/jobs", params={"cursor": f"{newest + 1}_z"})).json()["jobs"]) == 3
+    for since in ("2000-01-01t00:00:00z", "2000-01-01T00:00:60+01:00", "946684800", "946684800.5"):
+        r = await client.get("/api/jobs", params={"since": since})
+        assert r.status_code == 200 and len(r.json()["jobs"]) == 3, (since, r.text)
+

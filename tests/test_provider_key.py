@@ -112,9 +112,19 @@ async def test_bad_provider_keys_are_refused_without_echoing_them(client: httpx.
     r = await client.post(
         "/api/jobs",
         json={"type": "titles", "input": {"text": "x"}, "user_provided_key": "sk-a"},
-        headers={"X-Provider-Key": "sk-a"},
+        headers={"X-Provider-Key": "sk-b"},
     )
     assert r.status_code == 400 and r.json()["error"]["code"] == "provider_key_twice"
+    assert "sk-a" not in r.text and "sk-b" not in r.text
+
+
+async def test_the_same_key_in_body_and_header_is_one_key(client: httpx.AsyncClient) -> None:
+    r = await client.post(
+        "/api/jobs",
+        json={"type": "titles", "input": {"text": "x"}, "user_provided_key": "sk-a"},
+        headers={"X-Provider-Key": "sk-a"},
+    )
+    assert r.status_code == 202, r.text
 
 
 async def test_a_key_that_no_longer_opens_fails_the_job_instead_of_using_the_server_key(settings: Settings) -> None:

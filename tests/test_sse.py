@@ -82,7 +82,7 @@ async def test_gap_the_stream_cannot_cover_gets_a_reset_snapshot(client: httpx.A
     assert events[0].data["job"]["status"] == "completed"
 
 
-@pytest.mark.parametrize("bad", ["abc", "-1", "99999"])
+@pytest.mark.parametrize("bad", ["abc", "-1", "99999", "1234567890123"])
 async def test_bad_last_event_id_is_a_clear_400(client: httpx.AsyncClient, bad: str) -> None:
     job_id = await submit(client, "quick")
     r = await client.get(f"/api/jobs/{job_id}/events", headers={"Last-Event-ID": bad})
@@ -91,6 +91,8 @@ async def test_bad_last_event_id_is_a_clear_400(client: httpx.AsyncClient, bad: 
     assert r.json()["error"]["message"].startswith("Last-Event-ID") and "leave it out" in r.json()["error"]["message"]
     by_query = await client.get(f"/api/jobs/{job_id}/events?after={bad}")  # the same refusal names ?after=
     assert by_query.status_code == 400 and by_query.json()["error"]["message"].startswith("?after=")
+    r = await client.get(f"/api/jobs/{job_id}/events", params={"after": "٣"})  # a digit, not an ASCII one
+    assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_last_event_id"
 
 
 async def test_unknown_job_stream_is_404(client: httpx.AsyncClient) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -88,6 +88,18 @@ async def index(request: Request) -> Response:
     response = FileResponse(STATIC_DIR / "index.html", headers={"Cache-Control": "no-cache"})
     await sign_in_demo(request, response)  # AIJOBS_DEMO_LOGIN (dev): the page works at once
     return response
+
+
+def by_method(**handlers: Callable[[Request], Awaitable[Response]]) -> Callable[[Request], Awaitable[Response]]:
+    """One route for all of a path's methods, so a 405 there lists every one of them in `Allow` (two routes on one
+    path each answer a wrong method with their own methods only)."""
+    if "GET" in handlers:
+        handlers["HEAD"] = handlers["GET"]  # Starlette routes HEAD to a GET route
+
+    async def endpoint(request: Request) -> Response:
+        return await handlers[request.method](request)
+
+    return endpoint
 
 
 class App(Starlette):
@@ -207,15 +219,13 @@ def create_app(settings: Settings, *, redis_url: str, registry: TaskRegistry | N
     # Starlette tries routes in order, one regex each: the submit and poll paths go first (no path overlaps another).
     routes = [
         Route("/api/jobs/{job_id}", get_job, methods=["GET"], name="get_job"),
-        Route("/api/jobs", create_job, methods=["POST"]),
+        Route("/api/jobs", by_method(POST=create_job, GET=list_jobs), methods=["POST", "GET"], name="jobs"),
         Route("/", index, methods=["GET"]),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/favicon.ico", favicon, methods=["GET"]),
         Route("/api/jobs/{job_id}/events", job_events, methods=["GET"], name="job_events"),
-        Route("/api/jobs", list_jobs, methods=["GET"], name="list_jobs"),
         Route("/api/stats", stats, methods=["GET"], name="stats"),
-        Route("/api/session", create_session, methods=["POST"]),
-        Route("/api/session", delete_session, methods=["DELETE"]),
+        Route("/api/session", by_method(POST=create_session, DELETE=delete_session), methods=["POST", "DELETE"]),
         Route("/api/me", me, methods=["GET"]),
         Route("/api/openapi.json", openapi_json(registry), methods=["GET"]),
         Route("/api/jobs/{job_id}/cancel", cancel_job, methods=["POST"], name="cancel_job"),

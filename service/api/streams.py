@@ -11,6 +11,7 @@ WebSocket's messages. These routes skip Starlette's middleware (direct.py).
 from __future__ import annotations
 
 import contextlib
+import re
 
 from starlette.exceptions import WebSocketException
 from starlette.requests import Request
@@ -30,12 +31,15 @@ from .headers import sse_headers
 from .state import app_state
 from .submit_rules import acquire_stream_slot
 
+# A resume point: the seq of the last event the client has (ASCII digits; empty: none). The contract states it.
+RESUME_POINT = r"^[0-9]{0,12}$"
+
 
 def parse_resume_point(raw: str | None, source: str = "Last-Event-ID") -> int | None:
     """A resume point: the seq of an event the client got; `source` names where it came from, for the refusal."""
     if raw is None or raw == "":
         return None
-    if not raw.isdigit() or len(raw) > 12:
+    if not re.fullmatch(RESUME_POINT, raw):
         raise ApiError(
             400,
             "invalid_last_event_id",

@@ -30,21 +30,32 @@ log = logging.getLogger("aijobs.api")
 
 def take_provider_key(request: Request, body: Any) -> str | None:
     """Remove the key from the body (so nothing downstream ever sees it) and check its shape, never its value."""
-    from_body = body.pop(KEY_FIELD, None) if isinstance(body, dict) else None
+    in_body = isinstance(body, dict) and KEY_FIELD in body
+    from_body = body.pop(KEY_FIELD) if in_body else None
+    if in_body and not isinstance(from_body, str):  # null too: a key that is there must be a key
+        raise _bad_key()
     from_header = request.headers.get(KEY_HEADER)
-    if from_body is not None and from_header is not None:
-        raise ApiError(400, "provider_key_twice", f"Send the provider key once: '{KEY_FIELD}' or X-Provider-Key.")
+    if from_body is not None and from_header is not None and from_body != from_header:
+        # The same key in both places is one key (a client library may always set the header); two different
+        # keys would leave it to us which account pays.
+        raise ApiError(
+            400, "provider_key_twice", f"Two different provider keys: send one, as '{KEY_FIELD}' or X-Provider-Key."
+        )
     key = from_body if from_body is not None else from_header
     if key is None:
         return None
-    if not isinstance(key, str) or not KEY_PATTERN.fullmatch(key):
-        raise ApiError(
-            422,
-            "invalid_provider_key",
-            f"'{KEY_FIELD}' must be a provider API key: 1-{MAX_KEY_CHARS} printable ASCII characters, no spaces.",
-            field=KEY_FIELD,
-        )
+    if not KEY_PATTERN.fullmatch(key):
+        raise _bad_key()
     return key
+
+
+def _bad_key() -> ApiError:
+    return ApiError(
+        422,
+        "invalid_provider_key",
+        f"'{KEY_FIELD}' must be a provider API key: 1-{MAX_KEY_CHARS} printable ASCII characters, no spaces.",
+        field=KEY_FIELD,
+    )
 
 
 async def check_limits(request: Request, user_id: str, job_type: str, job_input: Any) -> str | None:
