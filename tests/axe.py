@@ -28,13 +28,15 @@ def axe_source() -> str:
     return data.decode()
 
 
-async def audit(page: Any, tags: list[str] = TAGS) -> list[dict[str, Any]]:
-    """Run every axe rule with one of `tags` on the whole page as it is now; return the violations."""
+async def audit(page: Any, tags: list[str] = TAGS, *, unsure: bool = True) -> list[dict[str, Any]]:
+    """Run every axe rule with one of `tags` on the whole page as it is now; return the violations, and with
+    `unsure` also what axe could not decide (its "incomplete": e.g. an aria-label where it may not be read)."""
     if not await page.evaluate("typeof window.axe === 'object'"):
         await page.evaluate(axe_source())
-    options = {"runOnly": {"type": "tag", "values": tags}, "resultTypes": ["violations"]}
+    options = {"runOnly": {"type": "tag", "values": tags}, "resultTypes": ["violations", "incomplete"]}
     results = await page.evaluate("options => axe.run(document, options)", options)
-    return list(results["violations"])
+    unsure_ones = [{**v, "impact": f"{v['impact']}, needs review"} for v in results["incomplete"]] if unsure else []
+    return list(results["violations"]) + unsure_ones
 
 
 def report(violations: list[dict[str, Any]]) -> str:

@@ -23,6 +23,7 @@ export class HistoryPanel {
       this.note,
       h("nav", { class: "pager", "aria-label": "History pages" }, this.newer, this.pageLabel, this.older),
     );
+    root.hidden = false; // hidden in index.html until its heading exists (aria-labelledby points at it)
   }
 
   async go(page) {

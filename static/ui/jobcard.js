@@ -71,7 +71,9 @@ export class JobCard {
     this.etaEl = h("span", { class: "eta" });
     this.attemptEl = h("span", { class: "attempt" });
     this.transportEl = h("span", { class: "transport" });
-    this.outputEl = h("div", { class: "output", "aria-label": "Output so far" });
+    // A named group the keyboard can reach, so a long output can be scrolled without a mouse (not live: the
+    // status line announces changes, not every token).
+    this.outputEl = h("div", { class: "output", role: "group", "aria-label": "Output so far", tabindex: "0" });
     this.resultEl = h("div", { class: "result" });
     this.errorEl = h("div", { class: "problem", role: "alert" });
     this.cancelBtn = h("button", { type: "button", class: "cancel", text: "Cancel", onclick: () => this.cancel() });

@@ -23,6 +23,7 @@ export class QueuePanel {
       ),
       this.note,
     );
+    root.hidden = false; // hidden in index.html until its heading exists (aria-labelledby points at it)
     this.every = every;
   }
 
