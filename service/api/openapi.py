@@ -1,8 +1,11 @@
-"""GET /api/openapi.json: the API contract, built from the same schemas the code validates with.
+"""GET /api/openapi.json: the API contract, built from the same schemas and patterns the code validates with.
 
 Job inputs come from each task's input dataclass through `schema.json_schema` (what `schema.parse` enforces);
-the response shapes below are the one description of what the handlers return, and the suite runs schemathesis
-against the live app to hold the two together.
+query and header parameters use the very patterns their handlers check (history.py, streams.py, multiwatch.py,
+submit_rules.py); the response shapes below are the one description of what the handlers return. OpenAPI 3.2,
+for its `itemSchema`: each Server-Sent Event is described with its `data` as JSON (`contentSchema`), one
+alternative per event kind. tests/test_openapi_contract.py runs schemathesis with every check against the live app,
+following the `links` below from a new job to its read, events, cancel and retry.
 """
 
 from __future__ import annotations
@@ -14,9 +17,12 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from ..models import JobStatus
+from ..push.multiwatch import CURSOR as EVENTS_CURSOR
+from ..push.multiwatch import CURSOR_MAX_CHARS
 from ..schema import json_schema
 from ..tasks import TaskRegistry
-from .history import MAX_LIMIT
+from .history import CURSOR, MAX_LIMIT, UNIX_SECONDS, list_pattern
+from .streams import RESUME_POINT
 from .submit_rules import KEY_FIELD, MAX_KEY_CHARS
 
 STATUSES = [s.value for s in JobStatus]
@@ -33,22 +39,38 @@ def _obj(required: list[str], props: dict[str, Any], *, extra: bool = False) -> 
 NUM = {"type": "number"}
 INT = {"type": "integer"}
 STR = {"type": "string"}
+BOOL = {"type": "boolean"}
 TIME = _nullable({"type": "string", "format": "date-time"})
+KEY_SCHEMA = {"type": "string", "pattern": f"^[!-~]{{1,{MAX_KEY_CHARS}}}$"}
 ERROR = _obj(
     ["error"],
     {"error": _obj(["code", "message"], {"code": STR, "message": STR, "field": STR}, extra=True)},
 )
-JOB_ERROR = _nullable(
-    _obj(["message", "code", "retryable"], {"message": STR, "code": STR, "retryable": {"type": "boolean"}})
-)
+JOB_ERROR = _nullable(_obj(["message", "code", "retryable"], {"message": STR, "code": STR, "retryable": BOOL}))
 USAGE = _nullable(
     _obj(
         ["prompt_tokens", "completion_tokens"],
-        {"prompt_tokens": INT, "completion_tokens": INT, "estimated": {"type": "boolean"}},
+        {"prompt_tokens": INT, "completion_tokens": INT, "estimated": BOOL},
         extra=True,
     )
 )
 LINKS = _obj(["self", "events"], {"self": STR, "events": STR})
+QUEUE = _obj(
+    ["position", "estimated_wait", "workers_capacity"],
+    {"position": _nullable(INT), "estimated_wait": _nullable(NUM), "workers_capacity": INT},
+)
+ATTEMPT = _obj(
+    ["attempt", "provider", "model", "error", "seconds", "at"],
+    {
+        "attempt": INT,
+        "provider": _nullable(STR),
+        "model": _nullable(STR),
+        "error": _nullable(STR),
+        "seconds": NUM,
+        "at": {"type": "string", "format": "date-time"},
+    },
+    extra=True,
+)
 _JOB_COMMON: dict[str, Any] = {
     "job_id": STR,
     "type": STR,
@@ -70,14 +92,52 @@ _JOB_COMMON: dict[str, Any] = {
     "started_at": TIME,
     "completed_at": TIME,
     "updated_at": TIME,
+    "cancel_requested": {"type": "boolean", "description": "A cancel was asked for and the worker is stopping"},
+    "next_attempt_at": {
+        **TIME,
+        "description": "While a failed attempt waits for its retry: when the next one may start",
+    },
+    "attempts": {"type": "array", "items": ATTEMPT, "description": "One entry per finished attempt, oldest first"},
+    "retry_of": {**_nullable(STR), "description": "The job this one retries (POST /api/jobs/{id}/retry)"},
+    "queue": {
+        **_nullable(QUEUE),
+        "description": "While queued: jobs ahead, the expected wait (null: no live worker) and the workers' slots",
+    },
     "poll_interval": NUM,
     "links": LINKS,
 }
-_JOB_REQUIRED = ["job_id", "type", "status", "priority", "progress", "attempt", "max_attempts", "result", "error"]
+_JOB_REQUIRED = [
+    "job_id",
+    "type",
+    "status",
+    "priority",
+    "progress",
+    "attempt",
+    "max_attempts",
+    "result",
+    "error",
+    "model",
+    "provider",
+    "usage",
+    "last_seq",
+    "created_at",
+    "started_at",
+    "completed_at",
+    "updated_at",
+    "cancel_requested",
+    "next_attempt_at",
+    "attempts",
+    "retry_of",
+    "queue",
+]
 JOB = _obj(
-    [*_JOB_REQUIRED, "input", "created_at"],
+    [*_JOB_REQUIRED, "input", "partial_output", "links"],
     {**_JOB_COMMON, "input": {"type": "object"}, "partial_output": _nullable(STR)},
-    extra=True,
+)
+# A snapshot event carries the job without its links (they are the URLs the client already follows).
+EVENT_JOB = _obj(
+    [*_JOB_REQUIRED, "input", "partial_output"],
+    {**_JOB_COMMON, "input": {"type": "object"}, "partial_output": _nullable(STR)},
 )
 HISTORY_JOB = _obj(
     [*_JOB_REQUIRED, "input_summary", "durations", "cost", "links"],
@@ -87,14 +147,13 @@ HISTORY_JOB = _obj(
         "durations": _obj(["wait", "run"], {"wait": _nullable(NUM), "run": _nullable(NUM)}),
         "cost": _nullable(NUM),
     },
-    extra=True,
 )
 TOTALS = {"jobs": INT, "prompt_tokens": INT, "completion_tokens": INT, "cost": NUM}
 HISTORY = _obj(
     ["jobs", "next_cursor", "totals"],
     {
         "jobs": {"type": "array", "items": HISTORY_JOB},
-        "next_cursor": _nullable(STR),
+        "next_cursor": {**_nullable({"type": "string", "pattern": CURSOR}), "description": "null on the last page"},
         "totals": _obj(list(TOTALS), TOTALS),
     },
 )
@@ -128,8 +187,90 @@ STATS = _obj(
 )
 USER = _obj(["id", "name", "created_at"], {"id": STR, "name": STR, "created_at": TIME})
 SESSION = _obj(["user"], {"user": USER})
-ME = _obj(["user", "limits"], {"user": USER, "limits": {"type": "object"}})
+ME = _obj(
+    ["user", "limits"],
+    {
+        "user": USER,
+        "limits": _obj(
+            ["max_active_jobs", "submissions_per_minute", "max_streams", "max_input_bytes"],
+            {
+                "max_active_jobs": INT,
+                "submissions_per_minute": INT,
+                "max_streams": INT,
+                "max_input_bytes": {"type": "object", "additionalProperties": INT},
+            },
+            extra=True,
+        ),
+    },
+)
 HEALTH = _obj(["status", "checks"], {"status": {"enum": ["ok", "degraded"]}, "checks": {"type": "object"}}, extra=True)
+
+# The JSON in each SSE `data:` line (and each WebSocket event message), one schema per `kind`.
+_EVENT_BASE = {"job_id": STR, "seq": INT, "ts": NUM}
+EVENT_DATA: dict[str, dict[str, Any]] = {
+    "snapshot": _obj(
+        ["job_id", "seq", "kind", "ts", "reason", "job"],
+        {**_EVENT_BASE, "kind": {"const": "snapshot"}, "reason": STR, "job": EVENT_JOB},
+    ),
+    "status": _obj(
+        ["job_id", "seq", "kind", "ts", "status", "attempt", "max_attempts", "percentage", "current_step"],
+        {
+            **_EVENT_BASE,
+            "kind": {"const": "status"},
+            "status": {"enum": STATUSES},
+            "attempt": INT,
+            "max_attempts": INT,
+            "percentage": NUM,
+            "current_step": _nullable(STR),
+            # on the terminal event: the outcome
+            "result": {},
+            "error": JOB_ERROR,
+            "model": _nullable(STR),
+            "provider": _nullable(STR),
+            "usage": USAGE,
+            "partial_output": _nullable(STR),
+            # queued again after a failed attempt
+            "next_attempt_at": {"type": "string", "format": "date-time"},
+        },
+    ),
+    "progress": _obj(
+        ["job_id", "seq", "kind", "ts", "percentage", "current_step"],
+        {
+            **_EVENT_BASE,
+            "kind": {"const": "progress"},
+            "percentage": NUM,
+            "current_step": _nullable(STR),
+            "estimated_time_remaining": NUM,
+        },
+    ),
+    "delta": _obj(["job_id", "seq", "kind", "ts", "text"], {**_EVENT_BASE, "kind": {"const": "delta"}, "text": STR}),
+    "position": _obj(
+        ["job_id", "kind", "ts", "queue", "estimated_time_remaining"],
+        {
+            "job_id": STR,
+            "kind": {"const": "position"},
+            "ts": NUM,
+            "queue": QUEUE,
+            "estimated_time_remaining": _nullable(NUM),
+        },
+    ),
+}
+
+
+def sse_item(id_schema: dict[str, Any]) -> dict[str, Any]:
+    """One Server-Sent Event as OpenAPI 3.2 reads a stream: `event` names the kind, `data` is that kind's JSON.
+
+    A `position` event has no `id:` of its own (it is not in the job's log); a client keeps its last id."""
+    variants = []
+    for kind, data in EVENT_DATA.items():
+        props: dict[str, Any] = {
+            "event": {"const": kind},
+            "data": {"type": "string", "contentMediaType": "application/json", "contentSchema": data},
+            "id": id_schema,
+            "retry": INT,
+        }
+        variants.append({"type": "object", "title": kind, "required": ["event", "data"], "properties": props})
+    return {"oneOf": variants}
 
 
 def _json(schema: dict[str, Any], description: str, headers: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -139,19 +280,28 @@ def _json(schema: dict[str, Any], description: str, headers: dict[str, Any] | No
     return out
 
 
+def _sse(description: str, id_schema: dict[str, Any]) -> dict[str, Any]:
+    return {"description": description, "content": {"text/event-stream": {"itemSchema": sse_item(id_schema)}}}
+
+
 def _errors(*statuses: int) -> dict[str, Any]:
     why = {
         400: "Bad request (malformed JSON, query or header)",
         401: "Not signed in: send a Bearer token or the session cookie",
         404: "No such job for this user (another user's job looks exactly the same)",
+        409: "The job is not in a state that allows this",
         413: "Body or input too large",
         415: "Body is not JSON",
         422: "Input breaks the job type's schema",
         429: "Over a per-user limit; see Retry-After",
+        503: "The job store cannot take jobs right now; nothing was created. See Retry-After",
     }
     out = {str(s): _json({"$ref": "#/components/schemas/Error"}, why[s]) for s in statuses}
-    if "429" in out:
-        out["429"]["headers"] = {"Retry-After": {"schema": {"type": "string"}, "description": "Seconds to wait"}}
+    for code in ("429", "503"):
+        if code in out:
+            out[code]["headers"] = {
+                "Retry-After": {"schema": {"type": "string", "pattern": "^[0-9]+$"}, "description": "Seconds to wait"}
+            }
     return out
 
 
@@ -171,10 +321,10 @@ def submit_schema(registry: TaskRegistry) -> dict[str, Any]:
                     "input": json_schema(spec.input_type),
                     "priority": {"type": "integer", "minimum": 1, "maximum": 10, "default": 5},
                     KEY_FIELD: {
-                        "type": "string",
-                        "pattern": f"^[!-~]{{1,{MAX_KEY_CHARS}}}$",
+                        **KEY_SCHEMA,
                         "description": "Your own provider API key for this job alone; stored only encrypted, "
-                        "deleted when the job ends, never returned",
+                        "deleted when the job ends, never returned. The same key may also come as X-Provider-Key; "
+                        "two different keys are a 400 provider_key_twice",
                     },
                 },
             }
@@ -182,16 +332,36 @@ def submit_schema(registry: TaskRegistry) -> dict[str, Any]:
     return {"oneOf": variants}
 
 
+def _param(name: str, where: str, schema: dict[str, Any], description: str, **extra: Any) -> dict[str, Any]:
+    return {"name": name, "in": where, "schema": schema, "description": description, **extra}
+
+
+# OpenAPI links: from a job in a response to what can be done with it next (schemathesis follows them).
+_FROM_JOB = "$response.body#/job_id"
+JOB_LINKS = {
+    "GetJob": {"operationId": "getJob", "parameters": {"job_id": _FROM_JOB}},
+    "JobEvents": {
+        "operationId": "jobEvents",
+        "parameters": {"job_id": _FROM_JOB, "after": "$response.body#/last_seq", "Last-Event-ID": ""},
+    },
+    "CancelJob": {"operationId": "cancelJob", "parameters": {"job_id": _FROM_JOB}},
+    "RetryJob": {"operationId": "retryJob", "parameters": {"job_id": _FROM_JOB}},
+}
+
+
 def build_openapi(registry: TaskRegistry) -> dict[str, Any]:
     job_id = {"name": "job_id", "in": "path", "required": True, "schema": {"type": "string", "minLength": 1}}
-    list_param = {"type": "string", "description": "comma-separated"}
+    statuses = list_pattern(STATUSES)
+    types = list_pattern(registry.names())
+    job_ref = {"$ref": "#/components/schemas/Job"}
+    location = {"Location": {"schema": STR, "description": "The new job's URL (links.self)"}}
     return {
-        "openapi": "3.1.0",
+        "openapi": "3.2.0",
         "info": {
             "title": "aijobs",
             "version": "1",
             "description": "Slow AI requests as background jobs with live progress. Errors are always "
-            '{"error": {"code", "message"}}.',
+            '{"error": {"code", "message"}}. Live updates also come over the WebSocket WS /api/ws (see the README).',
         },
         "security": [{"bearer": []}, {"session": []}],
         "components": {
@@ -207,39 +377,79 @@ def build_openapi(registry: TaskRegistry) -> dict[str, Any]:
                     "operationId": "submitJob",
                     "summary": "Submit a job",
                     "parameters": [
-                        {
-                            "name": "X-Provider-Key",
-                            "in": "header",
-                            "required": False,
-                            "schema": {"type": "string", "pattern": f"^[!-~]{{1,{MAX_KEY_CHARS}}}$"},
-                            "description": f"Alternative to the body's `{KEY_FIELD}` (send one, not both)",
-                        }
+                        _param("X-Provider-Key", "header", KEY_SCHEMA, f"Alternative to the body's `{KEY_FIELD}`"),
+                        _param(
+                            "Idempotency-Key",
+                            "header",
+                            {"type": "string", "minLength": 1, "maxLength": 255},
+                            "The same user and key within 24 h give back the same job (Idempotent-Replayed: true); "
+                            "the same key with a different body is a 422 idempotency_key_reused",
+                        ),
                     ],
                     "requestBody": {
                         "required": True,
                         "content": {"application/json": {"schema": submit_schema(registry)}},
                     },
                     "responses": {
-                        "202": _json({"$ref": "#/components/schemas/Job"}, "Accepted: stored and queued"),
-                        **_errors(400, 401, 413, 415, 422, 429),
+                        "202": {
+                            **_json(job_ref, "Accepted: stored and queued", location),
+                            "links": JOB_LINKS,
+                        },
+                        **_errors(400, 401, 413, 415, 422, 429, 503),
                     },
                 },
                 "get": {
                     "operationId": "listJobs",
                     "summary": "Your job history, newest first",
                     "parameters": [
-                        {"name": "status", "in": "query", "schema": list_param, "description": f"any of {STATUSES}"},
-                        {"name": "type", "in": "query", "schema": list_param, "description": "job types"},
-                        {"name": "since", "in": "query", "schema": STR, "description": "unix seconds or ISO 8601"},
-                        {
-                            "name": "limit",
-                            "in": "query",
-                            "schema": {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT},
-                        },
-                        {"name": "cursor", "in": "query", "schema": STR, "description": "next_cursor of the last page"},
+                        _param(
+                            "status",
+                            "query",
+                            {"type": "string", "pattern": statuses},
+                            "Comma-separated statuses; empty: all",
+                        ),
+                        _param(
+                            "type",
+                            "query",
+                            {"type": "string", "pattern": types},
+                            "Comma-separated job types; empty: all",
+                        ),
+                        _param(
+                            "since",
+                            "query",
+                            {
+                                "anyOf": [
+                                    {"type": "string", "pattern": UNIX_SECONDS},
+                                    {"type": "string", "format": "date-time"},
+                                    {"const": ""},
+                                ]
+                            },
+                            "Jobs created at or after: unix seconds or an RFC 3339 date-time; empty: all",
+                        ),
+                        _param(
+                            "limit",
+                            "query",
+                            {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT},
+                            "Jobs per page (20)",
+                        ),
+                        _param(
+                            "cursor",
+                            "query",
+                            {"type": "string", "pattern": CURSOR},
+                            "next_cursor of the previous page (any value of this shape is a place in the list); "
+                            "empty: the first page",
+                        ),
                     ],
                     "responses": {
-                        "200": _json({"$ref": "#/components/schemas/History"}, "A page"),
+                        "200": {
+                            **_json({"$ref": "#/components/schemas/History"}, "A page"),
+                            "links": {
+                                "NextPage": {
+                                    "operationId": "listJobs",
+                                    "parameters": {"cursor": "$response.body#/next_cursor"},
+                                }
+                            },
+                        },
                         **_errors(400, 401),
                     },
                 },
@@ -248,9 +458,25 @@ def build_openapi(registry: TaskRegistry) -> dict[str, Any]:
                 "get": {
                     "operationId": "getJob",
                     "summary": "The job now (the polling fallback)",
-                    "parameters": [job_id],
+                    "parameters": [
+                        job_id,
+                        _param("If-None-Match", "header", STR, "The ETag of a response seen before: 304 if unchanged"),
+                    ],
                     "responses": {
-                        "200": _json({"$ref": "#/components/schemas/Job"}, "The job"),
+                        "200": {
+                            **_json(
+                                job_ref,
+                                "The job",
+                                {
+                                    "ETag": {"schema": {"type": "string", "pattern": '^W/"[0-9]+"$'}},
+                                    "X-Poll-Interval": {
+                                        "schema": {"type": "string"},
+                                        "description": "Seconds until it is worth asking again (not once finished)",
+                                    },
+                                },
+                            ),
+                            "links": JOB_LINKS,
+                        },
                         "304": {"description": "Unchanged since If-None-Match"},
                         **_errors(401, 404),
                     },
@@ -259,14 +485,84 @@ def build_openapi(registry: TaskRegistry) -> dict[str, Any]:
             "/api/jobs/{job_id}/events": {
                 "get": {
                     "operationId": "jobEvents",
-                    "summary": "Server-Sent Events: snapshot, progress, delta, status; ends after the terminal one",
+                    "summary": "Server-Sent Events: snapshot, progress, delta, status, position; ends after the last",
                     "parameters": [
                         job_id,
-                        {"name": "after", "in": "query", "schema": STR, "description": "like Last-Event-ID"},
+                        _param(
+                            "after",
+                            "query",
+                            {"type": "string", "pattern": RESUME_POINT},
+                            "Resume after this seq (like Last-Event-ID, which wins when both are sent); empty: from a "
+                            "snapshot, as is a seq beyond the job's last event",
+                        ),
+                        _param(
+                            "Last-Event-ID",
+                            "header",
+                            {"type": "string", "pattern": RESUME_POINT},
+                            "The id of the last event received (EventSource sends it when it reconnects)",
+                        ),
                     ],
                     "responses": {
-                        "200": {"description": "An event stream", "content": {"text/event-stream": {"schema": STR}}},
+                        "200": _sse(
+                            "The job's events; each `id:` is the event's seq", {"type": "string", "pattern": "^[0-9]+$"}
+                        ),
                         **_errors(400, 401, 404, 429),
+                    },
+                }
+            },
+            "/api/jobs/{job_id}/cancel": {
+                "post": {
+                    "operationId": "cancelJob",
+                    "summary": "Cancel: a queued job never starts; a running one stops within about a second",
+                    "parameters": [job_id],
+                    "responses": {
+                        "200": {
+                            **_json(job_ref, "The job: cancelled (again 200 if it already was), or still stopping"),
+                            "links": {k: v for k, v in JOB_LINKS.items() if k != "CancelJob"},
+                        },
+                        **_errors(401, 404, 409),
+                    },
+                }
+            },
+            "/api/jobs/{job_id}/retry": {
+                "post": {
+                    "operationId": "retryJob",
+                    "summary": "A new job with the same request (failed, cancelled or expired jobs only, else 409)",
+                    "parameters": [job_id],
+                    "responses": {
+                        "202": {
+                            **_json(job_ref, "Accepted: the new job, its retry_of naming the old one", location),
+                            "links": JOB_LINKS,
+                        },
+                        **_errors(401, 404, 409, 429, 503),
+                    },
+                }
+            },
+            "/api/events": {
+                "get": {
+                    "operationId": "allEvents",
+                    "summary": "Server-Sent Events of all your jobs: active ones from a snapshot, then new ones",
+                    "parameters": [
+                        _param(
+                            "cursor",
+                            "query",
+                            {"type": "string", "pattern": EVENTS_CURSOR, "maxLength": CURSOR_MAX_CHARS},
+                            "Resume points, `<job_id>:<seq>` joined by commas (an `id:` of this stream); "
+                            "Last-Event-ID wins when both are sent; empty: from snapshots",
+                        ),
+                        _param(
+                            "Last-Event-ID",
+                            "header",
+                            {"type": "string", "pattern": EVENTS_CURSOR, "maxLength": CURSOR_MAX_CHARS},
+                            "The id of the last event received (EventSource sends it when it reconnects)",
+                        ),
+                    ],
+                    "responses": {
+                        "200": _sse(
+                            "Events of all your jobs; each `id:` is the resume point of every job still running here",
+                            {"type": "string", "pattern": EVENTS_CURSOR, "maxLength": CURSOR_MAX_CHARS},
+                        ),
+                        **_errors(400, 401, 429),
                     },
                 }
             },
@@ -284,9 +580,11 @@ def build_openapi(registry: TaskRegistry) -> dict[str, Any]:
                     "security": [],
                     "requestBody": {
                         "required": False,
-                        "content": {"application/json": {"schema": _obj([], {"token": STR})}},
+                        "content": {
+                            "application/json": {"schema": _obj([], {"token": {"type": "string", "minLength": 1}})}
+                        },
                     },
-                    "responses": {"200": _json(SESSION, "Signed in; Set-Cookie"), **_errors(400, 401, 422)},
+                    "responses": {"200": _json(SESSION, "Signed in; Set-Cookie"), **_errors(400, 401, 415, 422)},
                 },
                 "delete": {
                     "operationId": "signOut",
