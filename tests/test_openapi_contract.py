@@ -55,11 +55,15 @@ def contract_config(token: str) -> schemathesis.Config:
     )
 
 
-# Refusals of valid-looking requests that depend on earlier requests, which no schema can express; each is in
-# its operation's description in the contract and tested on its own (test_provider_key.py, test_cancel_retry.py).
+# Refusals of valid-looking requests that depend on earlier requests or on the job's state, which no schema can
+# express; each is in its operation's description in the contract and tested on its own (test_provider_key.py,
+# test_cancel_retry.py, test_sse.py).
 STATEFUL_REFUSALS = {
     "idempotency_key_reused",  # 422: an Idempotency-Key already used with another body
     "provider_key_twice",  # 400: different keys in the body and in X-Provider-Key
+    "provider_key_required",  # 422: a retry of a job that ran on the user's key, without the key
+    "invalid_last_event_id",  # 400: a well-formed resume point beyond the job's last event (a malformed one is
+    # schema-invalid, so never filtered here)
 }
 
 

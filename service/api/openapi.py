@@ -99,6 +99,10 @@ _JOB_COMMON: dict[str, Any] = {
     },
     "attempts": {"type": "array", "items": ATTEMPT, "description": "One entry per finished attempt, oldest first"},
     "retry_of": {**_nullable(STR), "description": "The job this one retries (POST /api/jobs/{id}/retry)"},
+    "own_provider_key": {
+        "type": "boolean",
+        "description": "It runs on your own provider key (never returned): a retry must send the key again",
+    },
     "queue": {
         **_nullable(QUEUE),
         "description": "While queued: jobs ahead, the expected wait (null: no live worker) and the workers' slots",
@@ -128,6 +132,7 @@ _JOB_REQUIRED = [
     "next_attempt_at",
     "attempts",
     "retry_of",
+    "own_provider_key",
     "queue",
 ]
 JOB = _obj(
@@ -493,7 +498,7 @@ def build_openapi(registry: TaskRegistry) -> dict[str, Any]:
                             "query",
                             {"type": "string", "pattern": RESUME_POINT},
                             "Resume after this seq (like Last-Event-ID, which wins when both are sent); empty: from a "
-                            "snapshot, as is a seq beyond the job's last event",
+                            "snapshot. A seq beyond the job's last event is a 400 invalid_last_event_id",
                         ),
                         _param(
                             "Last-Event-ID",
@@ -527,14 +532,25 @@ def build_openapi(registry: TaskRegistry) -> dict[str, Any]:
             "/api/jobs/{job_id}/retry": {
                 "post": {
                     "operationId": "retryJob",
-                    "summary": "A new job with the same request (failed, cancelled or expired jobs only, else 409)",
-                    "parameters": [job_id],
+                    "summary": "A new job with the same request (failed, cancelled or expired jobs only, else 409), "
+                    "under the same limits as a new one",
+                    "description": "A job that ran on your own provider key (own_provider_key) is retried only with "
+                    f"the key sent again, as `{KEY_FIELD}` or X-Provider-Key; without it the answer is 422 "
+                    "provider_key_required. Any job may be retried on a key sent here.",
+                    "parameters": [
+                        job_id,
+                        _param("X-Provider-Key", "header", KEY_SCHEMA, f"Alternative to the body's `{KEY_FIELD}`"),
+                    ],
+                    "requestBody": {
+                        "required": False,
+                        "content": {"application/json": {"schema": _obj([], {KEY_FIELD: KEY_SCHEMA})}},
+                    },
                     "responses": {
                         "202": {
                             **_json(job_ref, "Accepted: the new job, its retry_of naming the old one", location),
                             "links": JOB_LINKS,
                         },
-                        **_errors(401, 404, 409, 429, 503),
+                        **_errors(400, 401, 404, 409, 413, 415, 422, 429, 503),
                     },
                 }
             },
