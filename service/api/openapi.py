@@ -600,7 +600,7 @@ def build_openapi(registry: TaskRegistry) -> dict[str, Any]:
                             "application/json": {"schema": _obj([], {"token": {"type": "string", "minLength": 1}})}
                         },
                     },
-                    "responses": {"200": _json(SESSION, "Signed in; Set-Cookie"), **_errors(400, 401, 415, 422)},
+                    "responses": {"200": _json(SESSION, "Signed in; Set-Cookie"), **_errors(400, 401, 413, 422)},
                 },
                 "delete": {
                     "operationId": "signOut",
