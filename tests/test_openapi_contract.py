@@ -137,6 +137,25 @@ async def test_openapi_inputs_come_from_the_task_schemas(web: Any) -> None:
     assert doc["paths"]["/api/jobs"]["get"] and doc["paths"]["/api/stats"]["get"]
 
 
+def test_every_api_route_is_in_the_contract(settings: Settings) -> None:
+    """A new endpoint cannot be left out of the contract again (cancel, retry and /api/events once were)."""
+    from starlette.routing import Route
+
+    from service.api.openapi import build_openapi
+
+    assert settings.redis_url
+    app = create_app(settings, redis_url=settings.redis_url)
+    served = {
+        (method.lower(), route.path)
+        for route in app.routes
+        if isinstance(route, Route) and (route.path.startswith("/api/") or route.path == "/healthz")
+        for method in route.methods or ()
+        if method != "HEAD" and route.path != "/api/openapi.json"
+    }
+    documented = {(method, path) for path, ops in build_openapi(default_registry())["paths"].items() for method in ops}
+    assert served == documented
+
+
 @pytest.mark.parametrize("path", ["/api/jobs", "/api/stats", "/api/me"])
 async def test_documented_operations_need_auth(web: Any, path: str) -> None:
     async with httpx.AsyncClient(base_url=web.url) as c:
