@@ -291,8 +291,10 @@ def _sse(description: str, id_schema: dict[str, Any]) -> dict[str, Any]:
 
 def _errors(*statuses: int) -> dict[str, Any]:
     why = {
-        400: "Bad request (malformed JSON, query or header)",
+        400: "Bad request (malformed JSON, query or header; or a Host not in ALLOWED_HOSTS)",
         401: "Not signed in: send a Bearer token or the session cookie",
+        403: "Refused as possibly cross-site (csrf_refused): a change signed in by the session cookie, and signing "
+        "in or out, must be JSON (Content-Type: application/json) with this app's Origin; Bearer clients are exempt",
         404: "No such job for this user (another user's job looks exactly the same)",
         409: "The job is not in a state that allows this",
         413: "Body or input too large",
@@ -354,13 +356,25 @@ JOB_LINKS = {
 }
 
 
+def _web_refusals(paths: dict[str, Any]) -> None:
+    """What the web layer answers before any handler: every /api/ operation a 400 for a Host not in
+    ALLOWED_HOSTS, and every one that changes something a 403 when it may come from another site (CSRF)."""
+    for path, operations in paths.items():
+        if not path.startswith("/api/"):
+            continue
+        for method, operation in operations.items():
+            extra = [400] + ([403] if method in ("post", "put", "patch", "delete") else [])
+            for status, response in _errors(*extra).items():
+                operation["responses"].setdefault(status, response)
+
+
 def build_openapi(registry: TaskRegistry) -> dict[str, Any]:
     job_id = {"name": "job_id", "in": "path", "required": True, "schema": {"type": "string", "minLength": 1}}
     statuses = list_pattern(STATUSES)
     types = list_pattern(registry.names())
     job_ref = {"$ref": "#/components/schemas/Job"}
     location = {"Location": {"schema": STR, "description": "The new job's URL (links.self)"}}
-    return {
+    document: dict[str, Any] = {
         "openapi": "3.2.0",
         "info": {
             "title": "aijobs",
@@ -625,6 +639,8 @@ def build_openapi(registry: TaskRegistry) -> dict[str, Any]:
             },
         },
     }
+    _web_refusals(document["paths"])
+    return document
 
 
 def openapi_json(registry: TaskRegistry) -> Callable[[Request], Awaitable[Response]]:
