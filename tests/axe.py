@@ -1,7 +1,8 @@
 """The page's accessibility audit: axe-core (vendored, tests/vendor/axe-core/) run inside the page under test.
 
 The engine goes in with `page.evaluate` of its source, not a `<script>` tag: an inline script would be refused
-by the page's Content-Security-Policy (`script-src 'self'`), while code evaluated by the test driver is not.
+by the page's Content-Security-Policy (`default-src 'self'`: no inline script), while code the test driver
+evaluates is not.
 """
 
 from __future__ import annotations
