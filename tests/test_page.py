@@ -18,6 +18,7 @@ from service.api.app import create_app
 from service.config import Settings
 from service.embedded import EmbeddedRedis
 
+from .axe import assert_accessible
 from .chromium import launch_chromium
 from .conftest import LiveServer, fast_settings, make_user, run_worker, serve
 
@@ -232,6 +233,7 @@ async def test_phone_several_jobs_history_pages_queue_and_labels(page: Any, live
     await page.keyboard.press("ArrowRight")
     assert await page.evaluate("document.activeElement.id") == "pick-summary"
     assert await page.is_visible("#form-summary") and await page.is_hidden("#form-titles")
+    await assert_accessible(page, "on a phone with three cards and page 2 of the history")
     await shot(page, "phone")
 
 
