@@ -289,7 +289,11 @@ def _sse(description: str, id_schema: dict[str, Any]) -> dict[str, Any]:
     return {"description": description, "content": {"text/event-stream": {"itemSchema": sse_item(id_schema)}}}
 
 
-def _errors(*statuses: int) -> dict[str, Any]:
+STREAM_UNAVAILABLE = "The stream could not start (the store or Redis failing): reconnect after Retry-After, or poll"
+
+
+def _errors(*statuses: int, notes: dict[int, str] | None = None) -> dict[str, Any]:
+    """The documented refusals, each the one Error shape; `notes` words a status for this operation."""
     why = {
         400: "Bad request (malformed JSON, query or header; or a Host not in ALLOWED_HOSTS)",
         401: "Not signed in: send a Bearer token or the session cookie",
@@ -303,6 +307,7 @@ def _errors(*statuses: int) -> dict[str, Any]:
         429: "Over a per-user limit; see Retry-After",
         503: "The job store cannot take jobs right now; nothing was created. See Retry-After",
     }
+    why.update(notes or {})
     out = {str(s): _json({"$ref": "#/components/schemas/Error"}, why[s]) for s in statuses}
     for code in ("429", "503"):
         if code in out:
@@ -525,7 +530,7 @@ def build_openapi(registry: TaskRegistry) -> dict[str, Any]:
                         "200": _sse(
                             "The job's events; each `id:` is the event's seq", {"type": "string", "pattern": "^[0-9]+$"}
                         ),
-                        **_errors(400, 401, 404, 429),
+                        **_errors(400, 401, 404, 429, 503, notes={503: STREAM_UNAVAILABLE}),
                     },
                 }
             },
@@ -592,7 +597,7 @@ def build_openapi(registry: TaskRegistry) -> dict[str, Any]:
                             "Events of all your jobs; each `id:` is the resume point of every job still running here",
                             {"type": "string", "pattern": EVENTS_CURSOR, "maxLength": CURSOR_MAX_CHARS},
                         ),
-                        **_errors(400, 401, 429),
+                        **_errors(400, 401, 429, 503, notes={503: STREAM_UNAVAILABLE}),
                     },
                 }
             },
