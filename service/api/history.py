@@ -27,6 +27,7 @@ STATUSES = [s.value for s in JobStatus]
 # What each query parameter accepts, written once: the handler checks these and the OpenAPI contract states them
 # (the filters and the cursor also take the empty value: "no filter" / "the first page", as a blank form sends it).
 UNIX_SECONDS = r"^[0-9]{1,12}(\.[0-9]{1,9})?$"
+FULL_DATE = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$"  # RFC 3339 full-date: the day's midnight, UTC
 RFC3339 = re.compile(
     r"[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt][0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]+)?([Zz]|[+-][0-9]{2}:[0-9]{2})"
 )
@@ -93,12 +94,15 @@ def _list_param(request: Request, name: str, allowed: list[str]) -> tuple[str, .
 
 
 def parse_since(raw: str | None) -> float | None:
-    """Unix seconds or an RFC 3339 date-time (ISO 8601 with a time and a zone); empty is no filter."""
+    """Unix seconds, an RFC 3339 date-time (ISO 8601 with a time and a zone), or a full date (its midnight, UTC);
+    empty is no filter."""
     if not raw:
         return None
     try:
         if re.fullmatch(UNIX_SECONDS, raw):
             return float(raw)
+        if re.fullmatch(FULL_DATE, raw):
+            return datetime.fromisoformat(raw).replace(tzinfo=UTC).timestamp()
         if RFC3339.fullmatch(raw):
             # RFC 3339 allows a leap second (:60) and lower-case t/z, which Python's parser does not.
             text = raw.upper()
@@ -107,7 +111,10 @@ def parse_since(raw: str | None) -> float | None:
     except (ValueError, OverflowError):
         pass
     raise ApiError(
-        400, "invalid_since", "'since' must be unix seconds or an RFC 3339 date-time such as 2026-01-31T09:00:00Z."
+        400,
+        "invalid_since",
+        "'since' must be unix seconds, a date such as 2026-01-31 (midnight UTC) or an RFC 3339 date-time such as "
+        "2026-01-31T09:00:00Z.",
     )
 
 

@@ -21,7 +21,7 @@ from ..push.multiwatch import CURSOR as EVENTS_CURSOR
 from ..push.multiwatch import CURSOR_MAX_CHARS
 from ..schema import json_schema
 from ..tasks import TaskRegistry
-from .history import CURSOR, MAX_LIMIT, UNIX_SECONDS, list_pattern
+from .history import CURSOR, FULL_DATE, MAX_LIMIT, UNIX_SECONDS, list_pattern
 from .streams import RESUME_POINT
 from .submit_rules import KEY_FIELD, MAX_KEY_CHARS
 
@@ -445,10 +445,11 @@ def build_openapi(registry: TaskRegistry) -> dict[str, Any]:
                                 "anyOf": [
                                     {"type": "string", "pattern": UNIX_SECONDS},
                                     {"type": "string", "format": "date-time"},
+                                    {"type": "string", "format": "date", "pattern": FULL_DATE},
                                     {"const": ""},
                                 ]
                             },
-                            "Jobs created at or after: unix seconds or an RFC 3339 date-time; empty: all",
+                            "Jobs created at or after: unix seconds, a date (midnight UTC) or an RFC 3339 date-time; empty: all",
                         ),
                         _param(
                             "limit",
