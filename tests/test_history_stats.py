@@ -165,4 +165,3 @@ async def test_empty_filters_mean_no_filter_and_any_cursor_of_the_documented_sha
     for since in ("2000-01-01t00:00:00z", "2000-01-01T00:00:60+01:00", "946684800", "946684800.5", "2000-01-01"):
         r = await client.get("/api/jobs", params={"since": since})
         assert r.status_code == 200 and len(r.json()["jobs"]) == 3, (since, r.text)
-

@@ -28,9 +28,7 @@ STATUSES = [s.value for s in JobStatus]
 # (the filters and the cursor also take the empty value: "no filter" / "the first page", as a blank form sends it).
 UNIX_SECONDS = r"^[0-9]{1,12}(\.[0-9]{1,9})?$"
 FULL_DATE = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$"  # RFC 3339 full-date: the day's midnight, UTC
-RFC3339 = re.compile(
-    r"[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt][0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]+)?([Zz]|[+-][0-9]{2}:[0-9]{2})"
-)
+RFC3339 = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt][0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]+)?([Zz]|[+-][0-9]{2}:[0-9]{2})")
 CURSOR = r"^([0-9]{1,16}(\.[0-9]{1,17})?_[A-Za-z0-9-]{1,64})?$"
 LIMIT = r"^[0-9]{1,3}$"
 

@@ -449,8 +449,8 @@ def build_openapi(registry: TaskRegistry) -> dict[str, Any]:
                                     {"const": ""},
                                 ]
                             },
-                            "Jobs created at or after: unix seconds, a date (its midnight UTC) or an RFC 3339 date-time; "
-                            "empty: all",
+                            "Jobs created at or after: unix seconds, a date (its midnight UTC) or an RFC 3339 "
+                            "date-time; empty: all",
                         ),
                         _param(
                             "limit",
