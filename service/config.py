@@ -244,6 +244,13 @@ class Settings:
     )
     retry_base: float = field(default=1.0, metadata={"env": "RETRY_BASE", "doc": "First retry delay in seconds"})
     retry_cap: float = field(default=30.0, metadata={"env": "RETRY_CAP", "doc": "Longest retry delay in seconds"})
+    rate_limit_max_wait: float = field(
+        default=300.0,
+        metadata={
+            "env": "RATE_LIMIT_MAX_WAIT",
+            "doc": "Seconds a job may keep waiting for a provider that answers 429 before it fails `rate_limited`",
+        },
+    )
     ai_fallback_models: tuple[str, ...] = field(
         default=(),
         metadata={
@@ -313,6 +320,7 @@ class Settings:
             ("SHUTDOWN_GRACE", self.shutdown_grace >= 0, "must be zero or more"),
             ("RETRY_BASE", self.retry_base >= 0, "must be zero or more"),
             ("RETRY_CAP", self.retry_cap >= self.retry_base, "must be at least RETRY_BASE"),
+            ("RATE_LIMIT_MAX_WAIT", self.rate_limit_max_wait >= 0, "must be zero or more"),
             ("PUSH_SEND_TIMEOUT", self.push_send_timeout > 0, "must be positive"),
             ("POSITION_PUSH_SECONDS", self.position_push_seconds > 0, "must be positive"),
             ("WS_MAX_MESSAGE_BYTES", self.ws_max_message_bytes >= 256, "must be at least 256"),

@@ -22,6 +22,7 @@ from typing import Any
 from .coordination import ProviderBackoff
 from .errors import StoreUnavailable
 from .events import EventLog, announcement
+from .governor import RateLimitWaits, rate_limit_delay
 from .models import Event, EventKind, Job, JobError, JobStatus, dumps, iso, now
 from .providers.base import ChatMessage, ChatResult, ImageResult, Provider, Usage
 from .providers.errors import AuthError, ProviderError, RateLimited
@@ -301,6 +302,7 @@ class JobRunner:
         chat_models: tuple[str, ...] = (),
         backoff: ProviderBackoff | None = None,
         providers: dict[str, Provider] | None = None,
+        waits: RateLimitWaits | None = None,
     ) -> None:
         self.store = store
         self.events = events
@@ -316,6 +318,7 @@ class JobRunner:
         self.retry_cap = retry_cap
         self.chat_models = chat_models
         self.backoff = backoff
+        self.waits = waits
         # What a chain entry `name:model` may name; the primary (self.provider) is the only one a user's key is for.
         self.providers: dict[str, Provider] = {**(providers or {}), provider.name: provider}
         self.active: dict[str, ActiveRun] = {}
@@ -474,6 +477,8 @@ class JobRunner:
                 )
             )
             log.info("job completed", extra={"job_id": job.id, "type": job.type, "seconds": round(seconds, 3)})
+            if self.waits is not None and job.error is not None and job.error.code == RateLimited.code:
+                await self.waits.clear(job.id)  # it had waited for a rate limit: that wait is over
             return "completed" if finished else "lease_lost"
         finally:
             ctx.close()
@@ -583,6 +588,8 @@ class JobRunner:
         if isinstance(exc, RateLimited) and retry_after and self.backoff is not None:
             with contextlib.suppress(Exception):
                 await self.backoff.pause(ctx.ai.name, model, float(retry_after))
+        if isinstance(exc, RateLimited):
+            return await self._rate_limited(job, token, exc, record, seconds)
         chain = self.chain(spec)
         if error.retryable and job.attempts < job.max_attempts:
             delay = retry_delay(job.attempts, retry_after, base=self.retry_base, cap=self.retry_cap)
@@ -631,6 +638,46 @@ class JobRunner:
             extra={"job_id": job.id, "code": error.code, "error": error.message, "seconds": round(seconds, 3)},
         )
         return "failed" if finished else "lease_lost"
+
+    async def _rate_limited(
+        self, job: Job, token: str, exc: RateLimited, record: dict[str, Any], seconds: float
+    ) -> str:
+        """The provider said "not now": back to the queue with the attempt given back, delayed until its budget
+        should allow the call, unless the job has already waited longer than RATE_LIMIT_MAX_WAIT for it."""
+        clock = time.time()
+        since = await self.waits.since(job.id, clock) if self.waits is not None else clock
+        waited = clock - since
+        max_wait = self.waits.max_wait if self.waits is not None else float("inf")
+        delay = rate_limit_delay(waited, exc.retry_after, base=self.retry_base, cap=self.retry_cap)
+        if waited + delay > max_wait:
+            asks = f" and it asks for {exc.retry_after:.0f} s more" if exc.retry_after and exc.retry_after > 1 else ""
+            error = JobError(
+                message=(
+                    f"The AI provider kept refusing this job's requests (HTTP 429, rate limited): the job waited "
+                    f"{waited:.0f} s{asks}, longer than a job may wait for it (RATE_LIMIT_MAX_WAIT={max_wait:g} s). "
+                    "Press Retry in a few minutes, send fewer jobs at once, or raise the provider's limits for the key."
+                ),
+                code=RateLimited.code,
+                retryable=True,
+            )
+            record = {**record, "error": error.code}
+            finished = await self._announce(
+                await self.store.finish(job.id, token, status=JobStatus.FAILED, error=error, record=record)
+            )
+            log.warning("job failed: rate limited too long", extra={"job_id": job.id, "waited": round(waited, 1)})
+            return "failed" if finished else "lease_lost"
+        step = f"Waiting for the provider's rate limit, about {max(1, round(delay))} s…"
+        requeued = await self._announce(
+            await self.store.requeue(job.id, token, error=to_job_error(exc), step=step, delay=delay, refund=True)
+        )
+        if requeued is None:
+            return "lease_lost"
+        await self._enqueue(requeued, delay)
+        log.info(
+            "rate limited: back to the queue, no attempt spent",
+            extra={"job_id": job.id, "delay": round(delay, 3), "waited": round(waited, 1)},
+        )
+        return "rate_limited"
 
 
 def attempt_record(

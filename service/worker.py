@@ -21,6 +21,7 @@ from .crypto import KeyBox, load_server_secret
 from .errors import StoreUnavailable
 from .events import EventLog
 from .files import tighten_dir
+from .governor import RateLimitWaits
 from .lifecycle import Maintenance
 from .provider_keys import ProviderKeys
 from .providers.base import Provider
@@ -113,6 +114,7 @@ def build_worker(
             chat_models=chat_models,
             backoff=ProviderBackoff(ctx["redis"]),
             providers=chain_providers,
+            waits=RateLimitWaits(ctx["redis"], max_wait=settings.rate_limit_max_wait),
         )
         maintenance = ctx["maintenance"] = Maintenance(
             store=store, queue=queue, events=events, settings=settings, worker_id=worker_id

@@ -1,0 +1,124 @@
+"""Upstream rate limits: a 429 never spends an attempt nor fails a job that would succeed a little later.
+
+The provider is the local OpenAI-compatible server with a real sustained limit (a token bucket per key, as
+OpenAI enforces one), not a scripted 429.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import replace
+from typing import Any
+
+import httpx
+
+from service.api.app import create_app
+from service.config import Settings
+from service.providers.upstream_limit import UpstreamLimit
+
+from .conftest import run_worker, serve, until, user_client
+from .fake_openai import serve_fake_openai
+
+
+def limited_settings(settings: Settings, base_url: str, **overrides: Any) -> Settings:
+    values: dict[str, Any] = {
+        "ai_base_url": base_url,
+        "ai_api_key": "sk-server",
+        "ai_model": "gpt-4o-mini",
+        "max_active_jobs": 1000,
+        "submissions_per_minute": 1000,
+        "max_attempts": 2,
+        "retry_base": 0.1,
+        "retry_cap": 0.5,
+        "worker_concurrency": 20,
+        **overrides,
+    }
+    return replace(settings, **values)
+
+
+async def submit_titles(client: httpx.AsyncClient, count: int) -> list[str]:
+    async def one(i: int) -> str:
+        r = await client.post("/api/jobs", json={"type": "titles", "input": {"text": f"Post number {i}"}})
+        assert r.status_code == 202, r.text
+        return r.json()["job_id"]
+
+    return list(await asyncio.gather(*(one(i) for i in range(count))))
+
+
+async def finished(client: httpx.AsyncClient, ids: list[str], timeout: float) -> list[dict[str, Any]]:
+    jobs: dict[str, dict[str, Any]] = {}
+
+    async def all_done() -> bool:
+        for job_id in ids:
+            if job_id not in jobs:
+                body = (await client.get(f"/api/jobs/{job_id}")).json()
+                if body["status"] in ("completed", "failed", "cancelled", "expired"):
+                    jobs[job_id] = body
+        return len(jobs) == len(ids)
+
+    await until(all_done, timeout=timeout, what="every job to finish")
+    return [jobs[i] for i in ids]
+
+
+async def test_sustained_limit_fails_no_job_and_spends_no_attempt(settings: Settings) -> None:
+    """60 jobs at once, 20 slots, against 10 calls per 2 s (bucket of 10, 5 more a second) with 2 attempts each:
+    before the fix most of them failed `rate_limited` within seconds, each attempt spent on a 429."""
+    async with serve_fake_openai() as fake:
+        fake.limit = UpstreamLimit(requests=10, period=2.0)
+        s = limited_settings(settings, fake.base_url)
+        assert s.redis_url
+        async with serve(create_app(s, redis_url=s.redis_url)) as live, user_client(live, s, "heavy") as client:
+            async with run_worker(s):
+                ids = await submit_titles(client, 60)
+                jobs = await finished(client, ids, timeout=45)
+    failed = [j for j in jobs if j["status"] != "completed"]
+    calls = fake.limit.answered + fake.limit.refused
+    print(f"calls {calls}, answered 429: {fake.limit.refused} ({fake.limit.refused / calls:.0%}), failed {len(failed)}")
+    assert not failed, failed[0]
+    for job in jobs:  # one attempt each, and no 429 in the history of attempts
+        assert job["attempt"] == 1, job
+        assert [a["error"] for a in job["attempts"]] == [None], job["attempts"]
+    assert fake.limit.answered == 60
+
+
+async def test_a_job_that_outlives_the_max_wait_fails_saying_why(settings: Settings) -> None:
+    """A key whose budget never comes back (1 call an hour, 429s without Retry-After): the second job fails once
+    it has waited RATE_LIMIT_MAX_WAIT, saying the provider kept refusing, and not before it has waited that long.
+    A third, told by Retry-After to wait beyond that, fails at its first refusal."""
+    async with serve_fake_openai() as fake:
+        fake.limit = UpstreamLimit(requests=1, period=3600.0, retry_after=False)
+        s = limited_settings(settings, fake.base_url, rate_limit_max_wait=1.5, retry_base=0.2, retry_cap=0.4)
+        assert s.redis_url
+        async with serve(create_app(s, redis_url=s.redis_url)) as live, user_client(live, s, "solo") as client:
+            async with run_worker(s):
+                first = (await submit_titles(client, 1))[0]
+                (done,) = await finished(client, [first], timeout=10)
+                assert done["status"] == "completed"
+                second = (await submit_titles(client, 1))[0]
+
+                async def waiting() -> bool:
+                    body = (await client.get(f"/api/jobs/{second}")).json()
+                    return body["status"] == "queued" and body["error"] is not None
+
+                await until(waiting, what="the second job to wait for the rate limit")
+                body = (await client.get(f"/api/jobs/{second}")).json()
+                assert body["attempt"] == 0 and body["attempts"] == []
+                assert body["progress"]["current_step"].startswith("Waiting for the provider's rate limit")
+                assert body["next_attempt_at"] is not None
+                (failed,) = await finished(client, [second], timeout=10)
+                fake.limit.retry_after = True
+                refused = fake.limit.refused
+                (third,) = await finished(client, await submit_titles(client, 1), timeout=10)
+    assert third["status"] == "failed" and third["error"]["code"] == "rate_limited", third
+    assert "asks for" in third["error"]["message"] and fake.limit.refused == refused + 1
+    assert failed["status"] == "failed" and failed["error"]["code"] == "rate_limited", failed
+    assert "kept refusing" in failed["error"]["message"] and "RATE_LIMIT_MAX_WAIT" in failed["error"]["message"]
+    assert fake.limit.refused >= 2  # it was offered again after the first refusal, then gave up
+    waited = _seconds(failed["completed_at"]) - _seconds(failed["started_at"])
+    assert waited >= 1.0, waited  # the refusals were spread over (most of) the maximum wait
+
+
+def _seconds(stamp: str) -> float:
+    from datetime import datetime
+
+    return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
