@@ -9,10 +9,20 @@ the job waits longer, it is never lost.
 
 from __future__ import annotations
 
+import hashlib
+import logging
 import random
+import re
 import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 from redis.asyncio import Redis
+
+from .config import Settings
+from .providers.errors import RateLimited
+
+log = logging.getLogger("aijobs.governor")
 
 WAIT_PREFIX = "aijobs:ratewait:"
 
@@ -62,3 +72,299 @@ def rate_limit_delay(waited: float, retry_after: float | None, *, base: float, c
         return float(retry_after) * random.uniform(1.0, 1.5)
     ceiling = min(cap, max(base, waited))
     return random.uniform(ceiling / 2, ceiling)
+
+
+# --- the governor: budgets per provider, model and key --------------------------------------------------------
+
+GOV_PREFIX = "aijobs:gov:"
+RESERVED_PREFIX = "aijobs:gov-slot:"
+DEFAULT_OUTPUT_TOKENS = 256  # a call without max_tokens is counted as this many output tokens until it settles
+BUSY_RETRY_SECONDS = 0.25  # every concurrent-call slot taken: offered again this soon (slots free unpredictably)
+
+# GCRA, one theoretical arrival time (TAT) per limit: a limit of L per period P spaces calls T = P / L apart and
+# lets a full bucket of L go at once (TAT up to P ahead of now), which is how OpenAI-style providers enforce
+# RPM and TPM. A call that does not fit now is not refused: it takes the next free slot (the TAT moves on), the
+# slot is kept for the job under RESERVED_PREFIX, and the job waits in the queue until then. Jobs that cannot
+# go now therefore line up one slot each, exactly spaced, instead of all coming back at the same moment.
+#
+# KEYS: 1 the scope's hash (rpm, tpm learned limits; rtat, ttat; seen: an answer came back; hold: no call before
+#       this time, after a 429), 2 its concurrent
+#       calls (ZSET holder -> until ms), 3 the job's reserved slot, 4 the scope's probe (the one call in flight
+#       while nothing is known of its limits, so that a cold start is not a burst of 429s).
+# ARGV: 1 rpm, 2 tpm, 3 concurrent (configured; 0: none), 4 period s, 5 tokens, 6 holder, 7 call ttl ms,
+#       8 the wait to answer when every concurrent-call slot is taken.
+# Returns the seconds to wait, as a string ('0': admitted, the call may go now).
+_ADMIT_LUA = """
+redis.replicate_commands()
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1e6
+local period = tonumber(ARGV[4])
+local function limit(configured, learned)
+  configured = tonumber(configured) or 0
+  learned = tonumber(learned) or 0
+  if configured > 0 and learned > 0 then return math.min(configured, learned) end
+  return math.max(configured, learned)
+end
+local conc = tonumber(ARGV[3])
+if conc > 0 then
+  redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now * 1000)
+  if redis.call('ZCARD', KEYS[2]) >= conc and not redis.call('ZSCORE', KEYS[2], ARGV[6]) then
+    return ARGV[8]
+  end
+end
+local slot = tonumber(redis.call('GET', KEYS[3]))
+if not slot then
+  local h = redis.call('HMGET', KEYS[1], 'rpm', 'tpm', 'rtat', 'ttat', 'seen', 'hold')
+  local rpm, tpm = limit(ARGV[1], h[1]), limit(ARGV[2], h[2])
+  local hold = tonumber(h[6]) or 0
+  if rpm == 0 and tpm == 0 and not h[5] then
+    -- nothing known of this scope's limits yet: one call goes first and its answer's headers teach them
+    if not redis.call('SET', KEYS[4], ARGV[6], 'NX', 'PX', ARGV[7]) then return ARGV[8] end
+  end
+  slot = math.max(now, hold)
+  if rpm > 0 then
+    local tat = math.max(tonumber(h[3]) or 0, now) + period / rpm
+    redis.call('HSET', KEYS[1], 'rtat', tostring(tat))
+    slot = math.max(slot, tat - period)
+  end
+  if tpm > 0 then
+    local tokens = math.min(tonumber(ARGV[5]), tpm)
+    local tat = math.max(tonumber(h[4]) or 0, now) + tokens * period / tpm
+    redis.call('HSET', KEYS[1], 'ttat', tostring(tat))
+    slot = math.max(slot, tat - period)
+  end
+  redis.call('EXPIRE', KEYS[1], math.ceil(period * 2) + 3600)
+  if slot > now + 0.001 then
+    redis.call('SET', KEYS[3], tostring(slot), 'EX', math.ceil(slot - now) + 600)
+  end
+end
+if slot > now + 0.001 then return tostring(slot - now) end
+redis.call('DEL', KEYS[3])
+if conc > 0 then
+  redis.call('ZADD', KEYS[2], now * 1000 + tonumber(ARGV[7]), ARGV[6])
+  redis.call('PEXPIRE', KEYS[2], tonumber(ARGV[7]) + 1000)
+end
+return '0'
+"""
+
+# After a call: the concurrent-call slot back, the token estimate settled with what the call really used, and what
+# the provider's headers say learned. A header's limit becomes the scope's learned limit; `remaining` R of a limit
+# L means the provider's bucket is L - R calls (tokens) down, so the TAT is moved to at least now + (L - R) × T
+# (never back: calls we let go since the provider counted are already in ours). A refusal also holds every call
+# back until its Retry-After (or, without one, the reset of the exhausted limit).
+# KEYS: 1 scope hash, 2 concurrent calls, 3 probe. ARGV: 1 period, 2 holder, 3 token correction (actual - estimated),
+#   4 limit-requests, 5 remaining-requests, 6 limit-tokens, 7 remaining-tokens, 8 hold-back seconds ('' if none),
+#   9 configured rpm, 10 configured tpm, 11 '1' if the provider answered (headers or not: the probe is over).
+_SETTLE_LUA = """
+redis.replicate_commands()
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1e6
+local period = tonumber(ARGV[1])
+redis.call('ZREM', KEYS[2], ARGV[2])
+redis.call('DEL', KEYS[3])
+if ARGV[11] == '1' then redis.call('HSET', KEYS[1], 'seen', '1') end
+local h = redis.call('HMGET', KEYS[1], 'rpm', 'tpm', 'rtat', 'ttat')
+local function limit(configured, learned)
+  configured = tonumber(configured) or 0
+  learned = tonumber(learned) or 0
+  if configured > 0 and learned > 0 then return math.min(configured, learned) end
+  return math.max(configured, learned)
+end
+local function learn(field, tatfield, lim, rem, configured, old, tat)
+  lim = tonumber(lim)
+  if lim and lim > 0 then redis.call('HSET', KEYS[1], field, lim) end
+  local eff = limit(configured, lim or old)
+  rem = tonumber(rem)
+  if eff > 0 and rem and lim and lim > 0 then
+    local floor = now + math.max(0, lim - rem) * period / eff
+    if floor > (tonumber(tat) or 0) then
+      redis.call('HSET', KEYS[1], tatfield, tostring(floor))
+      return floor
+    end
+  end
+  return tonumber(tat) or 0
+end
+local rtat = learn('rpm', 'rtat', ARGV[4], ARGV[5], ARGV[9], h[1], h[3])
+local ttat = learn('tpm', 'ttat', ARGV[6], ARGV[7], ARGV[10], h[2], h[4])
+local fix = tonumber(ARGV[3]) or 0
+local tpm = limit(ARGV[10], redis.call('HGET', KEYS[1], 'tpm'))
+if fix ~= 0 and tpm > 0 and ttat > 0 then
+  redis.call('HSET', KEYS[1], 'ttat', tostring(math.max(now, ttat + fix * period / tpm)))
+end
+local hold = tonumber(ARGV[8])
+if hold and hold > 0 and now + hold > (tonumber(redis.call('HGET', KEYS[1], 'hold')) or 0) then
+  redis.call('HSET', KEYS[1], 'hold', tostring(now + hold))  -- no call goes before then (only ever extended)
+end
+redis.call('EXPIRE', KEYS[1], math.ceil(period * 2) + 3600)
+return 1
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Budget:
+    """Configured limits of one provider/model (0: none configured; a provider's headers may still teach one)."""
+
+    rpm: float = 0.0
+    tpm: float = 0.0
+    concurrent: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class RateHeaders:
+    """What a provider's `x-ratelimit-*` headers said (None: the header was absent or unreadable)."""
+
+    limit_requests: int | None = None
+    remaining_requests: int | None = None
+    reset_requests: float | None = None
+    limit_tokens: int | None = None
+    remaining_tokens: int | None = None
+    reset_tokens: float | None = None
+
+    @classmethod
+    def parse(cls, headers: Mapping[str, str]) -> RateHeaders | None:
+        def number(name: str) -> int | None:
+            try:
+                return int(float(headers[name]))
+            except (KeyError, ValueError):
+                return None
+
+        def reset(name: str) -> float | None:
+            return parse_duration(headers.get(name, ""))
+
+        found = cls(
+            number("x-ratelimit-limit-requests"),
+            number("x-ratelimit-remaining-requests"),
+            reset("x-ratelimit-reset-requests"),
+            number("x-ratelimit-limit-tokens"),
+            number("x-ratelimit-remaining-tokens"),
+            reset("x-ratelimit-reset-tokens"),
+        )
+        return None if found == cls() else found
+
+    def exhausted_reset(self) -> float | None:
+        """Seconds until an exhausted limit has room again (for a 429 that came without Retry-After)."""
+        waits = [
+            reset
+            for remaining, reset in (
+                (self.remaining_requests, self.reset_requests),
+                (self.remaining_tokens, self.reset_tokens),
+            )
+            if remaining == 0 and reset is not None
+        ]
+        return max(waits) if waits else None
+
+
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
+
+
+def parse_duration(text: str) -> float | None:
+    """OpenAI's `x-ratelimit-reset-*` durations (`20ms`, `1.5s`, `6m0s`, `1h2m`), or plain seconds."""
+    text = text.strip()
+    if not text:
+        return None
+    try:
+        return max(0.0, float(text))
+    except ValueError:
+        pass
+    parts = _DURATION.findall(text)
+    if not parts or "".join(n + u for n, u in parts) != text:
+        return None
+    scale = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+    return sum(float(n) * scale[u] for n, u in parts)
+
+
+def key_scope(api_key: str | None) -> str:
+    """A user's own key has its own budget, named by a hash of the key (never the key)."""
+    if not api_key:
+        return "server"
+    return hashlib.sha256(api_key.encode()).hexdigest()[:16]
+
+
+class NotAdmitted(RateLimited):
+    """The governor has no room for this call yet: nothing was sent; the job waits in the queue for its slot."""
+
+
+@dataclass
+class Governor:
+    """Budgets per (provider, model, key), shared by every worker through Redis (see the scripts above)."""
+
+    redis: Redis
+    budgets: dict[str, Budget] = field(default_factory=dict)  # by model; "" for any model
+    period: float = 60.0
+    call_ttl: float = 600.0  # a concurrent-call slot of a worker that died is freed after this long
+
+    def __post_init__(self) -> None:
+        self._admit = self.redis.register_script(_ADMIT_LUA)
+        self._settle = self.redis.register_script(_SETTLE_LUA)
+
+    def budget(self, model: str) -> Budget:
+        return self.budgets.get(model) or self.budgets.get("") or Budget()
+
+    @staticmethod
+    def scope(provider: str, model: str, api_key: str | None) -> str:
+        return f"{provider}:{model}:{key_scope(api_key)}"
+
+    def _keys(self, scope: str) -> list[str]:
+        return [GOV_PREFIX + scope, GOV_PREFIX + scope + ":calls", GOV_PREFIX + scope + ":probe"]
+
+    async def admit(self, scope: str, model: str, tokens: int, holder: str) -> float:
+        """0 when the call may go now (its slot is taken); else the seconds until its reserved slot."""
+        budget = self.budget(model)
+        try:
+            answer = await self._admit(
+                keys=[*self._keys(scope)[:2], RESERVED_PREFIX + holder, self._keys(scope)[2]],
+                args=[
+                    budget.rpm,
+                    budget.tpm,
+                    budget.concurrent,
+                    self.period,
+                    tokens,
+                    holder,
+                    int(self.call_ttl * 1000),
+                    BUSY_RETRY_SECONDS,
+                ],
+            )
+        except Exception as exc:  # Redis trouble: let the call decide (a 429 still waits in the queue)
+            log.warning("governor unavailable, call admitted", extra={"error": repr(exc)})
+            return 0.0
+        return max(0.0, float(answer))
+
+    async def settle(
+        self,
+        scope: str,
+        model: str,
+        holder: str,
+        *,
+        correction: int = 0,
+        headers: RateHeaders | None = None,
+        hold: float | None = None,
+        answered: bool = True,
+    ) -> None:
+        """After a call: free its slot, correct its token estimate, learn from the headers, hold back on a 429."""
+        budget = self.budget(model)
+        h = headers or RateHeaders()
+        args = [
+            self.period,
+            holder,
+            correction,
+            *(
+                "" if v is None else v
+                for v in (h.limit_requests, h.remaining_requests, h.limit_tokens, h.remaining_tokens)
+            ),
+            "" if hold is None else hold,
+            budget.rpm,
+            budget.tpm,
+            "1" if answered else "0",
+        ]
+        try:
+            await self._settle(keys=self._keys(scope), args=args)
+        except Exception as exc:
+            log.warning("governor could not settle a call", extra={"error": repr(exc)})
+
+
+def build_governor(redis: Redis, settings: Settings) -> Governor | None:
+    """The worker's governor, or None with GOVERNOR=false (then only a 429 slows calls down)."""
+    if not settings.governor:
+        return None
+    budget = Budget(rpm=settings.ai_rpm, tpm=settings.ai_tpm, concurrent=settings.ai_concurrent_calls)
+    return Governor(redis, budgets={"": budget}, period=settings.rate_limit_period)

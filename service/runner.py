@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import logging
 import os
 import random
@@ -22,9 +23,9 @@ from typing import Any
 from .coordination import ProviderBackoff
 from .errors import StoreUnavailable
 from .events import EventLog, announcement
-from .governor import RateLimitWaits, rate_limit_delay
+from .governor import DEFAULT_OUTPUT_TOKENS, Governor, NotAdmitted, RateHeaders, RateLimitWaits, rate_limit_delay
 from .models import Event, EventKind, Job, JobError, JobStatus, dumps, iso, now
-from .providers.base import ChatMessage, ChatResult, ImageResult, Provider, Usage
+from .providers.base import ChatMessage, ChatResult, ImageResult, Provider, Usage, estimate_tokens
 from .providers.errors import AuthError, ProviderError, RateLimited
 from .queue import JobQueue
 from .schema import ValidationError
@@ -40,8 +41,12 @@ CHECKPOINT_SECONDS = 1.0  # at most one store write per second per running job, 
 class RecordingProvider:
     """Wraps the provider for one run, to learn which model answered and how many tokens it cost."""
 
-    def __init__(self, inner: Provider, *, model: str | None = None) -> None:
+    def __init__(
+        self, inner: Provider, *, model: str | None = None, governor: Governor | None = None, holder: str = ""
+    ) -> None:
         self._inner = inner
+        self.governor = governor
+        self.holder = holder  # the job: a slot the governor reserved for it waits under this name
         self.inner = inner
         self.name = inner.name
         self.default_model = model or inner.default_model
@@ -60,15 +65,54 @@ class RecordingProvider:
     async def chat(self, messages: list[ChatMessage], **kwargs: Any) -> ChatResult:
         if self.requested and not kwargs.get("model"):
             kwargs["model"] = self.requested
-        result = await self._inner.chat(messages, **kwargs)
+        model = kwargs.get("model") or self.default_model
+        prompt = sum(estimate_tokens(m.get("content") or "") for m in messages)
+        estimate = prompt + (kwargs.get("max_tokens") or DEFAULT_OUTPUT_TOKENS)
+        result = await self._governed(model, estimate, kwargs.get("api_key"), self._inner.chat(messages, **kwargs))
         self._record(result.model, result.usage)
         return result
 
     async def image(self, prompt: str, **kwargs: Any) -> ImageResult:
         # An attempt that fails is recorded under default_model: for an image, the image model, not the chat one.
         self.default_model = kwargs.get("model") or getattr(self._inner, "image_model", None) or self.default_model
-        result = await self._inner.image(prompt, **kwargs)
+        call = self._inner.image(prompt, **kwargs)
+        result = await self._governed(self.default_model, estimate_tokens(prompt), kwargs.get("api_key"), call)
         self._record(result.model, result.usage)
+        return result
+
+    async def _governed(self, model: str, estimate: int, api_key: str | None, call: Awaitable[Any]) -> Any:
+        """Make the call once the governor admits it; then free its slot, settle its tokens, learn the headers.
+
+        Not admitted: NotAdmitted (nothing was sent), and the job waits in the queue for the slot reserved for it."""
+        governor = self.governor
+        if governor is None:
+            return await call
+        scope = governor.scope(self.name, model, api_key)
+        try:
+            wait = await governor.admit(scope, model, estimate, self.holder)
+            if wait > 0:
+                raise NotAdmitted(
+                    f"Waiting for the provider's rate limit: this job's turn comes in about {wait:.0f} s.",
+                    retry_after=wait,
+                )
+        except BaseException:
+            if inspect.iscoroutine(call):
+                call.close()
+            raise
+        try:
+            result = await call
+        except RateLimited as exc:
+            headers = RateHeaders.parse(exc.limits or {})
+            if exc.retry_after is None and headers is not None:
+                exc.retry_after = headers.exhausted_reset()  # no Retry-After: the exhausted limit's reset
+            await governor.settle(scope, model, self.holder, headers=headers, hold=exc.retry_after or 0.0)
+            raise
+        except BaseException as exc:  # a provider that answered with an error status still answered
+            await governor.settle(scope, model, self.holder, answered=getattr(exc, "status", None) is not None)
+            raise
+        used = result.usage.prompt_tokens + result.usage.completion_tokens
+        headers = RateHeaders.parse(result.limits or {})
+        await governor.settle(scope, model, self.holder, correction=used - estimate, headers=headers)
         return result
 
     async def aclose(self) -> None:  # the worker owns the real provider
@@ -303,6 +347,7 @@ class JobRunner:
         backoff: ProviderBackoff | None = None,
         providers: dict[str, Provider] | None = None,
         waits: RateLimitWaits | None = None,
+        governor: Governor | None = None,
     ) -> None:
         self.store = store
         self.events = events
@@ -319,6 +364,7 @@ class JobRunner:
         self.chat_models = chat_models
         self.backoff = backoff
         self.waits = waits
+        self.governor = governor
         # What a chain entry `name:model` may name; the primary (self.provider) is the only one a user's key is for.
         self.providers: dict[str, Provider] = {**(providers or {}), provider.name: provider}
         self.active: dict[str, ActiveRun] = {}
@@ -422,7 +468,7 @@ class JobRunner:
             return "skipped"
         spec = self.registry.get(job.type)
         provider, model = self._entry_at(spec, job.model_index)
-        ai = RecordingProvider(provider, model=model)
+        ai = RecordingProvider(provider, model=model, governor=self.governor, holder=job.id)
         ctx = RunContext(
             job_id=job.id,
             user_id=job.user_id,
@@ -585,7 +631,7 @@ class JobRunner:
             except LeaseLost:
                 return "lease_lost"
         retry_after = getattr(exc, "retry_after", None)
-        if isinstance(exc, RateLimited) and retry_after and self.backoff is not None:
+        if isinstance(exc, RateLimited) and retry_after and self.backoff is not None and self.governor is None:
             with contextlib.suppress(Exception):
                 await self.backoff.pause(ctx.ai.name, model, float(retry_after))
         if isinstance(exc, RateLimited):
@@ -648,13 +694,22 @@ class JobRunner:
         since = await self.waits.since(job.id, clock) if self.waits is not None else clock
         waited = clock - since
         max_wait = self.waits.max_wait if self.waits is not None else float("inf")
-        delay = rate_limit_delay(waited, exc.retry_after, base=self.retry_base, cap=self.retry_cap)
+        if isinstance(exc, NotAdmitted) and exc.retry_after:
+            delay = exc.retry_after + 0.02  # the governor reserved a slot for then: come back for it, not later
+        else:
+            delay = rate_limit_delay(waited, exc.retry_after, base=self.retry_base, cap=self.retry_cap)
         if waited + delay > max_wait:
             asks = f" and it asks for {exc.retry_after:.0f} s more" if exc.retry_after and exc.retry_after > 1 else ""
+            why = (
+                f"The AI provider's rate limit has no room for this job for another {delay:.0f} s (the jobs ahead "
+                f"of it use the budget until then); it has waited {waited:.0f} s"
+                if isinstance(exc, NotAdmitted)
+                else f"The AI provider kept refusing this job's requests (HTTP 429, rate limited): the job waited "
+                f"{waited:.0f} s{asks}"
+            )
             error = JobError(
                 message=(
-                    f"The AI provider kept refusing this job's requests (HTTP 429, rate limited): the job waited "
-                    f"{waited:.0f} s{asks}, longer than a job may wait for it (RATE_LIMIT_MAX_WAIT={max_wait:g} s). "
+                    f"{why}, longer than a job may wait for it (RATE_LIMIT_MAX_WAIT={max_wait:g} s). "
                     "Press Retry in a few minutes, send fewer jobs at once, or raise the provider's limits for the key."
                 ),
                 code=RateLimited.code,

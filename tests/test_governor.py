@@ -7,10 +7,12 @@ OpenAI enforces one), not a scripted 429.
 from __future__ import annotations
 
 import asyncio
+import uuid
 from dataclasses import replace
 from typing import Any
 
 import httpx
+import pytest
 
 from service.api.app import create_app
 from service.config import Settings
@@ -23,7 +25,7 @@ from .fake_openai import serve_fake_openai
 def limited_settings(settings: Settings, base_url: str, **overrides: Any) -> Settings:
     values: dict[str, Any] = {
         "ai_base_url": base_url,
-        "ai_api_key": "sk-server",
+        "ai_api_key": f"sk-server-{uuid.uuid4().hex[:8]}",  # the governor's budgets (in the shared Redis) are per key
         "ai_model": "gpt-4o-mini",
         "max_active_jobs": 1000,
         "submissions_per_minute": 1000,
@@ -60,12 +62,17 @@ async def finished(client: httpx.AsyncClient, ids: list[str], timeout: float) ->
     return [jobs[i] for i in ids]
 
 
-async def test_sustained_limit_fails_no_job_and_spends_no_attempt(settings: Settings) -> None:
+@pytest.mark.parametrize(
+    ("governor", "rpm"), [(False, 0), (True, 0), (True, 10)], ids=["governor-off", "learned", "configured"]
+)
+async def test_sustained_limit_fails_no_job_and_spends_no_attempt(settings: Settings, governor: bool, rpm: int) -> None:
     """60 jobs at once, 20 slots, against 10 calls per 2 s (bucket of 10, 5 more a second) with 2 attempts each:
-    before the fix most of them failed `rate_limited` within seconds, each attempt spent on a 429."""
+    before the fix most of them failed `rate_limited` within seconds, each attempt spent on a 429. With the
+    governor the calls are paced and none is refused: the limit is configured (AI_RPM, here per 2 s), or learned from
+    the headers of the first answer while only that one call is in flight."""
     async with serve_fake_openai() as fake:
         fake.limit = UpstreamLimit(requests=10, period=2.0)
-        s = limited_settings(settings, fake.base_url)
+        s = limited_settings(settings, fake.base_url, governor=governor, rate_limit_period=2.0, ai_rpm=rpm)
         assert s.redis_url
         async with serve(create_app(s, redis_url=s.redis_url)) as live, user_client(live, s, "heavy") as client:
             async with run_worker(s):
@@ -79,6 +86,8 @@ async def test_sustained_limit_fails_no_job_and_spends_no_attempt(settings: Sett
         assert job["attempt"] == 1, job
         assert [a["error"] for a in job["attempts"]] == [None], job["attempts"]
     assert fake.limit.answered == 60
+    if governor:
+        assert fake.limit.refused == 0
 
 
 async def test_a_job_that_outlives_the_max_wait_fails_saying_why(settings: Settings) -> None:
@@ -87,7 +96,9 @@ async def test_a_job_that_outlives_the_max_wait_fails_saying_why(settings: Setti
     A third, told by Retry-After to wait beyond that, fails at its first refusal."""
     async with serve_fake_openai() as fake:
         fake.limit = UpstreamLimit(requests=1, period=3600.0, retry_after=False)
-        s = limited_settings(settings, fake.base_url, rate_limit_max_wait=1.5, retry_base=0.2, retry_cap=0.4)
+        s = limited_settings(
+            settings, fake.base_url, rate_limit_max_wait=1.5, retry_base=0.2, retry_cap=0.4, governor=False
+        )
         assert s.redis_url
         async with serve(create_app(s, redis_url=s.redis_url)) as live, user_client(live, s, "solo") as client:
             async with run_worker(s):
@@ -122,3 +133,20 @@ def _seconds(stamp: str) -> float:
     from datetime import datetime
 
     return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
+
+
+async def test_governor_fails_a_job_with_no_room_within_the_max_wait_without_calling(settings: Settings) -> None:
+    """With the governor, a key the headers show exhausted for longer than the job may wait: the job fails at
+    once, saying the limit has no room for it, and the provider never sees (or refuses) the call."""
+    async with serve_fake_openai() as fake:
+        fake.limit = UpstreamLimit(requests=1, period=3600.0)
+        s = limited_settings(settings, fake.base_url, rate_limit_max_wait=5.0, rate_limit_period=3600.0)
+        assert s.redis_url
+        async with serve(create_app(s, redis_url=s.redis_url)) as live, user_client(live, s, "solo") as client:
+            async with run_worker(s):
+                (first,) = await finished(client, await submit_titles(client, 1), timeout=10)
+                (second,) = await finished(client, await submit_titles(client, 1), timeout=10)
+    assert first["status"] == "completed"
+    assert second["status"] == "failed" and second["error"]["code"] == "rate_limited", second
+    assert "has no room for this job" in second["error"]["message"], second["error"]
+    assert fake.limit.answered == 1 and fake.limit.refused == 0
