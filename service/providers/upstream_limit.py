@@ -35,13 +35,14 @@ class UpstreamLimit:
     tokens: int | None = None
     period: float = 60.0
     retry_after: bool = True  # send Retry-After with a 429 (some providers send only the x-ratelimit-* headers)
+    full: bool = True  # each key's buckets start full (False: empty, as for a key already in use)
     clock: Callable[[], float] = time.monotonic
     _buckets: dict[tuple[str, str], _Bucket] = field(default_factory=dict)
     answered: int = 0
     refused: int = 0
 
     def _level(self, key: str, kind: str, capacity: int, now: float) -> _Bucket:
-        bucket = self._buckets.setdefault((key, kind), _Bucket(float(capacity), now))
+        bucket = self._buckets.setdefault((key, kind), _Bucket(float(capacity) if self.full else 0.0, now))
         bucket.level = min(float(capacity), bucket.level + (now - bucket.at) * capacity / self.period)
         bucket.at = now
         return bucket
