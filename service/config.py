@@ -263,6 +263,14 @@ class Settings:
         default=0,
         metadata={"env": "AI_CONCURRENT_CALLS", "doc": "Calls in flight at once per provider, model and key; 0: any"},
     )
+    governor_horizon: float = field(
+        default=5.0,
+        metadata={
+            "env": "GOVERNOR_HORIZON",
+            "doc": "Seconds ahead the governor books provider call slots for waiting jobs; a later job (another "
+            "user's) waits behind at most this much of a backlog's booked calls",
+        },
+    )
     rate_limit_period: float = field(
         default=60.0,
         metadata={
@@ -351,6 +359,7 @@ class Settings:
             ("AI_TPM", self.ai_tpm >= 0, "must be zero or more"),
             ("AI_CONCURRENT_CALLS", self.ai_concurrent_calls >= 0, "must be zero or more"),
             ("RATE_LIMIT_PERIOD", self.rate_limit_period > 0, "must be positive"),
+            ("GOVERNOR_HORIZON", self.governor_horizon > 0, "must be positive"),
             ("PUSH_SEND_TIMEOUT", self.push_send_timeout > 0, "must be positive"),
             ("POSITION_PUSH_SECONDS", self.position_push_seconds > 0, "must be positive"),
             ("WS_MAX_MESSAGE_BYTES", self.ws_max_message_bytes >= 256, "must be at least 256"),

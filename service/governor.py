@@ -82,18 +82,27 @@ DEFAULT_OUTPUT_TOKENS = 256  # a call without max_tokens is counted as this many
 BUSY_RETRY_SECONDS = 0.25  # every concurrent-call slot taken: offered again this soon (slots free unpredictably)
 
 # GCRA, one theoretical arrival time (TAT) per limit: a limit of L per period P spaces calls T = P / L apart and
-# lets a full bucket of L go at once (TAT up to P ahead of now), which is how OpenAI-style providers enforce
-# RPM and TPM. A call that does not fit now is not refused: it takes the next free slot (the TAT moves on), the
-# slot is kept for the job under RESERVED_PREFIX, and the job waits in the queue until then. Jobs that cannot
-# go now therefore line up one slot each, exactly spaced, instead of all coming back at the same moment.
+# lets a full bucket go at once (TAT up to P ahead of now), which is how OpenAI-style providers enforce RPM and
+# TPM; one call's worth short of L, a margin for the provider's bucket having started a little later than ours (the
+# first call's latency) that costs nothing at a sustained pace. A call that does not fit now is not refused: it
+# takes the next free slot (the TAT moves on), the slot is kept for the job under RESERVED_PREFIX, and the job
+# waits in the queue until then. Jobs that cannot go now therefore line up one slot each, exactly spaced, instead
+# of all coming back at the same moment.
+# Fair share: each user may hold booked slots only `horizon` seconds' worth of calls ahead; that user's further jobs
+# wait in the queue without one and ask again when its next booked slot comes due. So one user's backlog books at
+# most a horizon of the budget, and another user's job meets at most one horizon of booked slots per user with a
+# backlog before its own: with one user flooding, a light user's call goes within GOVERNOR_HORIZON.
 #
 # KEYS: 1 the scope's hash (rpm, tpm learned limits; rtat, ttat; seen: an answer came back; hold: no call before
 #       this time, after a 429), 2 its concurrent
 #       calls (ZSET holder -> until ms), 3 the job's reserved slot, 4 the scope's probe (the one call in flight
-#       while nothing is known of its limits, so that a cold start is not a burst of 429s).
+#       while nothing is known of its limits, so that a cold start is not a burst of 429s), 5 the slots booked by
+#       the job's user (ZSET job -> slot time).
 # ARGV: 1 rpm, 2 tpm, 3 concurrent (configured; 0: none), 4 period s, 5 tokens, 6 holder, 7 call ttl ms,
-#       8 the wait to answer when every concurrent-call slot is taken.
-# Returns the seconds to wait, as a string ('0': admitted, the call may go now).
+#       8 the wait to answer when every concurrent-call slot is taken, 9 the horizon (s): slots are kept only
+#       this far ahead per user, 10 '1' to book (before a claim: a slot due now is kept for the call, not used).
+# Returns the seconds to wait, as a string ('0': admitted, the call may go now; 'u<seconds>': the user already
+# holds a horizon's worth of booked slots, none kept for this job: ask again then, when the user's next one is due).
 _ADMIT_LUA = """
 redis.replicate_commands()
 local t = redis.call('TIME')
@@ -122,23 +131,43 @@ if not slot then
     if not redis.call('SET', KEYS[4], ARGV[6], 'NX', 'PX', ARGV[7]) then return ARGV[8] end
   end
   slot = math.max(now, hold)
+  local rtat, ttat
+  local step = 0
   if rpm > 0 then
-    local tat = math.max(tonumber(h[3]) or 0, now) + period / rpm
-    redis.call('HSET', KEYS[1], 'rtat', tostring(tat))
-    slot = math.max(slot, tat - period)
+    step = period / rpm
+    rtat = math.max(tonumber(h[3]) or 0, now) + step
+    slot = math.max(slot, rtat - period + step)
   end
   if tpm > 0 then
     local tokens = math.min(tonumber(ARGV[5]), tpm)
-    local tat = math.max(tonumber(h[4]) or 0, now) + tokens * period / tpm
-    redis.call('HSET', KEYS[1], 'ttat', tostring(tat))
-    slot = math.max(slot, tat - period)
+    step = math.max(step, tokens * period / tpm)
+    ttat = math.max(tonumber(h[4]) or 0, now) + tokens * period / tpm
+    slot = math.max(slot, ttat - period + tokens * period / tpm)
   end
+  if slot > now + 0.001 and step > 0 then
+    -- a booked slot ahead: each user may hold at most a horizon's worth of them (in calls at this pace)
+    redis.call('ZREMRANGEBYSCORE', KEYS[5], '-inf', now)
+    local booked = redis.call('ZCARD', KEYS[5])
+    if booked >= math.max(1, math.floor(tonumber(ARGV[9]) / step)) then
+      local first = redis.call('ZRANGE', KEYS[5], 0, 0, 'WITHSCORES')
+      return 'u' .. tostring(math.max(0, tonumber(first[2]) - now))
+    end
+    redis.call('ZADD', KEYS[5], slot, ARGV[6])
+    redis.call('EXPIRE', KEYS[5], math.ceil(slot - now) + 60)
+  end
+  if rtat then redis.call('HSET', KEYS[1], 'rtat', tostring(rtat)) end
+  if ttat then redis.call('HSET', KEYS[1], 'ttat', tostring(ttat)) end
   redis.call('EXPIRE', KEYS[1], math.ceil(period * 2) + 3600)
   if slot > now + 0.001 then
     redis.call('SET', KEYS[3], tostring(slot), 'EX', math.ceil(slot - now) + 600)
   end
 end
 if slot > now + 0.001 then return tostring(slot - now) end
+if ARGV[10] == '1' then
+  -- booking before the job is claimed: keep the slot (due now) for the call the claimed job is about to make
+  redis.call('SET', KEYS[3], tostring(slot), 'EX', 600)
+  return '0'
+end
 redis.call('DEL', KEYS[3])
 if conc > 0 then
   redis.call('ZADD', KEYS[2], now * 1000 + tonumber(ARGV[7]), ARGV[6])
@@ -273,15 +302,24 @@ def parse_duration(text: str) -> float | None:
     return sum(float(n) * scale[u] for n, u in parts)
 
 
-def key_scope(api_key: str | None) -> str:
-    """A user's own key has its own budget, named by a hash of the key (never the key)."""
+def key_scope(api_key: str | None, server: str = "server") -> str:
+    """A user's own key has its own budget, named by a hash of the key (never the key); else the server key's
+    (`server`: the provider's own name for it, also a hash)."""
     if not api_key:
-        return "server"
+        return server
     return hashlib.sha256(api_key.encode()).hexdigest()[:16]
 
 
 class NotAdmitted(RateLimited):
-    """The governor has no room for this call yet: nothing was sent; the job waits in the queue for its slot."""
+    """The governor has no room for this call yet: nothing was sent; the job waits in the queue for its slot
+    (`reserved`), or without one until a slot would be within the horizon."""
+
+    def __init__(
+        self, message: str, *, retry_after: float, reserved: bool, scope: tuple[str, str, int] = ("", "", 0)
+    ) -> None:
+        super().__init__(message, retry_after=retry_after)
+        self.reserved = reserved
+        self.scope, self.model, self.tokens = scope  # what to ask the governor again before the next claim
 
 
 @dataclass
@@ -291,6 +329,7 @@ class Governor:
     redis: Redis
     budgets: dict[str, Budget] = field(default_factory=dict)  # by model; "" for any model
     period: float = 60.0
+    horizon: float = 5.0  # seconds ahead that slots are booked (a later job meets at most this much booked before it)
     call_ttl: float = 600.0  # a concurrent-call slot of a worker that died is freed after this long
 
     def __post_init__(self) -> None:
@@ -301,18 +340,27 @@ class Governor:
         return self.budgets.get(model) or self.budgets.get("") or Budget()
 
     @staticmethod
-    def scope(provider: str, model: str, api_key: str | None) -> str:
-        return f"{provider}:{model}:{key_scope(api_key)}"
+    def scope(provider: str, model: str, api_key: str | None, server: str = "server") -> str:
+        return f"{provider}:{model}:{key_scope(api_key, server)}"
 
     def _keys(self, scope: str) -> list[str]:
         return [GOV_PREFIX + scope, GOV_PREFIX + scope + ":calls", GOV_PREFIX + scope + ":probe"]
 
-    async def admit(self, scope: str, model: str, tokens: int, holder: str) -> float:
-        """0 when the call may go now (its slot is taken); else the seconds until its reserved slot."""
+    async def admit(
+        self, scope: str, model: str, tokens: int, holder: str, *, user: str = "", book: bool = False
+    ) -> tuple[float, bool]:
+        """(0, True) when the call may go now; else (seconds to wait, whether a slot is kept for it then).
+
+        `book`: asked before the job is claimed, so a slot due now is kept for its call rather than used."""
         budget = self.budget(model)
         try:
             answer = await self._admit(
-                keys=[*self._keys(scope)[:2], RESERVED_PREFIX + holder, self._keys(scope)[2]],
+                keys=[
+                    *self._keys(scope)[:2],
+                    RESERVED_PREFIX + holder,
+                    self._keys(scope)[2],
+                    GOV_PREFIX + scope + ":user:" + user,
+                ],
                 args=[
                     budget.rpm,
                     budget.tpm,
@@ -322,12 +370,17 @@ class Governor:
                     holder,
                     int(self.call_ttl * 1000),
                     BUSY_RETRY_SECONDS,
+                    self.horizon,
+                    "1" if book else "0",
                 ],
             )
         except Exception as exc:  # Redis trouble: let the call decide (a 429 still waits in the queue)
             log.warning("governor unavailable, call admitted", extra={"error": repr(exc)})
-            return 0.0
-        return max(0.0, float(answer))
+            return 0.0, True
+        text = answer.decode() if isinstance(answer, bytes) else str(answer)
+        if text.startswith("u"):
+            return max(0.0, float(text[1:])), False
+        return max(0.0, float(text)), True
 
     async def settle(
         self,
@@ -367,4 +420,4 @@ def build_governor(redis: Redis, settings: Settings) -> Governor | None:
     if not settings.governor:
         return None
     budget = Budget(rpm=settings.ai_rpm, tpm=settings.ai_tpm, concurrent=settings.ai_concurrent_calls)
-    return Governor(redis, budgets={"": budget}, period=settings.rate_limit_period)
+    return Governor(redis, budgets={"": budget}, period=settings.rate_limit_period, horizon=settings.governor_horizon)

@@ -36,17 +36,25 @@ log = logging.getLogger("aijobs.runner")
 
 DELTA_FLUSH_SECONDS = 0.1  # at most ~10 delta events per second per job
 CHECKPOINT_SECONDS = 1.0  # at most one store write per second per running job, besides its state changes
+GOVERNED_MEMORY = 100_000  # jobs waiting for the governor that one process remembers (about 100 bytes each)
 
 
 class RecordingProvider:
     """Wraps the provider for one run, to learn which model answered and how many tokens it cost."""
 
     def __init__(
-        self, inner: Provider, *, model: str | None = None, governor: Governor | None = None, holder: str = ""
+        self,
+        inner: Provider,
+        *,
+        model: str | None = None,
+        governor: Governor | None = None,
+        holder: str = "",
+        user: str = "",
     ) -> None:
         self._inner = inner
         self.governor = governor
         self.holder = holder  # the job: a slot the governor reserved for it waits under this name
+        self.user = user  # whose budget share the job's calls count against
         self.inner = inner
         self.name = inner.name
         self.default_model = model or inner.default_model
@@ -87,13 +95,15 @@ class RecordingProvider:
         governor = self.governor
         if governor is None:
             return await call
-        scope = governor.scope(self.name, model, api_key)
+        scope = governor.scope(self.name, model, api_key, getattr(self._inner, "key_id", "server"))
         try:
-            wait = await governor.admit(scope, model, estimate, self.holder)
+            wait, reserved = await governor.admit(scope, model, estimate, self.holder, user=self.user)
             if wait > 0:
                 raise NotAdmitted(
-                    f"Waiting for the provider's rate limit: this job's turn comes in about {wait:.0f} s.",
+                    "Waiting for the provider's rate limit: the jobs ahead use its budget for now.",
                     retry_after=wait,
+                    reserved=reserved,
+                    scope=(scope, model, estimate),
                 )
         except BaseException:
             if inspect.iscoroutine(call):
@@ -365,6 +375,11 @@ class JobRunner:
         self.backoff = backoff
         self.waits = waits
         self.governor = governor
+        self.governor_spread = governor.horizon / 2 if governor is not None else 0.0
+        # Jobs this process sent back to wait for the governor: job id -> (scope, model, tokens, user, when it waited
+        # for a limit). Asked again before they are claimed, so waiting costs no claim, store write or event (a job that
+        # another process sent back is claimed first, and remembered here from then on).
+        self._waiting: dict[str, tuple[str, str, int, str, float]] = {}
         # What a chain entry `name:model` may name; the primary (self.provider) is the only one a user's key is for.
         self.providers: dict[str, Provider] = {**(providers or {}), provider.name: provider}
         self.active: dict[str, ActiveRun] = {}
@@ -448,6 +463,8 @@ class JobRunner:
     async def run(self, job_id: str, ticket: int | None = None) -> str:
         if self.backoff is not None:
             await self._check_backoff(job_id, ticket)
+        if self._waiting and job_id in self._waiting:
+            await self._check_governor(job_id)
         token = os.urandom(16).hex()  # as unique as uuid4().hex, without building a UUID per job
         try:
             job = await self.store.claim(
@@ -462,13 +479,14 @@ class JobRunner:
             raise StoreUnavailable(f"the store could not record the claim: {exc!r}") from exc
         if job is not None:  # the task starts while `processing` is on its way: its own events follow it
             self._announce_soon(job)
+            self._waiting.pop(job_id, None)
         if job is None:
             current = await self.store.get(job_id)
             log.info("job not claimable", extra={"job_id": job_id, "status": current and current.status.value})
             return "skipped"
         spec = self.registry.get(job.type)
         provider, model = self._entry_at(spec, job.model_index)
-        ai = RecordingProvider(provider, model=model, governor=self.governor, holder=job.id)
+        ai = RecordingProvider(provider, model=model, governor=self.governor, holder=job.id, user=job.user_id)
         ctx = RunContext(
             job_id=job.id,
             user_id=job.user_id,
@@ -530,6 +548,20 @@ class JobRunner:
             ctx.close()
             if self.active.get(job.id) is run:
                 del self.active[job.id]
+
+    async def _check_governor(self, job_id: str) -> None:
+        """Before claiming a job that waits for the governor: hold it back (HeldBack) until it has a slot."""
+        assert self.governor is not None
+        scope, model, tokens, user, since = self._waiting[job_id]
+        wait, reserved = await self.governor.admit(scope, model, tokens, job_id, user=user, book=True)
+        if wait <= 0:
+            del self._waiting[job_id]
+            return  # a slot is booked for its call: claim it and run
+        max_wait = self.waits.max_wait if self.waits is not None else float("inf")
+        if time.time() - since + wait > max_wait:
+            del self._waiting[job_id]
+            return  # it will not get a slot in time: the claimed run fails it, saying so
+        raise HeldBack(wait + (0.02 if reserved else random.uniform(0.02, 0.02 + self.governor_spread)))
 
     async def _check_backoff(self, job_id: str, ticket: int | None) -> None:
         assert self.backoff is not None
@@ -694,8 +726,12 @@ class JobRunner:
         since = await self.waits.since(job.id, clock) if self.waits is not None else clock
         waited = clock - since
         max_wait = self.waits.max_wait if self.waits is not None else float("inf")
-        if isinstance(exc, NotAdmitted) and exc.retry_after:
-            delay = exc.retry_after + 0.02  # the governor reserved a slot for then: come back for it, not later
+        if isinstance(exc, NotAdmitted) and len(self._waiting) < GOVERNED_MEMORY:
+            self._waiting[job.id] = (exc.scope, exc.model, exc.tokens, job.user_id, since)
+        if isinstance(exc, NotAdmitted) and exc.reserved:
+            delay = (exc.retry_after or 0.0) + 0.02  # the governor keeps a slot for then: come back for it, not later
+        elif isinstance(exc, NotAdmitted):  # no slot within the horizon yet: back when there may be, spread out
+            delay = (exc.retry_after or 0.0) + random.uniform(0.02, 0.02 + self.governor_spread)
         else:
             delay = rate_limit_delay(waited, exc.retry_after, base=self.retry_base, cap=self.retry_cap)
         if waited + delay > max_wait:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import binascii
 import codecs
+import hashlib
 import json
 import math
 import time
@@ -75,6 +76,8 @@ class OpenAICompatProvider:
         self.image_model = image_model
         self._base_url = base_url.rstrip("/")
         self._api_key = _Secret(api_key)
+        # Names the server key's rate-limit budget (the governor's): a hash, never the key; another key, another budget.
+        self.key_id = hashlib.sha256(api_key.encode()).hexdigest()[:16] if api_key else "server"
         # httpx timeouts apply per operation (connect, each read), so a long stream is fine as long as it keeps moving.
         self._timeout = httpx.Timeout(timeout, connect=min(timeout, 15.0))
         self._owns_client = client is None
