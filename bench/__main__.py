@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     sizes = Sizes.smoke() if args.smoke else Sizes.quick() if args.quick else Sizes()
     if args.rounds:
-        sizes.rounds = sizes.heavy_rounds = args.rounds
+        sizes.rounds = sizes.heavy_rounds = sizes.goodput_rounds = args.rounds
     chosen = args.only.split(",") if args.only else FIGURES
     unknown = set(chosen) - set(FIGURES)
     if unknown:
