@@ -83,11 +83,11 @@ BUSY_RETRY_SECONDS = 0.25  # every concurrent-call slot taken: offered again thi
 
 # GCRA, one theoretical arrival time (TAT) per limit: a limit of L per period P spaces calls T = P / L apart and
 # lets a full bucket go at once (TAT up to P ahead of now), which is how OpenAI-style providers enforce RPM and
-# TPM; one call's worth short of L, a margin for the provider's bucket having started a little later than ours (the
-# first call's latency) that costs nothing at a sustained pace. A call that does not fit now is not refused: it
-# takes the next free slot (the TAT moves on), the slot is kept for the job under RESERVED_PREFIX, and the job
-# waits in the queue until then. Jobs that cannot go now therefore line up one slot each, exactly spaced, instead
-# of all coming back at the same moment.
+# TPM; one call's worth short of L (of TPM: the call's tokens, at most 1 % of it), a margin for the provider's
+# bucket having started a little later than ours (the first call's latency) that costs nothing at a sustained pace.
+# A call that does not fit now is not refused: it takes the next free slot (the TAT moves on), the slot is kept
+# for the job under RESERVED_PREFIX, and the job waits in the queue until then. Jobs that cannot go now therefore
+# line up one slot each, exactly spaced, instead of all coming back at the same moment.
 # Fair share: each user may hold booked slots only `horizon` seconds' worth of calls ahead; that user's further jobs
 # wait in the queue without one and ask again when its next booked slot comes due. So one user's backlog books at
 # most a horizon of the budget, and another user's job meets at most one horizon of booked slots per user with a
@@ -142,7 +142,7 @@ if not slot then
     local tokens = math.min(tonumber(ARGV[5]), tpm)
     step = math.max(step, tokens * period / tpm)
     ttat = math.max(tonumber(h[4]) or 0, now) + tokens * period / tpm
-    slot = math.max(slot, ttat - period + tokens * period / tpm)
+    slot = math.max(slot, ttat - period + math.min(tokens * period / tpm, period / 100))
   end
   if slot > now + 0.001 and step > 0 then
     -- a booked slot ahead: each user may hold at most a horizon's worth of them (in calls at this pace)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import AsyncIterator
 from dataclasses import replace
 from typing import Any
 
@@ -17,6 +18,7 @@ from redis.asyncio import Redis
 
 from service.api.app import create_app
 from service.config import Settings
+from service.governor import BUSY_RETRY_SECONDS, Budget, Governor, RateHeaders, parse_duration
 from service.providers.upstream_limit import UpstreamLimit
 
 from .conftest import run_worker, serve, until, user_client
@@ -192,3 +194,91 @@ async def test_a_light_users_job_is_not_held_behind_a_heavy_users_backlog(settin
     print(f"heavy jobs finished after the light one: {len(after)} of 60")
     assert len(after) >= 30, len(after)
     assert fake.limit.refused == 0
+
+
+# --- the scripts themselves, against the suite's Redis -------------------------------------------------------
+
+
+@pytest.fixture
+async def redis(settings: Settings) -> AsyncIterator[Redis]:
+    assert settings.redis_url
+    client = Redis.from_url(settings.redis_url)
+    yield client
+    await client.aclose()
+
+
+def scope() -> str:
+    return Governor.scope("openai", "gpt-test", None, uuid.uuid4().hex[:16])
+
+
+async def test_rpm_spaces_calls_and_books_slots(redis: Redis) -> None:
+    """10 per 10 s: nine go at once (the burst, one call short of the limit), the next are booked 1 s apart."""
+    gov = Governor(redis, budgets={"": Budget(rpm=10)}, period=10.0, horizon=100.0)
+    where = scope()
+    jobs = [uuid.uuid4().hex for _ in range(12)]
+    answers = [await gov.admit(where, "gpt-test", 1, job, user="u") for job in jobs]
+    assert answers[:9] == [(0.0, True)] * 9
+    waits = [wait for wait, _ in answers[9:]]
+    assert all(reserved for _, reserved in answers[9:])
+    assert 0.8 < waits[0] <= 1.0 and 0.9 < waits[1] - waits[0] < 1.1 and 0.9 < waits[2] - waits[1] < 1.1
+    again, _ = await gov.admit(where, "gpt-test", 1, jobs[9], user="u")  # its slot is kept: the same time
+    assert abs(again - waits[0]) < 0.1
+
+
+async def test_a_users_bookings_stop_at_the_horizon_and_another_user_books_at_once(redis: Redis) -> None:
+    gov = Governor(redis, budgets={"": Budget(rpm=60)}, period=60.0, horizon=3.0)  # 1 a second, 3 s booked
+    where = scope()
+    for _ in range(59):  # the burst
+        assert (await gov.admit(where, "gpt-test", 1, uuid.uuid4().hex, user="heavy"))[0] == 0
+    booked = [await gov.admit(where, "gpt-test", 1, uuid.uuid4().hex, user="heavy") for _ in range(5)]
+    assert [reserved for _, reserved in booked] == [True, True, True, False, False]
+    assert 0.5 < booked[3][0] <= 1.0  # unbooked: ask again when the user's first booked slot is due
+    light, reserved = await gov.admit(where, "gpt-test", 1, uuid.uuid4().hex, user="light")
+    assert reserved and 3.5 < light <= 4.1  # right behind the heavy user's 3 booked slots, not its backlog
+
+
+async def test_tokens_are_charged_before_and_settled_after(redis: Redis) -> None:
+    gov = Governor(redis, budgets={"": Budget(tpm=1000)}, period=60.0)
+    where = scope()
+    a, b, c = (uuid.uuid4().hex for _ in range(3))
+    assert await gov.admit(where, "gpt-test", 600, a, user="u") == (0.0, True)
+    wait, booked = await gov.admit(where, "gpt-test", 600, b, user="u")
+    assert booked and wait > 10  # 1,200 of 1,000 tokens: b's slot comes once ~200 tokens are back
+    await gov.settle(where, "gpt-test", a, correction=-500)  # a used 100, not 600: 500 are given back
+    assert await gov.admit(where, "gpt-test", 100, c, user="v") == (0.0, True)  # without them: ~19 s
+
+
+async def test_concurrent_calls_are_capped(redis: Redis) -> None:
+    gov = Governor(redis, budgets={"": Budget(concurrent=2)}, period=60.0)
+    where = scope()
+    a, b, c = (uuid.uuid4().hex for _ in range(3))
+    await gov.settle(where, "gpt-test", "probe")  # an answer came back: the scope has no limit to learn
+    assert await gov.admit(where, "gpt-test", 1, a) == (0.0, True)
+    assert await gov.admit(where, "gpt-test", 1, b) == (0.0, True)
+    assert await gov.admit(where, "gpt-test", 1, c) == (BUSY_RETRY_SECONDS, True)
+    await gov.settle(where, "gpt-test", a)
+    assert await gov.admit(where, "gpt-test", 1, c) == (0.0, True)
+
+
+async def test_headers_teach_the_limit_and_a_429_holds_the_scope(redis: Redis) -> None:
+    gov = Governor(redis, period=10.0)
+    where = scope()
+    probe, second = uuid.uuid4().hex, uuid.uuid4().hex
+    assert await gov.admit(where, "gpt-test", 1, probe) == (0.0, True)  # nothing known: one probe goes
+    assert await gov.admit(where, "gpt-test", 1, second) == (BUSY_RETRY_SECONDS, True)  # while it is out
+    headers = RateHeaders.parse(
+        {"x-ratelimit-limit-requests": "10", "x-ratelimit-remaining-requests": "0", "x-ratelimit-reset-requests": "9s"}
+    )
+    assert headers is not None and headers.exhausted_reset() == 9.0
+    await gov.settle(where, "gpt-test", probe, headers=headers)  # learned: 10 per 10 s, and all spent
+    wait, reserved = await gov.admit(where, "gpt-test", 1, second)
+    assert reserved and 1.5 < wait <= 2.0  # one interval's refill (1 s), plus the one-call margin
+    held = scope()
+    await gov.settle(held, "gpt-test", uuid.uuid4().hex, hold=2.0)  # a 429 with Retry-After: 2
+    wait, _ = await gov.admit(held, "gpt-test", 1, uuid.uuid4().hex)
+    assert 1.8 < wait <= 2.0
+
+
+def test_reset_durations_parse_as_openai_writes_them() -> None:
+    assert parse_duration("20ms") == 0.02 and parse_duration("1.5s") == 1.5 and parse_duration("6m0s") == 360
+    assert parse_duration("1h2m3s") == 3723 and parse_duration("7") == 7 and parse_duration("soon") is None
