@@ -757,7 +757,10 @@ class JobRunner:
             )
             log.warning("job failed: rate limited too long", extra={"job_id": job.id, "waited": round(waited, 1)})
             return "failed" if finished else "lease_lost"
-        step = f"Waiting for the provider's rate limit, about {max(1, round(delay))} s…"
+        if isinstance(exc, NotAdmitted) and not exc.reserved:  # its turn is not booked yet: no honest number
+            step = "Waiting for the provider's rate limit; your earlier jobs take the next turns…"
+        else:
+            step = f"Waiting for the provider's rate limit, about {max(1, round(delay))} s…"
         requeued = await self._announce(
             await self.store.requeue(job.id, token, error=to_job_error(exc), step=step, delay=delay, refund=True)
         )
