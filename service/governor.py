@@ -21,6 +21,7 @@ from redis.asyncio import Redis
 
 from .config import Settings
 from .providers.errors import RateLimited
+from .script_batch import ScriptBatch
 
 log = logging.getLogger("aijobs.governor")
 
@@ -333,8 +334,9 @@ class Governor:
     call_ttl: float = 600.0  # a concurrent-call slot of a worker that died is freed after this long
 
     def __post_init__(self) -> None:
-        self._admit = self.redis.register_script(_ADMIT_LUA)
-        self._settle = self.redis.register_script(_SETTLE_LUA)
+        self._batch = ScriptBatch(self.redis)  # the calls of every slot at about the same time share a round trip
+        self._admit = self._batch.register(_ADMIT_LUA)
+        self._settle = self._batch.register(_SETTLE_LUA)
 
     def budget(self, model: str) -> Budget:
         return self.budgets.get(model) or self.budgets.get("") or Budget()
@@ -354,14 +356,15 @@ class Governor:
         `book`: asked before the job is claimed, so a slot due now is kept for its call rather than used."""
         budget = self.budget(model)
         try:
-            answer = await self._admit(
-                keys=[
+            answer = await self._batch.call(
+                self._admit,
+                [
                     *self._keys(scope)[:2],
                     RESERVED_PREFIX + holder,
                     self._keys(scope)[2],
                     GOV_PREFIX + scope + ":user:" + user,
                 ],
-                args=[
+                [
                     budget.rpm,
                     budget.tpm,
                     budget.concurrent,
@@ -410,7 +413,7 @@ class Governor:
             "1" if answered else "0",
         ]
         try:
-            await self._settle(keys=self._keys(scope), args=args)
+            await self._batch.call(self._settle, self._keys(scope), args)
         except Exception as exc:
             log.warning("governor could not settle a call", extra={"error": repr(exc)})
 
