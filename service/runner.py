@@ -93,7 +93,7 @@ class RecordingProvider:
 
         Not admitted: NotAdmitted (nothing was sent), and the job waits in the queue for the slot reserved for it."""
         governor = self.governor
-        if governor is None:
+        if governor is None or not getattr(self._inner, "enforces_limits", True):
             return await call
         scope = governor.scope(self.name, model, api_key, getattr(self._inner, "key_id", "server"))
         try:
@@ -663,7 +663,8 @@ class JobRunner:
             except LeaseLost:
                 return "lease_lost"
         retry_after = getattr(exc, "retry_after", None)
-        if isinstance(exc, RateLimited) and retry_after and self.backoff is not None and self.governor is None:
+        governed = self.governor is not None and getattr(ctx.ai.inner, "enforces_limits", True)
+        if isinstance(exc, RateLimited) and retry_after and self.backoff is not None and not governed:
             with contextlib.suppress(Exception):
                 await self.backoff.pause(ctx.ai.name, model, float(retry_after))
         if isinstance(exc, RateLimited):

@@ -113,8 +113,9 @@ def build_worker(
             retry_base=settings.retry_base,
             retry_cap=settings.retry_cap,
             chat_models=chat_models,
-            # The governor holds back per provider, model and key; without it a 429 pauses the provider/model.
-            backoff=None if governor else ProviderBackoff(ctx["redis"]),
+            # A 429 pauses the provider/model for every worker, unless the governor paces that provider: then it
+            # holds back that provider, model and key only.
+            backoff=ProviderBackoff(ctx["redis"]),
             providers=chain_providers,
             waits=RateLimitWaits(ctx["redis"], max_wait=settings.rate_limit_max_wait),
             governor=governor,

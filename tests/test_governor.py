@@ -31,7 +31,7 @@ def limited_settings(settings: Settings, base_url: str, **overrides: Any) -> Set
     values: dict[str, Any] = {
         "ai_base_url": base_url,
         "ai_api_key": f"sk-server-{uuid.uuid4().hex[:8]}",  # the governor's budgets (in the shared Redis) are per key
-        "ai_model": "gpt-4o-mini",
+        "ai_model": f"gpt-test-{uuid.uuid4().hex[:8]}",  # a 429's provider/model pause (governor off) stays here
         "max_active_jobs": 1000,
         "submissions_per_minute": 1000,
         "max_attempts": 2,

@@ -132,6 +132,7 @@ class SimulatedProvider:
         self.delay = max(0.0, delay)
         self.token_delay = token_delay
         self.limit = limit
+        self.enforces_limits = limit is not None  # without one, the governor leaves its calls alone
         self._attempts: dict[str, int] = {}  # hash of the request -> calls seen, only for `times=` directives
 
     def __repr__(self) -> str:
