@@ -80,6 +80,7 @@ def rate_limit_delay(waited: float, retry_after: float | None, *, base: float, c
 GOV_PREFIX = "aijobs:gov:"
 RESERVED_PREFIX = "aijobs:gov-slot:"
 DEFAULT_OUTPUT_TOKENS = 256  # a call without max_tokens is counted as this many output tokens until it settles
+PROBE_SECONDS = 30.0  # a probe call not answered by then (its worker died?) lets the next call probe instead
 BUSY_RETRY_SECONDS = 0.25  # every concurrent-call slot taken: offered again this soon (slots free unpredictably)
 
 # GCRA, one theoretical arrival time (TAT) per limit: a limit of L per period P spaces calls T = P / L apart and
@@ -101,7 +102,8 @@ BUSY_RETRY_SECONDS = 0.25  # every concurrent-call slot taken: offered again thi
 #       the job's user (ZSET job -> slot time).
 # ARGV: 1 rpm, 2 tpm, 3 concurrent (configured; 0: none), 4 period s, 5 tokens, 6 holder, 7 call ttl ms,
 #       8 the wait to answer when every concurrent-call slot is taken, 9 the horizon (s): slots are kept only
-#       this far ahead per user, 10 '1' to book (before a claim: a slot due now is kept for the call, not used).
+#       this far ahead per user, 10 '1' to book (before a claim: a slot due now is kept for the call, not used),
+#       11 how long a probe may stay out (ms) before another call probes (its worker may have died).
 # Returns the seconds to wait, as a string ('0': admitted, the call may go now; 'u<seconds>': the user already
 # holds a horizon's worth of booked slots, none kept for this job: ask again then, when the user's next one is due).
 _ADMIT_LUA = """
@@ -129,7 +131,7 @@ if not slot then
   local hold = tonumber(h[6]) or 0
   if rpm == 0 and tpm == 0 and not h[5] then
     -- nothing known of this scope's limits yet: one call goes first and its answer's headers teach them
-    if not redis.call('SET', KEYS[4], ARGV[6], 'NX', 'PX', ARGV[7]) then return ARGV[8] end
+    if not redis.call('SET', KEYS[4], ARGV[6], 'NX', 'PX', ARGV[11]) then return ARGV[8] end
   end
   slot = math.max(now, hold)
   local rtat, ttat
@@ -375,6 +377,7 @@ class Governor:
                     BUSY_RETRY_SECONDS,
                     self.horizon,
                     "1" if book else "0",
+                    int(PROBE_SECONDS * 1000),
                 ],
             )
         except Exception as exc:  # Redis trouble: let the call decide (a 429 still waits in the queue)
