@@ -73,6 +73,8 @@ class Sizes:
             io_jobs=400,
             io_max_jobs=200,
             saq_concurrency=(50,),
+            goodput_jobs=300,
+            goodput_period=6.0,
         )
 
     @classmethod
