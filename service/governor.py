@@ -80,7 +80,9 @@ def rate_limit_delay(waited: float, retry_after: float | None, *, base: float, c
 GOV_PREFIX = "aijobs:gov:"
 RESERVED_PREFIX = "aijobs:gov-slot:"
 DEFAULT_OUTPUT_TOKENS = 256  # a call without max_tokens is counted as this many output tokens until it settles
-PROBE_SECONDS = 30.0  # a probe call not answered by then (its worker died?) lets the next call probe instead
+# A probe not answered by then (a long streamed call, or its worker died) lets one more call probe: at worst a
+# trickle of one call per PROBE_SECONDS until the first answer, never a burst, and never a scope held for long.
+PROBE_SECONDS = 5.0
 BUSY_RETRY_SECONDS = 0.25  # every concurrent-call slot taken: offered again this soon (slots free unpredictably)
 
 # GCRA, one theoretical arrival time (TAT) per limit: a limit of L per period P spaces calls T = P / L apart and
