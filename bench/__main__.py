@@ -15,11 +15,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from . import drain, enqueue, io_concurrency, latency, polling, push
+from . import drain, enqueue, goodput, io_concurrency, latency, polling, push
 from .harness import Sizes, open_bench
 from .report import Row, machine, table, write_json
 
-FIGURES = ["enqueue", "latency", "drain", "io", "push", "polling"]
+FIGURES = ["enqueue", "latency", "drain", "io", "push", "polling", "goodput"]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     sizes = Sizes.smoke() if args.smoke else Sizes.quick() if args.quick else Sizes()
     if args.rounds:
-        sizes.rounds = sizes.heavy_rounds = args.rounds
+        sizes.rounds = sizes.heavy_rounds = sizes.goodput_rounds = args.rounds
     chosen = args.only.split(",") if args.only else FIGURES
     unknown = set(chosen) - set(FIGURES)
     if unknown:
@@ -61,6 +61,8 @@ def main(argv: list[str] | None = None) -> int:
                 rows += push_rows
             elif name == "polling":
                 rows += polling.run(bench)
+            elif name == "goodput":
+                rows += goodput.run(bench)
             bench.log(f"{name}: {time.monotonic() - t:.0f} s")
         if args.profile:
             from . import profile

@@ -55,6 +55,11 @@ class Sizes:
     io_seconds: float = 1.0
     saq_concurrency: tuple[int, ...] = (10, 50, 200)
     push_subscribers: int = 1_000  # per transport, on one web process (scripts/bench-push runs 100/1,000/5,000)
+    goodput_jobs: int = 600
+    goodput_rpm: int = 300  # the upstream's limit per key, per (shortened) minute
+    goodput_period: float = 12.0  # seconds in the bench's minute: 5 × faster than real time
+    goodput_call_seconds: float = 0.2
+    goodput_rounds: int = 1
 
     @classmethod
     def quick(cls) -> Sizes:
@@ -68,6 +73,8 @@ class Sizes:
             io_jobs=400,
             io_max_jobs=200,
             saq_concurrency=(50,),
+            goodput_jobs=300,
+            goodput_period=6.0,
         )
 
     @classmethod
@@ -85,6 +92,10 @@ class Sizes:
             io_seconds=0.2,
             saq_concurrency=(50,),
             push_subscribers=20,
+            goodput_jobs=40,
+            goodput_rpm=20,
+            goodput_period=2.0,
+            goodput_call_seconds=0.05,
         )
 
 

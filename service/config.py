@@ -244,6 +244,47 @@ class Settings:
     )
     retry_base: float = field(default=1.0, metadata={"env": "RETRY_BASE", "doc": "First retry delay in seconds"})
     retry_cap: float = field(default=30.0, metadata={"env": "RETRY_CAP", "doc": "Longest retry delay in seconds"})
+    governor: bool = field(
+        default=True,
+        metadata={
+            "env": "GOVERNOR",
+            "doc": "Pace provider calls to the provider's limits (configured below and learned from its headers)",
+        },
+    )
+    ai_rpm: float = field(
+        default=0.0,
+        metadata={"env": "AI_RPM", "doc": "Requests per minute allowed per provider, model and key; 0: learned"},
+    )
+    ai_tpm: float = field(
+        default=0.0,
+        metadata={"env": "AI_TPM", "doc": "Tokens per minute allowed per provider, model and key; 0: learned"},
+    )
+    ai_concurrent_calls: int = field(
+        default=0,
+        metadata={"env": "AI_CONCURRENT_CALLS", "doc": "Calls in flight at once per provider, model and key; 0: any"},
+    )
+    governor_horizon: float = field(
+        default=5.0,
+        metadata={
+            "env": "GOVERNOR_HORIZON",
+            "doc": "Seconds ahead the governor books provider call slots for waiting jobs; a later job (another "
+            "user's) waits behind at most this much of a backlog's booked calls",
+        },
+    )
+    rate_limit_period: float = field(
+        default=60.0,
+        metadata={
+            "env": "RATE_LIMIT_PERIOD",
+            "doc": "Seconds the RPM/TPM limits are counted over (60; shorter only for tests and the benchmark)",
+        },
+    )
+    rate_limit_max_wait: float = field(
+        default=300.0,
+        metadata={
+            "env": "RATE_LIMIT_MAX_WAIT",
+            "doc": "Seconds a job may keep waiting for a provider that answers 429 before it fails `rate_limited`",
+        },
+    )
     ai_fallback_models: tuple[str, ...] = field(
         default=(),
         metadata={
@@ -313,6 +354,12 @@ class Settings:
             ("SHUTDOWN_GRACE", self.shutdown_grace >= 0, "must be zero or more"),
             ("RETRY_BASE", self.retry_base >= 0, "must be zero or more"),
             ("RETRY_CAP", self.retry_cap >= self.retry_base, "must be at least RETRY_BASE"),
+            ("RATE_LIMIT_MAX_WAIT", self.rate_limit_max_wait >= 0, "must be zero or more"),
+            ("AI_RPM", self.ai_rpm >= 0, "must be zero or more"),
+            ("AI_TPM", self.ai_tpm >= 0, "must be zero or more"),
+            ("AI_CONCURRENT_CALLS", self.ai_concurrent_calls >= 0, "must be zero or more"),
+            ("RATE_LIMIT_PERIOD", self.rate_limit_period > 0, "must be positive"),
+            ("GOVERNOR_HORIZON", self.governor_horizon > 0, "must be positive"),
             ("PUSH_SEND_TIMEOUT", self.push_send_timeout > 0, "must be positive"),
             ("POSITION_PUSH_SECONDS", self.position_push_seconds > 0, "must be positive"),
             ("WS_MAX_MESSAGE_BYTES", self.ws_max_message_bytes >= 256, "must be at least 256"),

@@ -70,7 +70,7 @@ def status_data(job: Job) -> dict[str, Any]:
         )
     elif job.error:
         data["error"] = job.error.to_dict()
-    if job.status is JobStatus.QUEUED and job.attempts and job.ready_at and job.ready_at > now():
+    if job.status is JobStatus.QUEUED and job.started_at and job.ready_at and job.ready_at > now():
         data["next_attempt_at"] = iso(job.ready_at)
     return data
 

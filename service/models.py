@@ -133,7 +133,7 @@ class Job:
         body["cancel_requested"] = self.cancel_requested
         body["next_attempt_at"] = (
             iso(self.ready_at)
-            if self.status is JobStatus.QUEUED and self.ready_at and self.ready_at > now() and self.attempts
+            if self.status is JobStatus.QUEUED and self.ready_at and self.ready_at > now() and self.started_at
             else None
         )
         body["attempts"] = self.history

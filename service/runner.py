@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import logging
 import os
 import random
@@ -22,8 +23,9 @@ from typing import Any
 from .coordination import ProviderBackoff
 from .errors import StoreUnavailable
 from .events import EventLog, announcement
+from .governor import DEFAULT_OUTPUT_TOKENS, Governor, NotAdmitted, RateHeaders, RateLimitWaits, rate_limit_delay
 from .models import Event, EventKind, Job, JobError, JobStatus, dumps, iso, now
-from .providers.base import ChatMessage, ChatResult, ImageResult, Provider, Usage
+from .providers.base import ChatMessage, ChatResult, ImageResult, Provider, Usage, estimate_tokens
 from .providers.errors import AuthError, ProviderError, RateLimited
 from .queue import JobQueue
 from .schema import ValidationError
@@ -34,13 +36,25 @@ log = logging.getLogger("aijobs.runner")
 
 DELTA_FLUSH_SECONDS = 0.1  # at most ~10 delta events per second per job
 CHECKPOINT_SECONDS = 1.0  # at most one store write per second per running job, besides its state changes
+GOVERNED_MEMORY = 100_000  # jobs waiting for the governor that one process remembers (about 100 bytes each)
 
 
 class RecordingProvider:
     """Wraps the provider for one run, to learn which model answered and how many tokens it cost."""
 
-    def __init__(self, inner: Provider, *, model: str | None = None) -> None:
+    def __init__(
+        self,
+        inner: Provider,
+        *,
+        model: str | None = None,
+        governor: Governor | None = None,
+        holder: str = "",
+        user: str = "",
+    ) -> None:
         self._inner = inner
+        self.governor = governor
+        self.holder = holder  # the job: a slot the governor reserved for it waits under this name
+        self.user = user  # whose budget share the job's calls count against
         self.inner = inner
         self.name = inner.name
         self.default_model = model or inner.default_model
@@ -59,15 +73,56 @@ class RecordingProvider:
     async def chat(self, messages: list[ChatMessage], **kwargs: Any) -> ChatResult:
         if self.requested and not kwargs.get("model"):
             kwargs["model"] = self.requested
-        result = await self._inner.chat(messages, **kwargs)
+        model = kwargs.get("model") or self.default_model
+        prompt = sum(estimate_tokens(m.get("content") or "") for m in messages)
+        estimate = prompt + (kwargs.get("max_tokens") or DEFAULT_OUTPUT_TOKENS)
+        result = await self._governed(model, estimate, kwargs.get("api_key"), self._inner.chat(messages, **kwargs))
         self._record(result.model, result.usage)
         return result
 
     async def image(self, prompt: str, **kwargs: Any) -> ImageResult:
         # An attempt that fails is recorded under default_model: for an image, the image model, not the chat one.
         self.default_model = kwargs.get("model") or getattr(self._inner, "image_model", None) or self.default_model
-        result = await self._inner.image(prompt, **kwargs)
+        call = self._inner.image(prompt, **kwargs)
+        result = await self._governed(self.default_model, estimate_tokens(prompt), kwargs.get("api_key"), call)
         self._record(result.model, result.usage)
+        return result
+
+    async def _governed(self, model: str, estimate: int, api_key: str | None, call: Awaitable[Any]) -> Any:
+        """Make the call once the governor admits it; then free its slot, settle its tokens, learn the headers.
+
+        Not admitted: NotAdmitted (nothing was sent), and the job waits in the queue for the slot reserved for it."""
+        governor = self.governor
+        if governor is None or not getattr(self._inner, "enforces_limits", True):
+            return await call
+        scope = governor.scope(self.name, model, api_key, getattr(self._inner, "key_id", "server"))
+        try:
+            wait, reserved = await governor.admit(scope, model, estimate, self.holder, user=self.user)
+            if wait > 0:
+                raise NotAdmitted(
+                    "Waiting for the provider's rate limit: the jobs ahead use its budget for now.",
+                    retry_after=wait,
+                    reserved=reserved,
+                    scope=(scope, model, estimate),
+                )
+        except BaseException:
+            if inspect.iscoroutine(call):
+                call.close()
+            raise
+        try:
+            result = await call
+        except RateLimited as exc:
+            headers = RateHeaders.parse(exc.limits or {})
+            if exc.retry_after is None and headers is not None:
+                exc.retry_after = headers.exhausted_reset()  # no Retry-After: the exhausted limit's reset
+            await governor.settle(scope, model, self.holder, headers=headers, hold=exc.retry_after or 0.0)
+            raise
+        except BaseException as exc:  # a provider that answered with an error status still answered
+            await governor.settle(scope, model, self.holder, answered=getattr(exc, "status", None) is not None)
+            raise
+        used = result.usage.prompt_tokens + result.usage.completion_tokens
+        headers = RateHeaders.parse(result.limits or {})
+        await governor.settle(scope, model, self.holder, correction=used - estimate, headers=headers)
         return result
 
     async def aclose(self) -> None:  # the worker owns the real provider
@@ -301,6 +356,8 @@ class JobRunner:
         chat_models: tuple[str, ...] = (),
         backoff: ProviderBackoff | None = None,
         providers: dict[str, Provider] | None = None,
+        waits: RateLimitWaits | None = None,
+        governor: Governor | None = None,
     ) -> None:
         self.store = store
         self.events = events
@@ -316,6 +373,13 @@ class JobRunner:
         self.retry_cap = retry_cap
         self.chat_models = chat_models
         self.backoff = backoff
+        self.waits = waits
+        self.governor = governor
+        self.governor_spread = governor.horizon / 2 if governor is not None else 0.0
+        # Jobs this process sent back to wait for the governor: job id -> (scope, model, tokens, user, when it waited
+        # for a limit). Asked again before they are claimed, so waiting costs no claim, store write or event (a job that
+        # another process sent back is claimed first, and remembered here from then on).
+        self._waiting: dict[str, tuple[str, str, int, str, float]] = {}
         # What a chain entry `name:model` may name; the primary (self.provider) is the only one a user's key is for.
         self.providers: dict[str, Provider] = {**(providers or {}), provider.name: provider}
         self.active: dict[str, ActiveRun] = {}
@@ -399,6 +463,8 @@ class JobRunner:
     async def run(self, job_id: str, ticket: int | None = None) -> str:
         if self.backoff is not None:
             await self._check_backoff(job_id, ticket)
+        if self._waiting and job_id in self._waiting:
+            await self._check_governor(job_id)
         token = os.urandom(16).hex()  # as unique as uuid4().hex, without building a UUID per job
         try:
             job = await self.store.claim(
@@ -413,13 +479,14 @@ class JobRunner:
             raise StoreUnavailable(f"the store could not record the claim: {exc!r}") from exc
         if job is not None:  # the task starts while `processing` is on its way: its own events follow it
             self._announce_soon(job)
+            self._waiting.pop(job_id, None)
         if job is None:
             current = await self.store.get(job_id)
             log.info("job not claimable", extra={"job_id": job_id, "status": current and current.status.value})
             return "skipped"
         spec = self.registry.get(job.type)
         provider, model = self._entry_at(spec, job.model_index)
-        ai = RecordingProvider(provider, model=model)
+        ai = RecordingProvider(provider, model=model, governor=self.governor, holder=job.id, user=job.user_id)
         ctx = RunContext(
             job_id=job.id,
             user_id=job.user_id,
@@ -474,11 +541,27 @@ class JobRunner:
                 )
             )
             log.info("job completed", extra={"job_id": job.id, "type": job.type, "seconds": round(seconds, 3)})
+            if self.waits is not None and job.error is not None and job.error.code == RateLimited.code:
+                await self.waits.clear(job.id)  # it had waited for a rate limit: that wait is over
             return "completed" if finished else "lease_lost"
         finally:
             ctx.close()
             if self.active.get(job.id) is run:
                 del self.active[job.id]
+
+    async def _check_governor(self, job_id: str) -> None:
+        """Before claiming a job that waits for the governor: hold it back (HeldBack) until it has a slot."""
+        assert self.governor is not None
+        scope, model, tokens, user, since = self._waiting[job_id]
+        wait, reserved = await self.governor.admit(scope, model, tokens, job_id, user=user, book=True)
+        if wait <= 0:
+            del self._waiting[job_id]
+            return  # a slot is booked for its call: claim it and run
+        max_wait = self.waits.max_wait if self.waits is not None else float("inf")
+        if time.time() - since + wait > max_wait:
+            del self._waiting[job_id]
+            return  # it will not get a slot in time: the claimed run fails it, saying so
+        raise HeldBack(wait + (0.02 if reserved else random.uniform(0.02, 0.02 + self.governor_spread)))
 
     async def _check_backoff(self, job_id: str, ticket: int | None) -> None:
         assert self.backoff is not None
@@ -580,9 +663,12 @@ class JobRunner:
             except LeaseLost:
                 return "lease_lost"
         retry_after = getattr(exc, "retry_after", None)
-        if isinstance(exc, RateLimited) and retry_after and self.backoff is not None:
+        governed = self.governor is not None and getattr(ctx.ai.inner, "enforces_limits", True)
+        if isinstance(exc, RateLimited) and retry_after and self.backoff is not None and not governed:
             with contextlib.suppress(Exception):
                 await self.backoff.pause(ctx.ai.name, model, float(retry_after))
+        if isinstance(exc, RateLimited):
+            return await self._rate_limited(job, token, exc, record, seconds)
         chain = self.chain(spec)
         if error.retryable and job.attempts < job.max_attempts:
             delay = retry_delay(job.attempts, retry_after, base=self.retry_base, cap=self.retry_cap)
@@ -631,6 +717,62 @@ class JobRunner:
             extra={"job_id": job.id, "code": error.code, "error": error.message, "seconds": round(seconds, 3)},
         )
         return "failed" if finished else "lease_lost"
+
+    async def _rate_limited(
+        self, job: Job, token: str, exc: RateLimited, record: dict[str, Any], seconds: float
+    ) -> str:
+        """The provider said "not now": back to the queue with the attempt given back, delayed until its budget
+        should allow the call, unless the job has already waited longer than RATE_LIMIT_MAX_WAIT for it."""
+        clock = time.time()
+        since = await self.waits.since(job.id, clock) if self.waits is not None else clock
+        waited = clock - since
+        max_wait = self.waits.max_wait if self.waits is not None else float("inf")
+        if isinstance(exc, NotAdmitted) and len(self._waiting) < GOVERNED_MEMORY:
+            self._waiting[job.id] = (exc.scope, exc.model, exc.tokens, job.user_id, since)
+        if isinstance(exc, NotAdmitted) and exc.reserved:
+            delay = (exc.retry_after or 0.0) + 0.02  # the governor keeps a slot for then: come back for it, not later
+        elif isinstance(exc, NotAdmitted):  # no slot within the horizon yet: back when there may be, spread out
+            delay = (exc.retry_after or 0.0) + random.uniform(0.02, 0.02 + self.governor_spread)
+        else:
+            delay = rate_limit_delay(waited, exc.retry_after, base=self.retry_base, cap=self.retry_cap)
+        if waited + delay > max_wait:
+            asks = f" and it asks for {exc.retry_after:.0f} s more" if exc.retry_after and exc.retry_after > 1 else ""
+            why = (
+                f"The AI provider's rate limit has no room for this job for another {delay:.0f} s (the jobs ahead "
+                f"of it use the budget until then); it has waited {waited:.0f} s"
+                if isinstance(exc, NotAdmitted)
+                else f"The AI provider kept refusing this job's requests (HTTP 429, rate limited): the job waited "
+                f"{waited:.0f} s{asks}"
+            )
+            error = JobError(
+                message=(
+                    f"{why}, longer than a job may wait for it (RATE_LIMIT_MAX_WAIT={max_wait:g} s). "
+                    "Press Retry in a few minutes, send fewer jobs at once, or raise the provider's limits for the key."
+                ),
+                code=RateLimited.code,
+                retryable=True,
+            )
+            record = {**record, "error": error.code}
+            finished = await self._announce(
+                await self.store.finish(job.id, token, status=JobStatus.FAILED, error=error, record=record)
+            )
+            log.warning("job failed: rate limited too long", extra={"job_id": job.id, "waited": round(waited, 1)})
+            return "failed" if finished else "lease_lost"
+        if isinstance(exc, NotAdmitted) and not exc.reserved:  # its turn is not booked yet: no honest number
+            step = "Waiting for the provider's rate limit; your earlier jobs take the next turns…"
+        else:
+            step = f"Waiting for the provider's rate limit, about {max(1, round(delay))} s…"
+        requeued = await self._announce(
+            await self.store.requeue(job.id, token, error=to_job_error(exc), step=step, delay=delay, refund=True)
+        )
+        if requeued is None:
+            return "lease_lost"
+        await self._enqueue(requeued, delay)
+        log.info(
+            "rate limited: back to the queue, no attempt spent",
+            extra={"job_id": job.id, "delay": round(delay, 3), "waited": round(waited, 1)},
+        )
+        return "rate_limited"
 
 
 def attempt_record(

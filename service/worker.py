@@ -21,6 +21,7 @@ from .crypto import KeyBox, load_server_secret
 from .errors import StoreUnavailable
 from .events import EventLog
 from .files import tighten_dir
+from .governor import RateLimitWaits, build_governor
 from .lifecycle import Maintenance
 from .provider_keys import ProviderKeys
 from .providers.base import Provider
@@ -96,6 +97,7 @@ def build_worker(
         ctx.update(store=store, http=http, provider=ai, provider_keys=keys, chain_providers=chain_providers)
         events = EventLog(ctx["redis"], maxlen=settings.event_stream_maxlen)
         queue = JobQueue(ctx["redis"], queue_name=settings.queue_name)
+        governor = build_governor(ctx["redis"], settings)
         chat_models = (settings.ai_model, *settings.ai_fallback_models) if settings.ai_fallback_models else ()
         runner = ctx["runner"] = JobRunner(
             store=store,
@@ -111,8 +113,12 @@ def build_worker(
             retry_base=settings.retry_base,
             retry_cap=settings.retry_cap,
             chat_models=chat_models,
+            # A 429 pauses the provider/model for every worker, unless the governor paces that provider: then it
+            # holds back that provider, model and key only.
             backoff=ProviderBackoff(ctx["redis"]),
             providers=chain_providers,
+            waits=RateLimitWaits(ctx["redis"], max_wait=settings.rate_limit_max_wait),
+            governor=governor,
         )
         maintenance = ctx["maintenance"] = Maintenance(
             store=store, queue=queue, events=events, settings=settings, worker_id=worker_id

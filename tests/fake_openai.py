@@ -21,6 +21,11 @@ Scripting (each call queues one answer, consumed in order by the next requests, 
     next_stream(events, done=True)                an SSE answer: each event (dict -> JSON, or str) as `data:`
     hang()                                        never answer: a streaming request gets one "partial" delta
                                                   first. `client_disconnected` is set when the client hangs up.
+
+A sustained limit, as OpenAI enforces one per key (`service/providers/upstream_limit.py`):
+    fake.limit = UpstreamLimit(requests=10, period=2.0)   # a bucket of 10 calls refilled at 5 a second
+Every unscripted answer then carries `x-ratelimit-*` headers, and a call the bucket cannot take is a 429 with
+`Retry-After`; `fake.limit.answered` / `.refused` count them.
 """
 
 from __future__ import annotations
@@ -39,6 +44,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
+
+from service.providers.upstream_limit import UpstreamLimit
 
 REPLY_PREFIX = "Hello from fake: "
 TINY_PNG_B64 = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNkYPhfDwAChwGA60e6kgAAAABJRU5ErkJggg=="
@@ -115,6 +122,7 @@ class FakeOpenAI:
         self._released = asyncio.Event()
         self.images_as = "b64_json"  # or "data_url"
         self.image_type = "image/png"
+        self.limit: UpstreamLimit | None = None
         self.app = Starlette(
             routes=[
                 Route("/v1/chat/completions", self._chat, methods=["POST"]),
@@ -145,6 +153,19 @@ class FakeOpenAI:
         self.requests.append(Received(request.url.path, dict(request.headers), body))
         return body
 
+    def _limited(self, request: Request, body: Any) -> tuple[Response | None, dict[str, str]]:
+        """The sustained limit's verdict on this call: a 429 to send, or the headers for the answer."""
+        if self.limit is None:
+            return None, {}
+        body = body if isinstance(body, dict) else {}
+        prompt = sum(len(str(m.get("content", ""))) for m in body.get("messages") or [] if isinstance(m, dict))
+        tokens = (prompt + len(str(body.get("prompt", "")))) // 4 + int(body.get("max_tokens") or 100)
+        allowed, _, headers = self.limit.take(request.headers.get("authorization", ""), tokens)
+        if allowed:
+            return None, headers
+        error = {"message": "Rate limit reached for requests", "type": "requests", "code": "rate_limit_exceeded"}
+        return JSONResponse({"error": error}, status_code=429, headers=headers), headers
+
     def _scripted(self, body: Any) -> Response | None:
         if not self.script:
             return None
@@ -162,6 +183,9 @@ class FakeOpenAI:
         body = await self._record(request)
         if (scripted := self._scripted(body)) is not None:
             return scripted
+        refused, limit_headers = self._limited(request, body)
+        if refused is not None:
+            return refused
         if not isinstance(body, dict) or not isinstance(body.get("messages"), list):
             return JSONResponse({"error": {"message": "messages is required", "code": "invalid"}}, status_code=400)
         user = next((m.get("content", "") for m in reversed(body["messages"]) if m.get("role") == "user"), "")
@@ -178,7 +202,8 @@ class FakeOpenAI:
                         {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}
                     ],
                     "usage": usage,
-                }
+                },
+                headers=limit_headers,
             )
         base = {"id": "chatcmpl-fake", "object": "chat.completion.chunk", "model": model}
         events: list[bytes] = [_sse({**base, "choices": [{"index": 0, "delta": {"role": "assistant"}}]})]
@@ -188,16 +213,19 @@ class FakeOpenAI:
         if (body.get("stream_options") or {}).get("include_usage"):
             events.append(_sse({**base, "choices": [], "usage": usage}))
         events.append(_sse("[DONE]"))
-        return StreamingResponse(_iterate(events), media_type="text/event-stream")
+        return StreamingResponse(_iterate(events), media_type="text/event-stream", headers=limit_headers)
 
     async def _images(self, request: Request) -> Response:
         body = await self._record(request)
         if (scripted := self._scripted(body)) is not None:
             return scripted
+        refused, limit_headers = self._limited(request, body)
+        if refused is not None:
+            return refused
         n = body.get("n", 1) if isinstance(body, dict) else 1
         b64 = TINY_IMAGES[self.image_type]
         item = {"url": f"data:{self.image_type};base64,{b64}"} if self.images_as == "data_url" else {"b64_json": b64}
-        return JSONResponse({"created": 0, "data": [item for _ in range(int(n))]})
+        return JSONResponse({"created": 0, "data": [item for _ in range(int(n))]}, headers=limit_headers)
 
 
 def _words(text: str) -> Iterator[str]:

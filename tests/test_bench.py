@@ -20,7 +20,7 @@ def test_bench_prints_every_figure(tmp_path: Path) -> None:
         timeout=150,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    for figure in ("enqueue", "start latency", "drain", "I/O concurrency", "polling"):
+    for figure in ("enqueue", "start latency", "drain", "I/O concurrency", "polling", "goodput"):
         assert f"| {figure} |" in proc.stdout, proc.stdout
     for baseline in ("bare Starlette + arq", "bare arq", "SAQ", "arq, default 0.5 s poll", "bare Starlette JSON"):
         assert baseline in proc.stdout, proc.stdout

@@ -82,7 +82,9 @@ async def test_permanent_error_fails_at_once(client: httpx.AsyncClient, worker: 
     assert done["error"]["code"] == "provider_bad_request" and not done["error"]["retryable"]
 
 
-async def test_retry_after_wins_and_next_attempt_is_shown(client: httpx.AsyncClient, settings: Settings) -> None:
+async def test_retry_after_wins_and_the_wait_is_shown_without_spending_an_attempt(
+    client: httpx.AsyncClient, settings: Settings
+) -> None:
     async with run_worker(replace(settings, retry_base=0.1, retry_cap=0.2)):
         r = await client.post(
             "/api/jobs", json={"type": "summary", "input": {"text": "busy [[fail:429:retry_after=1.5:times=1]]"}}
@@ -90,14 +92,16 @@ async def test_retry_after_wins_and_next_attempt_is_shown(client: httpx.AsyncCli
         job_id = r.json()["job_id"]
         deadline = time.monotonic() + 10
         waiting = (await client.get(f"/api/jobs/{job_id}")).json()
-        while not (waiting["status"] == "queued" and waiting["attempt"] == 1):
+        while not (waiting["status"] == "queued" and waiting["error"]):
             assert time.monotonic() < deadline, waiting
             await asyncio.sleep(0.02)
             waiting = (await client.get(f"/api/jobs/{job_id}")).json()
         assert waiting["next_attempt_at"] and waiting["error"]["code"] == "rate_limited", waiting
-        assert "attempt 2 of 3" in waiting["progress"]["current_step"]
+        assert waiting["attempt"] == 0 and waiting["attempts"] == []  # a 429 is no attempt
+        assert waiting["progress"]["current_step"].startswith("Waiting for the provider's rate limit")
         done = await wait_for_status(client, job_id, {"completed", "failed"})
-        assert done["status"] == "completed" and done["attempt"] == 2
+        assert done["status"] == "completed" and done["attempt"] == 1
+        assert [a["error"] for a in done["attempts"]] == [None]
         row = store_row(settings, job_id)
         assert row["completed_at"] - row["started_at"] >= 1.5  # it waited the provider's Retry-After
 

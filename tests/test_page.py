@@ -112,6 +112,25 @@ async def test_generate_watch_live_progress_then_titles(page: Any) -> None:
     await shot(page, "completed")
 
 
+async def test_a_job_waiting_for_the_providers_rate_limit_says_so(page: Any) -> None:
+    text = f"A post the provider refuses once {uuid.uuid4().hex[:6]} [[fail:429:retry_after=2:times=1]]"
+    job_id = await submit(page, "titles", text)
+    c = card(page, job_id)
+    await page.wait_for_function(
+        f"""() => {{
+          const c = document.querySelector('.job[data-job-id="{job_id}"]');
+          return c.dataset.status === 'queued'
+            && c.querySelector('.step').textContent.startsWith("Waiting for the provider's rate limit, about")
+            && c.querySelector('.eta').textContent.startsWith('next try in about');
+        }}""",
+        timeout=T,
+    )
+    assert await c.locator(".attempt").text_content() == "Attempt 1 of 3"  # a 429 spends no attempt
+    await shot(page, "rate-limited")
+    await wait_status(page, job_id, "completed")
+    assert await c.locator(".titles li").count() == 5
+
+
 async def test_cancel_a_running_job(page: Any) -> None:
     job_id = await submit(page, "chat", "Tell me about queues [[slow:6]]")
     c = card(page, job_id)

@@ -82,22 +82,26 @@ async def test_no_worker_means_unknown_wait(client: httpx.AsyncClient) -> None:
     assert job["queue"]["estimated_wait"] is None and job["queue"]["workers_capacity"] == 0
 
 
+@pytest.mark.parametrize("governor", [False, True], ids=["provider-pause", "governor"])
 async def test_shared_backoff_holds_other_jobs_without_spending_attempts(
-    client: httpx.AsyncClient, settings: Settings
+    client: httpx.AsyncClient, settings: Settings, governor: bool
 ) -> None:
-    async with run_worker(replace(settings, worker_concurrency=4, retry_base=0.05, retry_cap=0.1)):
+    """A 429 with Retry-After holds the other jobs for that provider back (the governor: for that provider, model
+    and key) until it is over, without spending their attempts."""
+    async with run_worker(replace(settings, worker_concurrency=4, retry_base=0.05, retry_cap=0.1, governor=governor)):
         first = await submit(client, "limited [[fail:429:retry_after=1.5:times=1]]")
         deadline = time.monotonic() + 10
-        while (await client.get(f"/api/jobs/{first}")).json()["attempt"] != 1 or store_row(settings, first)[
-            "status"
-        ] != "queued":
+        while (
+            not (await client.get(f"/api/jobs/{first}")).json()["error"]
+            or store_row(settings, first)["status"] != "queued"
+        ):
             assert time.monotonic() < deadline
             await asyncio.sleep(0.02)
         paused_at = time.time()
         second = await submit(client, "innocent bystander")
         done = await wait_for_status(client, second, {"completed", "failed"})
         assert done["status"] == "completed" and done["attempt"] == 1 and done["attempts"][0]["error"] is None
-        assert store_row(settings, second)["started_at"] >= paused_at + 1.0  # it waited for the pause
+        assert store_row(settings, second)["completed_at"] >= paused_at + 1.0  # its call waited for the pause
         await wait_for_status(client, first, {"completed"})
 
 

@@ -25,6 +25,7 @@ class ChatResult:
     model: str
     usage: Usage = field(default_factory=Usage)
     finish_reason: str | None = None
+    limits: dict[str, str] | None = None  # the provider's x-ratelimit-* headers, for the governor
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,6 +33,7 @@ class ImageResult:
     images: list[str]  # https URLs or data: URLs
     model: str
     usage: Usage = field(default_factory=Usage)
+    limits: dict[str, str] | None = None  # the provider's x-ratelimit-* headers, for the governor
 
 
 OnDelta = Callable[[str], Awaitable[None]]

@@ -20,11 +20,19 @@ class ProviderError(Exception):
     retryable: bool = False
     code: str = "provider_error"
 
-    def __init__(self, message: str, *, status: int | None = None, retry_after: float | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        retry_after: float | None = None,
+        limits: dict[str, str] | None = None,
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.status = status
         self.retry_after = retry_after
+        self.limits = limits  # the provider's x-ratelimit-* headers, when it sent any
 
 
 class RetryableError(ProviderError):

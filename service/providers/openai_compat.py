@@ -10,11 +10,13 @@ from __future__ import annotations
 import base64
 import binascii
 import codecs
+import hashlib
 import json
 import math
 import time
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from datetime import UTC
 from email.utils import parsedate_to_datetime
 from typing import Any
@@ -74,6 +76,8 @@ class OpenAICompatProvider:
         self.image_model = image_model
         self._base_url = base_url.rstrip("/")
         self._api_key = _Secret(api_key)
+        # Names the server key's rate-limit budget (the governor's): a hash, never the key; another key, another budget.
+        self.key_id = hashlib.sha256(api_key.encode()).hexdigest()[:16] if api_key else "server"
         # httpx timeouts apply per operation (connect, each read), so a long stream is fine as long as it keeps moving.
         self._timeout = httpx.Timeout(timeout, connect=min(timeout, 15.0))
         self._owns_client = client is None
@@ -114,7 +118,8 @@ class OpenAICompatProvider:
         if on_delta is None:
             async with self._request("/chat/completions", payload, api_key) as response:
                 body = await _read_capped(response, self.max_response_bytes)
-            return _chat_result(_json_object(body), messages, chosen, self._secrets(api_key))
+            result = _chat_result(_json_object(body), messages, chosen, self._secrets(api_key))
+            return replace(result, limits=rate_headers(response.headers))
 
         payload["stream"] = True
         payload["stream_options"] = {"include_usage": True}
@@ -125,8 +130,9 @@ class OpenAICompatProvider:
                 result = _chat_result(_json_object(body), messages, chosen, self._secrets(api_key))
                 if result.text:
                     await on_delta(result.text)
-                return result
-            return await self._consume_stream(response, messages, chosen, on_delta, self._secrets(api_key))
+                return replace(result, limits=rate_headers(response.headers))
+            result = await self._consume_stream(response, messages, chosen, on_delta, self._secrets(api_key))
+            return replace(result, limits=rate_headers(response.headers))
 
     async def _consume_stream(
         self,
@@ -195,6 +201,7 @@ class OpenAICompatProvider:
             payload["response_format"] = "b64_json"  # gpt-image-* always returns base64 and rejects this field
         async with self._request("/images/generations", payload, api_key) as response:
             body = await _read_capped(response, self.max_response_bytes)
+            limits = rate_headers(response.headers)
         data = _json_object(body)
         images = _images(data.get("data"))
         usage = _parse_usage(data.get("usage")) or Usage(prompt_tokens=estimate_tokens(prompt), estimated=True)
@@ -203,6 +210,7 @@ class OpenAICompatProvider:
             images=images,
             model=reported if isinstance(reported, str) and reported else chosen or "default",
             usage=usage,
+            limits=limits,
         )
 
     # ------------------------------------------------------------------------------------------- plumbing
@@ -483,6 +491,12 @@ def _sniff_image_type(raw: bytes) -> str | None:
     return None
 
 
+def rate_headers(headers: httpx.Headers) -> dict[str, str] | None:
+    """The `x-ratelimit-*` headers of an answer (OpenAI, Azure, Groq, vLLM's proxies...), for the governor."""
+    found = {name: value for name, value in headers.items() if name.startswith("x-ratelimit-")}
+    return found or None
+
+
 def parse_retry_after(headers: httpx.Headers, *, now: float | None = None) -> float | None:
     """Seconds to wait from `retry-after-ms` (Azure/OpenAI) or `Retry-After` (seconds or an HTTP-date)."""
     millis = _finite(headers.get("retry-after-ms"))
@@ -575,6 +589,7 @@ def _status_error(status: int, headers: httpx.Headers, body: bytes, secrets: lis
             f"The AI provider is rate-limiting requests (HTTP 429); try again{wait}.{said}",
             status=status,
             retry_after=retry_after,
+            limits=rate_headers(headers),
         )
     if status in (401, 403):
         return AuthError(

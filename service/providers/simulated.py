@@ -12,6 +12,9 @@ Directives, written anywhere in a user message (or in an image prompt) and strip
     [[echo:TEXT]]                                the reply is exactly TEXT
     [[slow:SECONDS]]                             this call takes SECONDS instead of `delay`
 
+With `limit` (an `UpstreamLimit`), the simulator also enforces a provider's sustained RPM/TPM per key: every answer
+carries the `x-ratelimit-*` headers, and a call over the budget raises RateLimited with them and a Retry-After.
+
 Model names inject failures too: `sim-fail-500`, `sim-fail-400`, `sim-fail-429`, `sim-fail-timeout`...
 
 System-message conventions shape the reply: `FORMAT:titles:N` gives N numbered titles, `FORMAT:summary:N` a
@@ -43,6 +46,7 @@ from .errors import (
     ProviderTimeout,
     RateLimited,
 )
+from .upstream_limit import UpstreamLimit
 
 _DIRECTIVE = re.compile(r"\[\[(fail|echo|slow):(.*?)\]\]", re.DOTALL)
 _TITLES = re.compile(r"FORMAT:titles:(\d+)")
@@ -120,12 +124,15 @@ class SimulatedProvider:
         token_delay: float | None = None,
         name: str = "simulated",
         default_model: str = "sim-1",
+        limit: UpstreamLimit | None = None,
     ) -> None:
         self.name = name
         self.default_model = default_model
         self.image_model = "sim-image-1"
         self.delay = max(0.0, delay)
         self.token_delay = token_delay
+        self.limit = limit
+        self.enforces_limits = limit is not None  # without one, the governor leaves its calls alone
         self._attempts: dict[str, int] = {}  # hash of the request -> calls seen, only for `times=` directives
 
     def __repr__(self) -> str:
@@ -158,6 +165,7 @@ class SimulatedProvider:
                 cleaned.append({"role": "user", "content": text})
             else:
                 cleaned.append(message)
+        limits = self._take(api_key, sum(estimate_tokens(m["content"]) for m in messages) + (max_tokens or 256))
         delay = self.delay if directives.slow is None else directives.slow
         request = json.dumps(messages, sort_keys=True) if directives.failure is not None else ""
         failure = self._due_failure(directives.failure, request)
@@ -178,7 +186,8 @@ class SimulatedProvider:
             )
         await self._emit(tokens, on_delta, per_token)
         finish = "length" if truncated else "stop"
-        return ChatResult(text=text, model=chosen, usage=estimate_usage(messages, text), finish_reason=finish)
+        usage = estimate_usage(messages, text)
+        return ChatResult(text=text, model=chosen, usage=usage, finish_reason=finish, limits=limits)
 
     async def image(
         self,
@@ -192,6 +201,7 @@ class SimulatedProvider:
         chosen = model or self.image_model
         _check_model(chosen)
         directives, cleaned = _parse_directives(prompt)
+        limits = self._take(api_key, estimate_tokens(prompt))
         delay = self.delay if directives.slow is None else directives.slow
         failure = self._due_failure(directives.failure, "image:" + prompt)
         if failure is not None:
@@ -200,9 +210,23 @@ class SimulatedProvider:
             await asyncio.sleep(delay)
         width, height = _parse_size(size)
         images = [_svg_data_url(cleaned, i, width, height) for i in range(max(1, min(n, 10)))]
-        return ImageResult(
-            images=images, model=chosen, usage=Usage(prompt_tokens=estimate_tokens(prompt), estimated=True)
-        )
+        usage = Usage(prompt_tokens=estimate_tokens(prompt), estimated=True)
+        return ImageResult(images=images, model=chosen, usage=usage, limits=limits)
+
+    def _take(self, api_key: str | None, tokens: int) -> dict[str, str] | None:
+        """Charge the call to the key's budget (when a limit is set): its headers, or RateLimited with them."""
+        if self.limit is None:
+            return None
+        allowed, wait, headers = self.limit.take(api_key or "", tokens)
+        if not allowed:
+            raise RateLimited(
+                f"Simulated rate limit: over {self.limit.requests} requests per {self.limit.period:g} s on this key "
+                f"(HTTP 429); try again in {wait:.2f} s.",
+                status=429,
+                retry_after=wait if self.limit.retry_after else None,
+                limits=headers,
+            )
+        return headers
 
     def _due_failure(self, failure: _Failure | None, request: str) -> _Failure | None:
         """Apply `times=N`: count identical requests on this instance and stop failing after N."""

@@ -214,7 +214,11 @@ export class JobCard {
     this.progressEl.setAttribute("aria-valuetext", `${pct}%`);
     this.pctEl.textContent = `${pct}%`;
     let step = job.progress?.current_step ?? "";
-    if (job.status === "queued") step = job.attempt > 0 ? "Waiting to try again…" : "Waiting for a worker…";
+    if (job.status === "queued") {
+      // Waiting for the provider's rate limit: the server's own words say so (and roughly for how long).
+      if (job.error?.code === "rate_limited" && job.progress?.current_step) step = job.progress.current_step;
+      else step = job.attempt > 0 ? "Waiting to try again…" : "Waiting for a worker…";
+    }
     if (this.terminal) step = "";
     this.stepEl.textContent = step;
     this.etaEl.textContent = this.etaText();
