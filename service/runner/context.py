@@ -1,0 +1,276 @@
+"""One attempt's world as a task sees it: the run context (progress, streamed output, checkpoints, the lease) and
+the provider wrapper that records which model answered and what it cost.
+
+Every progress and delta event is announced as it comes; the store is written only at checkpoints, fenced by the
+run's lease token, so a run that lost its lease can change nothing (LeaseLost).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import time
+from collections.abc import Awaitable
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..events import EventLog
+from ..governor import DEFAULT_OUTPUT_TOKENS, Governor, NotAdmitted, RateHeaders
+from ..models import Event, EventKind
+from ..providers.base import ChatMessage, ChatResult, ImageResult, Provider, Usage, estimate_tokens
+from ..providers.errors import RateLimited
+from ..store.base import UNSTORED_EVENTS_MAX, JobStore
+
+log = logging.getLogger("aijobs.runner")
+
+DELTA_FLUSH_SECONDS = 0.1  # at most ~10 delta events per second per job
+CHECKPOINT_SECONDS = 1.0  # at most one store write per second per running job, besides its state changes
+
+
+class RecordingProvider:
+    """Wraps the provider for one run, to learn which model answered and how many tokens it cost."""
+
+    def __init__(
+        self,
+        inner: Provider,
+        *,
+        model: str | None = None,
+        governor: Governor | None = None,
+        holder: str = "",
+        user: str = "",
+    ) -> None:
+        self._inner = inner
+        self.governor = governor
+        self.holder = holder  # the job: a slot the governor reserved for it waits under this name
+        self.user = user  # whose budget share the job's calls count against
+        self.inner = inner
+        self.name = inner.name
+        self.default_model = model or inner.default_model
+        self.requested = model  # the fallback chain's model for this attempt, if the type has a chain
+        self.model: str | None = None
+        self.prompt_tokens = 0
+        self.completion_tokens = 0
+        self.estimated = False
+
+    def _record(self, model: str, usage: Usage) -> None:
+        self.model = model
+        self.prompt_tokens += usage.prompt_tokens
+        self.completion_tokens += usage.completion_tokens
+        self.estimated = self.estimated or usage.estimated
+
+    async def chat(self, messages: list[ChatMessage], **kwargs: Any) -> ChatResult:
+        if self.requested and not kwargs.get("model"):
+            kwargs["model"] = self.requested
+        model = kwargs.get("model") or self.default_model
+        prompt = sum(estimate_tokens(m.get("content") or "") for m in messages)
+        estimate = prompt + (kwargs.get("max_tokens") or DEFAULT_OUTPUT_TOKENS)
+        result = await self._governed(model, estimate, kwargs.get("api_key"), self._inner.chat(messages, **kwargs))
+        self._record(result.model, result.usage)
+        return result
+
+    async def image(self, prompt: str, **kwargs: Any) -> ImageResult:
+        # An attempt that fails is recorded under default_model: for an image, the image model, not the chat one.
+        self.default_model = kwargs.get("model") or getattr(self._inner, "image_model", None) or self.default_model
+        call = self._inner.image(prompt, **kwargs)
+        result = await self._governed(self.default_model, estimate_tokens(prompt), kwargs.get("api_key"), call)
+        self._record(result.model, result.usage)
+        return result
+
+    async def _governed(self, model: str, estimate: int, api_key: str | None, call: Awaitable[Any]) -> Any:
+        """Make the call once the governor admits it; then free its slot, settle its tokens, learn the headers.
+
+        Not admitted: NotAdmitted (nothing was sent), and the job waits in the queue for the slot reserved for it."""
+        governor = self.governor
+        if governor is None or not getattr(self._inner, "enforces_limits", True):
+            return await call
+        scope = governor.scope(self.name, model, api_key, getattr(self._inner, "key_id", "server"))
+        try:
+            wait, reserved = await governor.admit(scope, model, estimate, self.holder, user=self.user)
+            if wait > 0:
+                raise NotAdmitted(
+                    "Waiting for the provider's rate limit: the jobs ahead use its budget for now.",
+                    retry_after=wait,
+                    reserved=reserved,
+                    scope=(scope, model, estimate),
+                )
+        except BaseException:
+            if inspect.iscoroutine(call):
+                call.close()
+            raise
+        try:
+            result = await call
+        except RateLimited as exc:
+            headers = RateHeaders.parse(exc.limits or {})
+            if exc.retry_after is None and headers is not None:
+                exc.retry_after = headers.exhausted_reset()  # no Retry-After: the exhausted limit's reset
+            await governor.settle(scope, model, self.holder, headers=headers, hold=exc.retry_after or 0.0)
+            raise
+        except BaseException as exc:  # a provider that answered with an error status still answered
+            await governor.settle(scope, model, self.holder, answered=getattr(exc, "status", None) is not None)
+            raise
+        used = result.usage.prompt_tokens + result.usage.completion_tokens
+        headers = RateHeaders.parse(result.limits or {})
+        await governor.settle(scope, model, self.holder, correction=used - estimate, headers=headers)
+        return result
+
+    async def aclose(self) -> None:  # the worker owns the real provider
+        return None
+
+    def usage(self) -> dict[str, Any] | None:
+        if self.model is None:
+            return None
+        return {
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "estimated": self.estimated,
+        }
+
+
+class LeaseLost(Exception):
+    """The store refused a write: this run no longer owns the job."""
+
+
+@dataclass
+class RunContext:
+    """The TaskContext handed to a task for one attempt.
+
+    Every progress and delta event is announced (published with the next seq), but the store is written only at
+    checkpoints: at most once per CHECKPOINT_SECONDS, every UNSTORED_EVENTS_MAX events at the latest, and always
+    before the attempt's final write (`checkpoint`). A checkpoint carries everything announced since the last
+    one (the output appended since, the latest percentage and step) and sets the store's seq to the announced
+    one, still fenced by this run's lease token. An event announced without a store write is fenced by the Redis
+    log instead: a take-over moves the seq past any such event (JobStore.take_over), so a late one is refused
+    there (`publish` answers False) and this run stops.
+    """
+
+    job_id: str
+    user_id: str
+    attempt: int
+    max_attempts: int
+    token: str
+    ai: RecordingProvider
+    store: JobStore
+    events: EventLog
+    api_key: str | None = None
+    seq: int = 0  # the seq of the last event this run announced (the claim's, at first)
+    _pending: list[str] = field(default_factory=list)  # delta text not yet announced
+    _unstored: list[str] = field(default_factory=list)  # text announced, not yet in the store
+    _stored_seq: int = 0
+    _stored_at: float = field(default_factory=time.monotonic)
+    _step: str | None = None
+    _last_flush: float = 0.0
+    _percentage: float = 0.0
+    _started: float = field(default_factory=time.monotonic)
+    _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    _timer: asyncio.TimerHandle | None = None
+    _timed: asyncio.Future[None] | None = None
+
+    def __post_init__(self) -> None:
+        self._stored_seq = self.seq
+
+    @property
+    def unsaved(self) -> bool:
+        """Output or progress not in the store yet (announced or not)."""
+        return bool(self._pending) or self.seq > self._stored_seq
+
+    async def _store(self, seq: int) -> None:
+        """Write a checkpoint up to `seq`: one at a time (the timed one may run beside the task's own)."""
+        async with self._lock:
+            if seq <= self._stored_seq:
+                return  # a checkpoint that ran meanwhile covered it
+            n = len(self._unstored)
+            piece = "".join(self._unstored[:n])
+            job = await self.store.progress(
+                self.job_id, self.token, percentage=self._percentage, step=self._step, append_output=piece or None,
+                seq=seq,
+            )  # fmt: skip
+            if job is None:
+                raise LeaseLost(self.job_id)
+            del self._unstored[:n]  # what was appended while the write was on its way waits for the next one
+            self._stored_seq, self._stored_at = job.seq, time.monotonic()
+
+    def _store_later(self) -> None:
+        """An event left out of the store gets there within CHECKPOINT_SECONDS even if no other event follows (a
+        provider that pauses mid-stream): a poll never shows output more than that much behind the events."""
+        if self._timer is not None:
+            return
+        delay = max(0.0, CHECKPOINT_SECONDS - (time.monotonic() - self._stored_at))
+        self._timer = asyncio.get_running_loop().call_later(delay, self._timer_fired)
+
+    def _timer_fired(self) -> None:
+        self._timer = None
+        self._timed = asyncio.ensure_future(self._timed_store())
+
+    async def _timed_store(self) -> None:
+        try:
+            await self._store(self.seq)
+        except Exception as exc:  # a lost lease or an unreachable store: the task's next write finds out
+            log.info("timed checkpoint not written", extra={"job_id": self.job_id, "error": repr(exc)})
+
+    def close(self) -> None:
+        """The attempt is over: no timed checkpoint any more."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._timed is not None and not self._timed.done():
+            self._timed.cancel()
+
+    async def _emit(self, kind: EventKind, data: dict[str, Any], text: str | None = None) -> None:
+        """Announce the next event; write the store first when a checkpoint is due."""
+        seq = self.seq + 1
+        if text:
+            self._unstored.append(text)
+        stored = (
+            time.monotonic() - self._stored_at >= CHECKPOINT_SECONDS or seq - self._stored_seq > UNSTORED_EVENTS_MAX
+        )
+        if stored:
+            await self._store(seq)
+        self.seq = seq
+        if not stored:
+            self._store_later()
+        try:
+            event = Event(job_id=self.job_id, seq=seq, kind=kind, data=data)
+            published = await self.events.publish(self.user_id, event)
+        except Exception as exc:  # the store has (or will have, at the next checkpoint) it; a watcher resyncs from it
+            log.warning("could not publish an event", extra={"job_id": self.job_id, "error": repr(exc)})
+            return
+        if not published and not stored:
+            raise LeaseLost(self.job_id)  # the log holds a newer event: the job was taken over
+
+    async def progress(self, percentage: float, step: str | None = None) -> None:
+        await self.flush()
+        self._percentage = max(0.0, min(100.0, float(percentage)))
+        if step is not None:
+            self._step = step
+        data: dict[str, Any] = {"percentage": round(self._percentage, 1), "current_step": step}
+        if self._percentage >= 5:  # time left, extrapolated from this attempt's pace so far
+            elapsed = time.monotonic() - self._started
+            data["estimated_time_remaining"] = round(elapsed * (100 - self._percentage) / self._percentage, 1)
+        await self._emit(EventKind.PROGRESS, data)
+
+    async def delta(self, text: str) -> None:
+        if not text:
+            return
+        self._pending.append(text)
+        if time.monotonic() - self._last_flush >= DELTA_FLUSH_SECONDS:
+            await self.flush()
+
+    async def flush(self) -> None:
+        """Announce the text gathered since the last flush, as one delta event."""
+        if not self._pending:
+            return
+        piece = "".join(self._pending)
+        self._pending.clear()
+        self._last_flush = time.monotonic()
+        await self._emit(EventKind.DELTA, {"text": piece}, text=piece)
+
+    async def checkpoint(self) -> None:
+        """Announce what is pending and bring the store up to everything announced: before the final write."""
+        await self.flush()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._timed is not None:
+            await self._timed  # never cancelled mid-write: its outcome decides what is left to store
+        await self._store(self.seq)
