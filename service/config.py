@@ -422,6 +422,8 @@ class Settings:
                 raise SettingsError(f"{env} {why} (got {'***' if secret else repr(getattr(self, name))})")
         caps = {**DEFAULT_INPUT_BYTES, **parse_byte_caps(self.max_input_bytes)}
         object.__setattr__(self, "_input_byte_caps", MappingProxyType(caps))  # parsed once; frozen otherwise
+        object.__setattr__(self, "_prices", MappingProxyType(parse_prices(self.ai_prices)))
+        object.__setattr__(self, "_providers", MappingProxyType(parse_providers(self.ai_providers)))
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -471,6 +473,18 @@ class Settings:
         """Largest input per job type in bytes of JSON: the defaults, with MAX_INPUT_BYTES's overrides applied."""
         caps: Mapping[str, int] = self.__dict__["_input_byte_caps"]
         return caps
+
+    @property
+    def prices(self) -> Mapping[str, tuple[float, float]]:
+        """AI_PRICES, parsed once: USD per million prompt/completion tokens by model."""
+        prices: Mapping[str, tuple[float, float]] = self.__dict__["_prices"]
+        return prices
+
+    @property
+    def providers(self) -> Mapping[str, ProviderConfig]:
+        """AI_PROVIDERS, parsed once: the extra OpenAI-compatible servers by name."""
+        providers: Mapping[str, ProviderConfig] = self.__dict__["_providers"]
+        return providers
 
     @property
     def uses_simulated_ai(self) -> bool:

@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
-
-from .config import parse_prices
 
 
 class PriceTable:
     """USD per million prompt/completion tokens by model; a dated model name (`gpt-4o-mini-2024-07-18`) takes the
     price of its longest listed prefix; a model not listed costs None (unknown), never a made-up number."""
 
-    def __init__(self, raw: str) -> None:
-        self.prices = parse_prices(raw)
+    def __init__(self, prices: Mapping[str, tuple[float, float]]) -> None:
+        self.prices = prices  # Settings.prices: AI_PRICES parsed once
 
     def price(self, model: str | None) -> tuple[float, float] | None:
         if not model:

@@ -15,7 +15,7 @@ from arq import Retry, Worker, cron, func
 from arq.connections import RedisSettings
 
 from .arq_worker import WakeableWorker
-from .config import Settings, parse_providers
+from .config import Settings
 from .coordination import ProviderBackoff, listen_for_cancels, unregister_worker
 from .crypto import KeyBox, load_server_secret
 from .errors import StoreUnavailable
@@ -88,7 +88,7 @@ def build_worker(
         )
         chain_providers = build_chain_providers(
             ai,
-            parse_providers(settings.ai_providers).values(),
+            settings.providers.values(),
             model=settings.ai_model,
             sim_delay=settings.sim_delay,
             client=http,

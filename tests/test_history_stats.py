@@ -10,7 +10,7 @@ import httpx
 import pytest
 import redis.asyncio as aioredis
 
-from service.config import Settings
+from service.config import Settings, parse_prices
 from service.coordination import live_workers
 from service.usage import PriceTable
 
@@ -67,7 +67,7 @@ async def test_history_item_has_summary_durations_usage_and_cost(client: httpx.A
     assert item["durations"]["wait"] >= 0 and item["durations"]["run"] > 0
     assert item["attempt"] == 1 and item["model"] == "sim-1"
     assert item["usage"]["prompt_tokens"] > 0 and item["usage"]["estimated"] is True
-    expected = PriceTable("sim-1=0.10/0.20").job_cost("sim-1", item["usage"])
+    expected = PriceTable(parse_prices("sim-1=0.10/0.20")).job_cost("sim-1", item["usage"])
     assert expected and item["cost"] == pytest.approx(expected)
     assert item["result"]["titles"]
     assert page["totals"]["prompt_tokens"] == item["usage"]["prompt_tokens"]
@@ -139,7 +139,7 @@ async def test_worker_heartbeat_is_visible_and_goes_away(settings: Settings) -> 
 
 
 def test_price_table() -> None:
-    prices = PriceTable("gpt-4o-mini=0.15/0.60,gpt-4o=2.50/10.00")
+    prices = PriceTable(parse_prices("gpt-4o-mini=0.15/0.60,gpt-4o=2.50/10.00"))
     assert prices.cost("gpt-4o-mini", 1_000_000, 1_000_000) == pytest.approx(0.75)
     assert prices.price("gpt-4o-mini-2024-07-18") == (0.15, 0.60)  # longest listed prefix
     assert prices.price("gpt-4o-2024-08-06") == (2.50, 10.00)

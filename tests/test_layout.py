@@ -106,3 +106,15 @@ def test_each_error_knows_its_status_code_and_whether_to_retry() -> None:
     assert LimitExceeded(413, "input_too_large", "smaller").retryable is False
     assert ApiError(404, "job_not_found", "No job with that id.").retryable is False
     assert all(issubclass(cls, AijobsError) for cls in (ApiError, JobRequestError, LimitExceeded, StoreUnavailable))
+
+
+def test_settings_are_parsed_once_in_config() -> None:
+    """MAX_INPUT_BYTES, AI_PRICES and AI_PROVIDERS are parsed by Settings at start; everyone else reads the parsed
+    values (Settings.input_byte_caps, .prices, .providers) instead of parsing the strings again."""
+    parsers = {"parse_byte_caps", "parse_prices", "parse_providers"}
+    callers = set()
+    for path in SERVICE.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in parsers:
+                callers.add(path.relative_to(SERVICE).as_posix())
+    assert callers == {"config.py"}

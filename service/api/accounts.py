@@ -46,7 +46,7 @@ def build_accounts(settings: Settings, store: JobStore, redis: Any) -> Accounts:
         keybox=KeyBox(secret),
         limits=SubmissionLimits(settings, redis),
         slots=StreamSlots(settings.max_streams),
-        prices=PriceTable(settings.ai_prices),
+        prices=PriceTable(settings.prices),
     )
 
 
