@@ -109,6 +109,7 @@ async def main() -> None:
                 settings = Settings(
                     redis_url=redis.url, database_url=url, data_dir=tmp, queue_name=f"writes:{name}:{job_type}",
                     sim_delay=float(os.environ.get("AIJOBS_SIM_DELAY", "2.0")), log_level="WARNING", log_json=False,
+                    coalesce=False,  # the jobs are identical: measure each one's own writes, not a shared call's
                 )  # fmt: skip
                 await migrate(settings)
                 counts, wal = await run(settings, job_type)

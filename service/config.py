@@ -271,6 +271,21 @@ class Settings:
             "user's) waits behind at most this much of a backlog's booked calls",
         },
     )
+    coalesce: bool = field(
+        default=True,
+        metadata={
+            "env": "COALESCE",
+            "doc": "Identical provider calls in flight share one upstream call, for the job types that opt in "
+            "(titles, summary); never with a user's own key",
+        },
+    )
+    result_cache_seconds: float = field(
+        default=0.0,
+        metadata={
+            "env": "RESULT_CACHE_SECONDS",
+            "doc": "Seconds a coalescing type's provider result answers identical later calls without a call; 0: off",
+        },
+    )
     rate_limit_period: float = field(
         default=60.0,
         metadata={
@@ -360,6 +375,7 @@ class Settings:
             ("AI_CONCURRENT_CALLS", self.ai_concurrent_calls >= 0, "must be zero or more"),
             ("RATE_LIMIT_PERIOD", self.rate_limit_period > 0, "must be positive"),
             ("GOVERNOR_HORIZON", self.governor_horizon > 0, "must be positive"),
+            ("RESULT_CACHE_SECONDS", self.result_cache_seconds >= 0, "must be zero or more"),
             ("PUSH_SEND_TIMEOUT", self.push_send_timeout > 0, "must be positive"),
             ("POSITION_PUSH_SECONDS", self.position_push_seconds > 0, "must be positive"),
             ("WS_MAX_MESSAGE_BYTES", self.ws_max_message_bytes >= 256, "must be at least 256"),

@@ -15,6 +15,7 @@ from arq import Retry, Worker, cron, func
 from arq.connections import RedisSettings
 
 from .arq_worker import WakeableWorker
+from .coalesce import Coalescer
 from .config import Settings
 from .coordination import ProviderBackoff, listen_for_cancels, unregister_worker
 from .crypto import KeyBox, load_server_secret
@@ -119,6 +120,9 @@ def build_worker(
             providers=chain_providers,
             waits=RateLimitWaits(ctx["redis"], max_wait=settings.rate_limit_max_wait),
             governor=governor,
+            # A dead leader's call is taken over after a job lease, as a dead worker's job is.
+            coalescer=Coalescer(ctx["redis"], lease=settings.lease_seconds) if settings.coalesce else None,
+            result_cache_seconds=settings.result_cache_seconds,
         )
         maintenance = ctx["maintenance"] = Maintenance(
             store=store, queue=queue, events=events, settings=settings, worker_id=worker_id

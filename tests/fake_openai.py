@@ -123,6 +123,7 @@ class FakeOpenAI:
         self.images_as = "b64_json"  # or "data_url"
         self.image_type = "image/png"
         self.limit: UpstreamLimit | None = None
+        self.gate: asyncio.Event | None = None  # set: every chat answer waits for it (calls held in flight)
         self.app = Starlette(
             routes=[
                 Route("/v1/chat/completions", self._chat, methods=["POST"]),
@@ -181,6 +182,8 @@ class FakeOpenAI:
 
     async def _chat(self, request: Request) -> Response:
         body = await self._record(request)
+        if self.gate is not None:
+            await self.gate.wait()
         if (scripted := self._scripted(body)) is not None:
             return scripted
         refused, limit_headers = self._limited(request, body)

@@ -50,7 +50,7 @@ JOB_ERROR = _nullable(_obj(["message", "code", "retryable"], {"message": STR, "c
 USAGE = _nullable(
     _obj(
         ["prompt_tokens", "completion_tokens"],
-        {"prompt_tokens": INT, "completion_tokens": INT, "estimated": BOOL},
+        {"prompt_tokens": INT, "completion_tokens": INT, "estimated": BOOL, "cached": BOOL},
         extra=True,
     )
 )

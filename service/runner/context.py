@@ -15,6 +15,7 @@ from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..coalesce import Coalescer, fingerprint
 from ..events import EventLog
 from ..governor import DEFAULT_OUTPUT_TOKENS, Governor, NotAdmitted, RateHeaders
 from ..models import Event, EventKind
@@ -39,8 +40,12 @@ class RecordingProvider:
         governor: Governor | None = None,
         holder: str = "",
         user: str = "",
+        coalescer: Coalescer | None = None,
+        cache_ttl: float = 0.0,
     ) -> None:
         self._inner = inner
+        self.coalescer = coalescer  # set for a type that opted in: identical calls share one
+        self.cache_ttl = cache_ttl
         self.governor = governor
         self.holder = holder  # the job: a slot the governor reserved for it waits under this name
         self.user = user  # whose budget share the job's calls count against
@@ -52,6 +57,7 @@ class RecordingProvider:
         self.prompt_tokens = 0
         self.completion_tokens = 0
         self.estimated = False
+        self.shared: str | None = None  # "call" or "cache": a call of this run was answered by another job's
 
     def _record(self, model: str, usage: Usage) -> None:
         self.model = model
@@ -65,8 +71,29 @@ class RecordingProvider:
         model = kwargs.get("model") or self.default_model
         prompt = sum(estimate_tokens(m.get("content") or "") for m in messages)
         estimate = prompt + (kwargs.get("max_tokens") or DEFAULT_OUTPUT_TOKENS)
-        result = await self._governed(model, estimate, kwargs.get("api_key"), self._inner.chat(messages, **kwargs))
-        self._record(result.model, result.usage)
+
+        def call() -> Awaitable[ChatResult]:
+            return self._governed(model, estimate, kwargs.get("api_key"), self._inner.chat(messages, **kwargs))
+
+        if self.coalescer is None or kwargs.get("api_key"):  # a user's own key never shares, nor uses the cache
+            result = await call()
+            self._record(result.model, result.usage)
+            return result
+        request = {k: v for k, v in kwargs.items() if k not in ("on_delta", "api_key") and v is not None}
+        fp = fingerprint(
+            self.name, getattr(self._inner, "key_id", "server"), {**request, "model": model, "messages": messages}
+        )
+        result, shared = await self.coalescer.run(fp, call, cache_ttl=self.cache_ttl)
+        if shared is None:
+            self._record(result.model, result.usage)
+            return result
+        # Another job paid for this answer: none of its tokens are this job's. Its deltas were not ours to see: the
+        # whole text arrives as one delta.
+        self.shared = self.shared or shared
+        self._record(result.model, Usage())
+        on_delta = kwargs.get("on_delta")
+        if on_delta is not None and result.text:
+            await on_delta(result.text)
         return result
 
     async def image(self, prompt: str, **kwargs: Any) -> ImageResult:
@@ -124,6 +151,7 @@ class RecordingProvider:
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": self.completion_tokens,
             "estimated": self.estimated,
+            **({"cached": True} if self.shared else {}),
         }
 
 

@@ -19,6 +19,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..coalesce import Coalescer
 from ..coordination import ProviderBackoff
 from ..errors import StoreUnavailable
 from ..events import EventLog, announcement
@@ -100,6 +101,8 @@ class JobRunner:
         providers: dict[str, Provider] | None = None,
         waits: RateLimitWaits | None = None,
         governor: Governor | None = None,
+        coalescer: Coalescer | None = None,
+        result_cache_seconds: float = 0.0,
     ) -> None:
         self.store = store
         self.events = events
@@ -117,6 +120,8 @@ class JobRunner:
         self.backoff = backoff
         self.waits = waits
         self.governor = governor
+        self.coalescer = coalescer  # used by the types that opted in (TaskSpec.coalesce)
+        self.result_cache_seconds = result_cache_seconds  # their cache TTL unless the type sets its own
         self.governor_spread = governor.horizon / 2 if governor is not None else 0.0
         # Jobs this process sent back to wait for the governor: job id -> (scope, model, tokens, user, when it waited
         # for a limit). Asked again before they are claimed, so waiting costs no claim, store write or event (a job that
@@ -228,7 +233,15 @@ class JobRunner:
             return "skipped"
         spec = self.registry.get(job.type)
         provider, model = self._entry_at(spec, job.model_index)
-        ai = RecordingProvider(provider, model=model, governor=self.governor, holder=job.id, user=job.user_id)
+        ai = RecordingProvider(
+            provider,
+            model=model,
+            governor=self.governor,
+            holder=job.id,
+            user=job.user_id,
+            coalescer=self.coalescer if spec.coalesce else None,
+            cache_ttl=self.result_cache_seconds if spec.cache_ttl is None else spec.cache_ttl,
+        )
         ctx = RunContext(
             job_id=job.id,
             user_id=job.user_id,

@@ -29,6 +29,11 @@ class TaskSpec(Generic[In]):
     typical_seconds: float = 5.0  # an ETA before any run of this type has been measured
     models: tuple[str, ...] = ()  # fallback chain tried in order; () = AI_MODEL then AI_FALLBACK_MODELS
     kind: str = "chat"  # which provider call it makes: "chat" types share the configured chat model chain
+    # Identical calls in flight share one upstream call (never with a user's own key): for types whose answer to the
+    # same input is interchangeable between users. Their results are also cached for `cache_ttl` seconds (None:
+    # RESULT_CACHE_SECONDS; 0: no cache).
+    coalesce: bool = False
+    cache_ttl: float | None = None
 
     def parse_input(self, data: Any) -> In:
         return parse(self.input_type, data)
@@ -54,6 +59,8 @@ class TaskRegistry:
         typical_seconds: float = 5.0,
         models: tuple[str, ...] = (),
         kind: str = "chat",
+        coalesce: bool = False,
+        cache_ttl: float | None = None,
     ) -> Callable[[TaskFn], TaskFn]:
         def register(fn: TaskFn) -> TaskFn:
             if name in self._specs:
@@ -70,6 +77,8 @@ class TaskRegistry:
                 typical_seconds=typical_seconds,
                 models=models,
                 kind=kind,
+                coalesce=coalesce,
+                cache_ttl=cache_ttl,
             )
             return fn
 

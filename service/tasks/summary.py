@@ -35,6 +35,7 @@ async def summary(ctx: TaskContext, data: SummaryInput) -> dict[str, str]:
 
 
 def register(registry: TaskRegistry) -> None:
-    registry.task("summary", input=SummaryInput, timeout=180, poll_interval=3.0, max_wait=300, typical_seconds=5)(
-        summary
-    )
+    # Coalesced: a summary of the same text is the same summary, whoever asks.
+    registry.task(
+        "summary", input=SummaryInput, timeout=180, poll_interval=3.0, max_wait=300, typical_seconds=5, coalesce=True
+    )(summary)

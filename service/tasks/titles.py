@@ -52,4 +52,7 @@ async def titles(ctx: TaskContext, data: TitlesInput) -> dict[str, list[str]]:
 
 
 def register(registry: TaskRegistry) -> None:
-    registry.task("titles", input=TitlesInput, timeout=120, poll_interval=3.0, max_wait=300, typical_seconds=4)(titles)
+    # Coalesced: the same post, count and tone ask for the same suggestions, whoever asks.
+    registry.task(
+        "titles", input=TitlesInput, timeout=120, poll_interval=3.0, max_wait=300, typical_seconds=4, coalesce=True
+    )(titles)

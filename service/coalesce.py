@@ -1,0 +1,181 @@
+"""Identical provider calls in flight share one upstream call; an optional cache serves them after it.
+
+Shared by every worker on every host through Redis, per request fingerprint (see `fingerprint`):
+- the first job to ask becomes the leader (`SET NX` of the lock with its own token, a lease renewed while its
+  call runs) and makes the call; the others follow: they poll (every POLL_SECONDS, one Lua round trip) for the
+  result the leader leaves under its token, and never call while a live leader holds the lock;
+- a leader whose call fails, or that is cancelled, gives the lock up at once; one that dies loses it when its
+  lease runs out: either way the next follower to ask becomes the leader and calls (a follower never fails
+  because its leader did: at most one extra call per lost leader);
+- a follower waits no longer than its own attempt's timeout (the caller's `asyncio.timeout` cancels the wait),
+  and cancelling a follower touches nothing of the leader's;
+- with a cache TTL, the leader also stores the result under the fingerprint for that long, and an identical
+  call within it is answered without a call.
+The result crosses Redis as JSON (text, model, finish reason, usage): never pickle.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import logging
+import os
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict
+from typing import Any
+
+from redis.asyncio import Redis
+
+from .providers.base import ChatResult, Usage
+
+log = logging.getLogger("aijobs.coalesce")
+
+PREFIX = "aijobs:coal:"
+POLL_SECONDS = 0.05  # how often a follower asks for its leader's result (one small Lua call)
+HANDOFF_SECONDS = 60  # how long a leader's result waits for its followers to pick it up (not a cache)
+
+# One step of a waiting call. KEYS: 1 the cache, 2 the lock, 3 the result of the leader last seen ('' if none).
+# ARGV: 1 our token, 2 lease ms, 3 '1' if the cache is on for this call.
+# Returns {'cache'|'result', json} | {'leader', ''} | {'wait', the current leader's token or ''}.
+_STEP_LUA = """
+if ARGV[3] == '1' then
+  local c = redis.call('GET', KEYS[1])
+  if c then return {'cache', c} end
+end
+if KEYS[3] ~= '' then
+  local r = redis.call('GET', KEYS[3])
+  if r then return {'result', r} end
+end
+if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then return {'leader', ''} end
+return {'wait', redis.call('GET', KEYS[2]) or ''}
+"""
+
+# The leader is done. KEYS: 1 the lock, 2 its result, 3 the cache. ARGV: 1 token, 2 result json ('' on failure),
+# 3 hand-off s, 4 cache ttl s (0: none).
+_DONE_LUA = """
+if ARGV[2] ~= '' then
+  redis.call('SET', KEYS[2], ARGV[2], 'EX', ARGV[3])
+  if tonumber(ARGV[4]) > 0 then redis.call('SET', KEYS[3], ARGV[2], 'PX', math.floor(tonumber(ARGV[4]) * 1000)) end
+end
+if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
+return 1
+"""
+
+_RENEW_LUA = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+return 0
+"""
+
+
+def fingerprint(provider: str, key_id: str, request: dict[str, Any]) -> str:
+    """sha256 of the provider's name, its server key's id (a hash, never the key) and the normalized request
+    (model, messages, parameters): equal exactly when the calls are interchangeable."""
+    text = json.dumps({"provider": provider, "key": key_id, "request": request}, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _dump(result: ChatResult) -> str:
+    return json.dumps(
+        {
+            "text": result.text,
+            "model": result.model,
+            "finish_reason": result.finish_reason,
+            "usage": asdict(result.usage),
+        }
+    )
+
+
+def _load(raw: bytes | str) -> ChatResult:
+    data = json.loads(raw)
+    usage = data.get("usage") or {}
+    return ChatResult(
+        text=str(data["text"]),
+        model=str(data["model"]),
+        usage=Usage(
+            int(usage.get("prompt_tokens", 0)), int(usage.get("completion_tokens", 0)), bool(usage.get("estimated"))
+        ),
+        finish_reason=data.get("finish_reason"),
+    )
+
+
+class Coalescer:
+    """Leader/follower per request fingerprint, through Redis (see the module's docstring)."""
+
+    def __init__(self, redis: Redis, *, lease: float = 30.0, poll: float = POLL_SECONDS) -> None:
+        self.redis = redis
+        self.lease = lease  # a dead leader's lock is taken over after this long; a live one renews it every third
+        self.poll = poll
+        self._step = redis.register_script(_STEP_LUA)
+        self._done = redis.register_script(_DONE_LUA)
+        self._renew = redis.register_script(_RENEW_LUA)
+
+    async def run(
+        self, fp: str, call: Callable[[], Awaitable[ChatResult]], *, cache_ttl: float = 0.0
+    ) -> tuple[ChatResult, str | None]:
+        """The call's result, and how it was had: None (this job called), "call" (another job's call in flight),
+        "cache" (a cached result). Redis trouble: the job calls on its own (coalescing only ever saves calls)."""
+        token = os.urandom(12).hex()
+        lock, cache = PREFIX + "lock:" + fp, PREFIX + "cache:" + fp
+        seen = ""
+        while True:
+            try:
+                kind, value = await self._step(
+                    keys=[cache, lock, PREFIX + "res:" + fp + ":" + seen if seen else ""],
+                    args=[token, int(self.lease * 1000), "1" if cache_ttl > 0 else "0"],
+                )
+            except Exception as exc:
+                log.warning("coalescing unavailable, calling alone", extra={"error": repr(exc)})
+                return await call(), None
+            kind = kind.decode() if isinstance(kind, bytes) else str(kind)
+            if kind in ("cache", "result"):
+                try:
+                    return _load(value), "cache" if kind == "cache" else "call"
+                except (ValueError, KeyError, TypeError):
+                    log.warning("unreadable shared result, calling alone", extra={"fingerprint": fp})
+                    return await call(), None
+            if kind == "leader":
+                return await self._lead(fp, token, lock, cache, call, cache_ttl), None
+            current = value.decode() if isinstance(value, bytes) else str(value)
+            if current:
+                seen = current  # that leader's result is where we look next; its failure frees the lock for us
+            await asyncio.sleep(self.poll)
+
+    async def _lead(
+        self,
+        fp: str,
+        token: str,
+        lock: str,
+        cache: str,
+        call: Callable[[], Awaitable[ChatResult]],
+        cache_ttl: float,
+    ) -> ChatResult:
+        renewer = asyncio.create_task(self._keep(lock, token))
+        payload = ""
+        try:
+            result = await call()
+            payload = _dump(result)
+            return result
+        finally:
+            renewer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await renewer
+            # Shielded: a cancelled leader still frees the lock at once, so that a follower calls without waiting
+            # out the lease.
+            with contextlib.suppress(Exception):
+                await asyncio.shield(
+                    self._done(
+                        keys=[lock, PREFIX + "res:" + fp + ":" + token, cache],
+                        args=[token, payload, HANDOFF_SECONDS, cache_ttl if payload else 0],
+                    )
+                )
+
+    async def _keep(self, lock: str, token: str) -> None:
+        """Renew the leader's lease while its call runs (a dead process stops renewing: the lease lapses)."""
+        while True:
+            await asyncio.sleep(self.lease / 3)
+            try:
+                await self._renew(keys=[lock], args=[token, int(self.lease * 1000)])
+            except Exception as exc:
+                log.warning("could not renew a coalescing lease", extra={"error": repr(exc)})
