@@ -239,3 +239,29 @@ async def test_a_killed_leader_hands_over_when_its_lease_lapses(settings: Settin
     assert [j["status"] for j in done] == ["completed"] * 3, [j["error"] for j in done]
     assert chat_calls(fake) == 2
     assert len({str(j["result"]) for j in done}) == 1
+
+
+async def test_cancelling_a_follower_leaves_the_leaders_call_alone(settings: Settings) -> None:
+    """The first job leads (its call is in flight before the second is submitted); cancelling the follower ends
+    it `cancelled` while the leader's call goes on and completes: one call, not a second one after a cancel."""
+    async with serve_fake_openai() as fake:
+        fake.gate = asyncio.Event()
+        s = coalescing_settings(settings, fake.base_url)
+        assert s.redis_url
+        async with (
+            serve(create_app(s, redis_url=s.redis_url)) as live,
+            user_client(live, s, "ann") as ann,
+            user_client(live, s, "bob") as bob,
+            run_worker(s),
+        ):
+            leader = (ann, await submit(ann))
+            await until(lambda: asyncio.sleep(0, chat_calls(fake) == 1), what="the leader's call")
+            follower = (bob, await submit(bob))
+            await all_in([follower], {"processing"})
+            assert (await bob.post(f"/api/jobs/{follower[1]}/cancel")).status_code in (200, 202)
+            (cancelled,) = await all_in([follower], DONE)
+            fake.gate.set()
+            (led,) = await all_in([leader], DONE)
+    assert cancelled["status"] == "cancelled"
+    assert led["status"] == "completed" and not led["usage"].get("cached")
+    assert chat_calls(fake) == 1
