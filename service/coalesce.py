@@ -158,9 +158,7 @@ class Coalescer:
             payload = _dump(result)
             return result
         finally:
-            renewer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await renewer
+            renewer.cancel()  # not awaited: waiting for it here could swallow a cancel meant for this task
             # Shielded: a cancelled leader still frees the lock at once, so that a follower calls without waiting
             # out the lease.
             with contextlib.suppress(Exception):
