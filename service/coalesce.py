@@ -2,8 +2,9 @@
 
 Shared by every worker on every host through Redis, per request fingerprint (see `fingerprint`):
 - the first job to ask becomes the leader (`SET NX` of the lock with its own token, a lease renewed while its
-  call runs) and makes the call; the others follow: they poll (every POLL_SECONDS, one Lua round trip) for the
-  result the leader leaves under its token, and never call while a live leader holds the lock;
+  call runs) and makes the call; the others follow: they poll (from POLL_SECONDS, backing off to POLL_MAX_SECONDS,
+  one Lua round trip each) for the result the leader leaves under its token, and never call while a live leader
+  holds the lock;
 - a leader whose call fails, or that is cancelled, gives the lock up at once; one that dies loses it when its
   lease runs out: either way the next follower to ask becomes the leader and calls (a follower never fails
   because its leader did: at most one extra call per lost leader);
@@ -33,7 +34,8 @@ from .providers.base import ChatResult, Usage
 log = logging.getLogger("aijobs.coalesce")
 
 PREFIX = "aijobs:coal:"
-POLL_SECONDS = 0.05  # how often a follower asks for its leader's result (one small Lua call)
+POLL_SECONDS = 0.05  # how soon a follower first asks again for its leader's result (one small Lua call)
+POLL_MAX_SECONDS = 0.5  # ... backing off to this: a long call's many followers cost Redis little
 HANDOFF_SECONDS = 60  # how long a leader's result waits for its followers to pick it up (not a cache)
 
 # One step of a waiting call. KEYS: 1 the cache, 2 the lock, 3 the result of the leader last seen ('' if none).
@@ -119,6 +121,7 @@ class Coalescer:
         token = os.urandom(12).hex()
         lock, cache = PREFIX + "lock:" + fp, PREFIX + "cache:" + fp
         seen = ""
+        pause = self.poll
         while True:
             try:
                 kind, value = await self._step(
@@ -140,7 +143,8 @@ class Coalescer:
             current = value.decode() if isinstance(value, bytes) else str(value)
             if current:
                 seen = current  # that leader's result is where we look next; its failure frees the lock for us
-            await asyncio.sleep(self.poll)
+            await asyncio.sleep(pause)
+            pause = min(pause * 1.5, POLL_MAX_SECONDS)
 
     async def _lead(
         self,
