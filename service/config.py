@@ -263,6 +263,14 @@ class Settings:
         default=0,
         metadata={"env": "AI_CONCURRENT_CALLS", "doc": "Calls in flight at once per provider, model and key; 0: any"},
     )
+    ai_limits: str = field(
+        default="",
+        metadata={
+            "env": "AI_LIMITS",
+            "doc": "Limits of named models, over AI_RPM/AI_TPM/AI_CONCURRENT_CALLS: model=rpm/tpm[/concurrent],... "
+            "(0: learned), e.g. gpt-4o=500/30000,gpt-4o-mini=5000/2000000/50",
+        },
+    )
     governor_horizon: float = field(
         default=5.0,
         metadata={
@@ -357,6 +365,11 @@ class Settings:
             ),
             ("AI_PRICES", _parses(parse_prices, self.ai_prices), "must look like model=in/out,... (USD per 1M)"),
             (
+                "AI_LIMITS",
+                _parses(parse_limits, self.ai_limits),
+                "must look like model=rpm/tpm[/concurrent],... (numbers of zero or more)",
+            ),
+            (
                 "AI_PROVIDERS",
                 _parses(parse_providers, self.ai_providers),
                 "must look like name=https://[KEY@]host/v1,... (names: letters, digits, - or _; not openai/simulated)",
@@ -439,6 +452,7 @@ class Settings:
         caps = {**DEFAULT_INPUT_BYTES, **parse_byte_caps(self.max_input_bytes)}
         object.__setattr__(self, "_input_byte_caps", MappingProxyType(caps))  # parsed once; frozen otherwise
         object.__setattr__(self, "_prices", MappingProxyType(parse_prices(self.ai_prices)))
+        object.__setattr__(self, "_model_limits", MappingProxyType(parse_limits(self.ai_limits)))
         object.__setattr__(self, "_providers", MappingProxyType(parse_providers(self.ai_providers)))
 
     @classmethod
@@ -497,6 +511,12 @@ class Settings:
         return prices
 
     @property
+    def model_limits(self) -> Mapping[str, tuple[float, float, int]]:
+        """AI_LIMITS, parsed once: (rpm, tpm, concurrent calls) by model name."""
+        limits: Mapping[str, tuple[float, float, int]] = self.__dict__["_model_limits"]
+        return limits
+
+    @property
     def providers(self) -> Mapping[str, ProviderConfig]:
         """AI_PROVIDERS, parsed once: the extra OpenAI-compatible servers by name."""
         providers: Mapping[str, ProviderConfig] = self.__dict__["_providers"]
@@ -540,6 +560,22 @@ def parse_prices(raw: str) -> dict[str, tuple[float, float]]:
             raise ValueError(part)
         prices[name.strip()] = (pin, pout)
     return prices
+
+
+def parse_limits(raw: str) -> dict[str, tuple[float, float, int]]:
+    """`gpt-4o=500/30000/10` → {"gpt-4o": (500.0, 30000.0, 10)}: requests and tokens a minute, calls at once."""
+    limits: dict[str, tuple[float, float, int]] = {}
+    for part in _parse_list(raw):
+        name, _, value = part.partition("=")
+        numbers = value.split("/")
+        if not name.strip() or len(numbers) not in (2, 3):
+            raise ValueError(part)
+        rpm, tpm = float(numbers[0]), float(numbers[1])
+        concurrent = int(numbers[2]) if len(numbers) == 3 else 0
+        if min(rpm, tpm, concurrent) < 0:
+            raise ValueError(part)
+        limits[name.strip()] = (rpm, tpm, concurrent)
+    return limits
 
 
 RESERVED_PROVIDERS = ("openai", "simulated")  # the primary provider's names (AI_BASE_URL / no key) and the simulator

@@ -427,5 +427,7 @@ def build_governor(redis: Redis, settings: Settings) -> Governor | None:
     """The worker's governor, or None with GOVERNOR=false (then only a 429 slows calls down)."""
     if not settings.governor:
         return None
-    budget = Budget(rpm=settings.ai_rpm, tpm=settings.ai_tpm, concurrent=settings.ai_concurrent_calls)
-    return Governor(redis, budgets={"": budget}, period=settings.rate_limit_period, horizon=settings.governor_horizon)
+    budgets = {"": Budget(rpm=settings.ai_rpm, tpm=settings.ai_tpm, concurrent=settings.ai_concurrent_calls)}
+    for model, (rpm, tpm, concurrent) in settings.model_limits.items():  # AI_LIMITS: a model's own configured limits
+        budgets[model] = Budget(rpm=rpm, tpm=tpm, concurrent=concurrent)
+    return Governor(redis, budgets=budgets, period=settings.rate_limit_period, horizon=settings.governor_horizon)

@@ -282,3 +282,25 @@ async def test_headers_teach_the_limit_and_a_429_holds_the_scope(redis: Redis) -
 def test_reset_durations_parse_as_openai_writes_them() -> None:
     assert parse_duration("20ms") == 0.02 and parse_duration("1.5s") == 1.5 and parse_duration("6m0s") == 360
     assert parse_duration("1h2m3s") == 3723 and parse_duration("7") == 7 and parse_duration("soon") is None
+
+
+async def test_ai_limits_gives_a_model_its_own_configured_budget(settings: Settings, redis: Redis) -> None:
+    """AI_LIMITS sets a named model's limits over the defaults: a model with room goes at once while another,
+    limited to 2 a minute, waits after its second call (the burst stops one short of the limit)."""
+    from service.config import SettingsError
+    from service.governor import build_governor
+
+    s = replace(settings, ai_rpm=600, ai_limits="slow-model=2/0,fast-model=0/0/1")
+    assert s.model_limits == {"slow-model": (2.0, 0.0, 0), "fast-model": (0.0, 0.0, 1)}
+    gov = build_governor(redis, s)
+    assert gov is not None
+    assert gov.budget("slow-model") == Budget(rpm=2) and gov.budget("fast-model") == Budget(concurrent=1)
+    assert gov.budget("any-other") == Budget(rpm=600)
+    slow = Governor.scope("openai", "slow-model", None, uuid.uuid4().hex[:16])
+    first, second = [await gov.admit(slow, "slow-model", 1, uuid.uuid4().hex, user="u") for _ in range(2)]
+    assert first == (0.0, True) and second[0] > 0  # 2 a minute: the second call is spaced out
+    other = Governor.scope("openai", "other-model", None, uuid.uuid4().hex[:16])
+    assert [await gov.admit(other, "other-model", 1, uuid.uuid4().hex, user="u") for _ in range(2)] == [(0.0, True)] * 2
+    for bad in ("slow-model=2", "=1/2", "m=-1/0", "m=a/b"):
+        with pytest.raises(SettingsError, match="AI_LIMITS"):
+            replace(settings, ai_limits=bad)

@@ -111,7 +111,7 @@ def test_each_error_knows_its_status_code_and_whether_to_retry() -> None:
 def test_settings_are_parsed_once_in_config() -> None:
     """MAX_INPUT_BYTES, AI_PRICES and AI_PROVIDERS are parsed by Settings at start; everyone else reads the parsed
     values (Settings.input_byte_caps, .prices, .providers) instead of parsing the strings again."""
-    parsers = {"parse_byte_caps", "parse_prices", "parse_providers"}
+    parsers = {"parse_byte_caps", "parse_limits", "parse_prices", "parse_providers"}
     callers = set()
     for path in SERVICE.rglob("*.py"):
         for node in ast.walk(ast.parse(path.read_text())):
