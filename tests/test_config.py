@@ -112,3 +112,20 @@ def test_database_url_picks_the_store_and_never_shows_its_password() -> None:
         _ = pg.sqlite_path  # never a stray file named after the URL
     with pytest.raises(SettingsError, match="DATABASE_URL must be sqlite:///path or postgresql://"):
         Settings.from_env({"DATABASE_URL": "mysql://x/y"})
+
+
+def test_json_log_lines_carry_no_terminal_colour_codes() -> None:
+    """uvicorn's records carry `color_message` (ANSI escapes) for its console: a JSON line leaves it out."""
+    import json
+    import logging
+
+    from service.logs import JsonFormatter
+
+    record = logging.makeLogRecord(
+        {"name": "uvicorn.error", "msg": "Started server process [%d]", "args": (7,), "levelname": "INFO"}
+    )
+    record.color_message = "Started server process [\x1b[36m%d\x1b[0m]"
+    record.job_id = "j1"
+    line = JsonFormatter().format(record)
+    assert "\x1b" not in line and "\\u001b" not in line
+    assert json.loads(line)["job_id"] == "j1" and json.loads(line)["msg"] == "Started server process [7]"
