@@ -8,7 +8,7 @@ import logging
 import os
 import socket
 import uuid
-from typing import Any
+from typing import Any, cast
 
 import httpx
 from arq import Retry, Worker, cron, func
@@ -29,7 +29,8 @@ from .providers.base import Provider
 from .providers.factory import build_chain_providers, build_provider
 from .queue import RUN_JOB_FUNCTION, JobQueue, json_deserializer, json_serializer, parse_arq_job_id
 from .runner import HeldBack, JobRunner
-from .store import job_secrets, open_store
+from .store import JobStore, job_secrets, open_store
+from .store.patient import PatientWrites
 from .tasks import TaskRegistry, default_registry
 
 log = logging.getLogger("aijobs.worker")
@@ -101,7 +102,7 @@ def build_worker(
         governor = build_governor(ctx["redis"], settings)
         chat_models = (settings.ai_model, *settings.ai_fallback_models) if settings.ai_fallback_models else ()
         runner = ctx["runner"] = JobRunner(
-            store=store,
+            store=cast(JobStore, PatientWrites(store)),  # a run's writes wait out a store outage (PostgreSQL restart)
             events=events,
             queue=queue,
             registry=registry,
