@@ -35,6 +35,8 @@ from .tasks import TaskRegistry, default_registry
 
 log = logging.getLogger("aijobs.worker")
 
+CLEANUP_CRON = "aijobs:cleanup"
+
 
 async def run_job(ctx: dict[str, Any], job_id: str) -> str:
     runner: JobRunner = ctx["runner"]
@@ -153,7 +155,9 @@ def build_worker(
     max_timeout = max([settings.job_timeout, *(s.timeout or 0 for s in registry)])
     worker = WakeableWorker(
         functions=[func(run_job, name=RUN_JOB_FUNCTION, max_tries=1000, timeout=max_timeout + 30)],
-        cron_jobs=[cron(cleanup_job, name="aijobs:cleanup", second={0}, unique=True, timeout=60)],
+        # unique: every worker enqueues the same minute's id, so one runs it; its result kept 2 min makes a late
+        # worker's enqueue of that id (a slow loop, a skewed clock) a no-op too, not a second run after the first ended
+        cron_jobs=[cron(cleanup_job, name=CLEANUP_CRON, second={0}, unique=True, timeout=60, keep_result=120)],
         job_completion_wait=settings.shutdown_grace,  # SIGTERM: finish, then give back
         queue_name=settings.queue_name,
         redis_settings=RedisSettings.from_dsn(redis_url),
