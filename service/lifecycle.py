@@ -1,6 +1,17 @@
 """Keeping every job moving when parts fail: the sweeper, the reconciler, expiry and cleanup.
 
-Every worker runs this loop; all its writes are conditional, so two workers sweeping at once do no harm.
+Every worker runs this loop; all its writes are conditional, so two workers sweeping at once do no harm (a lapsed
+lease is taken over by one `take_over` on its old token, a missing job re-ticketed by one `touch_queued` on its
+seq, and enqueueing a ticket already on the queue is a no-op: never a double enqueue). One sweep at a time is
+still worth having: with many workers on many hosts, each pass reads every queued job and checks it in Redis. So a
+pass first takes the turn (a Redis key set only if absent, lasting most of SWEEP_SECONDS): one worker of all of
+them sweeps per interval, and the next interval whichever asks first. A Redis key, not a PostgreSQL advisory
+lock: it works with both stores, and behind PgBouncer in transaction mode (a session lock would be held by a
+server connection other clients share; a transaction-scoped one would hold a transaction open across the pass's
+Redis calls). If Redis cannot answer, the pass runs anyway: the reconciler is what rebuilds a lost Redis, and
+nothing it does relies on the turn being exclusive. A worker that cannot reach the store must not keep winning the
+turn (each worker asks at the same phase of every interval, so the same one tends to ask first): it asks only
+after the store answered a ping, and gives the turn back if its pass fails.
 - Sweeper: a processing job whose lease lapsed (its worker died, froze or lost the store) is taken back:
   queued again with a new queue ticket, or `failed` with `worker_lost` once it has used all its attempts
   (a poison pill that kills every worker it touches), or `cancelled` if a cancel was asked for.
@@ -31,6 +42,7 @@ log = logging.getLogger("aijobs.lifecycle")
 
 RECONCILE_GRACE = 2.0  # seconds a queued job may sit between its store write and its enqueue
 RECONCILE_CHUNK = 500  # queue entries checked per Redis round trip
+_RELEASE_TURN = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0"
 
 
 class Maintenance:
@@ -140,6 +152,38 @@ class Maintenance:
         """Users' sealed provider keys of jobs that are over (expired, swept, cancelled while queued) are deleted."""
         return await job_secrets(self.store).delete_finished()
 
+    def _turn_key(self) -> str:
+        return f"{self.settings.queue_name}:sweep-turn"
+
+    async def take_turn(self) -> bool:
+        """Whether this worker sweeps this interval: True for one worker of all those asking within it."""
+        ttl_ms = max(1, int(self.settings.sweep_seconds * 900))  # free again before the holder's next pass is due
+        try:
+            return bool(await self.queue.redis.set(self._turn_key(), self.worker_id or "-", nx=True, px=ttl_ms))
+        except Exception as exc:
+            log.info("sweep turn not checked; sweeping anyway", extra={"error": repr(exc)})
+            return True
+
+    async def give_back_turn(self) -> None:
+        """A failed pass: let another worker sweep this interval (only if the turn is still this worker's)."""
+        try:
+            release = self.queue.redis.register_script(_RELEASE_TURN)
+            await release(keys=[self._turn_key()], args=[self.worker_id or "-"])
+        except Exception as exc:
+            log.info("sweep turn not given back; it lapses", extra={"error": repr(exc)})
+
+    async def sweep_if_my_turn(self) -> bool:
+        """One maintenance pass, if the store answers and no other worker has swept this interval."""
+        await self.store.ping()  # raises when the store is unreachable: this worker then does not take the turn
+        if not await self.take_turn():
+            return False
+        try:
+            await self.tick()
+        except BaseException:
+            await asyncio.shield(self.give_back_turn())
+            raise
+        return True
+
     async def tick(self) -> None:
         await self.sweep_leases()
         await self.expire()
@@ -160,7 +204,7 @@ class Maintenance:
             if time.monotonic() >= next_sweep:
                 next_sweep = time.monotonic() + s.sweep_seconds
                 try:
-                    await self.tick()
+                    await self.sweep_if_my_turn()
                 except Exception as exc:
                     log.warning("maintenance pass failed", extra={"error": repr(exc)})
             await asyncio.sleep(min(s.heartbeat_seconds, s.sweep_seconds, max(0.05, next_sweep - time.monotonic())))

@@ -8,7 +8,7 @@ import logging
 import os
 import socket
 import uuid
-from typing import Any
+from typing import Any, cast
 
 import httpx
 from arq import Retry, Worker, cron, func
@@ -29,10 +29,13 @@ from .providers.base import Provider
 from .providers.factory import build_chain_providers, build_provider
 from .queue import RUN_JOB_FUNCTION, JobQueue, json_deserializer, json_serializer, parse_arq_job_id
 from .runner import HeldBack, JobRunner
-from .store import job_secrets, open_store
+from .store import JobStore, job_secrets, open_store
+from .store.patient import PatientWrites
 from .tasks import TaskRegistry, default_registry
 
 log = logging.getLogger("aijobs.worker")
+
+CLEANUP_CRON = "aijobs:cleanup"
 
 
 async def run_job(ctx: dict[str, Any], job_id: str) -> str:
@@ -101,7 +104,7 @@ def build_worker(
         governor = build_governor(ctx["redis"], settings)
         chat_models = (settings.ai_model, *settings.ai_fallback_models) if settings.ai_fallback_models else ()
         runner = ctx["runner"] = JobRunner(
-            store=store,
+            store=cast(JobStore, PatientWrites(store)),  # a run's writes wait out a store outage (PostgreSQL restart)
             events=events,
             queue=queue,
             registry=registry,
@@ -152,7 +155,9 @@ def build_worker(
     max_timeout = max([settings.job_timeout, *(s.timeout or 0 for s in registry)])
     worker = WakeableWorker(
         functions=[func(run_job, name=RUN_JOB_FUNCTION, max_tries=1000, timeout=max_timeout + 30)],
-        cron_jobs=[cron(cleanup_job, name="aijobs:cleanup", second={0}, unique=True, timeout=60)],
+        # unique: every worker enqueues the same minute's id, so one runs it; its result kept 2 min makes a late
+        # worker's enqueue of that id (a slow loop, a skewed clock) a no-op too, not a second run after the first ended
+        cron_jobs=[cron(cleanup_job, name=CLEANUP_CRON, second={0}, unique=True, timeout=60, keep_result=120)],
         job_completion_wait=settings.shutdown_grace,  # SIGTERM: finish, then give back
         queue_name=settings.queue_name,
         redis_settings=RedisSettings.from_dsn(redis_url),

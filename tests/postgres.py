@@ -73,6 +73,7 @@ class EmbeddedPostgres:
         self.port = free_port()
         self.proc: subprocess.Popen[bytes] | None = None
         self.as_root = os.geteuid() == 0
+        self.install = self.data = Path()  # set by start()
 
     @property
     def url(self) -> str:
@@ -114,6 +115,22 @@ class EmbeddedPostgres:
              "--no-sync", "--no-instructions"],
             check=True, capture_output=True, preexec_fn=self._preexec,
         )  # fmt: skip
+        self.install, self.data = install, data
+        self._launch(timeout)
+        return self
+
+    def halt(self) -> None:
+        """Fast shutdown (SIGINT: sessions cut, as in a restart), keeping the data: `resume()` starts it again."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGINT)
+        self.proc.wait(30)
+
+    def resume(self, timeout: float = 30.0) -> None:
+        """Start the halted server again, on the same data and port."""
+        self._launch(timeout)
+
+    def _launch(self, timeout: float) -> None:
+        install, data = self.install, self.data
         log = open(self.root / "postgres.log", "ab")
         self.proc = subprocess.Popen(
             [str(install / "bin" / "postgres"), "-D", str(data), "-h", "127.0.0.1", "-p", str(self.port),
@@ -128,7 +145,6 @@ class EmbeddedPostgres:
                 tail = (self.root / "postgres.log").read_text(errors="replace")[-2000:]
                 raise RuntimeError(f"the embedded PostgreSQL did not start:\n{tail}")
             time.sleep(0.05)
-        return self
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:

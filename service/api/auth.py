@@ -14,8 +14,9 @@ from starlette.exceptions import WebSocketException
 from starlette.requests import HTTPConnection
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from ..errors import AijobsError, ApiError, StoreUnavailable
 from .accounts import accounts_from_scope
-from .errors import ApiError, error_response
+from .errors import error_response
 from .origins import UNSAFE_METHODS, csrf_refusal
 
 SESSION_COOKIE = "aijobs_session"
@@ -35,6 +36,7 @@ class Identity:
     user_id: str | None
     problem: str | None = None  # why a credential that was sent was refused
     via: str | None = None  # "bearer" | "cookie": a cookie is sent by browsers on their own, so it needs an Origin
+    outage: StoreUnavailable | None = None  # the store could not say who this is: 503, not 401
 
 
 class AuthMiddleware:
@@ -58,8 +60,13 @@ class AuthMiddleware:
 
 
 async def authenticate(scope: Scope) -> None:
-    """Identify the caller and leave the answer in the scope, for `current_user`."""
-    scope[_SCOPE_KEY] = await identify(scope)
+    """Identify the caller and leave the answer in the scope, for `current_user`. A store outage is left there too,
+    not raised: raised here (under the exception handlers) it would be a 500; kept, a route that needs the caller
+    answers 503 store_unavailable (HTTP, SSE, a WebSocket's handshake) and one that does not still works."""
+    try:
+        scope[_SCOPE_KEY] = await identify(scope)
+    except StoreUnavailable as exc:
+        scope[_SCOPE_KEY] = Identity(None, outage=exc)
 
 
 async def identify(scope: Scope) -> Identity:
@@ -119,9 +126,12 @@ def signed_in_by_cookie(conn: HTTPConnection) -> bool:
     return identity is not None and identity.via == "cookie"
 
 
-def unauthenticated(conn: HTTPConnection) -> ApiError:
-    """The 401 for a caller `current_user` refuses, saying what was wrong with what it sent and how to sign in."""
+def unauthenticated(conn: HTTPConnection) -> AijobsError:
+    """The 401 for a caller `current_user` refuses, saying what was wrong with what it sent and how to sign in; the
+    503 when the store could not be asked."""
     identity: Identity | None = conn.scope.get(_SCOPE_KEY)
+    if identity is not None and identity.outage is not None:
+        return identity.outage
     problem = identity.problem if identity and identity.problem else "You are not signed in."
     return ApiError(401, "unauthenticated", f"{problem} {HOW_TO_AUTH}", headers={"WWW-Authenticate": "Bearer"})
 

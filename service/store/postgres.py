@@ -16,11 +16,13 @@ every submit (the queue length is spread over 64 rows; see pg_migrations).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
-from collections.abc import Generator, Sequence
+from collections.abc import AsyncIterator, Generator, Sequence
 from typing import Any
 
+from ..errors import StoreUnavailable
 from ..models import Job, JobError, JobStatus, dumps, now
 from .base import FINAL_STEPS, UNSTORED_EVENTS_MAX, SchemaMismatch, StoreOpenError, UniqueViolation
 from .pg_migrations import MIGRATIONS, queue_key
@@ -66,10 +68,40 @@ def _shown(url: str) -> str:
     return re.sub(r"(://[^/:@]*:)[^/@]*@", r"\1***@", url)
 
 
-def _configure_kwargs() -> dict[str, Any]:
+def _configure_kwargs(connect_timeout: float) -> dict[str, Any]:
     # autocommit: one statement is one transaction, as in the SQLite store; prepare_threshold=None: never a named
-    # server-side prepared statement, so PgBouncer's transaction mode is safe.
-    return {"autocommit": True, "prepare_threshold": None}
+    # server-side prepared statement, so PgBouncer's transaction mode is safe. connect_timeout: libpq waits forever
+    # by default for a host that drops packets; bounded, the pool's reconnect loop keeps going instead.
+    return {"autocommit": True, "prepare_threshold": None, "connect_timeout": max(1, round(connect_timeout))}
+
+
+def _unreachable(exc: BaseException) -> bool:
+    """The server cannot be reached or went away (restart, shutdown, network), as opposed to a statement's own
+    error: no connection within the pool's timeout, a client-side connection failure (no SQLSTATE), class 08
+    (connection exception) or 57P01-57P03 (admin/crash shutdown, cannot connect now). A deadlock (40P01) is an
+    OperationalError too, but the statement is run again (_rows), not reported as an outage."""
+    import psycopg
+    from psycopg_pool import PoolTimeout
+
+    if isinstance(exc, PoolTimeout):
+        return True
+    if not isinstance(exc, psycopg.OperationalError):
+        return False
+    state = exc.sqlstate
+    return state is None or state.startswith("08") or state in ("57P01", "57P02", "57P03")
+
+
+@contextlib.asynccontextmanager
+async def _connection(pool: Any) -> AsyncIterator[Any]:
+    """A pooled connection; an unreachable server becomes StoreUnavailable (503 on the web, a paused claim on a
+    worker), never a 500. The pool checks each connection before handing it out and drops broken ones (see open)."""
+    try:
+        async with pool.connection() as conn:
+            yield conn
+    except Exception as exc:
+        if _unreachable(exc):
+            raise StoreUnavailable() from exc
+        raise
 
 
 class Result:
@@ -120,7 +152,7 @@ class PgDb:
         if pg is None:
             pg = self._sql[sql] = sql.replace("%", "%%").replace("?", "%s")
         try:
-            async with self.pool.connection() as conn:
+            async with _connection(self.pool) as conn:
                 cur = await conn.execute(pg, tuple(params))
                 rows = await cur.fetchall() if cur.description is not None else []
                 return Result(rows, cur.rowcount)
@@ -131,8 +163,17 @@ class PgDb:
 class PostgresJobStore:
     dialect = "postgres"
 
-    def __init__(self, url: str, *, min_size: int = 1, max_size: int = 10, connect_timeout: float = 10.0) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        min_size: int = 1,
+        max_size: int = 10,
+        connect_timeout: float = 10.0,
+        acquire_timeout: float = 5.0,
+    ) -> None:
         self.url = url
+        self.acquire_timeout = acquire_timeout
         self.min_size = min_size
         self.max_size = max_size
         self.connect_timeout = connect_timeout
@@ -158,9 +199,17 @@ class PostgresJobStore:
             self.url,
             min_size=self.min_size,
             max_size=self.max_size,
-            kwargs=_configure_kwargs(),
+            kwargs=_configure_kwargs(self.connect_timeout),
             open=False,
-            timeout=self.connect_timeout,
+            # How long a caller waits for a connection: a down server answers StoreUnavailable after this, never
+            # a hang. check: each connection is tried (an empty query) before it is handed out, so those a
+            # restart broke are dropped and replaced instead of failing the first statement on them.
+            timeout=self.acquire_timeout,
+            check=AsyncConnectionPool.check_connection,
+            # While the server is down the pool retries its connections with a doubling pause, uncapped, for
+            # reconnect_timeout (default 300 s): after a 30 s outage the next try could be 30 s away. Giving up
+            # after a few seconds instead bounds that: the next request then starts a fresh try at once.
+            reconnect_timeout=self.acquire_timeout,
             name="aijobs",
         )
         try:
@@ -187,7 +236,7 @@ class PostgresJobStore:
     # --- schema -----------------------------------------------------------------------------------------
 
     async def schema_version(self) -> int:
-        async with self.pool.connection() as conn:
+        async with _connection(self.pool) as conn:
             cur = await conn.execute("SELECT to_regclass('aijobs_schema') IS NOT NULL")
             row = await cur.fetchone()
             if not row[0]:
@@ -205,7 +254,7 @@ class PostgresJobStore:
         """Apply pending migrations in one transaction under an advisory lock, so hosts starting together take
         turns (the second finds nothing to do). Transaction-scoped lock: safe behind PgBouncer. Returns
         (version before, version after)."""
-        async with self.pool.connection() as conn, conn.transaction():
+        async with _connection(self.pool) as conn, conn.transaction():
             await conn.execute("SELECT pg_advisory_xact_lock(%s, 0)", (LOCK_MIGRATE,))
             await conn.execute("CREATE TABLE IF NOT EXISTS aijobs_schema (version INTEGER NOT NULL)")
             cur = await conn.execute("SELECT version FROM aijobs_schema FOR UPDATE")
@@ -223,7 +272,7 @@ class PostgresJobStore:
     # --- helpers ----------------------------------------------------------------------------------------
 
     async def ping(self) -> None:
-        async with self.pool.connection() as conn:
+        async with _connection(self.pool) as conn:
             await conn.execute("SELECT 1")
 
     async def _rows(self, sql: str, params: Any) -> list[Any]:
@@ -234,7 +283,7 @@ class PostgresJobStore:
 
         for attempt in range(DEADLOCK_RETRIES + 1):
             try:
-                async with self.pool.connection() as conn:
+                async with _connection(self.pool) as conn:
                     cur = await conn.execute(sql, params)
                     return await cur.fetchall()
             except psycopg.errors.DeadlockDetected:
@@ -570,7 +619,7 @@ class PostgresJobStore:
             "OR (status IN ('failed', 'cancelled', 'expired') AND completed_at < %s) RETURNING id",
             (completed_before, others_before),
         )
-        async with self.pool.connection() as conn:
+        async with _connection(self.pool) as conn:
             await conn.execute("DELETE FROM idempotency_keys WHERE created_at < %s", (idempotency_before,))
         return [r[0] for r in rows]
 
@@ -612,14 +661,14 @@ class PostgresJobStore:
         return (rows[0][0], rows[0][1]) if rows else None
 
     async def idempotency_release(self, user_id: str, key: str, job_id: str) -> None:
-        async with self.pool.connection() as conn:
+        async with _connection(self.pool) as conn:
             await conn.execute(
                 "DELETE FROM idempotency_keys WHERE user_id = %s AND key = %s AND job_id = %s", (user_id, key, job_id)
             )
 
     async def idempotency_put(self, user_id: str, key: str, request_hash: str, job_id: str, *, since: float) -> bool:
         """Reserve the key for this job; False if another request holds it (a stale one is replaced)."""
-        async with self.pool.connection() as conn:
+        async with _connection(self.pool) as conn:
             await conn.execute(
                 "DELETE FROM idempotency_keys WHERE user_id = %s AND key = %s AND created_at < %s",
                 (user_id, key, since),
