@@ -148,8 +148,7 @@ MIGRATIONS.append(
     """
 )
 
-
-# 8: browser sessions signed out before their cookie expires (DELETE /api/session). A cookie whose session id is
+# 9: browser sessions signed out before their cookie expires (DELETE /api/session). A cookie whose session id is
 # here is refused even though its signature holds; a row is useless once `expires_at` (the cookie's own expiry)
 # passes, and is purged then.
 MIGRATIONS.append(
