@@ -1,4 +1,4 @@
-"""The `aijobs` command: dev (everything on embedded defaults), web, worker, migrate, users, settings."""
+"""The `aijobs` command: dev (everything on embedded defaults), web, worker, migrate, store copy, users, settings."""
 
 from __future__ import annotations
 
@@ -86,6 +86,33 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     except StoreOpenError as exc:
         raise SystemExit(f"aijobs migrate: {exc}") from None
     return 0
+
+
+def cmd_store_copy(args: argparse.Namespace) -> int:
+    """Copy a SQLite store into a migrated PostgreSQL one; run again after an interruption, it continues."""
+    import psycopg
+
+    from .store.copy import CopyError, copy_store
+
+    try:
+        copied = copy_store(args.source, args.destination, batch_size=args.batch_size, say=_say)
+    except CopyError as exc:
+        raise SystemExit(f"aijobs store copy: {exc}") from None
+    except psycopg.Error as exc:
+        raise SystemExit(
+            f"aijobs store copy: stopped ({type(exc).__name__}: {str(exc).strip()}). What was copied stays; run the "
+            "same command again and it continues where it stopped, without duplicates."
+        ) from None
+    new = sum(c.copied for c in copied)
+    if new == 0:
+        print("Nothing new to copy: the destination already holds every row of the source.")
+    else:
+        print(f"Copied {new} rows. Point DATABASE_URL at the destination and start web and workers.")
+    return 0
+
+
+def _say(line: str) -> None:
+    print(line, flush=True)
 
 
 def cmd_dev(args: argparse.Namespace) -> int:
@@ -317,6 +344,15 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser(
         "migrate", help="apply the job store's pending schema migrations (before starting a new release)"
     ).set_defaults(fn=cmd_migrate)
+    st = sub.add_parser("store", help="move a store: copy a SQLite store into a migrated PostgreSQL one")
+    st_sub = st.add_subparsers(dest="store_command", required=True)
+    cp = st_sub.add_parser(
+        "copy", help="copy every row of a SQLite store into PostgreSQL (resumable: run it again after an interruption)"
+    )
+    cp.add_argument("source", help="sqlite:///PATH of the store to copy from (read only)")
+    cp.add_argument("destination", help="postgresql://… of a store `aijobs migrate` has prepared")
+    cp.add_argument("--batch-size", type=int, default=500, help="rows per transaction (default 500)")
+    cp.set_defaults(fn=cmd_store_copy)
     sub.add_parser("settings", help="list every setting with its default").set_defaults(fn=cmd_settings)
     u = sub.add_parser("users", help="create a user (prints its API token once), revoke its token, or list users")
     u.add_argument("action", choices=["create", "revoke", "list"])
