@@ -98,10 +98,11 @@ def cmd_store_copy(args: argparse.Namespace) -> int:
         copied = copy_store(args.source, args.destination, batch_size=args.batch_size, say=_say)
     except CopyError as exc:
         raise SystemExit(f"aijobs store copy: {exc}") from None
-    except psycopg.Error as exc:
+    except (psycopg.Error, KeyboardInterrupt) as exc:
+        why = f"{type(exc).__name__}: {str(exc).strip()}" if isinstance(exc, psycopg.Error) else "interrupted"
         raise SystemExit(
-            f"aijobs store copy: stopped ({type(exc).__name__}: {str(exc).strip()}). What was copied stays; run the "
-            "same command again and it continues where it stopped, without duplicates."
+            f"aijobs store copy: stopped ({why}). What was copied stays; run the same command again and it "
+            "continues where it stopped, without duplicates."
         ) from None
     new = sum(c.copied for c in copied)
     if new == 0:

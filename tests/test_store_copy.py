@@ -200,3 +200,20 @@ async def test_refuses_an_unmigrated_destination_and_a_source_that_is_not_sqlite
     assert code != 0 and "must be a SQLite store" in said, said
     code, said = copy(capsys, f"sqlite:///{tmp_path / 'missing.db'}", migrated_schema_url(postgres))
     assert code != 0 and "no SQLite store at" in said, said
+
+
+async def test_refuses_a_destination_where_a_user_of_the_same_name_already_exists(
+    tmp_path: Path, postgres: PostgresForTests, capsys: pytest.CaptureFixture[str]
+) -> None:
+    await build_source(tmp_path / "aijobs.db")
+    dst = migrated_schema_url(postgres)
+    store = open_store(Settings(database_url=dst))
+    await store.open()
+    try:
+        await user_store(store).create("alice")  # made in the destination before the copy: another id
+    finally:
+        await store.close()
+    code, said = copy(capsys, f"sqlite:///{tmp_path / 'aijobs.db'}", dst)
+    assert code != 0 and "clash with different rows" in said and "fresh database" in said, said
+    with psycopg.connect(dst) as conn:
+        assert conn.execute("SELECT COUNT(*) FROM jobs").fetchone()[0] == 0, "no job copied without its user"

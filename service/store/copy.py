@@ -155,12 +155,28 @@ def copy_table(
         if not batch:
             return done
         new = insert_batch(dst, insert, batch)
+        if new < len(batch) and len(key) == 1:
+            _check_skipped_are_ours(dst, table, key[0], [r[at[0]] for r in batch])
         done.copied += new
         done.present += len(batch) - new
         last = tuple(batch[-1][i] for i in at)
         if time.monotonic() - shown_at >= PROGRESS_EVERY:
             shown_at = time.monotonic()
             say(f"  {table}: {done.copied + done.present} of {done.total} rows …")
+
+
+def _check_skipped_are_ours(dst: Any, table: str, key: str, ids: list[Any]) -> None:
+    """A skipped row must be the same row already there (same key), not a clash on another unique column (a user
+    of the same name made in the destination under another id): that copy would lose the source's row silently."""
+    with dst.transaction():
+        there = {r[0] for r in dst.execute(f"SELECT {key} FROM {table} WHERE {key} = ANY(%s)", (ids,))}
+    missing = [i for i in ids if i not in there]
+    if missing:
+        raise CopyError(
+            f"{table}: {len(missing)} row(s) clash with different rows already in the destination (e.g. {key} "
+            f"{missing[0]}: a user of the same name made there?). Copy into a fresh database: drop it, create it, "
+            "run `aijobs migrate`, and copy again."
+        )
 
 
 def recount(dst: Any) -> None:
