@@ -87,26 +87,31 @@ async def publish_revoked(redis: Redis, user_id: str) -> None:
     await redis.publish(AUTH_CHANNEL, json.dumps({"revoked": user_id}))
 
 
-async def publish_signed_out(redis: Redis, session_id: str) -> None:
+async def publish_signed_out(redis: Redis, session_id: str, user_id: str | None = None) -> None:
     """Tell every web process that this browser session was signed out (the store has the record)."""
-    await redis.publish(AUTH_CHANNEL, json.dumps({"signed_out": session_id}))
+    await redis.publish(AUTH_CHANNEL, json.dumps({"signed_out": session_id, "user": user_id}))
 
 
 async def listen_for_revocations(
     redis: Redis,
     forget: Callable[[str | None], None],
     *,
-    signed_out: Callable[[str], None] | None = None,
+    signed_out: Callable[[str, str | None], None] | None = None,
+    revoked: Callable[[str], None] | None = None,
     retry: float = 1.0,
 ) -> None:
-    """Revoked tokens (`forget` the user) and signed-out sessions. After each (re)subscribe forget everything:
-    a revocation or sign-out may have been published while not listening."""
+    """Revoked tokens (`forget` the user, then `revoked`) and signed-out sessions (`signed_out(session, user)`).
+    After each (re)subscribe forget everything: a revocation or sign-out may have been published while not
+    listening."""
 
     def on_message(data: dict[str, Any]) -> None:
         if "revoked" in data:
             forget(str(data["revoked"]))
+            if revoked is not None:
+                revoked(str(data["revoked"]))
         elif "signed_out" in data and signed_out is not None:
-            signed_out(str(data["signed_out"]))
+            user = data.get("user")
+            signed_out(str(data["signed_out"]), str(user) if user is not None else None)
 
     await follow_channel(redis, AUTH_CHANNEL, on_message, on_subscribed=lambda: forget(None), retry=retry)
 

@@ -121,4 +121,13 @@ async function boot() {
   updateEmpty();
 }
 
+window.addEventListener(
+  "aijobs:signed-out",
+  (e) => {
+    $("who").textContent = e.detail || "Signed out.";
+    signInForm();
+  },
+  { once: true },
+);
+
 boot();

@@ -12,6 +12,8 @@
 
 const TERMINAL = new Set(["completed", "failed", "cancelled", "expired"]);
 const KINDS = ["snapshot", "status", "progress", "delta", "position"];
+// Errors no reconnect can mend: the job is gone, or the caller's session or token no longer holds.
+const FATAL = new Set(["job_not_found", "unauthenticated"]);
 
 export class JobError extends Error {
   constructor(code, message, job) {
@@ -122,9 +124,10 @@ class Watch {
       try {
         ok = await this[name]();
       } catch (e) {
-        if (e instanceof JobError && e.code === "job_not_found") throw e;
+        if (e instanceof JobError && FATAL.has(e.code)) throw e;
         ok = false;
       }
+      if (this.fatal) throw this.fatal; // signed out (or the token revoked) while watching: no transport will do
       if (this.last !== before) this.worked.add(name);
       if (this.done) break;
       // A transport that never delivered is blocked here: try the next. One that did was cut: resume on it.
@@ -156,7 +159,15 @@ class Watch {
         });
       }
       source.onopen = () => this.o.onConnection?.("live", "sse");
-      source.onerror = () => end(got);
+      // A connection failure, or the server's last word (`event: error`, with data) when it ends the stream
+      // because the session was signed out or the token revoked.
+      source.onerror = (e) => {
+        if (e.data) {
+          const err = JSON.parse(e.data).error || {};
+          this.fatal = new JobError(err.code || "stream_ended", err.message || "The stream was ended.", null);
+        }
+        end(got);
+      };
     });
   }
 
@@ -187,6 +198,7 @@ class Watch {
         const msg = JSON.parse(e.data);
         if (msg.type === "error") {
           if (msg.code === "job_not_found") this.notFound = true;
+          if (msg.code === "unauthenticated") this.fatal = new JobError(msg.code, msg.message, null);
           end(false);
           return;
         }
@@ -218,7 +230,7 @@ class Watch {
         if (errors || etag === null) this.o.onConnection?.("live", "poll");
         errors = 0;
       } catch (e) {
-        if (e instanceof JobError && e.code === "job_not_found") throw e;
+        if (e instanceof JobError && FATAL.has(e.code)) throw e;
         errors += 1;
         this.o.onConnection?.("reconnecting", "poll");
         await sleep(Math.min(500 * 2 ** errors, 10000));

@@ -332,6 +332,33 @@ async def test_sign_in_with_a_token_then_a_queued_job_waits_for_a_worker(
         await context.close()
 
 
+async def test_signed_out_in_another_tab_the_page_asks_to_sign_in_again(
+    browser: Any, web: LiveServer, settings: Settings
+) -> None:
+    """The server ends a signed-out session's open streams; the page stops following and shows the sign-in form."""
+    token = await make_user(settings, "tabby")
+    context = await browser.new_context(viewport=DESKTOP)
+    try:
+        page = await context.new_page()
+        await page.goto(web.url + "/")
+        await page.fill("#token", token)
+        await page.click("form.signin button[type=submit]")
+        await page.wait_for_selector("#form-titles", timeout=T)
+        job_id = await submit(page, "titles", "Followed until signed out")  # no worker: it stays queued
+        await page.wait_for_function(
+            f"""document.querySelector('.job[data-job-id="{job_id}"]').textContent.includes('live via SSE')""",
+            timeout=T,
+        )
+        cookie = next(c for c in await context.cookies() if c["name"] == "aijobs_session")
+        headers = {"Cookie": f"aijobs_session={cookie['value']}", "Origin": web.url, "Content-Type": "application/json"}
+        async with httpx.AsyncClient(base_url=web.url, headers=headers) as other_tab:
+            assert (await other_tab.delete("/api/session")).status_code == 204
+        await page.wait_for_selector("form.signin", timeout=T)
+        assert "signed out" in (await page.text_content("#who") or "")
+    finally:
+        await context.close()
+
+
 async def test_queued_card_follows_its_place_as_the_queue_drains(browser: Any, settings: Settings) -> None:
     """Over SSE the card's place and wait come from pushed `position` events (its 3 s poll is off there)."""
     from dataclasses import replace

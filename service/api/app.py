@@ -200,8 +200,21 @@ def create_app(settings: Settings, *, redis_url: str, registry: TaskRegistry | N
             max_wait=settings.job_max_wait,
         )
         accounts = build_accounts(settings, store, redis)
+
+        def signed_out(session: str, user: str | None) -> None:
+            accounts.users.saw_sign_out(session)
+            gateway.end_streams("signed_out", user_id=user, session=session)
+
+        def revoked(user: str) -> None:
+            gateway.end_streams("revoked", user_id=user)
+
         revocations = asyncio.create_task(
-            listen_for_revocations(redis, accounts.users.forget, signed_out=accounts.users.saw_sign_out)
+            listen_for_revocations(
+                redis,
+                accounts.users.forget,
+                signed_out=signed_out,
+                revoked=revoked,
+            )
         )
         ticker = PositionTicker(gateway=gateway, store=store, jobs=jobs, interval=settings.position_push_seconds)
         positions = asyncio.create_task(ticker.run(), name="aijobs-positions")

@@ -37,6 +37,7 @@ class Identity:
     problem: str | None = None  # why a credential that was sent was refused
     via: str | None = None  # "bearer" | "cookie": a cookie is sent by browsers on their own, so it needs an Origin
     outage: StoreUnavailable | None = None  # the store could not say who this is: 503, not 401
+    session: str | None = None  # the browser session's id (cookie): its open streams end when it signs out
 
 
 class AuthMiddleware:
@@ -96,7 +97,7 @@ async def identify(scope: Scope) -> Identity:
             return Identity(None, "Your session was signed out (the account's API token was revoked); sign in again.")
         if await acc.users.signed_out(signed.session_id):
             return Identity(None, "This session was signed out; sign in again.")
-        return Identity(signed.user_id, via="cookie")
+        return Identity(signed.user_id, via="cookie", session=signed.session_id)
     return Identity(None)
 
 
@@ -124,6 +125,12 @@ def signed_in_by_cookie(conn: HTTPConnection) -> bool:
     """Whether the caller was identified by the session cookie (which a browser attaches by itself)."""
     identity: Identity | None = conn.scope.get(_SCOPE_KEY)
     return identity is not None and identity.via == "cookie"
+
+
+def current_session(conn: HTTPConnection) -> str | None:
+    """The id of the browser session the caller signed in with (None for a Bearer token)."""
+    identity: Identity | None = conn.scope.get(_SCOPE_KEY)
+    return identity.session if identity is not None else None
 
 
 def unauthenticated(conn: HTTPConnection) -> AijobsError:

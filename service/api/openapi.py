@@ -275,6 +275,13 @@ def sse_item(id_schema: dict[str, Any]) -> dict[str, Any]:
             "retry": INT,
         }
         variants.append({"type": "object", "title": kind, "required": ["event", "data"], "properties": props})
+    # The server's last word on a stream whose session was signed out or whose token was revoked (no id), after
+    # which it closes the stream: the 401 body a new request would get, with `reason` ("signed_out", "revoked").
+    ended = {
+        "event": {"const": "error"},
+        "data": {"type": "string", "contentMediaType": "application/json", "contentSchema": ERROR},
+    }
+    variants.append({"type": "object", "title": "error", "required": ["event", "data"], "properties": ended})
     return {"oneOf": variants}
 
 

@@ -99,7 +99,7 @@ async def delete_session(request: Request) -> Response:
     if signed is not None:
         await acc.users.sign_out(signed.session_id, signed.user_id, signed.expires)
         try:
-            await publish_signed_out(app_state(request).redis, signed.session_id)
+            await publish_signed_out(app_state(request).redis, signed.session_id, signed.user_id)
         except Exception as exc:  # the store has it: other processes refuse it once their cache (30 s) lapses
             log.warning("could not broadcast a sign-out", extra={"error": repr(exc)})
     response = Response(status_code=204)

@@ -25,7 +25,7 @@ from ..push.watch import JobWatch, watch_events
 from ..push.wire import sse_wire, ws_wire
 from ..push.ws import WsSession
 from . import origins
-from .auth import current_user, signed_in_by_cookie, unauthenticated
+from .auth import current_session, current_user, signed_in_by_cookie, unauthenticated
 from .errors import ApiError, error_response, not_found
 from .headers import sse_headers
 from .state import app_state
@@ -69,7 +69,13 @@ async def job_events(request: Request) -> Response:
     watch = JobWatch(job_id=job_id, user_id=user, store=state.store, events=state.events, jobs=state.jobs)
     slot = acquire_stream_slot(request, user)
     return SseResponse(
-        watch_events(watch, state.gateway, after, sse_wire(request.scope, state.gateway.fast.sse_lane)),
+        watch_events(
+            watch,
+            state.gateway,
+            after,
+            sse_wire(request.scope, state.gateway.fast.sse_lane),
+            session=current_session(request),
+        ),
         headers=sse_headers(request.scope),
         send_timeout=state.settings.push_send_timeout,
         on_close=slot.release,
@@ -91,7 +97,7 @@ async def all_events(request: Request) -> Response:
             f"{'Last-Event-ID' if header else '?cursor='} must be an id this stream sent (job_id:seq pairs joined "
             "by commas); leave it out to start every active job from a snapshot.",
         ) from None
-    mw = multi_watch(state, user)
+    mw = multi_watch(state, user, current_session(request))
     slot = acquire_stream_slot(request, user)
     return SseResponse(
         mine_events(mw, cursor, state.settings.sse_ping_seconds),
@@ -154,7 +160,8 @@ async def websocket_endpoint(ws: WebSocket) -> None:
     try:
         await ws.accept()
         fast = state.gateway.fast
-        await WsSession(ws, state, user, ws_wire(ws.scope, fast.ws_lane, fast.ws_direct)).run()
+        wire = ws_wire(ws.scope, fast.ws_lane, fast.ws_direct)
+        await WsSession(ws, state, user, wire, session=current_session(ws)).run()
     finally:
         slot.release()
         if ws.application_state is WebSocketState.CONNECTED and ws.client_state is WebSocketState.CONNECTED:

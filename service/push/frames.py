@@ -44,6 +44,23 @@ def sse_frame(event: Event) -> bytes:
 
 
 PING_FRAME = b": ping\n\n"
+
+# Why the server ended a stream whose credential lapsed, as the API's 401 says it: sent last, then the stream closes.
+ENDED_MESSAGES = {
+    "signed_out": "This session was signed out; sign in again.",
+    "revoked": "The account's API token was revoked; sign in again with the new one.",
+}
+
+
+def ended_error(reason: str) -> dict[str, str]:
+    return {"code": "unauthenticated", "reason": reason, "message": ENDED_MESSAGES.get(reason, "Sign in again.")}
+
+
+def sse_ended_frame(reason: str) -> bytes:
+    """The last SSE event of a stream whose credential lapsed: `event: error` with the API's 401 error body."""
+    return f"event: error\ndata: {dumps({'error': ended_error(reason)})}\n\n".encode()
+
+
 PING_CHUNK = chunk(PING_FRAME)
 WS_PING_FRAME = ws_text_frame(b'{"type":"ping"}')
 

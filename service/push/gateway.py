@@ -77,10 +77,16 @@ class Subscriber:
         "_waiter",
         "watched",
         "parked",
+        "session",
+        "ended",
     )
 
-    def __init__(self, user_id: str, job_ids: set[str] | None = None, *, maxsize: int = 256) -> None:
+    def __init__(
+        self, user_id: str, job_ids: set[str] | None = None, *, maxsize: int = 256, session: str | None = None
+    ) -> None:
         self.user_id = user_id
+        self.session = session  # the browser session it was opened with (None: a Bearer token)
+        self.ended: str | None = None  # why the server ends this stream ("signed_out", "revoked"); None while open
         self.job_ids = job_ids  # None: every job of the user
         self.maxsize = maxsize
         self.buffer: list[Event] = []  # small; a list costs far less memory per idle client than a deque
@@ -164,6 +170,12 @@ class Subscriber:
                 self._fast_failed(exc)
         self.wake()
 
+    def end(self, reason: str) -> None:
+        """The credential this stream was opened with no longer holds: its writer stops at its next wake-up."""
+        self.ended = reason
+        self.fast = None
+        self._notify()
+
     def wake(self) -> None:
         """Wake the client's writer with nothing to send (`wait` returns False)."""
         self.ping_due = True
@@ -175,7 +187,7 @@ class Subscriber:
         With no timeout, no timer is armed per client: the gateway's one ticker wakes every client for its
         keepalive, which keeps thousands of idle connections free of per-client timers.
         """
-        if self.buffer or self.resync:
+        if self.buffer or self.resync or self.ended:
             return True
         if self.ping_due:
             self.ping_due = False
@@ -191,7 +203,7 @@ class Subscriber:
             return False
         finally:
             self._waiter = None
-        if self.buffer or self.resync:
+        if self.buffer or self.resync or self.ended:
             return True
         self.ping_due = False
         return False
@@ -327,6 +339,22 @@ class Gateway:
         loose.discard(sub)
         sub.parked = (job_id, member)
         return True
+
+    def end_streams(self, reason: str, *, user_id: str | None = None, session: str | None = None) -> int:
+        """End the open streams of a user (a revoked token: all of them) or of one browser session (signed out; its
+        user, when known, narrows the search). Each writer sends its last word and closes; returns how many."""
+        if user_id is not None:
+            subs = list(self._subs.get(user_id, ()))
+        else:
+            subs = [sub for group in self._subs.values() for sub in group]
+        ended = 0
+        for sub in subs:
+            if session is not None and sub.session != session:
+                continue
+            self.unpark(sub)  # the fan-out writes no more to it
+            sub.end(reason)
+            ended += 1
+        return ended
 
     def unpark(self, sub: Subscriber) -> None:
         parked = sub.parked

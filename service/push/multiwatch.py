@@ -23,7 +23,7 @@ from ..events import EventLog
 from ..jobs import JobService
 from ..models import TERMINAL_STATUSES, Event, EventKind
 from ..store.base import JobStore
-from .frames import PING_FRAME, sse_body
+from .frames import PING_FRAME, sse_body, sse_ended_frame
 from .gateway import Gateway, Subscriber
 from .state import PushState
 from .watch import RETRY_MS, JobWatch
@@ -38,13 +38,22 @@ _DONE_MEMORY = 1000
 
 
 class MultiWatch:
-    def __init__(self, *, user_id: str, store: JobStore, events: EventLog, jobs: JobService, gateway: Gateway) -> None:
+    def __init__(
+        self,
+        *,
+        user_id: str,
+        store: JobStore,
+        events: EventLog,
+        jobs: JobService,
+        gateway: Gateway,
+        session: str | None = None,
+    ) -> None:
         self.user_id = user_id
         self.store = store
         self.events = events
         self.jobs = jobs
         self.gateway = gateway
-        self.sub = Subscriber(user_id, set())
+        self.sub = Subscriber(user_id, set(), session=session)
         self.sub.watched = lambda: [j for j, w in self.watches.items() if w.queued and not w.done]
         self.watches: dict[str, JobWatch] = {}
         self.mine = False
@@ -172,8 +181,10 @@ def ends_job(event: Event) -> bool:
     )
 
 
-def multi_watch(state: PushState, user: str) -> MultiWatch:
-    return MultiWatch(user_id=user, store=state.store, events=state.events, jobs=state.jobs, gateway=state.gateway)
+def multi_watch(state: PushState, user: str, session: str | None = None) -> MultiWatch:
+    return MultiWatch(
+        user_id=user, store=state.store, events=state.events, jobs=state.jobs, gateway=state.gateway, session=session
+    )
 
 
 async def mine_events(mw: MultiWatch, cursor: dict[str, int] | None, ping: float) -> AsyncGenerator[bytes, None]:
@@ -205,5 +216,8 @@ async def mine_events(mw: MultiWatch, cursor: dict[str, int] | None, ping: float
                     yield chunk
             batch = None  # hold no event while idle
             batch = await mw.next_batch()
+            if mw.sub.ended:
+                yield sse_ended_frame(mw.sub.ended)
+                return
     finally:
         await mw.close()

@@ -24,7 +24,7 @@ from ..jobs import JobService
 from ..models import TERMINAL_STATUSES, Event, EventKind, Job
 from ..store.base import JobStore
 from .fastpath import FastPath
-from .frames import PING_CHUNK, PING_FRAME, WS_PING_FRAME, sse_chunk, sse_frame, ws_frame
+from .frames import PING_CHUNK, PING_FRAME, WS_PING_FRAME, sse_chunk, sse_ended_frame, sse_frame, ws_frame
 from .gateway import Gateway, Lane, Subscriber
 from .wire import SseWire, WsWire
 
@@ -172,9 +172,9 @@ def _ready(wire: SseWire | WsWire, path: FastPath) -> bool:
 
 
 async def watch_events(
-    watch: JobWatch, gateway: Gateway, after: int | None, wire: SseWire | None = None
+    watch: JobWatch, gateway: Gateway, after: int | None, wire: SseWire | None = None, *, session: str | None = None
 ) -> AsyncGenerator[bytes, None]:
-    sub = Subscriber(watch.user_id, {watch.job_id})
+    sub = Subscriber(watch.user_id, {watch.job_id}, session=session)
     sub.watched = watch.watching
     path = gateway.fast.sse_lane
     if wire is not None:
@@ -200,6 +200,9 @@ async def watch_events(
                 woke = await sub.wait()  # the gateway's ticker wakes it for keepalives
             finally:
                 gateway.unpark(sub)
+            if sub.ended:
+                yield sse_ended_frame(sub.ended)
+                break
             if watch.done:
                 break
             if not woke:

@@ -19,7 +19,7 @@ from typing import Any
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from ..models import Event, EventKind, dumps
-from .frames import WS_PING_FRAME, event_json, ws_frame
+from .frames import WS_PING_FRAME, ended_error, event_json, ws_frame
 from .multiwatch import MAX_JOBS_PER_CLIENT, multi_watch, parse_cursor
 from .state import PushState
 from .watch import ws_lane
@@ -76,12 +76,14 @@ def unknown_field(msg: dict[str, Any]) -> tuple[str, str] | None:
 class WsSession:
     """One WebSocket: reads client messages and writes events, one task each, sharing one MultiWatch."""
 
-    def __init__(self, ws: WebSocket, state: PushState, user: str, wire: WsWire | None = None) -> None:
+    def __init__(
+        self, ws: WebSocket, state: PushState, user: str, wire: WsWire | None = None, *, session: str | None = None
+    ) -> None:
         self.ws = ws
         self.wire = wire
         self.state = state
         self.user = user
-        self.mw = multi_watch(state, user)
+        self.mw = multi_watch(state, user, session)
         self.send_lock = asyncio.Lock()
         self.idle = False  # the writer waits for events (only then may the fan-out write to this socket)
         self.direct = state.gateway.fast.ws_direct  # the switch of `fast`
@@ -269,6 +271,11 @@ class WsSession:
                 self.idle = False
                 sub.fast = None
                 self.unpark()
+            if sub.ended:  # the credential lapsed: say so, close as a refused handshake would (policy violation)
+                with contextlib.suppress(Exception):
+                    await self.error(**ended_error(sub.ended))
+                    await self.ws.close(code=1008, reason=sub.ended)
+                return
             if not woke:
                 await self.control("ping")  # keepalive: proxies close idle connections
                 continue

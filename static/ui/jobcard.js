@@ -126,7 +126,10 @@ export class JobCard {
           },
         });
       } catch (err) {
-        if (err.code === "job_not_found") {
+        if (err.code === "unauthenticated") {
+          // Signed out (here or in another tab) or the token revoked: the page asks to sign in again.
+          window.dispatchEvent(new CustomEvent("aijobs:signed-out", { detail: err.message }));
+        } else if (err.code === "job_not_found") {
           this.job.status = "expired";
           this.job.error = { code: "job_not_found", message: "This job no longer exists on the server." };
         }
