@@ -116,6 +116,13 @@ def _say(line: str) -> None:
     print(line, flush=True)
 
 
+def _long_running(procfile: Path) -> list[str]:
+    """The Procfile's process types to start: all but `release`, the one-off a platform runs before each deploy
+    (`aijobs migrate`; SQLite migrates itself on open, and dev migrates PostgreSQL itself above)."""
+    names = [line.split(":", 1)[0].strip() for line in procfile.read_text().splitlines() if ":" in line]
+    return [name for name in names if name and not name.startswith("#") and name != "release"]
+
+
 def cmd_dev(args: argparse.Namespace) -> int:
     """Embedded Redis (unless REDIS_URL is set), then the Procfile's own lines through honcho."""
     settings = _settings()
@@ -160,8 +167,20 @@ def cmd_dev(args: argparse.Namespace) -> int:
         # worker are stopped in turn, then Redis, and var/redis.url is removed (no later CLI aims at a dead Redis).
         signal.signal(signal.SIGTERM, _interrupt)
         signal.signal(signal.SIGHUP, _interrupt)
+        honcho = [
+            sys.executable,
+            "-m",
+            "honcho",
+            "start",
+            "-f",
+            str(ROOT / "Procfile"),
+            "-d",
+            str(ROOT),
+            "-p",
+            str(port),
+        ]
         proc = subprocess.Popen(
-            [sys.executable, "-m", "honcho", "start", "-f", str(ROOT / "Procfile"), "-d", str(ROOT), "-p", str(port)],
+            [*honcho, *_long_running(ROOT / "Procfile")],
             env=env,
             preexec_fn=die_with_parent,
         )
