@@ -11,7 +11,10 @@ import subprocess
 import sys
 from dataclasses import fields
 from pathlib import Path
+from typing import NoReturn
 
+from .client_cli import EXIT_USAGE
+from .client_cli import add_commands as add_client_commands
 from .config import Settings, SettingsError, is_loopback_host, settings_table
 from .embedded import die_with_parent, embedded_redis_url, redis_url_for
 from .files import private_dir
@@ -351,10 +354,16 @@ def cmd_settings(args: argparse.Namespace) -> int:
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors exit 3 (argparse's own 2 is `aijobs submit --watch`'s "cancelled or expired")."""
+
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="aijobs", description="Slow AI requests as background jobs with live progress."
-    )
+    parser = _Parser(prog="aijobs", description="Slow AI requests as background jobs with live progress.")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("dev", help="run web + worker on embedded defaults").set_defaults(fn=cmd_dev)
     sub.add_parser("web", help="run the web process (REDIS_URL required)").set_defaults(fn=cmd_web)
@@ -379,6 +388,7 @@ def main(argv: list[str] | None = None) -> int:
     u.add_argument("name", nargs="?", help="the user's name (create, revoke)")
     u.add_argument("--new-token", action="store_true", help="revoke: issue a new token and print it once")
     u.set_defaults(fn=cmd_users)
+    add_client_commands(sub)
     args = parser.parse_args(argv)
     return int(args.fn(args))
 
