@@ -66,8 +66,10 @@ async def stored(run: Run) -> Job:
 async def test_a_burst_of_events_is_announced_in_full_and_stored_in_few_writes(run: Run) -> None:
     start = run.claimed.seq
     for i in range(UNSTORED_EVENTS_MAX):
+        run.ctx._progress_at = -1  # each step its own event (the 0.1 s coalescing is not what this tests)
         await run.ctx.progress(i, f"step {i}")
     assert (await stored(run)).seq == start, "within a second: announced, not stored"
+    run.ctx._progress_at = -1
     await run.ctx.progress(60, "one more")  # past UNSTORED_EVENTS_MAX: stored, whatever the time
     job = await stored(run)
     assert job.seq == start + UNSTORED_EVENTS_MAX + 1 and job.percentage == 60 and job.current_step == "one more"
@@ -104,6 +106,7 @@ async def test_a_run_taken_over_between_checkpoints_is_stopped_by_the_log(run: R
     from service.events import announcement
 
     assert await run.events.publish("u", announcement(taken))  # what the sweeper does
+    run.ctx._progress_at = -1  # announced at once, not held back for the 0.1 s window
     with pytest.raises(LeaseLost):
         await run.ctx.progress(20, "late")  # not stored (no checkpoint due), refused by the log
     log = await run.events.read_after(run.claimed.id, run.claimed.seq)
@@ -112,3 +115,31 @@ async def test_a_run_taken_over_between_checkpoints_is_stopped_by_the_log(run: R
         await run.ctx.checkpoint()  # and the store refuses its checkpoint
     job = await stored(run)
     assert job.status is JobStatus.QUEUED and job.seq == taken.seq
+
+
+async def test_progress_is_coalesced_in_time_the_first_and_last_always_go_out(run: Run) -> None:
+    """A burst of steps (an instant job's nine in a few ms) is announced as its first and its latest; a held step
+    goes out by itself when the window ends (a task then waiting on a slow call still shows where it is)."""
+    start = run.claimed.seq
+    for i in range(1, 10):
+        await run.ctx.progress(i * 10, f"step {i}" if i % 2 else None)
+    log = await run.events.read_after(run.claimed.id, start)
+    assert [(e.data["percentage"], e.data["current_step"]) for e in log] == [(10, "step 1")], "the first at once"
+
+    async def latest_announced() -> bool:
+        return len(await run.events.read_after(run.claimed.id, start)) == 2
+
+    await until(latest_announced, timeout=5, what="the held-back step to go out by its timer")
+    log = await run.events.read_after(run.claimed.id, start)
+    assert (log[1].data["percentage"], log[1].data["current_step"]) == (90, "step 9"), "latest wins"
+    # A new burst: its first is held (the window is open), then a delta and the end take it out first.
+    await run.ctx.progress(95, "Polishing")
+    await run.ctx.progress(99)
+    await run.ctx.delta("text")
+    await run.ctx.checkpoint()
+    log = await run.events.read_after(run.claimed.id, start)
+    assert [e.kind.value for e in log] == ["progress", "progress", "progress", "delta"]
+    assert (log[2].data["percentage"], log[2].data["current_step"]) == (99, "Polishing"), "the step it did not name"
+    assert [e.seq for e in log] == list(range(start + 1, run.ctx.seq + 1)), "each once, in order"
+    job = await stored(run)
+    assert job.seq == run.ctx.seq and job.percentage == 99 and job.current_step == "Polishing"

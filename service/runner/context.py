@@ -26,6 +26,7 @@ from ..store.base import UNSTORED_EVENTS_MAX, JobStore
 log = logging.getLogger("aijobs.runner")
 
 DELTA_FLUSH_SECONDS = 0.1  # at most ~10 delta events per second per job
+PROGRESS_FLUSH_SECONDS = 0.1  # and ~10 progress events: the latest wins, the first and the last always go out
 CHECKPOINT_SECONDS = 1.0  # at most one store write per second per running job, besides its state changes
 
 
@@ -193,6 +194,11 @@ class RunContext:
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     _timer: asyncio.TimerHandle | None = None
     _timed: asyncio.Future[None] | None = None
+    _emitting: asyncio.Lock = field(default_factory=asyncio.Lock)  # the task and a timed progress take turns
+    _progress: dict[str, Any] | None = None  # a progress event held back (coalesced), the latest one
+    _progress_at: float = -1.0  # when the last progress event was announced
+    _progress_timer: asyncio.TimerHandle | None = None
+    _progress_timed: asyncio.Future[None] | None = None
 
     def __post_init__(self) -> None:
         self._stored_seq = self.seq
@@ -237,15 +243,22 @@ class RunContext:
             log.info("timed checkpoint not written", extra={"job_id": self.job_id, "error": repr(exc)})
 
     def close(self) -> None:
-        """The attempt is over: no timed checkpoint any more."""
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        if self._timed is not None and not self._timed.done():
-            self._timed.cancel()
+        """The attempt is over: no timed checkpoint nor held-back progress any more."""
+        for timer in (self._timer, self._progress_timer):
+            if timer is not None:
+                timer.cancel()
+        self._timer = self._progress_timer = None
+        for timed in (self._timed, self._progress_timed):
+            if timed is not None and not timed.done():
+                timed.cancel()
 
     async def _emit(self, kind: EventKind, data: dict[str, Any], text: str | None = None) -> None:
-        """Announce the next event; write the store first when a checkpoint is due."""
+        """Announce the next event; write the store first when a checkpoint is due. One at a time: a held-back
+        progress event announced by its timer takes its turn beside the task's own events (each its own seq)."""
+        async with self._emitting:
+            await self._emit_one(kind, data, text)
+
+    async def _emit_one(self, kind: EventKind, data: dict[str, Any], text: str | None) -> None:
         seq = self.seq + 1
         if text:
             self._unstored.append(text)
@@ -267,14 +280,49 @@ class RunContext:
             raise LeaseLost(self.job_id)  # the log holds a newer event: the job was taken over
 
     async def progress(self, percentage: float, step: str | None = None) -> None:
-        await self.flush()
+        """Coalesced in time like deltas: within PROGRESS_FLUSH_SECONDS of the last progress event, this one is held
+        back and replaces any held before it (latest wins; a step it does not name stays the held one's); it goes
+        out when the window ends (a timer), with the next event, or before the attempt's end (`checkpoint`). An
+        instant job's nine steps in a few milliseconds become its first and its last."""
         self._percentage = max(0.0, min(100.0, float(percentage)))
         if step is not None:
             self._step = step
+        elif self._progress is not None:
+            step = self._progress["current_step"]
         data: dict[str, Any] = {"percentage": round(self._percentage, 1), "current_step": step}
         if self._percentage >= 5:  # time left, extrapolated from this attempt's pace so far
             elapsed = time.monotonic() - self._started
             data["estimated_time_remaining"] = round(elapsed * (100 - self._percentage) / self._percentage, 1)
+        wait = self._progress_at + PROGRESS_FLUSH_SECONDS - time.monotonic()
+        if wait > 0 or self._progress is not None:
+            self._progress = data
+            if self._progress_timer is None:
+                loop = asyncio.get_running_loop()
+                self._progress_timer = loop.call_later(max(wait, 0.0), self._progress_timer_fired)
+            return
+        await self.flush()
+        self._progress_at = time.monotonic()
+        await self._emit(EventKind.PROGRESS, data)
+
+    def _progress_timer_fired(self) -> None:
+        self._progress_timer = None
+        self._progress_timed = asyncio.ensure_future(self._timed_progress())
+
+    async def _timed_progress(self) -> None:
+        try:
+            await self._release_progress()
+        except Exception as exc:  # a lost lease or an unreachable store: the task's next write finds out
+            log.info("held-back progress not announced", extra={"job_id": self.job_id, "error": repr(exc)})
+
+    async def _release_progress(self) -> None:
+        """Announce the held-back progress event, if any."""
+        if self._progress_timer is not None:
+            self._progress_timer.cancel()
+            self._progress_timer = None
+        data, self._progress = self._progress, None
+        if data is None:
+            return
+        self._progress_at = time.monotonic()
         await self._emit(EventKind.PROGRESS, data)
 
     async def delta(self, text: str) -> None:
@@ -285,7 +333,11 @@ class RunContext:
             await self.flush()
 
     async def flush(self) -> None:
-        """Announce the text gathered since the last flush, as one delta event."""
+        """Announce a held-back progress event, then the text gathered since the last flush (one delta event)."""
+        await self._release_progress()
+        await self._flush_text()
+
+    async def _flush_text(self) -> None:
         if not self._pending:
             return
         piece = "".join(self._pending)
@@ -295,6 +347,8 @@ class RunContext:
 
     async def checkpoint(self) -> None:
         """Announce what is pending and bring the store up to everything announced: before the final write."""
+        if self._progress_timed is not None and not self._progress_timed.done():
+            await self._progress_timed  # never cancelled mid-announce: the held event goes out once
         await self.flush()
         if self._timer is not None:
             self._timer.cancel()
