@@ -30,11 +30,16 @@ from ..submit_rules import acquire_stream_slot, take_provider_key
 from .errors import NO_SDK_RETRY, openai_error, openai_errors
 from .requests import CHAT_PARAMS, RESPONSE_PARAMS, chat_request, response_request
 from .shapes import FACADE_TYPES, chat_completion, job_id_of, models, response_id, response_object
-from .stream import SCALE, chat_stream, response_stream, seq_of, until_done
+from .stream import SCALE, chat_stream, failure, response_stream, seq_of, until_done
 
 # A job that failed, as the status of a chat completion (which has no status of its own): what the SDK raises.
 FAILED_STATUS = {"rate_limited": 429, "provider_bad_request": 400, "content_refused": 400, "invalid_input": 400}
 NUMBER = re.compile(r"[0-9]{1,15}")
+
+
+def key(request: Request) -> str | None:
+    """An Idempotency-Key, as POST /api/jobs takes it: the same key and request within 24 h give the same job."""
+    return request.headers.get("idempotency-key")
 
 
 def not_found() -> ApiError:
@@ -69,12 +74,12 @@ async def create_response(request: Request) -> Response:
     if asked.stream:
         slot = acquire_stream_slot(request, user)  # before the job: a refused stream leaves no job behind
         try:
-            job, _, _ = await admit(request, user, asked.job, provider_key=provider_key)
+            job, _, _ = await admit(request, user, asked.job, provider_key=provider_key, idempotency_key=key(request))
         except BaseException:
             slot.release()
             raise
         return sse_response(state, response_stream(state, user, job, starting_after=None), slot)
-    job, _, _ = await admit(request, user, asked.job, provider_key=provider_key)
+    job, _, _ = await admit(request, user, asked.job, provider_key=provider_key, idempotency_key=key(request))
     if not asked.background:
         job = await until_done(state, user, job)
     return JSONOut(response_object(job, state.settings))
@@ -142,7 +147,8 @@ async def delete_response(request: Request) -> Response:
     job = await owned(request, user)
     if not job.terminal:
         with contextlib.suppress(JobRequestError):  # it ended meanwhile: deleted below all the same
-            job = await state.jobs.cancel(user, job.id) or job
+            await state.jobs.cancel(user, job.id)
+        job = await state.store.get_owned(job.id, user) or job
         if not job.terminal:
             raise ApiError(
                 400, "response_in_progress", "The response is still stopping after its cancel; delete it again."
@@ -164,20 +170,18 @@ async def chat_completions(request: Request) -> Response:
     if asked.stream:
         slot = acquire_stream_slot(request, user)
         try:
-            job, _, _ = await admit(request, user, asked.job, provider_key=provider_key)
+            job, _, _ = await admit(request, user, asked.job, provider_key=provider_key, idempotency_key=key(request))
         except BaseException:
             slot.release()
             raise
         return sse_response(
             state, chat_stream(state, user, job, model=asked.model, include_usage=asked.include_usage), slot
         )
-    job, _, _ = await admit(request, user, asked.job, provider_key=provider_key)
+    job, _, _ = await admit(request, user, asked.job, provider_key=provider_key, idempotency_key=key(request))
     job = await until_done(state, user, job)
     if job.status is JobStatus.COMPLETED:
         return JSONOut(chat_completion(job, state.settings))
-    error = job.error
-    code = "cancelled" if job.status is JobStatus.CANCELLED else (error.code if error else job.status.value)
-    message = error.message if error else f"The chat completion's job ended {job.status.value}."
+    code, message = failure(job)
     return openai_error(FAILED_STATUS.get(code, 502), code, message, headers=NO_SDK_RETRY)
 
 

@@ -26,10 +26,12 @@ import logging
 from collections.abc import AsyncGenerator
 from typing import Any
 
+from ...errors import ApiError
 from ...models import Event, EventKind, Job, JobError, JobStatus, dumps
 from ...push.gateway import Subscriber
 from ...push.watch import JobWatch
 from ..state import AppState
+from .errors import NO_SDK_RETRY, error_body
 from .shapes import (
     chat_chunk,
     empty_item,
@@ -37,16 +39,13 @@ from .shapes import (
     message_item,
     output_text,
     primary_model,
+    response_id,
     response_object,
     text_part,
 )
 
 SCALE = 10  # more than the most OpenAI events one job event makes (4)
 KEEPALIVE = b": keepalive\n\n"
-STREAM_BROKEN = (
-    "The stream broke on the server's side; the response goes on. Resume with "
-    "responses.retrieve(id, stream=True, starting_after={after})."
-)
 
 log = logging.getLogger("aijobs.api")
 
@@ -199,69 +198,100 @@ async def response_stream(
 ) -> AsyncGenerator[bytes, None]:
     """The SSE body of a Responses stream: every event after `starting_after` (None: from the first).
 
-    A stream that cannot go on (the store or Redis failing under it) ends with an `error` event naming the
-    sequence number to resume after, instead of a cut connection."""
+    A stream that cannot go on (the store or Redis failing under it, even as it starts) ends with an `error` event
+    saying how to resume, instead of a cut connection or a 5xx the SDK would answer by making the job again."""
     after = -1 if starting_after is None else starting_after
     teller = ResponseEvents(state, job)
     sent = after
-    started = ended = False
+    ended = False
     from_start = after < SCALE  # no event is numbered below SCALE: nothing was received yet
     try:
         async with contextlib.aclosing(follow(state, user_id, job.id, max(0, seq_of(after) - 1))) as events:
             async for event in events:
                 if event is None:
-                    started = True
                     yield KEEPALIVE
                     continue
                 for made in await teller.translate(event, from_start=from_start):
                     ended = ended or made["type"] in ("response.completed", "response.incomplete", "response.failed")
                     if made["sequence_number"] > sent:
-                        sent, started = made["sequence_number"], True
+                        sent = made["sequence_number"]
                         yield sse(made)
     except Exception:
-        if not started:
-            raise  # nothing sent yet: refused as a whole (SseResponse answers 503 stream_unavailable)
         log.exception("a Responses stream broke", extra={"job_id": job.id})
-        yield sse(teller.error(STREAM_BROKEN.format(after=sent), "stream_unavailable"))
+        resume = f"starting_after={sent}" if sent >= 0 else "from its start"
+        message = (
+            f"The stream broke on the server's side; the response goes on. Resume it with "
+            f"responses.retrieve({response_id(job.id)!r}, stream=True) {resume}."
+        )
+        yield sse(teller.error(message, "stream_unavailable"))
         return
     if not ended:
         yield sse(teller.error("This response was deleted while it was being streamed.", "response_not_found"))
+
+
+def _data(body: dict[str, Any]) -> bytes:
+    return b"data: " + dumps(body).encode() + b"\n\n"
 
 
 async def chat_stream(
     state: AppState, user_id: str, job: Job, *, model: str | None, include_usage: bool
 ) -> AsyncGenerator[bytes, None]:
     """The SSE body of a streamed chat completion: a role chunk, a chunk per delta, the finish chunk (and the usage
-    chunk), `[DONE]`; a job that does not complete ends with an error, which the SDK raises as an APIError."""
+    chunk), `[DONE]`; a job that does not complete, or a stream that breaks, ends with an error, which the SDK
+    raises as an APIError."""
     name = model or primary_model(state.settings)
-    yield b"data: " + dumps(chat_chunk(job, name, {"role": "assistant", "content": ""})).encode() + b"\n\n"
+    yield _data(chat_chunk(job, name, {"role": "assistant", "content": ""}))
     final = job
-    async with contextlib.aclosing(follow(state, user_id, job.id, 0)) as events:
-        async for event in events:
-            if event is None:
-                yield KEEPALIVE
-            elif event.kind is EventKind.DELTA:
-                delta = {"content": event.data.get("text", "")}
-                yield b"data: " + dumps(chat_chunk(job, name, delta)).encode() + b"\n\n"
-            elif event.terminal or event.kind is EventKind.SNAPSHOT:
-                final = await state.store.get(job.id) or final
+    try:
+        async with contextlib.aclosing(follow(state, user_id, job.id, 0)) as events:
+            async for event in events:
+                if event is None:
+                    yield KEEPALIVE
+                elif event.kind is EventKind.DELTA:
+                    yield _data(chat_chunk(job, name, {"content": event.data.get("text", "")}))
+                elif event.terminal or event.kind is EventKind.SNAPSHOT:
+                    final = await state.store.get(job.id) or final
+    except Exception:
+        log.exception("a chat completion stream broke", extra={"job_id": job.id})
+        message = f"The stream broke on the server's side; the job {job.id} goes on (GET /api/jobs/{job.id})."
+        yield _data(error_body(message, status=503, code="stream_unavailable"))
+        return
     if final.status is JobStatus.COMPLETED:
         model_used = final.model or name
-        yield b"data: " + dumps(chat_chunk(final, model_used, {}, finish="stop")).encode() + b"\n\n"
+        yield _data(chat_chunk(final, model_used, {}, finish="stop"))
         if include_usage:
-            yield b"data: " + dumps(chat_chunk(final, model_used, None, usage=True)).encode() + b"\n\n"
+            yield _data(chat_chunk(final, model_used, None, usage=True))
         yield b"data: [DONE]\n\n"
         return
-    error = final.error.to_dict() if final.error else {"code": final.status.value, "message": "The job ended."}
-    if final.status is JobStatus.CANCELLED:
-        error = {"code": "cancelled", "message": "The chat completion was cancelled."}
-    body = {"error": {"message": error["message"], "type": "server_error", "param": None, "code": error["code"]}}
-    yield b"data: " + dumps(body).encode() + b"\n\n"
+    code, message = failure(final)
+    yield _data(error_body(message, status=502, code=code))
+
+
+def failure(job: Job) -> tuple[str, str]:
+    """What a chat completion says of a job that did not complete: its error's code and message."""
+    if job.status is JobStatus.CANCELLED:
+        return "cancelled", "The chat completion was cancelled."
+    if job.error is not None:
+        return job.error.code, job.error.message
+    return job.status.value, f"The chat completion's job ended {job.status.value}."
 
 
 async def until_done(state: AppState, user_id: str, job: Job) -> Job:
-    """Wait for the job to end (a call made without background or stream waits for its job), then read it."""
-    async with contextlib.aclosing(follow(state, user_id, job.id, 0)) as events:
-        async for _ in events:
-            pass  # `follow` ends with the job
-    return await state.store.get(job.id) or job
+    """Wait for the job to end (a call made without background or stream waits for its job), then read it.
+
+    Failing to follow it (the store or Redis down meanwhile) is a 503 the SDK must not answer by trying again:
+    the job exists and goes on, and a retry would make a second one."""
+    try:
+        async with contextlib.aclosing(follow(state, user_id, job.id, 0)) as events:
+            async for _ in events:
+                pass  # `follow` ends with the job
+        return await state.store.get(job.id) or job
+    except Exception as exc:
+        log.warning("lost track of a job while waiting for it", extra={"job_id": job.id, "error": repr(exc)})
+        raise ApiError(
+            503,
+            "wait_failed",
+            f"The job was made and goes on, but could not be followed to its end: retrieve it as "
+            f"{response_id(job.id)} (GET /v1/responses/{{id}}, or GET /api/jobs/{job.id}).",
+            headers=NO_SDK_RETRY,
+        ) from exc
