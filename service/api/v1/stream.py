@@ -139,17 +139,17 @@ class ResponseEvents:
 
     def _ended(self) -> list[tuple[str, dict[str, Any]]]:
         job = self.job
-        response = ("response", self._response(with_output=True))
-        if job.status is JobStatus.COMPLETED:
-            text = output_text(job)
-            status = "incomplete" if response[1]["status"] == "incomplete" else "completed"
-            return [
-                ("response.output_text.done", {**self._item(), "text": text, "logprobs": []}),
-                ("response.content_part.done", {**self._item(), "part": text_part(text)}),
-                ("response.output_item.done", {"output_index": 0, "item": message_item(job, text, status=status)}),
-                (f"response.{status}", dict([response])),
-            ]
-        return [("response.failed", dict([response]))]
+        response = self._response(with_output=True)
+        if job.status is not JobStatus.COMPLETED:
+            return [("response.failed", {"response": response})]
+        text = output_text(job)
+        status = response["status"]  # completed, or incomplete (cut at max_output_tokens)
+        return [
+            ("response.output_text.done", {**self._item(), "text": text, "logprobs": []}),
+            ("response.content_part.done", {**self._item(), "part": text_part(text)}),
+            ("response.output_item.done", {"output_index": 0, "item": message_item(job, text, status=status)}),
+            (f"response.{status}", {"response": response}),
+        ]
 
     async def translate(self, event: Event, *, from_start: bool) -> list[dict[str, Any]]:
         if event.kind is EventKind.DELTA:
@@ -184,7 +184,8 @@ class ResponseEvents:
         if from_start:
             made += self._opened()
             made[-1][1]["part"] = text_part(output_text(job))
-        made.append(("response.in_progress", {"response": self._response(with_output=True)}))
+        kind = "response.queued" if job.status is JobStatus.QUEUED else "response.in_progress"
+        made.append((kind, {"response": self._response(with_output=True)}))
         return self._made(event.seq, made)
 
     def error(self, message: str, code: str) -> dict[str, Any]:
