@@ -18,7 +18,7 @@ PROJECT_DIR = Path(__file__).resolve().parent.parent
 # Largest input per job type, in bytes of JSON; MAX_INPUT_BYTES overrides the types it names. Every job type has one
 # (tests/test_config.py checks the task registry against this table), so the names here are the known types.
 DEFAULT_INPUT_BYTES: Mapping[str, int] = MappingProxyType(
-    {"titles": 80_000, "summary": 200_000, "chat": 400_000, "image": 16_000}
+    {"titles": 80_000, "summary": 200_000, "chat": 400_000, "image": 16_000, "response": 400_000}
 )
 
 

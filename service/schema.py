@@ -1,8 +1,9 @@
 """Typed input at the edge: dataclasses validated from JSON, and the same classes exported as JSON Schema.
 
-Small on purpose: the job inputs need strings, numbers, booleans, enums and lists of these or of
-nested dataclasses. Constraints sit in field metadata (`min_len`, `max_len`, `ge`, `le`), so the rule
-that validates a request is the rule that documents it.
+Small on purpose: the job inputs need strings, numbers, booleans, enums, lists of these or of nested
+dataclasses, and string-keyed objects of these (a response's `metadata`). Constraints sit in field metadata
+(`min_len`, `max_len`, `ge`, `le`; for an object `max_len` counts its entries, `key_max_len` and `item_max_len`
+bound each key and string value), so the rule that validates a request is the rule that documents it.
 """
 
 from __future__ import annotations
@@ -34,13 +35,13 @@ def constraint(
     max_len: int | None = None,
     ge: float | None = None,
     le: float | None = None,
+    key_max_len: int | None = None,
+    item_max_len: int | None = None,
     doc: str | None = None,
 ) -> dict[str, Any]:
-    return {
-        k: v
-        for k, v in {"min_len": min_len, "max_len": max_len, "ge": ge, "le": le, "doc": doc}.items()
-        if v is not None
-    }
+    given: dict[str, Any] = {"min_len": min_len, "max_len": max_len, "ge": ge, "le": le, "doc": doc}
+    given |= {"key_max_len": key_max_len, "item_max_len": item_max_len}
+    return {k: v for k, v in given.items() if v is not None}
 
 
 @functools.cache
@@ -76,6 +77,8 @@ def _check_value(path: str, tp: Any, value: Any, meta: dict[str, Any]) -> Any:
         (item_tp,) = get_args(tp)
         _check_len(path, value, meta, "items")
         return [_check_value(f"{path}[{i}]", item_tp, v, {}) for i, v in enumerate(value)]
+    if origin is dict:
+        return _check_object(path, get_args(tp)[1], value, meta)
     if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         return _from_dict(tp, value, path)
     if tp is bool:
@@ -99,6 +102,20 @@ def _check_value(path: str, tp: Any, value: Any, meta: dict[str, Any]) -> Any:
         _check_len(path, value, meta, "characters")
         return value
     raise TypeError(f"unsupported schema type {tp!r} at {path}")
+
+
+def _check_object(path: str, item_tp: Any, value: Any, meta: dict[str, Any]) -> dict[str, Any]:
+    """A JSON object with string keys (JSON has no other) and values of one type."""
+    if not isinstance(value, dict):
+        raise ValidationError(path, "must be a JSON object")
+    _check_len(path, value, meta, "entries")
+    item_meta = {"max_len": meta["item_max_len"]} if "item_max_len" in meta else {}
+    out: dict[str, Any] = {}
+    for key, item in value.items():
+        if "key_max_len" in meta and len(key) > meta["key_max_len"]:
+            raise ValidationError(path, f"has a key longer than {meta['key_max_len']} characters ({key[:20]!r}…)")
+        out[key] = _check_value(f"{path}.{key}", item_tp, item, item_meta)
+    return out
 
 
 def as_integer(value: Any) -> int | None:
@@ -187,6 +204,13 @@ def _type_schema(tp: Any, meta: dict[str, Any]) -> dict[str, Any]:
             out["minItems"] = meta["min_len"]
         if "max_len" in meta:
             out["maxItems"] = meta["max_len"]
+    elif origin is dict:
+        item_meta = {"max_len": meta["item_max_len"]} if "item_max_len" in meta else {}
+        out = {"type": "object", "additionalProperties": _type_schema(get_args(tp)[1], item_meta)}
+        if "max_len" in meta:
+            out["maxProperties"] = meta["max_len"]
+        if "key_max_len" in meta:
+            out["propertyNames"] = {"maxLength": meta["key_max_len"]}
     elif isinstance(tp, type) and dataclasses.is_dataclass(tp):
         out = json_schema(tp)
     else:

@@ -365,6 +365,26 @@ async def test_expiry_listing_purge_and_durations(store: JobStore) -> None:
     assert await store.get(run.id) is None and await store.get(overdue.id) is not None
 
 
+async def test_a_user_deletes_only_their_own_finished_job(store: JobStore) -> None:
+    """DELETE /v1/responses/{id}: gone from history and the counters, with its idempotency key; never a job that is
+    still active or someone else's."""
+    active = await store.create(new_job("ann"))
+    done = await store.create(new_job("ann"))
+    await store.claim(done.id, worker_id="w", token="t")
+    await store.finish(done.id, "t", status=JobStatus.COMPLETED, result={"reply": "hi"})
+    assert await store.idempotency_put("ann", "k1", "hash", done.id, since=0)
+    assert not await store.delete_finished(done.id, "bob"), "someone else's job"
+    assert not await store.delete_finished(active.id, "ann"), "a queued job is cancelled first"
+    assert await store.delete_finished(done.id, "ann")
+    assert await store.get(done.id) is None and await store.get(active.id) is not None
+    assert await store.idempotency_get("ann", "k1", since=0) is None
+    assert not await store.delete_finished(done.id, "ann"), "already gone"
+    jobs, _ = await job_queries(store).history(HistoryFilter("ann"), limit=10)
+    assert [j.id for j in jobs] == [active.id]
+    assert await job_queries(store).count_active("ann") == 1
+    assert await job_queries(store).counts_by_status("ann") == {"queued": 1}
+
+
 # --- history and stats ------------------------------------------------------------------------------------
 
 

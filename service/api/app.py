@@ -46,6 +46,7 @@ from .session import create_session, delete_session, me, sign_in_demo
 from .state import AppState, app_state
 from .stats import stats
 from .streams import all_events, job_events, websocket_endpoint
+from .v1.routes import v1_routes
 
 STATIC_DIR = Path(__file__).resolve().parent.parent.parent / "static"
 
@@ -246,6 +247,7 @@ def create_app(settings: Settings, *, redis_url: str, registry: TaskRegistry | N
         Route("/api/events", all_events, methods=["GET"], name="all_events"),
         WebSocketRoute("/api/ws", websocket_endpoint, name="ws"),
         Mount("/static", StaticFiles(directory=STATIC_DIR), name="static"),
+        *v1_routes(),  # the OpenAI-compatible API (api/v1)
     ]
 
     async def not_found_route(request: Request, exc: Exception) -> Response:

@@ -392,7 +392,9 @@ def build_openapi(registry: TaskRegistry) -> dict[str, Any]:
             "title": "aijobs",
             "version": "1",
             "description": "Slow AI requests as background jobs with live progress. Errors are always "
-            '{"error": {"code", "message"}}. Live updates also come over the WebSocket WS /api/ws (see the README).',
+            '{"error": {"code", "message"}}. Live updates also come over the WebSocket WS /api/ws (see the README). '
+            "The OpenAI-compatible API under /v1 (for the official openai SDK) is not described here: OpenAI's API "
+            "reference is its contract (README, OpenAI-compatible API).",
         },
         "security": [{"bearer": []}, {"session": []}],
         "components": {

@@ -35,7 +35,17 @@ def build_provider(
             image_model=image_model,
             client=client,
         )
-    return SimulatedProvider(delay=sim_delay, default_model=model if model.startswith("sim") else "sim-1")
+    return SimulatedProvider(delay=sim_delay, default_model=chat_model_name(model=model, simulated=True))
+
+
+def chat_model_name(*, model: str, simulated: bool) -> str:
+    """The primary chat model as the provider built above names it: AI_MODEL, or the simulator's own model unless
+    AI_MODEL names one of its (`sim-…`). Also what `GET /v1/models` lists first."""
+    return model if not simulated or model.startswith("sim") else SimulatedProvider.DEFAULT_MODEL
+
+
+def image_model_name(*, model: str, simulated: bool) -> str:
+    return SimulatedProvider.IMAGE_MODEL if simulated else model
 
 
 def build_chain_providers(

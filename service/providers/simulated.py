@@ -117,18 +117,21 @@ class _Directives:
 class SimulatedProvider:
     """Same input, same output, no network; `delay` is the rough total duration of a call."""
 
+    DEFAULT_MODEL = "sim-1"
+    IMAGE_MODEL = "sim-image-1"
+
     def __init__(
         self,
         *,
         delay: float = 2.0,
         token_delay: float | None = None,
         name: str = "simulated",
-        default_model: str = "sim-1",
+        default_model: str = DEFAULT_MODEL,
         limit: UpstreamLimit | None = None,
     ) -> None:
         self.name = name
         self.default_model = default_model
-        self.image_model = "sim-image-1"
+        self.image_model = self.IMAGE_MODEL
         self.delay = max(0.0, delay)
         self.token_delay = token_delay
         self.limit = limit

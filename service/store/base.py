@@ -164,6 +164,10 @@ class JobStore(Protocol):
 
     async def request_cancel(self, job_id: str, user_id: str) -> Job | None: ...
 
+    async def delete_finished(self, job_id: str, user_id: str) -> bool:
+        """Delete one of the user's jobs that has ended (and its idempotency keys): gone from history and stats, as
+        a purge would. False, and nothing changes, for a job that is active, missing or not the user's."""
+
     async def expired_leases(self) -> list[Job]: ...
 
     async def take_over(

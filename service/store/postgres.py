@@ -623,6 +623,17 @@ class PostgresJobStore:
             await conn.execute("DELETE FROM idempotency_keys WHERE created_at < %s", (idempotency_before,))
         return [r[0] for r in rows]
 
+    async def delete_finished(self, job_id: str, user_id: str) -> bool:
+        rows = await self._rows(
+            "DELETE FROM jobs WHERE id = %s AND user_id = %s "
+            "AND status IN ('completed','failed','cancelled','expired') RETURNING id",
+            (job_id, user_id),
+        )
+        if rows:
+            async with _connection(self.pool) as conn:
+                await conn.execute("DELETE FROM idempotency_keys WHERE user_id = %s AND job_id = %s", (user_id, job_id))
+        return bool(rows)
+
     async def finished_before(self, before: float, *, limit: int = 1000) -> list[str]:
         rows = await self._rows(
             "SELECT id FROM jobs WHERE completed_at < %s AND status IN ('completed','failed','cancelled','expired') "

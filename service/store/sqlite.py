@@ -484,6 +484,17 @@ class SQLiteJobStore:
         await self.db.execute("DELETE FROM idempotency_keys WHERE created_at < ?", (idempotency_before,))
         return ids
 
+    async def delete_finished(self, job_id: str, user_id: str) -> bool:
+        async with self.db.execute(
+            "DELETE FROM jobs WHERE id = ? AND user_id = ? "
+            "AND status IN ('completed','failed','cancelled','expired') RETURNING id",
+            (job_id, user_id),
+        ) as cur:
+            gone = bool(await cur.fetchall())
+        if gone:
+            await self.db.execute("DELETE FROM idempotency_keys WHERE user_id = ? AND job_id = ?", (user_id, job_id))
+        return gone
+
     async def finished_before(self, before: float, *, limit: int = 1000) -> list[str]:
         async with self.db.execute(
             "SELECT id FROM jobs WHERE completed_at < ? AND status IN ('completed','failed','cancelled','expired') "

@@ -6,10 +6,10 @@ from .registry import TaskRegistry, TaskSpec, UnknownTaskType
 
 
 def default_registry() -> TaskRegistry:
-    from . import chat, image, summary, titles
+    from . import chat, image, response, summary, titles
 
     registry = TaskRegistry()
-    for module in (titles, summary, chat, image):
+    for module in (titles, summary, chat, image, response):
         module.register(registry)
     return registry
 

@@ -3,7 +3,7 @@ import { history } from "./api.js";
 import { h, when } from "./dom.js";
 
 const STATUS = { queued: "queued", processing: "running", completed: "done", failed: "failed", cancelled: "cancelled", expired: "expired" };
-const TYPE = { titles: "Titles", summary: "Summary", chat: "Chat", image: "Image" };
+const TYPE = { titles: "Titles", summary: "Summary", chat: "Chat", image: "Image", response: "Response" };
 
 export class HistoryPanel {
   /** `onOpen(jobId)` shows a job as a card. */

@@ -5,7 +5,7 @@ import { getJob, retryJob } from "./api.js";
 import { append, h, seconds, when } from "./dom.js";
 
 const TERMINAL = new Set(["completed", "failed", "cancelled", "expired"]);
-const LABELS = { titles: "Titles", summary: "Summary", chat: "Chat", image: "Image" };
+const LABELS = { titles: "Titles", summary: "Summary", chat: "Chat", image: "Image", response: "Response" };
 const STATUS_WORDS = {
   queued: "Waiting in the queue",
   processing: "Working on it",
