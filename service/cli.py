@@ -12,7 +12,7 @@ import sys
 from dataclasses import fields
 from pathlib import Path
 
-from .config import Settings, SettingsError, is_loopback_host, settings_table
+from .config import Settings, SettingsError, is_loopback_host, mask_redis_url, settings_table
 from .embedded import die_with_parent, embedded_redis_url, redis_url_for
 from .files import private_dir
 from .logs import setup_logging
@@ -233,18 +233,17 @@ def redis_for_cli(settings: Settings) -> str | None:
 
 async def _broadcast_revoked(settings: Settings, user_id: str) -> str | None:
     """Tell every web process to forget the user's cached token now; None if done, else why it could not."""
-    from redis.asyncio import Redis
-
     from .coordination import publish_revoked
+    from .redis_url import redis_client
 
     url = redis_for_cli(settings)
     if not url:
         return "REDIS_URL is not set and no `scripts/dev` is running on this data directory"
-    redis = Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5)
+    redis = redis_client(url, socket_timeout=5, socket_connect_timeout=5)
     try:
         await publish_revoked(redis, user_id)
     except Exception as exc:
-        return f"Redis at {url} did not answer ({exc.__class__.__name__})"
+        return f"Redis at {mask_redis_url(url)} did not answer ({exc.__class__.__name__})"
     finally:
         await redis.aclose()
     return None
