@@ -323,6 +323,10 @@ def cmd_settings(args: argparse.Namespace) -> int:
         shown = "(unset)" if value is None or value == "" else str(value)
         if f.metadata.get("secret") and value:
             shown = "*** (set)"
+        elif env == "REDIS_URL" and value:
+            shown = mask_redis_url(shown)  # a password of Redis's or the Sentinels'
+        elif env == "DATABASE_URL":
+            shown = settings.database_url_shown
         note = f"   [set in the environment; default: {default or '(unset)'}]" if os.environ.get(env) else ""
         rows.append((env, shown, doc + note))
     width = max(len(r[0]) for r in rows)
