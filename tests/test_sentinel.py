@@ -337,6 +337,7 @@ async def test_the_primary_killed_under_load_loses_no_job_and_hangs_no_watcher(
         seqs = [int(e.id) for e in w.events if e.id]
         assert seqs == sorted(set(seqs)), f"each event once, in order: {w.job_id} {seqs}"
     assert sum(w.gaps for w in watchers) > 0, "a job that ended while Redis was away is told from the store"
+    assert all(w.connects == 1 for w in watchers), "no stream was cut: one opened in the outage starts from the store"
     assert noscript > 0, "the new primary lacked the scripts, and they were loaded again"
     assert after.connects == 1 and after.gaps == 0, after
     ended = after.events[-1]
