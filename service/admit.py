@@ -22,6 +22,7 @@ _ADMIT_LUA = (
     + ENQUEUE_JOB_LUA
     + """
 local published = publish_event(KEYS[1], ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5])
+if type(published) == 'table' then return published end
 local enqueued = enqueue_job(KEYS[2], KEYS[3], KEYS[4], ARGV[6], ARGV[7], ARGV[8], ARGV[9], ARGV[10])
 return {published, enqueued, redis.call('ZRANGEBYSCORE', KEYS[5], ARGV[11], '+inf')}
 """

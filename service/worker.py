@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import socket
@@ -12,7 +13,6 @@ from typing import Any, cast
 
 import httpx
 from arq import Retry, Worker, cron, func
-from arq.connections import RedisSettings
 
 from .arq_worker import WakeableWorker
 from .coalesce import Coalescer
@@ -28,6 +28,7 @@ from .provider_keys import ProviderKeys
 from .providers.base import Provider
 from .providers.factory import build_chain_providers, build_provider
 from .queue import RUN_JOB_FUNCTION, JobQueue, json_deserializer, json_serializer, parse_arq_job_id
+from .redis_url import arq_pool, follow_primary
 from .runner import HeldBack, JobRunner
 from .store import JobStore, job_secrets, open_store
 from .store.patient import PatientWrites
@@ -133,6 +134,7 @@ def build_worker(
         ctx["background"] = [
             asyncio.create_task(maintenance.run_forever()),
             asyncio.create_task(listen_for_cancels(ctx["redis"], runner.cancel_local)),
+            asyncio.create_task(follow_primary(ctx["redis"])),  # Sentinel: see redis_url.py
         ]
 
     async def shutdown(ctx: dict[str, Any]) -> None:
@@ -160,7 +162,13 @@ def build_worker(
         cron_jobs=[cron(cleanup_job, name=CLEANUP_CRON, second={0}, unique=True, timeout=60, keep_result=120)],
         job_completion_wait=settings.shutdown_grace,  # SIGTERM: finish, then give back
         queue_name=settings.queue_name,
-        redis_settings=RedisSettings.from_dsn(redis_url),
+        pool_factory=functools.partial(
+            arq_pool,
+            redis_url,
+            job_serializer=json_serializer,
+            job_deserializer=json_deserializer,
+            default_queue_name=settings.queue_name,
+        ),
         on_startup=startup,
         on_shutdown=shutdown,
         max_jobs=settings.worker_concurrency,

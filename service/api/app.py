@@ -8,7 +8,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from arq.connections import RedisSettings, create_pool
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
@@ -29,6 +28,7 @@ from ..push.positions import PositionTicker
 from ..push.sse import SseResponse
 from ..push.wire import RAW_SEND
 from ..queue import JobQueue, json_deserializer, json_serializer
+from ..redis_url import arq_pool, follow_primary
 from ..store import open_store
 from ..tasks import TaskRegistry, default_registry
 from .accounts import STATE_KEY, build_accounts
@@ -74,6 +74,7 @@ async def healthz(request: Request) -> Response:
             "parked": state.gateway.parked,
             "fast_paths": state.gateway.fast.report(),
             "restarts": state.gateway.restarts,
+            "resubscribed": state.gateway.resubscribed,
         },
     }
     return JSONResponse(body, status_code=200 if ok else 503)
@@ -181,8 +182,8 @@ def create_app(settings: Settings, *, redis_url: str, registry: TaskRegistry | N
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
         tighten_dir(settings.data_dir)  # an older version left it readable by others
-        redis = await create_pool(
-            RedisSettings.from_dsn(redis_url),
+        redis = await arq_pool(
+            redis_url,
             job_serializer=json_serializer,
             job_deserializer=json_deserializer,
             default_queue_name=settings.queue_name,
@@ -219,10 +220,11 @@ def create_app(settings: Settings, *, redis_url: str, registry: TaskRegistry | N
         )
         ticker = PositionTicker(gateway=gateway, store=store, jobs=jobs, interval=settings.position_push_seconds)
         positions = asyncio.create_task(ticker.run(), name="aijobs-positions")
+        primary = asyncio.create_task(follow_primary(redis), name="aijobs-redis-primary")  # Sentinel: see redis_url
         try:
             yield {"aijobs": AppState(settings, redis, store, events, gateway, jobs), STATE_KEY: accounts}
         finally:
-            for task in (revocations, positions):
+            for task in (revocations, positions, primary):
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task

@@ -42,6 +42,9 @@ log = logging.getLogger("aijobs.gateway")
 MAX_MERGED_DELTA_CHARS = 65_536
 # Keepalives sent per turn of the event loop.
 PING_SLICE = 256
+# Longest wait between two tries to subscribe again after losing Redis: a Sentinel failover takes a few seconds, and
+# every watcher of this process waits for it (one connection attempt a second per process costs nothing).
+RESUBSCRIBE_MAX_SECONDS = 1.0
 
 # Serves a parked group: called with an event (None: a keepalive) and the group's members (member → its
 # subscriber); returns the members it could not serve now, which then take the usual path.
@@ -229,6 +232,7 @@ class Gateway:
         self.received = 0
         self.fast = FastPaths()
         self.restarts = 0  # times the subscription task ended unasked and was started again
+        self.resubscribed = 0  # times the subscription was made again on a new connection (Redis lost, a failover)
         self._crashes = 0  # restarts since the last message the task handled (for the restart backoff)
         self._stopping = False
 
@@ -270,7 +274,11 @@ class Gateway:
             confirmed = self._confirmed.get(channel)
             if confirmed is None:
                 confirmed = self._confirmed[channel] = asyncio.Event()
-                await self._pubsub.subscribe(channel)
+                try:
+                    await self._pubsub.subscribe(channel)
+                except BaseException:  # Redis lost (a failover under way): the caller answers 503, nothing is kept
+                    self._forget(sub)
+                    raise
         try:
             await asyncio.wait_for(confirmed.wait(), timeout)
         except BaseException:
@@ -278,20 +286,25 @@ class Gateway:
             raise
 
     async def unsubscribe(self, sub: Subscriber) -> None:
-        channel = user_channel(sub.user_id)
         async with self._lock:
-            subs = self._subs.get(sub.user_id)
-            if subs is None:
-                return
-            self.unpark(sub)
-            subs.discard(sub)
-            self._loose[sub.user_id].discard(sub)
-            if not subs:
-                del self._subs[sub.user_id]
-                del self._loose[sub.user_id]
-                self._confirmed.pop(channel, None)
+            if self._forget(sub):
                 with contextlib.suppress(RedisConnectionError, RedisTimeoutError):
-                    await self._pubsub.unsubscribe(channel)
+                    await self._pubsub.unsubscribe(user_channel(sub.user_id))
+
+    def _forget(self, sub: Subscriber) -> bool:
+        """Drop a subscriber (under the lock); True if it was its user's last, whose channel is then not needed."""
+        subs = self._subs.get(sub.user_id)
+        if subs is None:
+            return False
+        self.unpark(sub)
+        subs.discard(sub)
+        self._loose[sub.user_id].discard(sub)
+        if subs:
+            return False
+        del self._subs[sub.user_id]
+        del self._loose[sub.user_id]
+        self._confirmed.pop(user_channel(sub.user_id), None)
+        return True
 
     async def _tick(self) -> None:
         """One timer for every client's keepalive, instead of one timer per client.
@@ -484,7 +497,7 @@ class Gateway:
             except (RedisConnectionError, RedisTimeoutError, OSError, RuntimeError) as exc:
                 log.warning("gateway lost its Redis subscription; resubscribing", extra={"error": str(exc)})
                 await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 5.0)
+                backoff = min(backoff * 2, RESUBSCRIBE_MAX_SECONDS)
                 await self._resubscribe()
                 continue
             if msg is None:
@@ -510,6 +523,8 @@ class Gateway:
             await self._pubsub.subscribe(*channels)
         except (RedisConnectionError, RedisTimeoutError, OSError):
             return  # the listen loop will try again
+        self.resubscribed += 1
+        log.info("gateway subscribed again", extra={"channels": len(channels)})
         for subs in self._subs.values():
             for sub in subs:
                 self.unpark(sub)

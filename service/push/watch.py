@@ -16,8 +16,11 @@ live event straight to its socket (wire.py).
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncGenerator, Callable
 from typing import Any
+
+from redis.exceptions import RedisError
 
 from ..events import EventLog
 from ..jobs import JobService
@@ -29,6 +32,8 @@ from .gateway import Gateway, Lane, Subscriber
 from .wire import SseWire, WsWire
 
 RETRY_MS = 2000
+
+log = logging.getLogger("aijobs.push")
 
 
 class JobWatch:
@@ -79,7 +84,10 @@ class JobWatch:
             out = []
         if self.done:
             return out
-        replay = await self.events.read_after(self.job_id, self.last)
+        try:
+            replay = await self.events.read_after(self.job_id, self.last)
+        except (RedisError, OSError) as exc:
+            return out + await self._without_stream(exc)
         # A worker commits an event to the store, then publishes it: for that moment the store is ahead of the Stream.
         # An empty read while the store is ahead is read again a few times (up to ~0.1 s) before it counts as a gap,
         # so a watcher resuming right then gets the event itself, not a `gap` snapshot in its place. A Stream that
@@ -94,9 +102,22 @@ class JobWatch:
                 out += await self.snapshot("gap", job)
                 break
             await asyncio.sleep(pause)
-            replay = await self.events.read_after(self.job_id, self.last)
+            try:
+                replay = await self.events.read_after(self.job_id, self.last)
+            except (RedisError, OSError) as exc:
+                return out + await self._without_stream(exc)
         out += [e for e in replay if self._accept(e)]
         return out
+
+    async def _without_stream(self, exc: Exception) -> list[Event]:
+        """The Stream cannot be read (Redis lost, a Sentinel failover under way): the store is the truth, so a `gap`
+        snapshot if it is ahead of this client, and the stream stays open. The gateway has every watcher catch up
+        again once it has subscribed anew (a lost subscription is a lost connection too)."""
+        log.info("event stream unreadable; answering from the store", extra={"job_id": self.job_id, "error": repr(exc)})
+        job = await self.store.get(self.job_id)
+        if job is None or job.seq <= self.last:
+            return []
+        return await self.snapshot("gap", job)
 
     def live(self, batch: list[Event]) -> list[Event]:
         return [e for e in batch if self._current(e) if e.kind is EventKind.POSITION or self._accept(e)]
