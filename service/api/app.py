@@ -31,6 +31,7 @@ from ..push.wire import RAW_SEND
 from ..queue import JobQueue, json_deserializer, json_serializer
 from ..store import open_store
 from ..tasks import TaskRegistry, default_registry
+from ..webhooks.targets import Resolver, system_resolver
 from .accounts import STATE_KEY, build_accounts
 from .auth import AuthMiddleware
 from .body import BodyCap
@@ -46,6 +47,7 @@ from .session import create_session, delete_session, me, sign_in_demo
 from .state import AppState, app_state
 from .stats import stats
 from .streams import all_events, job_events, websocket_endpoint
+from .webhooks import get_secret, job_webhooks, rotate_secret
 
 STATIC_DIR = Path(__file__).resolve().parent.parent.parent / "static"
 
@@ -174,7 +176,10 @@ async def refuse_host(scope: Scope, receive: Receive, send: Send) -> None:
     await response(scope, receive, send)
 
 
-def create_app(settings: Settings, *, redis_url: str, registry: TaskRegistry | None = None) -> Starlette:
+def create_app(
+    settings: Settings, *, redis_url: str, registry: TaskRegistry | None = None, resolver: Resolver | None = None
+) -> Starlette:
+    """`resolver`: how webhook hosts are looked up at submit (the system's by default; tests give their own names)."""
     registry = registry or default_registry()
 
     @contextlib.asynccontextmanager
@@ -206,7 +211,8 @@ def create_app(settings: Settings, *, redis_url: str, registry: TaskRegistry | N
         ticker = PositionTicker(gateway=gateway, store=store, jobs=jobs, interval=settings.position_push_seconds)
         positions = asyncio.create_task(ticker.run(), name="aijobs-positions")
         try:
-            yield {"aijobs": AppState(settings, redis, store, events, gateway, jobs), STATE_KEY: accounts}
+            state = AppState(settings, redis, store, events, gateway, jobs, resolver or system_resolver)
+            yield {"aijobs": state, STATE_KEY: accounts}
         finally:
             for task in (revocations, positions):
                 task.cancel()
@@ -231,6 +237,13 @@ def create_app(settings: Settings, *, redis_url: str, registry: TaskRegistry | N
         Route("/api/jobs/{job_id}/cancel", cancel_job, methods=["POST"], name="cancel_job"),
         Route("/api/jobs/{job_id}/retry", retry_job, methods=["POST"], name="retry_job"),
         Route("/api/events", all_events, methods=["GET"], name="all_events"),
+        Route("/api/jobs/{job_id}/webhooks", job_webhooks, methods=["GET"], name="job_webhooks"),
+        Route(
+            "/api/webhooks/secret",
+            by_method(GET=get_secret, POST=rotate_secret),
+            methods=["GET", "POST"],
+            name="webhook_secret",
+        ),
         WebSocketRoute("/api/ws", websocket_endpoint, name="ws"),
         Mount("/static", StaticFiles(directory=STATIC_DIR), name="static"),
     ]
