@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import json
 import signal
 import socket
@@ -23,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 from standardwebhooks import Webhook, WebhookVerificationError
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -32,7 +34,7 @@ from starlette.routing import Route
 from service.api.app import create_app
 from service.config import Settings
 from service.embedded import EmbeddedRedis
-from service.webhooks.targets import Resolver, system_resolver
+from service.webhooks.targets import Resolver, refusal, system_resolver
 
 from .conftest import LiveServer, fast_settings, make_user, run_worker, serve, until, wait_for_status
 from .procs import spawn, workers
@@ -292,6 +294,50 @@ async def test_webhook_targets_that_are_not_public_are_refused_at_submit(
 
         for url in ("https://hooks.example/in", "http://93.184.216.34:8443/in", "https://split.test/in"):
             assert (await alice.post("/api/jobs", json=titles(url=url))).status_code == 202, url
+
+        # The same Idempotency-Key with another webhook is another request.
+        keyed = {"Idempotency-Key": "once"}
+        first = await alice.post("/api/jobs", json=titles(url="https://hooks.example/a"), headers=keyed)
+        again = await alice.post("/api/jobs", json=titles(url="https://hooks.example/a"), headers=keyed)
+        assert again.headers["idempotent-replayed"] == "true" and again.json()["job_id"] == first.json()["job_id"]
+        other = await alice.post("/api/jobs", json=titles(url="https://hooks.example/b"), headers=keyed)
+        assert other.json()["error"]["code"] == "idempotency_key_reused"
+
+        # Cancelled by the web process (no worker here): its delivery is queued by that same write; a retry keeps the
+        # webhook.
+        job = await submitted(alice, titles(url="https://hooks.example/in", events=["cancelled"]))
+        assert (await alice.post(f"/api/jobs/{job}/cancel")).json()["status"] == "cancelled"
+        [pending] = (await alice.get(f"/api/jobs/{job}/webhooks")).json()["deliveries"]
+        assert (pending["id"], pending["event"], pending["status"]) == (message_id(job, "cancelled"), "job.cancelled",
+                                                                         "pending")  # fmt: skip
+        assert pending["attempts"] == 0 and pending["next_attempt_at"] and pending["responses"] == []
+        retried = await alice.post(f"/api/jobs/{job}/retry")
+        assert retried.status_code == 202 and retried.json()["webhook"] == {
+            "url": "https://hooks.example/in",
+            "events": ["cancelled"],
+        }
+
+
+@pytest.mark.parametrize(
+    ("address", "why"),
+    [
+        ("2002:7f00:1::1", "loopback"),  # 6to4 of 127.0.0.1
+        ("2002:a00:1::1", "private"),  # 6to4 of 10.0.0.1
+        ("64:ff9b::a9fe:a9fe", "link-local"),  # NAT64 of 169.254.169.254
+        ("::ffff:192.168.0.1", "private"),
+        ("fe80::1%eth0", "link-local"),
+        ("ff02::1", "multicast"),
+        ("::", "unspecified"),
+        ("240.0.0.1", "reserved"),
+        ("192.0.2.10", "private"),  # documentation range
+        ("93.184.216.34", None),
+        ("2606:4700:4700::1111", None),
+        ("::ffff:93.184.216.34", None),
+    ],
+)
+def test_what_an_address_is_judged_as(address: str, why: str | None) -> None:
+    assert refusal(address) == why
+    assert refusal(address, [ipaddress.ip_network("0.0.0.0/0"), ipaddress.ip_network("::/0")]) is None, "allowed"
 
 
 async def test_the_resolved_address_is_checked_again_at_delivery_and_redirects_are_not_followed(

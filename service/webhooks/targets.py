@@ -28,9 +28,15 @@ IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 EVENTS = ("completed", "failed", "cancelled", "expired")
 FIELD = "webhook"
 MAX_URL_CHARS = 2048
-# What the contract says a webhook URL looks like (the checks below are the whole truth): http(s), a host, no user
-# info, no fragment.
-URL_PATTERN = r"^https?://[^\s/?#@]+(/[^\s#]*)?$"
+# What the contract promises a webhook URL may look like: http(s); a host name (ASCII labels), an IPv4 address or a
+# full-form IPv6 one; a port 1-65535; a printable-ASCII path and query, no fragment. Every URL of this shape passes
+# split_url (the server takes a few more: compressed IPv6, non-ASCII names and paths); its address is judged apart.
+_LABEL = "[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_PORT = "(?:6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4][0-9]{3}|[1-5][0-9]{4}|[1-9][0-9]{0,3})"
+URL_PATTERN = (
+    rf"^https?://(?:{_LABEL}(?:\.{_LABEL})*\.?|\[(?:[0-9A-Fa-f]{{1,4}}:){{7}}[0-9A-Fa-f]{{1,4}}\])"
+    rf"(?::{_PORT})?(?:/[!-\"$-~]*)?$"
+)
 
 # (host, port) -> the addresses it resolves to, as text. The system resolver by default; tests give their own names.
 Resolver = Callable[[str, int], Awaitable[Sequence[str]]]
@@ -103,8 +109,10 @@ def parse_webhook(raw: Any) -> dict[str, Any]:
 def split_url(url: str) -> tuple[str, str, int, str]:
     """(scheme, host, port, path with query) of a webhook URL, or 422 invalid_webhook saying what is wrong."""
     where = f"{FIELD}.url"
-    if len(url) > MAX_URL_CHARS or any(c.isspace() for c in url):
-        raise _invalid(where, f"'webhook.url' must be a URL of at most {MAX_URL_CHARS} characters, without spaces.")
+    if len(url) > MAX_URL_CHARS or any(c.isspace() or ord(c) < 32 or c == "\x7f" for c in url):
+        raise _invalid(
+            where, f"'webhook.url' must be a URL of at most {MAX_URL_CHARS} characters, without spaces or controls."
+        )
     try:
         parts = urlsplit(url)
         port = parts.port
@@ -124,7 +132,9 @@ def split_url(url: str) -> tuple[str, str, int, str]:
     path = parts.path or "/"
     if parts.query:
         path += f"?{parts.query}"
-    return parts.scheme, host.lower(), port or (443 if parts.scheme == "https" else 80), path
+    if port is None:
+        port = 443 if parts.scheme == "https" else 80
+    return parts.scheme, host.lower(), port, path
 
 
 def refusal(address: str, allowed: Sequence[IPNetwork] = ()) -> str | None:
@@ -132,7 +142,10 @@ def refusal(address: str, allowed: Sequence[IPNetwork] = ()) -> str | None:
     holds it. IPv4 carried inside IPv6 is judged as the IPv4 address it is."""
     ip = ipaddress.ip_address(address.split("%", 1)[0])  # an IPv6 scope (%eth0) says nothing about the address
     inner = embedded_ipv4(ip)
-    judged: list[IPAddress] = [ip] if inner is None else [inner, ip]  # the IPv4 inside says best what it is
+    # The IPv4 inside says best what it is; a mapped address is nothing but that IPv4 (a socket connects to it), the
+    # tunnels' (6to4, Teredo, NAT64) outer address is judged too.
+    mapped = isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None
+    judged: list[IPAddress] = [ip] if inner is None else [inner] if mapped else [inner, ip]
     if any(a in net for a in judged for net in allowed if a.version == net.version):
         return None
     for a in judged:
@@ -141,8 +154,8 @@ def refusal(address: str, allowed: Sequence[IPNetwork] = ()) -> str | None:
             ("is_link_local", "link-local"),
             ("is_multicast", "multicast"),
             ("is_unspecified", "unspecified"),
-            ("is_private", "private"),
             ("is_reserved", "reserved"),
+            ("is_private", "private"),
         ):
             if getattr(a, test):
                 return name
