@@ -37,7 +37,7 @@ from service.embedded import EmbeddedRedis
 from service.webhooks.targets import Resolver, refusal, system_resolver
 
 from .conftest import LiveServer, fast_settings, make_user, run_worker, serve, until, wait_for_status
-from .procs import spawn, workers
+from .procs import spawn, store_sql, workers
 
 
 @dataclass
@@ -404,3 +404,28 @@ async def test_a_delivery_cut_off_by_a_worker_crash_is_sent_by_the_next_worker_w
         assert cut.body == sent.body and sent.answered == 200 and cut.verified and sent.verified
         assert record["attempts"] == 1 and [a["status_code"] for a in record["responses"]] == [200]
         assert len(receiver.seen) == 2
+
+
+async def test_a_stopping_worker_gives_its_claims_back_at_once(redis_server: EmbeddedRedis, tmp_path: Path) -> None:
+    settings = hook_settings(redis_server, tmp_path)
+    receiver = Receiver(hang_first=True)
+    assert settings.redis_url
+    async with (
+        serve(receiver.app()) as hooks,
+        serve(create_app(settings, redis_url=settings.redis_url)) as live,
+        api(live, settings, "alice") as alice,
+    ):
+        receiver.secret = (await alice.get("/api/webhooks/secret")).json()["secret"]
+        async with run_worker(settings):
+            job = await submitted(alice, titles(url=f"{hooks.url}/hook", events=["completed"]))
+            await asyncio.wait_for(receiver.arrived.wait(), 30)
+            [claimed] = store_sql(settings, "SELECT claim_token, next_at FROM webhook_deliveries")
+            assert claimed["claim_token"] and claimed["next_at"] > time.time(), "leased while it is being sent"
+        [released] = store_sql(settings, "SELECT claim_token, next_at, status FROM webhook_deliveries")
+        assert (
+            released["claim_token"] is None and released["next_at"] <= time.time() and released["status"] == "pending"
+        )
+        receiver.release.set()
+        async with run_worker(settings):
+            record = await delivery_of(alice, job, "delivered")
+        assert record["attempts"] == 1 and [s.id for s in receiver.seen] == [message_id(job, "completed")] * 2

@@ -83,8 +83,14 @@ class WebhookOutbox:
 
     async def claim(self, *, token: str, limit: int, lease_seconds: float) -> list[Delivery]:
         """Up to `limit` due deliveries, leased to `token` for `lease_seconds` (oldest due first). On PostgreSQL,
-        rows another worker is claiming at this moment are skipped, not waited for."""
+        rows another worker is claiming at this moment are skipped, not waited for. An idle poll is one read (no write
+        lock taken, no row locked) that finds nothing due."""
         t = now()
+        async with self.store.db.execute(
+            "SELECT 1 FROM webhook_deliveries WHERE status = 'pending' AND next_at <= ? LIMIT 1", (t,)
+        ) as cur:
+            if await cur.fetchone() is None:
+                return []
         lock = " FOR UPDATE SKIP LOCKED" if self.store.dialect == "postgres" else ""
         async with self.store.db.execute(
             "UPDATE webhook_deliveries SET claim_token = ?, next_at = ? WHERE id IN (SELECT id FROM webhook_deliveries "
