@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any
+from typing import Any, TypeAlias
 
 MIN_SECRET_BYTES = 32  # SECRET_KEY signs sessions and seals provider keys: a short one can be guessed offline
 
@@ -20,6 +21,9 @@ PROJECT_DIR = Path(__file__).resolve().parent.parent
 DEFAULT_INPUT_BYTES: Mapping[str, int] = MappingProxyType(
     {"titles": 80_000, "summary": 200_000, "chat": 400_000, "image": 16_000, "response": 400_000}
 )
+
+
+IPNetwork: TypeAlias = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 class SettingsError(ValueError):
@@ -348,6 +352,55 @@ class Settings:
         metadata={"env": "EVENT_RETENTION", "doc": "Seconds a finished job's event stream is kept for replay"},
     )
 
+    webhook_allow_nets: tuple[str, ...] = field(
+        default=(),
+        metadata={
+            "env": "WEBHOOK_ALLOW_NETS",
+            "doc": "Address ranges webhooks may reach although they are not public (CIDR, comma-separated, e.g. "
+            "10.20.0.0/16 for an internal receiver, 127.0.0.0/8 for tests); empty: public addresses only",
+        },
+    )
+    webhook_timeout: float = field(
+        default=10.0,
+        metadata={
+            "env": "WEBHOOK_TIMEOUT",
+            "doc": "Seconds one webhook delivery may take, name lookup, connect, send and answer together",
+        },
+    )
+    webhook_max_attempts: int = field(
+        default=8,
+        metadata={"env": "WEBHOOK_MAX_ATTEMPTS", "doc": "Attempts at one webhook delivery before it is given up"},
+    )
+    webhook_retry_base: float = field(
+        default=5.0,
+        metadata={
+            "env": "WEBHOOK_RETRY_BASE",
+            "doc": "Seconds before a webhook's second attempt; each later wait is four times longer, with jitter",
+        },
+    )
+    webhook_retry_cap: float = field(
+        default=3600.0,
+        metadata={"env": "WEBHOOK_RETRY_CAP", "doc": "Longest wait between two attempts at a webhook delivery"},
+    )
+    webhook_poll_seconds: float = field(
+        default=1.0,
+        metadata={
+            "env": "WEBHOOK_POLL_SECONDS",
+            "doc": "Seconds between a worker's looks for due webhook deliveries (a job ending on it looks at once)",
+        },
+    )
+    webhook_concurrency: int = field(
+        default=10,
+        metadata={"env": "WEBHOOK_CONCURRENCY", "doc": "Webhook deliveries one worker process makes at once"},
+    )
+    webhook_secret_overlap: float = field(
+        default=86400.0,
+        metadata={
+            "env": "WEBHOOK_SECRET_OVERLAP",
+            "doc": "Seconds a rotated-out webhook signing secret still signs beside the new one",
+        },
+    )
+
     def __post_init__(self) -> None:
         checks: list[tuple[str, bool, str]] = [
             ("PORT", 0 <= self.port <= 65535, "must be 0-65535"),
@@ -381,6 +434,18 @@ class Settings:
                 "must look like name=https://[KEY@]host/v1,... (names: letters, digits, - or _; not openai/simulated)",
             ),
             ("STATS_WINDOW_SECONDS", self.stats_window_seconds > 0, "must be positive"),
+            (
+                "WEBHOOK_ALLOW_NETS",
+                _parses(parse_nets, self.webhook_allow_nets),
+                "must be address ranges like 10.0.0.0/8 or fd00::/8, comma-separated",
+            ),
+            ("WEBHOOK_TIMEOUT", self.webhook_timeout > 0, "must be positive"),
+            ("WEBHOOK_MAX_ATTEMPTS", 1 <= self.webhook_max_attempts <= 20, "must be 1-20"),
+            ("WEBHOOK_RETRY_BASE", self.webhook_retry_base >= 0, "must be zero or more"),
+            ("WEBHOOK_RETRY_CAP", self.webhook_retry_cap >= self.webhook_retry_base, "must be >= WEBHOOK_RETRY_BASE"),
+            ("WEBHOOK_POLL_SECONDS", self.webhook_poll_seconds > 0, "must be positive"),
+            ("WEBHOOK_CONCURRENCY", self.webhook_concurrency >= 1, "must be at least 1"),
+            ("WEBHOOK_SECRET_OVERLAP", self.webhook_secret_overlap >= 0, "must be zero or more"),
             ("LEASE_SECONDS", self.lease_seconds > 0, "must be positive"),
             ("STORE_BUSY_TIMEOUT", self.store_busy_timeout > 0, "must be positive"),
             ("HEARTBEAT_SECONDS", 0 < self.heartbeat_seconds < self.lease_seconds, "must be positive and < lease"),
@@ -456,6 +521,7 @@ class Settings:
         object.__setattr__(self, "_prices", MappingProxyType(parse_prices(self.ai_prices)))
         object.__setattr__(self, "_model_limits", MappingProxyType(parse_limits(self.ai_limits)))
         object.__setattr__(self, "_providers", MappingProxyType(parse_providers(self.ai_providers)))
+        object.__setattr__(self, "_webhook_nets", parse_nets(self.webhook_allow_nets))
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -530,6 +596,12 @@ class Settings:
         return providers
 
     @property
+    def webhook_nets(self) -> tuple[IPNetwork, ...]:
+        """WEBHOOK_ALLOW_NETS, parsed once: the non-public ranges an operator lets webhooks reach."""
+        nets: tuple[IPNetwork, ...] = self.__dict__["_webhook_nets"]
+        return nets
+
+    @property
     def uses_simulated_ai(self) -> bool:
         return not (self.ai_base_url or self.ai_api_key)
 
@@ -585,6 +657,11 @@ def parse_limits(raw: str) -> dict[str, tuple[float, float, int]]:
             raise ValueError(part)
         limits[name.strip()] = (rpm, tpm, concurrent)
     return limits
+
+
+def parse_nets(raw: tuple[str, ...]) -> tuple[IPNetwork, ...]:
+    """`("127.0.0.0/8", "fd00::/8")` → the networks (host bits allowed: 10.1.2.3/8 means 10.0.0.0/8)."""
+    return tuple(ipaddress.ip_network(part.strip(), strict=False) for part in raw)
 
 
 RESERVED_PROVIDERS = ("openai", "simulated")  # the primary provider's names (AI_BASE_URL / no key) and the simulator
@@ -708,8 +785,6 @@ def mask_redis_url(url: str) -> str:
 
 def is_loopback_host(host: str) -> bool:
     """127.0.0.0/8, ::1 or localhost (a bind address or a Host header's name, without port or brackets)."""
-    import ipaddress
-
     name = host.strip().strip("[]").rstrip(".").lower()
     if name == "localhost":
         return True
@@ -735,7 +810,7 @@ def _is_host_pattern(raw: str) -> bool:
     return raw.strip() == "*" or (bool(name) and not any(c in name for c in "/:@ ") and "*" not in name)
 
 
-def _parses(parser: Callable[[str], Any], raw: str) -> bool:
+def _parses(parser: Callable[[Any], Any], raw: Any) -> bool:
     try:
         parser(raw)
     except ValueError:

@@ -1,4 +1,4 @@
-"""The server secret and what it protects: signed session cookies and users' own provider keys.
+"""The server secret and what it protects: signed session cookies, users' own provider keys and webhook secrets.
 
 One secret (SECRET_KEY, or a file generated once in the data dir) yields independent keys per purpose through
 HKDF, so a cookie signature can never be replayed as an encryption key. Provider keys are sealed with AES-GCM
@@ -126,6 +126,20 @@ def session_epoch(token_hash: str) -> str:
     return hashlib.sha256(b"session-epoch:" + token_hash.encode()).hexdigest()[:16]
 
 
+def _seal(aead: AESGCM, plaintext: str, aad: bytes) -> bytes:
+    nonce = os.urandom(12)
+    return _SEALED_VERSION + nonce + aead.encrypt(nonce, plaintext.encode(), aad)
+
+
+def _open(aead: AESGCM, sealed: bytes, aad: bytes) -> str | None:
+    if len(sealed) < 1 + 12 + 16 or sealed[:1] != _SEALED_VERSION:
+        return None
+    try:
+        return aead.decrypt(sealed[1:13], sealed[13:], aad).decode()
+    except InvalidTag:
+        return None
+
+
 class KeyBox:
     """Seals a user's provider key for one job; only someone holding the server secret can open it."""
 
@@ -137,14 +151,38 @@ class KeyBox:
         return f"{user_id}|{job_id}".encode()
 
     def seal(self, plaintext: str, *, user_id: str, job_id: str) -> bytes:
-        nonce = os.urandom(12)
-        return _SEALED_VERSION + nonce + self._aead.encrypt(nonce, plaintext.encode(), self._aad(user_id, job_id))
+        return _seal(self._aead, plaintext, self._aad(user_id, job_id))
 
     def open(self, sealed: bytes, *, user_id: str, job_id: str) -> str | None:
         """The key, or None if the ciphertext was tampered with, moved, or sealed under another secret."""
-        if len(sealed) < 1 + 12 + 16 or sealed[:1] != _SEALED_VERSION:
-            return None
-        try:
-            return self._aead.decrypt(sealed[1:13], sealed[13:], self._aad(user_id, job_id)).decode()
-        except InvalidTag:
-            return None
+        return _open(self._aead, sealed, self._aad(user_id, job_id))
+
+
+WEBHOOK_SECRET_PREFIX = "whsec_"
+
+
+def new_webhook_secret() -> str:
+    """A Standard Webhooks signing secret: `whsec_` and 32 random bytes in standard base64, as its verifiers read it."""
+    return WEBHOOK_SECRET_PREFIX + base64.b64encode(secrets.token_bytes(32)).decode()
+
+
+def webhook_signature(secret: str, msg_id: str, timestamp: int, body: bytes) -> str:
+    """`v1,<base64 HMAC-SHA256 of "{id}.{timestamp}.{body}">` (Standard Webhooks, symmetric signatures)."""
+    key = base64.b64decode(secret.removeprefix(WEBHOOK_SECRET_PREFIX))
+    mac = hmac.new(key, f"{msg_id}.{timestamp}.".encode() + body, hashlib.sha256).digest()
+    return "v1," + base64.b64encode(mac).decode()
+
+
+class SecretBox:
+    """Seals users' webhook signing secrets. Signing needs the secret itself, so it is encrypted (like provider keys),
+    not hashed (like API tokens); a key of its own (HKDF purpose) and the user as associated data."""
+
+    def __init__(self, secret: bytes) -> None:
+        self._aead = AESGCM(derive_key(secret, "webhook-secrets"))
+
+    def seal(self, plaintext: str, *, user_id: str) -> bytes:
+        return _seal(self._aead, plaintext, f"{user_id}|webhook".encode())
+
+    def open(self, sealed: bytes, *, user_id: str) -> str | None:
+        """The secret, or None if the ciphertext was tampered with, moved to another user, or the server key changed."""
+        return _open(self._aead, sealed, f"{user_id}|webhook".encode())

@@ -92,6 +92,7 @@ class JobService:
         retry_of: str | None = None,
         max_active: int | None = None,
         own_provider_key: bool = False,
+        webhook: dict[str, Any] | None = None,
     ) -> Job:
         """Store first, then announce, then enqueue: a 202 is only given for a job the store holds.
 
@@ -100,7 +101,13 @@ class JobService:
         store only takes it while the user has fewer jobs queued or running (else TooManyActive).
         """
         job, _ = await self._submit(
-            user_id, body, job_id=job_id, retry_of=retry_of, max_active=max_active, own_provider_key=own_provider_key
+            user_id,
+            body,
+            job_id=job_id,
+            retry_of=retry_of,
+            max_active=max_active,
+            own_provider_key=own_provider_key,
+            webhook=webhook,
         )
         return job
 
@@ -114,6 +121,7 @@ class JobService:
         max_active: int | None = None,
         validated: tuple[str, dict[str, Any], int] | None = None,
         own_provider_key: bool = False,
+        webhook: dict[str, Any] | None = None,
     ) -> tuple[Job, dict[str, Any]]:
         """submit(), plus the public job with its estimate, built from what submitting read anyway.
 
@@ -126,6 +134,7 @@ class JobService:
             max_active=max_active,
             validated=validated,
             own_provider_key=own_provider_key,
+            webhook=webhook,
         )
         return job, await self.describe(job, ahead=ahead)
 
@@ -139,6 +148,7 @@ class JobService:
         max_active: int | None,
         validated: tuple[str, dict[str, Any], int] | None = None,
         own_provider_key: bool = False,
+        webhook: dict[str, Any] | None = None,
     ) -> tuple[Job, int]:
         """The job and its queue position when stored. Two round trips: one statement, one Redis script."""
         job_type, job_input, priority = validated or self.validate(body)
@@ -153,6 +163,7 @@ class JobService:
             current_step="Waiting for a worker…",
             retry_of=retry_of,
             own_provider_key=own_provider_key,
+            webhook=webhook,
         )
         job.ready_at = job.created_at
         job.expires_at = job.created_at + (self.max_wait or spec.max_wait)
@@ -182,13 +193,18 @@ class JobService:
         job_id: str | None = None,
         max_active: int | None = None,
         own_provider_key: bool = False,
+        webhook: dict[str, Any] | None = None,
     ) -> tuple[Job, bool]:
-        """The same key and body within 24 h gives the same job (False: not new); another body is refused."""
+        """The same key and body within 24 h gives the same job (False: not new); another body is refused.
+
+        `webhook`: the checked webhook ({"url", "events"}), part of the request compared."""
         if not key or len(key) > 255:
             raise JobRequestError("invalid_idempotency_key", "Idempotency-Key must be 1-255 characters.")
         # The request as it will run, defaults applied: `"priority": 5` written out is the same request as none.
         job_type, job_input, priority = self.validate(body)
-        normal = {"type": job_type, "input": job_input, "priority": priority}
+        normal: dict[str, Any] = {"type": job_type, "input": job_input, "priority": priority}
+        if webhook is not None:  # absent, it leaves the digest as it was before webhooks existed
+            normal["webhook"] = webhook
         digest = hashlib.sha256(json.dumps(normal, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
         since = time.time() - IDEMPOTENCY_TTL
         job_id = job_id or str(uuid.uuid4())
@@ -198,7 +214,12 @@ class JobService:
                 if held is None and await self.store.idempotency_put(user_id, key, digest, job_id, since=since):
                     try:
                         job = await self.submit(
-                            user_id, body, job_id=job_id, max_active=max_active, own_provider_key=own_provider_key
+                            user_id,
+                            body,
+                            job_id=job_id,
+                            max_active=max_active,
+                            own_provider_key=own_provider_key,
+                            webhook=webhook,
                         )
                         return job, True
                     except TooManyActive:

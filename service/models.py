@@ -91,6 +91,9 @@ class Job:
     # Submitted with the user's own provider key (the key itself is sealed apart and deleted when the job ends): a
     # retry must bring the key again, never fall back to the server's.
     own_provider_key: bool = False
+    # {"url", "events"}: where to announce the job's end, and which ends (see service/webhooks/). Set at submit, never
+    # changed; the store turns the job's terminal write into a delivery record in the same statement (a trigger).
+    webhook: dict[str, Any] | None = None
 
     @property
     def terminal(self) -> bool:
@@ -139,6 +142,7 @@ class Job:
         body["attempts"] = self.history
         body["retry_of"] = self.retry_of
         body["own_provider_key"] = self.own_provider_key
+        body["webhook"] = self.webhook
         if poll_interval is not None:
             body["poll_interval"] = poll_interval
         return body

@@ -18,7 +18,7 @@ from .arq_worker import WakeableWorker
 from .coalesce import Coalescer
 from .config import Settings
 from .coordination import ProviderBackoff, listen_for_cancels, unregister_worker
-from .crypto import KeyBox, load_server_secret
+from .crypto import KeyBox, SecretBox, load_server_secret
 from .errors import StoreUnavailable
 from .events import EventLog
 from .files import tighten_dir
@@ -33,6 +33,8 @@ from .runner import HeldBack, JobRunner
 from .store import JobStore, job_secrets, open_store
 from .store.patient import PatientWrites
 from .tasks import TaskRegistry, default_registry
+from .webhooks.dispatch import Dispatcher
+from .webhooks.targets import Resolver
 
 log = logging.getLogger("aijobs.worker")
 
@@ -73,8 +75,10 @@ def build_worker(
     provider: Provider | None = None,
     burst: bool = False,
     handle_signals: bool = True,
+    resolver: Resolver | None = None,
 ) -> Worker:
-    """An arq Worker wired to our store, event log and provider; resources open in on_startup."""
+    """An arq Worker wired to our store, event log and provider; resources open in on_startup. `resolver`: how webhook
+    hosts are looked up (the system's by default; tests give their own names)."""
     registry = registry or default_registry()
     worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
 
@@ -98,7 +102,11 @@ def build_worker(
             sim_delay=settings.sim_delay,
             client=http,
         )
-        keys = ProviderKeys(job_secrets(store), KeyBox(load_server_secret(settings)))
+        server_secret = load_server_secret(settings)
+        keys = ProviderKeys(job_secrets(store), KeyBox(server_secret))
+        webhooks = ctx["webhooks"] = Dispatcher(
+            store=store, settings=settings, box=SecretBox(server_secret), resolver=resolver
+        )
         ctx.update(store=store, http=http, provider=ai, provider_keys=keys, chain_providers=chain_providers)
         events = EventLog(ctx["redis"], maxlen=settings.event_stream_maxlen)
         queue = JobQueue(ctx["redis"], queue_name=settings.queue_name)
@@ -127,6 +135,7 @@ def build_worker(
             # A dead leader's call is taken over after a job lease, as a dead worker's job is.
             coalescer=Coalescer(ctx["redis"], lease=settings.lease_seconds) if settings.coalesce else None,
             result_cache_seconds=settings.result_cache_seconds,
+            on_end=lambda job: webhooks.wake() if job.webhook else None,
         )
         maintenance = ctx["maintenance"] = Maintenance(
             store=store, queue=queue, events=events, settings=settings, worker_id=worker_id
@@ -135,6 +144,7 @@ def build_worker(
             asyncio.create_task(maintenance.run_forever()),
             asyncio.create_task(listen_for_cancels(ctx["redis"], runner.cancel_local)),
             asyncio.create_task(follow_primary(ctx["redis"])),  # Sentinel: see redis_url.py
+            asyncio.create_task(webhooks.run_forever(), name="aijobs-webhooks"),
         ]
 
     async def shutdown(ctx: dict[str, Any]) -> None:

@@ -64,6 +64,10 @@ STATEFUL_REFUSALS = {
     "provider_key_required",  # 422: a retry of a job that ran on the user's key, without the key
     "invalid_last_event_id",  # 400: a well-formed resume point beyond the job's last event (a malformed one is
     # schema-invalid, so never filtered here)
+    # 422: a well-formed webhook URL whose host has no address (DNS says so, not the schema), or resolves to an address
+    # that is not public (loopback, private, ...: decided by the resolved address and WEBHOOK_ALLOW_NETS)
+    "webhook_host_unknown",
+    "webhook_url_refused",
 }
 
 
@@ -104,7 +108,15 @@ def run_contract(base_url: str, token: str) -> tuple[list[str], Counter[str]]:
 
 
 async def test_the_server_keeps_the_contract_under_every_schemathesis_check(settings: Settings) -> None:
-    roomy = dataclasses.replace(settings, submissions_per_minute=100_000, max_active_jobs=100_000, max_streams=1000)
+    roomy = dataclasses.replace(
+        settings,
+        submissions_per_minute=100_000,
+        max_active_jobs=100_000,
+        max_streams=1000,
+        # a webhook to whatever public address the fuzzer names is accepted: its delivery is tried once, briefly
+        webhook_max_attempts=1,
+        webhook_timeout=1.0,
+    )
     assert roomy.redis_url
     async with serve(create_app(roomy, redis_url=roomy.redis_url)) as live, run_worker(roomy):
         token = await make_user(roomy, "schemathesis")
@@ -122,6 +134,7 @@ async def test_the_server_keeps_the_contract_under_every_schemathesis_check(sett
     operations = {label.split(": ", 1)[1] for label in cases}
     every = {"POST /api/jobs", "GET /api/jobs", "GET /api/jobs/{job_id}", "GET /api/jobs/{job_id}/events"}
     every |= {"POST /api/jobs/{job_id}/cancel", "POST /api/jobs/{job_id}/retry", "GET /api/events"}
+    every |= {"GET /api/jobs/{job_id}/webhooks", "GET /api/webhooks/secret", "POST /api/webhooks/secret"}
     assert every <= operations, operations
     assert any(label.startswith("stateful") for label in cases), "the links were never followed"
 

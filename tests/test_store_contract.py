@@ -19,11 +19,22 @@ from typing import Any
 import pytest
 
 from service.config import Settings
+from service.crypto import SecretBox
 from service.models import Job, JobError, JobStatus, dumps, now
-from service.store import JobStore, SchemaMismatch, job_queries, job_secrets, open_store, user_store
+from service.store import (
+    JobStore,
+    SchemaMismatch,
+    job_queries,
+    job_secrets,
+    open_store,
+    user_store,
+    webhook_outbox,
+    webhook_secrets,
+)
 from service.store.base import UNSTORED_EVENTS_MAX
 from service.store.queries import HistoryFilter
 from service.store.users import UserExists
+from service.store.webhooks import SecretUnreadable
 
 from .postgres import PostgresForTests, migrated_schema_url
 
@@ -482,6 +493,102 @@ async def test_users_tokens_and_sealed_keys(store: JobStore) -> None:
     assert await secrets.delete_finished(grace=-1) == 1
     await secrets.delete(running.id)
     assert await secrets.get(running.id) is None
+
+
+# --- webhooks: the outbox the terminal write fills, its leased claims, signing secrets ---------------------
+
+HOOK = "https://hooks.example.com/in"
+
+
+async def deliveries(store: JobStore) -> list[tuple[str, str, str, str]]:
+    async with store.db.execute("SELECT id, job_id, event, status FROM webhook_deliveries ORDER BY id") as cur:
+        return [tuple(r) for r in await cur.fetchall()]  # type: ignore[misc]
+
+
+async def test_ending_a_job_with_a_webhook_writes_its_delivery_in_the_same_statement(store: JobStore) -> None:
+    every = {"url": HOOK, "events": ["completed", "failed", "cancelled", "expired"]}
+    done = await store.create(new_job(webhook=every))
+    quiet = await store.create(new_job(webhook={"url": HOOK, "events": ["failed"]}))
+    plain = await store.create(new_job())
+    cancelled = await store.create(new_job(webhook=every))
+    overdue = await store.create(new_job(webhook=every, expires_at=now() - 1))
+    for job in (done, quiet, plain):
+        await store.claim(job.id, worker_id="w", token=f"t-{job.id}")
+    assert await deliveries(store) == [], "nothing while jobs run"
+    assert (await store.get(done.id)).webhook == every  # type: ignore[union-attr]
+    await store.progress(done.id, f"t-{done.id}", percentage=50, step="half")
+    for job in (done, quiet, plain):
+        await store.finish(job.id, f"t-{job.id}", status=JobStatus.COMPLETED, result={"ok": True})
+    await store.cancel_queued(cancelled.id, "u")
+    await store.expire_overdue()
+    expected = {
+        (f"msg_{done.id}_completed", done.id, "job.completed", "pending"),
+        (f"msg_{cancelled.id}_cancelled", cancelled.id, "job.cancelled", "pending"),
+        (f"msg_{overdue.id}_expired", overdue.id, "job.expired", "pending"),
+    }
+    assert set(await deliveries(store)) == expected, "one per wanted end; none for unwanted ends or no webhook"
+    outbox = webhook_outbox(store)
+    [row] = await outbox.for_job(done.id)
+    assert (row.url, row.user_id, row.attempts, row.responses) == (HOOK, "u", 0, [])
+    assert row.occurred_at == (await store.get(done.id)).completed_at  # type: ignore[union-attr]
+    assert await store.finish(done.id, f"t-{done.id}", status=JobStatus.FAILED) is None
+    assert len(await deliveries(store)) == 3, "a refused write writes no delivery"
+
+    # A lapsed lease that the sweeper ends as failed is an end too.
+    lost = await store.create(new_job(webhook=every, max_attempts=1))
+    await store.claim(lost.id, worker_id="w", token="gone", lease_seconds=-1)
+    await store.take_over(lost.id, "gone", status=JobStatus.FAILED, error=ERROR, step="Failed", record=None)
+    assert (f"msg_{lost.id}_failed", lost.id, "job.failed", "pending") in await deliveries(store)
+
+    purged = await store.purge(completed_before=now() + 1, others_before=now() + 1, idempotency_before=0)
+    assert done.id in purged and await deliveries(store) == [], "a purged job's deliveries go with it"
+
+
+async def test_a_delivery_claim_is_a_lease_and_only_its_holder_records(store: JobStore) -> None:
+    job = await store.create(new_job(webhook={"url": HOOK, "events": ["completed"]}))
+    await store.claim(job.id, worker_id="w", token="t")
+    await store.finish(job.id, "t", status=JobStatus.COMPLETED)
+    outbox = webhook_outbox(store)
+    [first] = await outbox.claim(token="a", limit=10, lease_seconds=60)
+    assert first.id == f"msg_{job.id}_completed" and first.status == "pending"
+    assert await outbox.claim(token="b", limit=10, lease_seconds=60) == [], "leased: nobody else takes it"
+    answer = {"attempt": 1, "status_code": 500, "error": "HTTP 500"}
+    assert not await outbox.record(first, "b", status="pending", response=answer, retry_at=now() - 1)
+    assert await outbox.record(first, "a", status="pending", response=answer, retry_at=now() - 1)
+    [second] = await outbox.claim(token="c", limit=10, lease_seconds=-1)  # due again; this claim lapses at once
+    assert second.id == first.id and second.attempts == 1 and second.responses == [answer]
+    [third] = await outbox.claim(token="d", limit=10, lease_seconds=60)
+    assert third.id == first.id, "a lapsed claim is taken by the next worker: same delivery, same id"
+    assert not await outbox.record(second, "c", status="delivered", response={"status_code": 200})
+    assert await outbox.record(third, "d", status="delivered", response={"attempt": 2, "status_code": 200})
+    [done] = await outbox.for_job(job.id)
+    assert (done.status, done.attempts, [r["status_code"] for r in done.responses]) == ("delivered", 2, [500, 200])
+    assert done.delivered_at is not None and done.to_public()["next_attempt_at"] is None
+    assert await outbox.claim(token="e", limit=10, lease_seconds=60) == []
+    await outbox.release([done.id], "d")
+    assert await outbox.claim(token="e", limit=10, lease_seconds=60) == [], "a delivered row is never claimed"
+
+
+async def test_each_user_has_one_sealed_signing_secret_that_rotates_with_an_overlap(store: JobStore) -> None:
+    box = SecretBox(b"s" * 32)
+    secrets = webhook_secrets(store, box, overlap=60)
+    first, again = await asyncio.gather(secrets.get("alice"), secrets.get("alice"))
+    assert first.secret == again.secret and first.secret.startswith("whsec_") and first.signing == [first.secret]
+    assert (await secrets.get("bob")).secret != first.secret
+    async with store.db.execute("SELECT sealed FROM webhook_secrets WHERE user_id = ?", ("alice",)) as cur:
+        sealed = bytes((await cur.fetchone())[0])
+    assert first.secret.encode() not in sealed and box.open(sealed, user_id="alice") == first.secret
+    assert box.open(sealed, user_id="bob") is None, "sealed to its user"
+    rotated = await secrets.rotate("alice")
+    assert rotated.secret != first.secret and rotated.signing == [rotated.secret, first.secret]
+    assert rotated.to_public()["previous_valid_until"] is not None
+    assert (await webhook_secrets(store, box, overlap=0).get("alice")).signing == [rotated.secret], "overlap over"
+    other_key = webhook_secrets(store, SecretBox(b"t" * 32), overlap=60)
+    with pytest.raises(SecretUnreadable):
+        await other_key.get("alice")  # a worker with another SECRET_KEY signs nothing and changes nothing
+    assert (await secrets.get("alice")).secret == rotated.secret
+    replaced = await other_key.get("alice", replace_unreadable=True)  # the user asks for it after a key change
+    assert replaced.secret not in (rotated.secret, first.secret) and replaced.signing == [replaced.secret]
 
 
 # --- migrations -------------------------------------------------------------------------------------------

@@ -18,9 +18,9 @@ import pytest
 import service.store.copy as store_copy
 from service.cli import main
 from service.config import Settings
-from service.crypto import KeyBox
+from service.crypto import KeyBox, SecretBox
 from service.models import Job, JobError, JobStatus
-from service.store import JobStore, job_queries, job_secrets, open_store, user_store
+from service.store import JobStore, job_queries, job_secrets, open_store, user_store, webhook_outbox, webhook_secrets
 from service.store.queries import HistoryFilter
 
 from .postgres import PostgresForTests, migrated_schema_url
@@ -50,7 +50,9 @@ async def build_source(path: Path) -> dict[str, Any]:
         await job_secrets(store).put(
             running.id, alice.id, KeyBox(SECRET).seal("sk-alice", user_id=alice.id, job_id=running.id)
         )
-        done = await store.create(new_job(alice.id))
+        done = await store.create(
+            new_job(alice.id, webhook={"url": "https://hooks.example/in", "events": ["completed"]})
+        )
         await store.claim(done.id, worker_id="w1", token="lease-2")
         await store.finish(
             done.id,
@@ -73,10 +75,11 @@ async def build_source(path: Path) -> dict[str, Any]:
         expired = await store.create(new_job(bob.id, expires_at=t - 1))
         assert [j.id for j in await store.expire_overdue()] == [expired.id]
         await users.sign_out("session-1", alice.id, t + 3600)
+        await webhook_secrets(store, SecretBox(SECRET), overlap=60).get(alice.id)
         assert await store.idempotency_put(alice.id, "key-1", "hash-1", queued[0].id, since=t - 60)
         statuses = {(await store.get(j.id)).status for j in [*queued, running, done, failed, cancelled, expired]}  # type: ignore[union-attr]
         assert statuses == set(JobStatus), "every status is in the source"
-        return {"alice": alice, "bob": bob, "token": token, "queued": queued, "running": running, "t": t}
+        return {"alice": alice, "bob": bob, "token": token, "queued": queued, "running": running, "done": done, "t": t}
     finally:
         await store.close()
 
@@ -115,6 +118,8 @@ async def snapshot(url: str, s: dict[str, Any]) -> dict[str, Any]:
         assert sealed is not None
         out["sealed key"] = KeyBox(SECRET).open(sealed, user_id=s["alice"].id, job_id=s["running"].id)
         out["running"] = await store.get(s["running"].id)
+        out["deliveries"] = await webhook_outbox(store).for_job(s["done"].id)
+        out["webhook secret"] = (await webhook_secrets(store, SecretBox(SECRET), overlap=60).get(s["alice"].id)).secret
         return out
     finally:
         await store.close()
@@ -140,6 +145,7 @@ async def test_a_store_with_jobs_in_every_status_moves_whole_and_a_second_run_ad
     assert "jobs: 9 copied, 0 already there (9 in the source)" in said, said
     assert "users: 2 copied" in said and "job_secrets: 1 copied" in said, said
     assert "signed_out_sessions: 1 copied" in said and "idempotency_keys: 1 copied" in said, said
+    assert "webhook_secrets: 1 copied" in said and "webhook_deliveries: 1 copied" in said, said
 
     before, after = await snapshot(src, s), await snapshot(dst, s)
     assert after == before
@@ -147,6 +153,7 @@ async def test_a_store_with_jobs_in_every_status_moves_whole_and_a_second_run_ad
     assert after["signed out"] == (True, False) and after["idempotency"] == ("hash-1", s["queued"][0].id)
     assert after["active alice"] == 4 and after["active bob"] == 1, "the per-user caps count the copied jobs"
     assert sorted(after["positions"].values()) == [0, 1, 2, 3]
+    assert [d.event for d in after["deliveries"]] == ["job.completed"] and after["webhook secret"].startswith("whsec_")
     running = after["running"]
     assert running.lease_token == "lease-1" and running.partial_output == "Hal" and running.own_provider_key
 

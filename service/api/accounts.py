@@ -1,4 +1,5 @@
-"""Accounts in the web process: what auth, limits and history need (users, sealed keys, the session signer, limits),
+"""Accounts in the web process: what auth, limits and history need (users, sealed keys, the session signer, limits,
+webhook secrets and deliveries),
 built once in the lifespan and found through the scope. Nothing here imports the handlers that use it (auth.py,
 session.py), so dependencies run one way."""
 
@@ -11,11 +12,12 @@ from starlette.requests import HTTPConnection
 from starlette.types import Scope
 
 from ..config import Settings
-from ..crypto import KeyBox, SessionSigner, load_server_secret
+from ..crypto import KeyBox, SecretBox, SessionSigner, load_server_secret
 from ..limits import StreamSlots, SubmissionLimits
-from ..store import JobStore, job_queries, job_secrets, user_store
+from ..store import JobStore, job_queries, job_secrets, user_store, webhook_outbox, webhook_secrets
 from ..store.queries import JobQueries
 from ..store.users import JobSecrets, UserStore
+from ..store.webhooks import WebhookOutbox, WebhookSecrets
 from ..usage import PriceTable
 
 STATE_KEY = "aijobs_accounts"
@@ -33,6 +35,8 @@ class Accounts:
     limits: SubmissionLimits
     slots: StreamSlots
     prices: PriceTable
+    webhook_secrets: WebhookSecrets
+    webhook_outbox: WebhookOutbox
 
 
 def build_accounts(settings: Settings, store: JobStore, redis: Any) -> Accounts:
@@ -47,6 +51,8 @@ def build_accounts(settings: Settings, store: JobStore, redis: Any) -> Accounts:
         limits=SubmissionLimits(settings, redis),
         slots=StreamSlots(settings.max_streams),
         prices=PriceTable(settings.prices),
+        webhook_secrets=webhook_secrets(store, SecretBox(secret), overlap=settings.webhook_secret_overlap),
+        webhook_outbox=webhook_outbox(store),
     )
 
 

@@ -31,6 +31,7 @@ from ..queue import JobQueue, json_deserializer, json_serializer
 from ..redis_url import arq_pool, follow_primary
 from ..store import open_store
 from ..tasks import TaskRegistry, default_registry
+from ..webhooks.targets import Resolver, system_resolver
 from .accounts import STATE_KEY, build_accounts
 from .auth import AuthMiddleware
 from .body import BodyCap
@@ -47,6 +48,7 @@ from .state import AppState, app_state
 from .stats import stats
 from .streams import all_events, job_events, websocket_endpoint
 from .v1.routes import v1_routes
+from .webhooks import get_secret, job_webhooks, rotate_secret
 
 STATIC_DIR = Path(__file__).resolve().parent.parent.parent / "static"
 
@@ -176,7 +178,10 @@ async def refuse_host(scope: Scope, receive: Receive, send: Send) -> None:
     await response(scope, receive, send)
 
 
-def create_app(settings: Settings, *, redis_url: str, registry: TaskRegistry | None = None) -> Starlette:
+def create_app(
+    settings: Settings, *, redis_url: str, registry: TaskRegistry | None = None, resolver: Resolver | None = None
+) -> Starlette:
+    """`resolver`: how webhook hosts are looked up at submit (the system's by default; tests give their own names)."""
     registry = registry or default_registry()
 
     @contextlib.asynccontextmanager
@@ -222,7 +227,8 @@ def create_app(settings: Settings, *, redis_url: str, registry: TaskRegistry | N
         positions = asyncio.create_task(ticker.run(), name="aijobs-positions")
         primary = asyncio.create_task(follow_primary(redis), name="aijobs-redis-primary")  # Sentinel: see redis_url
         try:
-            yield {"aijobs": AppState(settings, redis, store, events, gateway, jobs), STATE_KEY: accounts}
+            state = AppState(settings, redis, store, events, gateway, jobs, resolver or system_resolver)
+            yield {"aijobs": state, STATE_KEY: accounts}
         finally:
             for task in (revocations, positions, primary):
                 task.cancel()
@@ -247,6 +253,13 @@ def create_app(settings: Settings, *, redis_url: str, registry: TaskRegistry | N
         Route("/api/jobs/{job_id}/cancel", cancel_job, methods=["POST"], name="cancel_job"),
         Route("/api/jobs/{job_id}/retry", retry_job, methods=["POST"], name="retry_job"),
         Route("/api/events", all_events, methods=["GET"], name="all_events"),
+        Route("/api/jobs/{job_id}/webhooks", job_webhooks, methods=["GET"], name="job_webhooks"),
+        Route(
+            "/api/webhooks/secret",
+            by_method(GET=get_secret, POST=rotate_secret),
+            methods=["GET", "POST"],
+            name="webhook_secret",
+        ),
         WebSocketRoute("/api/ws", websocket_endpoint, name="ws"),
         Mount("/static", StaticFiles(directory=STATIC_DIR), name="static"),
         *v1_routes(),  # the OpenAI-compatible API (api/v1)

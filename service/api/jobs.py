@@ -15,7 +15,14 @@ from .body import read_body
 from .errors import ApiError, not_found
 from .responses import JSONOut
 from .state import app_state
-from .submit_rules import check_limits, refuse_active, seal_provider_key, take_provider_key
+from .submit_rules import (
+    check_limits,
+    check_webhook_address,
+    refuse_active,
+    seal_provider_key,
+    take_provider_key,
+    take_webhook,
+)
 
 
 async def read_json(request: Request, limit: int, *, empty: Any = None) -> Any:
@@ -46,8 +53,14 @@ async def create_job(request: Request) -> Response:
     user = current_user(request)
     body = await read_json(request, state.settings.max_body_bytes)
     provider_key = take_provider_key(request, body)
+    webhook = take_webhook(body)
     job, payload, replayed = await admit(
-        request, user, body, provider_key=provider_key, idempotency_key=request.headers.get("idempotency-key")
+        request,
+        user,
+        body,
+        provider_key=provider_key,
+        idempotency_key=request.headers.get("idempotency-key"),
+        webhook=webhook,
     )
     return accepted(request, job, payload, replayed=replayed)
 
@@ -60,9 +73,11 @@ async def admit(
     provider_key: str | None,
     idempotency_key: str | None = None,
     retry_of: str | None = None,
+    webhook: dict[str, Any] | None = None,
 ) -> tuple[Job, dict[str, Any], bool]:
     """Everything between a request and a stored job, for a new submission and a retry alike: the input schema and
-    size, the per-minute budget, the sealed provider key, and the store's insert under the active-jobs cap.
+    size, the webhook's address, the per-minute budget, the sealed provider key, and the store's insert under the
+    active-jobs cap.
 
     Returns the job, its public form, and whether it is an idempotent replay (not new)."""
     state = app_state(request)
@@ -71,6 +86,8 @@ async def admit(
     max_active = state.settings.max_active_jobs
     try:
         validated = state.jobs.validate(body)
+        if webhook is not None:
+            await check_webhook_address(request, webhook)
         spent = await check_limits(request, user, validated[0], validated[1])
         job_id = await seal_provider_key(request, user, provider_key) if provider_key else None
         if idempotency_key is None:
@@ -82,6 +99,7 @@ async def admit(
                 max_active=max_active,
                 validated=validated,
                 own_provider_key=provider_key is not None,
+                webhook=webhook,
             )
         else:
             job, created = await state.jobs.submit_idempotent(
@@ -91,6 +109,7 @@ async def admit(
                 job_id=job_id,
                 max_active=max_active,
                 own_provider_key=provider_key is not None,
+                webhook=webhook,
             )
             replayed = not created
             payload = await state.jobs.describe(job)

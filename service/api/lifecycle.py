@@ -32,7 +32,8 @@ async def retry_job(request: Request) -> Response:
 
     A job that ran on the user's own provider key is only retried with that key sent again (the body's
     `user_provided_key` or X-Provider-Key, sealed under the new job as on submit): the old sealed copy is gone, and
-    the server's key is never used in its place. Any job may be retried on a key sent here."""
+    the server's key is never used in its place. Any job may be retried on a key sent here. The new job keeps the old
+    one's webhook (its address checked again)."""
     state = app_state(request)
     user = current_user(request)
     body = await read_json(request, state.settings.max_body_bytes, empty={})
@@ -53,5 +54,7 @@ async def retry_job(request: Request) -> Response:
             f"as '{KEY_FIELD}' in the body or in the X-Provider-Key header.",
             field=KEY_FIELD,
         )
-    job, payload, _ = await admit(request, user, state.jobs.retry_body(old), provider_key=provider_key, retry_of=old.id)
+    job, payload, _ = await admit(
+        request, user, state.jobs.retry_body(old), provider_key=provider_key, retry_of=old.id, webhook=old.webhook
+    )
     return accepted(request, job, payload)

@@ -21,6 +21,9 @@ from ..push.multiwatch import CURSOR as EVENTS_CURSOR
 from ..push.multiwatch import CURSOR_MAX_CHARS
 from ..schema import json_schema
 from ..tasks import TaskRegistry
+from ..webhooks.targets import EVENTS as WEBHOOK_EVENTS
+from ..webhooks.targets import MAX_URL_CHARS as WEBHOOK_URL_CHARS
+from ..webhooks.targets import URL_PATTERN as WEBHOOK_URL
 from .history import CURSOR, FULL_DATE, MAX_LIMIT, UNIX_SECONDS, list_pattern
 from .streams import RESUME_POINT
 from .submit_rules import KEY_FIELD, MAX_KEY_CHARS
@@ -55,6 +58,85 @@ USAGE = _nullable(
     )
 )
 LINKS = _obj(["self", "events"], {"self": STR, "events": STR})
+WEBHOOK_EVENT_LIST = {
+    "type": "array",
+    "items": {"enum": list(WEBHOOK_EVENTS)},
+    "minItems": 1,
+    "uniqueItems": True,
+    "description": "Which ends of the job to announce (each as the event type `job.<status>`); default: all",
+}
+WEBHOOK_IN = _obj(
+    ["url"],
+    {
+        "url": {
+            "type": "string",
+            "pattern": WEBHOOK_URL,
+            "maxLength": WEBHOOK_URL_CHARS,
+            "description": "Where to POST the events. Its host must resolve to a public address (else 422 "
+            "webhook_url_refused; an operator may allow ranges: WEBHOOK_ALLOW_NETS), checked again at each delivery",
+        },
+        "events": WEBHOOK_EVENT_LIST,
+    },
+)
+WEBHOOK = _nullable(
+    _obj(["url", "events"], {"url": STR, "events": {"type": "array", "items": {"enum": list(WEBHOOK_EVENTS)}}})
+)
+DELIVERY = _obj(
+    [
+        "id",
+        "event",
+        "url",
+        "status",
+        "attempts",
+        "occurred_at",
+        "next_attempt_at",
+        "delivered_at",
+        "last_status_code",
+        "last_error",
+        "responses",
+    ],
+    {
+        "id": {"type": "string", "description": "The webhook-id header of every attempt (receivers dedupe on it)"},
+        "event": {"enum": [f"job.{e}" for e in WEBHOOK_EVENTS]},
+        "url": STR,
+        "status": {"enum": ["pending", "delivered", "failed"]},
+        "attempts": INT,
+        "occurred_at": TIME,
+        "next_attempt_at": {**TIME, "description": "While pending: when the next attempt is due"},
+        "delivered_at": TIME,
+        "last_status_code": _nullable(INT),
+        "last_error": _nullable(STR),
+        "responses": {
+            "type": "array",
+            "description": "One entry per recorded attempt, oldest first",
+            "items": _obj(
+                ["attempt", "at", "status_code", "error", "seconds"],
+                {
+                    "attempt": INT,
+                    "at": {"type": "string", "format": "date-time"},
+                    "status_code": {**_nullable(INT), "description": "The receiver's answer; null: none"},
+                    "error": _nullable(STR),
+                    "seconds": NUM,
+                },
+            ),
+        },
+    },
+)
+JOB_WEBHOOKS = _obj(
+    ["job_id", "webhook", "deliveries"],
+    {"job_id": STR, "webhook": WEBHOOK, "deliveries": {"type": "array", "items": DELIVERY}},
+)
+WEBHOOK_SECRET = _obj(
+    ["secret", "created_at", "previous_valid_until"],
+    {
+        "secret": {"type": "string", "pattern": "^whsec_[A-Za-z0-9+/]+=*$"},
+        "created_at": TIME,
+        "previous_valid_until": {
+            **TIME,
+            "description": "After a rotation: until when deliveries are also signed with the secret it replaced",
+        },
+    },
+)
 QUEUE = _obj(
     ["position", "estimated_wait", "workers_capacity"],
     {"position": _nullable(INT), "estimated_wait": _nullable(NUM), "workers_capacity": INT},
@@ -107,6 +189,7 @@ _JOB_COMMON: dict[str, Any] = {
         **_nullable(QUEUE),
         "description": "While queued: jobs ahead, the expected wait (null: no live worker) and the workers' slots",
     },
+    "webhook": {**WEBHOOK, "description": "Where the job's ends are announced (submitted with it), or null"},
     "poll_interval": NUM,
     "links": LINKS,
 }
@@ -134,6 +217,7 @@ _JOB_REQUIRED = [
     "retry_of",
     "own_provider_key",
     "queue",
+    "webhook",
 ]
 JOB = _obj(
     [*_JOB_REQUIRED, "input", "partial_output", "links"],
@@ -345,6 +429,11 @@ def submit_schema(registry: TaskRegistry) -> dict[str, Any]:
                         "deleted when the job ends, never returned. The same key may also come as X-Provider-Key; "
                         "two different keys are a 400 provider_key_twice",
                     },
+                    "webhook": {
+                        **WEBHOOK_IN,
+                        "description": "Announce the job's end: a signed POST (Standard Webhooks) to `url` for each "
+                        "event in `events`; see GET /api/webhooks/secret and GET /api/jobs/{job_id}/webhooks",
+                    },
                 },
             }
         )
@@ -365,6 +454,7 @@ JOB_LINKS = {
     },
     "CancelJob": {"operationId": "cancelJob", "parameters": {"job_id": _FROM_JOB}},
     "RetryJob": {"operationId": "retryJob", "parameters": {"job_id": _FROM_JOB}},
+    "JobWebhooks": {"operationId": "jobWebhooks", "parameters": {"job_id": _FROM_JOB}},
 }
 
 
@@ -611,6 +701,29 @@ def build_openapi(registry: TaskRegistry) -> dict[str, Any]:
                         **_errors(400, 401, 429, 503, notes={503: STREAM_UNAVAILABLE}),
                     },
                 }
+            },
+            "/api/jobs/{job_id}/webhooks": {
+                "get": {
+                    "operationId": "jobWebhooks",
+                    "summary": "The job's webhook and its deliveries, each with the receiver's answers",
+                    "parameters": [job_id],
+                    "responses": {
+                        "200": _json(JOB_WEBHOOKS, "The webhook (null: none) and one delivery per announced end"),
+                        **_errors(401, 404),
+                    },
+                }
+            },
+            "/api/webhooks/secret": {
+                "get": {
+                    "operationId": "getWebhookSecret",
+                    "summary": "Your webhook signing secret (made on first ask); verify deliveries with it",
+                    "responses": {"200": _json(WEBHOOK_SECRET, "The secret (Cache-Control: no-store)"), **_errors(401)},
+                },
+                "post": {
+                    "operationId": "rotateWebhookSecret",
+                    "summary": "A new signing secret; the old one also signs until previous_valid_until",
+                    "responses": {"200": _json(WEBHOOK_SECRET, "The new secret"), **_errors(401)},
+                },
             },
             "/api/stats": {
                 "get": {

@@ -12,6 +12,7 @@ from ..events import EventLog
 from ..jobs import JobService
 from ..push.gateway import Gateway
 from ..store.base import JobStore
+from ..webhooks.targets import Resolver, system_resolver
 
 
 @dataclass(frozen=True, slots=True)
@@ -22,6 +23,7 @@ class AppState:
     events: EventLog
     gateway: Gateway
     jobs: JobService
+    resolver: Resolver = system_resolver  # how webhook hosts are looked up at submit
 
 
 def app_state(conn: HTTPConnection) -> AppState:

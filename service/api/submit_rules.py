@@ -1,4 +1,4 @@
-"""What POST /api/jobs checks beyond the input schema: per-user limits, and the user's own provider key.
+"""What POST /api/jobs checks beyond the input schema: per-user limits, the user's own provider key, the webhook.
 
 The key may come as the body's `user_provided_key` field or the `X-Provider-Key` header. It is sealed (AES-GCM,
 associated data user|job) and stored as ciphertext under the job id before the job exists, so no worker can
@@ -16,8 +16,11 @@ from redis.exceptions import RedisError
 from starlette.requests import Request
 
 from ..errors import LimitExceeded
+from ..webhooks.targets import FIELD as WEBHOOK_FIELD
+from ..webhooks.targets import parse_webhook, resolve
 from .accounts import accounts
 from .errors import ApiError
+from .state import app_state
 
 KEY_FIELD = "user_provided_key"
 KEY_HEADER = "x-provider-key"
@@ -47,6 +50,25 @@ def take_provider_key(request: Request, body: Any) -> str | None:
     if not KEY_PATTERN.fullmatch(key):
         raise _bad_key()
     return key
+
+
+def take_webhook(body: Any) -> dict[str, Any] | None:
+    """Remove the body's `webhook` (the job service knows nothing of it) and check its shape: {"url", "events"}."""
+    if not isinstance(body, dict) or WEBHOOK_FIELD not in body:
+        return None
+    return parse_webhook(body.pop(WEBHOOK_FIELD))
+
+
+async def check_webhook_address(request: Request, webhook: dict[str, Any]) -> None:
+    """422 webhook_url_refused / webhook_host_unknown unless the URL's host resolves to an address a delivery may
+    reach (each delivery checks again: the name may point elsewhere by then)."""
+    state = app_state(request)
+    await resolve(
+        webhook["url"],
+        resolver=state.resolver,
+        allowed=state.settings.webhook_nets,
+        timeout=state.settings.webhook_timeout,
+    )
 
 
 def _bad_key() -> ApiError:

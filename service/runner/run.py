@@ -103,8 +103,10 @@ class JobRunner:
         governor: Governor | None = None,
         coalescer: Coalescer | None = None,
         result_cache_seconds: float = 0.0,
+        on_end: Callable[[Job], None] | None = None,
     ) -> None:
         self.store = store
+        self.on_end = on_end  # told of every job a run ends (the worker wakes its webhook dispatcher)
         self.events = events
         self.queue = queue
         self.registry = registry
@@ -185,6 +187,8 @@ class JobRunner:
     async def _announce(self, job: Job | None) -> Job | None:
         if job is not None:
             await self.events.announce(job)
+            if job.terminal and self.on_end is not None:
+                self.on_end(job)
         return job
 
     def _announce_soon(self, job: Job) -> None:

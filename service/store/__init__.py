@@ -1,13 +1,23 @@
 """The job store: the system of record. Redis only carries what is in flight.
 
-Callers outside this package open a store with `open_store` and reach its users, sealed keys and history queries
-through `user_store`, `job_secrets` and `job_queries`: never through a backend's class or private names.
+Callers outside this package open a store with `open_store` and reach its users, sealed keys, history queries and
+webhooks through `user_store`, `job_secrets`, `job_queries`, `webhook_outbox` and `webhook_secrets`: never through a
+backend's class or private names.
 """
 
 from __future__ import annotations
 
 from .base import JobStore, SchemaMismatch, StoreOpenError, UniqueViolation
-from .factory import job_queries, job_secrets, migrate, open_store, open_users, user_store
+from .factory import (
+    job_queries,
+    job_secrets,
+    migrate,
+    open_store,
+    open_users,
+    user_store,
+    webhook_outbox,
+    webhook_secrets,
+)
 
 __all__ = [
     "JobStore",
@@ -20,4 +30,6 @@ __all__ = [
     "open_store",
     "open_users",
     "user_store",
+    "webhook_outbox",
+    "webhook_secrets",
 ]

@@ -29,6 +29,8 @@ TABLES: list[tuple[str, tuple[str, ...]]] = [
     ("jobs", ("id",)),
     ("job_secrets", ("job_id",)),
     ("idempotency_keys", ("user_id", "key")),
+    ("webhook_secrets", ("user_id",)),
+    ("webhook_deliveries", ("id",)),
 ]
 BATCH_SIZE = 500
 PROGRESS_EVERY = 2.0  # seconds between progress lines within one table

@@ -13,8 +13,10 @@ from .base import JobStore
 
 if TYPE_CHECKING:
     from ..config import Settings
+    from ..crypto import SecretBox
     from .queries import JobQueries
     from .users import JobSecrets, UserStore
+    from .webhooks import WebhookOutbox, WebhookSecrets
 
 
 def open_store(settings: Settings) -> JobStore:
@@ -60,6 +62,18 @@ def job_queries(store: JobStore) -> JobQueries:
     from .queries import JobQueries
 
     return JobQueries(store)
+
+
+def webhook_outbox(store: JobStore) -> WebhookOutbox:
+    from .webhooks import WebhookOutbox
+
+    return WebhookOutbox(store)
+
+
+def webhook_secrets(store: JobStore, box: SecretBox, *, overlap: float) -> WebhookSecrets:
+    from .webhooks import WebhookSecrets
+
+    return WebhookSecrets(store, box, overlap=overlap)
 
 
 @contextlib.asynccontextmanager

@@ -162,6 +162,56 @@ MIGRATIONS.append(
     """
 )
 
+# 10: webhooks (service/webhooks/). A job's `webhook` ({"url", "events"} as JSON) is written with the job. The outbox,
+# `webhook_deliveries`, gets its row from a trigger on the very statement that writes the job's terminal status, so
+# no path that ends a job (a worker's finish, a cancel, the sweeper, expiry) can end it without its delivery, and a
+# crash can't fall between the two. The row's id is the `webhook-id` every attempt sends, one per job and event.
+# A claim moves `next_at` ahead by a lease and sets `claim_token`: a worker that dies mid-delivery leaves a row that
+# comes due again by itself. `webhook_secrets`: each user's signing secret, sealed with the server key (and the one
+# it replaced, which keeps signing for WEBHOOK_SECRET_OVERLAP after a rotation).
+MIGRATIONS.append(
+    """
+    ALTER TABLE jobs ADD COLUMN webhook TEXT;
+    CREATE TABLE webhook_deliveries (
+        id TEXT PRIMARY KEY,
+        job_id TEXT NOT NULL,
+        user_id TEXT NOT NULL,
+        event TEXT NOT NULL,
+        url TEXT NOT NULL,
+        status TEXT NOT NULL CHECK (status IN ('pending', 'delivered', 'failed')),
+        attempts INTEGER NOT NULL DEFAULT 0,
+        next_at REAL NOT NULL,
+        claim_token TEXT,
+        occurred_at REAL NOT NULL,
+        updated_at REAL NOT NULL,
+        delivered_at REAL,
+        responses TEXT
+    );
+    CREATE INDEX webhook_deliveries_due ON webhook_deliveries (next_at) WHERE status = 'pending';
+    CREATE INDEX webhook_deliveries_job ON webhook_deliveries (job_id);
+    CREATE TABLE webhook_secrets (
+        user_id TEXT PRIMARY KEY,
+        sealed BLOB NOT NULL,
+        previous BLOB,
+        rotated_at REAL,
+        created_at REAL NOT NULL
+    );
+    CREATE TRIGGER jobs_webhook_outbox AFTER UPDATE OF status ON jobs
+        WHEN NEW.webhook IS NOT NULL AND OLD.status IS NOT NEW.status
+            AND NEW.status IN ('completed', 'failed', 'cancelled', 'expired')
+            AND EXISTS (SELECT 1 FROM json_each(NEW.webhook, '$.events') WHERE value = NEW.status)
+    BEGIN
+        INSERT INTO webhook_deliveries (id, job_id, user_id, event, url, status, next_at, occurred_at, updated_at)
+            VALUES ('msg_' || replace(NEW.id, '-', '') || '_' || NEW.status, NEW.id, NEW.user_id, 'job.' || NEW.status,
+                    json_extract(NEW.webhook, '$.url'), 'pending', NEW.updated_at, NEW.updated_at, NEW.updated_at)
+            ON CONFLICT (id) DO NOTHING;
+    END;
+    CREATE TRIGGER jobs_webhook_purge AFTER DELETE ON jobs WHEN OLD.webhook IS NOT NULL BEGIN
+        DELETE FROM webhook_deliveries WHERE job_id = OLD.id;
+    END;
+    """
+)
+
 
 def statements(sql: str) -> list[str]:
     """A migration's statements, split on the `;` that end one (not those inside a trigger's BEGIN … END)."""

@@ -143,3 +143,55 @@ MIGRATIONS: list[str] = [
         WHEN (OLD.status = 'queued') EXECUTE FUNCTION aijobs_queue_count();
     """,
 ]
+
+# 2: webhooks, as SQLite's migration 10 (its comment says why a trigger writes the outbox row). The same statement that
+# writes a job's terminal status inserts its delivery; deleting the job (purge) deletes its deliveries.
+MIGRATIONS.append(
+    """
+    ALTER TABLE jobs ADD COLUMN webhook TEXT;
+    CREATE TABLE webhook_deliveries (
+        id TEXT PRIMARY KEY,
+        job_id TEXT NOT NULL,
+        user_id TEXT NOT NULL,
+        event TEXT NOT NULL,
+        url TEXT NOT NULL,
+        status TEXT NOT NULL CHECK (status IN ('pending', 'delivered', 'failed')),
+        attempts INTEGER NOT NULL DEFAULT 0,
+        next_at DOUBLE PRECISION NOT NULL,
+        claim_token TEXT,
+        occurred_at DOUBLE PRECISION NOT NULL,
+        updated_at DOUBLE PRECISION NOT NULL,
+        delivered_at DOUBLE PRECISION,
+        responses TEXT
+    );
+    CREATE INDEX webhook_deliveries_due ON webhook_deliveries (next_at) WHERE status = 'pending';
+    CREATE INDEX webhook_deliveries_job ON webhook_deliveries (job_id);
+    CREATE TABLE webhook_secrets (
+        user_id TEXT PRIMARY KEY,
+        sealed BYTEA NOT NULL,
+        previous BYTEA,
+        rotated_at DOUBLE PRECISION,
+        created_at DOUBLE PRECISION NOT NULL
+    );
+    CREATE FUNCTION aijobs_webhook_outbox() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+        IF TG_OP = 'DELETE' THEN
+            DELETE FROM webhook_deliveries WHERE job_id = OLD.id;
+        ELSE
+            INSERT INTO webhook_deliveries (id, job_id, user_id, event, url, status, next_at, occurred_at, updated_at)
+                VALUES ('msg_' || replace(NEW.id, '-', '') || '_' || NEW.status, NEW.id, NEW.user_id,
+                        'job.' || NEW.status, NEW.webhook::jsonb ->> 'url', 'pending', NEW.updated_at, NEW.updated_at,
+                        NEW.updated_at)
+                ON CONFLICT (id) DO NOTHING;
+        END IF;
+        RETURN NULL;
+    END $$;
+    CREATE TRIGGER jobs_webhook_outbox AFTER UPDATE OF status ON jobs FOR EACH ROW
+        WHEN (NEW.webhook IS NOT NULL AND OLD.status IS DISTINCT FROM NEW.status
+              AND NEW.status IN ('completed', 'failed', 'cancelled', 'expired')
+              AND jsonb_exists(NEW.webhook::jsonb -> 'events', NEW.status))
+        EXECUTE FUNCTION aijobs_webhook_outbox();
+    CREATE TRIGGER jobs_webhook_purge AFTER DELETE ON jobs FOR EACH ROW
+        WHEN (OLD.webhook IS NOT NULL) EXECUTE FUNCTION aijobs_webhook_outbox();
+    """
+)

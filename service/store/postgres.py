@@ -339,6 +339,7 @@ class PostgresJobStore:
             "retry_of": job.retry_of,
             "running_on": None,
             "own_provider_key": job.own_provider_key,
+            "webhook": dumps(job.webhook) if job.webhook else None,
             "cap": max_active,
         }
         rows = await self._rows(_INSERT, values)

@@ -11,14 +11,14 @@ _COLUMNS = (
     "id, user_id, type, status, priority, input, result, error, attempts, max_attempts, percentage, current_step, "
     "partial_output, model, usage, lease_token, worker_id, seq, created_at, started_at, completed_at, updated_at, "
     "lease_expires_at, cancel_requested, ready_at, expires_at, history, model_index, retry_of, running_on, "
-    "own_provider_key"
+    "own_provider_key, webhook"
 )
 _NAMES = [c.strip() for c in _COLUMNS.split(",")]
 (
     _ID, _USER_ID, _TYPE, _STATUS, _PRIORITY, _INPUT, _RESULT, _ERROR, _ATTEMPTS, _MAX_ATTEMPTS, _PERCENTAGE,
     _CURRENT_STEP, _PARTIAL_OUTPUT, _MODEL, _USAGE, _LEASE_TOKEN, _WORKER_ID, _SEQ, _CREATED_AT, _STARTED_AT,
     _COMPLETED_AT, _UPDATED_AT, _LEASE_EXPIRES_AT, _CANCEL_REQUESTED, _READY_AT, _EXPIRES_AT, _HISTORY,
-    _MODEL_INDEX, _RETRY_OF, _RUNNING_ON, _OWN_PROVIDER_KEY,
+    _MODEL_INDEX, _RETRY_OF, _RUNNING_ON, _OWN_PROVIDER_KEY, _WEBHOOK,
 ) = range(len(_NAMES))  # fmt: skip
 _loads = json.loads
 
@@ -31,6 +31,7 @@ def _row_to_job(row: Any) -> Job:
     usage = row[_USAGE]
     history = row[_HISTORY]
     running_on = row[_RUNNING_ON]
+    webhook = row[_WEBHOOK]
     return Job(
         id=row[_ID],
         user_id=row[_USER_ID],
@@ -63,4 +64,5 @@ def _row_to_job(row: Any) -> Job:
         retry_of=row[_RETRY_OF],
         running_on=_loads(running_on) if running_on else None,
         own_provider_key=bool(row[_OWN_PROVIDER_KEY]),
+        webhook=_loads(webhook) if webhook else None,
     )

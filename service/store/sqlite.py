@@ -187,6 +187,7 @@ class SQLiteJobStore:
                 job.retry_of,
                 None,
                 int(job.own_provider_key),
+                dumps(job.webhook) if job.webhook else None,
                 max_active,
                 job.user_id,
                 max_active,
