@@ -46,6 +46,12 @@ ARQ_VERSION = "0.28"  # the arq whose internals this module mirrors (pinned in p
 # Errors arq's own path would meet just the same: they propagate, as in arq, and do not switch paths.
 _TRANSIENT = (RedisConnectionError, RedisTimeoutError, OSError)
 
+# A poll that cannot reach Redis is tried again after this pause, doubling up to the longest, instead of ending the
+# worker: arq's own loop lets the error end the process, and with it every job it runs (their leases would lapse and
+# the sweeper hand them to another worker, but nothing was wrong with them).
+UNREACHABLE_FIRST_PAUSE = 0.1
+UNREACHABLE_LONGEST_PAUSE = 2.0
+
 FINISH_BATCH = 1000  # finished jobs removed per Redis call (Lua's unpack has a limit)
 
 # What taking a job does, for both scripts below: the same checks as arq's start_jobs (not already in progress,
@@ -114,6 +120,8 @@ class WakeableWorker(Worker):
     _wake: asyncio.Event | None = None
     _wake_task: asyncio.Task[None] | None = None
     _paused_until: float = 0.0
+    _unreachable_since: float | None = None  # when the poll loop last found Redis unreachable (None: it answers)
+    _unreachable_pause: float = 0.0
     _start_script: AsyncScript | None = None
     _take_script: AsyncScript | None = None
     _finished_script: AsyncScript | None = None
@@ -380,6 +388,15 @@ class WakeableWorker(Worker):
         """Take no new job for `seconds` (the store could not claim one); running jobs go on."""
         self._paused_until = max(self._paused_until, asyncio.get_running_loop().time() + seconds)
 
+    async def _redis_unreachable(self, exc: BaseException) -> None:
+        """The poll could not reach Redis: say so once per outage, wait a growing pause; running jobs go on."""
+        loop = asyncio.get_running_loop()
+        if self._unreachable_since is None:
+            self._unreachable_since, self._unreachable_pause = loop.time(), UNREACHABLE_FIRST_PAUSE
+            log.warning("Redis unreachable: polling again until it answers", extra={"error": repr(exc)})
+        await asyncio.sleep(self._unreachable_pause)
+        self._unreachable_pause = min(self._unreachable_pause * 2, UNREACHABLE_LONGEST_PAUSE)
+
     async def _listen_for_wakes(self, subscribed: asyncio.Event) -> None:
         assert self._wake is not None
         backoff = 0.1
@@ -441,7 +458,16 @@ class WakeableWorker(Worker):
                 if before < self._paused_until:
                     await asyncio.sleep(self._paused_until - before)
                     continue
-                await self._poll_iteration()
+                try:
+                    await self._poll_iteration()
+                except _TRANSIENT as exc:
+                    await self._redis_unreachable(exc)
+                    continue
+                if self._unreachable_since is not None:
+                    log.info(
+                        "Redis back: polling again", extra={"down": round(loop.time() - self._unreachable_since, 1)}
+                    )
+                    self._unreachable_since = None
                 if self.burst:
                     if 0 <= self.max_burst_jobs <= self._jobs_started():
                         await asyncio.gather(*self.tasks.values())
