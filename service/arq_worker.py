@@ -485,7 +485,7 @@ class WakeableWorker(Worker):
                     await self._redis_lost(exc)
                     continue
                 if self._redis_errors:
-                    log.warning("Redis answers again; taking jobs", extra={"failed_polls": self._redis_errors})
+                    log.warning("Redis back: taking jobs again", extra={"failed_polls": self._redis_errors})
                     self._redis_errors = 0
                 self._full = self.job_counter >= self.max_jobs
                 await self._idle(self.poll_delay_s - (loop.time() - before))
