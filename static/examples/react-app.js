@@ -45,7 +45,13 @@ function JobView({ jobId, onClose }) {
         : "connecting…";
   return h(
     "section",
-    { className: "job", "aria-label": "Your job", "data-job-id": jobId, "data-status": status ?? "", "data-transport": transport ?? "" },
+    {
+      className: "job",
+      "aria-label": "Your job",
+      "data-job-id": jobId,
+      "data-status": status ?? "",
+      "data-transport": transport ?? "",
+    },
     h("h2", null, `Titles job ${jobId.slice(0, 8)}`),
     h("p", { className: "status", "aria-live": "polite" }, status ? STATUS[status] : "Connecting…"),
     h("progress", { max: 100, value: percentage, "aria-label": "Progress" }),
@@ -54,24 +60,22 @@ function JobView({ jobId, onClose }) {
       { className: "meta muted" },
       h("span", { className: "step" }, progress?.current_step ?? ""),
       h("span", { className: "percent" }, `${percentage}%`),
-      status === "queued" && queue?.position != null ? h("span", { className: "place" }, `${queue.position} ahead`) : null,
+      status === "queued" && queue?.position != null
+        ? h("span", { className: "place" }, `${queue.position} ahead`)
+        : null,
       job ? h("span", { className: "attempt" }, `Attempt ${job.attempt} of ${job.max_attempts}`) : null,
       h("span", { className: "transport" }, how),
     ),
     // The model's words as text nodes, never as HTML.
     output && !result ? h("pre", { className: "output" }, output) : null,
-    result?.titles
-      ? h(
-          "ol",
-          { className: "titles" },
-          result.titles.map((title, i) => h("li", { key: i }, title)),
-        )
-      : null,
+    result?.titles ? h("ol", { className: "titles" }, result.titles.map((t, i) => h("li", { key: i }, t))) : null,
     error ? h("p", { className: "error", role: "alert" }, error.message) : null,
     h(
       "div",
       { className: "actions" },
-      ended ? null : h("button", { type: "button", className: "cancel", onClick: () => cancel().catch(() => {}) }, "Cancel"),
+      ended
+        ? null
+        : h("button", { type: "button", className: "cancel", onClick: () => cancel().catch(() => {}) }, "Cancel"),
       h("button", { type: "button", className: "close", onClick: onClose }, "Close"),
     ),
   );
@@ -100,7 +104,7 @@ function App() {
       who.state === "in" ? `Signed in as ${who.name}.` : null,
     ),
     who.state === "out"
-      ? h("p", { className: "error", role: "alert" }, "Not signed in: open the main page (/) and sign in, then come back.")
+      ? h("p", { className: "error", role: "alert" }, "Not signed in: sign in on the main page (/), then come back.")
       : null,
     h(
       "form",
@@ -110,7 +114,11 @@ function App() {
       h(
         "div",
         { className: "actions" },
-        h("button", { type: "submit", className: "primary", disabled: pending || who.state !== "in" }, pending ? "Sending…" : "Suggest titles"),
+        h(
+          "button",
+          { type: "submit", className: "primary", disabled: pending || who.state !== "in" },
+          pending ? "Sending…" : "Suggest titles",
+        ),
       ),
       error ? h("p", { className: "error", role: "alert" }, error.message) : null,
     ),
