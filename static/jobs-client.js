@@ -9,6 +9,8 @@
 // after it on any reconnect (Last-Event-ID / `after`), and drops anything it has already seen, so each
 // event reaches the page once and in order. `position` events (a queued job's place and wait, pushed as the
 // queue moves) carry no seq and are handed on as they come: onPosition({queue, estimated_time_remaining}).
+// Stop watching with an AbortSignal (`signal`): the connection closes at once and no callback runs after it.
+// Types: jobs-client.d.ts beside this file (and api-types.d.ts for the API's own shapes).
 
 const TERMINAL = new Set(["completed", "failed", "cancelled", "expired"]);
 const KINDS = ["snapshot", "status", "progress", "delta", "position"];
@@ -23,8 +25,9 @@ export class JobError extends Error {
   }
 }
 
-async function api(path, options = {}, base = "") {
+async function api(path, options = {}, base = "", signal = undefined) {
   const response = await fetch(base + path, {
+    signal,
     ...options,
     headers: { "content-type": "application/json", ...(options.headers || {}) },
   });
@@ -50,14 +53,13 @@ export async function cancel(jobId, { base = "" } = {}) {
   return body;
 }
 
-const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
-
 /**
  * Watch a job until it ends. Resolves to its result (completed) or rejects with a JobError
  * (failed/cancelled/expired). Callbacks: onEvent(event) for every event, onProgress({percentage,
  * current_step}), onDelta(text), onTransport(name) when a transport is tried, onConnection(state, name) with
  * state "live" once it is connected and "reconnecting" when it dropped and the next try is due (`options.transports`
- * limits the order tried).
+ * limits the order tried). `options.signal` (an AbortSignal) stops the watch: it rejects with the signal's reason
+ * (an AbortError), its connection is closed, and no callback runs after the abort.
  */
 export function watchJob(jobId, options = {}) {
   const w = new Watch(jobId, options);
@@ -77,10 +79,41 @@ class Watch {
     this.transports = options.transports || ["sse", "ws", "poll"];
     this.failures = 0;
     this.worked = new Set(); // transports that delivered something: a failure there is a cut, not a block
+    this.signal = options.signal;
+  }
+
+  get aborted() {
+    return this.signal?.aborted === true;
+  }
+
+  // Run `stop` when the watch is aborted; returns the function that forgets it (call it when `stop` is moot).
+  onAbort(stop) {
+    if (!this.signal) return () => {};
+    if (this.signal.aborted) {
+      stop();
+      return () => {};
+    }
+    this.signal.addEventListener("abort", stop, { once: true });
+    return () => this.signal.removeEventListener("abort", stop);
+  }
+
+  // A pause that an abort cuts short.
+  sleep(ms) {
+    return new Promise((resolve) => {
+      const timer = setTimeout(() => {
+        off();
+        resolve();
+      }, ms);
+      const off = this.onAbort(() => {
+        clearTimeout(timer);
+        resolve();
+      });
+    });
   }
 
   // Every event goes through here: duplicates and stale events are dropped by seq.
   apply(event) {
+    if (this.aborted) return; // stopped: nothing more reaches the page
     if (event.kind === "position") {
       // A queued job's place and wait, pushed as the queue moves: no seq (not logged, never replayed).
       if (this.job && this.job.status === "queued") {
@@ -117,6 +150,7 @@ class Watch {
   async run() {
     let i = 0;
     while (!this.done) {
+      if (this.aborted) throw this.signal.reason;
       const name = this.transports[Math.min(i, this.transports.length - 1)];
       this.o.onTransport?.(name);
       const before = this.last;
@@ -124,9 +158,11 @@ class Watch {
       try {
         ok = await this[name]();
       } catch (e) {
+        if (this.aborted) throw this.signal.reason;
         if (e instanceof JobError && FATAL.has(e.code)) throw e;
         ok = false;
       }
+      if (this.aborted) throw this.signal.reason;
       if (this.fatal) throw this.fatal; // signed out (or the token revoked) while watching: no transport will do
       if (this.last !== before) this.worked.add(name);
       if (this.done) break;
@@ -134,7 +170,7 @@ class Watch {
       if (!ok && !this.worked.has(name)) i = Math.min(i + 1, this.transports.length - 1);
       this.failures = this.last === before ? this.failures + 1 : 0;
       this.o.onConnection?.("reconnecting", name);
-      await sleep(Math.min(250 * 2 ** Math.min(this.failures, 5), 8000));
+      await this.sleep(Math.min(250 * 2 ** Math.min(this.failures, 5), 8000));
     }
     const f = this.final;
     if (f.status === "completed") return f.result;
@@ -147,10 +183,13 @@ class Watch {
       const q = this.last !== null ? `?after=${this.last}` : "";
       const source = new EventSource(`${this.base}/api/jobs/${encodeURIComponent(this.jobId)}/events${q}`);
       let got = false;
+      let off = null;
       const end = (ok) => {
+        off?.();
         source.close();
         resolve(ok);
       };
+      off = this.onAbort(() => end(false));
       for (const kind of KINDS) {
         source.addEventListener(kind, (e) => {
           got = true;
@@ -158,7 +197,7 @@ class Watch {
           if (this.done) end(true);
         });
       }
-      source.onopen = () => this.o.onConnection?.("live", "sse");
+      source.onopen = () => this.aborted || this.o.onConnection?.("live", "sse");
       // A connection failure, or the server's last word (`event: error`, with data) when it ends the stream
       // because the session was signed out or the token revoked.
       source.onerror = (e) => {
@@ -183,12 +222,15 @@ class Watch {
         return;
       }
       let got = false;
+      let off = null;
       const end = (ok) => {
+        off?.();
         try {
           socket.close();
         } catch {}
         resolve(ok);
       };
+      off = this.onAbort(() => end(false));
       socket.onopen = () => {
         const msg = { type: "subscribe", job_id: this.jobId };
         if (this.last !== null) msg.after = this.last;
@@ -202,7 +244,7 @@ class Watch {
           end(false);
           return;
         }
-        if (msg.type === "subscribed") this.o.onConnection?.("live", "ws");
+        if (msg.type === "subscribed" && !this.aborted) this.o.onConnection?.("live", "ws");
         if (msg.type) return; // subscribed / ping / pong
         if (msg.job_id !== this.jobId) return;
         got = true;
@@ -210,7 +252,10 @@ class Watch {
         if (this.done) end(true);
       };
       socket.onerror = () => end(got);
-      socket.onclose = () => resolve(got);
+      socket.onclose = () => {
+        off?.();
+        resolve(got);
+      };
     });
   }
 
@@ -219,21 +264,24 @@ class Watch {
   async poll() {
     let etag = null;
     let errors = 0;
-    while (!this.done) {
+    while (!this.done && !this.aborted) {
       let r;
       try {
         r = await api(
           `/api/jobs/${encodeURIComponent(this.jobId)}`,
           { headers: etag ? { "if-none-match": etag } : {} },
           this.base,
+          this.signal,
         );
+        if (this.aborted) return false;
         if (errors || etag === null) this.o.onConnection?.("live", "poll");
         errors = 0;
       } catch (e) {
+        if (this.aborted) return false;
         if (e instanceof JobError && FATAL.has(e.code)) throw e;
         errors += 1;
         this.o.onConnection?.("reconnecting", "poll");
-        await sleep(Math.min(500 * 2 ** errors, 10000));
+        await this.sleep(Math.min(500 * 2 ** errors, 10000));
         continue;
       }
       etag = r.response.headers.get("etag") || etag;
@@ -245,8 +293,8 @@ class Watch {
       }
       if (this.done) return true;
       const suggested = Number(r.response.headers.get("x-poll-interval")) || job?.poll_interval || 2;
-      await sleep(Math.min(suggested, this.o.maxPollSeconds ?? 10) * 1000);
+      await this.sleep(Math.min(suggested, this.o.maxPollSeconds ?? 10) * 1000);
     }
-    return true;
+    return !this.aborted;
   }
 }
