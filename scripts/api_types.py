@@ -65,6 +65,7 @@ KNOWN = {
     "maximum",
     "minItems",
     "maxItems",
+    "uniqueItems",
     "maxProperties",
     "propertyNames",
     "contentMediaType",
@@ -77,6 +78,7 @@ BOUNDS = [
     ("maxLength", "max length"),
     ("minItems", "min items"),
     ("maxItems", "max items"),
+    ("uniqueItems", "unique items"),
     ("maxProperties", "max entries"),
 ]
 SCALARS = {"string": "string", "integer": "number", "number": "number", "boolean": "boolean", "null": "null"}

@@ -83,6 +83,11 @@ export interface EventJob {
   own_provider_key: boolean;
   /** While queued: jobs ahead, the expected wait (null: no live worker) and the workers' slots */
   queue: QueuePlace | null;
+  /** Where the job's ends are announced (submitted with it), or null */
+  webhook: {
+    url: string;
+    events: Array<"completed" | "failed" | "cancelled" | "expired">;
+  } | null;
   poll_interval?: number;
   links?: JobLinks;
   input: {
@@ -137,6 +142,11 @@ export interface Job {
   own_provider_key: boolean;
   /** While queued: jobs ahead, the expected wait (null: no live worker) and the workers' slots */
   queue: QueuePlace | null;
+  /** Where the job's ends are announced (submitted with it), or null */
+  webhook: {
+    url: string;
+    events: Array<"completed" | "failed" | "cancelled" | "expired">;
+  } | null;
   poll_interval?: number;
   links: JobLinks;
   input: {
@@ -176,6 +186,11 @@ export interface HistoryJob {
   own_provider_key: boolean;
   /** While queued: jobs ahead, the expected wait (null: no live worker) and the workers' slots */
   queue: QueuePlace | null;
+  /** Where the job's ends are announced (submitted with it), or null */
+  webhook: {
+    url: string;
+    events: Array<"completed" | "failed" | "cancelled" | "expired">;
+  } | null;
   poll_interval?: number;
   links: JobLinks;
   input_summary: string;
@@ -269,6 +284,21 @@ export interface SubmitTitles {
    * pattern ^[!-~]{1,512}$
    */
   user_provided_key?: string;
+  /**
+   * Announce the job's end: a signed POST (Standard Webhooks) to `url` for each event in `events`; see GET /api/webhooks/secret and GET /api/jobs/{job_id}/webhooks
+   */
+  webhook?: {
+    /**
+     * Where to POST the events. Its host must resolve to a public address (else 422 webhook_url_refused; an operator may allow ranges: WEBHOOK_ALLOW_NETS), checked again at each delivery
+     * max length 2048; pattern ^https?://(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?|\[(?:[0-9A-Fa-f]{1,4}:){7}[0-9A-Fa-f]{1,4}\])(?::(?:6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4][0-9]{3}|[1-5][0-9]{4}|[1-9][0-9]{0,3}))?(?:/[!-\"$-~]*)?$
+     */
+    url: string;
+    /**
+     * Which ends of the job to announce (each as the event type `job.<status>`); default: all
+     * min items 1; unique items True
+     */
+    events?: Array<"completed" | "failed" | "cancelled" | "expired">;
+  };
 }
 
 /** The text to summarize. */
@@ -300,6 +330,21 @@ export interface SubmitSummary {
    * pattern ^[!-~]{1,512}$
    */
   user_provided_key?: string;
+  /**
+   * Announce the job's end: a signed POST (Standard Webhooks) to `url` for each event in `events`; see GET /api/webhooks/secret and GET /api/jobs/{job_id}/webhooks
+   */
+  webhook?: {
+    /**
+     * Where to POST the events. Its host must resolve to a public address (else 422 webhook_url_refused; an operator may allow ranges: WEBHOOK_ALLOW_NETS), checked again at each delivery
+     * max length 2048; pattern ^https?://(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?|\[(?:[0-9A-Fa-f]{1,4}:){7}[0-9A-Fa-f]{1,4}\])(?::(?:6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4][0-9]{3}|[1-5][0-9]{4}|[1-9][0-9]{0,3}))?(?:/[!-\"$-~]*)?$
+     */
+    url: string;
+    /**
+     * Which ends of the job to announce (each as the event type `job.<status>`); default: all
+     * min items 1; unique items True
+     */
+    events?: Array<"completed" | "failed" | "cancelled" | "expired">;
+  };
 }
 
 /** A conversation; the last message is usually the user's. */
@@ -329,6 +374,21 @@ export interface SubmitChat {
    * pattern ^[!-~]{1,512}$
    */
   user_provided_key?: string;
+  /**
+   * Announce the job's end: a signed POST (Standard Webhooks) to `url` for each event in `events`; see GET /api/webhooks/secret and GET /api/jobs/{job_id}/webhooks
+   */
+  webhook?: {
+    /**
+     * Where to POST the events. Its host must resolve to a public address (else 422 webhook_url_refused; an operator may allow ranges: WEBHOOK_ALLOW_NETS), checked again at each delivery
+     * max length 2048; pattern ^https?://(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?|\[(?:[0-9A-Fa-f]{1,4}:){7}[0-9A-Fa-f]{1,4}\])(?::(?:6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4][0-9]{3}|[1-5][0-9]{4}|[1-9][0-9]{0,3}))?(?:/[!-\"$-~]*)?$
+     */
+    url: string;
+    /**
+     * Which ends of the job to announce (each as the event type `job.<status>`); default: all
+     * min items 1; unique items True
+     */
+    events?: Array<"completed" | "failed" | "cancelled" | "expired">;
+  };
 }
 
 /** What to draw. */
@@ -360,6 +420,21 @@ export interface SubmitImage {
    * pattern ^[!-~]{1,512}$
    */
   user_provided_key?: string;
+  /**
+   * Announce the job's end: a signed POST (Standard Webhooks) to `url` for each event in `events`; see GET /api/webhooks/secret and GET /api/jobs/{job_id}/webhooks
+   */
+  webhook?: {
+    /**
+     * Where to POST the events. Its host must resolve to a public address (else 422 webhook_url_refused; an operator may allow ranges: WEBHOOK_ALLOW_NETS), checked again at each delivery
+     * max length 2048; pattern ^https?://(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?|\[(?:[0-9A-Fa-f]{1,4}:){7}[0-9A-Fa-f]{1,4}\])(?::(?:6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4][0-9]{3}|[1-5][0-9]{4}|[1-9][0-9]{0,3}))?(?:/[!-\"$-~]*)?$
+     */
+    url: string;
+    /**
+     * Which ends of the job to announce (each as the event type `job.<status>`); default: all
+     * min items 1; unique items True
+     */
+    events?: Array<"completed" | "failed" | "cancelled" | "expired">;
+  };
 }
 
 /**
@@ -403,6 +478,21 @@ export interface SubmitResponse {
    * pattern ^[!-~]{1,512}$
    */
   user_provided_key?: string;
+  /**
+   * Announce the job's end: a signed POST (Standard Webhooks) to `url` for each event in `events`; see GET /api/webhooks/secret and GET /api/jobs/{job_id}/webhooks
+   */
+  webhook?: {
+    /**
+     * Where to POST the events. Its host must resolve to a public address (else 422 webhook_url_refused; an operator may allow ranges: WEBHOOK_ALLOW_NETS), checked again at each delivery
+     * max length 2048; pattern ^https?://(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?|\[(?:[0-9A-Fa-f]{1,4}:){7}[0-9A-Fa-f]{1,4}\])(?::(?:6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4][0-9]{3}|[1-5][0-9]{4}|[1-9][0-9]{0,3}))?(?:/[!-\"$-~]*)?$
+     */
+    url: string;
+    /**
+     * Which ends of the job to announce (each as the event type `job.<status>`); default: all
+     * min items 1; unique items True
+     */
+    events?: Array<"completed" | "failed" | "cancelled" | "expired">;
+  };
 }
 
 export type SubmitJobRequest = SubmitTitles | SubmitSummary | SubmitChat | SubmitImage | SubmitResponse;
@@ -465,6 +555,46 @@ export interface JobPositionEvent {
 export interface RetryJobBody {
   /** pattern ^[!-~]{1,512}$ */
   user_provided_key?: string;
+}
+
+export interface JobWebhooksResponse {
+  job_id: string;
+  webhook: {
+    url: string;
+    events: Array<"completed" | "failed" | "cancelled" | "expired">;
+  } | null;
+  deliveries: Array<{
+    /** The webhook-id header of every attempt (receivers dedupe on it) */
+    id: string;
+    event: "job.completed" | "job.failed" | "job.cancelled" | "job.expired";
+    url: string;
+    status: "pending" | "delivered" | "failed";
+    attempts: number;
+    occurred_at: string | null;
+    /** While pending: when the next attempt is due */
+    next_attempt_at: string | null;
+    delivered_at: string | null;
+    last_status_code: number | null;
+    last_error: string | null;
+    /** One entry per recorded attempt, oldest first */
+    responses: Array<{
+      attempt: number;
+      /** date-time */
+      at: string;
+      /** The receiver's answer; null: none */
+      status_code: number | null;
+      error: string | null;
+      seconds: number;
+    }>;
+  }>;
+}
+
+export interface GetWebhookSecretResponse {
+  /** pattern ^whsec_[A-Za-z0-9+/]+=*$ */
+  secret: string;
+  created_at: string | null;
+  /** After a rotation: until when deliveries are also signed with the secret it replaced */
+  previous_valid_until: string | null;
 }
 
 export interface SignInBody {
@@ -614,6 +744,25 @@ export interface Operations {
       | { event: "delta"; data: JobDeltaEvent; id?: string }
       | { event: "position"; data: JobPositionEvent; id?: string }
       | { event: "error"; data: ApiError };
+  };
+  jobWebhooks: {
+    method: "GET";
+    path: "/api/jobs/{job_id}/webhooks";
+    params: {
+      /** min length 1 */
+      job_id: string;
+    };
+    response: JobWebhooksResponse;
+  };
+  getWebhookSecret: {
+    method: "GET";
+    path: "/api/webhooks/secret";
+    response: GetWebhookSecretResponse;
+  };
+  rotateWebhookSecret: {
+    method: "POST";
+    path: "/api/webhooks/secret";
+    response: GetWebhookSecretResponse;
   };
   stats: {
     method: "GET";
