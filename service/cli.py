@@ -119,7 +119,7 @@ def _say(line: str) -> None:
 def cmd_dev(args: argparse.Namespace) -> int:
     """Embedded Redis (unless REDIS_URL is set), then the Procfile's own lines through honcho."""
     settings = _settings()
-    setup_logging(settings.log_level, json_lines=settings.log_json)
+    setup_logging(settings.log_level, json_lines=settings.log_json, secrets=settings.secret_values())
     problem = port_problem(settings.host, settings.port)
     if problem:
         raise SystemExit(f"aijobs dev: {problem}")
@@ -186,7 +186,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from .worker import build_worker
 
     settings = _settings()
-    setup_logging(settings.log_level, json_lines=settings.log_json)
+    setup_logging(settings.log_level, json_lines=settings.log_json, secrets=settings.secret_values())
     if not settings.redis_url:
         raise SystemExit(
             "aijobs worker: REDIS_URL is not set: point it at Redis, or run `scripts/dev` (`aijobs dev`), which starts "

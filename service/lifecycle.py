@@ -33,6 +33,7 @@ from arq.constants import in_progress_key_prefix
 from .config import Settings
 from .coordination import register_worker
 from .events import EventLog, stream_key
+from .metrics import Metrics
 from .models import JobError, JobStatus, now
 from .queue import JobQueue, arq_job_id
 from .runner import attempt_record
@@ -47,8 +48,16 @@ _RELEASE_TURN = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call
 
 class Maintenance:
     def __init__(
-        self, *, store: JobStore, queue: JobQueue, events: EventLog, settings: Settings, worker_id: str = ""
+        self,
+        *,
+        store: JobStore,
+        queue: JobQueue,
+        events: EventLog,
+        settings: Settings,
+        worker_id: str = "",
+        metrics: Metrics | None = None,
     ) -> None:
+        self.metrics = metrics if metrics is not None else Metrics()
         self.store = store
         self.queue = queue
         self.events = events
@@ -85,6 +94,7 @@ class Maintenance:
             if done is None:
                 continue
             taken += 1
+            self.metrics.job_taken_over(done.type, done.status.value)
             log.warning(
                 "lapsed lease taken over", extra={"job_id": job.id, "worker": job.worker_id, "now": done.status.value}
             )
@@ -107,6 +117,7 @@ class Maintenance:
             if job.cancel_requested:  # flagged while running, then given back: it must not wait forever
                 cancelled = await self.store.cancel_queued(job.id, job.user_id)
                 if cancelled is not None:
+                    self.metrics.job_finished(cancelled.type, JobStatus.CANCELLED.value)
                     await self.events.announce(cancelled)
                 continue
             if holds:
@@ -128,6 +139,7 @@ class Maintenance:
     async def expire(self) -> int:
         expired = await self.store.expire_overdue()
         for job in expired:
+            self.metrics.job_finished(job.type, JobStatus.EXPIRED.value)
             await self.events.announce(job)
         return len(expired)
 

@@ -20,6 +20,8 @@ from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
 from redis.exceptions import NoScriptError, ResponseError
 
+from .metrics import redis_errors_of
+
 _Call = tuple[AsyncScript, int, tuple[Any, ...], asyncio.Future[Any]]
 
 
@@ -74,7 +76,10 @@ class ScriptBatch:
                     answers.append(await conn.read_response())
                 except ResponseError as exc:  # this script's own error: the connection is still in step
                     answers.append(exc)
-        except BaseException:
+        except BaseException as exc:
+            errors = redis_errors_of(self.redis)
+            if errors is not None:
+                errors.note(exc)  # this path talks to the connection itself, past the pool's error count
             await conn.disconnect()  # replies may be left unread: never hand this connection out again as is
             raise
         finally:

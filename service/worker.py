@@ -8,12 +8,15 @@ import logging
 import os
 import socket
 import uuid
+from collections.abc import Iterable
 from typing import Any, cast
 
 import httpx
 from arq import Retry, Worker, cron, func
 from arq.connections import RedisSettings
+from prometheus_client.core import GaugeMetricFamily, Metric
 
+from . import logs, tracing
 from .arq_worker import WakeableWorker
 from .coalesce import Coalescer
 from .config import Settings
@@ -24,6 +27,7 @@ from .events import EventLog
 from .files import tighten_dir
 from .governor import RateLimitWaits, build_governor
 from .lifecycle import Maintenance
+from .metrics import Metrics, serve_metrics, store_errors
 from .provider_keys import ProviderKeys
 from .providers.base import Provider
 from .providers.factory import build_chain_providers, build_provider
@@ -32,13 +36,27 @@ from .runner import HeldBack, JobRunner
 from .store import JobStore, job_secrets, open_store
 from .store.patient import PatientWrites
 from .tasks import TaskRegistry, default_registry
+from .tracing import Tracing
 
 log = logging.getLogger("aijobs.worker")
 
 CLEANUP_CRON = "aijobs:cleanup"
 
 
-async def run_job(ctx: dict[str, Any], job_id: str) -> str:
+async def run_job(
+    ctx: dict[str, Any], job_id: str, request_id: str | None = None, traceparent: str | None = None
+) -> str:
+    """`request_id`, `traceparent`: the submitting request's, from the queue entry (tracing.Origin)."""
+    origin = tracing.begin(tracing.Origin(request_id, traceparent))
+    fields = logs.bind(job_id=job_id)
+    try:
+        return await _run_job(ctx, job_id)
+    finally:
+        logs.unbind(fields)
+        tracing.end(origin)
+
+
+async def _run_job(ctx: dict[str, Any], job_id: str) -> str:
     runner: JobRunner = ctx["runner"]
     _, ticket = parse_arq_job_id(str(ctx.get("job_id", "")))
     try:
@@ -64,6 +82,38 @@ async def cleanup_job(ctx: dict[str, Any]) -> int:
     return await maintenance.cleanup()
 
 
+async def start_metrics_server(settings: Settings, metrics: Metrics) -> asyncio.Server | None:
+    """The worker's own /metrics on METRICS_HOST:METRICS_PORT; a port already taken is logged, not fatal (the jobs
+    matter more than their numbers, and Prometheus shows the target down)."""
+    try:
+        server = await serve_metrics(
+            metrics, host=settings.metrics_host, port=settings.metrics_port, token=settings.metrics_token
+        )
+    except OSError as exc:
+        log.error(
+            "the worker's metrics endpoint could not listen; running without it",
+            extra={"host": settings.metrics_host, "port": settings.metrics_port, "error": str(exc)},
+        )
+        return None
+    log.info("metrics endpoint listening", extra={"host": settings.metrics_host, "port": settings.metrics_port})
+    return server
+
+
+def watch_worker(metrics: Metrics, *, store: JobStore, runner: JobRunner, slots: int) -> None:
+    """What a worker reports at scrape time: its runs in flight, its job slots, its store's errors."""
+
+    def running() -> Iterable[Metric]:
+        yield GaugeMetricFamily(
+            "aijobs_worker_running_jobs", "Attempts running in this worker now", value=len(runner.active)
+        )
+        yield GaugeMetricFamily(
+            "aijobs_worker_slots", "Jobs this worker runs at once (WORKER_CONCURRENCY)", value=slots
+        )
+
+    metrics.collect(running)
+    metrics.collect(store_errors(store))
+
+
 def build_worker(
     settings: Settings,
     *,
@@ -72,15 +122,24 @@ def build_worker(
     provider: Provider | None = None,
     burst: bool = False,
     handle_signals: bool = True,
+    tracer_provider: Any = None,
 ) -> Worker:
-    """An arq Worker wired to our store, event log and provider; resources open in on_startup."""
+    """An arq Worker wired to our store, event log and provider; resources open in on_startup.
+
+    `tracer_provider`: an OpenTelemetry TracerProvider for TRACING=true (tests); None: the process's own."""
     registry = registry or default_registry()
     worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+    metrics = Metrics(role="worker", prices=settings.prices, process=True)
+    redis_settings = RedisSettings.from_dsn(redis_url)
+    redis_settings.retry = metrics.redis_errors  # counts every command that fails for want of Redis
 
     async def startup(ctx: dict[str, Any]) -> None:
         tighten_dir(settings.data_dir)  # an older version left it readable by others
         store = open_store(settings)
         await store.open()
+        ctx["metrics"] = metrics
+        if settings.metrics_port:
+            ctx["metrics_server"] = await start_metrics_server(settings, metrics)
         http = httpx.AsyncClient(timeout=settings.ai_timeout) if provider is None else None
         ai = provider or build_provider(
             base_url=settings.ai_base_url,
@@ -126,16 +185,22 @@ def build_worker(
             # A dead leader's call is taken over after a job lease, as a dead worker's job is.
             coalescer=Coalescer(ctx["redis"], lease=settings.lease_seconds) if settings.coalesce else None,
             result_cache_seconds=settings.result_cache_seconds,
+            metrics=metrics,
+            tracing=Tracing.from_settings(settings.tracing, service="aijobs-worker", provider=tracer_provider),
         )
         maintenance = ctx["maintenance"] = Maintenance(
-            store=store, queue=queue, events=events, settings=settings, worker_id=worker_id
+            store=store, queue=queue, events=events, settings=settings, worker_id=worker_id, metrics=metrics
         )
+        watch_worker(metrics, store=store, runner=runner, slots=settings.worker_concurrency)
         ctx["background"] = [
             asyncio.create_task(maintenance.run_forever()),
             asyncio.create_task(listen_for_cancels(ctx["redis"], runner.cancel_local)),
         ]
 
     async def shutdown(ctx: dict[str, Any]) -> None:
+        server = ctx.pop("metrics_server", None)
+        if server is not None:
+            server.close()
         for task in ctx.get("background", []):
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -160,7 +225,7 @@ def build_worker(
         cron_jobs=[cron(cleanup_job, name=CLEANUP_CRON, second={0}, unique=True, timeout=60, keep_result=120)],
         job_completion_wait=settings.shutdown_grace,  # SIGTERM: finish, then give back
         queue_name=settings.queue_name,
-        redis_settings=RedisSettings.from_dsn(redis_url),
+        redis_settings=redis_settings,
         on_startup=startup,
         on_shutdown=shutdown,
         max_jobs=settings.worker_concurrency,

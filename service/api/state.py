@@ -10,8 +10,10 @@ from starlette.requests import HTTPConnection
 from ..config import Settings
 from ..events import EventLog
 from ..jobs import JobService
+from ..metrics import Metrics
 from ..push.gateway import Gateway
 from ..store.base import JobStore
+from ..tracing import Tracing
 
 
 @dataclass(frozen=True, slots=True)
@@ -22,6 +24,8 @@ class AppState:
     events: EventLog
     gateway: Gateway
     jobs: JobService
+    metrics: Metrics
+    tracing: Tracing
 
 
 def app_state(conn: HTTPConnection) -> AppState:
