@@ -455,10 +455,12 @@ class JobRunner:
         model = ctx.ai.model or ctx.ai.requested or ctx.ai.default_model
         record = attempt_record(job, model, error, seconds, ctx.ai.name)
         outcome = await self._failed_to(job, spec, token, ctx, exc, error, model, record, seconds)
-        if outcome != "lease_lost":
-            self.metrics.attempt_ended(
-                job.type, seconds, code=error.code, requeued=outcome in ("retrying", "fallback", "rate_limited")
-            )
+        self.metrics.attempt_ended(
+            job.type,
+            seconds,
+            code=None if outcome == "lease_lost" else error.code,  # another run took the job: its outcome counts
+            requeued=outcome in ("retrying", "fallback", "rate_limited"),
+        )
         if outcome == "failed":
             self.metrics.job_finished(job.type, JobStatus.FAILED.value)
         return outcome
