@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import sqlite3
 from collections.abc import Iterator
@@ -209,7 +210,8 @@ async def test_a_scrape_during_a_load_run_shows_every_metric_moving(
 
 async def test_the_scrape_needs_the_operator_token(redis_server: EmbeddedRedis, tmp_path: Path) -> None:
     worker_port = free_port()
-    settings = load_settings(redis_server, tmp_path, worker_port)
+    # ALLOWED_HOSTS names the public name only: Prometheus scrapes by IP all the same (the token is the guard)
+    settings = dataclasses.replace(load_settings(redis_server, tmp_path, worker_port), allowed_hosts=("app.example",))
     assert settings.redis_url
     async with serve(create_app(settings, redis_url=settings.redis_url)) as web, run_worker(settings):
         worker_url = f"http://127.0.0.1:{worker_port}/metrics"

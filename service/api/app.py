@@ -144,8 +144,7 @@ class App(Starlette):
         scope[RAW_SEND] = send
         if (
             self.allowed_hosts
-            and scope["type"] != "lifespan"
-            and scope["path"] != "/healthz"  # load balancers probe by IP; it shows nothing of anyone's
+            and scope["path"] not in ("/healthz", "/metrics")  # probed and scraped by IP; /metrics wants its token
             and not host_allowed(scope, self.allowed_hosts)
         ):
             await refuse_host(scope, receive, send)

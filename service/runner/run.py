@@ -259,6 +259,12 @@ class JobRunner:
                 if span is not None:
                     span.set_attribute("aijobs.outcome", outcome)
             return outcome
+        except Exception as exc:  # arq logs the traceback, after this attempt's fields are unbound: say it here too
+            log.error(
+                "attempt stopped by an unexpected error; its lease lapses and the sweeper takes the job back",
+                extra={"error": repr(exc)},
+            )
+            raise
         finally:
             logs.unbind(fields)
 
