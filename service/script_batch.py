@@ -13,6 +13,7 @@ before); a script error (or NOSCRIPT, after EVAL loaded the script again) fails 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 from typing import Any
 
 from hiredis import pack_command
@@ -42,7 +43,8 @@ class ScriptBatch:
         self._pending.append((script, len(keys), (*keys, *args), future))
         sender = self._sender
         if sender is None or sender.done() or sender.get_loop() is not future.get_loop():
-            self._sender = asyncio.create_task(self._send())
+            # serves every caller: not in this caller's context (its request's log fields, its span)
+            self._sender = asyncio.create_task(self._send(), context=contextvars.Context())
         return future
 
     async def _send(self) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 import os
 import random
@@ -297,7 +298,8 @@ class JobRunner:
         run = ActiveRun(job.id, token)
         self.active[job.id] = run
         if self._heartbeat_task is None or self._heartbeat_task.done():
-            self._heartbeat_task = asyncio.create_task(self._heartbeats())
+            # shared by every run: not in this run's context (its log fields, its span)
+            self._heartbeat_task = asyncio.create_task(self._heartbeats(), context=contextvars.Context())
         started = time.monotonic()
         log.info("job started", extra={"job_id": job.id, "type": job.type, "attempt": job.attempts})
         try:
