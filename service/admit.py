@@ -43,10 +43,13 @@ class Admission:
         self._batch = ScriptBatch(queue.redis)  # concurrent submissions share one round trip
         self._script = self._batch.register(_ADMIT_LUA)
 
-    async def admit(self, user_id: str, event: Event, *, ticket: int, priority: int) -> Admitted:
-        """Publish the job's first event and enqueue it; raises on any Redis trouble (the reconciler enqueues)."""
+    async def admit(
+        self, user_id: str, event: Event, *, ticket: int, priority: int, origin: dict[str, str] | None = None
+    ) -> Admitted:
+        """Publish the job's first event and enqueue it; raises on any Redis trouble (the reconciler enqueues).
+        `origin`: the submitting request's ids, carried in the queue entry (tracing.Origin.enqueue_kwargs)."""
         ev_keys, ev_args = self.events.publish_call(user_id, event)
-        q_keys, q_args = self.queue.enqueue_call(event.job_id, ticket=ticket, priority=priority)
+        q_keys, q_args = self.queue.enqueue_call(event.job_id, ticket=ticket, priority=priority, origin=origin)
         published, enqueued, members = await self._batch.call(
             self._script,
             [*ev_keys, *q_keys, workers_key(self.queue.queue_name)],

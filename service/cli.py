@@ -129,7 +129,7 @@ def _long_running(procfile: Path) -> list[str]:
 def cmd_dev(args: argparse.Namespace) -> int:
     """Embedded Redis (unless REDIS_URL is set), then the Procfile's own lines through honcho."""
     settings = _settings()
-    setup_logging(settings.log_level, json_lines=settings.log_json)
+    setup_logging(settings.log_level, json_lines=settings.log_json, secrets=settings.secret_values())
     problem = port_problem(settings.host, settings.port)
     if problem:
         raise SystemExit(f"aijobs dev: {problem}")
@@ -208,7 +208,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from .worker import build_worker
 
     settings = _settings()
-    setup_logging(settings.log_level, json_lines=settings.log_json)
+    setup_logging(settings.log_level, json_lines=settings.log_json, secrets=settings.secret_values())
     if not settings.redis_url:
         raise SystemExit(
             "aijobs worker: REDIS_URL is not set: point it at Redis, or run `scripts/dev` (`aijobs dev`), which starts "

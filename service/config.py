@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import os
 from collections.abc import Callable, Mapping
@@ -233,6 +234,37 @@ class Settings:
     log_level: str = field(default="INFO", metadata={"env": "LOG_LEVEL", "doc": "Logging level"})
     log_json: bool = field(
         default=True, metadata={"env": "LOG_JSON", "doc": "Structured JSON logs (false: plain text)"}
+    )
+    metrics_token: str | None = field(
+        default=None,
+        metadata={
+            "env": "METRICS_TOKEN",
+            "doc": "Bearer token a Prometheus scrape must send to GET /metrics (web) and to a worker's METRICS_PORT; "
+            "unset: the web's /metrics answers 404, and a worker serves its metrics on a loopback METRICS_HOST only",
+            "secret": True,
+        },
+    )
+    metrics_port: int = field(
+        default=0,
+        metadata={
+            "env": "METRICS_PORT",
+            "doc": "Port a worker process serves its own /metrics on (0: none); each worker on one host needs its own",
+        },
+    )
+    metrics_host: str = field(
+        default="127.0.0.1",
+        metadata={
+            "env": "METRICS_HOST",
+            "doc": "Address a worker's metrics endpoint binds; anything but loopback needs METRICS_TOKEN",
+        },
+    )
+    tracing: bool = field(
+        default=False,
+        metadata={
+            "env": "TRACING",
+            "doc": "OpenTelemetry spans from POST /api/jobs through the worker's provider call (needs the "
+            "opentelemetry-sdk package; exported over OTLP when opentelemetry-exporter-otlp is installed)",
+        },
     )
 
     lease_seconds: float = field(
@@ -491,6 +523,19 @@ class Settings:
                 "must be sqlite:///path or postgresql://[user[:password]@]host[:port]/dbname",
             ),
             ("DATABASE_POOL_SIZE", self.database_pool_size >= 1, "must be at least 1"),
+            ("METRICS_PORT", 0 <= self.metrics_port <= 65535, "must be 0-65535"),
+            (
+                "METRICS_TOKEN",
+                self.metrics_token is None or len(self.metrics_token) >= 16,
+                "must be at least 16 characters (make one with python -c 'import secrets; "
+                "print(secrets.token_urlsafe(32))')",
+            ),
+            (
+                "METRICS_HOST",
+                self.metrics_port == 0 or self.metrics_token is not None or is_loopback_host(self.metrics_host),
+                f"is {self.metrics_host!r}, not loopback: anyone who reaches it could read the metrics, so set "
+                "METRICS_TOKEN too (Prometheus sends it as a bearer token), or bind METRICS_HOST=127.0.0.1",
+            ),
             (
                 "LOG_LEVEL",
                 self.log_level.upper() in {"DEBUG", "INFO", "WARNING", "ERROR"},
@@ -594,6 +639,17 @@ class Settings:
         """AI_PROVIDERS, parsed once: the extra OpenAI-compatible servers by name."""
         providers: Mapping[str, ProviderConfig] = self.__dict__["_providers"]
         return providers
+
+    def secret_values(self) -> tuple[str, ...]:
+        """Every secret these settings hold, as it could appear in a log line: what the log redactor masks."""
+        from urllib.parse import unquote, urlsplit
+
+        values = [self.ai_api_key, self.secret_key, self.metrics_token]
+        values += [p.api_key for p in self.providers.values()]
+        with contextlib.suppress(ValueError):
+            password = urlsplit(self.database_url).password
+            values += [password, unquote(password)] if password else []
+        return tuple(sorted({v for v in values if v and len(v) >= 4}, key=len, reverse=True))
 
     @property
     def webhook_nets(self) -> tuple[IPNetwork, ...]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import json
 import logging
 import time
@@ -143,7 +144,7 @@ class ProviderBackoff:
             return False
         if self._nothing_until and self._nothing_until + ANY_PAUSE_CACHE_SECONDS > clock:
             if self._refreshing is None or self._refreshing.done():
-                self._refreshing = asyncio.create_task(self._refresh())
+                self._refreshing = asyncio.create_task(self._refresh(), context=contextvars.Context())  # shared
             return False
         return await self._refresh()
 

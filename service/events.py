@@ -108,7 +108,10 @@ class EventLog:
         try:
             await self.publish(job.user_id, announcement(job))
         except Exception as exc:
-            log.warning("could not publish an event", extra={"job_id": job.id, "error": repr(exc)})
+            log.warning(
+                "could not publish an event",
+                extra={"job_id": job.id, "user_id": job.user_id, "attempt": job.attempts, "error": repr(exc)},
+            )
 
     def publish_soon(self, user_id: str, event: Event) -> asyncio.Future[Any]:
         """Queue the event and return at once; the future resolves to 1 (published) or 0 (the log had that seq).

@@ -11,11 +11,13 @@ import time
 import uuid
 from typing import Any
 
+from . import tracing
 from .admit import Admission
 from .coordination import publish_cancel
 from .errors import JobRequestError, StoreUnavailable
 from .estimates import Estimate, QueueEstimator
 from .events import EventLog, announcement
+from .metrics import Metrics
 from .models import Event, EventKind, Job, JobStatus
 from .queue import DEFAULT_PRIORITY, JobQueue
 from .schema import ValidationError, as_integer, to_dict
@@ -42,7 +44,9 @@ class JobService:
         registry: TaskRegistry,
         max_attempts: int,
         max_wait: float = 0.0,
+        metrics: Metrics | None = None,
     ) -> None:
+        self.metrics = metrics or Metrics()
         self.store = store
         self.queue = queue
         self.events = events
@@ -174,14 +178,23 @@ class JobService:
             raise StoreUnavailable() from exc
         if ahead is None:
             raise TooManyActive()
+        self.metrics.job_submitted(job_type)
+        origin = tracing.current()  # the request's id (and trace) goes with the job to the worker
         try:
-            admitted = await self.admission.admit(user_id, announcement(job), ticket=job.seq, priority=priority)
+            admitted = await self.admission.admit(
+                user_id,
+                announcement(job),
+                ticket=job.seq,
+                priority=priority,
+                origin=origin.enqueue_kwargs() if origin is not None else None,
+            )
             self.estimates.note_capacity(admitted.capacity)
         except Exception as exc:
             log.warning(
-                "job stored but not enqueued; the reconciler will", extra={"job_id": job.id, "error": repr(exc)}
+                "job stored but not enqueued; the reconciler will",
+                extra={"job_id": job.id, "user_id": user_id, "attempt": 0, "error": repr(exc)},
             )
-        log.info("job accepted", extra={"job_id": job.id, "type": job_type, "user_id": user_id})
+        log.info("job accepted", extra={"job_id": job.id, "type": job_type, "user_id": user_id, "attempt": 0})
         return job, ahead
 
     async def submit_idempotent(
@@ -250,6 +263,7 @@ class JobService:
         """
         job = await self.store.cancel_queued(job_id, user_id)
         if job is not None:
+            self.metrics.job_finished(job.type, JobStatus.CANCELLED.value)
             await self.events.announce(job)
             return job
         job = await self.store.request_cancel(job_id, user_id)

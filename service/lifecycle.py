@@ -33,7 +33,8 @@ from arq.constants import in_progress_key_prefix
 from .config import Settings
 from .coordination import register_worker
 from .events import EventLog, stream_key
-from .models import JobError, JobStatus, now
+from .metrics import Metrics
+from .models import Job, JobError, JobStatus, now
 from .queue import JobQueue, arq_job_id
 from .runner import attempt_record
 from .store import JobStore, job_secrets
@@ -42,13 +43,28 @@ log = logging.getLogger("aijobs.lifecycle")
 
 RECONCILE_GRACE = 2.0  # seconds a queued job may sit between its store write and its enqueue
 RECONCILE_CHUNK = 500  # queue entries checked per Redis round trip
+
+
+def about(job: Job) -> dict[str, object]:
+    """The fields every log line about a job carries (a run's lines get them from its bound context)."""
+    return {"job_id": job.id, "user_id": job.user_id, "attempt": job.attempts}
+
+
 _RELEASE_TURN = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0"
 
 
 class Maintenance:
     def __init__(
-        self, *, store: JobStore, queue: JobQueue, events: EventLog, settings: Settings, worker_id: str = ""
+        self,
+        *,
+        store: JobStore,
+        queue: JobQueue,
+        events: EventLog,
+        settings: Settings,
+        worker_id: str = "",
+        metrics: Metrics | None = None,
     ) -> None:
+        self.metrics = metrics if metrics is not None else Metrics()
         self.store = store
         self.queue = queue
         self.events = events
@@ -85,15 +101,17 @@ class Maintenance:
             if done is None:
                 continue
             taken += 1
+            self.metrics.job_taken_over(done.type, done.status.value)
             log.warning(
-                "lapsed lease taken over", extra={"job_id": job.id, "worker": job.worker_id, "now": done.status.value}
+                "lapsed lease taken over",
+                extra={**about(job), "worker": job.worker_id, "now": done.status.value},
             )
             await self.events.announce(done)
             if done.status is JobStatus.QUEUED:
                 try:
                     await self.queue.enqueue(done.id, ticket=done.seq, priority=done.priority)
                 except Exception as exc:  # Redis is down: the reconciler enqueues it once Redis is back
-                    log.warning("could not enqueue a taken-over job", extra={"job_id": done.id, "error": repr(exc)})
+                    log.warning("could not enqueue a taken-over job", extra={**about(done), "error": repr(exc)})
         return taken
 
     async def reconcile(self) -> int:
@@ -107,6 +125,7 @@ class Maintenance:
             if job.cancel_requested:  # flagged while running, then given back: it must not wait forever
                 cancelled = await self.store.cancel_queued(job.id, job.user_id)
                 if cancelled is not None:
+                    self.metrics.job_finished(cancelled.type, JobStatus.CANCELLED.value)
                     await self.events.announce(cancelled)
                 continue
             if holds:
@@ -122,12 +141,13 @@ class Maintenance:
             delay = max(0.0, (fresh.ready_at or 0) - now())
             await self.queue.enqueue(fresh.id, ticket=fresh.seq, priority=fresh.priority, defer_seconds=delay)
             fixed += 1
-            log.warning("queued job was missing from Redis; enqueued again", extra={"job_id": job.id})
+            log.warning("queued job was missing from Redis; enqueued again", extra=about(job))
         return fixed
 
     async def expire(self) -> int:
         expired = await self.store.expire_overdue()
         for job in expired:
+            self.metrics.job_finished(job.type, JobStatus.EXPIRED.value)
             await self.events.announce(job)
         return len(expired)
 

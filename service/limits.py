@@ -113,15 +113,16 @@ def _rate_key(user_id: str) -> str:
 class StreamSlot:
     """One open stream; release() is idempotent so every exit path may call it."""
 
-    def __init__(self, slots: StreamSlots, user_id: str) -> None:
+    def __init__(self, slots: StreamSlots, user_id: str, kind: str) -> None:
         self._slots = slots
         self.user_id = user_id
+        self.kind = kind
         self._held = True
 
     def release(self) -> None:
         if self._held:
             self._held = False
-            self._slots._release(self.user_id)
+            self._slots._release(self.user_id, self.kind)
 
 
 class StreamSlots:
@@ -130,8 +131,10 @@ class StreamSlots:
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self._open: dict[str, int] = {}
+        self.by_kind: dict[str, int] = {"sse": 0, "ws": 0}  # open streams of each transport (the metrics)
 
-    def acquire(self, user_id: str) -> StreamSlot:
+    def acquire(self, user_id: str, kind: str = "sse") -> StreamSlot:
+        """`kind`: "sse" or "ws"."""
         held = self._open.get(user_id, 0)
         if held >= self.limit:
             raise LimitExceeded(
@@ -142,9 +145,11 @@ class StreamSlots:
                 retry_after=5,
             )
         self._open[user_id] = held + 1
-        return StreamSlot(self, user_id)
+        self.by_kind[kind] = self.by_kind.get(kind, 0) + 1
+        return StreamSlot(self, user_id, kind)
 
-    def _release(self, user_id: str) -> None:
+    def _release(self, user_id: str, kind: str) -> None:
+        self.by_kind[kind] -= 1
         left = self._open.get(user_id, 0) - 1
         if left > 0:
             self._open[user_id] = left

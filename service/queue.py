@@ -74,15 +74,32 @@ class JobQueue:
         self.queue_name = queue_name
         self._enqueue = redis.register_script(_ENQUEUE_LUA)
 
-    async def enqueue(self, job_id: str, *, ticket: int, priority: int, defer_seconds: float = 0.0) -> bool:
+    async def enqueue(
+        self,
+        job_id: str,
+        *,
+        ticket: int,
+        priority: int,
+        defer_seconds: float = 0.0,
+        origin: dict[str, str] | None = None,
+    ) -> bool:
         """Put one queued spell of a job on the queue; False if that ticket is already there."""
-        keys, args = self.enqueue_call(job_id, ticket=ticket, priority=priority, defer_seconds=defer_seconds)
+        keys, args = self.enqueue_call(
+            job_id, ticket=ticket, priority=priority, defer_seconds=defer_seconds, origin=origin
+        )
         return bool(await self._enqueue(keys=keys, args=args))
 
     def enqueue_call(
-        self, job_id: str, *, ticket: int, priority: int, defer_seconds: float = 0.0
+        self,
+        job_id: str,
+        *,
+        ticket: int,
+        priority: int,
+        defer_seconds: float = 0.0,
+        origin: dict[str, str] | None = None,
     ) -> tuple[list[str], list[Any]]:
-        """KEYS and ARGV of `enqueue_job` in ENQUEUE_JOB_LUA for this spell of the job."""
+        """KEYS and ARGV of `enqueue_job` in ENQUEUE_JOB_LUA for this spell of the job. `origin`: the submitting
+        request's `request_id` and `traceparent`, which the worker's run_job gets as keyword arguments."""
         arq_id = arq_job_id(job_id, ticket)
         enqueued_ms = int(time.time() * 1000)
         if defer_seconds > 0:  # a back-off must be honoured: a deferred job gets no head start before it is due
@@ -90,7 +107,7 @@ class JobQueue:
         else:
             score = int(queue_score_ms(enqueued_ms / 1000, priority))
         serializer = self.redis.job_serializer
-        payload = serialize_job(RUN_JOB_FUNCTION, (job_id,), {}, None, enqueued_ms, serializer=serializer)
+        payload = serialize_job(RUN_JOB_FUNCTION, (job_id,), origin or {}, None, enqueued_ms, serializer=serializer)
         return (
             [job_key_prefix + arq_id, result_key_prefix + arq_id, self.queue_name],
             [JOB_EXPIRES_MS, payload, score, arq_id, wake_channel(self.queue_name)],

@@ -107,11 +107,15 @@ async def arq_pool(
     default_queue_name: str,
     retries: int = 5,
     retry_delay: float = 1.0,
+    retry: Any = None,
 ) -> ArqRedis:
     """arq's pool on REDIS_URL, once it answers a PING: retried `retries` times, as arq's `create_pool` does, so a
     process started while Redis (or the Sentinels' choice of a primary) is not ready waits a little for it."""
     for attempt in range(retries + 1):
-        pool = redis_client(url, redis_class=ArqRedis, socket_connect_timeout=CONNECT_TIMEOUT)
+        options: dict[str, Any] = {"socket_connect_timeout": CONNECT_TIMEOUT}
+        if retry is not None:  # a redis-py Retry for every command (the metrics count Redis errors with one)
+            options["retry"] = retry
+        pool = redis_client(url, redis_class=ArqRedis, **options)
         pool.job_serializer = job_serializer
         pool.job_deserializer = job_deserializer
         pool.default_queue_name = default_queue_name

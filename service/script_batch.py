@@ -13,12 +13,15 @@ before); a script error (or NOSCRIPT, after EVAL loaded the script again) fails 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 from typing import Any
 
 from hiredis import pack_command
 from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
 from redis.exceptions import NoScriptError, ResponseError
+
+from .metrics import redis_errors_of
 
 _Call = tuple[AsyncScript, int, tuple[Any, ...], asyncio.Future[Any]]
 
@@ -40,7 +43,8 @@ class ScriptBatch:
         self._pending.append((script, len(keys), (*keys, *args), future))
         sender = self._sender
         if sender is None or sender.done() or sender.get_loop() is not future.get_loop():
-            self._sender = asyncio.create_task(self._send())
+            # serves every caller: not in this caller's context (its request's log fields, its span)
+            self._sender = asyncio.create_task(self._send(), context=contextvars.Context())
         return future
 
     async def _send(self) -> None:
@@ -74,7 +78,10 @@ class ScriptBatch:
                     answers.append(await conn.read_response())
                 except ResponseError as exc:  # this script's own error: the connection is still in step
                     answers.append(exc)
-        except BaseException:
+        except BaseException as exc:
+            errors = redis_errors_of(self.redis)
+            if errors is not None:
+                errors.note(exc)  # this path talks to the connection itself, past the pool's error count
             await conn.disconnect()  # replies may be left unread: never hand this connection out again as is
             raise
         finally:

@@ -9,11 +9,14 @@ import logging
 import os
 import socket
 import uuid
+from collections.abc import Iterable
 from typing import Any, cast
 
 import httpx
 from arq import Retry, Worker, cron, func
+from prometheus_client.core import GaugeMetricFamily, Metric
 
+from . import logs, tracing
 from .arq_worker import WakeableWorker
 from .coalesce import Coalescer
 from .config import Settings
@@ -24,6 +27,7 @@ from .events import EventLog
 from .files import tighten_dir
 from .governor import RateLimitWaits, build_governor
 from .lifecycle import Maintenance
+from .metrics import Metrics, serve_metrics, store_errors
 from .provider_keys import ProviderKeys
 from .providers.base import Provider
 from .providers.factory import build_chain_providers, build_provider
@@ -33,6 +37,7 @@ from .runner import HeldBack, JobRunner
 from .store import JobStore, job_secrets, open_store
 from .store.patient import PatientWrites
 from .tasks import TaskRegistry, default_registry
+from .tracing import Tracing
 from .webhooks.dispatch import Dispatcher
 from .webhooks.targets import Resolver
 
@@ -41,7 +46,20 @@ log = logging.getLogger("aijobs.worker")
 CLEANUP_CRON = "aijobs:cleanup"
 
 
-async def run_job(ctx: dict[str, Any], job_id: str) -> str:
+async def run_job(
+    ctx: dict[str, Any], job_id: str, request_id: str | None = None, traceparent: str | None = None
+) -> str:
+    """`request_id`, `traceparent`: the submitting request's, from the queue entry (tracing.Origin)."""
+    origin = tracing.begin(tracing.Origin(request_id, traceparent))
+    fields = logs.bind(job_id=job_id)
+    try:
+        return await _run_job(ctx, job_id)
+    finally:
+        logs.unbind(fields)
+        tracing.end(origin)
+
+
+async def _run_job(ctx: dict[str, Any], job_id: str) -> str:
     runner: JobRunner = ctx["runner"]
     _, ticket = parse_arq_job_id(str(ctx.get("job_id", "")))
     try:
@@ -67,6 +85,38 @@ async def cleanup_job(ctx: dict[str, Any]) -> int:
     return await maintenance.cleanup()
 
 
+async def start_metrics_server(settings: Settings, metrics: Metrics) -> asyncio.Server | None:
+    """The worker's own /metrics on METRICS_HOST:METRICS_PORT; a port already taken is logged, not fatal (the jobs
+    matter more than their numbers, and Prometheus shows the target down)."""
+    try:
+        server = await serve_metrics(
+            metrics, host=settings.metrics_host, port=settings.metrics_port, token=settings.metrics_token
+        )
+    except OSError as exc:
+        log.error(
+            "the worker's metrics endpoint could not listen; running without it",
+            extra={"host": settings.metrics_host, "port": settings.metrics_port, "error": str(exc)},
+        )
+        return None
+    log.info("metrics endpoint listening", extra={"host": settings.metrics_host, "port": settings.metrics_port})
+    return server
+
+
+def watch_worker(metrics: Metrics, *, store: JobStore, runner: JobRunner, slots: int) -> None:
+    """What a worker reports at scrape time: its runs in flight, its job slots, its store's errors."""
+
+    def running() -> Iterable[Metric]:
+        yield GaugeMetricFamily(
+            "aijobs_worker_running_jobs", "Attempts running in this worker now", value=len(runner.active)
+        )
+        yield GaugeMetricFamily(
+            "aijobs_worker_slots", "Jobs this worker runs at once (WORKER_CONCURRENCY)", value=slots
+        )
+
+    metrics.collect(running)
+    metrics.collect(store_errors(store))
+
+
 def build_worker(
     settings: Settings,
     *,
@@ -76,16 +126,22 @@ def build_worker(
     burst: bool = False,
     handle_signals: bool = True,
     resolver: Resolver | None = None,
+    tracer_provider: Any = None,
 ) -> Worker:
     """An arq Worker wired to our store, event log and provider; resources open in on_startup. `resolver`: how webhook
-    hosts are looked up (the system's by default; tests give their own names)."""
+    hosts are looked up (the system's by default; tests give their own names). `tracer_provider`: an OpenTelemetry
+    TracerProvider for TRACING=true (tests); None: the process's own."""
     registry = registry or default_registry()
     worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+    metrics = Metrics(role="worker", prices=settings.prices, process=True)
 
     async def startup(ctx: dict[str, Any]) -> None:
         tighten_dir(settings.data_dir)  # an older version left it readable by others
         store = open_store(settings)
         await store.open()
+        ctx["metrics"] = metrics
+        if settings.metrics_port:
+            ctx["metrics_server"] = await start_metrics_server(settings, metrics)
         http = httpx.AsyncClient(timeout=settings.ai_timeout) if provider is None else None
         ai = provider or build_provider(
             base_url=settings.ai_base_url,
@@ -136,10 +192,13 @@ def build_worker(
             coalescer=Coalescer(ctx["redis"], lease=settings.lease_seconds) if settings.coalesce else None,
             result_cache_seconds=settings.result_cache_seconds,
             on_end=lambda job: webhooks.wake() if job.webhook else None,
+            metrics=metrics,
+            tracing=Tracing.from_settings(settings.tracing, service="aijobs-worker", provider=tracer_provider),
         )
         maintenance = ctx["maintenance"] = Maintenance(
-            store=store, queue=queue, events=events, settings=settings, worker_id=worker_id
+            store=store, queue=queue, events=events, settings=settings, worker_id=worker_id, metrics=metrics
         )
+        watch_worker(metrics, store=store, runner=runner, slots=settings.worker_concurrency)
         ctx["background"] = [
             asyncio.create_task(maintenance.run_forever()),
             asyncio.create_task(listen_for_cancels(ctx["redis"], runner.cancel_local)),
@@ -148,6 +207,9 @@ def build_worker(
         ]
 
     async def shutdown(ctx: dict[str, Any]) -> None:
+        server = ctx.pop("metrics_server", None)
+        if server is not None:
+            server.close()
         for task in ctx.get("background", []):
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -178,6 +240,7 @@ def build_worker(
             job_serializer=json_serializer,
             job_deserializer=json_deserializer,
             default_queue_name=settings.queue_name,
+            retry=metrics.redis_errors,  # counts every command that fails for want of Redis
         ),
         on_startup=startup,
         on_shutdown=shutdown,

@@ -17,12 +17,14 @@ from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 from starlette.types import Receive, Scope, Send
 
+from .. import tracing
 from ..config import Settings, SettingsError
 from ..coordination import listen_for_revocations
 from ..errors import AijobsError
 from ..events import EventLog
 from ..files import tighten_dir
 from ..jobs import JobService
+from ..metrics import Metrics
 from ..push.gateway import Gateway
 from ..push.positions import PositionTicker
 from ..push.sse import SseResponse
@@ -31,6 +33,7 @@ from ..queue import JobQueue, json_deserializer, json_serializer
 from ..redis_url import arq_pool, follow_primary
 from ..store import open_store
 from ..tasks import TaskRegistry, default_registry
+from ..tracing import Tracing
 from ..webhooks.targets import Resolver, system_resolver
 from .accounts import STATE_KEY, build_accounts
 from .auth import AuthMiddleware
@@ -43,6 +46,7 @@ from .jobs import create_job, get_job
 from .lifecycle import cancel_job, retry_job
 from .openapi import openapi_json
 from .origins import header, host_allowed
+from .scrape import MetricsEndpoint, watch_web
 from .session import create_session, delete_session, me, sign_in_demo
 from .state import AppState, app_state
 from .stats import stats
@@ -118,9 +122,11 @@ class App(Starlette):
         direct: Sequence[str] = (),
         max_body_bytes: int,
         allowed_hosts: tuple[str, ...] = (),
+        metrics: MetricsEndpoint | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
+        self.metrics = metrics
         self.body_cap = BodyCap(max_body_bytes)
         found = [r for r in self.routes if isinstance(r, Route | WebSocketRoute) and r.name in direct]
         if len(found) != len(direct):  # not an assert: it must also hold under `python -O`
@@ -129,11 +135,20 @@ class App(Starlette):
         self.allowed_hosts = allowed_hosts
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await super().__call__(scope, receive, send)
+            return
+        origin = tracing.begin(tracing.origin_of(scope["headers"]))  # every line about this request carries its id
+        try:
+            await self._handle(scope, receive, send)
+        finally:
+            tracing.end(origin)
+
+    async def _handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         scope[RAW_SEND] = send
         if (
             self.allowed_hosts
-            and scope["type"] != "lifespan"
-            and scope["path"] != "/healthz"  # load balancers probe by IP; it shows nothing of anyone's
+            and scope["path"] not in ("/healthz", "/metrics")  # probed and scraped by IP; /metrics wants its token
             and not host_allowed(scope, self.allowed_hosts)
         ):
             await refuse_host(scope, receive, send)
@@ -144,6 +159,9 @@ class App(Starlette):
                 await self.body_cap.refuse(scope, receive, with_security_headers(scope, send))
                 return
             receive = capped
+            if scope["path"] == "/metrics" and self.metrics is not None:  # the operator's scrape: no user, no session
+                await self.metrics(scope, receive, with_security_headers(scope, send))
+                return
         hit = self.direct.match(scope)
         if hit is not None:  # a long-lived stream: no middleware frames kept alive under it
             scope["app"] = self
@@ -179,16 +197,26 @@ async def refuse_host(scope: Scope, receive: Receive, send: Send) -> None:
 
 
 def create_app(
-    settings: Settings, *, redis_url: str, registry: TaskRegistry | None = None, resolver: Resolver | None = None
+    settings: Settings,
+    *,
+    redis_url: str,
+    registry: TaskRegistry | None = None,
+    resolver: Resolver | None = None,
+    tracer_provider: Any = None,
 ) -> Starlette:
-    """`resolver`: how webhook hosts are looked up at submit (the system's by default; tests give their own names)."""
+    """`resolver`: how webhook hosts are looked up at submit (the system's by default; tests give their own names).
+    `tracer_provider`: an OpenTelemetry TracerProvider for TRACING=true (tests); None: the process's own."""
     registry = registry or default_registry()
+    scrape = MetricsEndpoint(Metrics(role="web"), settings.metrics_token)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
         tighten_dir(settings.data_dir)  # an older version left it readable by others
+        metrics = Metrics(role="web", prices=settings.prices, process=True)
+        spans = Tracing.from_settings(settings.tracing, service="aijobs-web", provider=tracer_provider)
         redis = await arq_pool(
             redis_url,
+            retry=metrics.redis_errors,  # counts every command that fails for want of Redis
             job_serializer=json_serializer,
             job_deserializer=json_deserializer,
             default_queue_name=settings.queue_name,
@@ -205,6 +233,7 @@ def create_app(
             registry=registry,
             max_attempts=settings.max_attempts,
             max_wait=settings.job_max_wait,
+            metrics=metrics,
         )
         accounts = build_accounts(settings, store, redis)
 
@@ -215,6 +244,8 @@ def create_app(
         def revoked(user: str) -> None:
             gateway.end_streams("revoked", user_id=user)
 
+        watch_web(metrics, store=store, gateway=gateway, slots=accounts.slots, pollers=metrics.pollers)
+        scrape.metrics = metrics
         revocations = asyncio.create_task(
             listen_for_revocations(
                 redis,
@@ -227,7 +258,7 @@ def create_app(
         positions = asyncio.create_task(ticker.run(), name="aijobs-positions")
         primary = asyncio.create_task(follow_primary(redis), name="aijobs-redis-primary")  # Sentinel: see redis_url
         try:
-            state = AppState(settings, redis, store, events, gateway, jobs, resolver or system_resolver)
+            state = AppState(settings, redis, store, events, gateway, jobs, metrics, spans, resolver or system_resolver)
             yield {"aijobs": state, STATE_KEY: accounts}
         finally:
             for task in (revocations, positions, primary):
@@ -277,6 +308,7 @@ def create_app(
         direct=("job_events", "all_events", "ws"),
         max_body_bytes=settings.max_body_bytes,
         allowed_hosts=settings.allowed_hosts,
+        metrics=scrape,
         exception_handlers={
             AijobsError: handle_api_error,
             HTTPException: not_found_route,
@@ -293,7 +325,7 @@ def app_from_env() -> Starlette:
         settings = Settings.from_env()
     except SettingsError as exc:  # a message naming the variable, not a traceback
         raise SystemExit(f"aijobs: bad setting: {exc}") from None
-    setup_logging(settings.log_level, json_lines=settings.log_json)
+    setup_logging(settings.log_level, json_lines=settings.log_json, secrets=settings.secret_values())
     if not settings.redis_url:
         raise SystemExit(
             "REDIS_URL is not set: point it at Redis, or run `scripts/dev` (`aijobs dev`), which starts an embedded "

@@ -8,6 +8,7 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import Response
 
+from .. import tracing
 from ..jobs import TooManyActive
 from ..models import Job
 from .auth import current_user
@@ -49,6 +50,23 @@ def job_links(request: Request, job_id: str) -> dict[str, str]:
 
 
 async def create_job(request: Request) -> Response:
+    state = app_state(request)
+    if not state.tracing.on:
+        return await _create_job(request)
+    origin = tracing.current()
+    with state.tracing.span(
+        "POST /api/jobs",
+        kind="server",
+        parent=origin.traceparent if origin is not None else None,
+        attributes={"http.request.method": "POST", "http.route": "/api/jobs"},
+        adopt=True,  # the job carries this span to the worker: its runs are this span's children
+    ) as span:
+        response = await _create_job(request)
+        span.set_attribute("http.response.status_code", response.status_code)
+        return response
+
+
+async def _create_job(request: Request) -> Response:
     state = app_state(request)
     user = current_user(request)
     body = await read_json(request, state.settings.max_body_bytes)
@@ -122,6 +140,9 @@ def accepted(request: Request, job: Job, payload: dict[str, Any], *, replayed: b
     """The 202 for a stored job, with its links."""
     payload["links"] = job_links(request, job.id)
     headers = {"Location": payload["links"]["self"]}
+    origin = tracing.current()
+    if origin is not None and origin.request_id:  # the id the job's log lines carry, web and worker
+        headers["X-Request-ID"] = origin.request_id
     if replayed:
         headers["Idempotent-Replayed"] = "true"
     return JSONOut(payload, status_code=202, headers=headers)
@@ -133,6 +154,7 @@ async def get_job(request: Request) -> Response:
     if found is None:
         raise not_found()
     job, ahead = found
+    state.metrics.pollers.seen(job.id)
     etag = f'W/"{job.seq}"'
     headers = {"ETag": etag, "Cache-Control": "no-cache"}
     interval = state.jobs.poll_interval(job)

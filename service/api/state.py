@@ -10,8 +10,10 @@ from starlette.requests import HTTPConnection
 from ..config import Settings
 from ..events import EventLog
 from ..jobs import JobService
+from ..metrics import Metrics
 from ..push.gateway import Gateway
 from ..store.base import JobStore
+from ..tracing import Tracing
 from ..webhooks.targets import Resolver, system_resolver
 
 
@@ -23,6 +25,8 @@ class AppState:
     events: EventLog
     gateway: Gateway
     jobs: JobService
+    metrics: Metrics
+    tracing: Tracing
     resolver: Resolver = system_resolver  # how webhook hosts are looked up at submit
 
 

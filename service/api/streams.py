@@ -153,7 +153,7 @@ async def websocket_endpoint(ws: WebSocket) -> None:
         await refuse(ws, unauthenticated(ws))
         return
     try:
-        slot = acquire_stream_slot(ws, user)
+        slot = acquire_stream_slot(ws, user, "ws")
     except AijobsError as exc:  # over MAX_STREAMS: 429 too_many_streams, as for SSE
         await refuse(ws, exc)
         return

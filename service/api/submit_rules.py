@@ -109,9 +109,10 @@ async def refuse_active(request: Request, user_id: str, *, spent: str | None, jo
     return acc.limits.too_many_active(await acc.queries.count_active(user_id))
 
 
-def acquire_stream_slot(request: Any, user_id: str) -> Any:
-    """A StreamSlot for one SSE/WebSocket stream, or a 429 refusal; the caller must release() it when done."""
-    return accounts(request).slots.acquire(user_id)
+def acquire_stream_slot(request: Any, user_id: str, kind: str = "sse") -> Any:
+    """A StreamSlot for one SSE/WebSocket stream (`kind`: "sse" or "ws"), or a 429 refusal; the caller must release()
+    it when done."""
+    return accounts(request).slots.acquire(user_id, kind)
 
 
 async def seal_provider_key(request: Request, user_id: str, key: str) -> str:

@@ -26,6 +26,7 @@ import contextlib
 import json
 import logging
 from collections.abc import Callable, Coroutine, Iterable
+from time import time
 from typing import Any
 
 from redis.asyncio import Redis
@@ -33,6 +34,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ..events import USER_CHANNEL_PREFIX, user_channel
+from ..metrics import LagHistogram
 from ..models import Event, EventKind
 from .fastpath import FastPath, FastPaths
 
@@ -230,6 +232,8 @@ class Gateway:
         self._pubsub = redis.pubsub(ignore_subscribe_messages=False)
         self._lock = asyncio.Lock()
         self.received = 0
+        # Seconds from an event's making (its `ts`, on the publisher's clock) to its dispatch here: the fan-out lag
+        self.lag = LagHistogram()
         self.fast = FastPaths()
         self.restarts = 0  # times the subscription task ended unasked and was started again
         self.resubscribed = 0  # times the subscription was made again on a new connection (Redis lost, a failover)
@@ -463,6 +467,7 @@ class Gateway:
         except (ValueError, KeyError):
             log.warning("undecodable event dropped", extra={"channel": channel})
             return
+        self.lag.observe(time() - event.ts)
         self._deliver(user_id, event)
 
     def _start_listener(self, body: Coroutine[Any, Any, None]) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 from collections.abc import AsyncGenerator, Callable, Coroutine
 from typing import Any
@@ -53,7 +54,8 @@ class _StallWatch:
     def add(self, task: asyncio.Task[object], response: SseResponse) -> None:
         self.open[task] = response
         if self.task is None or self.task.done():
-            self.task = asyncio.create_task(self._run(), name="aijobs-sse-stalls")
+            # one for every stream: not in the context of the request that happened to start it
+            self.task = asyncio.create_task(self._run(), name="aijobs-sse-stalls", context=contextvars.Context())
 
     def remove(self, task: asyncio.Task[object]) -> None:
         self.open.pop(task, None)

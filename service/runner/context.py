@@ -11,19 +11,23 @@ import asyncio
 import inspect
 import logging
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from ..coalesce import Coalescer, fingerprint
 from ..events import EventLog
 from ..governor import DEFAULT_OUTPUT_TOKENS, Governor, NotAdmitted, RateHeaders
+from ..metrics import Metrics
 from ..models import Event, EventKind
 from ..providers.base import ChatMessage, ChatResult, ImageResult, Provider, Usage, estimate_tokens
-from ..providers.errors import RateLimited
+from ..providers.errors import ProviderError, RateLimited
 from ..store.base import UNSTORED_EVENTS_MAX, JobStore
+from ..tracing import Tracing
 
 log = logging.getLogger("aijobs.runner")
+
+Answer = TypeVar("Answer", ChatResult, ImageResult)
 
 DELTA_FLUSH_SECONDS = 0.1  # at most ~10 delta events per second per job
 PROGRESS_FLUSH_SECONDS = 0.1  # and ~10 progress events: the latest wins, the first and the last always go out
@@ -43,7 +47,11 @@ class RecordingProvider:
         user: str = "",
         coalescer: Coalescer | None = None,
         cache_ttl: float = 0.0,
+        metrics: Metrics | None = None,
+        tracing: Tracing | None = None,
     ) -> None:
+        self.metrics = metrics if metrics is not None else Metrics()
+        self.tracing = tracing if tracing is not None else Tracing()
         self._inner = inner
         self.coalescer = coalescer  # set for a type that opted in: identical calls share one
         self.cache_ttl = cache_ttl
@@ -74,7 +82,8 @@ class RecordingProvider:
         estimate = prompt + (kwargs.get("max_tokens") or DEFAULT_OUTPUT_TOKENS)
 
         def call() -> Awaitable[ChatResult]:
-            return self._governed(model, estimate, kwargs.get("api_key"), self._inner.chat(messages, **kwargs))
+            upstream = self._upstream("chat", model, lambda: self._inner.chat(messages, **kwargs))
+            return self._governed(model, estimate, kwargs.get("api_key"), upstream)
 
         if self.coalescer is None or kwargs.get("api_key"):  # a user's own key never shares, nor uses the cache
             result = await call()
@@ -100,9 +109,37 @@ class RecordingProvider:
     async def image(self, prompt: str, **kwargs: Any) -> ImageResult:
         # An attempt that fails is recorded under default_model: for an image, the image model, not the chat one.
         self.default_model = kwargs.get("model") or getattr(self._inner, "image_model", None) or self.default_model
-        call = self._inner.image(prompt, **kwargs)
+        call = self._upstream("image", self.default_model, lambda: self._inner.image(prompt, **kwargs))
         result = await self._governed(self.default_model, estimate_tokens(prompt), kwargs.get("api_key"), call)
         self._record(result.model, result.usage)
+        return result
+
+    async def _upstream(self, what: str, model: str, make: Callable[[], Awaitable[Answer]]) -> Answer:
+        """One call that goes out to the provider: its outcome, time, tokens and cost in the metrics, and a client
+        span with TRACING (a call the governor holds back, or another job's shared answer, is no call)."""
+        started = time.perf_counter()
+        attributes = {"gen_ai.system": self.name, "gen_ai.operation.name": what, "gen_ai.request.model": model}
+        with self.tracing.span(f"{what} {model}", kind="client", attributes=attributes) as span:
+            try:
+                result = await make()
+            except BaseException as exc:
+                outcome = exc.code if isinstance(exc, ProviderError) else type(exc).__name__
+                self.metrics.upstream_call(self.name, model, outcome, time.perf_counter() - started)
+                raise
+            usage = result.usage
+            self.metrics.upstream_call(
+                self.name,
+                model,
+                "ok",
+                time.perf_counter() - started,
+                prompt_tokens=usage.prompt_tokens,
+                completion_tokens=usage.completion_tokens,
+                priced_as=result.model,
+            )
+            if span is not None:
+                span.set_attribute("gen_ai.response.model", result.model)
+                span.set_attribute("gen_ai.usage.input_tokens", usage.prompt_tokens)
+                span.set_attribute("gen_ai.usage.output_tokens", usage.completion_tokens)
         return result
 
     async def _governed(self, model: str, estimate: int, api_key: str | None, call: Awaitable[Any]) -> Any:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 import os
 import random
@@ -19,17 +20,20 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from .. import logs, tracing
 from ..coalesce import Coalescer
 from ..coordination import ProviderBackoff
 from ..errors import StoreUnavailable
 from ..events import EventLog, announcement
 from ..governor import Governor, NotAdmitted, RateLimitWaits, rate_limit_delay
+from ..metrics import Metrics
 from ..models import Job, JobError, JobStatus, dumps
 from ..providers.base import Provider
 from ..providers.errors import RateLimited
 from ..queue import JobQueue
 from ..store.base import JobStore
 from ..tasks.registry import TaskRegistry, TaskSpec
+from ..tracing import Tracing
 from .context import LeaseLost, RecordingProvider, RunContext
 from .policy import HeldBack, KeyElsewhere, attempt_record, retry_delay, to_job_error
 
@@ -104,7 +108,11 @@ class JobRunner:
         coalescer: Coalescer | None = None,
         result_cache_seconds: float = 0.0,
         on_end: Callable[[Job], None] | None = None,
+        metrics: Metrics | None = None,
+        tracing: Tracing | None = None,
     ) -> None:
+        self.metrics = metrics if metrics is not None else Metrics()
+        self.tracing = tracing if tracing is not None else Tracing()
         self.store = store
         self.on_end = on_end  # told of every job a run ends (the worker wakes its webhook dispatcher)
         self.events = events
@@ -206,8 +214,15 @@ class JobRunner:
     async def _enqueue(self, job: Job, delay: float = 0.0) -> None:
         if job.status is not JobStatus.QUEUED:  # a cancel arrived while it was being given back
             return
+        origin = tracing.current()  # the submitting request's ids go with every spell of the job
         try:
-            await self.queue.enqueue(job.id, ticket=job.seq, priority=job.priority, defer_seconds=delay)
+            await self.queue.enqueue(
+                job.id,
+                ticket=job.seq,
+                priority=job.priority,
+                defer_seconds=delay,
+                origin=origin.enqueue_kwargs() if origin is not None else None,
+            )
         except Exception as exc:  # the reconciler enqueues whatever the store has queued and Redis lacks
             log.warning("could not enqueue; the reconciler will", extra={"job_id": job.id, "error": repr(exc)})
 
@@ -235,6 +250,31 @@ class JobRunner:
             current = await self.store.get(job_id)
             log.info("job not claimable", extra={"job_id": job_id, "status": current and current.status.value})
             return "skipped"
+        fields = logs.bind(job_id=job.id, user_id=job.user_id, attempt=job.attempts)  # every line of this attempt
+        try:
+            self.metrics.attempt_started(job.type, job.updated_at - (job.ready_at or job.created_at))
+            origin = tracing.current()
+            with self.tracing.span(
+                f"run {job.type}",
+                kind="consumer",
+                parent=origin.traceparent if origin is not None else None,
+                attributes={"aijobs.job_id": job.id, "aijobs.job_type": job.type, "aijobs.attempt": job.attempts},
+            ) as span:
+                outcome = await self._run_claimed(job, token)
+                if span is not None:
+                    span.set_attribute("aijobs.outcome", outcome)
+            return outcome
+        except Exception as exc:  # arq logs the traceback, after this attempt's fields are unbound: say it here too
+            log.error(
+                "attempt stopped by an unexpected error; its lease lapses and the sweeper takes the job back",
+                extra={"error": repr(exc)},
+            )
+            raise
+        finally:
+            logs.unbind(fields)
+
+    async def _run_claimed(self, job: Job, token: str) -> str:
+        """One attempt of a job this run has claimed, to its outcome."""
         spec = self.registry.get(job.type)
         provider, model = self._entry_at(spec, job.model_index)
         ai = RecordingProvider(
@@ -245,6 +285,8 @@ class JobRunner:
             user=job.user_id,
             coalescer=self.coalescer if spec.coalesce else None,
             cache_ttl=self.result_cache_seconds if spec.cache_ttl is None else spec.cache_ttl,
+            metrics=self.metrics,
+            tracing=self.tracing,
         )
         ctx = RunContext(
             job_id=job.id,
@@ -260,7 +302,8 @@ class JobRunner:
         run = ActiveRun(job.id, token)
         self.active[job.id] = run
         if self._heartbeat_task is None or self._heartbeat_task.done():
-            self._heartbeat_task = asyncio.create_task(self._heartbeats())
+            # shared by every run: not in this run's context (its log fields, its span)
+            self._heartbeat_task = asyncio.create_task(self._heartbeats(), context=contextvars.Context())
         started = time.monotonic()
         log.info("job started", extra={"job_id": job.id, "type": job.type, "attempt": job.attempts})
         try:
@@ -271,6 +314,7 @@ class JobRunner:
                 finally:
                     shutdown = run.settle()
             except asyncio.CancelledError:
+                self.metrics.attempt_ended(job.type, time.monotonic() - started)
                 if run.stop_reason == "cancel":
                     await asyncio.shield(self._cancelled(job, token, ctx, time.monotonic() - started))
                     if shutdown:
@@ -283,11 +327,13 @@ class JobRunner:
                 await self._give_back(job, token, ctx)
                 raise
             except LeaseLost:
+                self.metrics.attempt_ended(job.type, time.monotonic() - started)
                 log.warning("lease lost, run abandoned", extra={"job_id": job.id})
                 return "lease_lost"
             except Exception as exc:
                 return await self._failed(job, spec, token, ctx, exc, time.monotonic() - started)
             seconds = time.monotonic() - started
+            self.metrics.attempt_ended(job.type, seconds)
             finished = await self._announce(
                 await self.store.finish(
                     job.id,
@@ -299,6 +345,8 @@ class JobRunner:
                     record=attempt_record(job, ai.model or model or ai.default_model, None, seconds, ai.name),
                 )
             )
+            if finished:
+                self.metrics.job_finished(job.type, JobStatus.COMPLETED.value)
             log.info("job completed", extra={"job_id": job.id, "type": job.type, "seconds": round(seconds, 3)})
             if self.waits is not None and job.error is not None and job.error.code == RateLimited.code:
                 await self.waits.clear(job.id)  # it had waited for a rate limit: that wait is over
@@ -382,7 +430,7 @@ class JobRunner:
         except LeaseLost:
             return
         error = JobError(message="Cancelled on request.", code="cancelled", retryable=False)
-        await self._announce(
+        finished = await self._announce(
             await self.store.finish(
                 job.id,
                 token,
@@ -392,6 +440,8 @@ class JobRunner:
                 record=attempt_record(job, ctx.ai.model or ctx.ai.requested, error, seconds, ctx.ai.name),
             )
         )
+        if finished:
+            self.metrics.job_finished(job.type, JobStatus.CANCELLED.value)
         log.info("job cancelled", extra={"job_id": job.id})
 
     async def _give_back(self, job: Job, token: str, ctx: RunContext) -> None:
@@ -416,6 +466,30 @@ class JobRunner:
         error = to_job_error(exc)
         model = ctx.ai.model or ctx.ai.requested or ctx.ai.default_model
         record = attempt_record(job, model, error, seconds, ctx.ai.name)
+        outcome = await self._failed_to(job, spec, token, ctx, exc, error, model, record, seconds)
+        self.metrics.attempt_ended(
+            job.type,
+            seconds,
+            code=None if outcome == "lease_lost" else error.code,  # another run took the job: its outcome counts
+            requeued=outcome in ("retrying", "fallback", "rate_limited"),
+        )
+        if outcome == "failed":
+            self.metrics.job_finished(job.type, JobStatus.FAILED.value)
+        return outcome
+
+    async def _failed_to(
+        self,
+        job: Job,
+        spec: TaskSpec[Any],
+        token: str,
+        ctx: RunContext,
+        exc: Exception,
+        error: JobError,
+        model: str,
+        record: dict[str, Any],
+        seconds: float,
+    ) -> str:
+        """Where a failed attempt sends its job: back to the queue (retry, fallback, rate-limit wait) or to failed."""
         if ctx.unsaved:
             try:
                 await ctx.checkpoint()

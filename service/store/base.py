@@ -53,6 +53,10 @@ class JobStore(Protocol):
     dialect: str  # "sqlite" or "postgres": the few shared statements that differ pick by it
 
     @property
+    def errors(self) -> int:
+        """Operations that failed so far, not counting a unique-key refusal: aijobs_store_errors_total."""
+
+    @property
     def db(self) -> Any:
         """What the modules both stores share (users, sealed keys, history queries) run statements on:
         `execute(sql, params)` with `?` placeholders, awaited or `async with`, rows read by position."""

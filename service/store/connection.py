@@ -109,6 +109,7 @@ class Connection:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._conn: sqlite3.Connection | None = None
         self._closed = False
+        self.errors = 0  # statements that failed, not counting a unique-key refusal (written by the thread only)
 
     async def open(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -153,6 +154,8 @@ class Connection:
             outcomes = self._run_batch(conn, batch)
             by_loop: dict[asyncio.AbstractEventLoop, tuple[list[_Op], list[Any]]] = {}
             for op, outcome in zip(batch, outcomes, strict=True):  # one loop, unless a caller moved loops
+                if outcome[1] is not None and not isinstance(outcome[1], sqlite3.IntegrityError):
+                    self.errors += 1
                 ops, results = by_loop.setdefault(op.future.get_loop(), ([], []))
                 ops.append(op)
                 results.append(outcome)

@@ -91,14 +91,27 @@ def _unreachable(exc: BaseException) -> bool:
     return state is None or state.startswith("08") or state in ("57P01", "57P02", "57P03")
 
 
+class Failures:
+    """Operations on a store's pool that failed, not counting a unique-key refusal (for the metrics)."""
+
+    __slots__ = ("count",)
+
+    def __init__(self) -> None:
+        self.count = 0
+
+
 @contextlib.asynccontextmanager
-async def _connection(pool: Any) -> AsyncIterator[Any]:
+async def _connection(pool: Any, failures: Failures) -> AsyncIterator[Any]:
     """A pooled connection; an unreachable server becomes StoreUnavailable (503 on the web, a paused claim on a
     worker), never a 500. The pool checks each connection before handing it out and drops broken ones (see open)."""
     try:
         async with pool.connection() as conn:
             yield conn
     except Exception as exc:
+        import psycopg
+
+        if not isinstance(exc, psycopg.errors.UniqueViolation):
+            failures.count += 1
         if _unreachable(exc):
             raise StoreUnavailable() from exc
         raise
@@ -138,8 +151,9 @@ class PgDb:
     """`execute(sql, params)` with SQLite's `?` placeholders, for the modules both stores share (users, keys,
     history queries): the same interface as .connection.Connection, a unique-key error as UniqueViolation."""
 
-    def __init__(self, pool: Any) -> None:
+    def __init__(self, pool: Any, failures: Failures) -> None:
         self.pool = pool
+        self.failures = failures
         self._sql: dict[str, str] = {}
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> _Pending:
@@ -152,7 +166,7 @@ class PgDb:
         if pg is None:
             pg = self._sql[sql] = sql.replace("%", "%%").replace("?", "%s")
         try:
-            async with _connection(self.pool) as conn:
+            async with _connection(self.pool, self.failures) as conn:
                 cur = await conn.execute(pg, tuple(params))
                 rows = await cur.fetchall() if cur.description is not None else []
                 return Result(rows, cur.rowcount)
@@ -179,6 +193,12 @@ class PostgresJobStore:
         self.connect_timeout = connect_timeout
         self._pool: Any = None
         self._db: PgDb | None = None
+        self.failures = Failures()
+
+    @property
+    def errors(self) -> int:
+        """Operations that failed since this store was made (for the metrics)."""
+        return self.failures.count
 
     @property
     def pool(self) -> Any:
@@ -220,7 +240,7 @@ class PostgresJobStore:
                 f"cannot connect to PostgreSQL at {_shown(self.url)} within {self.connect_timeout:.0f} s ({exc}): "
                 "check DATABASE_URL and that the server is up and accepts this user"
             ) from None
-        self._pool, self._db = pool, PgDb(pool)
+        self._pool, self._db = pool, PgDb(pool, self.failures)
         if check_schema:
             try:
                 await self.check_schema()
@@ -236,7 +256,7 @@ class PostgresJobStore:
     # --- schema -----------------------------------------------------------------------------------------
 
     async def schema_version(self) -> int:
-        async with _connection(self.pool) as conn:
+        async with _connection(self.pool, self.failures) as conn:
             cur = await conn.execute("SELECT to_regclass('aijobs_schema') IS NOT NULL")
             row = await cur.fetchone()
             if not row[0]:
@@ -254,7 +274,7 @@ class PostgresJobStore:
         """Apply pending migrations in one transaction under an advisory lock, so hosts starting together take
         turns (the second finds nothing to do). Transaction-scoped lock: safe behind PgBouncer. Returns
         (version before, version after)."""
-        async with _connection(self.pool) as conn, conn.transaction():
+        async with _connection(self.pool, self.failures) as conn, conn.transaction():
             await conn.execute("SELECT pg_advisory_xact_lock(%s, 0)", (LOCK_MIGRATE,))
             await conn.execute("CREATE TABLE IF NOT EXISTS aijobs_schema (version INTEGER NOT NULL)")
             cur = await conn.execute("SELECT version FROM aijobs_schema FOR UPDATE")
@@ -272,7 +292,7 @@ class PostgresJobStore:
     # --- helpers ----------------------------------------------------------------------------------------
 
     async def ping(self) -> None:
-        async with _connection(self.pool) as conn:
+        async with _connection(self.pool, self.failures) as conn:
             await conn.execute("SELECT 1")
 
     async def _rows(self, sql: str, params: Any) -> list[Any]:
@@ -283,7 +303,7 @@ class PostgresJobStore:
 
         for attempt in range(DEADLOCK_RETRIES + 1):
             try:
-                async with _connection(self.pool) as conn:
+                async with _connection(self.pool, self.failures) as conn:
                     cur = await conn.execute(sql, params)
                     return await cur.fetchall()
             except psycopg.errors.DeadlockDetected:
@@ -620,7 +640,7 @@ class PostgresJobStore:
             "OR (status IN ('failed', 'cancelled', 'expired') AND completed_at < %s) RETURNING id",
             (completed_before, others_before),
         )
-        async with _connection(self.pool) as conn:
+        async with _connection(self.pool, self.failures) as conn:
             await conn.execute("DELETE FROM idempotency_keys WHERE created_at < %s", (idempotency_before,))
         return [r[0] for r in rows]
 
@@ -631,7 +651,7 @@ class PostgresJobStore:
             (job_id, user_id),
         )
         if rows:
-            async with _connection(self.pool) as conn:
+            async with _connection(self.pool, self.failures) as conn:
                 await conn.execute("DELETE FROM idempotency_keys WHERE user_id = %s AND job_id = %s", (user_id, job_id))
         return bool(rows)
 
@@ -673,14 +693,14 @@ class PostgresJobStore:
         return (rows[0][0], rows[0][1]) if rows else None
 
     async def idempotency_release(self, user_id: str, key: str, job_id: str) -> None:
-        async with _connection(self.pool) as conn:
+        async with _connection(self.pool, self.failures) as conn:
             await conn.execute(
                 "DELETE FROM idempotency_keys WHERE user_id = %s AND key = %s AND job_id = %s", (user_id, key, job_id)
             )
 
     async def idempotency_put(self, user_id: str, key: str, request_hash: str, job_id: str, *, since: float) -> bool:
         """Reserve the key for this job; False if another request holds it (a stale one is replaced)."""
-        async with _connection(self.pool) as conn:
+        async with _connection(self.pool, self.failures) as conn:
             await conn.execute(
                 "DELETE FROM idempotency_keys WHERE user_id = %s AND key = %s AND created_at < %s",
                 (user_id, key, since),

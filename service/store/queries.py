@@ -113,3 +113,30 @@ class JobQueries:
             )
             for r in rows
         ]
+
+    async def queue_summary(self, at: float) -> QueueSummary:
+        """The whole queue as the store holds it, for the metrics: two aggregate statements over the queued and
+        processing jobs (the status indexes), however long the queue."""
+        rows = await self._all(
+            "SELECT COUNT(*), "
+            "SUM(CASE WHEN COALESCE(ready_at, created_at) <= ? THEN 1 ELSE 0 END), "
+            "MIN(CASE WHEN COALESCE(ready_at, created_at) <= ? THEN COALESCE(ready_at, created_at) END) "
+            "FROM jobs WHERE status = 'queued'",
+            (at, at),
+        )
+        running = await self._all("SELECT COUNT(*) FROM jobs WHERE status = 'processing'", ())
+        queued, ready, oldest = rows[0]
+        return QueueSummary(
+            ready=int(ready or 0),
+            deferred=int(queued or 0) - int(ready or 0),
+            oldest_ready_at=None if oldest is None else float(oldest),
+            running=int(running[0][0]),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class QueueSummary:
+    ready: int  # queued jobs a worker may start now
+    deferred: int  # queued jobs backing off until a later time (a retry's delay, a rate-limit wait)
+    oldest_ready_at: float | None  # when the longest-waiting ready job became ready
+    running: int

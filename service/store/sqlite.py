@@ -120,6 +120,11 @@ class SQLiteJobStore:
             raise
         self._db = db
 
+    @property
+    def errors(self) -> int:
+        """Statements that failed since open (for the metrics)."""
+        return self._db.errors if self._db is not None else 0
+
     async def migrate(self) -> tuple[int, int]:
         """open() already migrated: the versions it found and left (a no-op pass confirms under the lock)."""
         _, after = await self.db.call(_migrate)
