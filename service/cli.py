@@ -278,11 +278,14 @@ async def _users(args: argparse.Namespace, settings: Settings) -> int:
     async with open_users(settings) as users:
         if args.action == "create":
             try:
-                user, token = await users.create(args.name)
+                user, token = await users.create(args.name, operator=args.operator)
             except UserExists:
                 print(f"aijobs users: a user named {args.name!r} already exists", file=sys.stderr)
                 return 1
-            print(f"Created user {user.name} ({user.id}) in {settings.database_url}.")
+            role = "operator " if user.operator else ""
+            print(f"Created {role}user {user.name} ({user.id}) in {settings.database_url}.")
+            if user.operator:
+                print("Signed in with its token, it may open /admin (the operator page).")
             print("Its API token, shown this once (only a hash is kept):")
             print(f"\n  {token}\n")
             print("Send it as 'Authorization: Bearer <token>'.")
@@ -305,16 +308,31 @@ async def _users(args: argparse.Namespace, settings: Settings) -> int:
             if new_token:
                 print(f"Its new API token, shown this once:\n\n  {new_token}\n")
             return 0
+        if args.action == "operator":
+            changed = await users.set_operator(args.name, not args.off)
+            if changed is None:
+                print(f"aijobs users: no user named {args.name!r}", file=sys.stderr)
+                return 1
+            if changed.operator:
+                print(f"{changed.name} is an operator now: signed in, it may open /admin.")
+            else:
+                print(f"{changed.name} is no longer an operator: /admin answers it 404 from its next request.")
+            return 0
         for user in await users.list():
-            print(f"{user.id}  {iso(user.created_at)}  {user.name}")
+            print(f"{user.id}  {iso(user.created_at)}  {user.name}{'  (operator)' if user.operator else ''}")
         return 0
 
 
 def cmd_users(args: argparse.Namespace) -> int:
-    """`aijobs users create NAME` (prints the token once), `aijobs users revoke NAME [--new-token]`, `users list`."""
+    """`aijobs users create NAME [--operator]` (prints the token once), `aijobs users revoke NAME [--new-token]`,
+    `aijobs users operator NAME [--off]` (give or take the operator role), `users list`."""
     settings = _settings()
-    if args.action == "revoke" and not args.name:
-        raise SystemExit("aijobs users revoke: give the user's NAME")
+    if args.action in ("revoke", "operator") and not args.name:
+        raise SystemExit(f"aijobs users {args.action}: give the user's NAME")
+    if args.operator and args.action != "create":
+        raise SystemExit("aijobs users: --operator goes with create; for an existing user: users operator NAME")
+    if args.off and args.action != "operator":
+        raise SystemExit("aijobs users: --off goes with `users operator NAME`")
     if args.action == "create" and not (args.name and len(args.name) <= 64 and args.name.isprintable()):
         raise SystemExit("aijobs users create: give the new user's NAME (1-64 printable characters)")
     if not os.environ.get("DATABASE_URL") and not settings.sqlite_path.exists():
@@ -386,10 +404,14 @@ def main(argv: list[str] | None = None) -> int:
     cp.add_argument("--batch-size", type=int, default=500, help="rows per transaction (default 500)")
     cp.set_defaults(fn=cmd_store_copy)
     sub.add_parser("settings", help="list every setting with its default").set_defaults(fn=cmd_settings)
-    u = sub.add_parser("users", help="create a user (prints its API token once), revoke its token, or list users")
-    u.add_argument("action", choices=["create", "revoke", "list"])
-    u.add_argument("name", nargs="?", help="the user's name (create, revoke)")
+    u = sub.add_parser(
+        "users", help="create a user (prints its API token once), revoke its token, make it an operator, or list users"
+    )
+    u.add_argument("action", choices=["create", "revoke", "operator", "list"])
+    u.add_argument("name", nargs="?", help="the user's name (create, revoke, operator)")
     u.add_argument("--new-token", action="store_true", help="revoke: issue a new token and print it once")
+    u.add_argument("--operator", action="store_true", help="create: the user may open /admin, the operator page")
+    u.add_argument("--off", action="store_true", help="operator: take the operator role away instead")
     u.set_defaults(fn=cmd_users)
     add_client_commands(sub)
     args = parser.parse_args(argv)

@@ -165,6 +165,29 @@ class ProviderBackoff:
         return max(0.0, ms / 1000) if ms and ms > 0 else 0.0
 
 
+async def paused_providers(redis: Redis, *, limit: int = 200) -> list[dict[str, Any]]:
+    """Every provider/model pause in force, longest first: `{"provider", "model", "seconds_left"}`. Found with SCAN
+    (never KEYS), for the operator page; at most `limit` of them."""
+    keys: list[str] = []
+    async for key in redis.scan_iter(match=f"{BACKOFF_PREFIX}*", count=500):
+        keys.append(key.decode() if isinstance(key, bytes) else str(key))
+        if len(keys) >= limit:
+            break
+    if not keys:
+        return []
+    async with redis.pipeline(transaction=False) as pipe:
+        for key in keys:
+            pipe.pttl(key)
+        left = await pipe.execute()
+    out = []
+    for key, ms in zip(keys, left, strict=True):
+        if ms is None or ms <= 0:  # gone meanwhile (-2) or, against the rules, without an expiry (-1)
+            continue
+        provider, _, model = key.removeprefix(BACKOFF_PREFIX).partition(":")
+        out.append({"provider": provider, "model": model, "seconds_left": round(ms / 1000, 1)})
+    return sorted(out, key=lambda p: (-p["seconds_left"], p["provider"], p["model"]))
+
+
 async def register_worker(redis: Redis, queue_name: str, worker_id: str, capacity: int, ttl: float) -> None:
     """Say this worker is alive with `capacity` slots for the next `ttl` seconds."""
     key = workers_key(queue_name)

@@ -24,13 +24,16 @@ from service.models import Job, JobError, JobStatus, dumps, now
 from service.store import (
     JobStore,
     SchemaMismatch,
+    admin_queries,
     job_queries,
     job_secrets,
     open_store,
+    operator_log,
     user_store,
     webhook_outbox,
     webhook_secrets,
 )
+from service.store.admin import PurgeFilter
 from service.store.base import UNSTORED_EVENTS_MAX
 from service.store.queries import HistoryFilter
 from service.store.users import UserExists
@@ -589,6 +592,145 @@ async def test_each_user_has_one_sealed_signing_secret_that_rotates_with_an_over
     assert (await secrets.get("alice")).secret == rotated.secret
     replaced = await other_key.get("alice", replace_unreadable=True)  # the user asks for it after a key change
     assert replaced.secret not in (rotated.secret, first.secret) and replaced.signing == [replaced.secret]
+
+
+# --- operators: their role, their record, what they read and purge across users ---------------------------
+
+
+async def test_operators_and_the_record_of_what_they_did(store: JobStore) -> None:
+    users = user_store(store)
+    root, _ = await users.create("root", operator=True)
+    ann, _ = await users.create("ann")
+    assert root.operator and not ann.operator
+    assert await users.operator(root.id) == root and await users.operator(ann.id) is None
+    assert await users.operator("no-such-user") is None
+    assert [(u.name, u.operator) for u in await users.list()] == [("root", True), ("ann", False)]
+    made = await users.set_operator("ann", True)
+    assert made is not None and made.operator and await users.operator(ann.id) is not None
+    taken = await users.set_operator("ann", False)
+    assert taken is not None and not taken.operator and await users.operator(ann.id) is None, "at once, no cache"
+    assert await users.set_operator("nobody", True) is None
+
+    log = operator_log(store)
+    first = await log.record(operator_id=root.id, operator_name="root", action="retry", job_id="j1",
+                             job_user_id=ann.id, detail={"new_job_id": "j2"})  # fmt: skip
+    await log.record(operator_id=root.id, operator_name="root", action="purge", detail={"purged": 3})
+    last = await log.record(operator_id=root.id, operator_name="root", action="cancel", job_id="j1")
+    with pytest.raises(ValueError):
+        await log.record(operator_id=root.id, operator_name="root", action="delete-everything")
+    recent = await log.recent()
+    assert [r.action for r in recent] == ["cancel", "purge", "retry"], "newest first"
+    assert recent[0] == last and recent[-1] == first and first.detail == {"new_job_id": "j2"}
+    assert [r.action for r in await log.recent(job_id="j1")] == ["cancel", "retry"]
+    assert [r.action for r in await log.recent(limit=1)] == ["cancel"]
+
+
+async def _ended(store: JobStore, user: str, status: JobStatus, *, job_type: str = "summary", **times: float) -> Job:
+    """A job that ran and ended in `status`, its times then set as given (created_at, started_at, completed_at)."""
+    job = await store.create(new_job(user, job_type=job_type))
+    await store.claim(job.id, worker_id="w", token="t")
+    await store.finish(job.id, "t", status=status, error=None if status is JobStatus.COMPLETED else ERROR)
+    if times:
+        sets = ", ".join(f"{k} = ?" for k in times)
+        await store.db.execute(f"UPDATE jobs SET {sets} WHERE id = ?", (*times.values(), job.id))
+    ended = await store.get(job.id)
+    assert ended is not None
+    return ended
+
+
+async def test_operators_read_every_users_jobs(store: JobStore) -> None:
+    users = user_store(store)
+    ann, _ = await users.create("ann")
+    admin = admin_queries(store)
+    t = now()
+    high = await store.create(new_job(ann.id, priority=9))
+    waiting = await store.create(new_job("bob", priority=9, created_at=t - 30, updated_at=t - 30))
+    deferred = await store.create(new_job("bob", priority=3))
+    await store.db.execute("UPDATE jobs SET ready_at = ? WHERE id = ?", (t + 60, deferred.id))
+    depth = await admin.queue_depth(now())
+    assert [(q.priority, q.queued, q.deferred) for q in depth] == [(9, 2, 0), (3, 1, 1)], "highest first"
+    assert now() - depth[0].oldest_created_at >= 30
+
+    await store.claim(high.id, worker_id="w1", token="a", lease_seconds=60)
+    lapsed = await store.create(new_job("bob"))
+    await store.claim(lapsed.id, worker_id="w2", token="b", lease_seconds=-1)
+    running, total = await admin.running(limit=1)
+    assert total == 2 and len(running) == 1
+    both, _ = await admin.running()
+    assert {(o.job.id, o.owner) for o in both} == {(high.id, "ann"), (lapsed.id, None)}, "the owner's name, if any"
+    assert await admin.busy_slots() == {"w1": 1, "w2": 1}
+    assert [o.job.id for o in await admin.stuck(queued_for=100)] == [lapsed.id], "a lapsed lease"
+    stuck = await admin.stuck(queued_for=20)
+    assert [o.job.id for o in stuck] == [waiting.id, lapsed.id], "and a job ready to run for 20 s, oldest first"
+    assert len(await admin.stuck(queued_for=20, limit=1)) == 1
+
+    old = await _ended(store, ann.id, JobStatus.FAILED, completed_at=t - 100)
+    new = await _ended(store, "bob", JobStatus.FAILED, completed_at=t - 10)
+    gone = await _ended(store, "bob", JobStatus.EXPIRED, completed_at=t - 5)
+    assert [o.job.id for o in await admin.finished(("failed",))] == [new.id, old.id], "newest first"
+    assert [o.job.id for o in await admin.finished(("failed", "expired"), limit=2)] == [gone.id, new.id]
+    found = await admin.job(old.id)
+    assert found is not None and found.owner == "ann" and found.job.error == ERROR
+    assert await admin.job("missing") is None
+
+
+async def test_per_minute_counts_and_timings_for_the_charts(store: JobStore) -> None:
+    admin = admin_queries(store)
+    m = int(now() // 60) - 10  # a whole minute, ten minutes ago
+    base = m * 60.0
+    for i in range(1, 21):  # minute m: 20 jobs that waited i s, then ran i s, all starting and completing in it
+        await _ended(store, "u", JobStatus.COMPLETED, created_at=base + 30 - 2 * i, started_at=base + 30 - i,
+                     completed_at=base + 30)  # fmt: skip
+    # minute m + 1: one failed (waited 1 s), one completed (waited 1 s, ran 7 s), one still running (waited 5 s)
+    await _ended(store, "u", JobStatus.FAILED, created_at=base + 60, started_at=base + 61, completed_at=base + 62)
+    await _ended(store, "u", JobStatus.COMPLETED, created_at=base + 62, started_at=base + 63, completed_at=base + 70)
+    running = await store.create(new_job("u"))
+    await store.claim(running.id, worker_id="w", token="t")
+    await store.db.execute("UPDATE jobs SET created_at = ?, started_at = ? WHERE id = ?", (base + 70, base + 75,
+                                                                                          running.id))  # fmt: skip
+    # long before the window: counted nowhere
+    await _ended(store, "u", JobStatus.COMPLETED, created_at=base - 9000, started_at=base - 8000,
+                 completed_at=base - 7000)  # fmt: skip
+
+    since = base - 60
+    assert await admin.finished_per_minute(since) == {(m, "completed"): 20, (m + 1, "failed"): 1,
+                                                      (m + 1, "completed"): 1}  # fmt: skip
+    runs = await admin.run_per_minute(since)
+    assert [(r.minute, r.count, r.p95) for r in runs] == [(m, 20, 19.0), (m + 1, 1, 7.0)], "p95: nearest rank"
+    assert runs[0].average == pytest.approx(10.5) and runs[1].average == pytest.approx(7.0)
+    waits = await admin.wait_per_minute(since)
+    assert [(w.minute, w.count, w.p95) for w in waits] == [(m, 20, 19.0), (m + 1, 3, 5.0)], "the running one too"
+    assert waits[0].average == pytest.approx(10.5) and waits[1].average == pytest.approx(7 / 3)
+    assert await admin.run_per_minute(base + 120) == [] and await admin.finished_per_minute(base + 120) == {}
+
+
+async def test_purge_deletes_only_finished_jobs_the_filter_picks(
+    store: JobStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from service.store import admin as admin_module
+
+    monkeypatch.setattr(admin_module, "PURGE_BATCH", 2)  # several batches for a handful of jobs
+    admin = admin_queries(store)
+    t = now()
+    active = await store.create(new_job("ann"))
+    old_failed = [await _ended(store, "ann", JobStatus.FAILED, completed_at=t - 500) for _ in range(3)]
+    old_titles = await _ended(store, "ann", JobStatus.COMPLETED, job_type="titles", completed_at=t - 500)
+    bobs = await _ended(store, "bob", JobStatus.FAILED, completed_at=t - 500)
+    recent = await _ended(store, "ann", JobStatus.FAILED, completed_at=t - 5)
+    assert await store.idempotency_put("ann", "k", "hash", old_failed[0].id, since=0)
+
+    picked = PurgeFilter(finished_before=t - 60, statuses=("failed",), user_id="ann")
+    assert sorted(await admin.purge(picked)) == sorted(j.id for j in old_failed), "ann's old failed jobs only"
+    assert await store.idempotency_get("ann", "k", since=0) is None, "their idempotency keys go with them"
+    assert await admin.purge(picked) == []
+    assert await admin.purge(PurgeFilter(finished_before=t + 1, statuses=("queued", "processing"))) == [], (
+        "never an active job"
+    )
+    assert await admin.purge(PurgeFilter(finished_before=t - 60, types=("titles",))) == [old_titles.id]
+    assert not await admin.purge_job(active.id), "active: refused"
+    assert await admin.purge_job(recent.id) and not await admin.purge_job(recent.id)
+    left = {j.id for j in await store.list_active()} | set(await store.finished_before(t + 1))
+    assert left == {active.id, bobs.id}
 
 
 # --- migrations -------------------------------------------------------------------------------------------

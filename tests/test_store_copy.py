@@ -20,7 +20,16 @@ from service.cli import main
 from service.config import Settings
 from service.crypto import KeyBox, SecretBox
 from service.models import Job, JobError, JobStatus
-from service.store import JobStore, job_queries, job_secrets, open_store, user_store, webhook_outbox, webhook_secrets
+from service.store import (
+    JobStore,
+    job_queries,
+    job_secrets,
+    open_store,
+    operator_log,
+    user_store,
+    webhook_outbox,
+    webhook_secrets,
+)
 from service.store.queries import HistoryFilter
 
 from .postgres import PostgresForTests, migrated_schema_url
@@ -76,6 +85,10 @@ async def build_source(path: Path) -> dict[str, Any]:
         assert [j.id for j in await store.expire_overdue()] == [expired.id]
         await users.sign_out("session-1", alice.id, t + 3600)
         await webhook_secrets(store, SecretBox(SECRET), overlap=60).get(alice.id)
+        await users.set_operator("bob", True)
+        await operator_log(store).record(
+            operator_id=bob.id, operator_name="bob", action="retry", job_id=failed.id, job_user_id=bob.id
+        )
         assert await store.idempotency_put(alice.id, "key-1", "hash-1", queued[0].id, since=t - 60)
         statuses = {(await store.get(j.id)).status for j in [*queued, running, done, failed, cancelled, expired]}  # type: ignore[union-attr]
         assert statuses == set(JobStatus), "every status is in the source"
@@ -112,6 +125,8 @@ async def snapshot(url: str, s: dict[str, Any]) -> dict[str, Any]:
         }
         out["ahead"] = [await store.queue_ahead(j) for j in s["queued"]]
         out["by token"] = await users.by_token(s["token"])
+        out["operators"] = [(u.name, u.operator) for u in await users.list()]
+        out["operator actions"] = await operator_log(store).recent()
         out["signed out"] = (await users.signed_out("session-1"), await users.signed_out("session-2"))
         out["idempotency"] = await store.idempotency_get(s["alice"].id, "key-1", since=0)
         sealed = await job_secrets(store).get(s["running"].id)
@@ -146,10 +161,12 @@ async def test_a_store_with_jobs_in_every_status_moves_whole_and_a_second_run_ad
     assert "users: 2 copied" in said and "job_secrets: 1 copied" in said, said
     assert "signed_out_sessions: 1 copied" in said and "idempotency_keys: 1 copied" in said, said
     assert "webhook_secrets: 1 copied" in said and "webhook_deliveries: 1 copied" in said, said
+    assert "operator_actions: 1 copied" in said, said
 
     before, after = await snapshot(src, s), await snapshot(dst, s)
     assert after == before
     assert after["by token"] == s["alice"] and after["sealed key"] == "sk-alice"
+    assert after["operators"] == [("alice", False), ("bob", True)] and len(after["operator actions"]) == 1
     assert after["signed out"] == (True, False) and after["idempotency"] == ("hash-1", s["queued"][0].id)
     assert after["active alice"] == 4 and after["active bob"] == 1, "the per-user caps count the copied jobs"
     assert sorted(after["positions"].values()) == [0, 1, 2, 3]

@@ -14,7 +14,17 @@ from starlette.types import Scope
 from ..config import Settings
 from ..crypto import KeyBox, SecretBox, SessionSigner, load_server_secret
 from ..limits import StreamSlots, SubmissionLimits
-from ..store import JobStore, job_queries, job_secrets, user_store, webhook_outbox, webhook_secrets
+from ..store import (
+    JobStore,
+    admin_queries,
+    job_queries,
+    job_secrets,
+    operator_log,
+    user_store,
+    webhook_outbox,
+    webhook_secrets,
+)
+from ..store.admin import AdminQueries, OperatorLog
 from ..store.queries import JobQueries
 from ..store.users import JobSecrets, UserStore
 from ..store.webhooks import WebhookOutbox, WebhookSecrets
@@ -37,6 +47,8 @@ class Accounts:
     prices: PriceTable
     webhook_secrets: WebhookSecrets
     webhook_outbox: WebhookOutbox
+    admin: AdminQueries  # across every user's jobs: only the operator API (api/admin.py) reaches it
+    audit: OperatorLog
 
 
 def build_accounts(settings: Settings, store: JobStore, redis: Any) -> Accounts:
@@ -53,6 +65,8 @@ def build_accounts(settings: Settings, store: JobStore, redis: Any) -> Accounts:
         prices=PriceTable(settings.prices),
         webhook_secrets=webhook_secrets(store, SecretBox(secret), overlap=settings.webhook_secret_overlap),
         webhook_outbox=webhook_outbox(store),
+        admin=admin_queries(store),
+        audit=operator_log(store),
     )
 
 

@@ -36,6 +36,7 @@ from ..tasks import TaskRegistry, default_registry
 from ..tracing import Tracing
 from ..webhooks.targets import Resolver, system_resolver
 from .accounts import STATE_KEY, build_accounts
+from .admin import admin_routes
 from .auth import AuthMiddleware
 from .body import BodyCap
 from .direct import DirectRoutes, direct_response, direct_websocket
@@ -292,6 +293,7 @@ def create_app(
             name="webhook_secret",
         ),
         WebSocketRoute("/api/ws", websocket_endpoint, name="ws"),
+        *admin_routes(),  # /admin and /api/admin/*: operators only, an unknown path to anyone else (api/admin.py)
         Mount("/static", StaticFiles(directory=STATIC_DIR), name="static"),
         *v1_routes(),  # the OpenAI-compatible API (api/v1)
     ]

@@ -143,6 +143,13 @@ def unauthenticated(conn: HTTPConnection) -> AijobsError:
     return ApiError(401, "unauthenticated", f"{problem} {HOW_TO_AUTH}", headers={"WWW-Authenticate": "Bearer"})
 
 
+def caller_id(conn: HTTPConnection) -> str | None:
+    """The caller's user id, or None (not signed in, or the store could not say who): for the routes that must
+    answer anyone else with a 404 rather than a 401 (the operator routes, api/admin.py)."""
+    identity: Identity | None = conn.scope.get(_SCOPE_KEY)
+    return identity.user_id if identity is not None else None
+
+
 def current_user(conn: HTTPConnection) -> str:
     """The caller's user id, or a refusal: 401 JSON over HTTP, a policy-violation close for a WebSocket (whose
     handler answers the handshake with the 401 itself: api/streams.py)."""

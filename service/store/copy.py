@@ -31,6 +31,7 @@ TABLES: list[tuple[str, tuple[str, ...]]] = [
     ("idempotency_keys", ("user_id", "key")),
     ("webhook_secrets", ("user_id",)),
     ("webhook_deliveries", ("id",)),
+    ("operator_actions", ("id",)),
 ]
 BATCH_SIZE = 500
 PROGRESS_EVERY = 2.0  # seconds between progress lines within one table

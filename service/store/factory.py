@@ -14,6 +14,7 @@ from .base import JobStore
 if TYPE_CHECKING:
     from ..config import Settings
     from ..crypto import SecretBox
+    from .admin import AdminQueries, OperatorLog
     from .queries import JobQueries
     from .users import JobSecrets, UserStore
     from .webhooks import WebhookOutbox, WebhookSecrets
@@ -74,6 +75,18 @@ def webhook_secrets(store: JobStore, box: SecretBox, *, overlap: float) -> Webho
     from .webhooks import WebhookSecrets
 
     return WebhookSecrets(store, box, overlap=overlap)
+
+
+def admin_queries(store: JobStore) -> AdminQueries:
+    from .admin import AdminQueries
+
+    return AdminQueries(store)
+
+
+def operator_log(store: JobStore) -> OperatorLog:
+    from .admin import OperatorLog
+
+    return OperatorLog(store)
 
 
 @contextlib.asynccontextmanager

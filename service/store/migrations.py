@@ -212,6 +212,28 @@ MIGRATIONS.append(
     """
 )
 
+# 11: operators and what they did. `users.is_operator` opens /admin and /api/admin/* to a user (`aijobs users create
+# NAME --operator`); `operator_actions` records every retry, cancel and purge an operator made, with who made it
+# (the name as it was then, too). `jobs_completed_at`: the operator page's per-minute charts and its failed list read
+# the last hour of finished jobs by completed_at (PostgreSQL has had its partial jobs_completed index from the start).
+MIGRATIONS.append(
+    """
+    ALTER TABLE users ADD COLUMN is_operator INTEGER NOT NULL DEFAULT 0;
+    CREATE TABLE operator_actions (
+        id TEXT PRIMARY KEY,
+        acted_at REAL NOT NULL,
+        operator_id TEXT NOT NULL,
+        operator_name TEXT NOT NULL,
+        action TEXT NOT NULL CHECK (action IN ('retry', 'cancel', 'purge')),
+        job_id TEXT,
+        job_user_id TEXT,
+        detail TEXT NOT NULL
+    );
+    CREATE INDEX operator_actions_acted ON operator_actions (acted_at);
+    CREATE INDEX jobs_completed_at ON jobs (completed_at);
+    """
+)
+
 
 def statements(sql: str) -> list[str]:
     """A migration's statements, split on the `;` that end one (not those inside a trigger's BEGIN … END)."""

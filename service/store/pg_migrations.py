@@ -195,3 +195,23 @@ MIGRATIONS.append(
         WHEN (OLD.webhook IS NOT NULL) EXECUTE FUNCTION aijobs_webhook_outbox();
     """
 )
+
+# 3: operators and what they did (SQLite's migration 11): `users.is_operator` opens /admin and /api/admin/* to a user;
+# `operator_actions` records every retry, cancel and purge an operator made, with who made it. The page's charts read
+# finished jobs by completed_at through jobs_completed (migration 1).
+MIGRATIONS.append(
+    """
+    ALTER TABLE users ADD COLUMN is_operator BOOLEAN NOT NULL DEFAULT FALSE;
+    CREATE TABLE operator_actions (
+        id TEXT PRIMARY KEY,
+        acted_at DOUBLE PRECISION NOT NULL,
+        operator_id TEXT NOT NULL,
+        operator_name TEXT NOT NULL,
+        action TEXT NOT NULL CHECK (action IN ('retry', 'cancel', 'purge')),
+        job_id TEXT,
+        job_user_id TEXT,
+        detail TEXT NOT NULL
+    );
+    CREATE INDEX operator_actions_acted ON operator_actions (acted_at);
+    """
+)

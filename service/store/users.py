@@ -30,6 +30,7 @@ class User:
     id: str
     name: str
     created_at: float
+    operator: bool = False  # may open /admin and act on anyone's jobs (checked where it matters: `operator`)
 
     def to_public(self) -> dict[str, str | None]:
         return {"id": self.id, "name": self.name, "created_at": iso(self.created_at)}
@@ -76,14 +77,14 @@ class UserStore:
         self._epochs: _Remembered[str] = _Remembered()  # user id -> session epoch, same lifetime and clearing
         self._signed_out: _Remembered[bool] = _Remembered()  # session id -> signed out?, same lifetime
 
-    async def create(self, name: str) -> tuple[User, str]:
+    async def create(self, name: str, *, operator: bool = False) -> tuple[User, str]:
         """A new user and their API token: the token is returned this once and never stored."""
         token = new_token()
-        user = User(id=uuid.uuid4().hex, name=name, created_at=now())
+        user = User(id=uuid.uuid4().hex, name=name, created_at=now(), operator=operator)
         try:
             await self.store.db.execute(
-                "INSERT INTO users (id, name, token_hash, created_at) VALUES (?, ?, ?, ?)",
-                (user.id, user.name, hash_token(token), user.created_at),
+                "INSERT INTO users (id, name, token_hash, created_at, is_operator) VALUES (?, ?, ?, ?, ?)",
+                (user.id, user.name, hash_token(token), user.created_at, operator),
             )
         except (UniqueViolation, sqlite3.IntegrityError):
             raise UserExists(name) from None
@@ -186,9 +187,30 @@ class UserStore:
         return await self._one("SELECT id, name, created_at FROM users WHERE name = ?", (name,))
 
     async def list(self) -> list[User]:
-        async with self.store.db.execute("SELECT id, name, created_at FROM users ORDER BY created_at") as cur:
+        async with self.store.db.execute(
+            "SELECT id, name, created_at, is_operator FROM users ORDER BY created_at"
+        ) as cur:
             rows = await cur.fetchall()
-        return [User(id=r[0], name=r[1], created_at=r[2]) for r in rows]
+        return [User(id=r[0], name=r[1], created_at=r[2], operator=bool(r[3])) for r in rows]
+
+    async def operator(self, user_id: str) -> User | None:
+        """The user, only if they are an operator. Read from the store on every call, never cached: taking the role
+        away (`aijobs users operator NAME --off`) holds from the next request, with no broadcast to miss. Only
+        /admin and /api/admin/* ask."""
+        async with self.store.db.execute(
+            "SELECT id, name, created_at, is_operator FROM users WHERE id = ?", (user_id,)
+        ) as cur:
+            row = await cur.fetchone()
+        return User(id=row[0], name=row[1], created_at=row[2], operator=True) if row and row[3] else None
+
+    async def set_operator(self, name: str, operator: bool) -> User | None:
+        """Give the named user the operator role, or take it away; None if there is no such user."""
+        async with self.store.db.execute(
+            "UPDATE users SET is_operator = ? WHERE name = ? RETURNING id, name, created_at, is_operator",
+            (operator, name),
+        ) as cur:
+            row = await cur.fetchone()
+        return User(id=row[0], name=row[1], created_at=row[2], operator=bool(row[3])) if row else None
 
 
 class JobSecrets:
