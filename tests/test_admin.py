@@ -258,3 +258,24 @@ async def test_the_overview_shows_queue_workers_stuck_jobs_and_back_off(
         [worker] = view["workers"]
         assert worker["slots"] == settings.worker_concurrency and worker["busy"] >= 0
         assert worker["last_heartbeat"] <= view["now"] < worker["alive_until"]
+
+
+def test_the_cli_makes_operators_and_takes_the_role_away(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from service.cli import main
+
+    monkeypatch.setenv("DATABASE_URL", settings.database_url)
+    monkeypatch.setenv("AIJOBS_DATA_DIR", str(settings.data_dir))
+    assert main(["users", "create", "ops", "--operator"]) == 0
+    assert "Created operator user ops" in capsys.readouterr().out
+    assert main(["users", "create", "dev"]) == 0
+    assert main(["users", "operator", "dev"]) == 0 and "dev is an operator now" in capsys.readouterr().out
+    assert main(["users", "operator", "ops", "--off"]) == 0
+    assert "ops is no longer an operator" in capsys.readouterr().out
+    assert main(["users", "list"]) == 0
+    listed = capsys.readouterr().out.splitlines()
+    assert listed[0].endswith("  ops") and listed[1].endswith("  dev  (operator)"), listed
+    assert main(["users", "operator", "nobody"]) == 1
+    with pytest.raises(SystemExit, match="--operator goes with create"):
+        main(["users", "list", "--operator"])

@@ -1,4 +1,5 @@
-"""The page's accessibility audit: axe-core's WCAG 2.1 A and AA rules (and best practices) over every state.
+"""The pages' accessibility audit: axe-core's WCAG 2.1 A and AA rules (and best practices) over every state of the
+main page, and over the operator page (/admin) with every list and chart filled.
 
 Real headless Chromium (Debian's), the real app and a real worker, in the light and the dark colour scheme (the
 page follows the system's). Each run signs a new user in through the token form, so "empty" really is empty.
@@ -7,19 +8,25 @@ A failure prints each broken rule with the elements that break it (tests/axe.py)
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
+import httpx
 import pytest
+from redis.asyncio import Redis
 
 from service.api.app import create_app
 from service.config import Settings
+from service.coordination import ProviderBackoff
 from service.embedded import EmbeddedRedis
+from service.store import open_users
 
 from .axe import assert_accessible, audit, report
 from .chromium import launch_chromium
-from .conftest import LiveServer, fast_settings, make_user, run_worker, serve
-from .test_page import DESKTOP, T, card, shot, submit, wait_status
+from .conftest import LiveServer, fast_settings, make_user, run_worker, serve, wait_for_status
+from .procs import store_sql
+from .test_page import DESKTOP, PHONE, T, card, shot, submit, wait_status
 
 
 @pytest.fixture(scope="module")
@@ -107,6 +114,64 @@ async def test_every_state_of_the_page_passes_wcag21_aa(
             await wait_status(page, cancelled, "cancelled")
             await assert_accessible(page, f"with a failed and a cancelled job ({scheme})")
             await shot(page, f"a11y-failed-{scheme}")
+    finally:
+        await context.close()
+
+
+async def test_the_operator_page_passes_wcag21_aa(browser: Any, app_only: LiveServer, a11y_settings: Settings) -> None:
+    """/admin with something in every list (queued, running, stuck, failed, expired, an action, a pause), its charts
+    and their tables of numbers open, a job in the detail panel: light on a desktop, dark on a 390 px phone."""
+    user = await make_user(a11y_settings, "axe-owner")
+    async with open_users(a11y_settings) as users:
+        _, token = await users.create("axe-operator", operator=True)
+    url = app_only.url
+    async with httpx.AsyncClient(base_url=url, headers={"Authorization": f"Bearer {user}"}) as api:
+        async with run_worker(a11y_settings):
+            failed = (await api.post("/api/jobs", json={"type": "summary", "input": {"text": "x [[fail:400]]"}})).json()
+            done = (await api.post("/api/jobs", json={"type": "summary", "input": {"text": "fine"}})).json()
+            slow = {"type": "chat", "input": {"messages": [{"role": "user", "content": "hold [[slow:60]]"}]}}
+            running = (await api.post("/api/jobs", json=slow)).json()
+            for job, status in ((failed, "failed"), (done, "completed"), (running, "processing")):
+                await wait_for_status(api, job["job_id"], {status})
+            async with httpx.AsyncClient(base_url=url, headers={"Authorization": f"Bearer {token}"}) as root:
+                assert (await root.post(f"/api/admin/jobs/{failed['job_id']}/retry")).status_code == 202
+                await wait_for_status(api, running["job_id"], {"processing"})
+                await root.post(f"/api/admin/jobs/{running['job_id']}/cancel")
+        late = (await api.post("/api/jobs", json={"type": "summary", "input": {"text": "late"}})).json()["job_id"]
+        expire = "UPDATE jobs SET status = 'expired', completed_at = ? WHERE id = ?"
+        store_sql(a11y_settings, expire, (time.time(), late))
+        await api.post("/api/jobs", json={"type": "summary", "input": {"text": "waiting"}, "priority": 8})
+        lost = (await api.post("/api/jobs", json={"type": "summary", "input": {"text": "lost"}})).json()["job_id"]
+        store_sql(a11y_settings, "UPDATE jobs SET status = 'processing', attempts = 1, worker_id = 'gone:1:x', "
+                  "lease_token = 'x', started_at = ?, lease_expires_at = ? WHERE id = ?",
+                  (time.time() - 9, time.time() - 1, lost))  # fmt: skip
+    redis = Redis.from_url(a11y_settings.redis_url or "")
+    try:
+        await ProviderBackoff(redis).pause("simulated", "sim-1", 120)
+    finally:
+        await redis.aclose()
+    context = await browser.new_context(viewport=DESKTOP, color_scheme="light")
+    try:
+        await context.request.post(
+            f"{url}/api/session", data={"token": token}, headers={"Origin": url, "Content-Type": "application/json"}
+        )
+        page = await context.new_page()
+        await page.goto(f"{url}/admin")
+        for part in ("#failed tbody tr", "#expired tbody tr", "#stuck tbody tr", "#queue tbody tr",
+                     "#backoff tbody tr", "#actions tbody tr", "#chart-finished svg rect.bar",
+                     "#chart-times svg path.line"):  # fmt: skip
+            await page.locator(part).first.wait_for(state="attached", timeout=T)
+        for summary in await page.locator("details summary").all():
+            await summary.click()
+        await page.locator("#failed .job-link").first.click()
+        await page.locator("#job-detail article").wait_for(timeout=T)
+        await assert_accessible(page, "/admin (light)")
+        await shot(page, "a11y-admin-light")
+        # The other scheme and the phone layout (rows stacked) in one more pass over the same page.
+        await page.emulate_media(color_scheme="dark")
+        await page.set_viewport_size(PHONE)
+        await assert_accessible(page, "/admin (dark, 390 px)")
+        await shot(page, "a11y-admin-dark-phone")
     finally:
         await context.close()
 
