@@ -8,6 +8,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from redis.exceptions import RedisError
 from starlette.requests import HTTPConnection, Request
 from starlette.responses import Response
 
@@ -100,9 +101,12 @@ async def overview(request: Request) -> Response:
     # The workers' list and the pauses live in Redis: without Redis the rest of the page still answers.
     try:
         workers = await live_workers(state.redis, acc.settings.queue_name)
+    except (RedisError, OSError):
+        workers = []
+    try:
         backoff: list[dict[str, Any]] | None = await paused_providers(state.redis)
-    except Exception:
-        workers, backoff = [], None
+    except (RedisError, OSError):
+        backoff = None  # unknown, which the page says (an empty list would say "nothing paused")
     counts = await acc.queries.counts_by_status()
     heartbeat_ttl = acc.settings.heartbeat_seconds * 3  # what each worker's heartbeat promises (lifecycle.py)
     body = {
