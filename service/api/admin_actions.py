@@ -78,7 +78,8 @@ async def _drop_streams(request: Request, ids: list[str]) -> None:
 
 
 async def retry_job(request: Request) -> Response:
-    """202: a new job, its owner's, repeating the old one's request (failed, cancelled or expired jobs only)."""
+    """202: a new job, its owner's, repeating the old one's request (failed, cancelled or expired jobs only), with
+    its webhook, as the owner's own retry."""
     state = app_state(request)
     await _no_body(request)
     found = await _find(request)
@@ -92,7 +93,9 @@ async def retry_job(request: Request) -> Response:
             "This job ran on its owner's own provider key, which the server does not keep: only its owner can "
             "retry it, sending the key again.",
         )
-    job, _, _ = await admit(request, old.user_id, state.jobs.retry_body(old), provider_key=None, retry_of=old.id)
+    job, _, _ = await admit(
+        request, old.user_id, state.jobs.retry_body(old), provider_key=None, retry_of=old.id, webhook=old.webhook
+    )
     action = await _record(
         request, "retry", job_id=old.id, job_user_id=old.user_id, detail={"new_job_id": job.id, "type": old.type}
     )
