@@ -67,7 +67,7 @@ async def test_an_operator_retries_a_failed_job_and_watches_it_complete(
     async with httpx.AsyncClient(base_url=live.url, headers={"Authorization": f"Bearer {alice}"}) as api:
         text = f"A post that fails once {uuid.uuid4().hex[:6]} [[fail:400:times=1]]"
         failed = (await api.post("/api/jobs", json={"type": "titles", "input": {"text": text}})).json()["job_id"]
-        await wait_for_status(api, failed, {"failed"})
+        await wait_for_status(api, failed, {"failed"}, timeout=T / 1000)
 
     context, page, problems = await signed_in(browser, live.url, root, viewport=DESKTOP)
     try:
