@@ -11,6 +11,10 @@ never interleave. The thread takes every operation waiting when it wakes, runs a
 BEGIN), and hands all their results back to the loop in one wake-up. Each operation keeps its own result
 (rows, rowcount) or exception, and none resolves before its batch committed. If a statement's error rolled the
 whole transaction back (SQLite does for a few errors), the batch runs again one statement at a time.
+
+A statement that SQLite's write lock kept out past busy_timeout (another process holds it: a long write, a stuck
+one) fails as `StoreUnavailable`, a store outage as an unreachable PostgreSQL is: the web answers 503 with
+Retry-After, a worker holds its fenced writes until the store answers (store/patient.py).
 """
 
 from __future__ import annotations
@@ -23,6 +27,8 @@ import threading
 from collections.abc import Callable, Generator, Sequence
 from pathlib import Path
 from typing import Any
+
+from ..errors import StoreUnavailable
 
 MAX_BATCH = 256  # statements per transaction: bounds how long one batch holds the write lock
 
@@ -154,8 +160,8 @@ class Connection:
             outcomes = self._run_batch(conn, batch)
             by_loop: dict[asyncio.AbstractEventLoop, tuple[list[_Op], list[Any]]] = {}
             for op, outcome in zip(batch, outcomes, strict=True):  # one loop, unless a caller moved loops
-                if outcome[1] is not None and not isinstance(outcome[1], sqlite3.IntegrityError):
-                    self.errors += 1
+                if outcome[1] is not None:
+                    outcome = self._failed(outcome[1])
                 ops, results = by_loop.setdefault(op.future.get_loop(), ([], []))
                 ops.append(op)
                 results.append(outcome)
@@ -164,6 +170,18 @@ class Connection:
                     target.call_soon_threadsafe(_resolve, ops, results)
             if stop:
                 return
+
+    def _failed(self, exc: BaseException) -> tuple[None, BaseException]:
+        """Count a failed statement; the write lock held elsewhere past busy_timeout becomes StoreUnavailable."""
+        if not isinstance(exc, sqlite3.IntegrityError):
+            self.errors += 1
+        if lock_held_elsewhere(exc):
+            outage = StoreUnavailable(
+                "The job store is busy: another process holds its write lock. Nothing was written; try again shortly."
+            )
+            outage.__cause__ = exc
+            return None, outage
+        return None, exc
 
     def _run_batch(self, conn: sqlite3.Connection, batch: list[_Op]) -> list[tuple[Any, BaseException | None]]:
         outcomes: list[tuple[Any, BaseException | None]] = []
@@ -219,6 +237,20 @@ class Connection:
         self._queue.put(None)
         thread = self._thread
         await asyncio.get_running_loop().run_in_executor(None, thread.join)
+
+
+def lock_held_elsewhere(exc: BaseException) -> bool:
+    """SQLITE_BUSY once busy_timeout ran out: another connection holds the write lock (a long write, a checkpoint,
+    a crashed writer's recovery), a store outage like an unreachable PostgreSQL; waiting and trying again cures it.
+    Not SQLITE_BUSY_SNAPSHOT: that is a read transaction left open on our own connection (see the module
+    docstring), failing at once whatever the timeout, a bug that no wait cures; nor SQLITE_LOCKED, a conflict
+    within one connection."""
+    if not isinstance(exc, sqlite3.OperationalError):
+        return False
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code is None:  # raised by hand, not by SQLite
+        return False
+    return code & 0xFF == sqlite3.SQLITE_BUSY and code != sqlite3.SQLITE_BUSY_SNAPSHOT
 
 
 def _attempt(conn: sqlite3.Connection, op: _Op) -> tuple[Any, BaseException | None]:
