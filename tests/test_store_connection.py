@@ -132,3 +132,31 @@ def test_a_stale_snapshot_is_not_an_outage(tmp_path: Path) -> None:
     assert lock_held_elsewhere(busy.value)
     assert not lock_held_elsewhere(sqlite3.OperationalError("no such table: t"))
     assert not lock_held_elsewhere(sqlite3.IntegrityError("UNIQUE constraint failed"))
+
+
+async def test_reads_go_on_while_a_write_waits_for_the_write_lock(tmp_path: Path) -> None:
+    """WAL lets readers read while another process writes: a read neither fails nor waits because a write of ours
+    waits for the write lock (an open WebSocket broke on that); the write lands once the lock is free."""
+    store = SQLiteJobStore(tmp_path / "jobs.db", busy_timeout=60)  # the write waits for the lock, however long
+    await store.open()
+    try:
+        job = await store.create(Job(id=uuid.uuid4().hex, user_id="u", type="summary", input={}))
+        lock = hold_write_lock(tmp_path / "jobs.db")
+        try:
+            write = asyncio.ensure_future(store.touch_queued(job.id, job.seq, step="Touched"))
+            await asyncio.sleep(0)  # on its way to the store's thread
+            for _ in range(3):  # read after read, each queued while the write waits
+                read, owned, active = await asyncio.wait_for(
+                    asyncio.gather(store.get(job.id), store.get_owned_ranked(job.id, "u"), store.list_active()), 30
+                )
+                assert read is not None and read.seq == job.seq and read.current_step != "Touched"
+                assert owned is not None and owned[1] == 0 and [j.id for j in active] == [job.id]
+            assert not write.done()  # still waiting for the lock
+        finally:
+            lock.execute("ROLLBACK")
+            lock.close()
+        touched = await write
+        assert touched is not None and touched.seq == job.seq + 1
+        assert await store.get(job.id) == touched  # and every read after it sees it
+    finally:
+        await store.close()
