@@ -5,6 +5,7 @@ meanwhile exits within its grace instead of waiting for the store."""
 
 from __future__ import annotations
 
+import signal
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
@@ -84,3 +85,34 @@ async def test_a_worker_holds_its_writes_through_a_held_write_lock_and_the_web_a
         log = worker.log()
         assert "store back: write done" in log, log[-3000:]
         assert "Traceback" not in log and "unexpected error" not in log, log[-3000:]
+
+
+async def test_a_worker_stopped_while_the_store_is_locked_exits_and_its_job_is_handed_on(
+    client: httpx.AsyncClient, settings: Settings, tmp_path: Path, write_lock: sqlite3.Connection
+) -> None:
+    """SIGTERM with the store unavailable: the hand-back cannot be written, and the worker does not wait for the
+    store to let it: it exits after its grace. The job's lease lapses and another worker's sweeper hands it on."""
+    with workers(settings, tmp_path) as started:
+        # A lease longer than the shutdown: the run is stopped by the signal, not by its own lapsed lease.
+        a = spawn(started, settings, tmp_path, LEASE_SECONDS="3", SHUTDOWN_GRACE="1", STORE_BUSY_TIMEOUT=BUSY)
+        r = await submit(client, "Stopped under the lock. [[slow:3]]")
+        assert r.status_code == 202, r.text
+        job_id = r.json()["job_id"]
+
+        async def running() -> bool:
+            return store_row(settings, job_id)["status"] == "processing"
+
+        await until(running, timeout=20, what="the job running")
+        write_lock.execute("BEGIN IMMEDIATE")
+        try:
+            a.signal(signal.SIGTERM)
+            assert await a.wait_exit(timeout=30) == 0
+        finally:
+            write_lock.execute("ROLLBACK")
+        assert "not given back" in a.log(), a.log()[-3000:]
+        row = store_row(settings, job_id)
+        assert row["status"] == "processing" and row["attempts"] == 1, row  # left to its lease, not lost
+        spawn(started, settings, tmp_path)
+        done = await wait_for_status(client, job_id, {"completed", "failed", "cancelled"}, timeout=40)
+        assert done["status"] == "completed", done
+        assert [h["error"] for h in done["attempts"]] == ["worker_lost", None], done["attempts"]

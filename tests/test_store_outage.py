@@ -46,6 +46,9 @@ class Flaky:
     async def renew(self, job_id: str, token: str, **kwargs: Any) -> str:
         return await self._write("renew")
 
+    async def requeue(self, job_id: str, token: str, **kwargs: Any) -> str:
+        return await self._write("requeue")
+
 
 async def test_a_finish_is_held_until_the_store_answers() -> None:
     store = Flaky(down=3)
@@ -71,3 +74,23 @@ async def test_a_held_write_stops_when_its_run_is_stopped() -> None:
     task.cancel()  # a lapsed lease (the heartbeat's stop) or a shutdown: the held write goes with the run
     with pytest.raises(asyncio.CancelledError):
         await task
+
+
+async def test_at_shutdown_a_held_write_gives_up_instead_of_waiting_for_the_store() -> None:
+    """Past SHUTDOWN_GRACE the worker exits whatever the store does: a held write fails at its next try, a new one
+    after a single try (its lease lapses and another worker's sweeper hands the job on)."""
+    store = Flaky(down=10**9)
+    patient = PatientWrites(store, first=0.001, longest=0.001)
+    held = asyncio.ensure_future(patient.finish("j", "t"))
+
+    async def tried() -> bool:
+        return len(store.calls) >= 3
+
+    await until(tried, what="a few tries")
+    patient.give_up()
+    with pytest.raises(StoreUnavailable):
+        await held
+    before = len(store.calls)
+    with pytest.raises(StoreUnavailable):
+        await patient.requeue("j", "t")
+    assert len(store.calls) == before + 1  # tried once, not held

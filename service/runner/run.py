@@ -457,6 +457,12 @@ class JobRunner:
 
         try:
             await asyncio.shield(give_back())
+        except StoreUnavailable as exc:  # the worker does not wait for the store to exit (PatientWrites.give_up)
+            log.warning(
+                "store unavailable at shutdown: job not given back; its lease lapses and another worker's sweeper "
+                "hands it on",
+                extra={"job_id": job.id, "error": repr(exc.__cause__ or exc)},
+            )
         except Exception:
             log.exception("could not give the job back", extra={"job_id": job.id})
 
