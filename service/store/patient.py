@@ -66,7 +66,12 @@ class PatientWrites:
                 waited += pause
                 pause = min(pause * 2, self._longest)
                 continue
-            if waited:
+            if waited and result is None:  # fenced: the lease lapsed meanwhile and the job was taken over
+                log.warning(
+                    "store back: write refused, the lease was lost meanwhile (the job was taken over)",
+                    extra={"job_id": job_id, "write": what, "waited": round(waited, 1)},
+                )
+            elif waited:
                 log.info("store back: write done", extra={"job_id": job_id, "write": what, "waited": round(waited, 1)})
             return result
 
