@@ -59,7 +59,7 @@ class PatientWrites:
                     raise
                 if waited == 0.0:
                     log.warning(
-                        "store unreachable: write held until it answers",
+                        "store unavailable: write held until it answers",
                         extra={"job_id": job_id, "write": what, "error": repr(exc.__cause__ or exc)},
                     )
                 await asyncio.sleep(pause)
