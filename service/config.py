@@ -77,7 +77,8 @@ class Settings:
         default=10.0,
         metadata={
             "env": "STORE_BUSY_TIMEOUT",
-            "doc": "Seconds a store write waits for another process's SQLite write lock before it fails",
+            "doc": "Seconds a store write waits for another process's SQLite write lock before it fails as "
+            "store_unavailable",
         },
     )
     data_dir: Path = field(

@@ -7,6 +7,7 @@ import contextlib
 import functools
 import logging
 import os
+import signal
 import socket
 import uuid
 from collections.abc import Iterable
@@ -168,8 +169,9 @@ def build_worker(
         queue = JobQueue(ctx["redis"], queue_name=settings.queue_name)
         governor = build_governor(ctx["redis"], settings)
         chat_models = (settings.ai_model, *settings.ai_fallback_models) if settings.ai_fallback_models else ()
+        patient = ctx["patient"] = PatientWrites(store)  # a run's writes wait out a store outage (until shutdown)
         runner = ctx["runner"] = JobRunner(
-            store=cast(JobStore, PatientWrites(store)),  # a run's writes wait out a store outage (PostgreSQL restart)
+            store=cast(JobStore, patient),
             events=events,
             queue=queue,
             registry=registry,
@@ -254,6 +256,16 @@ def build_worker(
         max_burst_jobs=-1,
         inline_functions=frozenset({RUN_JOB_FUNCTION}),
     )
+
+    def stopping(signum: signal.Signals) -> None:
+        """SHUTDOWN_GRACE is over and the running jobs were just cancelled: their hand-backs are tried, but not held
+        through a store outage, so the worker exits within its grace plus one store timeout; a job not given back is
+        handed on by another worker's sweeper once its lease lapses."""
+        patient: PatientWrites | None = worker.ctx.get("patient")
+        if patient is not None:
+            patient.give_up()
+
+    worker.on_stop = stopping
     worker.ctx["pause_taking_jobs"] = worker.pause
     worker.ctx["store_pause"] = settings.heartbeat_seconds  # how long a worker that could not claim waits to retry
     return worker

@@ -4,14 +4,16 @@ and a process sharing the file with others never sees `database is locked` from 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
 import uuid
 from pathlib import Path
 
 import pytest
 
+from service.errors import StoreUnavailable
 from service.models import Job, JobStatus
-from service.store.connection import Connection
+from service.store.connection import Connection, lock_held_elsewhere
 from service.store.sqlite import SQLiteJobStore
 from service.store.users import JobSecrets
 
@@ -70,3 +72,91 @@ async def test_reads_and_writes_interleaved_with_another_process_writing_are_nev
     finally:
         await ours.close()
         await theirs.close()
+
+
+def hold_write_lock(path: Path) -> sqlite3.Connection:
+    """Another process's long write: SQLite's write lock taken and kept until the caller rolls it back."""
+    lock = sqlite3.connect(path, isolation_level=None)
+    lock.execute("BEGIN IMMEDIATE")
+    return lock
+
+
+async def test_a_write_the_write_lock_keeps_out_is_a_store_outage(tmp_path: Path) -> None:
+    """`database is locked` past busy_timeout is StoreUnavailable (503 on the web, a held write on a worker), like an
+    unreachable PostgreSQL, for a lone write and a group-committed batch alike; nothing of it is written."""
+    store = SQLiteJobStore(tmp_path / "jobs.db", busy_timeout=0.1)
+    await store.open()
+    try:
+        kept = await store.create(Job(id=uuid.uuid4().hex, user_id="u", type="summary", input={}))
+        lock = hold_write_lock(tmp_path / "jobs.db")
+        try:
+            with pytest.raises(StoreUnavailable) as refused:
+                await store.create(Job(id="lone", user_id="u", type="summary", input={}))
+            assert isinstance(refused.value.__cause__, sqlite3.OperationalError), refused.value.__cause__
+            batch = await asyncio.gather(
+                *(store.create(Job(id=f"b{i}", user_id="u", type="summary", input={})) for i in range(5)),
+                store.request_cancel(kept.id, "u"),
+                return_exceptions=True,
+            )
+            assert all(isinstance(r, StoreUnavailable) for r in batch), batch
+        finally:
+            lock.execute("ROLLBACK")
+            lock.close()
+        assert [j.id for j in await store.list_active()] == [kept.id]
+        assert await store.create(Job(id="after", user_id="u", type="summary", input={}))  # the store answers again
+    finally:
+        await store.close()
+
+
+def test_a_stale_snapshot_is_not_an_outage(tmp_path: Path) -> None:
+    """SQLITE_BUSY_SNAPSHOT (a read transaction left open on our own connection, then a write) fails at once,
+    whatever the busy timeout: a bug of ours that waiting cannot cure, so it is not reported as an outage."""
+    path = tmp_path / "s.db"
+    with contextlib.closing(sqlite3.connect(path, isolation_level=None, timeout=0)) as a:
+        a.execute("PRAGMA journal_mode=WAL")
+        a.execute("CREATE TABLE t (v INTEGER)")
+        a.execute("INSERT INTO t VALUES (1)")
+        with contextlib.closing(sqlite3.connect(path, isolation_level=None)) as b:
+            a.execute("BEGIN")
+            a.execute("SELECT * FROM t").fetchall()  # a's snapshot
+            b.execute("INSERT INTO t VALUES (2)")  # committed after it
+            with pytest.raises(sqlite3.OperationalError) as stale:
+                a.execute("UPDATE t SET v = 3")
+            a.execute("ROLLBACK")
+            b.execute("BEGIN IMMEDIATE")
+            with pytest.raises(sqlite3.OperationalError) as busy:
+                a.execute("BEGIN IMMEDIATE")  # busy_timeout 0: at once
+            b.execute("ROLLBACK")
+    assert stale.value.sqlite_errorname == "SQLITE_BUSY_SNAPSHOT", stale.value.sqlite_errorname
+    assert not lock_held_elsewhere(stale.value)
+    assert lock_held_elsewhere(busy.value)
+    assert not lock_held_elsewhere(sqlite3.OperationalError("no such table: t"))
+    assert not lock_held_elsewhere(sqlite3.IntegrityError("UNIQUE constraint failed"))
+
+
+async def test_reads_go_on_while_a_write_waits_for_the_write_lock(tmp_path: Path) -> None:
+    """WAL lets readers read while another process writes: a read neither fails nor waits because a write of ours
+    waits for the write lock (an open WebSocket broke on that); the write lands once the lock is free."""
+    store = SQLiteJobStore(tmp_path / "jobs.db", busy_timeout=60)  # the write waits for the lock, however long
+    await store.open()
+    try:
+        job = await store.create(Job(id=uuid.uuid4().hex, user_id="u", type="summary", input={}))
+        lock = hold_write_lock(tmp_path / "jobs.db")
+        try:
+            write = asyncio.ensure_future(store.touch_queued(job.id, job.seq, step="Touched"))
+            await asyncio.sleep(0)  # on its way to the store's thread
+            for _ in range(3):  # read after read, each queued while the write waits
+                read, owned, active = await asyncio.wait_for(
+                    asyncio.gather(store.get(job.id), store.get_owned_ranked(job.id, "u"), store.list_active()), 30
+                )
+                assert read is not None and read.seq == job.seq and read.current_step != "Touched"
+                assert owned is not None and owned[1] == 0 and [j.id for j in active] == [job.id]
+            assert not write.done()  # still waiting for the lock
+        finally:
+            lock.execute("ROLLBACK")
+            lock.close()
+        touched = await write
+        assert touched is not None and touched.seq == job.seq + 1
+        assert await store.get(job.id) == touched  # and every read after it sees it
+    finally:
+        await store.close()

@@ -345,12 +345,13 @@ class JobRunner:
                     record=attempt_record(job, ai.model or model or ai.default_model, None, seconds, ai.name),
                 )
             )
-            if finished:
-                self.metrics.job_finished(job.type, JobStatus.COMPLETED.value)
-            log.info("job completed", extra={"job_id": job.id, "type": job.type, "seconds": round(seconds, 3)})
             if self.waits is not None and job.error is not None and job.error.code == RateLimited.code:
                 await self.waits.clear(job.id)  # it had waited for a rate limit: that wait is over
-            return "completed" if finished else "lease_lost"
+            if not finished:
+                return _dropped(job, "result")
+            self.metrics.job_finished(job.type, JobStatus.COMPLETED.value)
+            log.info("job completed", extra={"job_id": job.id, "type": job.type, "seconds": round(seconds, 3)})
+            return "completed"
         finally:
             ctx.close()
             if self.active.get(job.id) is run:
@@ -440,8 +441,10 @@ class JobRunner:
                 record=attempt_record(job, ctx.ai.model or ctx.ai.requested, error, seconds, ctx.ai.name),
             )
         )
-        if finished:
-            self.metrics.job_finished(job.type, JobStatus.CANCELLED.value)
+        if not finished:
+            _dropped(job, "cancel")
+            return
+        self.metrics.job_finished(job.type, JobStatus.CANCELLED.value)
         log.info("job cancelled", extra={"job_id": job.id})
 
     async def _give_back(self, job: Job, token: str, ctx: RunContext) -> None:
@@ -457,6 +460,12 @@ class JobRunner:
 
         try:
             await asyncio.shield(give_back())
+        except StoreUnavailable as exc:  # the worker does not wait for the store to exit (PatientWrites.give_up)
+            log.warning(
+                "store unavailable at shutdown: job not given back; its lease lapses and another worker's sweeper "
+                "hands it on",
+                extra={"job_id": job.id, "error": repr(exc.__cause__ or exc)},
+            )
         except Exception:
             log.exception("could not give the job back", extra={"job_id": job.id})
 
@@ -545,11 +554,13 @@ class JobRunner:
                 record=record,
             )
         )
+        if not finished:
+            return _dropped(job, "failure")
         log.warning(
             "job failed",
             extra={"job_id": job.id, "code": error.code, "error": error.message, "seconds": round(seconds, 3)},
         )
-        return "failed" if finished else "lease_lost"
+        return "failed"
 
     async def _rate_limited(
         self, job: Job, token: str, exc: RateLimited, record: dict[str, Any], seconds: float
@@ -589,8 +600,10 @@ class JobRunner:
             finished = await self._announce(
                 await self.store.finish(job.id, token, status=JobStatus.FAILED, error=error, record=record)
             )
+            if not finished:
+                return _dropped(job, "failure")
             log.warning("job failed: rate limited too long", extra={"job_id": job.id, "waited": round(waited, 1)})
-            return "failed" if finished else "lease_lost"
+            return "failed"
         if isinstance(exc, NotAdmitted) and not exc.reserved:  # its turn is not booked yet: no honest number
             step = "Waiting for the provider's rate limit; your earlier jobs take the next turns…"
         else:
@@ -606,3 +619,10 @@ class JobRunner:
             extra={"job_id": job.id, "delay": round(delay, 3), "waited": round(waited, 1)},
         )
         return "rate_limited"
+
+
+def _dropped(job: Job, what: str) -> str:
+    """The run's final write was refused (its lease lapsed and another worker's sweeper took the job over): say so,
+    and claim no outcome; the job's record is the take-over's."""
+    log.warning(f"lease lost: the job was taken over; this run's {what} is dropped", extra={"job_id": job.id})
+    return "lease_lost"

@@ -1,16 +1,24 @@
-"""One SQLite connection on its own thread, with group commit: what the asyncio code awaits instead of aiosqlite.
+"""Two SQLite connections on threads of their own, with group commit: what the asyncio code awaits instead of
+aiosqlite.
 
 aiosqlite hops to its thread and back for every call (execute, fetch, close: three loop wake-ups per
 statement), and lets other coroutines' statements run between a cursor's execute and its close: a SELECT
 left stepping holds a read snapshot open on the shared connection, and the next write on it then fails at
 once with `database is locked` (SQLITE_BUSY_SNAPSHOT skips the busy handler).
 
-Here every operation runs whole (execute, fetch every row, close) on the connection's thread, so statements
-never interleave. The thread takes every operation waiting when it wakes, runs a batch that writes inside one
-`BEGIN IMMEDIATE … COMMIT` (one lock, one WAL commit for many statements, and busy_timeout applies to the
-BEGIN), and hands all their results back to the loop in one wake-up. Each operation keeps its own result
-(rows, rowcount) or exception, and none resolves before its batch committed. If a statement's error rolled the
-whole transaction back (SQLite does for a few errors), the batch runs again one statement at a time.
+Here every operation runs whole (execute, fetch every row, close) on its connection's thread, so statements
+never interleave. Each thread takes every operation waiting when it wakes, runs them as one batch and hands all
+their results back to the loop in one wake-up. The writer runs a batch inside one `BEGIN IMMEDIATE … COMMIT` (one
+lock, one WAL commit for many statements, and busy_timeout applies to the BEGIN). Each operation keeps its own
+result (rows, rowcount) or exception, and none resolves before its batch committed. If a statement's error rolled
+the whole transaction back (SQLite does for a few errors), the batch runs again one statement at a time.
+
+A SELECT goes to the reader instead: in WAL mode a reader takes no lock a writer holds, so while our writer waits
+for the write lock (another process holds it), reads go on, neither failing nor waiting with it. A read sees
+every write that resolved before it was queued (those committed first). A statement that the write lock kept out
+past busy_timeout (a long or stuck write elsewhere) fails as `StoreUnavailable`, a store outage as an unreachable
+PostgreSQL is: the web answers 503 with Retry-After, a worker holds its fenced writes until the store answers
+(store/patient.py).
 """
 
 from __future__ import annotations
@@ -23,6 +31,8 @@ import threading
 from collections.abc import Callable, Generator, Sequence
 from pathlib import Path
 from typing import Any
+
+from ..errors import StoreUnavailable
 
 MAX_BATCH = 256  # statements per transaction: bounds how long one batch holds the write lock
 
@@ -97,52 +107,49 @@ def _run_one(conn: sqlite3.Connection, op: _Op) -> Any:
         cur.close()
 
 
-class Connection:
-    """A sqlite3 connection owned by one thread; `execute` queues a statement and resolves when it committed."""
+class _Lane:
+    """One sqlite3 connection, the thread that owns it and the queue it serves, batch by batch."""
 
-    def __init__(self, path: Path | str, *, busy_timeout_ms: int = 10_000, max_batch: int = MAX_BATCH) -> None:
-        self.path = str(path)
-        self.busy_timeout_ms = busy_timeout_ms
-        self.max_batch = max_batch
-        self._queue: queue.SimpleQueue[_Op | None] = queue.SimpleQueue()
-        self._thread: threading.Thread | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._conn: sqlite3.Connection | None = None
-        self._closed = False
+    def __init__(self, name: str, run_batch: Callable[[sqlite3.Connection, list[_Op]], list[Any]]) -> None:
+        self.name = name
+        self.run_batch = run_batch
+        self.queue: queue.SimpleQueue[_Op | None] = queue.SimpleQueue()
+        self.thread: threading.Thread | None = None
         self.errors = 0  # statements that failed, not counting a unique-key refusal (written by the thread only)
 
-    async def open(self) -> None:
-        self._loop = asyncio.get_running_loop()
-        opened: asyncio.Future[None] = self._loop.create_future()
-        self._thread = threading.Thread(target=self._main, args=(opened,), name="aijobs-sqlite", daemon=True)
-        self._thread.start()
+    async def open(self, path: str, pragmas: Sequence[str], max_batch: int) -> None:
+        opened: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.thread = threading.Thread(
+            target=self._main, args=(path, pragmas, max_batch, opened), name=self.name, daemon=True
+        )
+        self.thread.start()
         await opened
 
-    def _main(self, opened: asyncio.Future[None]) -> None:
-        assert self._loop is not None
+    def _main(self, path: str, pragmas: Sequence[str], max_batch: int, opened: asyncio.Future[None]) -> None:
+        loop = opened.get_loop()
         try:
-            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
             conn.row_factory = sqlite3.Row
-            conn.execute(f"PRAGMA busy_timeout={int(self.busy_timeout_ms)}")
+            for pragma in pragmas:
+                conn.execute(pragma)
         except BaseException as exc:
-            self._loop.call_soon_threadsafe(_settle, opened, None, exc)
+            loop.call_soon_threadsafe(_settle, opened, None, exc)
             return
-        self._conn = conn
-        self._loop.call_soon_threadsafe(_settle, opened, None, None)
+        loop.call_soon_threadsafe(_settle, opened, None, None)
         try:
-            self._serve(conn)
+            self._serve(conn, max_batch)
         finally:
             conn.close()
 
-    def _serve(self, conn: sqlite3.Connection) -> None:
-        get, get_nowait = self._queue.get, self._queue.get_nowait
+    def _serve(self, conn: sqlite3.Connection, max_batch: int) -> None:
+        get, get_nowait = self.queue.get, self.queue.get_nowait
         while True:
             first = get()
             if first is None:
                 return
             batch = [first]
             stop = False
-            while len(batch) < self.max_batch:
+            while len(batch) < max_batch:
                 try:
                     op = get_nowait()
                 except queue.Empty:
@@ -151,11 +158,11 @@ class Connection:
                     stop = True
                     break
                 batch.append(op)
-            outcomes = self._run_batch(conn, batch)
+            outcomes = self.run_batch(conn, batch)
             by_loop: dict[asyncio.AbstractEventLoop, tuple[list[_Op], list[Any]]] = {}
             for op, outcome in zip(batch, outcomes, strict=True):  # one loop, unless a caller moved loops
-                if outcome[1] is not None and not isinstance(outcome[1], sqlite3.IntegrityError):
-                    self.errors += 1
+                if outcome[1] is not None:
+                    outcome = self._failed(outcome[1])
                 ops, results = by_loop.setdefault(op.future.get_loop(), ([], []))
                 ops.append(op)
                 results.append(outcome)
@@ -165,43 +172,64 @@ class Connection:
             if stop:
                 return
 
-    def _run_batch(self, conn: sqlite3.Connection, batch: list[_Op]) -> list[tuple[Any, BaseException | None]]:
-        outcomes: list[tuple[Any, BaseException | None]] = []
-        start = 0
-        for i, op in enumerate(batch):  # a callable runs alone: split the batch around it
-            if op.fn is not None:
-                outcomes += self._run_group(conn, batch[start:i])
-                outcomes.append(_attempt(conn, op))
-                start = i + 1
-        outcomes += self._run_group(conn, batch[start:])
-        return outcomes
+    def _failed(self, exc: BaseException) -> tuple[None, BaseException]:
+        """Count a failed statement; the write lock held elsewhere past busy_timeout becomes StoreUnavailable."""
+        if not isinstance(exc, sqlite3.IntegrityError):
+            self.errors += 1
+        if lock_held_elsewhere(exc):
+            outage = StoreUnavailable(
+                "The job store is busy: another process holds its write lock. Nothing was written; try again shortly."
+            )
+            outage.__cause__ = exc
+            return None, outage
+        return None, exc
 
-    def _run_group(self, conn: sqlite3.Connection, ops: list[_Op]) -> list[tuple[Any, BaseException | None]]:
-        if len(ops) <= 1 or all(op.readonly for op in ops) or conn.in_transaction:
-            return [_attempt(conn, op) for op in ops]  # a lone statement is its own transaction
+    async def close(self) -> None:
+        if self.thread is None:
+            return
+        self.queue.put(None)
+        thread, self.thread = self.thread, None
+        await asyncio.get_running_loop().run_in_executor(None, thread.join)
+
+
+class Connection:
+    """Two sqlite3 connections on threads of their own: `execute` queues a statement and resolves when it committed.
+
+    Writes (and `call`) go to the writer, whose batches group-commit. A SELECT goes to the reader: in WAL mode a
+    read needs no lock that a writer holds, so a write waiting for the write lock (another process holds it) never
+    holds up or fails the reads queued meanwhile. Both batch: a wake-up of the loop answers all a batch ran."""
+
+    def __init__(self, path: Path | str, *, busy_timeout_ms: int = 10_000, max_batch: int = MAX_BATCH) -> None:
+        self.path = str(path)
+        self.busy_timeout_ms = busy_timeout_ms
+        self.max_batch = max_batch
+        self._writer = _Lane("aijobs-sqlite", _run_writes)
+        self._reader = _Lane("aijobs-sqlite-read", _run_reads)
+        self._open = False
+        self._closed = False
+
+    @property
+    def errors(self) -> int:
+        """Statements that failed, not counting a unique-key refusal."""
+        return self._writer.errors + self._reader.errors
+
+    async def open(self) -> None:
+        busy = f"PRAGMA busy_timeout={int(self.busy_timeout_ms)}"  # a reader may meet a recovery in progress
+        await self._writer.open(self.path, [busy], self.max_batch)
         try:
-            conn.execute("BEGIN IMMEDIATE")
-        except sqlite3.Error as exc:
-            return [(None, exc) for _ in ops]
-        outcomes = []
-        for op in ops:
-            outcome = _attempt(conn, op)
-            if outcome[1] is not None and not conn.in_transaction:  # the error rolled back the batch so far
-                return [_attempt(conn, op) for op in ops]
-            outcomes.append(outcome)
-        try:
-            conn.execute("COMMIT")
-        except sqlite3.Error:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            return [_attempt(conn, op) for op in ops]
-        return outcomes
+            # query_only: a statement taken for a read that would write fails here instead of writing unbatched
+            await self._reader.open(self.path, [busy, "PRAGMA query_only=ON"], self.max_batch)
+        except BaseException:
+            await self._writer.close()
+            raise
+        self._open = True
 
     def _submit(self, sql: str | None, params: Sequence[Any], fn: Callable[[sqlite3.Connection], Any] | None) -> Any:
-        if self._thread is None or self._closed:
+        if not self._open or self._closed:
             raise sqlite3.ProgrammingError("Cannot operate on a closed database.")
         future = asyncio.get_running_loop().create_future()
-        self._queue.put(_Op(future, sql, params, fn))
+        op = _Op(future, sql, params, fn)
+        (self._reader if op.readonly else self._writer).queue.put(op)
         return future
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> _Pending:
@@ -209,16 +237,68 @@ class Connection:
         return _Pending(self._submit(sql, params, None))
 
     async def call(self, fn: Callable[[sqlite3.Connection], Any]) -> Any:
-        """Run fn(connection) on the connection's thread, alone (it may run its own transaction)."""
+        """Run fn(connection) on the writer's thread, alone (it may run its own transaction)."""
         return await self._submit(None, (), fn)
 
     async def close(self) -> None:
-        if self._thread is None or self._closed:
+        if not self._open or self._closed:
             return
         self._closed = True
-        self._queue.put(None)
-        thread = self._thread
-        await asyncio.get_running_loop().run_in_executor(None, thread.join)
+        await self._writer.close()
+        await self._reader.close()
+
+
+def _run_reads(conn: sqlite3.Connection, batch: list[_Op]) -> list[tuple[Any, BaseException | None]]:
+    """Each read on its own (WAL: it sees every commit made before it started, and takes no lock a writer holds)."""
+    return [_attempt(conn, op) for op in batch]
+
+
+def _run_writes(conn: sqlite3.Connection, batch: list[_Op]) -> list[tuple[Any, BaseException | None]]:
+    outcomes: list[tuple[Any, BaseException | None]] = []
+    start = 0
+    for i, op in enumerate(batch):  # a callable runs alone: split the batch around it
+        if op.fn is not None:
+            outcomes += _run_group(conn, batch[start:i])
+            outcomes.append(_attempt(conn, op))
+            start = i + 1
+    outcomes += _run_group(conn, batch[start:])
+    return outcomes
+
+
+def _run_group(conn: sqlite3.Connection, ops: list[_Op]) -> list[tuple[Any, BaseException | None]]:
+    if len(ops) <= 1 or conn.in_transaction:
+        return [_attempt(conn, op) for op in ops]  # a lone statement is its own transaction
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+    except sqlite3.Error as exc:
+        return [(None, exc) for _ in ops]  # the lock held elsewhere past busy_timeout: every write of the batch failed
+    outcomes = []
+    for op in ops:
+        outcome = _attempt(conn, op)
+        if outcome[1] is not None and not conn.in_transaction:  # the error rolled back the batch so far
+            return [_attempt(conn, op) for op in ops]
+        outcomes.append(outcome)
+    try:
+        conn.execute("COMMIT")
+    except sqlite3.Error:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        return [_attempt(conn, op) for op in ops]
+    return outcomes
+
+
+def lock_held_elsewhere(exc: BaseException) -> bool:
+    """SQLITE_BUSY once busy_timeout ran out: another connection holds the write lock (a long write, a checkpoint,
+    a crashed writer's recovery), a store outage like an unreachable PostgreSQL; waiting and trying again cures it.
+    Not SQLITE_BUSY_SNAPSHOT: that is a read transaction left open on our own connection (see the module
+    docstring), failing at once whatever the timeout, a bug that no wait cures; nor SQLITE_LOCKED, a conflict
+    within one connection."""
+    if not isinstance(exc, sqlite3.OperationalError):
+        return False
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code is None:  # raised by hand, not by SQLite
+        return False
+    return code & 0xFF == sqlite3.SQLITE_BUSY and code != sqlite3.SQLITE_BUSY_SNAPSHOT
 
 
 def _attempt(conn: sqlite3.Connection, op: _Op) -> tuple[Any, BaseException | None]:

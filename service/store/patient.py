@@ -7,6 +7,10 @@ lost). So on `StoreUnavailable` these writes are tried again, with a growing pau
 run pauses with them, keeping its job. The heartbeat's `renew` is not patient: it must notice an outage longer than
 the lease, and stop the run (its job is then taken over once the store is back: one terminal event either way).
 
+At shutdown the patience ends (`give_up`, once SHUTDOWN_GRACE is over): a write the store cannot take then fails at
+once, so a worker stopped during an outage exits instead of waiting for the store; its runs' leases lapse and
+another worker's sweeper hands their jobs on (nothing is lost, the attempt is not refunded).
+
 What is not covered: a write that committed but whose answer the restart cut off is tried again and refused (its
 token is spent), so the run stops as lease lost although its outcome is stored; a progress write so repeated may
 append its piece of output twice.
@@ -34,6 +38,12 @@ class PatientWrites:
         self._store = store
         self._first = first
         self._longest = longest
+        self._patient = True
+
+    def give_up(self) -> None:
+        """From now on, a write the store cannot take fails (StoreUnavailable) instead of waiting: a held one fails
+        at its next try."""
+        self._patient = False
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._store, name)
@@ -45,16 +55,23 @@ class PatientWrites:
             try:
                 result: Job | None = await call(*args, **kwargs)
             except StoreUnavailable as exc:
+                if not self._patient:
+                    raise
                 if waited == 0.0:
                     log.warning(
-                        "store unreachable: write held until it answers",
+                        "store unavailable: write held until it answers",
                         extra={"job_id": job_id, "write": what, "error": repr(exc.__cause__ or exc)},
                     )
                 await asyncio.sleep(pause)
                 waited += pause
                 pause = min(pause * 2, self._longest)
                 continue
-            if waited:
+            if waited and result is None:  # fenced: the lease lapsed meanwhile and the job was taken over
+                log.warning(
+                    "store back: write refused, the lease was lost meanwhile (the job was taken over)",
+                    extra={"job_id": job_id, "write": what, "waited": round(waited, 1)},
+                )
+            elif waited:
                 log.info("store back: write done", extra={"job_id": job_id, "write": what, "waited": round(waited, 1)})
             return result
 
