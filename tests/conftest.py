@@ -45,6 +45,20 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
         terminalreporter.write_line(f"PostgreSQL for the tests: {how}")
 
 
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """An xdist worker hands the PostgreSQL it used to the controller, which prints the summary."""
+    workeroutput = getattr(session.config, "workeroutput", None)
+    if workeroutput is not None:
+        workeroutput["postgres_used"] = list(_postgres_used)
+
+
+@pytest.hookimpl(optionalhook=True)  # pytest-xdist's hook: the controller hears from a worker that finished
+def pytest_testnodedown(node: object, error: object) -> None:
+    for how in getattr(node, "workeroutput", {}).get("postgres_used", []):
+        if how not in _postgres_used:  # the same server for every worker: said once
+            _postgres_used.append(how)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _stop_postgres() -> Iterator[None]:
     yield
@@ -58,9 +72,22 @@ def postgres() -> PostgresForTests:
     return session_postgres()
 
 
+def start_redis(data_dir: Path, tries: int = 3) -> EmbeddedRedis:
+    """An embedded Redis on a free port. The port is picked, then bound by redis-server: with several pytest-xdist
+    workers (and other processes) picking ports at once, another may take it in between, so try a new one."""
+    for attempt in range(tries):
+        try:
+            return EmbeddedRedis(data_dir, persist=False).start()
+        except RuntimeError:
+            if attempt == tries - 1:
+                raise
+    raise AssertionError("unreachable")
+
+
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedRedis]:
-    server = EmbeddedRedis(tmp_path_factory.mktemp("redis"), persist=False).start()
+    """This process's Redis: one per pytest-xdist worker (each has its own temp dir and port)."""
+    server = start_redis(tmp_path_factory.mktemp("redis"))
     yield server
     server.stop()
 

@@ -7,6 +7,7 @@ import dataclasses
 import json
 import socket
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +68,13 @@ async def ws_cycle(url: str, auth: str) -> None:
         assert msg == {"type": "pong"}
 
 
+async def ws_until(ws: Any, found: Callable[[dict[str, Any]], bool]) -> dict[str, Any]:
+    """Read messages until one is `found` (the caller bounds the wait: keepalives keep every recv short)."""
+    while not found(msg := json.loads(await ws.recv())):
+        pass
+    return msg
+
+
 async def test_ten_thousand_connect_disconnect_cycles_leave_nothing_behind(
     client: httpx.AsyncClient, web: LiveServer
 ) -> None:
@@ -118,29 +126,27 @@ async def test_keepalive_pings_on_idle_streams(client: httpx.AsyncClient, web: L
                 if line == ": ping":
                     return
 
-        await asyncio.wait_for(first_ping(), 5)  # SSE_PING_SECONDS is 1 in tests
+        await asyncio.wait_for(first_ping(), 10)  # SSE_PING_SECONDS is 1 in tests
     # A one-job stream idles parked in the gateway: its keepalives are written straight from the ticker.
     job_id = (await client.post("/api/jobs", json={"type": "titles", "input": {"text": "idle"}})).json()["job_id"]
     async with client.stream("GET", f"/api/jobs/{job_id}/events") as response:
         lines = response.aiter_lines()
-        await asyncio.wait_for(first_ping(), 5)
+        await asyncio.wait_for(first_ping(), 10)
         assert (await gateway_counts(client))["parked"] == 1
     ws_url = web.url.replace("http://", "ws://") + "/api/ws"
     async with websockets.connect(ws_url, additional_headers={"Authorization": client.headers["authorization"]}) as ws:
-        assert json.loads(await asyncio.wait_for(ws.recv(), 5)) == {"type": "ping"}
+        assert json.loads(await asyncio.wait_for(ws.recv(), 10)) == {"type": "ping"}
         # Following one job, the WebSocket parks too; a second subscription takes it back to the usual path.
         await ws.send(json.dumps({"type": "subscribe", "job_id": job_id}))
-        kinds = [json.loads(await asyncio.wait_for(ws.recv(), 5)) for _ in range(2)]
-        assert [m.get("type", m.get("kind")) for m in kinds if m != {"type": "ping"}][-1] == "snapshot"
-        while json.loads(await asyncio.wait_for(ws.recv(), 5)) != {"type": "ping"}:
+        await asyncio.wait_for(ws_until(ws, lambda m: m.get("kind") == "snapshot"), 10)  # a keepalive may come first
+        while json.loads(await asyncio.wait_for(ws.recv(), 10)) != {"type": "ping"}:
             pass
         assert (await gateway_counts(client))["parked"] == 1
         other = (await client.post("/api/jobs", json={"type": "titles", "input": {"text": "2nd"}})).json()["job_id"]
         await ws.send(json.dumps({"type": "subscribe", "job_id": other}))
-        while json.loads(await asyncio.wait_for(ws.recv(), 5)).get("kind") != "snapshot":
-            pass
+        await asyncio.wait_for(ws_until(ws, lambda m: m.get("kind") == "snapshot"), 10)
         assert (await gateway_counts(client))["parked"] == 0
-        while json.loads(await asyncio.wait_for(ws.recv(), 5)) != {"type": "ping"}:
+        while json.loads(await asyncio.wait_for(ws.recv(), 10)) != {"type": "ping"}:
             pass
 
 
