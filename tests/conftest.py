@@ -201,7 +201,12 @@ async def client_b(web: LiveServer, settings: Settings) -> AsyncIterator[httpx.A
         yield c
 
 
-async def until(check: Callable[[], Awaitable[bool]], timeout: float = 10, what: str = "condition") -> None:
+# How long a wait may take before a test fails: only ever reached by a failing test, so set for a loaded machine
+# (several pytest-xdist workers and other processes on 2 cores, where a worker process takes seconds to start).
+WAIT_SECONDS = 30.0
+
+
+async def until(check: Callable[[], Awaitable[bool]], timeout: float = WAIT_SECONDS, what: str = "condition") -> None:
     """Poll `check` until it holds, failing after `timeout` seconds."""
     deadline = asyncio.get_running_loop().time() + timeout
     while not await check():
@@ -210,7 +215,9 @@ async def until(check: Callable[[], Awaitable[bool]], timeout: float = 10, what:
         await asyncio.sleep(0.02)
 
 
-async def wait_for_status(client: httpx.AsyncClient, job_id: str, statuses: set[str], timeout: float = 10) -> dict:
+async def wait_for_status(
+    client: httpx.AsyncClient, job_id: str, statuses: set[str], timeout: float = WAIT_SECONDS
+) -> dict:
     """Poll the job until it reaches one of `statuses`, failing after `timeout` seconds."""
     deadline = asyncio.get_running_loop().time() + timeout
     while True:
