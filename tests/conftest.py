@@ -28,6 +28,10 @@ from .postgres import PostgresForTests, migrated_schema_url
 TEST_STORE = os.environ.get("AIJOBS_TEST_STORE", "sqlite")
 _postgres: list[PostgresForTests] = []  # the session's server, once something asked for it
 
+# How long a wait may take before a test fails: only ever reached by a failing test, so set for a loaded machine
+# (several pytest-xdist workers and other processes on 2 cores, where a worker process takes seconds to start).
+WAIT_SECONDS = 30.0
+
 
 def session_postgres() -> PostgresForTests:
     if not _postgres:
@@ -129,7 +133,7 @@ async def serve(app: object) -> AsyncIterator[LiveServer]:
     config = uvicorn.Config(app, host="127.0.0.1", port=0, log_config=None, lifespan="on")
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve())
-    deadline = asyncio.get_running_loop().time() + 10
+    deadline = asyncio.get_running_loop().time() + WAIT_SECONDS
     while not server.started:
         if task.done():
             task.result()
@@ -199,11 +203,6 @@ async def client_b(web: LiveServer, settings: Settings) -> AsyncIterator[httpx.A
     """A second user, `bob`, for isolation tests."""
     async with user_client(web, settings, "bob") as c:
         yield c
-
-
-# How long a wait may take before a test fails: only ever reached by a failing test, so set for a loaded machine
-# (several pytest-xdist workers and other processes on 2 cores, where a worker process takes seconds to start).
-WAIT_SECONDS = 30.0
 
 
 async def until(check: Callable[[], Awaitable[bool]], timeout: float = WAIT_SECONDS, what: str = "condition") -> None:

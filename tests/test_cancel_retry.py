@@ -13,7 +13,7 @@ import httpx
 from service.config import Settings
 from service.queue import JobQueue
 
-from .conftest import run_worker, wait_for_status
+from .conftest import WAIT_SECONDS, run_worker, wait_for_status
 from .procs import spawn, store_row, store_sql, workers
 
 
@@ -362,7 +362,7 @@ async def test_a_cancel_ends_only_the_attempt_and_the_worker_runs_on(
         r = await client.post("/api/jobs", json={"type": "titles", "input": {"text": "After a cancel"}})
         await wait_for_status(client, r.json()["job_id"], {"completed"}, timeout=15)
         queue = JobQueue(worker.pool, queue_name=settings.queue_name)  # type: ignore[attr-defined]
-        deadline = asyncio.get_running_loop().time() + 10
+        deadline = asyncio.get_running_loop().time() + WAIT_SECONDS
         while await queue.depth():  # both arq jobs finished (neither left to run again)
             assert asyncio.get_running_loop().time() < deadline, "an arq job was left on the queue"
             await asyncio.sleep(0.05)

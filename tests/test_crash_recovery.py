@@ -15,7 +15,7 @@ from service.config import Settings
 from service.events import EventLog
 from service.queue import JobQueue
 
-from .conftest import TEST_STORE, wait_for_status
+from .conftest import TEST_STORE, WAIT_SECONDS, wait_for_status
 from .procs import pid_of, spawn, store_row, workers
 
 
@@ -78,7 +78,7 @@ async def test_sigstop_past_lease_late_writes_refused(
         a.signal(signal.SIGCONT)  # wakes up believing it still owns the job
         done = await wait_for_status(client, job_id, {"completed", "failed"}, timeout=30)
         assert done["status"] == "completed" and done["attempt"] == 2
-        deadline = asyncio.get_running_loop().time() + 10
+        deadline = asyncio.get_running_loop().time() + WAIT_SECONDS
         while "lease lost" not in a.log():
             assert asyncio.get_running_loop().time() < deadline, a.log()[-3000:]
             await asyncio.sleep(0.1)
