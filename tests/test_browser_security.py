@@ -192,7 +192,7 @@ async def test_csrf_another_port_cannot_create_cancel_or_retry_jobs(
             async def all_six_answered() -> bool:  # 3 fetches + 3 forms; the preflighted one never gets its POST
                 return len(recorder.from_origin(site.url)) >= 6
 
-            await until(all_six_answered, timeout=20, what="the attack's requests")
+            await until(all_six_answered, what="the attack's requests")
             tried = recorder.from_origin(site.url)
             assert sorted(s.path for s in tried) == sorted(
                 ["/api/jobs", "/api/jobs", f"/api/jobs/{queued}/cancel", f"/api/jobs/{queued}/cancel"]

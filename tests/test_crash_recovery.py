@@ -104,7 +104,7 @@ async def test_poison_pill_ends_worker_lost(client: httpx.AsyncClient, settings:
             w.signal(signal.SIGKILL)  # "the job crashed its worker"
             await w.wait_exit()
         spawn(started, settings, tmp_path)  # someone must sweep
-        done = await wait_for_status(client, job_id, {"failed", "completed"}, timeout=20)
+        done = await wait_for_status(client, job_id, {"failed", "completed"})
         assert done["status"] == "failed", done
         assert done["error"]["code"] == "worker_lost" and done["attempt"] == 3
         assert [(h["provider"], h["model"], h["error"]) for h in done["attempts"]] == [
@@ -133,7 +133,7 @@ async def test_lost_attempt_names_the_fallback_step_it_was_on(
         with workers(settings, tmp_path) as started:
             a = spawn(started, settings, tmp_path, **chain)
             job_id = await submit(client, "Which step was I on?")
-            deadline = asyncio.get_running_loop().time() + 20
+            deadline = asyncio.get_running_loop().time() + WAIT_SECONDS
             while not backup.requests:
                 assert asyncio.get_running_loop().time() < deadline, a.log()[-3000:]
                 await asyncio.sleep(0.05)

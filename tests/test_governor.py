@@ -23,7 +23,7 @@ from service.config import Settings
 from service.governor import BUSY_RETRY_SECONDS, Budget, Governor, RateHeaders, parse_duration
 from service.providers.upstream_limit import UpstreamLimit
 
-from .conftest import run_worker, serve, until, user_client
+from .conftest import WAIT_SECONDS, run_worker, serve, until, user_client
 from .fake_openai import serve_fake_openai
 
 USER_KEY = "sk-user-own-key-0123456789"
@@ -122,7 +122,7 @@ async def test_a_job_that_outlives_the_max_wait_fails_saying_why(settings: Setti
         async with serve(create_app(s, redis_url=s.redis_url)) as live, user_client(live, s, "solo") as client:
             async with run_worker(s):
                 first = (await submit_titles(client, 1))[0]
-                (done,) = await finished(client, [first], timeout=10)
+                (done,) = await finished(client, [first], timeout=WAIT_SECONDS)
                 assert done["status"] == "completed"
                 second = (await submit_titles(client, 1))[0]
 
@@ -137,10 +137,10 @@ async def test_a_job_that_outlives_the_max_wait_fails_saying_why(settings: Setti
                 assert body["attempt"] == 0 and body["attempts"] == []
                 assert body["progress"]["current_step"].startswith("Waiting for the provider's rate limit")
                 assert body["next_attempt_at"] is not None
-                (failed,) = await finished(client, [second], timeout=10)
+                (failed,) = await finished(client, [second], timeout=WAIT_SECONDS)
                 fake.limit.retry_after = True
                 refused = fake.limit.refused
-                (third,) = await finished(client, await submit_titles(client, 1), timeout=10)
+                (third,) = await finished(client, await submit_titles(client, 1), timeout=WAIT_SECONDS)
     assert third["status"] == "failed" and third["error"]["code"] == "rate_limited", third
     assert "asks for" in third["error"]["message"] and fake.limit.refused == refused + 1
     assert failed["status"] == "failed" and failed["error"]["code"] == "rate_limited", failed
@@ -165,11 +165,11 @@ async def test_governor_fails_a_job_with_no_room_within_the_max_wait_without_cal
         assert s.redis_url
         async with serve(create_app(s, redis_url=s.redis_url)) as live, user_client(live, s, "solo") as client:
             async with run_worker(s):
-                (first,) = await finished(client, await submit_titles(client, 1), timeout=10)
-                (second,) = await finished(client, await submit_titles(client, 1), timeout=10)
+                (first,) = await finished(client, await submit_titles(client, 1), timeout=WAIT_SECONDS)
+                (second,) = await finished(client, await submit_titles(client, 1), timeout=WAIT_SECONDS)
                 body = {"type": "titles", "input": {"text": "My own key"}, "user_provided_key": USER_KEY}
                 r = await client.post("/api/jobs", json=body)
-                (own,) = await finished(client, [r.json()["job_id"]], timeout=10)
+                (own,) = await finished(client, [r.json()["job_id"]], timeout=WAIT_SECONDS)
                 redis = Redis.from_url(s.redis_url)
                 keys = [k.decode() for k in await redis.keys("aijobs:gov*")]
                 values = [str(await redis.hgetall(k)) for k in keys if await redis.type(k) == b"hash"]

@@ -31,7 +31,7 @@ async def test_idle_worker_with_a_long_poll_starts_a_job_when_woken(
         await asyncio.wait_for(idle.wait(), 10)  # its first poll found nothing: it is now idle in its wait
         r = await client.post("/api/jobs", json={"type": "titles", "input": {"text": "Wake me up"}})
         assert r.status_code == 202, r.text
-        body = await wait_for_status(client, r.json()["job_id"], {"completed"}, timeout=15)
+        body = await wait_for_status(client, r.json()["job_id"], {"completed"})
         assert body["result"]["titles"]
 
 
@@ -64,7 +64,7 @@ async def test_a_job_not_run_inline_goes_through_arqs_run_job_with_its_try_count
             async def gone() -> bool:
                 return not await redis.exists(job_key_prefix + "cron-by-hand")
 
-            await until(gone, 15, "the cron job to finish")
+            await until(gone, what="the cron job to finish")
             assert worker.jobs_complete >= 1
             assert worker.jobs_failed == 0  # a try counted twice would be "max 1 retries exceeded"
             assert await redis.zscore(settings.queue_name, "cron-by-hand") is None
@@ -84,7 +84,7 @@ async def test_a_queue_entry_whose_job_data_is_gone_is_dropped(settings: Setting
             async def dropped() -> bool:
                 return await redis.zscore(settings.queue_name, "no-such-job.1") is None
 
-            await until(dropped, 15, "the orphan entry to be dropped")
+            await until(dropped, what="the orphan entry to be dropped")
             assert worker.jobs_failed == 1  # arq's "job expired"
             assert not await redis.exists(in_progress_key_prefix + "no-such-job.1", retry_key_prefix + "no-such-job.1")
     finally:
