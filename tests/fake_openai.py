@@ -33,7 +33,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import time
 from collections import deque
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
@@ -118,7 +117,6 @@ class FakeOpenAI:
     def __init__(self) -> None:
         self.base_url = ""
         self.requests: list[Received] = []
-        self.arrivals: list[float] = []  # when each of `requests` came (epoch seconds, as the store's times)
         self.script: deque[_Scripted] = deque()
         self.client_disconnected = asyncio.Event()
         self._released = asyncio.Event()
@@ -154,7 +152,6 @@ class FakeOpenAI:
         except ValueError:
             body = None
         self.requests.append(Received(request.url.path, dict(request.headers), body))
-        self.arrivals.append(time.time())
         return body
 
     def _limited(self, request: Request, body: Any) -> tuple[Response | None, dict[str, str]]:
