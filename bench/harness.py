@@ -55,6 +55,7 @@ class Sizes:
     io_seconds: float = 1.0
     saq_concurrency: tuple[int, ...] = (10, 50, 200)
     push_subscribers: int = 1_000  # per transport, on one web process (scripts/bench-push runs 100/1,000/5,000)
+    push_events: int = 0  # events each subscriber gets, 250 ms apart (0: scripts/bench-push's own 20, --quick 10)
     goodput_jobs: int = 600
     goodput_rpm: int = 300  # the upstream's limit per key, per (shortened) minute
     goodput_period: float = 12.0  # seconds in the bench's minute: 5 × faster than real time
@@ -92,6 +93,7 @@ class Sizes:
             io_seconds=0.2,
             saq_concurrency=(50,),
             push_subscribers=20,
+            push_events=3,
             goodput_jobs=40,
             goodput_rpm=20,
             goodput_period=2.0,

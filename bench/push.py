@@ -45,7 +45,8 @@ def run(bench: Bench, *, quick: bool) -> tuple[list[Row], dict[str, Any] | str]:
     if runner is None:
         print(NOT_YET, flush=True)
         return [], NOT_YET
-    raw = runner(quick, [bench.sizes.push_subscribers])  # type: ignore[call-arg]
+    extra = {"events": bench.sizes.push_events} if bench.sizes.push_events else {}
+    raw = runner(quick, [bench.sizes.push_subscribers], **extra)  # type: ignore[call-arg]
     measured = raw.get("push", [])
     base = next((r for r in measured if r.get("transport") == "redis-pubsub"), None)
     naive = {r["subscribers"]: r for r in measured if r.get("transport") == "naive" and r.get("delivered")}

@@ -326,12 +326,17 @@ async def wait_healthy(port: int, proc: subprocess.Popen[bytes]) -> None:
     raise RuntimeError("web process did not become healthy")
 
 
-async def _run(quick: bool, sizes: list[int] | None = None, transports: tuple[str, ...] = TRANSPORTS) -> dict[str, Any]:
+async def _run(
+    quick: bool,
+    sizes: list[int] | None = None,
+    transports: tuple[str, ...] = TRANSPORTS,
+    events: int | None = None,
+) -> dict[str, Any]:
     from service.embedded import EmbeddedRedis
 
     raise_fd_limit()
     sizes = sizes or ([100, 1000] if quick else [100, 1000, 5000])
-    events = 10 if quick else 20
+    events = events or (10 if quick else 20)
     interval = 0.25
     results: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="aijobs-bench-") as tmp:
@@ -391,15 +396,20 @@ async def _run(quick: bool, sizes: list[int] | None = None, transports: tuple[st
 
 
 def run(
-    quick: bool = False, sizes: list[int] | None = None, transports: tuple[str, ...] = TRANSPORTS
+    quick: bool = False,
+    sizes: list[int] | None = None,
+    transports: tuple[str, ...] = TRANSPORTS,
+    events: int | None = None,
 ) -> dict[str, Any]:
-    """Run the push benchmark; returns {"push": [rows...]} (one row per transport and subscriber count)."""
+    """Run the push benchmark; returns {"push": [rows...]} (one row per transport and subscriber count).
+
+    `events`: how many each subscriber gets (default 20, --quick 10; scripts/bench --smoke asks for a few)."""
     try:
         import uvloop
 
     except ImportError:
-        return asyncio.run(_run(quick, sizes, transports))
-    return uvloop.run(_run(quick, sizes, transports))
+        return asyncio.run(_run(quick, sizes, transports, events))
+    return uvloop.run(_run(quick, sizes, transports, events))
 
 
 def table(result: dict[str, Any]) -> str:

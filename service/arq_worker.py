@@ -439,8 +439,11 @@ class WakeableWorker(Worker):
         """Sleep until the next poll is due or a job is enqueued, whichever comes first."""
         assert self._wake is not None
         if seconds > 0 and not self._wake.is_set():
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for returns normally when the task is cancelled
+            # just as the wake-up comes, and the lost cancel left the worker polling on (a test's teardown hung)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), seconds)
+                async with asyncio.timeout(seconds):
+                    await self._wake.wait()
         self._wake.clear()
 
     async def main(self) -> None:
@@ -465,7 +468,8 @@ class WakeableWorker(Worker):
         loop = asyncio.get_running_loop()
         try:  # from here on: a cancel (even during the first wait) also ends the listener, before the pool closes
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(subscribed.wait(), 5)
+                async with asyncio.timeout(5):  # (not wait_for: see _idle)
+                    await subscribed.wait()
             while True:
                 self._wake.clear()  # anything enqueued from here on is seen by this iteration or wakes the next
                 before = loop.time()

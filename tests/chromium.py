@@ -44,6 +44,41 @@ class Browser:
         return await self._browser.new_page(**options)
 
 
+class OwnContexts:
+    """A browser shared by a module, lent to one test: its pages and contexts are new ones (cookies, storage and
+    routes of their own), all closed when the test ends, so nothing of one test reaches the next."""
+
+    def __init__(self, browser: Browser) -> None:
+        self._browser = browser
+        self._contexts: list[Any] = []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._browser, name)
+
+    async def new_context(self, **options: Any) -> Any:
+        context = await self._browser.new_context(**options)
+        self._contexts.append(context)
+        return context
+
+    async def new_page(self, **options: Any) -> Any:
+        """A page in a new context of its own, as Playwright's `Browser.new_page` makes it."""
+        return await (await self.new_context(**options)).new_page()
+
+    async def close(self) -> None:
+        while self._contexts:
+            with contextlib.suppress(Exception):  # a context a test closed itself
+                await self._contexts.pop().close()
+
+
+@contextlib.asynccontextmanager
+async def own_contexts(browser: Browser) -> AsyncIterator[OwnContexts]:
+    lent = OwnContexts(browser)
+    try:
+        yield lent
+    finally:
+        await lent.close()
+
+
 @contextlib.asynccontextmanager
 async def launch_chromium() -> AsyncIterator[Any]:
     if not shutil.which(CHROMIUM):

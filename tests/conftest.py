@@ -28,6 +28,10 @@ from .postgres import PostgresForTests, migrated_schema_url
 TEST_STORE = os.environ.get("AIJOBS_TEST_STORE", "sqlite")
 _postgres: list[PostgresForTests] = []  # the session's server, once something asked for it
 
+# How long a wait may take before a test fails: only ever reached by a failing test, so set for a loaded machine
+# (several pytest-xdist workers and other processes on 2 cores, where a worker process takes seconds to start).
+WAIT_SECONDS = 30.0
+
 
 def session_postgres() -> PostgresForTests:
     if not _postgres:
@@ -45,6 +49,20 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
         terminalreporter.write_line(f"PostgreSQL for the tests: {how}")
 
 
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """An xdist worker hands the PostgreSQL it used to the controller, which prints the summary."""
+    workeroutput = getattr(session.config, "workeroutput", None)
+    if workeroutput is not None:
+        workeroutput["postgres_used"] = list(_postgres_used)
+
+
+@pytest.hookimpl(optionalhook=True)  # pytest-xdist's hook: the controller hears from a worker that finished
+def pytest_testnodedown(node: object, error: object) -> None:
+    for how in getattr(node, "workeroutput", {}).get("postgres_used", []):
+        if how not in _postgres_used:  # the same server for every worker: said once
+            _postgres_used.append(how)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _stop_postgres() -> Iterator[None]:
     yield
@@ -58,9 +76,22 @@ def postgres() -> PostgresForTests:
     return session_postgres()
 
 
+def start_redis(data_dir: Path, tries: int = 3) -> EmbeddedRedis:
+    """An embedded Redis on a free port. The port is picked, then bound by redis-server: with several pytest-xdist
+    workers (and other processes) picking ports at once, another may take it in between, so try a new one."""
+    for attempt in range(tries):
+        try:
+            return EmbeddedRedis(data_dir, persist=False).start()
+        except RuntimeError:
+            if attempt == tries - 1:
+                raise
+    raise AssertionError("unreachable")
+
+
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedRedis]:
-    server = EmbeddedRedis(tmp_path_factory.mktemp("redis"), persist=False).start()
+    """This process's Redis: one per pytest-xdist worker (each has its own temp dir and port)."""
+    server = start_redis(tmp_path_factory.mktemp("redis"))
     yield server
     server.stop()
 
@@ -102,7 +133,7 @@ async def serve(app: object) -> AsyncIterator[LiveServer]:
     config = uvicorn.Config(app, host="127.0.0.1", port=0, log_config=None, lifespan="on")
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve())
-    deadline = asyncio.get_running_loop().time() + 10
+    deadline = asyncio.get_running_loop().time() + WAIT_SECONDS
     while not server.started:
         if task.done():
             task.result()
@@ -174,7 +205,7 @@ async def client_b(web: LiveServer, settings: Settings) -> AsyncIterator[httpx.A
         yield c
 
 
-async def until(check: Callable[[], Awaitable[bool]], timeout: float = 10, what: str = "condition") -> None:
+async def until(check: Callable[[], Awaitable[bool]], timeout: float = WAIT_SECONDS, what: str = "condition") -> None:
     """Poll `check` until it holds, failing after `timeout` seconds."""
     deadline = asyncio.get_running_loop().time() + timeout
     while not await check():
@@ -183,7 +214,9 @@ async def until(check: Callable[[], Awaitable[bool]], timeout: float = 10, what:
         await asyncio.sleep(0.02)
 
 
-async def wait_for_status(client: httpx.AsyncClient, job_id: str, statuses: set[str], timeout: float = 10) -> dict:
+async def wait_for_status(
+    client: httpx.AsyncClient, job_id: str, statuses: set[str], timeout: float = WAIT_SECONDS
+) -> dict:
     """Poll the job until it reaches one of `statuses`, failing after `timeout` seconds."""
     deadline = asyncio.get_running_loop().time() + timeout
     while True:

@@ -59,7 +59,7 @@ class WorkerProcess:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
-    async def wait_exit(self, timeout: float = 15) -> int:
+    async def wait_exit(self, timeout: float = 30) -> int:
         deadline = asyncio.get_running_loop().time() + timeout
         while self.proc.poll() is None:
             if asyncio.get_running_loop().time() > deadline:
@@ -157,16 +157,17 @@ async def web_process(
         )
     url = f"http://127.0.0.1:{port}"
     try:
+        deadline = asyncio.get_running_loop().time() + 60  # a loaded machine takes seconds to start Python
         async with httpx.AsyncClient(timeout=2) as c:
-            for _ in range(300):
+            while True:
                 if proc.poll() is not None:
                     raise AssertionError(f"web process exited: {log.read_text()[-3000:]}")  # noqa: ASYNC240
                 with contextlib.suppress(httpx.HTTPError):
                     if (await c.get(url + "/healthz")).status_code == 200:
                         break
+                if asyncio.get_running_loop().time() > deadline:
+                    raise AssertionError("web process did not become healthy")
                 await asyncio.sleep(0.05)
-            else:
-                raise AssertionError("web process did not become healthy")
         yield WebProcess(url, proc)
     finally:
         if proc.poll() is None:

@@ -37,15 +37,25 @@ async def read_events(response: httpx.Response) -> AsyncIterator[SseEvent]:
 
 
 async def collect(
-    client: httpx.AsyncClient, url: str, *, headers: dict[str, str] | None = None, stop_after: int | None = None
+    client: httpx.AsyncClient,
+    url: str,
+    *,
+    headers: dict[str, str] | None = None,
+    stop_after: int | None = None,
+    positions: bool = False,
 ) -> tuple[list[SseEvent], httpx.Response]:
-    """Read a stream to its end (the server closes after the terminal event), or `stop_after` events."""
+    """Read a stream to its end (the server closes after the terminal event), or `stop_after` events.
+
+    The job's logged story only, unless `positions`: a `position` event (no id, not logged) comes whenever the job
+    is still queued at a tick of POSITION_PUSH_SECONDS, which on a busy machine any job may be."""
     out: list[SseEvent] = []
     async with client.stream("GET", url, headers=headers) as response:
         if response.status_code != 200:
             await response.aread()
             return out, response
         async for event in read_events(response):
+            if event.event == "position" and not positions:
+                continue
             out.append(event)
             if stop_after is not None and len(out) >= stop_after:
                 break

@@ -177,7 +177,7 @@ async def test_a_failing_fast_path_falls_back_to_arq_and_every_job_completes_onc
                 assert r.status_code == 202, r.text
                 ids.append(r.json()["job_id"])
             for job_id in ids:
-                body = await wait_for_status(client, job_id, {"completed", "failed"}, timeout=20)
+                body = await wait_for_status(client, job_id, {"completed", "failed"})
                 assert body["status"] == "completed" and body["attempt"] == 1, body
             assert worker.arq_path, "the worker now runs on arq's own path"  # type: ignore[attr-defined]
             redis = worker.pool
@@ -186,6 +186,6 @@ async def test_a_failing_fast_path_falls_back_to_arq_and_every_job_completes_onc
                 running = [k for job_id in ids for k in await redis.keys(in_progress_key_prefix + job_id + "*")]
                 return await redis.zcard(settings.queue_name) == 0 and not running
 
-            await until(cleared, timeout=10, what="nothing left on the queue and no job left marked running")
+            await until(cleared, what="nothing left on the queue and no job left marked running")
     logged = [r for r in caplog.records if "worker fast path failed" in r.getMessage()]
     assert len(logged) == 1 and logged[0].exc_info, "logged once, with the error"

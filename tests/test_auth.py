@@ -16,7 +16,7 @@ from service.api.app import create_app
 from service.config import Settings
 from service.crypto import KeyBox, SessionSigner
 
-from .conftest import LiveServer, make_user, serve
+from .conftest import WAIT_SECONDS, LiveServer, make_user, serve
 from .sse import collect
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -221,7 +221,7 @@ async def test_revoked_token_is_refused_at_once_by_every_web_process(settings: S
         # Well within the 30 s cache: only the broadcast can make this happen.
         for live in (one, two):
             async with httpx.AsyncClient(base_url=live.url, headers=bearer) as c:
-                deadline = asyncio.get_running_loop().time() + 10
+                deadline = asyncio.get_running_loop().time() + WAIT_SECONDS
                 while (r := await c.get("/api/me")).status_code != 401:
                     assert asyncio.get_running_loop().time() < deadline, "the revoked token still works"
                     await asyncio.sleep(0.05)
@@ -239,7 +239,7 @@ async def test_revoking_a_token_signs_out_the_browser_sessions_made_with_it(sett
             assert (await browser.post("/api/session", json={"token": token})).status_code == 200
             assert (await browser.get("/api/me")).json()["user"]["name"] == "sally"
             fresh = await revoke_with_cli(settings, "sally")
-            deadline = asyncio.get_running_loop().time() + 10
+            deadline = asyncio.get_running_loop().time() + WAIT_SECONDS
             while (r := await browser.get("/api/me")).status_code != 401:
                 assert asyncio.get_running_loop().time() < deadline, "the session outlived its token"
                 await asyncio.sleep(0.05)

@@ -7,9 +7,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
+@pytest.mark.timeout(600)  # ~50 s on a quiet machine, mostly waiting: far longer when other processes load it
 def test_bench_prints_every_figure(tmp_path: Path) -> None:
     out_json = tmp_path / "bench.json"
     proc = subprocess.run(
@@ -17,7 +20,7 @@ def test_bench_prints_every_figure(tmp_path: Path) -> None:
         cwd=ROOT,
         capture_output=True,
         text=True,
-        timeout=150,
+        timeout=580,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     for figure in ("enqueue", "start latency", "drain", "I/O concurrency", "polling", "goodput"):
@@ -31,5 +34,6 @@ def test_bench_prints_every_figure(tmp_path: Path) -> None:
     pushed = [r for r in data["push"]["push"] if r["transport"] in ("sse", "ws")]
     assert {r["transport"] for r in pushed} == {"sse", "ws"}
     assert all(r["delivered"] == 1.0 for r in pushed), pushed  # every subscriber got every event
-    assert all(row["aijobs"]["median"] > 0 for row in data["rows"])
+    zero = [row for row in data["rows"] if not row["aijobs"]["median"] > 0]
+    assert not zero, zero
     assert data["machine"]["nproc"] >= 1

@@ -15,7 +15,7 @@ import pytest
 
 from service.config import Settings
 
-from .chromium import launch_chromium
+from .chromium import launch_chromium, own_contexts
 from .conftest import LiveServer
 from .procs import free_port, web_process
 from .sse import collect
@@ -53,9 +53,16 @@ async def client(web: LiveServer) -> AsyncIterator[httpx.AsyncClient]:
         yield c
 
 
-@pytest.fixture
-async def browser() -> AsyncIterator[Any]:
+@pytest.fixture(scope="module")
+async def chromium() -> AsyncIterator[Any]:
+    """One Chromium for the module (a launch costs seconds of CPU); each test gets contexts of its own."""
     async with launch_chromium() as b:
+        yield b
+
+
+@pytest.fixture
+async def browser(chromium: Any) -> AsyncIterator[Any]:
+    async with own_contexts(chromium) as b:
         yield b
 
 

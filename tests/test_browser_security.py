@@ -24,7 +24,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from service.api.app import create_app
 from service.config import Settings
 
-from .chromium import launch_chromium
+from .chromium import launch_chromium, own_contexts
 from .conftest import LiveServer, make_user, run_worker, serve, until
 
 T = 20_000  # ms: the longest any single browser wait may take
@@ -64,9 +64,16 @@ class Recorder:
         return [s for s in self.seen if s.origin == origin and s.method == method]
 
 
-@pytest.fixture
-async def browser() -> AsyncIterator[Any]:
+@pytest.fixture(scope="module")
+async def chromium() -> AsyncIterator[Any]:
+    """One Chromium for the module (a launch costs seconds of CPU); each test gets contexts of its own."""
     async with launch_chromium() as b:
+        yield b
+
+
+@pytest.fixture
+async def browser(chromium: Any) -> AsyncIterator[Any]:
+    async with own_contexts(chromium) as b:
         yield b
 
 
@@ -185,7 +192,7 @@ async def test_csrf_another_port_cannot_create_cancel_or_retry_jobs(
             async def all_six_answered() -> bool:  # 3 fetches + 3 forms; the preflighted one never gets its POST
                 return len(recorder.from_origin(site.url)) >= 6
 
-            await until(all_six_answered, timeout=20, what="the attack's requests")
+            await until(all_six_answered, what="the attack's requests")
             tried = recorder.from_origin(site.url)
             assert sorted(s.path for s in tried) == sorted(
                 ["/api/jobs", "/api/jobs", f"/api/jobs/{queued}/cancel", f"/api/jobs/{queued}/cancel"]

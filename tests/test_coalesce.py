@@ -174,7 +174,7 @@ async def test_the_cache_serves_within_its_ttl_and_not_after(settings: Settings)
             async def expired() -> bool:
                 return not await redis.exists(*entries)
 
-            await until(expired, timeout=10, what="the cache entry to expire")
+            await until(expired, what="the cache entry to expire")
             (miss,) = await all_in([(bob, await submit(bob, input_=post))], DONE)
         await redis.aclose()
     assert [j["status"] for j in (first, hit, miss)] == ["completed"] * 3
@@ -227,7 +227,7 @@ async def test_a_killed_leader_hands_over_when_its_lease_lapses(settings: Settin
             with workers(s, tmp_path) as started:
                 a = spawn(started, s, tmp_path, **env)
                 jobs = [(ann, await submit(ann))]
-                await until(lambda: asyncio.sleep(0, chat_calls(fake) == 1), timeout=20, what="A's call")
+                await until(lambda: asyncio.sleep(0, chat_calls(fake) == 1), what="A's call")
                 spawn(started, s, tmp_path, **env)
                 jobs += [(bob, await submit(bob)), (bob, await submit(bob))]
                 await all_in(jobs, {"processing"})

@@ -7,6 +7,7 @@ OpenAI enforces one), not a scripted 429.
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import replace
@@ -21,10 +22,17 @@ from service.config import Settings
 from service.governor import BUSY_RETRY_SECONDS, Budget, Governor, RateHeaders, parse_duration
 from service.providers.upstream_limit import UpstreamLimit
 
-from .conftest import run_worker, serve, until, user_client
+from .conftest import WAIT_SECONDS, run_worker, serve, until, user_client
 from .fake_openai import serve_fake_openai
 
 USER_KEY = "sk-user-own-key-0123456789"
+# The governor lets a call go in its slot (read from Redis's clock), one call's worth short of the limit; the
+# provider counts it when the request arrives. Here worker, web app and provider share one event loop on a
+# 2-core machine that other test processes load too: a call held up there for longer than the margin (0.5 s at
+# 10 calls per 5 s, a step long enough for such delays to be rare) reaches the bucket together with the next one,
+# and one of them may get a 429. That costs no attempt (asserted); pacing that did not work would be refused at
+# every step after the burst.
+JITTER_429S = 2
 
 
 def limited_settings(settings: Settings, base_url: str, **overrides: Any) -> Settings:
@@ -71,18 +79,20 @@ async def finished(client: httpx.AsyncClient, ids: list[str], timeout: float) ->
     ("governor", "rpm"), [(False, 0), (True, 0), (True, 10)], ids=["governor-off", "learned", "configured"]
 )
 async def test_sustained_limit_fails_no_job_and_spends_no_attempt(settings: Settings, governor: bool, rpm: int) -> None:
-    """60 jobs at once, 20 slots, against 10 calls per 2 s (bucket of 10, 5 more a second) with 2 attempts each:
+    """30 jobs at once, 15 slots, against 10 calls per 5 s (bucket of 10, 2 more a second) with 2 attempts each:
     before the fix most of them failed `rate_limited` within seconds, each attempt spent on a 429. With the
     governor the calls are paced and none is refused: the limit is configured (AI_RPM, here per 2 s), or learned from
     the headers of the first answer while only that one call is in flight."""
     async with serve_fake_openai() as fake:
-        fake.limit = UpstreamLimit(requests=10, period=2.0)
-        s = limited_settings(settings, fake.base_url, governor=governor, rate_limit_period=2.0, ai_rpm=rpm)
+        fake.limit = UpstreamLimit(requests=10, period=5.0)
+        s = limited_settings(
+            settings, fake.base_url, governor=governor, rate_limit_period=5.0, ai_rpm=rpm, worker_concurrency=15
+        )
         assert s.redis_url
         async with serve(create_app(s, redis_url=s.redis_url)) as live, user_client(live, s, "heavy") as client:
             async with run_worker(s):
-                ids = await submit_titles(client, 60)
-                jobs = await finished(client, ids, timeout=45)
+                ids = await submit_titles(client, 30)
+                jobs = await finished(client, ids, timeout=60)
     failed = [j for j in jobs if j["status"] != "completed"]
     calls = fake.limit.answered + fake.limit.refused
     print(
@@ -93,9 +103,9 @@ async def test_sustained_limit_fails_no_job_and_spends_no_attempt(settings: Sett
     for job in jobs:  # one attempt each, and no 429 in the history of attempts
         assert job["attempt"] == 1, job
         assert [a["error"] for a in job["attempts"]] == [None], job["attempts"]
-    assert fake.limit.answered == 60
+    assert fake.limit.answered == 30
     if governor:
-        assert fake.limit.refused == 0
+        assert fake.limit.refused <= JITTER_429S, f"paced calls refused: {fake.limit.refused}"
 
 
 async def test_a_job_that_outlives_the_max_wait_fails_saying_why(settings: Settings) -> None:
@@ -111,23 +121,28 @@ async def test_a_job_that_outlives_the_max_wait_fails_saying_why(settings: Setti
         async with serve(create_app(s, redis_url=s.redis_url)) as live, user_client(live, s, "solo") as client:
             async with run_worker(s):
                 first = (await submit_titles(client, 1))[0]
-                (done,) = await finished(client, [first], timeout=10)
+                (done,) = await finished(client, [first], timeout=WAIT_SECONDS)
                 assert done["status"] == "completed"
                 second = (await submit_titles(client, 1))[0]
 
-                async def waiting() -> bool:
-                    body = (await client.get(f"/api/jobs/{second}")).json()
-                    return body["status"] == "queued" and body["error"] is not None
+                seen: list[dict[str, Any]] = []
 
-                await until(waiting, what="the second job to wait for the rate limit")
-                body = (await client.get(f"/api/jobs/{second}")).json()
+                async def waiting() -> bool:
+                    # The job as it waits, with the time it is offered again (0.2-0.4 s away: once that has passed,
+                    # next_attempt_at is null until the next refusal, so a slow read may find it so; never set,
+                    # this wait fails).
+                    seen.append((await client.get(f"/api/jobs/{second}")).json())
+                    job = seen[-1]
+                    return job["status"] == "queued" and job["error"] is not None and job["next_attempt_at"] is not None
+
+                await until(waiting, what="the second job to wait for the rate limit, saying until when")
+                body = seen[-1]
                 assert body["attempt"] == 0 and body["attempts"] == []
                 assert body["progress"]["current_step"].startswith("Waiting for the provider's rate limit")
-                assert body["next_attempt_at"] is not None
-                (failed,) = await finished(client, [second], timeout=10)
+                (failed,) = await finished(client, [second], timeout=WAIT_SECONDS)
                 fake.limit.retry_after = True
                 refused = fake.limit.refused
-                (third,) = await finished(client, await submit_titles(client, 1), timeout=10)
+                (third,) = await finished(client, await submit_titles(client, 1), timeout=WAIT_SECONDS)
     assert third["status"] == "failed" and third["error"]["code"] == "rate_limited", third
     assert "asks for" in third["error"]["message"] and fake.limit.refused == refused + 1
     assert failed["status"] == "failed" and failed["error"]["code"] == "rate_limited", failed
@@ -152,11 +167,11 @@ async def test_governor_fails_a_job_with_no_room_within_the_max_wait_without_cal
         assert s.redis_url
         async with serve(create_app(s, redis_url=s.redis_url)) as live, user_client(live, s, "solo") as client:
             async with run_worker(s):
-                (first,) = await finished(client, await submit_titles(client, 1), timeout=10)
-                (second,) = await finished(client, await submit_titles(client, 1), timeout=10)
+                (first,) = await finished(client, await submit_titles(client, 1), timeout=WAIT_SECONDS)
+                (second,) = await finished(client, await submit_titles(client, 1), timeout=WAIT_SECONDS)
                 body = {"type": "titles", "input": {"text": "My own key"}, "user_provided_key": USER_KEY}
                 r = await client.post("/api/jobs", json=body)
-                (own,) = await finished(client, [r.json()["job_id"]], timeout=10)
+                (own,) = await finished(client, [r.json()["job_id"]], timeout=WAIT_SECONDS)
                 redis = Redis.from_url(s.redis_url)
                 keys = [k.decode() for k in await redis.keys("aijobs:gov*")]
                 values = [str(await redis.hgetall(k)) for k in keys if await redis.type(k) == b"hash"]
@@ -169,31 +184,58 @@ async def test_governor_fails_a_job_with_no_room_within_the_max_wait_without_cal
     assert fake.limit.answered == 2 and fake.limit.refused == 0
 
 
-async def test_a_light_users_job_is_not_held_behind_a_heavy_users_backlog(settings: Settings) -> None:
-    """Fair share: one user floods 60 jobs into a limit of 5 calls a second; another user's one job, submitted once
-    the flood is under way, waits behind at most a horizon's worth of the heavy user's booked calls (here 1 s,
-    5 calls), not behind the whole backlog: most of the heavy jobs submitted before it finish after it."""
+async def test_a_light_users_job_is_not_held_behind_a_heavy_users_backlog(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Fair share: one user floods 30 jobs into a limit of 2 calls a second; another user's one job, submitted once
+    the flood is under way, waits behind at most a horizon's worth of the heavy user's booked calls (here 1.5 s,
+    3 calls), not behind the whole backlog (about 20 jobs when it comes).
+
+    Counted in the governor's own answers (slots in Redis's time, each known within the window of its call), not in
+    when calls arrived or jobs finished: a loaded machine stalls the worker, and a stalled worker starts every job
+    that came due meanwhile at once, so arrival order says more about the machine than about the slots."""
+    answers: list[tuple[str, str, float, float, float, bool]] = []  # user, holder, before, after, wait, reserved
+    admit = Governor.admit
+
+    async def recorded(self: Governor, scope: str, model: str, tokens: int, holder: str, **kw: Any) -> Any:
+        before = time.time()
+        wait, reserved = await admit(self, scope, model, tokens, holder, **kw)
+        answers.append((kw.get("user", ""), holder, before, time.time(), wait, reserved))
+        return wait, reserved
+
+    monkeypatch.setattr(Governor, "admit", recorded)
     async with serve_fake_openai() as fake:
-        fake.limit = UpstreamLimit(requests=10, period=2.0)
-        s = limited_settings(settings, fake.base_url, rate_limit_period=2.0, ai_rpm=10, governor_horizon=1.0)
+        fake.limit = UpstreamLimit(requests=10, period=5.0)
+        s = limited_settings(settings, fake.base_url, rate_limit_period=5.0, ai_rpm=10, governor_horizon=1.5)
         assert s.redis_url
         async with serve(create_app(s, redis_url=s.redis_url)) as live, run_worker(s):
             async with user_client(live, s, "heavy") as heavy, user_client(live, s, "light") as light:
-                flood = await submit_titles(heavy, 60)
+                light_id = (await light.get("/api/me")).json()["user"]["id"]
+                flood = await submit_titles(heavy, 30)
 
-                async def under_way() -> bool:
-                    jobs = [(await heavy.get(f"/api/jobs/{i}")).json() for i in flood[:20]]
-                    return sum(j["status"] == "completed" for j in jobs) >= 5
+                async def under_way() -> bool:  # past the burst (9 at once): paced, 2 calls a second
+                    done = (await heavy.get("/api/jobs", params={"status": "completed", "limit": 100})).json()
+                    return len(done["jobs"]) >= 10
 
-                await until(under_way, timeout=20, what="the flood to be under way")
-                (mine,) = await submit_titles(light, 1)
-                (done,) = await finished(light, [mine], timeout=30)
-                heavy_jobs = await finished(heavy, flood, timeout=45)
+                await until(under_way, what="the flood to be under way")
+                (done,) = await finished(light, await submit_titles(light, 1), timeout=WAIT_SECONDS)
+                heavy_jobs = await finished(heavy, flood, timeout=60)
     assert done["status"] == "completed" and done["attempt"] == 1
-    after = [j for j in heavy_jobs if j["completed_at"] > done["completed_at"]]
-    print(f"heavy jobs finished after the light one: {len(after)} of 60")
-    assert len(after) >= 30, len(after)
-    assert fake.limit.refused == 0
+    # The light job's first answer: its slot, as a window in absolute time.
+    _, _, before, after, wait, _ = next(a for a in answers if a[0] == light_id)
+    light_slot = (before + wait, after + wait)
+    # Heavy jobs whose call was let go or booked in a slot from then until the light job's slot.
+    ahead = {
+        holder
+        for user, holder, b, a, w, reserved in answers
+        if user != light_id and (w == 0 or reserved) and b + w < light_slot[1] and a + w > before
+    }
+    pending = [j for j in heavy_jobs if j["completed_at"] > done["started_at"]]
+    print(f"heavy calls slotted before the light one: {len(ahead)}; heavy jobs not done when it came: {len(pending)}")
+    # A horizon's worth of booked slots (3), and a call or two let go as the light job asked.
+    assert len(ahead) <= 5, (len(ahead), len(pending))
+    assert len(pending) > len(ahead), "heavy jobs waiting when it came went after it"
+    assert fake.limit.refused <= JITTER_429S, f"paced calls refused: {fake.limit.refused}"
 
 
 # --- the scripts themselves, against the suite's Redis -------------------------------------------------------
@@ -211,30 +253,61 @@ def scope() -> str:
     return Governor.scope("openai", "gpt-test", None, uuid.uuid4().hex[:16])
 
 
+class Clocked:
+    """Calls to the governor, each with the window in which Redis read its clock (the machine's wall clock, as
+    `time.time()` is): an answer's wait is relative to that moment, so a slot is known as [first, last] in
+    absolute time however long the calls took on a busy machine. No assertion then depends on the test's speed."""
+
+    def __init__(self) -> None:
+        self.windows: list[tuple[float, float]] = []
+
+    async def call(self, coro: Any) -> Any:
+        before = time.time()
+        result = await coro
+        self.windows.append((before, time.time()))
+        return result
+
+    def at(self, index: int, wait: float = 0.0) -> tuple[float, float]:
+        """The absolute time `wait` seconds after the `index`th call read the clock, as a window."""
+        before, after = self.windows[index]
+        return before + wait, after + wait
+
+
+def apart(later: tuple[float, float], earlier: tuple[float, float], seconds: float) -> bool:
+    """Whether two windowed instants can be `seconds` apart (to the microsecond Redis reports time in)."""
+    return later[0] - earlier[1] - 1e-3 <= seconds <= later[1] - earlier[0] + 1e-3
+
+
 async def test_rpm_spaces_calls_and_books_slots(redis: Redis) -> None:
     """10 per 10 s: nine go at once (the burst, one call short of the limit), the next are booked 1 s apart."""
     gov = Governor(redis, budgets={"": Budget(rpm=10)}, period=10.0, horizon=100.0)
     where = scope()
     jobs = [uuid.uuid4().hex for _ in range(12)]
-    answers = [await gov.admit(where, "gpt-test", 1, job, user="u") for job in jobs]
+    clock = Clocked()
+    answers = [await clock.call(gov.admit(where, "gpt-test", 1, job, user="u")) for job in jobs]
     assert answers[:9] == [(0.0, True)] * 9
-    waits = [wait for wait, _ in answers[9:]]
     assert all(reserved for _, reserved in answers[9:])
-    assert 0.8 < waits[0] <= 1.0 and 0.9 < waits[1] - waits[0] < 1.1 and 0.9 < waits[2] - waits[1] < 1.1
-    again, _ = await gov.admit(where, "gpt-test", 1, jobs[9], user="u")  # its slot is kept: the same time
-    assert abs(again - waits[0]) < 0.1
+    slots = [clock.at(i, wait) for i, (wait, _) in enumerate(answers) if i >= 9]
+    assert 0 < answers[9][0] <= 1.0 and apart(slots[0], clock.at(0), 1.0)  # 1 s after the burst began
+    assert apart(slots[1], slots[0], 1.0) and apart(slots[2], slots[1], 1.0)
+    again, _ = await clock.call(gov.admit(where, "gpt-test", 1, jobs[9], user="u"))  # its slot is kept
+    assert apart(clock.at(12, again), slots[0], 0.0)
 
 
 async def test_a_users_bookings_stop_at_the_horizon_and_another_user_books_at_once(redis: Redis) -> None:
     gov = Governor(redis, budgets={"": Budget(rpm=60)}, period=60.0, horizon=3.0)  # 1 a second, 3 s booked
     where = scope()
+    clock = Clocked()
     for _ in range(59):  # the burst
-        assert (await gov.admit(where, "gpt-test", 1, uuid.uuid4().hex, user="heavy"))[0] == 0
-    booked = [await gov.admit(where, "gpt-test", 1, uuid.uuid4().hex, user="heavy") for _ in range(5)]
+        assert (await clock.call(gov.admit(where, "gpt-test", 1, uuid.uuid4().hex, user="heavy")))[0] == 0
+    booked = [await clock.call(gov.admit(where, "gpt-test", 1, uuid.uuid4().hex, user="heavy")) for _ in range(5)]
     assert [reserved for _, reserved in booked] == [True, True, True, False, False]
-    assert 0.5 < booked[3][0] <= 1.0  # unbooked: ask again when the user's first booked slot is due
-    light, reserved = await gov.admit(where, "gpt-test", 1, uuid.uuid4().hex, user="light")
-    assert reserved and 3.5 < light <= 4.1  # right behind the heavy user's 3 booked slots, not its backlog
+    first = clock.at(59, booked[0][0])
+    assert apart(first, clock.at(0), 1.0)  # 1 s after the burst began, then 1 s apart
+    assert apart(clock.at(60, booked[1][0]), first, 1.0) and apart(clock.at(61, booked[2][0]), first, 2.0)
+    assert apart(clock.at(62, booked[3][0]), first, 0.0)  # unbooked: ask again when the first booked one is due
+    light, reserved = await clock.call(gov.admit(where, "gpt-test", 1, uuid.uuid4().hex, user="light"))
+    assert reserved and apart(clock.at(64, light), first, 3.0)  # right behind the 3 booked slots, not the backlog
 
 
 async def test_tokens_are_charged_before_and_settled_after(redis: Redis) -> None:
@@ -270,13 +343,14 @@ async def test_headers_teach_the_limit_and_a_429_holds_the_scope(redis: Redis) -
         {"x-ratelimit-limit-requests": "10", "x-ratelimit-remaining-requests": "0", "x-ratelimit-reset-requests": "9s"}
     )
     assert headers is not None and headers.exhausted_reset() == 9.0
-    await gov.settle(where, "gpt-test", probe, headers=headers)  # learned: 10 per 10 s, and all spent
-    wait, reserved = await gov.admit(where, "gpt-test", 1, second)
-    assert reserved and 1.5 < wait <= 2.0  # one interval's refill (1 s), plus the one-call margin
+    clock = Clocked()
+    await clock.call(gov.settle(where, "gpt-test", probe, headers=headers))  # learned: 10 per 10 s, all spent
+    wait, reserved = await clock.call(gov.admit(where, "gpt-test", 1, second))
+    assert reserved and apart(clock.at(1, wait), clock.at(0), 2.0)  # one interval's refill, plus the margin
     held = scope()
-    await gov.settle(held, "gpt-test", uuid.uuid4().hex, hold=2.0)  # a 429 with Retry-After: 2
-    wait, _ = await gov.admit(held, "gpt-test", 1, uuid.uuid4().hex)
-    assert 1.8 < wait <= 2.0
+    await clock.call(gov.settle(held, "gpt-test", uuid.uuid4().hex, hold=2.0))  # a 429 with Retry-After: 2
+    wait, _ = await clock.call(gov.admit(held, "gpt-test", 1, uuid.uuid4().hex))
+    assert 0 < wait <= 2.0 and apart(clock.at(3, wait), clock.at(2), 2.0)
 
 
 def test_reset_durations_parse_as_openai_writes_them() -> None:

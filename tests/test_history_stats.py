@@ -14,7 +14,7 @@ from service.config import Settings, parse_prices
 from service.coordination import live_workers
 from service.usage import PriceTable
 
-from .conftest import run_worker, wait_for_status
+from .conftest import WAIT_SECONDS, run_worker, wait_for_status
 
 pytestmark = pytest.mark.usefixtures("worker")
 
@@ -127,7 +127,7 @@ async def test_worker_heartbeat_is_visible_and_goes_away(settings: Settings) -> 
     r = aioredis.from_url(own.redis_url)
     try:
         async with run_worker(own):
-            deadline = asyncio.get_running_loop().time() + 10
+            deadline = asyncio.get_running_loop().time() + WAIT_SECONDS
             while not (workers := await live_workers(r, own.queue_name)):
                 assert asyncio.get_running_loop().time() < deadline, "no heartbeat"
                 await asyncio.sleep(0.02)

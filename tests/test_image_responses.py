@@ -35,7 +35,7 @@ async def stack(settings: Settings) -> AsyncIterator[tuple[FakeOpenAI, httpx.Asy
 async def image_job(client: httpx.AsyncClient, n: int = 1) -> dict[str, Any]:
     r = await client.post("/api/jobs", json={"type": "image", "input": {"prompt": "a red fox", "n": n}})
     assert r.status_code == 202, r.text
-    return await wait_for_status(client, r.json()["job_id"], {"completed", "failed"}, timeout=20)
+    return await wait_for_status(client, r.json()["job_id"], {"completed", "failed"})
 
 
 @pytest.mark.parametrize("kind", ["image/png", "image/jpeg", "image/webp", "image/gif"])
@@ -100,5 +100,5 @@ async def test_a_failed_simulated_image_attempt_names_the_image_model(
     client: httpx.AsyncClient, worker: object
 ) -> None:
     r = await client.post("/api/jobs", json={"type": "image", "input": {"prompt": "a fox [[fail:400]]"}})
-    job = await wait_for_status(client, r.json()["job_id"], {"failed"}, timeout=20)
+    job = await wait_for_status(client, r.json()["job_id"], {"failed"})
     assert [a["model"] for a in job["attempts"]] == ["sim-image-1"], job["attempts"]

@@ -14,7 +14,7 @@ import pytest
 from service.api.app import create_app
 from service.config import Settings
 
-from .conftest import LiveServer, run_worker, serve, until, user_client, wait_for_status
+from .conftest import WAIT_SECONDS, LiveServer, run_worker, serve, until, user_client, wait_for_status
 
 
 @contextlib.asynccontextmanager
@@ -93,7 +93,7 @@ async def test_open_streams_are_capped_per_user_and_released(settings: Settings)
                 async with jon.stream("GET", f"/api/jobs/{other['job_id']}/events") as theirs:
                     assert theirs.status_code == 200  # per user, not per process
             # Closed streams give their slots back (the server sees the disconnect; poll with a deadline).
-            deadline = asyncio.get_running_loop().time() + 10
+            deadline = asyncio.get_running_loop().time() + WAIT_SECONDS
             while True:
                 async with ivy.stream("GET", url) as again:
                     if again.status_code == 200:

@@ -80,7 +80,7 @@ async def test_ws_mine_resumes_from_a_cursor(client: httpx.AsyncClient, web: Liv
             assert (await ws_recv(ws))["type"] == "subscribed"
             rest: dict[str, list[dict[str, Any]]] = {}
             while not any(m.get("kind") == "status" and m.get("status") == "completed" for m in rest.get(slow, [])):
-                msg = await ws_recv(ws, timeout=20)
+                msg = await ws_recv(ws, timeout=30)
                 rest.setdefault(msg["job_id"], []).append(msg)
     final = (await client.get(f"/api/jobs/{slow}")).json()
     assert rest[slow][0]["kind"] != "snapshot"

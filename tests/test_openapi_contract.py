@@ -107,6 +107,7 @@ def run_contract(base_url: str, token: str) -> tuple[list[str], Counter[str]]:
     return sorted(set(failures)), cases
 
 
+@pytest.mark.timeout(600)  # ~20 s of CPU (schemathesis and the server share this process)
 async def test_the_server_keeps_the_contract_under_every_schemathesis_check(settings: Settings) -> None:
     roomy = dataclasses.replace(
         settings,

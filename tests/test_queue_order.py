@@ -19,7 +19,7 @@ from service.queue import PRIORITY_STEP_SECONDS, JobQueue, queue_score_ms
 from service.store import open_store
 from service.store.sqlite import SQLiteJobStore
 
-from .conftest import run_worker, wait_for_status
+from .conftest import WAIT_SECONDS, run_worker, wait_for_status
 from .procs import store_row
 
 
@@ -90,7 +90,7 @@ async def test_shared_backoff_holds_other_jobs_without_spending_attempts(
     and key) until it is over, without spending their attempts."""
     async with run_worker(replace(settings, worker_concurrency=4, retry_base=0.05, retry_cap=0.1, governor=governor)):
         first = await submit(client, "limited [[fail:429:retry_after=1.5:times=1]]")
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + WAIT_SECONDS
         while (
             not (await client.get(f"/api/jobs/{first}")).json()["error"]
             or store_row(settings, first)["status"] != "queued"

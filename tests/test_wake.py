@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 
 import httpx
@@ -31,7 +32,7 @@ async def test_idle_worker_with_a_long_poll_starts_a_job_when_woken(
         await asyncio.wait_for(idle.wait(), 10)  # its first poll found nothing: it is now idle in its wait
         r = await client.post("/api/jobs", json={"type": "titles", "input": {"text": "Wake me up"}})
         assert r.status_code == 202, r.text
-        body = await wait_for_status(client, r.json()["job_id"], {"completed"}, timeout=15)
+        body = await wait_for_status(client, r.json()["job_id"], {"completed"})
         assert body["result"]["titles"]
 
 
@@ -64,7 +65,7 @@ async def test_a_job_not_run_inline_goes_through_arqs_run_job_with_its_try_count
             async def gone() -> bool:
                 return not await redis.exists(job_key_prefix + "cron-by-hand")
 
-            await until(gone, 15, "the cron job to finish")
+            await until(gone, what="the cron job to finish")
             assert worker.jobs_complete >= 1
             assert worker.jobs_failed == 0  # a try counted twice would be "max 1 retries exceeded"
             assert await redis.zscore(settings.queue_name, "cron-by-hand") is None
@@ -84,8 +85,41 @@ async def test_a_queue_entry_whose_job_data_is_gone_is_dropped(settings: Setting
             async def dropped() -> bool:
                 return await redis.zscore(settings.queue_name, "no-such-job.1") is None
 
-            await until(dropped, 15, "the orphan entry to be dropped")
+            await until(dropped, what="the orphan entry to be dropped")
             assert worker.jobs_failed == 1  # arq's "job expired"
             assert not await redis.exists(in_progress_key_prefix + "no-such-job.1", retry_key_prefix + "no-such-job.1")
     finally:
         await redis.aclose()
+
+
+async def test_a_cancel_that_comes_with_a_wake_up_still_stops_the_worker(settings: Settings) -> None:
+    """Stopping a worker cancels its main task; if a wake-up lands in the same turn of the loop, the cancel must not
+    be lost (asyncio.wait_for on Python 3.11 returns normally then, and the worker polled on: a teardown hung)."""
+    from service.worker import build_worker
+
+    assert settings.redis_url
+    slow = dataclasses.replace(settings, poll_delay=60.0)
+    worker = build_worker(slow, redis_url=settings.redis_url, handle_signals=False)
+    idle = asyncio.Event()
+    wait_idle = worker._idle  # type: ignore[attr-defined]
+
+    async def idling(seconds: float) -> None:
+        idle.set()
+        await wait_idle(seconds)
+
+    worker._idle = idling  # type: ignore[attr-defined]
+    task = asyncio.create_task(worker.async_run())
+    try:
+        await asyncio.wait_for(idle.wait(), 10)  # in its wait for a wake-up (or the next poll, a minute away)
+        await asyncio.sleep(0.05)
+        worker._wake.set()  # type: ignore[attr-defined]
+        task.cancel()  # in the same turn of the loop
+        done, _ = await asyncio.wait({task}, timeout=10)
+        assert done, "the cancel was lost: the worker polls on"
+        assert task.cancelled()
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        with contextlib.suppress(asyncio.CancelledError):
+            await worker.close()

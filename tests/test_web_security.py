@@ -375,7 +375,7 @@ async def test_a_copied_cookie_stops_working_at_sign_out_on_every_web_process(se
                     return (await copy.get("/api/me")).status_code == 401
 
                 # Well within the 30 s cache on `two`: only the broadcast can make this happen.
-                await until(me_refused, timeout=10, what="the copied cookie to be refused")
+                await until(me_refused, timeout=20, what="the copied cookie to be refused")
                 r = await copy.get("/api/me")
                 assert "signed out" in r.json()["error"]["message"]
                 for path in ("/api/events", f"/api/jobs/{job_id}/events"):  # SSE, on the direct path
