@@ -7,22 +7,27 @@ import subprocess
 import sys
 from pathlib import Path
 
+from .postgres import PostgresForTests
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def test_bench_prints_every_figure(tmp_path: Path) -> None:
+def test_bench_prints_every_figure(tmp_path: Path, postgres: PostgresForTests) -> None:
+    """Every figure, the PostgreSQL store's on the suite's PostgreSQL (its databases dropped at the end)."""
+    import psycopg
+
     out_json = tmp_path / "bench.json"
     proc = subprocess.run(
-        [sys.executable, "-m", "bench", "--smoke", "--quiet", "--json", str(out_json)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=150,
-    )
+        [sys.executable, "-m", "bench", "--smoke", "--quiet", "--json", str(out_json),
+         "--postgres-url", postgres.admin_url],
+        cwd=ROOT, capture_output=True, text=True, timeout=240,
+    )  # fmt: skip
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    for figure in ("enqueue", "start latency", "drain", "I/O concurrency", "polling", "goodput"):
+    for figure in ("enqueue", "start latency", "drain", "I/O concurrency", "polling", "goodput", "PostgreSQL store"):
         assert f"| {figure} |" in proc.stdout, proc.stdout
     for baseline in ("bare Starlette + arq", "bare arq", "SAQ", "arq, default 0.5 s poll", "bare Starlette JSON"):
+        assert baseline in proc.stdout, proc.stdout
+    for baseline in ("aijobs, SQLite store", "Procrastinate (concurrency=", "PgQueuer (batch_size=", "1 worker"):
         assert baseline in proc.stdout, proc.stdout
     assert "| push |" in proc.stdout and "bare Redis pub/sub" in proc.stdout, proc.stdout
     data = json.loads(out_json.read_text())
@@ -33,3 +38,16 @@ def test_bench_prints_every_figure(tmp_path: Path) -> None:
     assert all(r["delivered"] == 1.0 for r in pushed), pushed  # every subscriber got every event
     assert all(row["aijobs"]["median"] > 0 for row in data["rows"])
     assert data["machine"]["nproc"] >= 1
+    # The PostgreSQL store: beside SQLite, Procrastinate and PgQueuer; a few store writes per streamed job, not one
+    # per event; WAL counted; the bench's own databases gone.
+    rows = {row["metric"]: row for row in data["rows"] if row["figure"] == "PostgreSQL store"}
+    drain = next(row for metric, row in rows.items() if metric.endswith("jobs/s, 1 worker"))
+    assert len(drain["baselines"]) == 3 and all(b["median"] > 0 for b in drain["baselines"].values())
+    writes = next(row for metric, row in rows.items() if metric.startswith("store writes per chat job"))
+    assert 2 <= writes["aijobs"]["median"] < 20, "claim, a few checkpoints and the finish: not a write per event"
+    assert next(row for metric, row in rows.items() if metric.startswith("WAL KiB"))["aijobs"]["median"] > 0
+    made = data["postgres_databases"]
+    assert len(made) == 3, made
+    with psycopg.connect(postgres.admin_url) as conn:
+        left = conn.execute("SELECT datname FROM pg_database WHERE datname = ANY(%s)", (made,)).fetchall()
+    assert left == [], "the bench drops the databases it made"
