@@ -29,6 +29,9 @@ from .report import Row, cpu_note
 FIGURE = "PostgreSQL store"
 SQLITE = "aijobs, SQLite store"
 SEED_CONCURRENCY = 50
+# Procrastinate fetches one job per round trip and slows as its backlog grows (here ~60 jobs/s on 1,000 queued, ~25 on
+# 10,000): it drains this many, so a round takes a minute, not many. A smaller backlog only flatters it.
+PROCRASTINATE_JOBS = 2_000
 # Before checkpoints (a store write per event), measured by bench/store_writes.py: README, Architecture.
 BEFORE = {"writes": 51, "wal_kib": 44.8}
 
@@ -80,14 +83,15 @@ def drains(bench: Bench, pg_url: str) -> list[Row]:
     sizes = bench.sizes
     n, max_jobs = sizes.drain_jobs, sizes.drain_max_jobs
     scan_n = max(200, n // 10)
-    pq_c, pq_scan = _scan(bench, "procrastinate", sizes.procrastinate_concurrency, scan_n)
+    pq_n = min(n, PROCRASTINATE_JOBS)
+    pq_c, pq_scan = _scan(bench, "procrastinate", sizes.procrastinate_concurrency, max(200, pq_n // 4))
     pg_b, pg_scan = _scan(bench, "pgqueuer", sizes.pgqueuer_batch, scan_n)
     runs = {
         "pg": lambda: burst(
             bench, "aijobs", "noop", n, max_jobs, database_url=pg_url, seed_concurrency=SEED_CONCURRENCY
         ),
         "sqlite": lambda: burst(bench, "aijobs", "noop", n, max_jobs, seed_concurrency=SEED_CONCURRENCY),
-        "procrastinate": lambda: burst(bench, "procrastinate", "noop", n, pq_c, seed_concurrency=SEED_CONCURRENCY),
+        "procrastinate": lambda: burst(bench, "procrastinate", "noop", pq_n, pq_c, seed_concurrency=SEED_CONCURRENCY),
         "pgqueuer": lambda: burst(
             bench, "pgqueuer", "noop", n, max_jobs, batch=pg_b, seed_concurrency=SEED_CONCURRENCY
         ),
@@ -116,7 +120,7 @@ def drains(bench: Bench, pg_url: str) -> list[Row]:
     def cpu(k: str) -> str:
         return f"{Stat.of([x.cpu_per_job_us[0] for x in results[k]]).median:.0f} µs"
 
-    procrastinate = f"Procrastinate (concurrency={pq_c})"
+    procrastinate = f"Procrastinate (concurrency={pq_c}{f', {pq_n:,} jobs' if pq_n < n else ''})"
     pgqueuer = f"PgQueuer (batch_size={pg_b})"
     scans = "".join(
         f"; {name} scan (jobs/s): {scan}" for name, scan in (("Procrastinate", pq_scan), ("PgQueuer", pg_scan)) if scan

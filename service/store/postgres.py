@@ -66,6 +66,10 @@ _INSERT = (
 
 # The job path's hot writes, one statement for any number of them (pg_batch.Bulk): one array per parameter, one row
 # of `v` per write, each row updated under its own conditions, the ordinal `n` returned first to tell rows apart.
+# `status IS NOT DISTINCT FROM 'queued'` (the column is NOT NULL: the same test as `=`) is one the planner cannot match
+# to the partial indexes on status (jobs_queue_order, jobs_lease) or use as an index condition: with statistics
+# older than a burst of submits it took "status = 'queued'" as a handful of rows and hash-joined the batch against
+# every queued job (10,000 rows read per batch); this way each write is one primary-key lookup, whatever the stats.
 _CLAIM = Bulk(
     "UPDATE jobs SET status = 'processing', attempts = attempts + 1, lease_token = v.p_token, worker_id = v.p_worker, "
     "lease_expires_at = v.p_until, started_at = COALESCE(started_at, v.p_t), updated_at = v.p_t, seq = seq + 1, "
@@ -74,7 +78,8 @@ _CLAIM = Bulk(
     "|| jsonb_build_object('since', v.p_t))::text "
     "FROM unnest(%s::text[], %s::text[], %s::float8[], %s::float8[], %s::text[], %s::text[], %s::bigint[]) "
     "WITH ORDINALITY AS v(p_token, p_worker, p_until, p_t, p_steps, p_id, p_ticket, p_n) "
-    "WHERE id = v.p_id AND status = 'queued' AND NOT cancel_requested AND (v.p_ticket IS NULL OR seq = v.p_ticket) "
+    "WHERE id = v.p_id AND status IS NOT DISTINCT FROM 'queued' AND NOT cancel_requested "
+    "AND (v.p_ticket IS NULL OR seq = v.p_ticket) "
     f"RETURNING v.p_n, {_COLUMNS}, EXISTS (SELECT 1 FROM job_secrets WHERE job_id = jobs.id)",
     ("token", "worker", "until", "t", "steps", "id", "ticket"),
 )
@@ -85,13 +90,15 @@ _PROGRESS = Bulk(
     "seq = GREATEST(seq + 1, COALESCE(v.p_seq, 0)) "
     "FROM unnest(%s::float8[], %s::text[], %s::text[], %s::text[], %s::bigint[], %s::float8[], %s::text[], "
     "%s::text[]) WITH ORDINALITY AS v(p_pct, p_step, p_append, p_partial, p_seq, p_t, p_id, p_token, p_n) "
-    f"WHERE id = v.p_id AND lease_token = v.p_token AND status = 'processing' RETURNING v.p_n, {_COLUMNS}",
+    "WHERE id = v.p_id AND lease_token = v.p_token AND status IS NOT DISTINCT FROM 'processing' "
+    f"RETURNING v.p_n, {_COLUMNS}",
     ("pct", "step", "append", "partial", "seq", "t", "id", "token"),
 )
 _RENEW = Bulk(
     "UPDATE jobs SET lease_expires_at = v.p_until "
     "FROM unnest(%s::float8[], %s::text[], %s::text[]) WITH ORDINALITY AS v(p_until, p_id, p_token, p_n) "
-    f"WHERE id = v.p_id AND lease_token = v.p_token AND status = 'processing' RETURNING v.p_n, {_COLUMNS}",
+    "WHERE id = v.p_id AND lease_token = v.p_token AND status IS NOT DISTINCT FROM 'processing' "
+    f"RETURNING v.p_n, {_COLUMNS}",
     ("until", "id", "token"),
 )
 _FINISH = Bulk(
@@ -104,7 +111,8 @@ _FINISH = Bulk(
     "FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::float8[], %s::text[], "
     "%s::text[], %s::text[]) WITH ORDINALITY "
     "AS v(p_status, p_result, p_error, p_model, p_usage, p_step, p_t, p_rec, p_id, p_token, p_n) "
-    f"WHERE id = v.p_id AND lease_token = v.p_token AND status = 'processing' RETURNING v.p_n, {_COLUMNS}",
+    "WHERE id = v.p_id AND lease_token = v.p_token AND status IS NOT DISTINCT FROM 'processing' "
+    f"RETURNING v.p_n, {_COLUMNS}",
     ("status", "result", "error", "model", "usage", "step", "t", "rec", "id", "token"),
 )
 
