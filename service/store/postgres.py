@@ -70,13 +70,14 @@ _INSERT = (
 # to the partial indexes on status (jobs_queue_order, jobs_lease) or use as an index condition: with statistics
 # older than a burst of submits it took "status = 'queued'" as a handful of rows and hash-joined the batch against
 # every queued job (10,000 rows read per batch); this way each write is one primary-key lookup, whatever the stats.
+# The arrays go in binary (%b): psycopg's text format escapes every element with a regex substitution.
 _CLAIM = Bulk(
     "UPDATE jobs SET status = 'processing', attempts = attempts + 1, lease_token = v.p_token, worker_id = v.p_worker, "
     "lease_expires_at = v.p_until, started_at = COALESCE(started_at, v.p_t), updated_at = v.p_t, seq = seq + 1, "
     "error = NULL, current_step = 'Starting…', percentage = 0, partial_output = NULL, running_on = "
     "(((v.p_steps::jsonb -> type) -> LEAST(model_index, jsonb_array_length(v.p_steps::jsonb -> type) - 1)) "
     "|| jsonb_build_object('since', v.p_t))::text "
-    "FROM unnest(%s::text[], %s::text[], %s::float8[], %s::float8[], %s::text[], %s::text[], %s::bigint[]) "
+    "FROM unnest(%b::text[], %b::text[], %b::float8[], %b::float8[], %b::text[], %b::text[], %b::bigint[]) "
     "WITH ORDINALITY AS v(p_token, p_worker, p_until, p_t, p_steps, p_id, p_ticket, p_n) "
     "WHERE id = v.p_id AND status IS NOT DISTINCT FROM 'queued' AND NOT cancel_requested "
     "AND (v.p_ticket IS NULL OR seq = v.p_ticket) "
@@ -88,15 +89,15 @@ _PROGRESS = Bulk(
     "partial_output = CASE WHEN v.p_append IS NOT NULL THEN COALESCE(partial_output, '') || v.p_append "
     "ELSE COALESCE(v.p_partial, partial_output) END, updated_at = v.p_t, "
     "seq = GREATEST(seq + 1, COALESCE(v.p_seq, 0)) "
-    "FROM unnest(%s::float8[], %s::text[], %s::text[], %s::text[], %s::bigint[], %s::float8[], %s::text[], "
-    "%s::text[]) WITH ORDINALITY AS v(p_pct, p_step, p_append, p_partial, p_seq, p_t, p_id, p_token, p_n) "
+    "FROM unnest(%b::float8[], %b::text[], %b::text[], %b::text[], %b::bigint[], %b::float8[], %b::text[], "
+    "%b::text[]) WITH ORDINALITY AS v(p_pct, p_step, p_append, p_partial, p_seq, p_t, p_id, p_token, p_n) "
     "WHERE id = v.p_id AND lease_token = v.p_token AND status IS NOT DISTINCT FROM 'processing' "
     f"RETURNING v.p_n, {_COLUMNS}",
     ("pct", "step", "append", "partial", "seq", "t", "id", "token"),
 )
 _RENEW = Bulk(
     "UPDATE jobs SET lease_expires_at = v.p_until "
-    "FROM unnest(%s::float8[], %s::text[], %s::text[]) WITH ORDINALITY AS v(p_until, p_id, p_token, p_n) "
+    "FROM unnest(%b::float8[], %b::text[], %b::text[]) WITH ORDINALITY AS v(p_until, p_id, p_token, p_n) "
     "WHERE id = v.p_id AND lease_token = v.p_token AND status IS NOT DISTINCT FROM 'processing' "
     f"RETURNING v.p_n, {_COLUMNS}",
     ("until", "id", "token"),
@@ -108,8 +109,8 @@ _FINISH = Bulk(
     "lease_expires_at = NULL, completed_at = v.p_t, updated_at = v.p_t, seq = seq + 1, "
     "history = CASE WHEN v.p_rec IS NULL THEN history "
     "ELSE (COALESCE(history, '[]')::jsonb || jsonb_build_array(v.p_rec::jsonb))::text END "
-    "FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::float8[], %s::text[], "
-    "%s::text[], %s::text[]) WITH ORDINALITY "
+    "FROM unnest(%b::text[], %b::text[], %b::text[], %b::text[], %b::text[], %b::text[], %b::float8[], %b::text[], "
+    "%b::text[], %b::text[]) WITH ORDINALITY "
     "AS v(p_status, p_result, p_error, p_model, p_usage, p_step, p_t, p_rec, p_id, p_token, p_n) "
     "WHERE id = v.p_id AND lease_token = v.p_token AND status IS NOT DISTINCT FROM 'processing' "
     f"RETURNING v.p_n, {_COLUMNS}",
