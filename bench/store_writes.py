@@ -121,7 +121,10 @@ async def wal_since(store: Any, start: int) -> int:
         ) as cur:
             return int((await cur.fetchone())[0])
     except Exception as exc:  # no extension, not a superuser: the server-wide figure
-        log.warning("WAL counted server-wide, not for this database alone (%s)", exc)
+        log.warning(
+            "pg_walinspect unavailable (%s): WAL counted server-wide, exact only on a server no one else writes to",
+            str(exc).splitlines()[0],
+        )
         return end - start
 
 
