@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -42,6 +43,9 @@ def main(argv: list[str] | None = None) -> int:
     unknown = set(chosen) - set(FIGURES)
     if unknown:
         parser.error(f"unknown figure(s): {', '.join(sorted(unknown))}")
+    # SIGTERM (a `timeout`, a process manager) ends the run through the cleanup below: workers stopped, the
+    # PostgreSQL databases it made dropped.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     started = time.monotonic()
     rows: list[Row] = []
     extra: dict[str, Any] = {}

@@ -55,6 +55,7 @@ class BenchPostgres:
                     conn.execute(f'CREATE DATABASE "{name}"')
                     self.databases[system] = name
                     self.urls[system] = with_database(self.admin_url, name)
+            asyncio.run(self._install())  # a failure here drops the databases too (below)
         except psycopg.errors.InsufficientPrivilege:
             self.close()
             raise SystemExit(
@@ -64,7 +65,6 @@ class BenchPostgres:
         except BaseException:
             self.close()
             raise
-        asyncio.run(self._install())
         return self
 
     async def _install(self) -> None:
