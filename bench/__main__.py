@@ -1,25 +1,28 @@
 """scripts/bench: every aijobs figure beside its baselines, from one run on this machine.
 
-    scripts/bench [--quick] [--json FILE] [--only enqueue,latency,...] [--profile DIR]
+    scripts/bench [--quick] [--json FILE] [--only enqueue,latency,...] [--profile DIR] [--postgres-url URL]
 
 Redis: REDIS_URL if set (an empty database: the bench empties it between figures), else an embedded redis-server
-on a free port; the job store is a temp SQLite file.
+on a free port; the job store is a temp SQLite file. The pgstore figure also needs a PostgreSQL: --postgres-url
+(or BENCH_POSTGRES_URL), else this machine's at 127.0.0.1:5432, else an embedded one (bench/pg.py); it makes
+databases of its own there and drops them at the end.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from . import drain, enqueue, goodput, io_concurrency, latency, polling, push
+from . import drain, enqueue, goodput, io_concurrency, latency, pgstore, polling, push
 from .harness import Sizes, open_bench
 from .report import Row, machine, table, write_json
 
-FIGURES = ["enqueue", "latency", "drain", "io", "push", "polling", "goodput"]
+FIGURES = ["enqueue", "latency", "drain", "io", "push", "polling", "goodput", "pgstore"]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -30,6 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", help=f"comma-separated subset of {','.join(FIGURES)}")
     parser.add_argument("--rounds", type=int, help="rounds per figure (default 3, drain and I/O 2; --quick 1)")
     parser.add_argument("--profile", type=Path, help="profile the aijobs drain worker and enqueue server into DIR")
+    parser.add_argument("--postgres-url", help="PostgreSQL server for pgstore (a user that may CREATE DATABASE)")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress lines on stderr")
     args = parser.parse_args(argv)
     sizes = Sizes.smoke() if args.smoke else Sizes.quick() if args.quick else Sizes()
@@ -39,10 +43,15 @@ def main(argv: list[str] | None = None) -> int:
     unknown = set(chosen) - set(FIGURES)
     if unknown:
         parser.error(f"unknown figure(s): {', '.join(sorted(unknown))}")
+    # SIGTERM (a `timeout`, a process manager) ends the run through the cleanup below: workers stopped, the
+    # PostgreSQL databases it made dropped.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     started = time.monotonic()
     rows: list[Row] = []
     extra: dict[str, Any] = {}
-    with open_bench(os.environ.get("REDIS_URL") or None, sizes, verbose=not args.quiet) as bench:
+    with open_bench(
+        os.environ.get("REDIS_URL") or None, sizes, verbose=not args.quiet, postgres_url=args.postgres_url
+    ) as bench:
         info = bench.redis.info("server")
         extra["machine"] = machine(str(info.get("redis_version", "")))
         extra["sizes"] = vars(sizes)
@@ -63,18 +72,23 @@ def main(argv: list[str] | None = None) -> int:
                 rows += polling.run(bench)
             elif name == "goodput":
                 rows += goodput.run(bench)
+            elif name == "pgstore":
+                rows += pgstore.run(bench)
+                extra["postgres"] = f"{bench.pg.version} ({bench.pg.settings}), {bench.pg.how}"
+                extra["postgres_databases"] = list(bench.pg.databases.values())  # dropped when the bench ends
             bench.log(f"{name}: {time.monotonic() - t:.0f} s")
         if args.profile:
             from . import profile
 
-            extra["profile"] = profile.run(bench, args.profile)
+            extra["profile"] = profile.run(bench, args.profile, postgres="pgstore" in chosen)
     extra["seconds"] = round(time.monotonic() - started, 1)
     m = extra["machine"]
     print()
     print(table(rows))
     print()
+    pg = f", {extra['postgres']}" if "postgres" in extra else ""
     print(
-        f"Machine: {m['nproc']} cores, {m['cpu']}, Python {m['python']}, Redis {m['redis']}; "
+        f"Machine: {m['nproc']} cores, {m['cpu']}, Python {m['python']}, Redis {m['redis']}{pg}; "
         f"{'--quick, ' if args.quick else ''}{sizes.rounds} rounds (drain and I/O {sizes.heavy_rounds}), "
         f"{extra['seconds']} s. "
         "Medians (min–max over rounds); baselines alternate with aijobs in the same run."

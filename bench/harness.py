@@ -18,12 +18,15 @@ import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 from redis import Redis as SyncRedis
 
 from service.embedded import EmbeddedRedis, die_with_parent, free_port
+
+if TYPE_CHECKING:
+    from .pg import BenchPostgres
 
 ROOT = Path(__file__).resolve().parent.parent
 UVICORN_ARGS = [
@@ -54,6 +57,10 @@ class Sizes:
     io_max_jobs: int = 1_000
     io_seconds: float = 1.0
     saq_concurrency: tuple[int, ...] = (10, 50, 200)
+    procrastinate_concurrency: tuple[int, ...] = (10, 50, 200)  # pgstore: the baselines' best, found in the run
+    pgqueuer_batch: tuple[int, ...] = (10, 50, 200)
+    writes_jobs: int = 20  # pgstore: streamed chat jobs whose store writes and WAL are counted
+    writes_seconds: int = 3  # ... each streaming this long (the README's checkpoint table: 3 s)
     push_subscribers: int = 1_000  # per transport, on one web process (scripts/bench-push runs 100/1,000/5,000)
     push_events: int = 0  # events each subscriber gets, 250 ms apart (0: scripts/bench-push's own 20, --quick 10)
     goodput_jobs: int = 600
@@ -74,6 +81,9 @@ class Sizes:
             io_jobs=400,
             io_max_jobs=200,
             saq_concurrency=(50,),
+            procrastinate_concurrency=(50,),
+            pgqueuer_batch=(50,),
+            writes_jobs=10,
             goodput_jobs=300,
             goodput_period=6.0,
         )
@@ -92,6 +102,10 @@ class Sizes:
             io_max_jobs=100,
             io_seconds=0.2,
             saq_concurrency=(50,),
+            procrastinate_concurrency=(50,),
+            pgqueuer_batch=(50,),
+            writes_jobs=3,
+            writes_seconds=1,
             push_subscribers=20,
             push_events=3,
             goodput_jobs=40,
@@ -196,8 +210,12 @@ class Server:
 class Bench:
     """Shared resources for one bench run; every child process is stopped when it closes."""
 
-    def __init__(self, *, redis_url: str | None, sizes: Sizes, verbose: bool = True) -> None:
+    def __init__(
+        self, *, redis_url: str | None, sizes: Sizes, verbose: bool = True, postgres_url: str | None = None
+    ) -> None:
         self.sizes = sizes
+        self.postgres_url = postgres_url
+        self._pg: BenchPostgres | None = None
         self.verbose = verbose
         self._tmp = tempfile.TemporaryDirectory(prefix="aijobs-bench-")
         self.tmp = Path(self._tmp.name)
@@ -215,6 +233,16 @@ class Bench:
         self.db_path = self.tmp / "jobs.db"
         self.queue = "bench:aijobs"
         self.servers = Servers(self)
+
+    @property
+    def pg(self) -> BenchPostgres:
+        """The bench's PostgreSQL and its fresh databases, started by the first figure that needs them."""
+        if self._pg is None:
+            from .pg import BenchPostgres
+
+            self._pg = BenchPostgres(self.postgres_url).start()
+            self.log(f"PostgreSQL: {self._pg.how}, {self._pg.version} ({self._pg.settings})")
+        return self._pg
 
     @functools.cached_property
     def auth(self) -> dict[str, str]:
@@ -277,9 +305,10 @@ class Bench:
         sim_delay: float = 1.0,
         profile: Path | None = None,
         env: dict[str, str] | None = None,
+        batch: int = 10,
     ) -> Proc:
         args = ["-m", "bench.workers", kind, "--queue", queue, "--max-jobs", str(max_jobs), "--poll", str(poll)]
-        args += ["--sim-delay", str(sim_delay)] + (["--burst"] if burst else [])
+        args += ["--sim-delay", str(sim_delay), "--batch", str(batch)] + (["--burst"] if burst else [])
         return self.spawn(f"{kind} worker", args, env=env, profile=profile)
 
     def serve(
@@ -314,10 +343,14 @@ class Bench:
                 db.execute("DELETE FROM idempotency_keys")
                 db.execute("DELETE FROM job_secrets")
                 db.execute("DELETE FROM jobs")
+        if self._pg is not None:
+            self._pg.empty()
 
     def close(self) -> None:
         for proc in reversed(self.procs):
             proc.stop()
+        if self._pg is not None:
+            self._pg.close()
         self.redis.close()
         if self._redis_server is not None:
             self._redis_server.stop()
@@ -325,8 +358,10 @@ class Bench:
 
 
 @contextlib.contextmanager
-def open_bench(redis_url: str | None, sizes: Sizes, *, verbose: bool = True) -> Iterator[Bench]:
-    bench = Bench(redis_url=redis_url, sizes=sizes, verbose=verbose)
+def open_bench(
+    redis_url: str | None, sizes: Sizes, *, verbose: bool = True, postgres_url: str | None = None
+) -> Iterator[Bench]:
+    bench = Bench(redis_url=redis_url, sizes=sizes, verbose=verbose, postgres_url=postgres_url)
     try:
         yield bench
     finally:

@@ -1,7 +1,8 @@
 """--profile DIR: the aijobs hot paths under pyinstrument, as text reports in DIR.
 
 drain-worker.txt: one burst worker draining no-op jobs; io-worker.txt: the same for simulated 1 s AI calls;
-enqueue-web.txt: the web process under POST /api/jobs load at concurrency 50.
+enqueue-web.txt: the web process under POST /api/jobs load at concurrency 50; with the pgstore figure chosen,
+drain-worker-postgres.txt: the drain worker on the PostgreSQL store.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from .harness import Bench
 from .loadgen import request_bytes, run_load
 
 
-def run(bench: Bench, out: Path) -> dict[str, Any]:
+def run(bench: Bench, out: Path, *, postgres: bool = False) -> dict[str, Any]:
     out = out.resolve()
     out.mkdir(parents=True, exist_ok=True)
     sizes = bench.sizes
@@ -26,6 +27,14 @@ def run(bench: Bench, out: Path) -> dict[str, Any]:
     )
     reports["drain-worker.txt"] = round(drain.rate)
     bench.log(f"profiled drain: {drain.rate:,.0f} jobs/s under the profiler -> {out / 'drain-worker.txt'}")
+    if postgres:
+        path = out / "drain-worker-postgres.txt"
+        pg = burst(
+            bench, "aijobs", "noop", min(sizes.drain_jobs, 3000), sizes.drain_max_jobs, profile=path,
+            database_url=bench.pg.urls["aijobs"],
+        )  # fmt: skip
+        reports[path.name] = round(pg.rate)
+        bench.log(f"profiled PostgreSQL drain: {pg.rate:,.0f} jobs/s under the profiler -> {path}")
     io = burst(bench, "aijobs", "ai_call", sizes.io_jobs, sizes.io_max_jobs, profile=out / "io-worker.txt")
     reports["io-worker.txt"] = round(io.seconds, 2)
     bench.log(f"profiled io: {io.seconds:.2f} s under the profiler -> {out / 'io-worker.txt'}")

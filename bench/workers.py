@@ -1,6 +1,9 @@
-"""Worker processes for the bench, one per run: aijobs (build_worker), bare arq, SAQ.
+"""Worker processes for the bench, one per run: aijobs (build_worker), bare arq, SAQ, Procrastinate, PgQueuer.
 
-    python -m bench.workers KIND --queue Q [--burst] [--max-jobs N] [--poll S] [--sim-delay S]
+    python -m bench.workers KIND --queue Q [--burst] [--max-jobs N] [--poll S] [--sim-delay S] [--batch N]
+
+Procrastinate and PgQueuer read their database from BENCH_PG_URL and run only no-op jobs (the drain baselines);
+their pool is POOL_SIZE connections, the size of an aijobs process's own (DATABASE_POOL_SIZE's default).
 
 Each prints one JSON line when it stops: the first job start and the last job end it saw (wall clock),
 and how many jobs ended, so the bench measures every queue the same way, from inside the worker.
@@ -166,17 +169,81 @@ async def run_saq(args: argparse.Namespace, clock: Clock) -> None:
     await queue.disconnect()
 
 
+POOL_SIZE = 10
+
+
+async def run_procrastinate(args: argparse.Namespace, clock: Clock) -> None:
+    """Procrastinate's worker at `--max-jobs` concurrency; with --burst, `wait=False` (exit once none is left)."""
+    import logging
+
+    from procrastinate import App, PsycopgConnector
+
+    # It warns that an App made in __main__ cannot be found by import path: this one runs its own task in-process.
+    logging.getLogger("procrastinate").setLevel(logging.ERROR)
+    app = App(connector=PsycopgConnector(conninfo=os.environ["BENCH_PG_URL"], min_size=2, max_size=POOL_SIZE))
+
+    @app.task(name="noop", queue=args.queue)
+    async def noop() -> None:
+        await clock.started()
+        await clock.ended_one()
+
+    async with app.open_async():
+        ready()
+        await app.run_worker_async(
+            queues=[args.queue],
+            concurrency=args.max_jobs,
+            wait=not args.burst,
+            fetch_job_polling_interval=args.poll or 5.0,
+            install_signal_handlers=False,
+        )
+
+
+async def run_pgqueuer(args: argparse.Namespace, clock: Clock) -> None:
+    """PgQueuer's QueueManager on asyncpg (its fastest driver, statement cache on), dequeuing `--batch` jobs a
+    statement; with --burst, drain mode (exit once the queue is empty)."""
+    from datetime import timedelta
+
+    import asyncpg
+    from pgqueuer import AsyncpgPoolDriver, Job, Queries, QueueManager
+    from pgqueuer.types import QueueExecutionMode
+
+    pool = await asyncpg.create_pool(os.environ["BENCH_PG_URL"], min_size=2, max_size=POOL_SIZE)
+    qm = QueueManager(Queries(AsyncpgPoolDriver(pool)))
+
+    @qm.entrypoint("noop")
+    async def noop(job: Job) -> None:
+        await clock.started()
+        await clock.ended_one()
+
+    ready()
+    try:
+        await qm.run(
+            batch_size=args.batch,
+            mode=QueueExecutionMode.drain if args.burst else QueueExecutionMode.continuous,
+            dequeue_timeout=timedelta(seconds=args.poll or 30.0),
+        )
+    finally:
+        await pool.close()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.workers")
-    parser.add_argument("kind", choices=["aijobs", "arq", "saq"])
+    parser.add_argument("kind", choices=["aijobs", "arq", "saq", "procrastinate", "pgqueuer"])
     parser.add_argument("--queue", required=True)
     parser.add_argument("--burst", action="store_true")
     parser.add_argument("--max-jobs", type=int, default=50)
     parser.add_argument("--poll", type=float, default=0.05)
     parser.add_argument("--sim-delay", type=float, default=1.0)
+    parser.add_argument("--batch", type=int, default=10, help="PgQueuer: jobs dequeued per statement")
     args = parser.parse_args(argv)
     clock = Clock()
-    runner = {"aijobs": run_aijobs, "arq": run_arq, "saq": run_saq}[args.kind]
+    runner = {
+        "aijobs": run_aijobs,
+        "arq": run_arq,
+        "saq": run_saq,
+        "procrastinate": run_procrastinate,
+        "pgqueuer": run_pgqueuer,
+    }[args.kind]
     try:
         asyncio.run(runner(args, clock))
     finally:

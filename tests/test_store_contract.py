@@ -118,6 +118,65 @@ async def test_every_accepted_write_adds_one_to_seq_and_a_stale_token_changes_no
     assert await store.get(job.id) == done
 
 
+async def test_writes_in_flight_together_each_keep_their_own_answer_and_fencing(store: JobStore) -> None:
+    """Concurrent writes are committed together (group commit on both stores; on PostgreSQL the claims, renewals,
+    checkpoints and finishes of a batch are one statement each): every write still gets its own answer, two writes
+    to one job both apply in turn, and a stale token or a second claim is refused as alone."""
+    jobs = [await store.create(new_job()) for _ in range(12)]
+    first = jobs[0]
+    claims = await asyncio.gather(
+        *(store.claim(j.id, worker_id="w", token=f"t{i}", ticket=1) for i, j in enumerate(jobs)),
+        store.claim(first.id, worker_id="rival", token="rival"),
+    )
+    assert all(c is not None and c.seq == 2 for c in claims[1:12])
+    winner = [c for c in (claims[0], claims[12]) if c is not None]
+    assert len(winner) == 1, "one job, one claim"
+    token = winner[0].lease_token
+    assert token is not None and (await store.get(first.id)).lease_token == token  # type: ignore[union-attr]
+    renewed = await asyncio.gather(
+        store.renew(first.id, token, lease_seconds=60),
+        store.renew(first.id, token, lease_seconds=90),
+        store.renew(first.id, "stale", lease_seconds=90),
+        *(store.renew(j.id, f"t{i}", lease_seconds=60) for i, j in enumerate(jobs) if i),
+    )
+    assert renewed[0] is not None and renewed[1] is not None and renewed[2] is None
+    assert all(r is not None for r in renewed[3:])
+    steps = await asyncio.gather(
+        store.progress(first.id, token, percentage=10, step="a", append_output="a"),
+        store.progress(first.id, token, percentage=20, step="b", append_output="b"),
+        store.progress(first.id, "stale", percentage=30, step="c", append_output="c"),
+    )
+    assert steps[0] is not None and steps[1] is not None and steps[2] is None
+    after = await store.get(first.id)
+    assert after is not None and after.seq == 4 and sorted(after.partial_output or "") == ["a", "b"]
+    finished = await asyncio.gather(
+        *(store.finish(j.id, token if i == 0 else f"t{i}", status=JobStatus.COMPLETED, result={"i": i})
+          for i, j in enumerate(jobs)),
+        store.finish(jobs[1].id, "stale", status=JobStatus.FAILED, error=ERROR),
+    )  # fmt: skip
+    assert finished[-1] is None, "a stale token changes nothing, whatever rides in the same batch"
+    for i, done in enumerate(finished[:-1]):
+        assert done is not None and done.status is JobStatus.COMPLETED and done.result == {"i": i}
+        assert done.percentage == 100 and done.seq == (5 if i == 0 else 3)
+    assert await job_queries(store).count_active("u") == 0
+
+
+async def test_a_write_that_fails_fails_alone(store: JobStore) -> None:
+    """One write of a batch refused by the database (a duplicate id) gets its error; the others are committed."""
+    jobs = [await store.create(new_job()) for _ in range(4)]
+    duplicate = new_job()
+    duplicate.id = jobs[3].id
+    results = await asyncio.gather(
+        *(store.claim(j.id, worker_id="w", token="t") for j in jobs[:2]),
+        store.create(duplicate),
+        *(store.claim(j.id, worker_id="w", token="t") for j in jobs[2:]),
+        return_exceptions=True,
+    )
+    assert isinstance(results[2], Exception)
+    assert all(r is not None and not isinstance(r, BaseException) for r in results[:2] + results[3:])
+    assert await count(store, "SELECT COUNT(*) FROM jobs WHERE status = 'processing'") == 4
+
+
 async def test_claim_takes_only_a_queued_uncancelled_job_with_its_ticket(store: JobStore) -> None:
     own = await store.create(new_job(own_provider_key=True))
     assert (await store.get(own.id)).own_provider_key is True  # type: ignore[union-attr]
@@ -825,6 +884,41 @@ async def test_a_submit_caught_in_a_deadlock_is_run_again(
         assert await asyncio.wait_for(submit, 30) is not None, "the submit went through on its second run"
         assert await job_queries(store).count_active("u") == 2
         assert any("deadlock" in r.getMessage() for r in caplog.records)
+    finally:
+        await other.close()
+        await store.close()
+
+
+async def test_a_batch_held_up_by_another_process_runs_its_writes_one_by_one(
+    postgres: PostgresForTests, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A write batch waiting on a row lock another process holds gives up after its lock_timeout (where opposite
+    lock orders would wait for the one-second deadlock check) and its writes run one by one: each waits its turn
+    and gets its own answer."""
+    import psycopg
+
+    from service.store.pg_batch import LOCK_TIMEOUT_MS
+
+    from .conftest import until
+
+    caplog.set_level(logging.INFO, logger="aijobs.store")
+    url = migrated_schema_url(postgres)
+    store = open_store(Settings(database_url=url))
+    await store.open()
+    other = await psycopg.AsyncConnection.connect(url, autocommit=True)
+    try:
+        jobs = [await store.create(new_job("u")) for _ in range(3)]
+        for j in jobs:
+            await store.claim(j.id, worker_id="w", token="t")
+        await other.execute("BEGIN")
+        await other.execute("UPDATE user_active SET n = n WHERE user_id = 'u'")  # what each finish's trigger takes
+        finishes = asyncio.gather(*(store.finish(j.id, "t", status=JobStatus.COMPLETED) for j in jobs))
+        await until(lambda: asyncio.sleep(0, any("write batch refused" in r.getMessage() for r in caplog.records)),
+                    what=f"the batch to give up after {LOCK_TIMEOUT_MS} ms")  # fmt: skip
+        await other.execute("COMMIT")
+        done = await asyncio.wait_for(finishes, 30)
+        assert all(j is not None and j.status is JobStatus.COMPLETED for j in done)
+        assert await job_queries(store).count_active("u") == 0
     finally:
         await other.close()
         await store.close()

@@ -25,6 +25,7 @@ from typing import Any
 from ..errors import StoreUnavailable
 from ..models import Job, JobError, JobStatus, dumps, now
 from .base import FINAL_STEPS, UNSTORED_EVENTS_MAX, SchemaMismatch, StoreOpenError, UniqueViolation
+from .pg_batch import Bulk, Statement, WriteBatcher
 from .pg_migrations import MIGRATIONS, queue_key
 from .rows import _COLUMNS, _NAMES, _row_to_job
 
@@ -61,6 +62,59 @@ _INSERT = (
     f"INSERT INTO jobs ({_COLUMNS}) SELECT "
     + ", ".join(f"%({n})s" for n in _NAMES)
     + f" WHERE EXISTS (SELECT 1 FROM slot) RETURNING {_AHEAD_NEW}"
+)
+
+# The job path's hot writes, one statement for any number of them (pg_batch.Bulk): one array per parameter, one row
+# of `v` per write, each row updated under its own conditions, the ordinal `n` returned first to tell rows apart.
+# `status IS NOT DISTINCT FROM 'queued'` (the column is NOT NULL: the same test as `=`) is one the planner cannot match
+# to the partial indexes on status (jobs_queue_order, jobs_lease) or use as an index condition: with statistics
+# older than a burst of submits it took "status = 'queued'" as a handful of rows and hash-joined the batch against
+# every queued job (10,000 rows read per batch); this way each write is one primary-key lookup, whatever the stats.
+# The arrays go in binary (%b): psycopg's text format escapes every element with a regex substitution.
+_CLAIM = Bulk(
+    "UPDATE jobs SET status = 'processing', attempts = attempts + 1, lease_token = v.p_token, worker_id = v.p_worker, "
+    "lease_expires_at = v.p_until, started_at = COALESCE(started_at, v.p_t), updated_at = v.p_t, seq = seq + 1, "
+    "error = NULL, current_step = 'Starting…', percentage = 0, partial_output = NULL, running_on = "
+    "(((v.p_steps::jsonb -> type) -> LEAST(model_index, jsonb_array_length(v.p_steps::jsonb -> type) - 1)) "
+    "|| jsonb_build_object('since', v.p_t))::text "
+    "FROM unnest(%b::text[], %b::text[], %b::float8[], %b::float8[], %b::text[], %b::text[], %b::bigint[]) "
+    "WITH ORDINALITY AS v(p_token, p_worker, p_until, p_t, p_steps, p_id, p_ticket, p_n) "
+    "WHERE id = v.p_id AND status IS NOT DISTINCT FROM 'queued' AND NOT cancel_requested "
+    "AND (v.p_ticket IS NULL OR seq = v.p_ticket) "
+    f"RETURNING v.p_n, {_COLUMNS}, EXISTS (SELECT 1 FROM job_secrets WHERE job_id = jobs.id)",
+    ("token", "worker", "until", "t", "steps", "id", "ticket"),
+)
+_PROGRESS = Bulk(
+    "UPDATE jobs SET percentage = v.p_pct, current_step = COALESCE(v.p_step, current_step), "
+    "partial_output = CASE WHEN v.p_append IS NOT NULL THEN COALESCE(partial_output, '') || v.p_append "
+    "ELSE COALESCE(v.p_partial, partial_output) END, updated_at = v.p_t, "
+    "seq = GREATEST(seq + 1, COALESCE(v.p_seq, 0)) "
+    "FROM unnest(%b::float8[], %b::text[], %b::text[], %b::text[], %b::bigint[], %b::float8[], %b::text[], "
+    "%b::text[]) WITH ORDINALITY AS v(p_pct, p_step, p_append, p_partial, p_seq, p_t, p_id, p_token, p_n) "
+    "WHERE id = v.p_id AND lease_token = v.p_token AND status IS NOT DISTINCT FROM 'processing' "
+    f"RETURNING v.p_n, {_COLUMNS}",
+    ("pct", "step", "append", "partial", "seq", "t", "id", "token"),
+)
+_RENEW = Bulk(
+    "UPDATE jobs SET lease_expires_at = v.p_until "
+    "FROM unnest(%b::float8[], %b::text[], %b::text[]) WITH ORDINALITY AS v(p_until, p_id, p_token, p_n) "
+    "WHERE id = v.p_id AND lease_token = v.p_token AND status IS NOT DISTINCT FROM 'processing' "
+    f"RETURNING v.p_n, {_COLUMNS}",
+    ("until", "id", "token"),
+)
+_FINISH = Bulk(
+    "UPDATE jobs SET status = v.p_status, result = v.p_result, error = v.p_error, model = COALESCE(v.p_model, model), "
+    "usage = COALESCE(v.p_usage, usage), current_step = COALESCE(v.p_step, current_step), "
+    "percentage = CASE WHEN v.p_status = 'completed' THEN 100 ELSE percentage END, lease_token = NULL, "
+    "lease_expires_at = NULL, completed_at = v.p_t, updated_at = v.p_t, seq = seq + 1, "
+    "history = CASE WHEN v.p_rec IS NULL THEN history "
+    "ELSE (COALESCE(history, '[]')::jsonb || jsonb_build_array(v.p_rec::jsonb))::text END "
+    "FROM unnest(%b::text[], %b::text[], %b::text[], %b::text[], %b::text[], %b::text[], %b::float8[], %b::text[], "
+    "%b::text[], %b::text[]) WITH ORDINALITY "
+    "AS v(p_status, p_result, p_error, p_model, p_usage, p_step, p_t, p_rec, p_id, p_token, p_n) "
+    "WHERE id = v.p_id AND lease_token = v.p_token AND status IS NOT DISTINCT FROM 'processing' "
+    f"RETURNING v.p_n, {_COLUMNS}",
+    ("status", "result", "error", "model", "usage", "step", "t", "rec", "id", "token"),
 )
 
 
@@ -194,6 +248,7 @@ class PostgresJobStore:
         self._pool: Any = None
         self._db: PgDb | None = None
         self.failures = Failures()
+        self._writes: WriteBatcher | None = None
 
     @property
     def errors(self) -> int:
@@ -241,6 +296,7 @@ class PostgresJobStore:
                 "check DATABASE_URL and that the server is up and accepts this user"
             ) from None
         self._pool, self._db = pool, PgDb(pool, self.failures)
+        self._writes = WriteBatcher(self._rows, lambda: _connection(pool, self.failures), _unreachable)
         if check_schema:
             try:
                 await self.check_schema()
@@ -249,6 +305,9 @@ class PostgresJobStore:
                 raise
 
     async def close(self) -> None:
+        if self._writes is not None:
+            await self._writes.close()
+            self._writes = None
         if self._pool is not None:
             await self._pool.close()
             self._pool = self._db = None
@@ -312,8 +371,19 @@ class PostgresJobStore:
                 log.info("deadlock, statement run again", extra={"attempt": attempt + 1})
         raise AssertionError("unreachable")
 
+    async def _write(self, sql: Statement, params: Any) -> list[Any]:
+        """A one-row write on the job path: group-committed with the writes that arrive while one is in flight
+        (pg_batch.py), each keeping its own result."""
+        if self._writes is None:
+            raise RuntimeError("the job store is not open: call open() first")
+        return await self._writes.rows(sql, params)
+
     async def _one(self, sql: str, params: Any) -> Job | None:
         rows = await self._rows(sql, params)
+        return _row_to_job(rows[0]) if rows else None
+
+    async def _write_one(self, sql: Statement, params: Any) -> Job | None:
+        rows = await self._write(sql, params)
         return _row_to_job(rows[0]) if rows else None
 
     async def _many(self, sql: str, params: Any) -> list[Job]:
@@ -362,7 +432,7 @@ class PostgresJobStore:
             "webhook": dumps(job.webhook) if job.webhook else None,
             "cap": max_active,
         }
-        rows = await self._rows(_INSERT, values)
+        rows = await self._write(_INSERT, values)
         return int(rows[0][0]) if rows else None
 
     async def get(self, job_id: str) -> Job | None:
@@ -407,15 +477,8 @@ class PostgresJobStore:
     ) -> Job | None:
         """As SQLiteJobStore.claim: only a queued, uncancelled job with this ticket; `running_on` from `steps`."""
         t = now()
-        rows = await self._rows(
-            "UPDATE jobs SET status = 'processing', attempts = attempts + 1, lease_token = %(token)s, "
-            "worker_id = %(worker)s, lease_expires_at = %(until)s, started_at = COALESCE(started_at, %(t)s), "
-            "updated_at = %(t)s, seq = seq + 1, error = NULL, current_step = 'Starting…', percentage = 0, "
-            "partial_output = NULL, running_on = (((%(steps)s::jsonb -> type) -> LEAST(model_index, "
-            "jsonb_array_length(%(steps)s::jsonb -> type) - 1)) || jsonb_build_object('since', %(t)s::float8))::text "
-            "WHERE id = %(id)s AND status = 'queued' AND NOT cancel_requested "
-            "AND (%(ticket)s::bigint IS NULL OR seq = %(ticket)s::bigint) "
-            f"RETURNING {_COLUMNS}, EXISTS (SELECT 1 FROM job_secrets WHERE job_id = jobs.id)",
+        rows = await self._write(
+            _CLAIM,
             {
                 "token": token,
                 "worker": worker_id,
@@ -443,13 +506,8 @@ class PostgresJobStore:
         append_output: str | None = None,
         seq: int | None = None,
     ) -> Job | None:
-        return await self._one(
-            "UPDATE jobs SET percentage = %(pct)s, current_step = COALESCE(%(step)s::text, current_step), "
-            "partial_output = CASE WHEN %(append)s::text IS NOT NULL THEN COALESCE(partial_output, '') || "
-            "%(append)s::text ELSE COALESCE(%(partial)s::text, partial_output) END, updated_at = %(t)s, "
-            "seq = GREATEST(seq + 1, COALESCE(%(seq)s::bigint, 0)) "
-            "WHERE id = %(id)s AND lease_token = %(token)s AND status = 'processing' "
-            f"RETURNING {_COLUMNS}",
+        return await self._write_one(
+            _PROGRESS,
             {
                 "pct": percentage,
                 "step": step,
@@ -474,15 +532,8 @@ class PostgresJobStore:
         usage: dict[str, Any] | None = None,
         record: dict[str, Any] | None = None,
     ) -> Job | None:
-        t = now()
-        percentage_sql = "100" if status is JobStatus.COMPLETED else "percentage"
-        return await self._one(
-            "UPDATE jobs SET status = %(status)s, result = %(result)s, error = %(error)s, "
-            "model = COALESCE(%(model)s::text, model), usage = COALESCE(%(usage)s::text, usage), "
-            "current_step = COALESCE(%(step)s::text, current_step), "
-            f"percentage = {percentage_sql}, lease_token = NULL, lease_expires_at = NULL, completed_at = %(t)s, "
-            f"updated_at = %(t)s, seq = seq + 1, {_HISTORY_APPEND} "
-            f"WHERE id = %(id)s AND lease_token = %(token)s AND status = 'processing' RETURNING {_COLUMNS}",
+        return await self._write_one(
+            _FINISH,
             {
                 "status": status.value,
                 "result": dumps(result) if result is not None else None,
@@ -490,7 +541,7 @@ class PostgresJobStore:
                 "model": model,
                 "usage": dumps(usage) if usage else None,
                 "step": FINAL_STEPS.get(status),  # a finished job no longer says "Polishing titles…"
-                "t": t,
+                "t": now(),
                 "rec": dumps(record) if record else None,
                 "id": job_id,
                 "token": token,
@@ -512,7 +563,7 @@ class PostgresJobStore:
         """As SQLiteJobStore.requeue (a job flagged for cancel ends `cancelled`)."""
         t = now()
         attempts_sql = "attempts - 1" if refund else ("0" if next_model else "attempts")
-        return await self._one(
+        return await self._write_one(
             "UPDATE jobs SET status = CASE WHEN cancel_requested THEN 'cancelled' ELSE 'queued' END, "
             "completed_at = CASE WHEN cancel_requested THEN %(t)s ELSE NULL END, "
             "lease_token = NULL, lease_expires_at = NULL, worker_id = NULL, error = %(error)s, "
@@ -547,15 +598,11 @@ class PostgresJobStore:
     # --- the job lifecycle: leases, cancel, recovery, expiry, queue estimates, idempotency -------------
 
     async def renew(self, job_id: str, token: str, *, lease_seconds: float) -> Job | None:
-        return await self._one(
-            "UPDATE jobs SET lease_expires_at = %s WHERE id = %s AND lease_token = %s AND status = 'processing' "
-            f"RETURNING {_COLUMNS}",
-            (now() + lease_seconds, job_id, token),
-        )
+        return await self._write_one(_RENEW, {"until": now() + lease_seconds, "id": job_id, "token": token})
 
     async def cancel_queued(self, job_id: str, user_id: str) -> Job | None:
         t = now()
-        return await self._one(
+        return await self._write_one(
             "UPDATE jobs SET status = 'cancelled', cancel_requested = TRUE, completed_at = %s, updated_at = %s, "
             "seq = seq + 1, current_step = 'Cancelled', error = NULL "
             f"WHERE id = %s AND user_id = %s AND status = 'queued' RETURNING {_COLUMNS}",
@@ -563,7 +610,7 @@ class PostgresJobStore:
         )
 
     async def request_cancel(self, job_id: str, user_id: str) -> Job | None:
-        return await self._one(
+        return await self._write_one(
             "UPDATE jobs SET cancel_requested = TRUE "
             f"WHERE id = %s AND user_id = %s AND status = 'processing' RETURNING {_COLUMNS}",
             (job_id, user_id),
@@ -585,7 +632,7 @@ class PostgresJobStore:
         record: dict[str, Any] | None,
     ) -> Job | None:
         t = now()
-        return await self._one(
+        return await self._write_one(
             "UPDATE jobs SET status = %(status)s, lease_token = NULL, lease_expires_at = NULL, worker_id = NULL, "
             "error = %(error)s, current_step = %(step)s, updated_at = %(t)s, ready_at = %(t)s, "
             f"completed_at = CASE WHEN %(ends)s THEN %(t)s ELSE NULL END, seq = seq + {UNSTORED_EVENTS_MAX + 1}, "
@@ -605,7 +652,7 @@ class PostgresJobStore:
         )
 
     async def touch_queued(self, job_id: str, seq: int, *, step: str) -> Job | None:
-        return await self._one(
+        return await self._write_one(
             "UPDATE jobs SET seq = seq + 1, current_step = %s, updated_at = %s "
             f"WHERE id = %s AND status = 'queued' AND seq = %s RETURNING {_COLUMNS}",
             (step, now(), job_id, seq),
