@@ -81,6 +81,14 @@ async def submit(page: Any, job_type: str, text: str) -> str:
     return await page.locator(".job").first.get_attribute("data-job-id")
 
 
+async def sign_in_with_token(page: Any, url: str, token: str) -> None:
+    """Open the page without demo login and sign in through its form, as a user pasting a token does."""
+    await page.goto(url + "/")
+    await page.fill("#token", token)
+    await page.click("form.signin button[type=submit]")
+    await page.wait_for_selector("#form-titles", timeout=T)
+
+
 def card(page: Any, job_id: str) -> Any:
     return page.locator(f'.job[data-job-id="{job_id}"]')
 
@@ -310,10 +318,7 @@ async def test_sign_in_with_a_token_then_a_queued_job_waits_for_a_worker(
     context = await browser.new_context(viewport=DESKTOP)
     try:
         page = await context.new_page()
-        await page.goto(web.url + "/")
-        await page.fill("#token", token)
-        await page.click("form.signin button[type=submit]")
-        await page.wait_for_selector("#form-titles", timeout=T)
+        await sign_in_with_token(page, web.url, token)
         assert await page.text_content("#who") == "Signed in as carol"
         job_id = await submit(page, "titles", "Waiting for a worker")
         c = card(page, job_id)
@@ -340,10 +345,7 @@ async def test_signed_out_in_another_tab_the_page_asks_to_sign_in_again(
     context = await browser.new_context(viewport=DESKTOP)
     try:
         page = await context.new_page()
-        await page.goto(web.url + "/")
-        await page.fill("#token", token)
-        await page.click("form.signin button[type=submit]")
-        await page.wait_for_selector("#form-titles", timeout=T)
+        await sign_in_with_token(page, web.url, token)
         job_id = await submit(page, "titles", "Followed until signed out")  # no worker: it stays queued
         await page.wait_for_function(
             f"""document.querySelector('.job[data-job-id="{job_id}"]').textContent.includes('live via SSE')""",
@@ -374,10 +376,7 @@ async def test_queued_card_follows_its_place_as_the_queue_drains(browser: Any, s
                     body = {"type": "titles", "input": {"text": f"Ahead {i} [[slow:{slow}]]"}}
                     assert (await api.post("/api/jobs", json=body)).status_code == 202
             page = await context.new_page()
-            await page.goto(web.url + "/")
-            await page.fill("#token", token)
-            await page.click("form.signin button[type=submit]")
-            await page.wait_for_selector("#form-titles", timeout=T)
+            await sign_in_with_token(page, web.url, token)
             job_id = await submit(page, "titles", "Behind three others")
             eta = f"""document.querySelector('.job[data-job-id="{job_id}"] .eta').textContent"""
             # No worker yet: the three stay ahead however long the page took to load (with one running, they
