@@ -27,7 +27,7 @@ from service.queue import JobQueue
 from service.store import open_store
 from service.tasks import default_registry
 
-from .conftest import LiveServer, until
+from .conftest import WAIT_SECONDS, LiveServer, until
 
 
 def rss_kb() -> int:
@@ -55,15 +55,15 @@ async def sse_cycle(port: int, path: str, auth: str) -> None:
         f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nAccept: text/event-stream\r\nAuthorization: {auth}\r\n\r\n"
     )
     writer.write(head.encode())
-    head = await asyncio.wait_for(reader.readuntil(b"retry: "), 10)
+    head = await asyncio.wait_for(reader.readuntil(b"retry: "), WAIT_SECONDS)
     assert head.startswith(b"HTTP/1.1 200")
     writer.transport.abort()
 
 
 async def ws_cycle(url: str, auth: str) -> None:
-    async with websockets.connect(url, additional_headers={"Authorization": auth}) as ws:
+    async with websockets.connect(url, additional_headers={"Authorization": auth}, open_timeout=WAIT_SECONDS) as ws:
         await ws.send('{"type":"ping"}')
-        while (msg := json.loads(await asyncio.wait_for(ws.recv(), 10))) == {"type": "ping"}:
+        while (msg := json.loads(await asyncio.wait_for(ws.recv(), WAIT_SECONDS))) == {"type": "ping"}:
             pass  # a server keepalive may come first
         assert msg == {"type": "pong"}
 
