@@ -94,7 +94,7 @@ class Sizes:
         return cls(
             rounds=1,
             heavy_rounds=1,
-            load_seconds=0.3,
+            load_seconds=1.0,  # a loaded machine may answer no request at all in a shorter window
             latency_jobs=5,
             latency_jobs_slow_poll=1,
             drain_jobs=200,

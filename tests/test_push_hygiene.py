@@ -27,7 +27,7 @@ from service.queue import JobQueue
 from service.store import open_store
 from service.tasks import default_registry
 
-from .conftest import LiveServer, until
+from .conftest import WAIT_SECONDS, LiveServer, until
 
 
 def rss_kb() -> int:
@@ -55,15 +55,15 @@ async def sse_cycle(port: int, path: str, auth: str) -> None:
         f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nAccept: text/event-stream\r\nAuthorization: {auth}\r\n\r\n"
     )
     writer.write(head.encode())
-    head = await asyncio.wait_for(reader.readuntil(b"retry: "), 10)
+    head = await asyncio.wait_for(reader.readuntil(b"retry: "), WAIT_SECONDS)
     assert head.startswith(b"HTTP/1.1 200")
     writer.transport.abort()
 
 
 async def ws_cycle(url: str, auth: str) -> None:
-    async with websockets.connect(url, additional_headers={"Authorization": auth}) as ws:
+    async with websockets.connect(url, additional_headers={"Authorization": auth}, open_timeout=WAIT_SECONDS) as ws:
         await ws.send('{"type":"ping"}')
-        while (msg := json.loads(await asyncio.wait_for(ws.recv(), 10))) == {"type": "ping"}:
+        while (msg := json.loads(await asyncio.wait_for(ws.recv(), WAIT_SECONDS))) == {"type": "ping"}:
             pass  # a server keepalive may come first
         assert msg == {"type": "pong"}
 
@@ -287,11 +287,13 @@ async def test_parked_clients_are_served_by_their_lane_and_the_rest_the_usual_wa
     calls: list[tuple[int | None, int]] = []
     served: dict[int, list[int | None]] = {}
 
+    sockets_busy = [False]  # from the event on: while the 600 subscribe, a keepalive round (0.3 s) must unpark none
+
     def lane(event: Event | None, members: dict[Any, Subscriber]) -> list[Any]:
         calls.append((None if event is None else event.seq, len(members)))
         for m in members:
             served.setdefault(m, []).append(None if event is None else event.seq)
-        return [m for m in members if m % 10 == 0]  # these "sockets are busy"
+        return [m for m in members if m % 10 == 0] if sockets_busy[0] else []  # these "sockets are busy"
 
     job = f"lane-{time.monotonic_ns()}"
     try:
@@ -306,6 +308,7 @@ async def test_parked_clients_are_served_by_their_lane_and_the_rest_the_usual_wa
                 assert not await sub.wait(0)
         assert gateway.parked == 600 and gateway.connections == 600
         assert not gateway.park(subs[1], job, 1, lane, gateway.fast.sse_lane), "already parked"
+        sockets_busy[0] = True
         await events.publish("lane-user", progress(job, 2))
 
         async def received() -> bool:
