@@ -96,6 +96,25 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedR
     server.stop()
 
 
+@pytest.fixture(autouse=True)
+def _no_provider_pause_left_behind(request: pytest.FixtureRequest) -> Iterator[None]:
+    """A provider back-off is Redis-wide, as in production: one a test provoked (a 429 with Retry-After) would hold
+    the next test's jobs on this worker's Redis. Each test that used the Redis leaves none behind."""
+    yield
+    if "redis_server" not in request.fixturenames:
+        return
+    import redis as redis_sync
+
+    server: EmbeddedRedis = request.getfixturevalue("redis_server")
+    client = redis_sync.Redis.from_url(server.url)
+    try:
+        keys = list(client.scan_iter("aijobs:backoff*", count=1000))
+        if keys:
+            client.delete(*keys)
+    finally:
+        client.close()
+
+
 def fast_settings(redis_server: EmbeddedRedis, tmp_path: Path, **overrides: object) -> Settings:
     """Fast settings on the suite's Redis, with a store and a queue of their own."""
     if TEST_STORE == "postgres" and "database_url" not in overrides:
