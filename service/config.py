@@ -73,6 +73,18 @@ class Settings:
             "put PgBouncer in transaction mode in front)",
         },
     )
+    redis_socket_timeout: float = field(
+        default=5.0,
+        metadata={
+            "env": "REDIS_SOCKET_TIMEOUT",
+            "doc": "Seconds a Redis command's write or reply may take before it fails as a lost connection (pub/sub "
+            "reads keep their own bounded waits); 0: no limit",
+        },
+    )
+    redis_connect_timeout: float = field(
+        default=2.0,
+        metadata={"env": "REDIS_CONNECT_TIMEOUT", "doc": "Seconds to open a connection to Redis before it fails"},
+    )
     store_busy_timeout: float = field(
         default=10.0,
         metadata={
@@ -524,6 +536,8 @@ class Settings:
                 "must be sqlite:///path or postgresql://[user[:password]@]host[:port]/dbname",
             ),
             ("DATABASE_POOL_SIZE", self.database_pool_size >= 1, "must be at least 1"),
+            ("REDIS_SOCKET_TIMEOUT", self.redis_socket_timeout >= 0, "must be 0 or more"),
+            ("REDIS_CONNECT_TIMEOUT", self.redis_connect_timeout > 0, "must be more than 0"),
             ("METRICS_PORT", 0 <= self.metrics_port <= 65535, "must be 0-65535"),
             (
                 "METRICS_TOKEN",

@@ -243,6 +243,8 @@ def build_worker(
             job_deserializer=json_deserializer,
             default_queue_name=settings.queue_name,
             retry=metrics.redis_errors,  # counts every command that fails for want of Redis
+            socket_timeout=settings.redis_socket_timeout,
+            connect_timeout=settings.redis_connect_timeout,
         ),
         on_startup=startup,
         on_shutdown=shutdown,
