@@ -166,6 +166,7 @@ def build_worker(
         )
         ctx.update(store=store, http=http, provider=ai, provider_keys=keys, chain_providers=chain_providers)
         events = EventLog(ctx["redis"], maxlen=settings.event_stream_maxlen)
+        events.reread = store.get  # a job whose events a silent Redis missed is announced from the store when back
         queue = JobQueue(ctx["redis"], queue_name=settings.queue_name)
         governor = build_governor(ctx["redis"], settings)
         chat_models = (settings.ai_model, *settings.ai_fallback_models) if settings.ai_fallback_models else ()

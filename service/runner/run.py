@@ -31,6 +31,7 @@ from ..models import Job, JobError, JobStatus, dumps
 from ..providers.base import Provider
 from ..providers.errors import RateLimited
 from ..queue import JobQueue
+from ..redis_silence import RedisSilent
 from ..store.base import JobStore
 from ..tasks.registry import TaskRegistry, TaskSpec
 from ..tracing import Tracing
@@ -204,6 +205,8 @@ class JobRunner:
 
         def done(future: asyncio.Future[bool]) -> None:
             if not future.cancelled() and future.exception() is not None:
+                if isinstance(future.exception(), RedisSilent):
+                    return  # Redis's path is silent: said once (service/redis_silence.py), re-announced when back
                 log.warning("could not publish an event", extra={"job_id": job.id, "error": repr(future.exception())})
 
         try:
