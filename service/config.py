@@ -73,6 +73,16 @@ class Settings:
             "put PgBouncer in transaction mode in front)",
         },
     )
+    database_statement_timeout: float = field(
+        default=30.0,
+        metadata={
+            "env": "DATABASE_STATEMENT_TIMEOUT",
+            "doc": "Seconds one PostgreSQL statement, or a session idle inside a transaction, may last before the "
+            "server ends it (statement_timeout, idle_in_transaction_session_timeout; not for `aijobs migrate`): the "
+            "row locks of a worker cut off mid-transaction are freed for the worker that takes its jobs over; "
+            "0: no limit",
+        },
+    )
     redis_socket_timeout: float = field(
         default=5.0,
         metadata={
@@ -536,6 +546,7 @@ class Settings:
                 "must be sqlite:///path or postgresql://[user[:password]@]host[:port]/dbname",
             ),
             ("DATABASE_POOL_SIZE", self.database_pool_size >= 1, "must be at least 1"),
+            ("DATABASE_STATEMENT_TIMEOUT", self.database_statement_timeout >= 0, "must be 0 or more"),
             ("REDIS_SOCKET_TIMEOUT", self.redis_socket_timeout >= 0, "must be 0 or more"),
             ("REDIS_CONNECT_TIMEOUT", self.redis_connect_timeout > 0, "must be more than 0"),
             ("METRICS_PORT", 0 <= self.metrics_port <= 65535, "must be 0-65535"),

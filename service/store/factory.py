@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from .base import JobStore
@@ -25,15 +26,21 @@ def open_store(settings: Settings) -> JobStore:
     if settings.uses_postgres:
         from .postgres import PostgresJobStore
 
-        return PostgresJobStore(settings.database_url, max_size=settings.database_pool_size)
+        return PostgresJobStore(
+            settings.database_url,
+            max_size=settings.database_pool_size,
+            statement_timeout=settings.database_statement_timeout,
+        )
     from .sqlite import SQLiteJobStore
 
     return SQLiteJobStore(settings.sqlite_path, busy_timeout=settings.store_busy_timeout)
 
 
 async def migrate(settings: Settings) -> tuple[int, int]:
-    """`aijobs migrate`: bring the store's schema to this code's; (version before, version after)."""
-    store = open_store(settings)
+    """`aijobs migrate`: bring the store's schema to this code's; (version before, version after). Without
+    DATABASE_STATEMENT_TIMEOUT: a migration's statements (an index on a large table) and the wait for another host's
+    migration (an advisory lock) may rightly take longer."""
+    store = open_store(replace(settings, database_statement_timeout=0.0))
     if settings.uses_postgres:
         from .postgres import PostgresJobStore
 

@@ -122,11 +122,33 @@ def _shown(url: str) -> str:
     return re.sub(r"(://[^/:@]*:)[^/@]*@", r"\1***@", url)
 
 
-def _configure_kwargs(connect_timeout: float) -> dict[str, Any]:
+# TCP keepalive on every connection, and a bound on unacknowledged data (tcp_user_timeout): a connection whose path
+# went silent (packets dropped, no reset) fails in about 15 s, idle or mid-statement, instead of the kernel's minutes
+# to hours; its writes fail as store_unavailable, the worker's leases lapse and another worker's sweeper takes over.
+KEEPALIVES = {"keepalives": 1, "keepalives_idle": 5, "keepalives_interval": 3, "keepalives_count": 3}
+TCP_USER_TIMEOUT_MS = 15_000
+
+
+def _configure_kwargs(connect_timeout: float, statement_timeout: float = 0.0) -> dict[str, Any]:
     # autocommit: one statement is one transaction, as in the SQLite store; prepare_threshold=None: never a named
     # server-side prepared statement, so PgBouncer's transaction mode is safe. connect_timeout: libpq waits forever
     # by default for a host that drops packets; bounded, the pool's reconnect loop keeps going instead.
-    return {"autocommit": True, "prepare_threshold": None, "connect_timeout": max(1, round(connect_timeout))}
+    kwargs: dict[str, Any] = {
+        "autocommit": True,
+        "prepare_threshold": None,
+        "connect_timeout": max(1, round(connect_timeout)),
+        **KEEPALIVES,
+        "tcp_user_timeout": TCP_USER_TIMEOUT_MS,
+    }
+    if statement_timeout > 0:
+        # DATABASE_STATEMENT_TIMEOUT: the server ends a statement that runs longer, and a session left idle inside a
+        # transaction that long. The second is what frees a cut-off worker's row locks: a write batch is pipelined
+        # (BEGIN, the writes, COMMIT: pg_batch.py), and a path that goes silent after its UPDATEs reached the server
+        # but before its COMMIT did leaves their rows locked; the server's own keepalive would wait hours, and the
+        # worker that took the jobs over would wait on those locks until then.
+        ms = round(statement_timeout * 1000)
+        kwargs["options"] = f"-c statement_timeout={ms} -c idle_in_transaction_session_timeout={ms}"
+    return kwargs
 
 
 def _unreachable(exc: BaseException) -> bool:
@@ -239,8 +261,10 @@ class PostgresJobStore:
         max_size: int = 10,
         connect_timeout: float = 10.0,
         acquire_timeout: float = 5.0,
+        statement_timeout: float = 0.0,
     ) -> None:
         self.url = url
+        self.statement_timeout = statement_timeout
         self.acquire_timeout = acquire_timeout
         self.min_size = min_size
         self.max_size = max_size
@@ -274,7 +298,7 @@ class PostgresJobStore:
             self.url,
             min_size=self.min_size,
             max_size=self.max_size,
-            kwargs=_configure_kwargs(self.connect_timeout),
+            kwargs=_configure_kwargs(self.connect_timeout, self.statement_timeout),
             open=False,
             # How long a caller waits for a connection: a down server answers StoreUnavailable after this, never
             # a hang. check: each connection is tried (an empty query) before it is handed out, so those a
