@@ -77,10 +77,9 @@ class Settings:
         default=30.0,
         metadata={
             "env": "DATABASE_STATEMENT_TIMEOUT",
-            "doc": "Seconds one PostgreSQL statement, or a session idle inside a transaction, may last before the "
-            "server ends it (statement_timeout, idle_in_transaction_session_timeout; not for `aijobs migrate`): the "
-            "row locks of a worker cut off mid-transaction are freed for the worker that takes its jobs over; "
-            "0: no limit",
+            "doc": "Seconds a statement of a PostgreSQL write batch may run, or the batch's transaction stay idle, "
+            "before the server ends it (SET LOCAL statement_timeout and idle_in_transaction_session_timeout: the rows "
+            "of a worker cut off before its COMMIT are freed for the worker that takes its jobs over); 0: no limit",
         },
     )
     redis_socket_timeout: float = field(

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator
-from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from .base import JobStore
@@ -37,10 +36,8 @@ def open_store(settings: Settings) -> JobStore:
 
 
 async def migrate(settings: Settings) -> tuple[int, int]:
-    """`aijobs migrate`: bring the store's schema to this code's; (version before, version after). Without
-    DATABASE_STATEMENT_TIMEOUT: a migration's statements (an index on a large table) and the wait for another host's
-    migration (an advisory lock) may rightly take longer."""
-    store = open_store(replace(settings, database_statement_timeout=0.0))
+    """`aijobs migrate`: bring the store's schema to this code's; (version before, version after)."""
+    store = open_store(settings)
     if settings.uses_postgres:
         from .postgres import PostgresJobStore
 

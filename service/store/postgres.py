@@ -125,11 +125,12 @@ def _shown(url: str) -> str:
 # TCP keepalive on every connection, and a bound on unacknowledged data (tcp_user_timeout): a connection whose path
 # went silent (packets dropped, no reset) fails in about 15 s, idle or mid-statement, instead of the kernel's minutes
 # to hours; its writes fail as store_unavailable, the worker's leases lapse and another worker's sweeper takes over.
+# Client-side libpq parameters, not startup options: PgBouncer takes them. (DATABASE_STATEMENT_TIMEOUT: pg_batch.py.)
 KEEPALIVES = {"keepalives": 1, "keepalives_idle": 5, "keepalives_interval": 3, "keepalives_count": 3}
 TCP_USER_TIMEOUT_MS = 15_000
 
 
-def _configure_kwargs(connect_timeout: float, statement_timeout: float = 0.0) -> dict[str, Any]:
+def _configure_kwargs(connect_timeout: float) -> dict[str, Any]:
     # autocommit: one statement is one transaction, as in the SQLite store; prepare_threshold=None: never a named
     # server-side prepared statement, so PgBouncer's transaction mode is safe. connect_timeout: libpq waits forever
     # by default for a host that drops packets; bounded, the pool's reconnect loop keeps going instead.
@@ -140,14 +141,6 @@ def _configure_kwargs(connect_timeout: float, statement_timeout: float = 0.0) ->
         **KEEPALIVES,
         "tcp_user_timeout": TCP_USER_TIMEOUT_MS,
     }
-    if statement_timeout > 0:
-        # DATABASE_STATEMENT_TIMEOUT: the server ends a statement that runs longer, and a session left idle inside a
-        # transaction that long. The second is what frees a cut-off worker's row locks: a write batch is pipelined
-        # (BEGIN, the writes, COMMIT: pg_batch.py), and a path that goes silent after its UPDATEs reached the server
-        # but before its COMMIT did leaves their rows locked; the server's own keepalive would wait hours, and the
-        # worker that took the jobs over would wait on those locks until then.
-        ms = round(statement_timeout * 1000)
-        kwargs["options"] = f"-c statement_timeout={ms} -c idle_in_transaction_session_timeout={ms}"
     return kwargs
 
 
@@ -298,7 +291,7 @@ class PostgresJobStore:
             self.url,
             min_size=self.min_size,
             max_size=self.max_size,
-            kwargs=_configure_kwargs(self.connect_timeout, self.statement_timeout),
+            kwargs=_configure_kwargs(self.connect_timeout),
             open=False,
             # How long a caller waits for a connection: a down server answers StoreUnavailable after this, never
             # a hang. check: each connection is tried (an empty query) before it is handed out, so those a
@@ -320,7 +313,12 @@ class PostgresJobStore:
                 "check DATABASE_URL and that the server is up and accepts this user"
             ) from None
         self._pool, self._db = pool, PgDb(pool, self.failures)
-        self._writes = WriteBatcher(self._rows, lambda: _connection(pool, self.failures), _unreachable)
+        self._writes = WriteBatcher(
+            self._rows,
+            lambda: _connection(pool, self.failures),
+            _unreachable,
+            statement_timeout=self.statement_timeout,
+        )
         if check_schema:
             try:
                 await self.check_schema()
