@@ -51,6 +51,8 @@ _TRANSIENT = (RedisConnectionError, RedisTimeoutError, OSError)
 REDIS_RETRY_FIRST = 0.05
 REDIS_RETRY_MAX = 1.0
 
+WAKE_READ_SECONDS = 1.0  # one read of the wake-up channel waits this long for a message, then reads again
+
 FINISH_BATCH = 1000  # finished jobs removed per Redis call (Lua's unpack has a limit)
 
 # What taking a job does, for both scripts below: the same checks as arq's start_jobs (not already in progress,
@@ -419,7 +421,9 @@ class WakeableWorker(Worker):
                 subscribed.set()
                 backoff = 0.1
                 while True:
-                    message = await pubsub.get_message(timeout=None)
+                    # a timeout of its own, not None: None would wait under the socket timeout (REDIS_SOCKET_TIMEOUT)
+                    # and take a quiet channel for a dead connection; this returns None when nothing came
+                    message = await pubsub.get_message(timeout=WAKE_READ_SECONDS)
                     if message is not None:
                         self._wake.set()
             except (RedisConnectionError, RedisTimeoutError, OSError) as exc:

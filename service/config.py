@@ -73,6 +73,27 @@ class Settings:
             "put PgBouncer in transaction mode in front)",
         },
     )
+    database_statement_timeout: float = field(
+        default=30.0,
+        metadata={
+            "env": "DATABASE_STATEMENT_TIMEOUT",
+            "doc": "Seconds a statement of a PostgreSQL write batch may run, or the batch's transaction stay idle, "
+            "before the server ends it (SET LOCAL statement_timeout and idle_in_transaction_session_timeout: the rows "
+            "of a worker cut off before its COMMIT are freed for the worker that takes its jobs over); 0: no limit",
+        },
+    )
+    redis_socket_timeout: float = field(
+        default=5.0,
+        metadata={
+            "env": "REDIS_SOCKET_TIMEOUT",
+            "doc": "Seconds a Redis command's write or reply may take before it fails as a lost connection (pub/sub "
+            "reads keep their own bounded waits); 0: no limit",
+        },
+    )
+    redis_connect_timeout: float = field(
+        default=2.0,
+        metadata={"env": "REDIS_CONNECT_TIMEOUT", "doc": "Seconds to open a connection to Redis before it fails"},
+    )
     store_busy_timeout: float = field(
         default=10.0,
         metadata={
@@ -524,6 +545,9 @@ class Settings:
                 "must be sqlite:///path or postgresql://[user[:password]@]host[:port]/dbname",
             ),
             ("DATABASE_POOL_SIZE", self.database_pool_size >= 1, "must be at least 1"),
+            ("DATABASE_STATEMENT_TIMEOUT", self.database_statement_timeout >= 0, "must be 0 or more"),
+            ("REDIS_SOCKET_TIMEOUT", self.redis_socket_timeout >= 0, "must be 0 or more"),
+            ("REDIS_CONNECT_TIMEOUT", self.redis_connect_timeout > 0, "must be more than 0"),
             ("METRICS_PORT", 0 <= self.metrics_port <= 65535, "must be 0-65535"),
             (
                 "METRICS_TOKEN",

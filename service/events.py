@@ -8,6 +8,12 @@ a web process needs one subscription per watching user, not one per job.
 Publishing is group-committed: the events every coroutine of a process publishes while one batch is on
 its way go together in the next pipeline (one round trip, one pooled connection), each keeping its own
 answer. A lone event goes at once, so an idle process pays one loop iteration, not a timer.
+
+Events are best-effort once the store holds the state: while Redis's path is silent (a call timed out), publishing
+fails at once (service/redis_silence.py) and the job goes on at the store's pace. The jobs whose events were skipped
+are remembered, and when Redis answers again each one's state is re-read from the store and announced (`reread`), so
+a watcher that missed the end of a job gets it then (a status event with the store's seq; a jump is a gap, which the
+push layer resyncs from the store).
 """
 
 from __future__ import annotations
@@ -15,11 +21,13 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from redis.asyncio import Redis
 
 from .models import Event, EventKind, Job, JobStatus, iso, now
+from .redis_silence import RedisSilent, is_silence
 from .script_batch import ScriptBatch
 
 log = logging.getLogger("aijobs.events")
@@ -27,6 +35,7 @@ log = logging.getLogger("aijobs.events")
 STREAM_PREFIX = "aijobs:events:"
 USER_CHANNEL_PREFIX = "aijobs:user:"
 STREAM_TTL_MS = 7 * 24 * 3600 * 1000
+MISSED_MEMORY = 10_000  # jobs whose skipped events one process re-announces when Redis answers again
 
 # XADD may be refused (an equal or newer entry exists): then nothing is published either. Any other error (READONLY
 # from a primary that Sentinel demoted) is raised, not taken for that refusal, which would stop the job's run. A
@@ -90,8 +99,34 @@ class EventLog:
     def __init__(self, redis: Redis, *, maxlen: int = 2000) -> None:
         self.redis = redis
         self.maxlen = maxlen
-        self._batch = ScriptBatch(redis)  # events published at about the same time share one round trip
+        # events published at about the same time share one round trip; none waits on a silent Redis
+        self._batch = ScriptBatch(redis, skip_when_silent=True)
         self._script = self._batch.register(_PUBLISH_LUA)
+        # how to re-read a job whose events were skipped (the worker gives its store's `get`); None: not re-announced
+        self.reread: Callable[[str], Awaitable[Job | None]] | None = None
+        self._missed: dict[str, None] = {}  # job ids, oldest first
+        assert self._batch.silence is not None
+        self._batch.silence.on_back(self._announce_missed)
+
+    def _missed_one(self, job_id: str, exc: BaseException) -> None:
+        if self.reread is not None and is_silence(exc) and len(self._missed) < MISSED_MEMORY:
+            self._missed[job_id] = None
+
+    async def _announce_missed(self) -> None:
+        """Redis answers again: announce the stored state of every job whose events were skipped meanwhile."""
+        reread, missed = self.reread, list(self._missed)
+        self._missed.clear()
+        if reread is None or not missed:
+            return
+        log.warning("re-announcing jobs whose events Redis missed", extra={"jobs": len(missed)})
+        for job_id in missed:
+            try:
+                job = await reread(job_id)
+            except Exception as exc:
+                log.warning("could not re-read a job to announce it", extra={"job_id": job_id, "error": repr(exc)})
+                continue
+            if job is not None:
+                await self.announce(job)
 
     def publish_call(self, user_id: str, event: Event) -> tuple[list[str], list[Any]]:
         """KEYS and ARGV of `publish_event` in PUBLISH_EVENT_LUA for this event."""
@@ -107,6 +142,8 @@ class EventLog:
         misses the event resyncs from it (a gap snapshot), so a Redis fault here must not fail the caller's write."""
         try:
             await self.publish(job.user_id, announcement(job))
+        except RedisSilent:
+            return  # remembered by publish_soon; said once by service/redis_silence.py
         except Exception as exc:
             log.warning(
                 "could not publish an event",
@@ -120,7 +157,16 @@ class EventLog:
         on: anything it queues afterwards lands after it.
         """
         keys, argv = self.publish_call(user_id, event)
-        return self._batch.call(self._script, keys, argv)
+        future = self._batch.call(self._script, keys, argv)
+        if self.reread is not None:
+            job_id = event.job_id
+
+            def done(f: asyncio.Future[Any]) -> None:
+                if not f.cancelled() and f.exception() is not None:
+                    self._missed_one(job_id, f.exception())  # type: ignore[arg-type]
+
+            future.add_done_callback(done)
+        return future
 
     async def newest_seq(self, job_id: str) -> int:
         """The seq of the job's newest logged event (0: none). Ahead of the store's while a run is between two

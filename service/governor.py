@@ -21,6 +21,7 @@ from redis.asyncio import Redis
 
 from .config import Settings
 from .providers.errors import RateLimited
+from .redis_silence import RedisSilent
 from .script_batch import ScriptBatch
 
 log = logging.getLogger("aijobs.governor")
@@ -338,7 +339,9 @@ class Governor:
     call_ttl: float = 600.0  # a concurrent-call slot of a worker that died is freed after this long
 
     def __post_init__(self) -> None:
-        self._batch = ScriptBatch(self.redis)  # the calls of every slot at about the same time share a round trip
+        # the calls of every slot at about the same time share a round trip; none waits on a silent Redis (it fails
+        # open at once: service/redis_silence.py)
+        self._batch = ScriptBatch(self.redis, skip_when_silent=True)
         self._admit = self._batch.register(_ADMIT_LUA)
         self._settle = self._batch.register(_SETTLE_LUA)
 
@@ -383,7 +386,8 @@ class Governor:
                 ],
             )
         except Exception as exc:  # Redis trouble: let the call decide (a 429 still waits in the queue)
-            log.warning("governor unavailable, call admitted", extra={"error": repr(exc)})
+            if not isinstance(exc, RedisSilent):  # a silent Redis is said once, by service/redis_silence.py
+                log.warning("governor unavailable, call admitted", extra={"error": repr(exc)})
             return 0.0, True
         text = answer.decode() if isinstance(answer, bytes) else str(answer)
         if text.startswith("u"):
@@ -420,7 +424,8 @@ class Governor:
         try:
             await self._batch.call(self._settle, self._keys(scope), args)
         except Exception as exc:
-            log.warning("governor could not settle a call", extra={"error": repr(exc)})
+            if not isinstance(exc, RedisSilent):
+                log.warning("governor could not settle a call", extra={"error": repr(exc)})
 
 
 def build_governor(redis: Redis, settings: Settings) -> Governor | None:

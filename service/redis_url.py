@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 from typing import Any, TypeVar, overload
 
 from arq.connections import ArqRedis
@@ -37,6 +38,7 @@ from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .config import is_sentinel_url, parse_sentinel_url
+from .redis_conn import bound_sends
 
 log = logging.getLogger("aijobs.redis")
 
@@ -45,6 +47,33 @@ R = TypeVar("R", bound=Redis)
 CONNECT_TIMEOUT = 1.0  # seconds to open a connection to Redis: arq's own default (`conn_timeout`)
 SENTINEL_TIMEOUT = 2.0  # seconds for a Sentinel to answer; a dead one is skipped for the next
 FOLLOW_SECONDS = 1.0  # how often `follow_primary` asks the Sentinels where the primary is
+
+# TCP keepalive on every TCP connection to Redis: an idle connection (a pub/sub subscription) whose path went silent
+# (packets dropped, no reset) is found dead after about 5 + 3 x 3 = 14 s, not after the kernel's two hours.
+KEEPALIVE_IDLE, KEEPALIVE_INTERVAL, KEEPALIVE_COUNT = 5, 3, 3
+
+
+def keepalive_options() -> dict[int, int]:
+    """The TCP_KEEP* socket options this platform has (Linux has all three; macOS names the first differently)."""
+    wanted = {"TCP_KEEPIDLE": KEEPALIVE_IDLE, "TCP_KEEPINTVL": KEEPALIVE_INTERVAL, "TCP_KEEPCNT": KEEPALIVE_COUNT}
+    return {getattr(socket, name): value for name, value in wanted.items() if hasattr(socket, name)}
+
+
+def connection_options(url: str, *, socket_timeout: float | None, connect_timeout: float) -> dict[str, Any]:
+    """What every connection to Redis of a process gets, in this one place (see README, *Partial partitions*).
+
+    `socket_timeout` bounds each command's write and reply: a command on a path that went silent fails as a
+    `TimeoutError` (a lost connection to every caller) instead of waiting for TCP to give up. Pub/sub reads pass
+    their own timeout, which replaces it (redis-py), so a quiet subscription is not taken for a dead one; nothing
+    here uses a blocking command (BLPOP, XREAD BLOCK) that would outwait it. None or 0: no limit."""
+    options: dict[str, Any] = {
+        "socket_timeout": socket_timeout or None,
+        "socket_connect_timeout": connect_timeout,
+    }
+    if not url.startswith("unix://"):  # redis-py's Unix socket connection takes no keepalive options
+        options["socket_keepalive"] = True
+        options["socket_keepalive_options"] = keepalive_options()
+    return options
 
 
 def _demoted(exc: ResponseError) -> bool:
@@ -78,7 +107,7 @@ def redis_client(url: str, **options: Any) -> Redis: ...
 def redis_client(url: str, *, redis_class: type[Redis] = Redis, **options: Any) -> Redis:
     """A client of `redis_class` on REDIS_URL; `options` go to every connection to Redis (not to the Sentinels)."""
     if not is_sentinel_url(url):
-        return redis_class.from_url(url, **options)
+        return bound_sends(redis_class.from_url(url, **options))  # a socket timeout that keeps cancels: redis_conn.py
     target = parse_sentinel_url(url)
     sentinel_options: dict[str, Any] = {
         "socket_timeout": SENTINEL_TIMEOUT,
@@ -96,7 +125,7 @@ def redis_client(url: str, *, redis_class: type[Redis] = Redis, **options: Any) 
         password=target.password,
         **options,
     )
-    return client
+    return bound_sends(client)
 
 
 async def arq_pool(
@@ -108,11 +137,13 @@ async def arq_pool(
     retries: int = 5,
     retry_delay: float = 1.0,
     retry: Any = None,
+    socket_timeout: float | None = None,
+    connect_timeout: float = CONNECT_TIMEOUT,
 ) -> ArqRedis:
     """arq's pool on REDIS_URL, once it answers a PING: retried `retries` times, as arq's `create_pool` does, so a
     process started while Redis (or the Sentinels' choice of a primary) is not ready waits a little for it."""
     for attempt in range(retries + 1):
-        options: dict[str, Any] = {"socket_connect_timeout": CONNECT_TIMEOUT}
+        options = connection_options(url, socket_timeout=socket_timeout, connect_timeout=connect_timeout)
         if retry is not None:  # a redis-py Retry for every command (the metrics count Redis errors with one)
             options["retry"] = retry
         pool = redis_client(url, redis_class=ArqRedis, **options)

@@ -8,6 +8,9 @@ order called. A lone call goes at once, so an idle process pays one loop iterati
 
 A connection error fails every call of its batch with that error (the callers' Redis-down paths apply as
 before); a script error (or NOSCRIPT, after EVAL loaded the script again) fails only its own call.
+
+With `skip_when_silent` (best-effort callers: events, the governor), a call made while Redis's path is silent fails at
+once with `RedisSilent` instead of waiting out the socket timeout (service/redis_silence.py).
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from redis.commands.core import AsyncScript
 from redis.exceptions import NoScriptError, ResponseError
 
 from .metrics import redis_errors_of
+from .redis_silence import Silence, silence_of
 
 _Call = tuple[AsyncScript, int, tuple[Any, ...], asyncio.Future[Any]]
 
@@ -29,8 +33,9 @@ _Call = tuple[AsyncScript, int, tuple[Any, ...], asyncio.Future[Any]]
 class ScriptBatch:
     """Run registered scripts through one shared queue; `call` resolves to the script's answer."""
 
-    def __init__(self, redis: Redis) -> None:
+    def __init__(self, redis: Redis, *, skip_when_silent: bool = False) -> None:
         self.redis = redis
+        self.silence: Silence | None = silence_of(redis) if skip_when_silent else None
         self._pending: list[_Call] = []
         self._sender: asyncio.Task[None] | None = None
 
@@ -40,6 +45,12 @@ class ScriptBatch:
     def call(self, script: AsyncScript, keys: list[Any], args: list[Any]) -> asyncio.Future[Any]:
         """Queue one call; the future resolves to what `await script(keys=keys, args=args)` would return."""
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        if self.silence is not None and self.silence.silent:
+            try:
+                self.silence.check()
+            except Exception as exc:
+                future.set_exception(exc)
+                return future
         self._pending.append((script, len(keys), (*keys, *args), future))
         sender = self._sender
         if sender is None or sender.done() or sender.get_loop() is not future.get_loop():
@@ -51,8 +62,12 @@ class ScriptBatch:
         while self._pending:
             batch, self._pending = self._pending, []
             try:
+                if self.silence is not None:
+                    self.silence.check()  # calls queued behind a batch that just timed out fail now, not in turn
                 answers = await self._run(batch)
             except Exception as exc:
+                if self.silence is not None:
+                    self.silence.saw(exc)
                 for *_, future in batch:
                     if not future.done():
                         future.set_exception(exc)

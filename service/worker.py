@@ -166,6 +166,7 @@ def build_worker(
         )
         ctx.update(store=store, http=http, provider=ai, provider_keys=keys, chain_providers=chain_providers)
         events = EventLog(ctx["redis"], maxlen=settings.event_stream_maxlen)
+        events.reread = store.get  # a job whose events a silent Redis missed is announced from the store when back
         queue = JobQueue(ctx["redis"], queue_name=settings.queue_name)
         governor = build_governor(ctx["redis"], settings)
         chat_models = (settings.ai_model, *settings.ai_fallback_models) if settings.ai_fallback_models else ()
@@ -243,6 +244,8 @@ def build_worker(
             job_deserializer=json_deserializer,
             default_queue_name=settings.queue_name,
             retry=metrics.redis_errors,  # counts every command that fails for want of Redis
+            socket_timeout=settings.redis_socket_timeout,
+            connect_timeout=settings.redis_connect_timeout,
         ),
         on_startup=startup,
         on_shutdown=shutdown,

@@ -221,6 +221,8 @@ def create_app(
             job_serializer=json_serializer,
             job_deserializer=json_deserializer,
             default_queue_name=settings.queue_name,
+            socket_timeout=settings.redis_socket_timeout,
+            connect_timeout=settings.redis_connect_timeout,
         )
         store = open_store(settings)
         await store.open()

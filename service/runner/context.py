@@ -22,6 +22,7 @@ from ..metrics import Metrics
 from ..models import Event, EventKind
 from ..providers.base import ChatMessage, ChatResult, ImageResult, Provider, Usage, estimate_tokens
 from ..providers.errors import ProviderError, RateLimited
+from ..redis_silence import RedisSilent
 from ..store.base import UNSTORED_EVENTS_MAX, JobStore
 from ..tracing import Tracing
 
@@ -310,6 +311,8 @@ class RunContext:
         try:
             event = Event(job_id=self.job_id, seq=seq, kind=kind, data=data)
             published = await self.events.publish(self.user_id, event)
+        except RedisSilent:  # skipped at once: Redis's path is silent (said once, by service/redis_silence.py)
+            return
         except Exception as exc:  # the store has (or will have, at the next checkpoint) it; a watcher resyncs from it
             log.warning("could not publish an event", extra={"job_id": self.job_id, "error": repr(exc)})
             return

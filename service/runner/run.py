@@ -31,6 +31,7 @@ from ..models import Job, JobError, JobStatus, dumps
 from ..providers.base import Provider
 from ..providers.errors import RateLimited
 from ..queue import JobQueue
+from ..redis_silence import RedisSilent
 from ..store.base import JobStore
 from ..tasks.registry import TaskRegistry, TaskSpec
 from ..tracing import Tracing
@@ -204,6 +205,8 @@ class JobRunner:
 
         def done(future: asyncio.Future[bool]) -> None:
             if not future.cancelled() and future.exception() is not None:
+                if isinstance(future.exception(), RedisSilent):
+                    return  # Redis's path is silent: said once (service/redis_silence.py), re-announced when back
                 log.warning("could not publish an event", extra={"job_id": job.id, "error": repr(future.exception())})
 
         try:
@@ -409,9 +412,16 @@ class JobRunner:
             await asyncio.gather(*(self._renew(run) for run in runs))
 
     async def _renew(self, run: ActiveRun) -> None:
-        """Renew one lease; stop the run when it is gone, flagged for cancel, or unrenewable for a whole lease."""
+        """Renew one lease; stop the run when it is gone, flagged for cancel, or unrenewable for a whole lease.
+
+        Bounded: a renewal on a path to the store that went silent (packets dropped, no reset) may get no answer for
+        as long as TCP keeps trying, and a heartbeat waiting for it would never see the lease lapse, so the run would
+        go on (holding, say, a coalescing lock in Redis that the job's new owner then waits on). One that outlasts
+        the lease left to it counts as failed (the batch it rides in goes on; only this wait ends)."""
+        left = max(self.heartbeat_seconds, run.renewed + self.lease_seconds - time.monotonic())
         try:
-            job = await self.store.renew(run.job_id, run.token, lease_seconds=self.lease_seconds)
+            async with asyncio.timeout(left):
+                job = await self.store.renew(run.job_id, run.token, lease_seconds=self.lease_seconds)
         except Exception as exc:
             log.warning("lease renewal failed", extra={"job_id": run.job_id, "error": repr(exc)})
             if time.monotonic() - run.renewed > self.lease_seconds:

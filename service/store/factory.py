@@ -25,7 +25,11 @@ def open_store(settings: Settings) -> JobStore:
     if settings.uses_postgres:
         from .postgres import PostgresJobStore
 
-        return PostgresJobStore(settings.database_url, max_size=settings.database_pool_size)
+        return PostgresJobStore(
+            settings.database_url,
+            max_size=settings.database_pool_size,
+            statement_timeout=settings.database_statement_timeout,
+        )
     from .sqlite import SQLiteJobStore
 
     return SQLiteJobStore(settings.sqlite_path, busy_timeout=settings.store_busy_timeout)

@@ -64,7 +64,17 @@ class WriteBatcher:
         single: Callable[[str, Any], Awaitable[list[Any]]],
         connection: Callable[[], Any],
         unreachable: Callable[[BaseException], bool],
+        *,
+        statement_timeout: float = 0.0,
     ) -> None:
+        # DATABASE_STATEMENT_TIMEOUT, for each batch's own transaction (SET LOCAL: PgBouncer's transaction mode keeps
+        # working): a statement that runs longer, or the transaction left idle that long, is ended by the server.
+        # The second frees the rows of a worker whose path went silent after its writes reached the server but
+        # before its COMMIT did; the server's own keepalive would hold them for hours, and with them the worker that
+        # took its jobs over.
+        ms = round(statement_timeout * 1000)
+        names = ("statement_timeout", "idle_in_transaction_session_timeout")
+        self._limits = [f"SET LOCAL {name} = {ms}" for name in names] if ms else []  # one a statement: pipeline mode
         self._single = single  # the store's own one-statement path (autocommit, deadlock retry)
         self._connection = connection  # a pooled connection, as an async context manager
         self._unreachable = unreachable
@@ -130,6 +140,8 @@ class WriteBatcher:
                     async with conn.pipeline():
                         await conn.execute("BEGIN")
                         await conn.execute(f"SET LOCAL lock_timeout = {LOCK_TIMEOUT_MS}")
+                        for limit in self._limits:
+                            await conn.execute(limit)
                         for statement, items in units:
                             if isinstance(statement, Bulk):
                                 arrays = statement.arrays([params for _, params, _ in items])

@@ -122,11 +122,26 @@ def _shown(url: str) -> str:
     return re.sub(r"(://[^/:@]*:)[^/@]*@", r"\1***@", url)
 
 
+# TCP keepalive on every connection, and a bound on unacknowledged data (tcp_user_timeout): a connection whose path
+# went silent (packets dropped, no reset) fails in about 15 s, idle or mid-statement, instead of the kernel's minutes
+# to hours; its writes fail as store_unavailable, the worker's leases lapse and another worker's sweeper takes over.
+# Client-side libpq parameters, not startup options: PgBouncer takes them. (DATABASE_STATEMENT_TIMEOUT: pg_batch.py.)
+KEEPALIVES = {"keepalives": 1, "keepalives_idle": 5, "keepalives_interval": 3, "keepalives_count": 3}
+TCP_USER_TIMEOUT_MS = 15_000
+
+
 def _configure_kwargs(connect_timeout: float) -> dict[str, Any]:
     # autocommit: one statement is one transaction, as in the SQLite store; prepare_threshold=None: never a named
     # server-side prepared statement, so PgBouncer's transaction mode is safe. connect_timeout: libpq waits forever
     # by default for a host that drops packets; bounded, the pool's reconnect loop keeps going instead.
-    return {"autocommit": True, "prepare_threshold": None, "connect_timeout": max(1, round(connect_timeout))}
+    kwargs: dict[str, Any] = {
+        "autocommit": True,
+        "prepare_threshold": None,
+        "connect_timeout": max(1, round(connect_timeout)),
+        **KEEPALIVES,
+        "tcp_user_timeout": TCP_USER_TIMEOUT_MS,
+    }
+    return kwargs
 
 
 def _unreachable(exc: BaseException) -> bool:
@@ -239,8 +254,10 @@ class PostgresJobStore:
         max_size: int = 10,
         connect_timeout: float = 10.0,
         acquire_timeout: float = 5.0,
+        statement_timeout: float = 0.0,
     ) -> None:
         self.url = url
+        self.statement_timeout = statement_timeout
         self.acquire_timeout = acquire_timeout
         self.min_size = min_size
         self.max_size = max_size
@@ -296,7 +313,12 @@ class PostgresJobStore:
                 "check DATABASE_URL and that the server is up and accepts this user"
             ) from None
         self._pool, self._db = pool, PgDb(pool, self.failures)
-        self._writes = WriteBatcher(self._rows, lambda: _connection(pool, self.failures), _unreachable)
+        self._writes = WriteBatcher(
+            self._rows,
+            lambda: _connection(pool, self.failures),
+            _unreachable,
+            statement_timeout=self.statement_timeout,
+        )
         if check_schema:
             try:
                 await self.check_schema()
