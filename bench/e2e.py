@@ -15,6 +15,7 @@ import json
 import sqlite3
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 from redis.asyncio import Redis
 
@@ -103,13 +104,16 @@ def events_per_job(bench: Bench) -> float:
     return sum(seq for _, seq in rows) / len(rows)
 
 
-def one_round(bench: Bench, system: str, n: int, offset: int) -> tuple[RoundResult, float]:
-    """Start the system's worker, time n jobs through it, stop it and empty everything; (result, events per job)."""
+def one_round(
+    bench: Bench, system: str, n: int, offset: int, *, server: Server | None = None, profile: Path | None = None
+) -> tuple[RoundResult, float]:
+    """Start the system's worker, time n jobs through it, stop it and empty everything; (result, events per job).
+    `server` and `profile`: another web process, and a pyinstrument report of the worker (`--profile`)."""
     if system == "aijobs":
-        server = bench.servers.aijobs
+        server = server or bench.servers.aijobs
         path, queue, poll = "/api/jobs", bench.queue, Settings().poll_delay
     else:
-        server = bench.servers.bare
+        server = server or bench.servers.bare
         path, queue, poll = "/enqueue/titles", BARE_QUEUE, ARQ_POLL
     requests = []
     for i in range(n):  # each its own post: identical titles calls in flight would share one (coalescing)
@@ -117,7 +121,7 @@ def one_round(bench: Bench, system: str, n: int, offset: int) -> tuple[RoundResu
         body = json.dumps({"type": "titles", "input": data} if system == "aijobs" else {"input": data}).encode()
         requests.append(request_bytes("POST", path, body=body, headers=bench.auth))
     worker = bench.worker("aijobs" if system == "aijobs" else "arq", queue, burst=False, max_jobs=MAX_JOBS, poll=poll,
-                          sim_delay=0.0)  # fmt: skip
+                          sim_delay=0.0, profile=profile)  # fmt: skip
     try:
         worker.wait_ready()
         web_cpu, worker_cpu = server.cpu(), process_cpu(worker.popen.pid)
@@ -125,7 +129,7 @@ def one_round(bench: Bench, system: str, n: int, offset: int) -> tuple[RoundResu
         web_cpu, worker_cpu = server.cpu() - web_cpu, process_cpu(worker.popen.pid) - worker_cpu
         events = events_per_job(bench) if system == "aijobs" else 0.0
     finally:
-        worker.stop()
+        worker.stop(timeout=30)
     bench.flush()
     return RoundResult(seconds, worker_cpu / n * 1e6, web_cpu / n * 1e6), events
 
