@@ -13,6 +13,7 @@ answer. A lone event goes at once, so an idle process pays one loop iteration, n
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 from typing import Any
@@ -121,6 +122,11 @@ class EventLog:
         """
         keys, argv = self.publish_call(user_id, event)
         return self._batch.call(self._script, keys, argv)
+
+    async def drain(self) -> None:
+        """Wait for every event queued so far to reach Redis (errors are their callers')."""
+        with contextlib.suppress(Exception):
+            await self._batch.drain()
 
     async def newest_seq(self, job_id: str) -> int:
         """The seq of the job's newest logged event (0: none). Ahead of the store's while a run is between two

@@ -47,6 +47,11 @@ class ScriptBatch:
             self._sender = asyncio.create_task(self._send(), context=contextvars.Context())
         return future
 
+    async def drain(self) -> None:
+        """Wait until every call queued so far has been sent and answered (before the connection pool closes)."""
+        while self._sender is not None and not self._sender.done():
+            await asyncio.shield(self._sender)
+
     async def _send(self) -> None:
         while self._pending:
             batch, self._pending = self._pending, []

@@ -165,7 +165,7 @@ def build_worker(
             store=store, settings=settings, box=SecretBox(server_secret), resolver=resolver
         )
         ctx.update(store=store, http=http, provider=ai, provider_keys=keys, chain_providers=chain_providers)
-        events = EventLog(ctx["redis"], maxlen=settings.event_stream_maxlen)
+        events = ctx["events"] = EventLog(ctx["redis"], maxlen=settings.event_stream_maxlen)
         queue = JobQueue(ctx["redis"], queue_name=settings.queue_name)
         governor = build_governor(ctx["redis"], settings)
         chat_models = (settings.ai_model, *settings.ai_fallback_models) if settings.ai_fallback_models else ()
@@ -216,6 +216,8 @@ def build_worker(
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+        if "events" in ctx:  # terminal events are queued, not awaited (JobRunner._announce): out before Redis closes
+            await ctx["events"].drain()
         with contextlib.suppress(Exception):
             await unregister_worker(ctx["redis"], settings.queue_name, worker_id, settings.worker_concurrency)
         if "store" in ctx:
