@@ -39,7 +39,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .queue import wake_channel
-from .script_batch import ScriptBatch
+from .script_batch import BatchedScript, ScriptBatch
 
 log = logging.getLogger("aijobs.worker")
 
@@ -113,19 +113,6 @@ return 0
 """
 
 
-class _Batched:
-    """A script called as redis-py's AsyncScript is (`await script(keys=..., args=...)`), sent through a ScriptBatch:
-    packed by hiredis on a pooled connection without a health check, and sharing a round trip with calls made
-    meanwhile (a take and the finish of jobs that just ended). redis-py's own call cost more CPU than the script."""
-
-    def __init__(self, batch: ScriptBatch, source: str) -> None:
-        self.batch = batch
-        self.script = batch.register(source)
-
-    def __call__(self, *, keys: list[Any], args: list[Any]) -> asyncio.Future[Any]:
-        return self.batch.call(self.script, keys, args)
-
-
 class WakeableWorker(Worker):
     """A Worker whose idle wait ends early when a job is enqueued on its queue."""
 
@@ -174,10 +161,11 @@ class WakeableWorker(Worker):
             self._full = False
             self._wake.set()
 
-    def _batched(self, source: str) -> _Batched:
+    def _batched(self, source: str) -> BatchedScript:
+        """redis-py's own per-call path cost more CPU than the script: see BatchedScript."""
         if self._scripts is None:
             self._scripts = ScriptBatch(self.pool)
-        return _Batched(self._scripts, source)
+        return BatchedScript(self._scripts, source)
 
     def _prefixes(self) -> list[str | int]:
         return [
