@@ -38,7 +38,9 @@ def test_bench_prints_every_figure(tmp_path: Path) -> None:
     figures_seen = {row["figure"] for row in data["rows"]}
     assert {"enqueue", "start latency", "drain", "e2e", "I/O concurrency", "push", "polling"} <= figures_seen
     events = next(row for row in data["rows"] if row["metric"] == "events per instant titles job")
-    assert 3 <= events["aijobs"]["median"] <= 8, events  # queued, processing, ..., completed; progress coalesced
+    # queued, processing, ..., completed (8 on a quiet machine; more when load stretches a job past the 0.1 s windows
+    # of progress and text coalescing: a count that depends on timing, so only its floor is checked)
+    assert events["aijobs"]["median"] >= 3, events
     pushed = [r for r in data["push"]["push"] if r["transport"] in ("sse", "ws")]
     assert {r["transport"] for r in pushed} == {"sse", "ws"}
     assert all(r["delivered"] == 1.0 for r in pushed), pushed  # every subscriber got every event
