@@ -18,11 +18,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from . import drain, enqueue, goodput, io_concurrency, latency, pgstore, polling, push
+from . import drain, e2e, enqueue, goodput, io_concurrency, latency, pgstore, polling, push
 from .harness import Sizes, open_bench
 from .report import Row, machine, table, write_json
 
-FIGURES = ["enqueue", "latency", "drain", "io", "push", "polling", "goodput", "pgstore"]
+FIGURES = ["enqueue", "latency", "drain", "e2e", "io", "push", "polling", "goodput", "pgstore"]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -63,6 +63,8 @@ def main(argv: list[str] | None = None) -> int:
                 rows += latency.run(bench)
             elif name == "drain":
                 rows += drain.run(bench)
+            elif name == "e2e":
+                rows += e2e.run(bench)
             elif name == "io":
                 rows += io_concurrency.run(bench)
             elif name == "push":

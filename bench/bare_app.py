@@ -6,6 +6,7 @@ uvicorn --factory bench.bare_app:app
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 from collections.abc import AsyncIterator
 
@@ -56,6 +57,13 @@ def app() -> Starlette:
         assert job is not None
         return JSONResponse({"job_id": job.job_id}, status_code=202)
 
+    async def enqueue_function(request: Request) -> Response:
+        """The e2e figure's POST: the body's `input` handed to the named function, as aijobs hands it to its type."""
+        body = json.loads(await request.body())
+        job = await pool["redis"].enqueue_job(request.path_params["function"], body["input"], _queue_name=queue_name)
+        assert job is not None
+        return JSONResponse({"job_id": job.job_id}, status_code=202)
+
     async def get_json(request: Request) -> Response:
         return JSONResponse({**SAMPLE_JOB, "job_id": request.path_params["job_id"]})
 
@@ -65,6 +73,7 @@ def app() -> Starlette:
     return Starlette(
         routes=[
             Route("/enqueue", enqueue, methods=["POST"]),
+            Route("/enqueue/{function}", enqueue_function, methods=["POST"]),
             Route("/json/{job_id}", get_json, methods=["GET"]),
             Route("/healthz", healthz, methods=["GET"]),
         ],

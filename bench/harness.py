@@ -52,6 +52,7 @@ class Sizes:
     latency_jobs: int = 200  # per system, split over the rounds
     latency_jobs_slow_poll: int = 15  # arq at its default 0.5 s poll costs ~0.5 s a job
     drain_jobs: int = 10_000
+    e2e_jobs: int = 3_000  # per round and system: POSTed, then run to completed
     drain_max_jobs: int = 50
     io_jobs: int = 2_000
     io_max_jobs: int = 1_000
@@ -78,6 +79,7 @@ class Sizes:
             latency_jobs=30,
             latency_jobs_slow_poll=4,
             drain_jobs=1_000,
+            e2e_jobs=1_000,
             io_jobs=400,
             io_max_jobs=200,
             saq_concurrency=(50,),
@@ -98,6 +100,7 @@ class Sizes:
             latency_jobs=5,
             latency_jobs_slow_poll=1,
             drain_jobs=200,
+            e2e_jobs=100,
             io_jobs=100,
             io_max_jobs=100,
             io_seconds=0.2,

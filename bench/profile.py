@@ -1,7 +1,8 @@
 """--profile DIR: the aijobs hot paths under pyinstrument, as text reports in DIR.
 
 drain-worker.txt: one burst worker draining no-op jobs; io-worker.txt: the same for simulated 1 s AI calls;
-enqueue-web.txt: the web process under POST /api/jobs load at concurrency 50; with the pgstore figure chosen,
+enqueue-web.txt: the web process under POST /api/jobs load at concurrency 50; e2e-web.txt and e2e-worker.txt: the
+web process and the worker through one round of the e2e figure (instant titles jobs); with the pgstore figure chosen,
 drain-worker-postgres.txt: the drain worker on the PostgreSQL store.
 """
 
@@ -13,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from .drain import burst
+from .e2e import one_round
 from .harness import Bench
 from .loadgen import request_bytes, run_load
 
@@ -45,4 +47,9 @@ def run(bench: Bench, out: Path, *, postgres: bool = False) -> dict[str, Any]:
     reports["enqueue-web.txt"] = round(result.rate)
     bench.log(f"profiled enqueue: {result.rate:,.0f} req/s under the profiler -> {out / 'enqueue-web.txt'}")
     bench.flush()
+    server = bench.serve("aijobs web (profiled)", "bench.aijobs_app:app", profile=out / "e2e-web.txt")
+    e2e, _ = one_round(bench, "aijobs", sizes.e2e_jobs, 0, server=server, profile=out / "e2e-worker.txt")
+    server.proc.stop(timeout=30, sig=signal.SIGINT)
+    reports["e2e-web.txt"] = reports["e2e-worker.txt"] = round(sizes.e2e_jobs / e2e.seconds)
+    bench.log(f"profiled e2e: {sizes.e2e_jobs / e2e.seconds:,.0f} jobs/s under the profiler -> {out}/e2e-*.txt")
     return reports

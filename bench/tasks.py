@@ -64,7 +64,10 @@ async def ai_call(ctx: TaskContext, data: Empty) -> dict[str, Any]:
 
 
 def bench_registry() -> TaskRegistry:
+    from service.tasks import titles
+
     registry = TaskRegistry()
+    titles.register(registry)  # the e2e figure's instant job: the real type, on a 0 s simulated provider
     registry.task("noop", input=Empty, timeout=60, max_attempts=1, poll_interval=1.0, typical_seconds=0.01)(noop)
     registry.task("mark", input=Marked, timeout=60, max_attempts=1, poll_interval=1.0, typical_seconds=0.01)(mark)
     registry.task("ai_call", input=Empty, timeout=60, max_attempts=1, poll_interval=1.0, typical_seconds=1.0)(ai_call)

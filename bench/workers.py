@@ -87,6 +87,10 @@ async def run_arq(args: argparse.Namespace, clock: Clock) -> None:
     from arq import Worker, func
     from arq.connections import RedisSettings
 
+    from service.providers.base import ChatMessage
+    from service.providers.simulated import SimulatedProvider
+    from service.tasks.titles import parse_titles
+
     async def noop(ctx: dict[str, Any]) -> None:
         return None
 
@@ -96,11 +100,26 @@ async def run_arq(args: argparse.Namespace, clock: Clock) -> None:
     async def ai_call(ctx: dict[str, Any]) -> None:
         await asyncio.sleep(args.sim_delay)
 
+    provider = SimulatedProvider(delay=args.sim_delay)
+
+    async def titles(ctx: dict[str, Any], data: dict[str, Any]) -> dict[str, list[str]]:
+        """The e2e figure's instant job: the titles task's own work (the simulated call, the parse) without aijobs."""
+        count = int(data.get("count", 5))
+        system = f"Reply with exactly {count} titles, one per line, numbered. FORMAT:titles:{count}"
+        messages: list[ChatMessage] = [{"role": "system", "content": system}, {"role": "user", "content": data["text"]}]
+        reply = await provider.chat(messages)
+        return {"titles": parse_titles(reply.text, count)}
+
     async def startup(ctx: dict[str, Any]) -> None:
         ready()
 
     worker = Worker(
-        functions=[func(noop, name="noop"), func(mark, name="mark"), func(ai_call, name="ai_call")],
+        functions=[
+            func(noop, name="noop"),
+            func(mark, name="mark"),
+            func(ai_call, name="ai_call"),
+            func(titles, name="titles"),
+        ],
         queue_name=args.queue,
         redis_settings=RedisSettings.from_dsn(os.environ["BENCH_REDIS_URL"]),
         max_jobs=args.max_jobs,

@@ -35,11 +35,11 @@ from arq.constants import in_progress_key_prefix, job_key_prefix, retry_key_pref
 from arq.jobs import SerializationError, deserialize_job_raw
 from arq.utils import ms_to_datetime, timestamp_ms
 from arq.worker import Function, RetryJob
-from redis.commands.core import AsyncScript
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .queue import wake_channel
+from .script_batch import BatchedScript, ScriptBatch
 
 log = logging.getLogger("aijobs.worker")
 
@@ -121,9 +121,10 @@ class WakeableWorker(Worker):
     _wake: asyncio.Event | None = None
     _wake_task: asyncio.Task[None] | None = None
     _paused_until: float = 0.0
-    _start_script: AsyncScript | None = None
-    _take_script: AsyncScript | None = None
-    _finished_script: AsyncScript | None = None
+    _start_script: Callable[..., Awaitable[Any]] | None = None
+    _take_script: Callable[..., Awaitable[Any]] | None = None
+    _finished_script: Callable[..., Awaitable[Any]] | None = None
+    _scripts: ScriptBatch | None = None
     _finisher: asyncio.Task[None] | None = None
     _redis_errors = 0  # polls in a row that met a lost Redis connection
     inline_functions: frozenset[str] = frozenset()  # run in the job's own task, finished in batches
@@ -162,6 +163,12 @@ class WakeableWorker(Worker):
             self._full = False
             self._wake.set()
 
+    def _batched(self, source: str) -> BatchedScript:
+        """redis-py's own per-call path cost more CPU than the script: see BatchedScript."""
+        if self._scripts is None:
+            self._scripts = ScriptBatch(self.pool)
+        return BatchedScript(self._scripts, source)
+
     def _prefixes(self) -> list[str | int]:
         return [
             timestamp_ms(),
@@ -176,7 +183,7 @@ class WakeableWorker(Worker):
         if self.arq_path:
             return await super().start_jobs(job_ids)
         if self._start_script is None:
-            self._start_script = self.pool.register_script(_START_LUA)
+            self._start_script = self._batched(_START_LUA)
         pending = [j.decode() for j in job_ids]
         while pending:
             await self.sem.acquire()  # wait for a free slot, as arq does, then count them all
@@ -331,7 +338,7 @@ class WakeableWorker(Worker):
 
     async def _send_finished(self) -> None:
         if self._finished_script is None:
-            self._finished_script = self.pool.register_script(_FINISHED_LUA)
+            self._finished_script = self._batched(_FINISHED_LUA)
         while self._finished:
             batch, self._finished = self._finished[:FINISH_BATCH], self._finished[FINISH_BATCH:]
             ids = [job_id for job_id, _ in batch]
@@ -377,7 +384,7 @@ class WakeableWorker(Worker):
             return await super()._poll_iteration()
         if self.allow_pick_jobs and self.job_counter < self.max_jobs:
             if self._take_script is None:
-                self._take_script = self.pool.register_script(_TAKE_LUA)
+                self._take_script = self._batched(_TAKE_LUA)
             args = [*self._prefixes(), self.max_jobs - self.job_counter, self.queue_read_limit]
             try:
                 taken, rest = await self._take_script(keys=[self.queue_name], args=args)

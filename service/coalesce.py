@@ -30,6 +30,7 @@ from typing import Any
 from redis.asyncio import Redis
 
 from .providers.base import ChatResult, Usage
+from .script_batch import BatchedScript, ScriptBatch
 
 log = logging.getLogger("aijobs.coalesce")
 
@@ -109,9 +110,10 @@ class Coalescer:
         self.redis = redis
         self.lease = lease  # a dead leader's lock is taken over after this long; a live one renews it every third
         self.poll = poll
-        self._step = redis.register_script(_STEP_LUA)
-        self._done = redis.register_script(_DONE_LUA)
-        self._renew = redis.register_script(_RENEW_LUA)
+        batch = ScriptBatch(redis)  # each call once per led job: the cheaper path (BatchedScript)
+        self._step = BatchedScript(batch, _STEP_LUA)
+        self._done = BatchedScript(batch, _DONE_LUA)
+        self._renew = BatchedScript(batch, _RENEW_LUA)
 
     async def run(
         self, fp: str, call: Callable[[], Awaitable[ChatResult]], *, cache_ttl: float = 0.0

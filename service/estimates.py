@@ -6,9 +6,11 @@ filled greedily with the jobs ahead, each taking its type's recent average; the 
 slot frees after that. Running: progress so far extrapolated (elapsed × (100 − p) / p) once past 5 %, else
 the type's average minus the time elapsed. No live worker: the wait is unknown (null), never a made-up number.
 
-Each type's average and the live capacity are read at most once per `cache_seconds` (1 s) per web process, not on
-every request: a poll or a submit then costs no extra store or Redis call for them. Queue position is never
-cached; the caller may pass it in when it read it with the job (one statement instead of two).
+Each type's average, the live capacity and the running jobs (type and start) are read at most once per
+`cache_seconds` (1 s) per web process, not on every request: a poll or a submit then costs no extra store or Redis
+call for them (reading every running job's row per submit was most of a submit's CPU with 50 jobs running). Queue
+position is never cached; the caller may pass it in when it read it with the job (one statement instead of two).
+The greedy fill costs O(slots log slots) whatever the position, not a heap step per job ahead (`_fill`).
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ class QueueEstimator:
         self._durations: dict[str, tuple[float, float]] = {}
         self._unmeasured: set[str] = set()  # types whose cached duration is the `typical_seconds` fallback
         self._capacity: tuple[float, int] | None = None
+        self._running: tuple[float, list[tuple[str, float | None]]] | None = None  # (read at, [(type, started_at)])
 
     async def duration(self, job_type: str, registry: TaskRegistry) -> float:
         """The type's average run time over its last 20 completed runs (its `typical_seconds` before any)."""
@@ -90,11 +93,14 @@ class QueueEstimator:
         capacity = await self.capacity()
         if capacity <= 0:
             return 0, []
+        cached = self._running
+        if cached is None or time.monotonic() - cached[0] >= self.cache_seconds:
+            cached = self._running = (time.monotonic(), [(j.type, j.started_at) for j in await self.store.running()])
         t = now()
         slots = []
-        for running in await self.store.running():
-            d = await self.duration(running.type, registry)
-            slots.append(max(0.0, d - (t - (running.started_at or t))))
+        for job_type, started_at in cached[1]:
+            d = await self.duration(job_type, registry)
+            slots.append(max(0.0, d - (t - (started_at or t))))
         slots.sort()
         return capacity, slots[:capacity] + [0.0] * max(0, capacity - len(slots))
 
@@ -126,9 +132,24 @@ class QueueEstimator:
         capacity, free_in = free if free is not None else await self.free_slots(registry)
         if capacity <= 0:
             return Estimate(position=ahead, capacity=0)
-        slots = list(free_in)
-        heapq.heapify(slots)
-        for _ in range(min(ahead, MAX_SIMULATED)):
-            heapq.heappush(slots, heapq.heappop(slots) + typical)
-        wait = max(slots[0], (job.ready_at or t) - t, 0.0)
+        wait = max(_fill(free_in, min(ahead, MAX_SIMULATED), typical), (job.ready_at or t) - t, 0.0)
         return Estimate(position=ahead, wait=round(wait, 1), remaining=round(wait + typical, 1), capacity=capacity)
+
+
+def _fill(free_in: list[float], ahead: int, typical: float) -> float:
+    """When the first slot frees after `ahead` jobs of `typical` seconds each took the earliest free slot in turn:
+    the same answer as a heap step per job, in O(slots log slots). Once the slots' free times lie within `typical`
+    of each other, each round of len(slots) jobs takes every slot once and moves each by `typical`, so the rounds
+    are skipped by arithmetic; until then (a slot far behind the others) the heap steps one job at a time."""
+    slots = list(free_in)
+    if not slots:
+        return 0.0
+    heapq.heapify(slots)
+    top = max(slots)
+    while ahead > 0 and top - slots[0] > typical:
+        moved = heapq.heappop(slots) + typical
+        heapq.heappush(slots, moved)
+        top = max(top, moved)
+        ahead -= 1
+    rounds, rest = divmod(ahead, len(slots))
+    return sorted(slots)[rest] + rounds * typical

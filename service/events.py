@@ -19,6 +19,7 @@ push layer resyncs from the store).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 from collections.abc import Awaitable, Callable
@@ -162,11 +163,17 @@ class EventLog:
             job_id = event.job_id
 
             def done(f: asyncio.Future[Any]) -> None:
-                if not f.cancelled() and f.exception() is not None:
-                    self._missed_one(job_id, f.exception())  # type: ignore[arg-type]
+                exc = None if f.cancelled() else f.exception()
+                if exc is not None:
+                    self._missed_one(job_id, exc)
 
             future.add_done_callback(done)
         return future
+
+    async def drain(self) -> None:
+        """Wait for every event queued so far to reach Redis (errors are their callers')."""
+        with contextlib.suppress(Exception):
+            await self._batch.drain()
 
     async def newest_seq(self, job_id: str) -> int:
         """The seq of the job's newest logged event (0: none). Ahead of the store's while a run is between two

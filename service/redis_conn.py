@@ -16,10 +16,13 @@ it be missing, the call goes to redis-py's own path unchanged.
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Any
 
 from redis.asyncio import Redis
 from redis.exceptions import TimeoutError as RedisTimeoutError
+
+log = logging.getLogger("aijobs.redis")
 
 
 class BoundedSend:
@@ -37,7 +40,8 @@ class BoundedSend:
             async with asyncio.timeout(timeout):
                 await parent.send_packed_command(command, check_health)
         except TimeoutError:  # ours (redis-py's own disconnected the connection as it was cancelled)
-            await self.disconnect(nowait=True)  # type: ignore[attr-defined]
+            connection: Any = self  # the redis-py connection this mixin is part of
+            await connection.disconnect(nowait=True)
             raise RedisTimeoutError("Timeout writing to socket") from None
         finally:
             self.socket_timeout = timeout
@@ -63,6 +67,6 @@ def bound_sends(client: Redis) -> Redis:
     pool = client.connection_pool
     try:
         pool.connection_class = bounded(pool.connection_class)
-    except Exception:  # not the pool this was written for: redis-py's own connections, unchanged
-        pass
+    except Exception as exc:  # not the pool this was written for: redis-py's own connections, unchanged
+        log.warning("Redis writes keep redis-py's own socket timeout path", extra={"error": repr(exc)})
     return client

@@ -165,7 +165,7 @@ def build_worker(
             store=store, settings=settings, box=SecretBox(server_secret), resolver=resolver
         )
         ctx.update(store=store, http=http, provider=ai, provider_keys=keys, chain_providers=chain_providers)
-        events = EventLog(ctx["redis"], maxlen=settings.event_stream_maxlen)
+        events = ctx["events"] = EventLog(ctx["redis"], maxlen=settings.event_stream_maxlen)
         events.reread = store.get  # a job whose events a silent Redis missed is announced from the store when back
         queue = JobQueue(ctx["redis"], queue_name=settings.queue_name)
         governor = build_governor(ctx["redis"], settings)
@@ -217,6 +217,8 @@ def build_worker(
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+        if "events" in ctx:  # terminal events are queued, not awaited (JobRunner._announce): out before Redis closes
+            await ctx["events"].drain()
         with contextlib.suppress(Exception):
             await unregister_worker(ctx["redis"], settings.queue_name, worker_id, settings.worker_concurrency)
         if "store" in ctx:

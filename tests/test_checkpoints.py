@@ -145,3 +145,41 @@ async def test_progress_is_coalesced_in_time_the_first_and_last_always_go_out(ru
     assert [e.seq for e in log] == list(range(start + 1, run.ctx.seq + 1)), "each once, in order"
     job = await stored(run)
     assert job.seq == run.ctx.seq and job.percentage == 99 and job.current_step == "Polishing"
+
+
+async def test_an_instant_stream_is_its_first_step_its_last_and_one_delta(
+    run: Run, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An instant titles job's steps and text (all within the windows: made wide here, so no timing is relied on)
+    are announced as the first step at once, then at the end the latest step and all the text as one delta."""
+    import service.runner.context as context
+
+    monkeypatch.setattr(context, "DELTA_FLUSH_SECONDS", 60.0)
+    monkeypatch.setattr(context, "PROGRESS_FLUSH_SECONDS", 60.0)
+    run.ctx._last_flush = time.monotonic()  # the attempt's start, under the wide window
+    start = run.claimed.seq
+    await run.ctx.progress(10, "Reading the post…")
+    await run.ctx.progress(20, "Generating titles…")
+    for token in ("1. A", " title", "\n2. Another"):
+        await run.ctx.delta(token)
+        await run.ctx.progress(50, "Generating titles…")
+    log = await run.events.read_after(run.claimed.id, start)
+    assert [e.kind.value for e in log] == ["progress"], "only the first step so far; the text is held"
+    await run.ctx.progress(95, "Polishing titles…")
+    await run.ctx.checkpoint()
+    log = await run.events.read_after(run.claimed.id, start)
+    assert [e.kind.value for e in log] == ["progress", "progress", "delta"]
+    assert log[1].data["current_step"] == "Polishing titles…" and log[2].data["text"] == "1. A title\n2. Another"
+    assert (await stored(run)).partial_output == "1. A title\n2. Another"
+
+
+async def test_held_text_goes_out_by_its_timer(run: Run) -> None:
+    """Text held in its window is announced when the window ends, with no further event to carry it."""
+    start = run.claimed.seq
+    run.ctx._last_flush = time.monotonic()
+    await run.ctx.delta("held")
+
+    async def announced() -> bool:
+        return [e.data.get("text") for e in await run.events.read_after(run.claimed.id, start)] == ["held"]
+
+    await until(announced, timeout=5, what="the held text to go out by its timer")

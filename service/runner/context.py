@@ -226,7 +226,9 @@ class RunContext:
     _stored_seq: int = 0
     _stored_at: float = field(default_factory=time.monotonic)
     _step: str | None = None
-    _last_flush: float = 0.0
+    _last_flush: float = field(default_factory=time.monotonic)  # the attempt's start opens the first text window
+    _delta_timer: asyncio.TimerHandle | None = None
+    _delta_timed: asyncio.Future[None] | None = None
     _percentage: float = 0.0
     _started: float = field(default_factory=time.monotonic)
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
@@ -282,11 +284,11 @@ class RunContext:
 
     def close(self) -> None:
         """The attempt is over: no timed checkpoint nor held-back progress any more."""
-        for timer in (self._timer, self._progress_timer):
+        for timer in (self._timer, self._progress_timer, self._delta_timer):
             if timer is not None:
                 timer.cancel()
-        self._timer = self._progress_timer = None
-        for timed in (self._timed, self._progress_timed):
+        self._timer = self._progress_timer = self._delta_timer = None
+        for timed in (self._timed, self._progress_timed, self._delta_timed):
             if timed is not None and not timed.done():
                 timed.cancel()
 
@@ -366,11 +368,27 @@ class RunContext:
         await self._emit(EventKind.PROGRESS, data)
 
     async def delta(self, text: str) -> None:
+        """Coalesced in time: text within DELTA_FLUSH_SECONDS of the last delta event (or of the attempt's start) is
+        held and goes out as one delta when the window ends (a timer), with the next event, or at the end. An
+        instant job's whole text is then one event; a real stream's first token, rarely that early, is not held."""
         if not text:
             return
         self._pending.append(text)
-        if time.monotonic() - self._last_flush >= DELTA_FLUSH_SECONDS:
+        wait = self._last_flush + DELTA_FLUSH_SECONDS - time.monotonic()
+        if wait <= 0:
             await self.flush()
+        elif self._delta_timer is None:
+            self._delta_timer = asyncio.get_running_loop().call_later(wait, self._delta_timer_fired)
+
+    def _delta_timer_fired(self) -> None:
+        self._delta_timer = None
+        self._delta_timed = asyncio.ensure_future(self._timed_delta())
+
+    async def _timed_delta(self) -> None:
+        try:
+            await self.flush()
+        except Exception as exc:  # a lost lease or an unreachable store: the task's next write finds out
+            log.info("held-back text not announced", extra={"job_id": self.job_id, "error": repr(exc)})
 
     async def flush(self) -> None:
         """Announce a held-back progress event, then the text gathered since the last flush (one delta event)."""
@@ -378,6 +396,9 @@ class RunContext:
         await self._flush_text()
 
     async def _flush_text(self) -> None:
+        if self._delta_timer is not None:
+            self._delta_timer.cancel()
+            self._delta_timer = None
         if not self._pending:
             return
         piece = "".join(self._pending)
@@ -387,8 +408,9 @@ class RunContext:
 
     async def checkpoint(self) -> None:
         """Announce what is pending and bring the store up to everything announced: before the final write."""
-        if self._progress_timed is not None and not self._progress_timed.done():
-            await self._progress_timed  # never cancelled mid-announce: the held event goes out once
+        for timed in (self._progress_timed, self._delta_timed):
+            if timed is not None and not timed.done():
+                await timed  # never cancelled mid-announce: the held event goes out once
         await self.flush()
         if self._timer is not None:
             self._timer.cancel()

@@ -194,10 +194,18 @@ class JobRunner:
         return None
 
     async def _announce(self, job: Job | None) -> Job | None:
+        """Publish the status event of a write the store accepted. A terminal one is queued, not awaited: the slot
+        frees without waiting for Redis, and it still goes out once and after the job's other events (they were
+        published or queued before it, and the batch keeps their order). Should the process die first, the store
+        holds the terminal state, and a watcher resyncs from it (a gap or the stream's idle check) as it does when
+        any publish fails."""
         if job is not None:
-            await self.events.announce(job)
-            if job.terminal and self.on_end is not None:
-                self.on_end(job)
+            if job.terminal:
+                self._announce_soon(job)
+                if self.on_end is not None:
+                    self.on_end(job)
+            else:
+                await self.events.announce(job)
         return job
 
     def _announce_soon(self, job: Job) -> None:

@@ -113,9 +113,29 @@ class _Lane:
     def __init__(self, name: str, run_batch: Callable[[sqlite3.Connection, list[_Op]], list[Any]]) -> None:
         self.name = name
         self.run_batch = run_batch
-        self.queue: queue.SimpleQueue[_Op | None] = queue.SimpleQueue()
+        self.queue: queue.SimpleQueue[list[_Op] | None] = queue.SimpleQueue()
         self.thread: threading.Thread | None = None
+        # Statements queued during one turn of the loop, handed to the thread together at its end (`_hand_over`):
+        # one put and one thread wake-up for all of them, not one each (each put woke the thread and fought the
+        # loop for the GIL; with 1,000 jobs starting at once that was the largest single cost of a claim).
+        self._buffer: list[_Op] = []
+        self._buffer_loop: asyncio.AbstractEventLoop | None = None
         self.errors = 0  # statements that failed, not counting a unique-key refusal (written by the thread only)
+
+    def submit(self, op: _Op) -> None:
+        """Queue an operation for the thread, at the end of this turn of the loop with the others queued meanwhile."""
+        loop = op.future.get_loop()
+        if self._buffer and self._buffer_loop is not loop:  # a caller on another loop: that batch goes now
+            self._hand_over()
+        if not self._buffer:
+            self._buffer_loop = loop
+            loop.call_soon(self._hand_over)
+        self._buffer.append(op)
+
+    def _hand_over(self) -> None:
+        if self._buffer:
+            ops, self._buffer = self._buffer, []
+            self.queue.put(ops)
 
     async def open(self, path: str, pragmas: Sequence[str], max_batch: int) -> None:
         opened: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -147,30 +167,35 @@ class _Lane:
             first = get()
             if first is None:
                 return
-            batch = [first]
+            waiting = list(first)
             stop = False
-            while len(batch) < max_batch:
+            while len(waiting) < max_batch:
                 try:
-                    op = get_nowait()
+                    ops = get_nowait()
                 except queue.Empty:
                     break
-                if op is None:
+                if ops is None:
                     stop = True
                     break
-                batch.append(op)
-            outcomes = self.run_batch(conn, batch)
-            by_loop: dict[asyncio.AbstractEventLoop, tuple[list[_Op], list[Any]]] = {}
-            for op, outcome in zip(batch, outcomes, strict=True):  # one loop, unless a caller moved loops
-                if outcome[1] is not None:
-                    outcome = self._failed(outcome[1])
-                ops, results = by_loop.setdefault(op.future.get_loop(), ([], []))
-                ops.append(op)
-                results.append(outcome)
-            for target, (ops, results) in by_loop.items():
-                with contextlib.suppress(RuntimeError):  # that loop closed: nobody is waiting any more
-                    target.call_soon_threadsafe(_resolve, ops, results)
+                waiting += ops
+            for start in range(0, len(waiting), max_batch):
+                self._run(conn, waiting[start : start + max_batch])
             if stop:
                 return
+
+    def _run(self, conn: sqlite3.Connection, batch: list[_Op]) -> None:
+        """Run one batch and answer each of its operations on its own loop, one wake-up per loop."""
+        outcomes = self.run_batch(conn, batch)
+        by_loop: dict[asyncio.AbstractEventLoop, tuple[list[_Op], list[Any]]] = {}
+        for op, outcome in zip(batch, outcomes, strict=True):  # one loop, unless a caller moved loops
+            if outcome[1] is not None:
+                outcome = self._failed(outcome[1])
+            ops, results = by_loop.setdefault(op.future.get_loop(), ([], []))
+            ops.append(op)
+            results.append(outcome)
+        for target, (ops, results) in by_loop.items():
+            with contextlib.suppress(RuntimeError):  # that loop closed: nobody is waiting any more
+                target.call_soon_threadsafe(_resolve, ops, results)
 
     def _failed(self, exc: BaseException) -> tuple[None, BaseException]:
         """Count a failed statement; the write lock held elsewhere past busy_timeout becomes StoreUnavailable."""
@@ -187,6 +212,7 @@ class _Lane:
     async def close(self) -> None:
         if self.thread is None:
             return
+        self._hand_over()
         self.queue.put(None)
         thread, self.thread = self.thread, None
         await asyncio.get_running_loop().run_in_executor(None, thread.join)
@@ -229,7 +255,7 @@ class Connection:
             raise sqlite3.ProgrammingError("Cannot operate on a closed database.")
         future = asyncio.get_running_loop().create_future()
         op = _Op(future, sql, params, fn)
-        (self._reader if op.readonly else self._writer).queue.put(op)
+        (self._reader if op.readonly else self._writer).submit(op)
         return future
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> _Pending:
