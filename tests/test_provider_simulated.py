@@ -184,6 +184,23 @@ async def test_slow_directive_and_delay_spread_over_tokens() -> None:
     assert len(collect.pieces) > 5
 
 
+async def test_stamp_directive_hands_n_stamped_tokens() -> None:
+    """[[stamp:N]] (the streaming bench's): N tokens, each the wall clock in µs (mod 16**9) when it was handed over,
+    in order, none before the call began; the reply is their text."""
+    from service.providers.simulated import STAMP_MODULO
+
+    collect = Collector()
+    before = time.time_ns() // 1000 % STAMP_MODULO
+    result = await SimulatedProvider(delay=5).chat(user("[[slow:0.05]][[stamp:5]] go"), on_delta=collect)
+    after = time.time_ns() // 1000 % STAMP_MODULO
+
+    assert len(collect.pieces) == 5 and "".join(collect.pieces) == result.text
+    assert all(re.fullmatch(r"~[0-9a-f]{9} ", p) for p in collect.pieces), collect.pieces
+    stamps = [int(p[1:10], 16) for p in collect.pieces]
+    if before < after:  # the clock did not wrap around its modulo during the call
+        assert before <= stamps[0] <= stamps[-1] <= after and stamps == sorted(stamps)
+
+
 async def test_delay_zero_is_fast(monkeypatch: pytest.MonkeyPatch) -> None:
     """With delay 0 nothing waits: every sleep the provider asks for is 0 (measured, not timed: a loaded machine
     may take over a second for the 200 calls themselves)."""
