@@ -18,11 +18,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from . import drain, enqueue, goodput, io_concurrency, latency, pgstore, polling, push
+from . import drain, enqueue, goodput, io_concurrency, latency, pgstore, polling, push, streaming
 from .harness import Sizes, open_bench
 from .report import Row, machine, table, write_json
 
-FIGURES = ["enqueue", "latency", "drain", "io", "push", "polling", "goodput", "pgstore"]
+FIGURES = ["enqueue", "latency", "drain", "io", "push", "polling", "goodput", "pgstore", "streaming"]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -34,9 +34,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, help="rounds per figure (default 3, drain and I/O 2; --quick 1)")
     parser.add_argument("--profile", type=Path, help="profile the aijobs drain worker and enqueue server into DIR")
     parser.add_argument("--postgres-url", help="PostgreSQL server for pgstore (a user that may CREATE DATABASE)")
+    parser.add_argument(
+        "--stream-jobs",
+        help="streaming: comma-separated cases, JOBS (a worker process per 1,000) or JOBSxWORKERS "
+        "(default 1000,2000x1,2000x2,5000x5)",
+    )
+    parser.add_argument("--stream-seconds", type=float, help="streaming: seconds each job streams (default 20)")
+    parser.add_argument("--stream-rate", type=float, help="streaming: tokens a second per job (default 50)")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress lines on stderr")
     args = parser.parse_args(argv)
     sizes = Sizes.smoke() if args.smoke else Sizes.quick() if args.quick else Sizes()
+    if args.stream_jobs:
+        sizes.stream_jobs = tuple(s for s in args.stream_jobs.split(",") if s.strip())
+    if args.stream_seconds:
+        sizes.stream_seconds = args.stream_seconds
+    if args.stream_rate:
+        sizes.stream_rate = args.stream_rate
     if args.rounds:
         sizes.rounds = sizes.heavy_rounds = sizes.goodput_rounds = args.rounds
     chosen = args.only.split(",") if args.only else FIGURES
@@ -76,11 +89,18 @@ def main(argv: list[str] | None = None) -> int:
                 rows += pgstore.run(bench)
                 extra["postgres"] = f"{bench.pg.version} ({bench.pg.settings}), {bench.pg.how}"
                 extra["postgres_databases"] = list(bench.pg.databases.values())  # dropped when the bench ends
+            elif name == "streaming":
+                stream_rows, extra["streaming"] = streaming.run(bench)
+                rows += stream_rows
             bench.log(f"{name}: {time.monotonic() - t:.0f} s")
         if args.profile:
             from . import profile
 
-            extra["profile"] = profile.run(bench, args.profile, postgres="pgstore" in chosen)
+            extra["profile"] = {}
+            if chosen != ["streaming"]:
+                extra["profile"] = profile.run(bench, args.profile, postgres="pgstore" in chosen)
+            if "streaming" in chosen:  # stream-worker.txt, stream-web.txt: the first streaming case again
+                extra["profile"].update(streaming.profile(bench, args.profile))
     extra["seconds"] = round(time.monotonic() - started, 1)
     m = extra["machine"]
     print()

@@ -1,0 +1,317 @@
+"""Streaming: N concurrent chat jobs, each streaming `rate` tokens a second for `seconds`, one SSE watcher per job.
+
+Issue #17's figure. Per case (N jobs on W worker processes, one web process):
+
+1. a fresh web process; N chat jobs posted through `POST /api/jobs`, each asking the simulated provider for
+   `[[slow:S]][[stamp:S*rate]]` (service/providers/simulated.py): S*rate tokens handed to the task on a fixed
+   schedule, each token the wall clock (µs) at which the provider handed it over;
+2. one SSE watcher per job (`GET /api/jobs/{id}/events`, bench/stream_client.py: bare asyncio protocols, one
+   client process per 1,000 jobs, at most 2) connected while the jobs are still queued, so no token is replayed;
+3. the W workers start; the figure ends when every watcher has seen its job's terminal event.
+
+Delta latency is receive time − stamp for every token: the runner's delta coalescing (DELTA_FLUSH_SECONDS), the
+publish, Redis, the web process's fan-out and the socket. CPU (user + system, all threads, from /proc) of the
+workers from their `ready` line and of the web process from the moment the watchers are connected, to the end,
+per 1,000 tokens handed over; store writes per job counted by the workers themselves (`--count-writes`: claim,
+checkpoints, renewals, finish; the web's submit insert is one more); Redis commands per job from INFO
+commandstats (submit to end, commands run inside Lua scripts included); peak RSS (VmHWM) of each process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import os
+import signal
+import time
+from array import array
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from .harness import Bench, Proc, Server, Stat, process_cpu
+from .report import Row
+
+JOBS_PER_CLIENT = 1_000  # one watcher process per this many jobs, at most MAX_CLIENTS
+MAX_CLIENTS = 2
+
+
+@dataclass(frozen=True)
+class Case:
+    jobs: int
+    workers: int
+
+    @classmethod
+    def parse(cls, text: str) -> Case:
+        """`2000` (one worker process per 1,000 jobs, rounded up) or `2000x1` (jobs x worker processes)."""
+        jobs, _, workers = text.strip().lower().partition("x")
+        n = int(jobs.replace("_", "").replace(",", ""))
+        return cls(n, int(workers) if workers else max(1, math.ceil(n / 1000)))
+
+    @property
+    def label(self) -> str:
+        return f"{self.jobs:,} jobs, {self.workers} worker{'s' if self.workers > 1 else ''}"
+
+
+@dataclass
+class Result:
+    case: Case
+    seconds: float
+    rate: float
+    load: tuple[float, float, float]
+    latency: dict[str, Any] = field(default_factory=dict)
+    tokens_expected: int = 0
+    wall: float = 0.0
+    worker_cpu: float = 0.0
+    web_cpu: float = 0.0
+    client_cpu: float = 0.0
+    writes: dict[str, int] = field(default_factory=dict)
+    redis_calls: dict[str, int] = field(default_factory=dict)
+    worker_rss_mb: list[float] = field(default_factory=list)
+    web_rss_mb: float = 0.0
+    ended: int = 0
+    stream_seconds_p50: float = 0.0
+    stream_seconds_max: float = 0.0
+
+    @property
+    def tokens(self) -> int:
+        return int(self.latency.get("tokens", 0))
+
+    def per_k(self, cpu: float) -> float:
+        """CPU ms per 1,000 tokens handed over."""
+        return cpu * 1000 / (self.tokens / 1000) if self.tokens else 0.0
+
+    @property
+    def writes_per_job(self) -> float:
+        return sum(self.writes.values()) / self.case.jobs
+
+    @property
+    def redis_per_job(self) -> float:
+        return sum(self.redis_calls.values()) / self.case.jobs
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "jobs": self.case.jobs,
+            "workers": self.case.workers,
+            "seconds": self.seconds,
+            "rate": self.rate,
+            "load": self.load,
+            "latency": {k: v for k, v in self.latency.items() if k != "hist"},
+            "tokens_expected": self.tokens_expected,
+            "wall": self.wall,
+            "worker_cpu": self.worker_cpu,
+            "web_cpu": self.web_cpu,
+            "client_cpu": self.client_cpu,
+            "worker_ms_per_1k_tokens": self.per_k(self.worker_cpu),
+            "web_ms_per_1k_tokens": self.per_k(self.web_cpu),
+            "writes": self.writes,
+            "writes_per_job": self.writes_per_job,
+            "redis_calls": dict(sorted(self.redis_calls.items(), key=lambda kv: -kv[1])),
+            "redis_per_job": self.redis_per_job,
+            "worker_rss_mb": self.worker_rss_mb,
+            "web_rss_mb": self.web_rss_mb,
+            "ended": self.ended,
+            "stream_seconds_p50": self.stream_seconds_p50,
+            "stream_seconds_max": self.stream_seconds_max,
+        }
+
+
+def peak_rss_mb(pid: int) -> float:
+    """VmHWM: the most resident memory the process has had."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
+def command_calls(bench: Bench) -> dict[str, int]:
+    stats = bench.redis.info("commandstats")
+    return {name.removeprefix("cmdstat_"): int(v["calls"]) for name, v in stats.items() if isinstance(v, dict)}
+
+
+async def submit(server: Server, auth: dict[str, str], jobs: int, seconds: float, tokens: int) -> list[str]:
+    """Post the jobs (50 in flight), each prompt its own so nothing is shared between them."""
+    ids: list[str] = [""] * jobs
+    limits = httpx.Limits(max_connections=50, max_keepalive_connections=50)
+    async with httpx.AsyncClient(base_url=server.url, headers=auth, timeout=60, limits=limits) as http:
+        sem = asyncio.Semaphore(50)
+
+        async def one(i: int) -> None:
+            content = f"[[slow:{seconds:g}]][[stamp:{tokens}]] stream number {i}"
+            body = {"type": "chat", "input": {"messages": [{"role": "user", "content": content}]}}
+            async with sem:
+                response = await http.post("/api/jobs", json=body)
+            response.raise_for_status()
+            ids[i] = response.json()["job_id"]
+
+        await asyncio.gather(*(one(i) for i in range(jobs)))
+    return ids
+
+
+def run_case(bench: Bench, case: Case, seconds: float, rate: float, profile: Path | None = None) -> Result:
+    """One case on fresh processes; with `profile`, the worker (the first) and web run under pyinstrument."""
+    bench.flush()
+    tokens = max(1, round(seconds * rate))
+    result = Result(case, seconds, rate, os.getloadavg(), tokens_expected=case.jobs * tokens)
+    env = bench.env(POSITION_PUSH_SECONDS="5")
+    web_profile = profile / "stream-web.txt" if profile is not None else None
+    web = bench.serve("aijobs web (streaming)", "bench.aijobs_app:app", env=env, profile=web_profile)
+    workers: list[Proc] = []
+    clients: list[Proc] = []
+    try:
+        calls0 = command_calls(bench)
+        ids = asyncio.run(submit(web, bench.auth, case.jobs, seconds, tokens))
+        bench.log(f"streaming {case.label}: {case.jobs:,} jobs posted; connecting their watchers")
+        n_clients = min(MAX_CLIENTS, max(1, math.ceil(case.jobs / JOBS_PER_CLIENT)))
+        token = bench.auth["Authorization"].removeprefix("Bearer ")
+        deadline = seconds * 6 + 120
+        for k in range(n_clients):
+            path = bench.tmp / f"stream-jobs-{k}.txt"
+            path.write_text("\n".join(ids[k::n_clients]))
+            args = ["-m", "bench.stream_client", "--port", str(web.port), "--token", token, "--jobs", str(path)]
+            clients.append(bench.spawn(f"stream client {k}", [*args, "--deadline", str(deadline)]))
+        for client in clients:
+            client.wait_ready(timeout=180)
+        web_cpu0 = web.cpu()
+        started = time.monotonic()
+        per_worker = math.ceil(case.jobs / case.workers)
+        worker_cpu0 = []
+        for i in range(case.workers):
+            args = ["-m", "bench.workers", "aijobs", "--queue", bench.queue, "--max-jobs", str(per_worker)]
+            args += ["--poll", "0.05", "--sim-delay", f"{seconds:g}", "--count-writes"]
+            path = profile / "stream-worker.txt" if profile is not None and i == 0 else None
+            worker = bench.spawn(f"aijobs streaming worker {i}", args, env=env, profile=path)
+            workers.append(worker)
+            worker.wait_ready(timeout=60)
+            worker_cpu0.append(process_cpu(worker.popen.pid))
+        bench.log(f"streaming {case.label}: {case.workers} worker(s) running; {seconds:g} s of streams")
+        reports = [c.finish(timeout=deadline + 60) for c in clients]
+        result.wall = time.monotonic() - started
+        result.worker_cpu = sum(process_cpu(w.popen.pid) - c0 for w, c0 in zip(workers, worker_cpu0, strict=True))
+        result.web_cpu = web.cpu() - web_cpu0
+        result.client_cpu = sum(float(r.get("cpu", 0.0)) for r in reports)
+        result.worker_rss_mb = [round(peak_rss_mb(w.popen.pid), 1) for w in workers]
+        result.web_rss_mb = round(peak_rss_mb(web.proc.popen.pid), 1)
+        result.latency = merge(reports)
+        result.ended = sum(int(r.get("ended", 0)) for r in reports)
+        result.stream_seconds_p50 = max((float(r.get("stream_seconds_p50", 0.0)) for r in reports), default=0.0)
+        result.stream_seconds_max = max((float(r.get("stream_seconds_max", 0.0)) for r in reports), default=0.0)
+        for w in workers:
+            w.popen.send_signal(signal.SIGTERM)
+        for w in workers:
+            report = w.finish(timeout=120)
+            for name, n in (report.get("writes") or {}).items():
+                result.writes[name] = result.writes.get(name, 0) + int(n)
+        calls1 = command_calls(bench)
+        result.redis_calls = {k: v - calls0.get(k, 0) for k, v in calls1.items() if v - calls0.get(k, 0) > 0}
+        result.redis_calls.pop("info", None)  # the bench's own
+    finally:
+        for proc in workers + clients:
+            proc.stop()
+        web.proc.stop(timeout=60, sig=signal.SIGINT)  # uvicorn re-raises it: pyinstrument still writes
+        bench.flush()
+    return result
+
+
+def merge(reports: list[dict[str, Any]]) -> dict[str, Any]:
+    """The clients' histograms as one, summarized."""
+    from .stream_client import BINS, summary
+
+    hist = array("l", bytes(8 * BINS))
+    for r in reports:
+        for i, c in (r.get("hist") or {}).items():
+            hist[int(i)] += int(c)
+    return summary(hist)
+
+
+def row_set(r: Result) -> list[Row]:
+    label = r.case.label
+    lat = r.latency
+
+    def row(metric: str, value: float, higher: bool = False) -> Row:
+        return Row("streaming", f"{label}: {metric}", Stat.of([value]), {}, higher)
+
+    return [
+        row("delta p50 ms", float(lat.get("p50_ms", 0.0))),
+        row("delta p99 ms", float(lat.get("p99_ms", 0.0))),
+        row("worker CPU ms / 1,000 tokens", r.per_k(r.worker_cpu)),
+        row("web CPU ms / 1,000 tokens", r.per_k(r.web_cpu)),
+        row("store writes / job", r.writes_per_job),
+        row("Redis commands / job", r.redis_per_job),
+    ]
+
+
+def table(results: list[Result]) -> str:
+    """The README's streaming table, one line per case."""
+    lines = [
+        "| jobs | worker processes | tokens/s handed | delta p50 ms | delta p99 ms | stream s p50 / max "
+        "| worker CPU ms / 1k tokens | web CPU ms / 1k tokens | worker, web cores busy | watcher CPU s "
+        "| store writes / job | Redis commands / job | worker RSS MB | web RSS MB | load at start |",
+        "|" + "---|" * 15,
+    ]
+    for r in results:
+        lat = r.latency
+        busy = f"{r.worker_cpu / r.wall:.2f}, {r.web_cpu / r.wall:.2f}" if r.wall else "—"
+        lines.append(
+            "| "
+            + " | ".join(
+                [
+                    f"{r.case.jobs:,}",
+                    str(r.case.workers),
+                    f"{r.tokens / r.wall:,.0f}" if r.wall else "—",
+                    f"{lat.get('p50_ms', 0.0):.1f}",
+                    f"{lat.get('p99_ms', 0.0):.1f}",
+                    f"{r.stream_seconds_p50:.1f} / {r.stream_seconds_max:.1f}",
+                    f"{r.per_k(r.worker_cpu):.0f}",
+                    f"{r.per_k(r.web_cpu):.0f}",
+                    busy,
+                    f"{r.client_cpu:.1f}",
+                    f"{r.writes_per_job:.1f}",
+                    f"{r.redis_per_job:.0f}",
+                    " + ".join(f"{m:.0f}" for m in r.worker_rss_mb),
+                    f"{r.web_rss_mb:.0f}",
+                    f"{r.load[0]:.1f}",
+                ]
+            )
+            + " |"
+        )
+    return "\n".join(lines)
+
+
+def run(bench: Bench) -> tuple[list[Row], list[dict[str, Any]]]:
+    sizes = bench.sizes
+    results: list[Result] = []
+    for spec in sizes.stream_jobs:
+        case = Case.parse(spec)
+        r = run_case(bench, case, sizes.stream_seconds, sizes.stream_rate)
+        bench.log(
+            f"streaming {case.label}: p50 {r.latency.get('p50_ms', 0):.1f} ms, p99 {r.latency.get('p99_ms', 0):.1f}"
+            f" ms, {r.tokens:,} of {r.tokens_expected:,} tokens, {r.ended} of {case.jobs} jobs ended, "
+            f"{r.wall:.1f} s"
+        )
+        results.append(r)
+    print()
+    print(
+        f"Streaming: {sizes.stream_seconds:g} s of {sizes.stream_rate:g} tokens/s per job, "
+        "one SSE watcher per job, one web process"
+    )
+    print(table(results))
+    rows = [row for r in results for row in row_set(r)]
+    return rows, [r.to_dict() for r in results]
+
+
+def profile(bench: Bench, out: Path) -> dict[str, Any]:
+    """The first case again, its (first) worker and its web process under pyinstrument."""
+    out = out.resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    sizes = bench.sizes
+    case = Case.parse(sizes.stream_jobs[0])
+    r = run_case(bench, case, sizes.stream_seconds, sizes.stream_rate, profile=out)
+    bench.log(f"profiled streaming {case.label} -> {out / 'stream-worker.txt'}, {out / 'stream-web.txt'}")
+    return {"stream": json.loads(json.dumps(r.to_dict()))}
