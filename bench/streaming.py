@@ -67,6 +67,8 @@ class Result:
     wall: float = 0.0
     worker_cpu: float = 0.0
     web_cpu: float = 0.0
+    worker_waited: float = 0.0  # runnable, waiting for a CPU (all worker processes)
+    web_waited: float = 0.0
     client_cpu: float = 0.0
     writes: dict[str, int] = field(default_factory=dict)
     redis_calls: dict[str, int] = field(default_factory=dict)
@@ -105,6 +107,8 @@ class Result:
             "worker_cpu": self.worker_cpu,
             "web_cpu": self.web_cpu,
             "client_cpu": self.client_cpu,
+            "worker_waited": self.worker_waited,
+            "web_waited": self.web_waited,
             "worker_ms_per_1k_tokens": self.per_k(self.worker_cpu),
             "web_ms_per_1k_tokens": self.per_k(self.web_cpu),
             "writes": self.writes,
@@ -128,6 +132,21 @@ def peak_rss_mb(pid: int) -> float:
     except OSError:
         pass
     return 0.0
+
+
+def waited(pid: int) -> float:
+    """Seconds the process's threads have spent runnable but waiting for a CPU (schedstat): on a shared machine,
+    how much of its wall it lost to everything else running."""
+    total = 0
+    try:
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            try:
+                total += int((task / "schedstat").read_text().split()[1])
+            except (OSError, IndexError, ValueError):
+                pass
+    except OSError:
+        return 0.0
+    return total / 1e9
 
 
 def command_calls(bench: Bench) -> dict[str, int]:
@@ -179,9 +198,11 @@ def run_case(bench: Bench, case: Case, seconds: float, rate: float, profile: Pat
         for client in clients:
             client.wait_ready(timeout=180)
         web_cpu0 = web.cpu()
+        web_wait0 = waited(web.proc.popen.pid)
         started = time.monotonic()
         per_worker = math.ceil(case.jobs / case.workers)
-        worker_cpu0 = []
+        worker_cpu0: list[float] = []
+        worker_wait0: list[float] = []
         for i in range(case.workers):
             args = ["-m", "bench.workers", "aijobs", "--queue", bench.queue, "--max-jobs", str(per_worker)]
             args += ["--poll", "0.05", "--sim-delay", f"{seconds:g}", "--count-writes"]
@@ -190,11 +211,14 @@ def run_case(bench: Bench, case: Case, seconds: float, rate: float, profile: Pat
             workers.append(worker)
             worker.wait_ready(timeout=60)
             worker_cpu0.append(process_cpu(worker.popen.pid))
+            worker_wait0.append(waited(worker.popen.pid))
         bench.log(f"streaming {case.label}: {case.workers} worker(s) running; {seconds:g} s of streams")
         reports = [c.finish(timeout=deadline + 60) for c in clients]
         result.wall = time.monotonic() - started
         result.worker_cpu = sum(process_cpu(w.popen.pid) - c0 for w, c0 in zip(workers, worker_cpu0, strict=True))
         result.web_cpu = web.cpu() - web_cpu0
+        result.worker_waited = sum(waited(w.popen.pid) - c0 for w, c0 in zip(workers, worker_wait0, strict=True))
+        result.web_waited = waited(web.proc.popen.pid) - web_wait0
         result.client_cpu = sum(float(r.get("cpu", 0.0)) for r in reports)
         result.worker_rss_mb = [round(peak_rss_mb(w.popen.pid), 1) for w in workers]
         result.web_rss_mb = round(peak_rss_mb(web.proc.popen.pid), 1)
@@ -251,9 +275,10 @@ def table(results: list[Result]) -> str:
     """The README's streaming table, one line per case."""
     lines = [
         "| jobs | worker processes | tokens/s handed | delta p50 ms | delta p99 ms | stream s p50 / max "
-        "| worker CPU ms / 1k tokens | web CPU ms / 1k tokens | worker, web cores busy | watcher CPU s "
+        "| worker CPU ms / 1k tokens | web CPU ms / 1k tokens | worker, web cores busy | worker, web CPU wait s "
+        "| watcher CPU s "
         "| store writes / job | Redis commands / job | worker RSS MB | web RSS MB | load at start |",
-        "|" + "---|" * 15,
+        "|" + "---|" * 16,
     ]
     for r in results:
         lat = r.latency
@@ -271,6 +296,7 @@ def table(results: list[Result]) -> str:
                     f"{r.per_k(r.worker_cpu):.0f}",
                     f"{r.per_k(r.web_cpu):.0f}",
                     busy,
+                    f"{r.worker_waited:.0f}, {r.web_waited:.0f}",
                     f"{r.client_cpu:.1f}",
                     f"{r.writes_per_job:.1f}",
                     f"{r.redis_per_job:.0f}",
