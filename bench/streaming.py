@@ -25,6 +25,7 @@ import math
 import os
 import signal
 import time
+import uuid
 from array import array
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -77,6 +78,8 @@ class Result:
     ended: int = 0
     stream_seconds_p50: float = 0.0
     stream_seconds_max: float = 0.0
+    floor_cpu: float = 0.0  # the simulated provider alone, at this case's jobs per worker process (stream_floor)
+    floor_tokens: int = 0
 
     @property
     def tokens(self) -> int:
@@ -120,7 +123,12 @@ class Result:
             "ended": self.ended,
             "stream_seconds_p50": self.stream_seconds_p50,
             "stream_seconds_max": self.stream_seconds_max,
+            "provider_alone_ms_per_1k_tokens": self.floor_per_k,
         }
+
+    @property
+    def floor_per_k(self) -> float:
+        return self.floor_cpu * 1e6 / self.floor_tokens if self.floor_tokens else 0.0
 
 
 def peak_rss_mb(pid: int) -> float:
@@ -155,8 +163,10 @@ def command_calls(bench: Bench) -> dict[str, int]:
 
 
 async def submit(server: Server, auth: dict[str, str], jobs: int, seconds: float, tokens: int) -> list[str]:
-    """Post the jobs (50 in flight), each prompt its own so nothing is shared between them."""
+    """Post the jobs (50 in flight), each prompt its own so nothing is shared between them. A connection that
+    drops is tried again under the same Idempotency-Key: no job is made twice."""
     ids: list[str] = [""] * jobs
+    run = uuid.uuid4().hex[:8]
     limits = httpx.Limits(max_connections=50, max_keepalive_connections=50)
     async with httpx.AsyncClient(base_url=server.url, headers=auth, timeout=60, limits=limits) as http:
         sem = asyncio.Semaphore(50)
@@ -165,7 +175,14 @@ async def submit(server: Server, auth: dict[str, str], jobs: int, seconds: float
             content = f"[[slow:{seconds:g}]][[stamp:{tokens}]] stream number {i}"
             body = {"type": "chat", "input": {"messages": [{"role": "user", "content": content}]}}
             async with sem:
-                response = await http.post("/api/jobs", json=body)
+                for attempt in range(5):
+                    try:
+                        response = await http.post("/api/jobs", json=body, headers={"Idempotency-Key": f"{run}-{i}"})
+                        break
+                    except httpx.TransportError:
+                        if attempt == 4:
+                            raise
+                        await asyncio.sleep(0.2 * (attempt + 1))
             response.raise_for_status()
             ids[i] = response.json()["job_id"]
 
@@ -275,8 +292,8 @@ def table(results: list[Result]) -> str:
     """The README's streaming table, one line per case."""
     lines = [
         "| jobs | worker processes | tokens/s handed | delta p50 ms | delta p99 ms | stream s p50 / max "
-        "| worker CPU ms / 1k tokens | web CPU ms / 1k tokens | worker, web cores busy | worker, web CPU wait s "
-        "| watcher CPU s "
+        "| worker CPU ms / 1k tokens (provider alone) | web CPU ms / 1k tokens | worker, web cores busy "
+        "| worker, web CPU wait s | watcher CPU s "
         "| store writes / job | Redis commands / job | worker RSS MB | web RSS MB | load at start |",
         "|" + "---|" * 16,
     ]
@@ -293,7 +310,7 @@ def table(results: list[Result]) -> str:
                     f"{lat.get('p50_ms', 0.0):.1f}",
                     f"{lat.get('p99_ms', 0.0):.1f}",
                     f"{r.stream_seconds_p50:.1f} / {r.stream_seconds_max:.1f}",
-                    f"{r.per_k(r.worker_cpu):.0f}",
+                    f"{r.per_k(r.worker_cpu):.0f} ({r.floor_per_k:.0f})",
                     f"{r.per_k(r.web_cpu):.0f}",
                     busy,
                     f"{r.worker_waited:.0f}, {r.web_waited:.0f}",
@@ -313,9 +330,14 @@ def table(results: list[Result]) -> str:
 def run(bench: Bench) -> tuple[list[Row], list[dict[str, Any]]]:
     sizes = bench.sizes
     results: list[Result] = []
+    floors: dict[int, dict[str, Any]] = {}
     for spec in sizes.stream_jobs:
         case = Case.parse(spec)
+        per_worker = math.ceil(case.jobs / case.workers)
+        if per_worker not in floors:
+            floors[per_worker] = floor(bench, per_worker, sizes.stream_seconds, sizes.stream_rate)
         r = run_case(bench, case, sizes.stream_seconds, sizes.stream_rate)
+        r.floor_cpu, r.floor_tokens = float(floors[per_worker]["cpu"]), int(floors[per_worker]["tokens"])
         bench.log(
             f"streaming {case.label}: p50 {r.latency.get('p50_ms', 0):.1f} ms, p99 {r.latency.get('p99_ms', 0):.1f}"
             f" ms, {r.tokens:,} of {r.tokens_expected:,} tokens, {r.ended} of {case.jobs} jobs ended, "
@@ -330,6 +352,14 @@ def run(bench: Bench) -> tuple[list[Row], list[dict[str, Any]]]:
     print(table(results))
     rows = [row for r in results for row in row_set(r)]
     return rows, [r.to_dict() for r in results]
+
+
+def floor(bench: Bench, jobs: int, seconds: float, rate: float) -> dict[str, Any]:
+    """The simulated provider alone at `jobs` streams in one process (bench/stream_floor.py)."""
+    args = ["-m", "bench.stream_floor", "--jobs", str(jobs), "--seconds", f"{seconds:g}", "--rate", f"{rate:g}"]
+    report = bench.spawn(f"provider alone × {jobs}", args).finish(timeout=seconds * 10 + 60)
+    bench.log(f"streaming: the provider alone, {jobs:,} streams: {report['cpu']:.1f} s CPU, {report['wall']:.1f} s")
+    return report
 
 
 def profile(bench: Bench, out: Path) -> dict[str, Any]:
