@@ -32,7 +32,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, help="also write the figures to this JSON file")
     parser.add_argument("--only", help=f"comma-separated subset of {','.join(FIGURES)}")
     parser.add_argument("--rounds", type=int, help="rounds per figure (default 3, drain and I/O 2; --quick 1)")
-    parser.add_argument("--profile", type=Path, help="profile the aijobs drain worker and enqueue server into DIR")
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        help="profile the aijobs drain worker and enqueue server into DIR (streaming: py-spy samples of its cases)",
+    )
     parser.add_argument("--postgres-url", help="PostgreSQL server for pgstore (a user that may CREATE DATABASE)")
     parser.add_argument(
         "--stream-jobs",
@@ -90,17 +94,14 @@ def main(argv: list[str] | None = None) -> int:
                 extra["postgres"] = f"{bench.pg.version} ({bench.pg.settings}), {bench.pg.how}"
                 extra["postgres_databases"] = list(bench.pg.databases.values())  # dropped when the bench ends
             elif name == "streaming":
-                stream_rows, extra["streaming"] = streaming.run(bench)
+                stream_rows, extra["streaming"] = streaming.run(bench, profile=args.profile)
                 rows += stream_rows
             bench.log(f"{name}: {time.monotonic() - t:.0f} s")
         if args.profile:
             from . import profile
 
-            extra["profile"] = {}
-            if chosen != ["streaming"]:
+            if chosen != ["streaming"]:  # streaming samples its own cases as they run (stream-*.txt)
                 extra["profile"] = profile.run(bench, args.profile, postgres="pgstore" in chosen)
-            if "streaming" in chosen:  # stream-worker.txt, stream-web.txt: the first streaming case again
-                extra["profile"].update(streaming.profile(bench, args.profile))
     extra["seconds"] = round(time.monotonic() - started, 1)
     m = extra["machine"]
     print()

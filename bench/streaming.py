@@ -20,10 +20,13 @@ commandstats (submit to end, commands run inside Lua scripts included); peak RSS
 from __future__ import annotations
 
 import asyncio
-import json
+import collections
 import math
 import os
+import re
 import signal
+import subprocess
+import sys
 import time
 import uuid
 from array import array
@@ -70,6 +73,7 @@ class Result:
     web_cpu: float = 0.0
     worker_waited: float = 0.0  # runnable, waiting for a CPU (all worker processes)
     web_waited: float = 0.0
+    redis_cpu: float = 0.0
     client_cpu: float = 0.0
     writes: dict[str, int] = field(default_factory=dict)
     redis_calls: dict[str, int] = field(default_factory=dict)
@@ -112,6 +116,8 @@ class Result:
             "client_cpu": self.client_cpu,
             "worker_waited": self.worker_waited,
             "web_waited": self.web_waited,
+            "redis_cpu": self.redis_cpu,
+            "redis_ms_per_1k_tokens": self.per_k(self.redis_cpu),
             "worker_ms_per_1k_tokens": self.per_k(self.worker_cpu),
             "web_ms_per_1k_tokens": self.per_k(self.web_cpu),
             "writes": self.writes,
@@ -129,6 +135,51 @@ class Result:
     @property
     def floor_per_k(self) -> float:
         return self.floor_cpu * 1e6 / self.floor_tokens if self.floor_tokens else 0.0
+
+
+class Sampler:
+    """py-spy sampling one process from outside (--nonblocking: the target is never paused), into DIR/NAME.raw
+    (collapsed stacks) and, once done, DIR/NAME.txt: the functions with the most samples on top of the stack
+    (self) and anywhere in it (total). pyinstrument's per-call hook slowed the streaming worker about ten times,
+    so much that its jobs ran out of their lease: not a picture of the load it was meant to show."""
+
+    def __init__(self, pid: int, out: Path, name: str, seconds: float) -> None:
+        self.raw, self.txt = out / f"{name}.raw", out / f"{name}.txt"
+        spy = Path(sys.executable).with_name("py-spy")
+        args = [str(spy), "record", "--pid", str(pid), "--duration", str(max(1, int(seconds))), "--rate", "100"]
+        args += ["--nonblocking", "--format", "raw", "--output", str(self.raw)]
+        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def finish(self) -> None:
+        try:
+            self.proc.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        if self.raw.exists():
+            self.txt.write_text(summarize(self.raw.read_text()))
+
+
+def summarize(raw: str, top: int = 40) -> str:
+    """Self and total samples per function from py-spy's collapsed stacks (`frame;frame;... count`)."""
+    own: collections.Counter[str] = collections.Counter()
+    total: collections.Counter[str] = collections.Counter()
+    samples = 0
+    for line in raw.splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        n = int(count)
+        samples += n
+        frames = [re.sub(r":\d+\)$", ")", f) for f in stack.split(";")]  # per function, not per line
+        own[frames[-1]] += n
+        for frame in set(frames):
+            total[frame] += n
+    lines = [f"{samples} samples (py-spy, 100 Hz, active threads only)", "", "self %  function"]
+    lines += [f"{100 * n / samples:5.1f}  {f}" for f, n in own.most_common(top)] if samples else []
+    lines += ["", "total %  function"]
+    lines += [f"{100 * n / samples:5.1f}  {f}" for f, n in total.most_common(top)] if samples else []
+    return "\n".join(lines) + "\n"
 
 
 def peak_rss_mb(pid: int) -> float:
@@ -155,6 +206,11 @@ def waited(pid: int) -> float:
     except OSError:
         return 0.0
     return total / 1e9
+
+
+def redis_cpu(bench: Bench) -> float:
+    info = bench.redis.info("cpu")
+    return float(info.get("used_cpu_user", 0.0)) + float(info.get("used_cpu_sys", 0.0))
 
 
 def command_calls(bench: Bench) -> dict[str, int]:
@@ -191,13 +247,14 @@ async def submit(server: Server, auth: dict[str, str], jobs: int, seconds: float
 
 
 def run_case(bench: Bench, case: Case, seconds: float, rate: float, profile: Path | None = None) -> Result:
-    """One case on fresh processes; with `profile`, the worker (the first) and web run under pyinstrument."""
+    """One case on fresh processes; with `profile`, the first worker and the web process are sampled by py-spy
+    for the length of a stream, from when the workers are running."""
     bench.flush()
     tokens = max(1, round(seconds * rate))
     result = Result(case, seconds, rate, os.getloadavg(), tokens_expected=case.jobs * tokens)
     env = bench.env(POSITION_PUSH_SECONDS="5")
-    web_profile = profile / "stream-web.txt" if profile is not None else None
-    web = bench.serve("aijobs web (streaming)", "bench.aijobs_app:app", env=env, profile=web_profile)
+    web = bench.serve("aijobs web (streaming)", "bench.aijobs_app:app", env=env)
+    samplers: list[Sampler] = []
     workers: list[Proc] = []
     clients: list[Proc] = []
     try:
@@ -206,7 +263,7 @@ def run_case(bench: Bench, case: Case, seconds: float, rate: float, profile: Pat
         bench.log(f"streaming {case.label}: {case.jobs:,} jobs posted; connecting their watchers")
         n_clients = min(MAX_CLIENTS, max(1, math.ceil(case.jobs / JOBS_PER_CLIENT)))
         token = bench.auth["Authorization"].removeprefix("Bearer ")
-        deadline = seconds * 6 + 120
+        deadline = seconds * 6 + 120 + case.jobs * tokens / 10_000  # an overloaded machine: 10,000 tokens/s
         for k in range(n_clients):
             path = bench.tmp / f"stream-jobs-{k}.txt"
             path.write_text("\n".join(ids[k::n_clients]))
@@ -216,6 +273,7 @@ def run_case(bench: Bench, case: Case, seconds: float, rate: float, profile: Pat
             client.wait_ready(timeout=180)
         web_cpu0 = web.cpu()
         web_wait0 = waited(web.proc.popen.pid)
+        redis_cpu0 = redis_cpu(bench)
         started = time.monotonic()
         per_worker = math.ceil(case.jobs / case.workers)
         worker_cpu0: list[float] = []
@@ -223,19 +281,26 @@ def run_case(bench: Bench, case: Case, seconds: float, rate: float, profile: Pat
         for i in range(case.workers):
             args = ["-m", "bench.workers", "aijobs", "--queue", bench.queue, "--max-jobs", str(per_worker)]
             args += ["--poll", "0.05", "--sim-delay", f"{seconds:g}", "--count-writes"]
-            path = profile / "stream-worker.txt" if profile is not None and i == 0 else None
-            worker = bench.spawn(f"aijobs streaming worker {i}", args, env=env, profile=path)
+            worker = bench.spawn(f"aijobs streaming worker {i}", args, env=env)
             workers.append(worker)
             worker.wait_ready(timeout=60)
             worker_cpu0.append(process_cpu(worker.popen.pid))
             worker_wait0.append(waited(worker.popen.pid))
         bench.log(f"streaming {case.label}: {case.workers} worker(s) running; {seconds:g} s of streams")
+        if profile is not None:
+            profile.mkdir(parents=True, exist_ok=True)
+            tag = f"{case.jobs}x{case.workers}"
+            samplers.append(Sampler(workers[0].popen.pid, profile, f"stream-worker-{tag}", seconds))
+            samplers.append(Sampler(web.proc.popen.pid, profile, f"stream-web-{tag}", seconds))
         reports = [c.finish(timeout=deadline + 60) for c in clients]
+        for sampler in samplers:
+            sampler.finish()
         result.wall = time.monotonic() - started
         result.worker_cpu = sum(process_cpu(w.popen.pid) - c0 for w, c0 in zip(workers, worker_cpu0, strict=True))
         result.web_cpu = web.cpu() - web_cpu0
         result.worker_waited = sum(waited(w.popen.pid) - c0 for w, c0 in zip(workers, worker_wait0, strict=True))
         result.web_waited = waited(web.proc.popen.pid) - web_wait0
+        result.redis_cpu = redis_cpu(bench) - redis_cpu0
         result.client_cpu = sum(float(r.get("cpu", 0.0)) for r in reports)
         result.worker_rss_mb = [round(peak_rss_mb(w.popen.pid), 1) for w in workers]
         result.web_rss_mb = round(peak_rss_mb(web.proc.popen.pid), 1)
@@ -253,9 +318,13 @@ def run_case(bench: Bench, case: Case, seconds: float, rate: float, profile: Pat
         result.redis_calls = {k: v - calls0.get(k, 0) for k, v in calls1.items() if v - calls0.get(k, 0) > 0}
         result.redis_calls.pop("info", None)  # the bench's own
     finally:
+        for sampler in samplers:
+            if sampler.proc.poll() is None:
+                sampler.proc.kill()
+                sampler.proc.wait()
         for proc in workers + clients:
             proc.stop()
-        web.proc.stop(timeout=60, sig=signal.SIGINT)  # uvicorn re-raises it: pyinstrument still writes
+        web.proc.stop()
         bench.flush()
     return result
 
@@ -292,10 +361,10 @@ def table(results: list[Result]) -> str:
     """The README's streaming table, one line per case."""
     lines = [
         "| jobs | worker processes | tokens/s handed | delta p50 ms | delta p99 ms | stream s p50 / max "
-        "| worker CPU ms / 1k tokens (provider alone) | web CPU ms / 1k tokens | worker, web cores busy "
-        "| worker, web CPU wait s | watcher CPU s "
+        "| worker CPU ms / 1k tokens (provider alone) | web CPU ms / 1k tokens | Redis CPU ms / 1k tokens "
+        "| worker, web cores busy | worker, web CPU wait s | watcher CPU s "
         "| store writes / job | Redis commands / job | worker RSS MB | web RSS MB | load at start |",
-        "|" + "---|" * 16,
+        "|" + "---|" * 17,
     ]
     for r in results:
         lat = r.latency
@@ -312,6 +381,7 @@ def table(results: list[Result]) -> str:
                     f"{r.stream_seconds_p50:.1f} / {r.stream_seconds_max:.1f}",
                     f"{r.per_k(r.worker_cpu):.0f} ({r.floor_per_k:.0f})",
                     f"{r.per_k(r.web_cpu):.0f}",
+                    f"{r.per_k(r.redis_cpu):.0f}",
                     busy,
                     f"{r.worker_waited:.0f}, {r.web_waited:.0f}",
                     f"{r.client_cpu:.1f}",
@@ -327,7 +397,9 @@ def table(results: list[Result]) -> str:
     return "\n".join(lines)
 
 
-def run(bench: Bench) -> tuple[list[Row], list[dict[str, Any]]]:
+def run(bench: Bench, profile: Path | None = None) -> tuple[list[Row], list[dict[str, Any]]]:
+    """Every case of `sizes.stream_jobs`; with `profile` (--profile DIR), each case's first worker and web process
+    sampled (stream-worker-JOBSxWORKERS.txt, stream-web-JOBSxWORKERS.txt)."""
     sizes = bench.sizes
     results: list[Result] = []
     floors: dict[int, dict[str, Any]] = {}
@@ -336,7 +408,9 @@ def run(bench: Bench) -> tuple[list[Row], list[dict[str, Any]]]:
         per_worker = math.ceil(case.jobs / case.workers)
         if per_worker not in floors:
             floors[per_worker] = floor(bench, per_worker, sizes.stream_seconds, sizes.stream_rate)
-        r = run_case(bench, case, sizes.stream_seconds, sizes.stream_rate)
+        r = run_case(
+            bench, case, sizes.stream_seconds, sizes.stream_rate, profile=profile.resolve() if profile else None
+        )
         r.floor_cpu, r.floor_tokens = float(floors[per_worker]["cpu"]), int(floors[per_worker]["tokens"])
         bench.log(
             f"streaming {case.label}: p50 {r.latency.get('p50_ms', 0):.1f} ms, p99 {r.latency.get('p99_ms', 0):.1f}"
@@ -360,14 +434,3 @@ def floor(bench: Bench, jobs: int, seconds: float, rate: float) -> dict[str, Any
     report = bench.spawn(f"provider alone × {jobs}", args).finish(timeout=seconds * 10 + 60)
     bench.log(f"streaming: the provider alone, {jobs:,} streams: {report['cpu']:.1f} s CPU, {report['wall']:.1f} s")
     return report
-
-
-def profile(bench: Bench, out: Path) -> dict[str, Any]:
-    """The first case again, its (first) worker and its web process under pyinstrument."""
-    out = out.resolve()
-    out.mkdir(parents=True, exist_ok=True)
-    sizes = bench.sizes
-    case = Case.parse(sizes.stream_jobs[0])
-    r = run_case(bench, case, sizes.stream_seconds, sizes.stream_rate, profile=out)
-    bench.log(f"profiled streaming {case.label} -> {out / 'stream-worker.txt'}, {out / 'stream-web.txt'}")
-    return {"stream": json.loads(json.dumps(r.to_dict()))}
