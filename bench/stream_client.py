@@ -3,7 +3,7 @@
     python -m bench.stream_client --port P --token T --jobs FILE
 
 FILE holds one job id a line. Each connection reads `GET /api/jobs/{id}/events` and does no more than find the
-stamps the simulated provider put in each token (`~` and 9 hex digits: the wall clock in µs, mod 16**9, when the
+stamps the simulated provider put in every 4th token (`~` and 9 hex digits: the wall clock in µs, mod 16**9, when the
 provider handed the token to the task; [[stamp:N]] in service/providers/simulated.py) in its `delta` events,
 and the job's terminal status. An event counts as received when its last byte is read. Per token it adds one
 count to a 0.1 ms histogram of (receive time − stamp), so the client costs little per token and nothing grows

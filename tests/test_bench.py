@@ -42,7 +42,7 @@ def test_bench_prints_every_figure(tmp_path: Path) -> None:
     assert all(r["delivered"] == 1.0 for r in pushed), pushed  # every subscriber got every event
     assert "| streaming |" in proc.stdout and "delta p99 ms" in proc.stdout, proc.stdout
     (stream,) = data["streaming"]  # the smoke's one case: every job ended, every stamped token reached its watcher
-    assert stream["ended"] == stream["jobs"] and stream["latency"]["tokens"] == stream["tokens_expected"], stream
+    assert stream["ended"] == stream["jobs"] and stream["latency"]["tokens"] == stream["stamps_expected"], stream
     assert stream["writes"]["claim"] == stream["jobs"] and stream["redis_per_job"] > 0, stream
     zero = [row for row in data["rows"] if not row["aijobs"]["median"] > 0]
     assert not zero, zero

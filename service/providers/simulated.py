@@ -11,10 +11,11 @@ Directives, written anywhere in a user message (or in an image prompt) and strip
     [[fail:KIND:times=N]]                        fails only the first N identical calls on this instance
     [[echo:TEXT]]                                the reply is exactly TEXT
     [[slow:SECONDS]]                             this call takes SECONDS instead of `delay`
-    [[stamp:N]]                                  the reply is N tokens, each `~` and the wall-clock microseconds
-                                                 (mod 16**9, 9 hex digits) at which it is handed to the caller,
-                                                 handed on a fixed schedule over the call's seconds (the
-                                                 streaming bench's latency stamps; bench/streaming.py)
+    [[stamp:N]]                                  the reply is N tokens handed on a fixed schedule over the
+                                                 call's seconds; every STAMP_EVERY-th is `~` and the wall-clock
+                                                 microseconds (mod 16**9, 9 hex digits) at which it is handed to
+                                                 the caller, the others `tok ` (the streaming bench's latency
+                                                 stamps, ~5 characters a token on average as in real text)
 
 With `limit` (an `UpstreamLimit`), the simulator also enforces a provider's sustained RPM/TPM per key: every answer
 carries the `x-ratelimit-*` headers, and a call over the budget raises RateLimited with them and a Retry-After.
@@ -55,6 +56,7 @@ from .upstream_limit import UpstreamLimit
 
 _DIRECTIVE = re.compile(r"\[\[(fail|echo|slow|stamp):(.*?)\]\]", re.DOTALL)
 STAMP_MODULO = 16**9  # [[stamp:N]]: microseconds wrap after ~19 hours; 9 hex digits a token
+STAMP_EVERY = 4  # [[stamp:N]]: tokens 0, 4, 8... carry the stamp
 _TITLES = re.compile(r"FORMAT:titles:(\d+)")
 _SUMMARY = re.compile(r"FORMAT:summary(?::(\d+))?")
 _WORD = re.compile(r"[^\W\d_][\w'\u2019-]*")
@@ -276,7 +278,9 @@ class SimulatedProvider:
 async def _emit_stamped(count: int, on_delta: OnDelta | None, seconds: float) -> str:
     """[[stamp:N]]: N tokens, token i due at start + (i + 1) * seconds / N whatever the caller's own pace (a
     fixed schedule, as an upstream that keeps sending would keep it; a late loop hands the overdue ones at
-    once), each stamped with the wall clock at the moment it is handed over."""
+    once), every STAMP_EVERY-th stamped with the wall clock at the moment it is handed over: sampled, so that
+    the streamed text is about as long as real text (a stamp on every token would double what the store
+    appends)."""
     loop = asyncio.get_running_loop()
     per_token = seconds / count if count else 0.0
     start = loop.time()
@@ -285,7 +289,7 @@ async def _emit_stamped(count: int, on_delta: OnDelta | None, seconds: float) ->
         wait = start + (i + 1) * per_token - loop.time()
         if wait > 0:
             await asyncio.sleep(wait)
-        token = f"~{time.time_ns() // 1000 % STAMP_MODULO:09x} "
+        token = f"~{time.time_ns() // 1000 % STAMP_MODULO:09x} " if i % STAMP_EVERY == 0 else "tok "
         tokens.append(token)
         if on_delta is not None:
             await on_delta(token)
