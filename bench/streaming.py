@@ -265,7 +265,7 @@ def run_case(bench: Bench, case: Case, seconds: float, rate: float, profile: Pat
     tokens = max(1, round(seconds * rate))
     result = Result(case, seconds, rate, os.getloadavg(), tokens_expected=case.jobs * tokens)
     result.stamps_expected = case.jobs * math.ceil(tokens / STAMP_EVERY)
-    env = bench.env(POSITION_PUSH_SECONDS="5")
+    env = bench.env()
     web = bench.serve("aijobs web (streaming)", "bench.aijobs_app:app", env=env)
     samplers: list[Sampler] = []
     workers: list[Proc] = []
