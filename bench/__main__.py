@@ -1,6 +1,9 @@
 """scripts/bench: every aijobs figure beside its baselines, from one run on this machine.
 
     scripts/bench [--quick] [--json FILE] [--only enqueue,latency,...] [--profile DIR] [--postgres-url URL]
+        [--stream-jobs 1000,2000x1,2000x2,5000x5] [--stream-seconds 20] [--stream-rate 50]
+
+Every figure but streaming by default (issue #17's streaming figure takes 15-20 minutes: --only streaming).
 
 Redis: REDIS_URL if set (an empty database: the bench empties it between figures), else an embedded redis-server
 on a free port; the job store is a temp SQLite file. The pgstore figure also needs a PostgreSQL: --postgres-url
@@ -18,11 +21,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from . import drain, e2e, enqueue, goodput, io_concurrency, latency, pgstore, polling, push
+from . import drain, e2e, enqueue, goodput, io_concurrency, latency, pgstore, polling, push, streaming
 from .harness import Sizes, open_bench
 from .report import Row, machine, table, write_json
 
-FIGURES = ["enqueue", "latency", "drain", "e2e", "io", "push", "polling", "goodput", "pgstore"]
+FIGURES = ["enqueue", "latency", "drain", "e2e", "io", "push", "polling", "goodput", "pgstore", "streaming"]
+DEFAULT = [f for f in FIGURES if f != "streaming"]  # 15-20 minutes at its sizes: only when asked for (--only)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -32,14 +36,31 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, help="also write the figures to this JSON file")
     parser.add_argument("--only", help=f"comma-separated subset of {','.join(FIGURES)}")
     parser.add_argument("--rounds", type=int, help="rounds per figure (default 3, drain and I/O 2; --quick 1)")
-    parser.add_argument("--profile", type=Path, help="profile the aijobs drain worker and enqueue server into DIR")
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        help="profile the aijobs drain worker and enqueue server into DIR (streaming: py-spy samples of its cases)",
+    )
     parser.add_argument("--postgres-url", help="PostgreSQL server for pgstore (a user that may CREATE DATABASE)")
+    parser.add_argument(
+        "--stream-jobs",
+        help="streaming: comma-separated cases, JOBS (a worker process per 1,000) or JOBSxWORKERS "
+        "(default 1000,2000x1,2000x2,5000x5)",
+    )
+    parser.add_argument("--stream-seconds", type=float, help="streaming: seconds each job streams (default 20)")
+    parser.add_argument("--stream-rate", type=float, help="streaming: tokens a second per job (default 50)")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress lines on stderr")
     args = parser.parse_args(argv)
     sizes = Sizes.smoke() if args.smoke else Sizes.quick() if args.quick else Sizes()
+    if args.stream_jobs:
+        sizes.stream_jobs = tuple(s for s in args.stream_jobs.split(",") if s.strip())
+    if args.stream_seconds:
+        sizes.stream_seconds = args.stream_seconds
+    if args.stream_rate:
+        sizes.stream_rate = args.stream_rate
     if args.rounds:
         sizes.rounds = sizes.heavy_rounds = sizes.goodput_rounds = args.rounds
-    chosen = args.only.split(",") if args.only else FIGURES
+    chosen = args.only.split(",") if args.only else DEFAULT
     unknown = set(chosen) - set(FIGURES)
     if unknown:
         parser.error(f"unknown figure(s): {', '.join(sorted(unknown))}")
@@ -78,11 +99,15 @@ def main(argv: list[str] | None = None) -> int:
                 rows += pgstore.run(bench)
                 extra["postgres"] = f"{bench.pg.version} ({bench.pg.settings}), {bench.pg.how}"
                 extra["postgres_databases"] = list(bench.pg.databases.values())  # dropped when the bench ends
+            elif name == "streaming":
+                stream_rows, extra["streaming"] = streaming.run(bench, profile=args.profile)
+                rows += stream_rows
             bench.log(f"{name}: {time.monotonic() - t:.0f} s")
         if args.profile:
             from . import profile
 
-            extra["profile"] = profile.run(bench, args.profile, postgres="pgstore" in chosen)
+            if chosen != ["streaming"]:  # streaming samples its own cases as they run (stream-*.txt)
+                extra["profile"] = profile.run(bench, args.profile, postgres="pgstore" in chosen)
     extra["seconds"] = round(time.monotonic() - started, 1)
     m = extra["machine"]
     print()

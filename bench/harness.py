@@ -69,6 +69,11 @@ class Sizes:
     goodput_period: float = 12.0  # seconds in the bench's minute: 5 × faster than real time
     goodput_call_seconds: float = 0.2
     goodput_rounds: int = 1
+    # streaming: cases of "JOBS" (a worker process per 1,000 jobs) or "JOBSxWORKERS", each job streaming
+    # stream_rate tokens a second for stream_seconds to its own SSE watcher
+    stream_jobs: tuple[str, ...] = ("1000", "2000x1", "2000x2", "5000x5")
+    stream_seconds: float = 20.0
+    stream_rate: float = 50.0
 
     @classmethod
     def quick(cls) -> Sizes:
@@ -88,6 +93,8 @@ class Sizes:
             writes_jobs=10,
             goodput_jobs=300,
             goodput_period=6.0,
+            stream_jobs=("200",),
+            stream_seconds=5.0,
         )
 
     @classmethod
@@ -115,6 +122,9 @@ class Sizes:
             goodput_rpm=20,
             goodput_period=2.0,
             goodput_call_seconds=0.05,
+            stream_jobs=("20",),
+            stream_seconds=2.0,
+            stream_rate=25.0,
         )
 
 

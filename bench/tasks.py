@@ -1,4 +1,4 @@
-"""Job types that exist only in the bench: a no-op, a start marker and a simulated 1 s AI call.
+"""Job types that exist only in the bench: a no-op, a start marker and a simulated 1 s AI call (and the real chat).
 
 They are registered in a bench-only registry handed to both `create_app` and `build_worker`, so the real
 service never learns about them.
@@ -13,7 +13,7 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from service.tasks import TaskRegistry
+from service.tasks import TaskRegistry, chat
 from service.tasks.context import TaskContext
 
 MARK_LIST_PREFIX = "bench:mark:"
@@ -71,4 +71,5 @@ def bench_registry() -> TaskRegistry:
     registry.task("noop", input=Empty, timeout=60, max_attempts=1, poll_interval=1.0, typical_seconds=0.01)(noop)
     registry.task("mark", input=Marked, timeout=60, max_attempts=1, poll_interval=1.0, typical_seconds=0.01)(mark)
     registry.task("ai_call", input=Empty, timeout=60, max_attempts=1, poll_interval=1.0, typical_seconds=1.0)(ai_call)
+    chat.register(registry)  # the real chat type: the streaming figure's jobs
     return registry

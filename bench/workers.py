@@ -1,6 +1,7 @@
 """Worker processes for the bench, one per run: aijobs (build_worker), bare arq, SAQ, Procrastinate, PgQueuer.
 
     python -m bench.workers KIND --queue Q [--burst] [--max-jobs N] [--poll S] [--sim-delay S] [--batch N]
+        [--count-writes]
 
 Procrastinate and PgQueuer read their database from BENCH_PG_URL and run only no-op jobs (the drain baselines);
 their pool is POOL_SIZE connections, the size of an aijobs process's own (DATABASE_POOL_SIZE's default).
@@ -33,6 +34,7 @@ class Clock:
         self.ended = 0
         self.cpu_first = 0.0
         self.cpu_last = 0.0
+        self.writes: dict[str, int] | None = None  # --count-writes: the worker's store writes by method
 
     async def started(self, *_: Any) -> None:
         if self.first is None:
@@ -46,7 +48,10 @@ class Clock:
 
     def report(self) -> None:
         cpu = self.cpu_last - self.cpu_first  # every thread of this process, while jobs ran
-        print(json.dumps({"first": self.first, "last": self.last, "ended": self.ended, "cpu": cpu}), flush=True)
+        report: dict[str, Any] = {"first": self.first, "last": self.last, "ended": self.ended, "cpu": cpu}
+        if self.writes is not None:
+            report["writes"] = dict(self.writes)
+        print(json.dumps(report), flush=True)
 
 
 def ready() -> None:
@@ -62,6 +67,17 @@ async def run_aijobs(args: argparse.Namespace, clock: Clock) -> None:
 
     settings = Settings.from_env(worker_concurrency=args.max_jobs, poll_delay=args.poll, queue_name=args.queue)
     assert settings.redis_url
+    if args.count_writes:
+        import collections
+
+        import service.worker
+
+        from .store_writes import CountingStore
+
+        counts: collections.Counter[str] = collections.Counter()
+        clock.writes = counts  # type: ignore[assignment]
+        real_open = service.worker.open_store
+        service.worker.open_store = lambda s: CountingStore(real_open(s), counts)  # type: ignore[assignment]
     worker = build_worker(
         settings,
         redis_url=settings.redis_url,
@@ -256,6 +272,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--poll", type=float, default=0.05)
     parser.add_argument("--sim-delay", type=float, default=1.0)
     parser.add_argument("--batch", type=int, default=10, help="PgQueuer: jobs dequeued per statement")
+    parser.add_argument("--count-writes", action="store_true", help="aijobs: report its store writes by method")
     args = parser.parse_args(argv)
     clock = Clock()
     runner = {

@@ -44,6 +44,10 @@ def test_bench_prints_every_figure(tmp_path: Path) -> None:
     pushed = [r for r in data["push"]["push"] if r["transport"] in ("sse", "ws")]
     assert {r["transport"] for r in pushed} == {"sse", "ws"}
     assert all(r["delivered"] == 1.0 for r in pushed), pushed  # every subscriber got every event
+    assert "| streaming |" in proc.stdout and "delta p99 ms" in proc.stdout, proc.stdout
+    (stream,) = data["streaming"]  # the smoke's one case: every job ended, every stamped token reached its watcher
+    assert stream["ended"] == stream["jobs"] and stream["latency"]["tokens"] == stream["stamps_expected"], stream
+    assert stream["writes"]["claim"] == stream["jobs"] and stream["redis_per_job"] > 0, stream
     zero = [row for row in data["rows"] if not row["aijobs"]["median"] > 0]
     assert not zero, zero
     assert data["machine"]["nproc"] >= 1

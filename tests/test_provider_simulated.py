@@ -184,6 +184,26 @@ async def test_slow_directive_and_delay_spread_over_tokens() -> None:
     assert len(collect.pieces) > 5
 
 
+async def test_stamp_directive_hands_n_stamped_tokens() -> None:
+    """[[stamp:N]] (the streaming bench's): N tokens, every STAMP_EVERY-th the wall clock in µs (mod 16**9) when it
+    was handed over, in order, none before the call began; the reply is their text."""
+    from service.providers.simulated import STAMP_EVERY, STAMP_MODULO
+
+    collect = Collector()
+    n = 3 * STAMP_EVERY + 1
+    before = time.time_ns() // 1000 % STAMP_MODULO
+    result = await SimulatedProvider(delay=5).chat(user(f"[[slow:0.05]][[stamp:{n}]] go"), on_delta=collect)
+    after = time.time_ns() // 1000 % STAMP_MODULO
+
+    assert len(collect.pieces) == n and "".join(collect.pieces) == result.text
+    stamped = collect.pieces[::STAMP_EVERY]
+    assert len(stamped) == 4 and all(re.fullmatch(r"~[0-9a-f]{9} ", p) for p in stamped), collect.pieces
+    assert len(re.findall(r"~", result.text)) == 4, result.text
+    stamps = [int(p[1:10], 16) for p in stamped]
+    if before < after:  # the clock did not wrap around its modulo during the call
+        assert before <= stamps[0] <= stamps[-1] <= after and stamps == sorted(stamps)
+
+
 async def test_delay_zero_is_fast(monkeypatch: pytest.MonkeyPatch) -> None:
     """With delay 0 nothing waits: every sleep the provider asks for is 0 (measured, not timed: a loaded machine
     may take over a second for the 200 calls themselves)."""

@@ -11,6 +11,11 @@ Directives, written anywhere in a user message (or in an image prompt) and strip
     [[fail:KIND:times=N]]                        fails only the first N identical calls on this instance
     [[echo:TEXT]]                                the reply is exactly TEXT
     [[slow:SECONDS]]                             this call takes SECONDS instead of `delay`
+    [[stamp:N]]                                  the reply is N tokens handed on a fixed schedule over the
+                                                 call's seconds; every STAMP_EVERY-th is `~` and the wall-clock
+                                                 microseconds (mod 16**9, 9 hex digits) at which it is handed to
+                                                 the caller, the others `tok ` (the streaming bench's latency
+                                                 stamps, ~5 characters a token on average as in real text)
 
 With `limit` (an `UpstreamLimit`), the simulator also enforces a provider's sustained RPM/TPM per key: every answer
 carries the `x-ratelimit-*` headers, and a call over the budget raises RateLimited with them and a Retry-After.
@@ -32,6 +37,7 @@ import json
 import math
 import random
 import re
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from xml.sax.saxutils import escape
@@ -48,7 +54,9 @@ from .errors import (
 )
 from .upstream_limit import UpstreamLimit
 
-_DIRECTIVE = re.compile(r"\[\[(fail|echo|slow):(.*?)\]\]", re.DOTALL)
+_DIRECTIVE = re.compile(r"\[\[(fail|echo|slow|stamp):(.*?)\]\]", re.DOTALL)
+STAMP_MODULO = 16**9  # [[stamp:N]]: microseconds wrap after ~19 hours; 9 hex digits a token
+STAMP_EVERY = 4  # [[stamp:N]]: tokens 0, 4, 8... carry the stamp
 _TITLES = re.compile(r"FORMAT:titles:(\d+)")
 _SUMMARY = re.compile(r"FORMAT:summary(?::(\d+))?")
 _WORD = re.compile(r"[^\W\d_][\w'\u2019-]*")
@@ -112,6 +120,7 @@ class _Directives:
     failure: _Failure | None = None
     echo: str | None = None
     slow: float | None = None
+    stamp: int | None = None
 
 
 class SimulatedProvider:
@@ -174,6 +183,10 @@ class SimulatedProvider:
         failure = self._due_failure(directives.failure, request)
         if failure is not None and failure.kind != "midstream":
             await self._fail(failure, delay)
+        if directives.stamp is not None:
+            text = await _emit_stamped(directives.stamp, on_delta, delay)
+            usage = estimate_usage(messages, text)
+            return ChatResult(text=text, model=chosen, usage=usage, finish_reason="stop", limits=limits)
 
         text = directives.echo if directives.echo is not None else _reply(cleaned)
         tokens = list(_tokens(text))
@@ -262,6 +275,27 @@ class SimulatedProvider:
         raise _failure_error(failure.kind, failure.retry_after, source=f"[[fail:{failure.kind}]]")
 
 
+async def _emit_stamped(count: int, on_delta: OnDelta | None, seconds: float) -> str:
+    """[[stamp:N]]: N tokens, token i due at start + (i + 1) * seconds / N whatever the caller's own pace (a
+    fixed schedule, as an upstream that keeps sending would keep it; a late loop hands the overdue ones at
+    once), every STAMP_EVERY-th stamped with the wall clock at the moment it is handed over: sampled, so that
+    the streamed text is about as long as real text (a stamp on every token would double what the store
+    appends)."""
+    loop = asyncio.get_running_loop()
+    per_token = seconds / count if count else 0.0
+    start = loop.time()
+    tokens: list[str] = []
+    for i in range(count):
+        wait = start + (i + 1) * per_token - loop.time()
+        if wait > 0:
+            await asyncio.sleep(wait)
+        token = f"~{time.time_ns() // 1000 % STAMP_MODULO:09x} " if i % STAMP_EVERY == 0 else "tok "
+        tokens.append(token)
+        if on_delta is not None:
+            await on_delta(token)
+    return "".join(tokens)
+
+
 def _check_model(model: str) -> None:
     if model.startswith("sim-fail-"):
         kind = model.removeprefix("sim-fail-")
@@ -303,6 +337,7 @@ def _parse_directives(text: str) -> tuple[_Directives, str]:
     failure: _Failure | None = None
     echo: str | None = None
     slow: float | None = None
+    stamp: int | None = None
     for match in _DIRECTIVE.finditer(text):
         name, arg = match.group(1), match.group(2)
         if name == "echo" and echo is None:
@@ -311,8 +346,10 @@ def _parse_directives(text: str) -> tuple[_Directives, str]:
             slow = _number(arg, "slow")
         elif name == "fail" and failure is None:
             failure = _parse_failure(arg)
+        elif name == "stamp" and stamp is None:
+            stamp = max(1, min(int(_number(arg, "stamp")), 1_000_000))
     cleaned = _DIRECTIVE.sub("", text).strip()
-    return _Directives(failure=failure, echo=echo, slow=slow), cleaned
+    return _Directives(failure=failure, echo=echo, slow=slow, stamp=stamp), cleaned
 
 
 def _parse_failure(arg: str) -> _Failure:
@@ -345,6 +382,7 @@ def _merge(a: _Directives, b: _Directives) -> _Directives:
         failure=a.failure or b.failure,
         echo=a.echo if a.echo is not None else b.echo,
         slow=a.slow if a.slow is not None else b.slow,
+        stamp=a.stamp if a.stamp is not None else b.stamp,
     )
 
 
