@@ -81,19 +81,22 @@ async def test_every_accepted_write_adds_one_to_seq_and_a_stale_token_changes_no
     claimed = await store.claim(job.id, worker_id="w1", token="t1", ticket=1)
     assert claimed is not None and claimed.seq == 2 and claimed.status is JobStatus.PROCESSING
     assert claimed.attempts == 1 and claimed.lease_token == "t1" and claimed.worker_id == "w1"
-    p = await store.progress(job.id, "t1", percentage=40, step="Thinking", append_output="Hel")
+    # progress answers the new seq (not the row); what it wrote is read back
+    assert await store.progress(job.id, "t1", percentage=40, step="Thinking", append_output="Hel") == 3
+    p = await store.get(job.id)
     assert p is not None and p.seq == 3 and p.partial_output == "Hel" and p.current_step == "Thinking"
-    p = await store.progress(job.id, "t1", percentage=50, step=None, append_output="lo")
+    assert await store.progress(job.id, "t1", percentage=50, step=None, append_output="lo") == 4
+    p = await store.get(job.id)
     assert p is not None and p.seq == 4 and p.partial_output == "Hello" and p.current_step == "Thinking"
-    p = await store.progress(job.id, "t1", percentage=60, step=None, partial_output="Replaced")
+    assert await store.progress(job.id, "t1", percentage=60, step=None, partial_output="Replaced") == 5
+    p = await store.get(job.id)
     assert p is not None and p.seq == 5 and p.partial_output == "Replaced"
     # A checkpoint: the run announced events 6..9 without writing; the store's seq catches up to the last one.
-    p = await store.progress(job.id, "t1", percentage=70, step="Later", append_output="!", seq=9)
+    assert await store.progress(job.id, "t1", percentage=70, step="Later", append_output="!", seq=9) == 9
+    p = await store.get(job.id)
     assert p is not None and p.seq == 9 and p.partial_output == "Replaced!" and p.percentage == 70
-    p = await store.progress(job.id, "t1", percentage=70, step=None, seq=3)
-    assert p is not None and p.seq == 10, "never backwards: at least seq + 1"
-    p = await store.progress(job.id, "t1", percentage=70, step=None)
-    assert p is not None and p.seq == 11
+    assert await store.progress(job.id, "t1", percentage=70, step=None, seq=3) == 10, "never backwards: seq + 1"
+    assert await store.progress(job.id, "t1", percentage=70, step=None) == 11
     renewed = await store.renew(job.id, "t1", lease_seconds=60)
     assert renewed is not None and renewed.seq == 11, "a renewal is not an event"
     before = await store.get(job.id)

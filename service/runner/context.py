@@ -255,14 +255,14 @@ class RunContext:
                 return  # a checkpoint that ran meanwhile covered it
             n = len(self._unstored)
             piece = "".join(self._unstored[:n])
-            job = await self.store.progress(
+            stored = await self.store.progress(
                 self.job_id, self.token, percentage=self._percentage, step=self._step, append_output=piece or None,
                 seq=seq,
             )  # fmt: skip
-            if job is None:
+            if stored is None:
                 raise LeaseLost(self.job_id)
             del self._unstored[:n]  # what was appended while the write was on its way waits for the next one
-            self._stored_seq, self._stored_at = job.seq, time.monotonic()
+            self._stored_seq, self._stored_at = stored, time.monotonic()
 
     def _store_later(self) -> None:
         """An event left out of the store gets there within CHECKPOINT_SECONDS even if no other event follows (a

@@ -119,11 +119,13 @@ class JobStore(Protocol):
         partial_output: str | None = None,
         append_output: str | None = None,
         seq: int | None = None,
-    ) -> Job | None:
+    ) -> int | None:
         """Progress, and the output so far: `partial_output` replaces it, `append_output` adds to its end.
 
         `seq`: the seq of the last event the run announced (a checkpoint); the job's seq becomes the larger of
-        that and seq + 1."""
+        that and seq + 1. Answers that new seq (None: the run lost its lease), not the row: a streamed job's output
+        grows with every checkpoint, and re-reading and decoding it each time was a store thread's largest cost
+        under many streams (README, Streaming)."""
 
     async def finish(
         self,

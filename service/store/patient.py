@@ -48,12 +48,12 @@ class PatientWrites:
     def __getattr__(self, name: str) -> Any:
         return getattr(self._store, name)
 
-    async def _patiently(self, what: str, job_id: str, call: Any, *args: Any, **kwargs: Any) -> Job | None:
+    async def _patiently(self, what: str, job_id: str, call: Any, *args: Any, **kwargs: Any) -> Any:
         pause = self._first
         waited = 0.0
         while True:
             try:
-                result: Job | None = await call(*args, **kwargs)
+                result = await call(*args, **kwargs)  # the write's answer: None when it was refused
             except StoreUnavailable as exc:
                 if not self._patient:
                     raise
@@ -75,7 +75,7 @@ class PatientWrites:
                 log.info("store back: write done", extra={"job_id": job_id, "write": what, "waited": round(waited, 1)})
             return result
 
-    async def progress(self, job_id: str, token: str, **kwargs: Any) -> Job | None:
+    async def progress(self, job_id: str, token: str, **kwargs: Any) -> int | None:
         return await self._patiently("progress", job_id, self._store.progress, job_id, token, **kwargs)
 
     async def finish(self, job_id: str, token: str, **kwargs: Any) -> Job | None:

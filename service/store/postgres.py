@@ -92,7 +92,7 @@ _PROGRESS = Bulk(
     "FROM unnest(%b::float8[], %b::text[], %b::text[], %b::text[], %b::bigint[], %b::float8[], %b::text[], "
     "%b::text[]) WITH ORDINALITY AS v(p_pct, p_step, p_append, p_partial, p_seq, p_t, p_id, p_token, p_n) "
     "WHERE id = v.p_id AND lease_token = v.p_token AND status IS NOT DISTINCT FROM 'processing' "
-    f"RETURNING v.p_n, {_COLUMNS}",
+    "RETURNING v.p_n, seq",
     ("pct", "step", "append", "partial", "seq", "t", "id", "token"),
 )
 _RENEW = Bulk(
@@ -527,8 +527,8 @@ class PostgresJobStore:
         partial_output: str | None = None,
         append_output: str | None = None,
         seq: int | None = None,
-    ) -> Job | None:
-        return await self._write_one(
+    ) -> int | None:
+        rows = await self._write(
             _PROGRESS,
             {
                 "pct": percentage,
@@ -541,6 +541,7 @@ class PostgresJobStore:
                 "token": token,
             },
         )
+        return int(rows[0][0]) if rows else None
 
     async def finish(
         self,

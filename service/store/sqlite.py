@@ -280,14 +280,16 @@ class SQLiteJobStore:
         partial_output: str | None = None,
         append_output: str | None = None,
         seq: int | None = None,
-    ) -> Job | None:
-        return await self._one(
+    ) -> int | None:
+        async with self.db.execute(
             "UPDATE jobs SET percentage = ?, current_step = COALESCE(?, current_step), "
             "partial_output = CASE WHEN ? IS NOT NULL THEN COALESCE(partial_output, '') || ? "
             "ELSE COALESCE(?, partial_output) END, updated_at = ?, seq = MAX(seq + 1, COALESCE(?, 0)) "
-            f"WHERE id = ? AND lease_token = ? AND status = 'processing' RETURNING {_COLUMNS}",
+            "WHERE id = ? AND lease_token = ? AND status = 'processing' RETURNING seq",
             (percentage, step, append_output, append_output, partial_output, now(), seq, job_id, token),
-        )
+        ) as cur:
+            row = await cur.fetchone()
+        return int(row[0]) if row else None
 
     async def finish(
         self,
