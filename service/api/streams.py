@@ -20,6 +20,7 @@ from starlette.websockets import WebSocket, WebSocketState
 
 from ..errors import AijobsError
 from ..push.multiwatch import mine_events, multi_watch, parse_cursor
+from ..push.slim import slim
 from ..push.sse import SseResponse
 from ..push.watch import JobWatch, watch_events
 from ..push.wire import sse_wire, ws_wire
@@ -161,6 +162,8 @@ async def websocket_endpoint(ws: WebSocket) -> None:
         await ws.accept()
         fast = state.gateway.fast
         wire = ws_wire(ws.scope, fast.ws_lane, fast.ws_direct)
+        if wire is not None:
+            slim(wire.proto, fast.ws_slim)  # what uvicorn keeps after the handshake, trimmed (push/slim.py)
         await WsSession(ws, state, user, wire, session=current_session(ws)).run()
     finally:
         slot.release()
