@@ -4,7 +4,9 @@
 bench.floor_push), with a `gc.callbacks` hook timing every collection by generation. The bench drives it through
 a command file (`GC_PROBE_FILE`.cmd, polled by a daemon thread: no signal handler to race the event loop):
 `reset` forgets what was timed so far (sent once the connections have settled), `dump` writes what was timed
-since to `GC_PROBE_FILE` as JSON: per generation the count, total and longest pause in ms.
+since to `GC_PROBE_FILE` as JSON: per generation the count, total and longest pause in ms, and how many objects
+are frozen (gc.freeze); `collect` does the same and then times one forced full collection: what the next full
+collection would cost, frozen objects excluded.
 """
 
 from __future__ import annotations
@@ -62,9 +64,14 @@ def _serve(probe: Probe, out: Path) -> None:
         cmd.unlink(missing_ok=True)
         if what == "reset":
             probe.reset()
-        elif what == "dump":
+        elif what in ("dump", "collect"):
+            report = probe.report()
+            if what == "collect":  # what a full collection costs now: timed here, with the GIL held like any other
+                started = time.perf_counter()
+                gc.collect()
+                report["forced_full_ms"] = round((time.perf_counter() - started) * 1000, 2)
             tmp = out.with_suffix(".tmp")
-            tmp.write_text(json.dumps(probe.report()))
+            tmp.write_text(json.dumps(report))
             tmp.replace(out)
 
 

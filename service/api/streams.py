@@ -159,12 +159,17 @@ async def websocket_endpoint(ws: WebSocket) -> None:
         await refuse(ws, exc)
         return
     try:
+        session = current_session(ws)
         await ws.accept()
         fast = state.gateway.fast
         wire = ws_wire(ws.scope, fast.ws_lane, fast.ws_direct)
         if wire is not None:
             slim(wire.proto, fast.ws_slim)  # what uvicorn keeps after the handshake, trimmed (push/slim.py)
-        await WsSession(ws, state, user, wire, session=current_session(ws)).run()
+        # The handshake's headers said who and from where; nothing reads them after it. Kept, they are ~1 KB of
+        # small objects per connection for the rest of its life (uvicorn's scope is this same dict).
+        ws.scope["headers"] = []
+        ws.__dict__.pop("_headers", None)  # Starlette's cached view of them
+        await WsSession(ws, state, user, wire, session=session).run()
     finally:
         slot.release()
         if ws.application_state is WebSocketState.CONNECTED and ws.client_state is WebSocketState.CONNECTED:

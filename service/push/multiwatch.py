@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections import OrderedDict
 from collections.abc import AsyncGenerator
 
 from ..events import EventLog
@@ -54,14 +53,18 @@ class MultiWatch:
         self.jobs = jobs
         self.gateway = gateway
         self.sub = Subscriber(user_id, set(), session=session)
-        self.sub.watched = lambda: [j for j, w in self.watches.items() if w.queued and not w.done]
+        self.sub.watched = self.queued  # a bound method: lighter per connection than a closure
         self.watches: dict[str, JobWatch] = {}
         self.mine = False
-        self._done: OrderedDict[str, None] = OrderedDict()  # recently finished: a stray late event is ignored
+        self._done: dict[str, None] = {}  # recently finished (oldest first): a stray late event is ignored
         self._started = False
         # A WebSocket adds jobs from its reader while its writer sends: both hold this around work + send,
         # so a catch-up and live events of the same job never interleave out of order.
         self.lock = asyncio.Lock()
+
+    def queued(self) -> list[str]:
+        """The gateway's `Subscriber.watched`: this client's jobs that are queued (for position updates)."""
+        return [j for j, w in self.watches.items() if w.queued and not w.done]
 
     async def start(self) -> None:
         await self.gateway.subscribe(self.sub)
@@ -85,7 +88,7 @@ class MultiWatch:
                 self.sub.job_ids.discard(job_id)
             self._done[job_id] = None
             if len(self._done) > _DONE_MEMORY:
-                self._done.popitem(last=False)
+                del self._done[next(iter(self._done))]
 
     async def add_job(self, job_id: str, after: int | None) -> list[Event]:
         """Watch one job (already authorized by the caller) from `after` (None: from a snapshot)."""

@@ -210,21 +210,6 @@ class WsSession:
             await self.control("subscribed", job_id=job_id)
             await self.send_events(await self.mw.add_job(job_id, after))
 
-    async def reader(self) -> None:
-        while True:
-            message = await self.ws.receive()
-            if message["type"] == "websocket.disconnect":
-                return
-            if not self.limit.take():
-                await self.error("rate_limited", "Too many messages; slow down.")
-                continue
-            text = message.get("text")
-            if text is None:
-                await self.error("invalid_message", "Send JSON text messages.")
-                continue
-            await self.handle(text)
-            self.park()
-
     def fast(self, event: Event | None) -> bool:
         """Live event (None: keepalive) while the writer is idle: written from the gateway's dispatch (wire.py).
 
@@ -294,8 +279,20 @@ class WsSession:
             me.cancel()
 
         writer.add_done_callback(writer_ended)
-        try:
-            await self.reader()
+        try:  # the reader, inline: a coroutine frame less per idle connection
+            while True:
+                message = await self.ws.receive()
+                if message["type"] == "websocket.disconnect":
+                    return
+                if not self.limit.take():
+                    await self.error("rate_limited", "Too many messages; slow down.")
+                    continue
+                text = message.get("text")
+                if text is None:
+                    await self.error("invalid_message", "Send JSON text messages.")
+                    continue
+                await self.handle(text)
+                self.park()
         except asyncio.CancelledError:
             if not writer.done():
                 raise  # cancelled from outside, not by the writer
