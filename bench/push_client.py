@@ -7,7 +7,8 @@ with). The bench drives each over stdin/stdout, one JSON line each way:
   ← "stop"                            → {"lat_ms": [...], "cpu_s": S} (publish → read, every client and event)
 and then it closes its sockets and exits.
 
-python -m bench.push_client '{"transport": "sse"|"ws"|"floor"|"naive", "port": P, "job_id": J, "token": T, "n": N}'
+python -m bench.push_client '{"transport": "sse"|"mine"|"ws"|"floor"|"naive", "port": P, "job_id": J, "token": T,
+  "n": N}'
 """
 
 from __future__ import annotations
@@ -97,9 +98,17 @@ def ws_hello(port: int, job_id: str, token: str) -> tuple[bytes, bytes]:
     return upgrade, frame
 
 
-def sse_hello(port: int, job_id: str, token: str) -> tuple[bytes, bytes]:
-    head = f"GET /api/jobs/{job_id}/events HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nAuthorization: Bearer {token}\r\n\r\n"
+def sse_hello(port: int, job_id: str, token: str, path: str = "") -> tuple[bytes, bytes]:
+    path = path or f"/api/jobs/{job_id}/events"
+    head = f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nAuthorization: Bearer {token}\r\n\r\n"
     return head.encode(), b""
+
+
+def hello_for(transport: str, port: int, job_id: str, token: str) -> tuple[bytes, bytes]:
+    """What a client of `transport` sends: "ws", "mine" (`GET /api/events`), else a one-job SSE stream."""
+    if transport == "ws":
+        return ws_hello(port, job_id, token)
+    return sse_hello(port, job_id, token, "/api/events" if transport == "mine" else "")
 
 
 async def connect_all(port: int, hello: tuple[bytes, bytes], n: int, lat: list[float]) -> list[Client]:
@@ -135,7 +144,7 @@ def _say(obj: dict[str, Any]) -> None:
 
 
 async def main(spec: dict[str, Any]) -> None:
-    hello = (ws_hello if spec["transport"] == "ws" else sse_hello)(spec["port"], spec["job_id"], spec["token"])
+    hello = hello_for(spec["transport"], spec["port"], spec["job_id"], spec["token"])
     lat: list[float] = []
     t0 = time.monotonic()
     clients = await connect_all(spec["port"], hello, spec["n"], lat)

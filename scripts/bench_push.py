@@ -36,7 +36,7 @@ from service.events import user_channel  # noqa: E402
 
 # The reference servers (bench/naive_push.py, bench/floor_push.py) forward this user's channel to every client.
 NAIVE_USER = "bench-naive"
-TRANSPORTS = ("sse", "ws", "naive", "floor")
+TRANSPORTS = ("sse", "ws", "naive", "floor")  # and "mine": GET /api/events (every job of the user), on request
 REFERENCES = ("naive", "floor")
 CLIENTS_PER_PROCESS = 5000  # load client processes: one per 5,000 subscribers (fds, and a second core to read with)
 SETTLE_S = 1.0  # after the last subscriber connected, before RSS is read and the events start

@@ -100,8 +100,9 @@ async def all_events(request: Request) -> Response:
         ) from None
     mw = multi_watch(state, user, current_session(request))
     slot = acquire_stream_slot(request, user)
+    wire = sse_wire(request.scope, state.gateway.fast.sse_direct)  # live events written from the dispatch when idle
     return SseResponse(
-        mine_events(mw, cursor, state.settings.sse_ping_seconds),
+        mine_events(mw, cursor, state.settings.sse_ping_seconds, wire),
         headers=sse_headers(request.scope),
         send_timeout=state.settings.push_send_timeout,
         on_close=slot.release,
