@@ -254,8 +254,8 @@ async def measure(
             await asyncio.sleep(min(2.0, 0.5 + n / 2000))
             server_cpu = cpu_s(pid) - server_cpu0
             gc_seen = await gc_probe.dump()
+            forced = (await gc_probe.dump("collect")).get("forced_full_ms")  # before the clients hang up
             lat, client_cpu = await loaders.results()
-            forced = (await gc_probe.dump("collect")).get("forced_full_ms")
             if spy is not None:
                 await asyncio.to_thread(spy.wait)
             rss_after = rss_kb(pid)

@@ -38,6 +38,20 @@ _DONE_MEMORY = 1000
 
 
 class MultiWatch:
+    __slots__ = (
+        "user_id",
+        "store",
+        "events",
+        "jobs",
+        "gateway",
+        "sub",
+        "watches",
+        "mine",
+        "_done",
+        "_started",
+        "lock",
+    )  # one per WebSocket and GET /api/events stream: no __dict__ each
+
     def __init__(
         self,
         *,
@@ -235,15 +249,32 @@ class MineDirect:
         before = positions.get(event.job_id)
         positions[event.job_id] = event.seq
         try:
-            wire.write(chunk(cursor_id(positions) + sse_body(event)))
+            wire.write(mine_chunk(event, positions))
         except BaseException:
             if before is None:
                 del positions[event.job_id]
             else:
                 positions[event.job_id] = before
             raise
-        watch.live([event])
+        watch._accept(event)
         return True
+
+
+def mine_chunk(event: Event, positions: dict[str, int]) -> bytes:
+    """The HTTP chunk of `event` behind the cursor `positions` (`cursor_id`). Streams that follow the same jobs share a
+    cursor, so the last one made is kept on the event with a copy of its cursor: a fan-out to thousands of such
+    streams makes it once, and compares a small dict per client instead of joining and encoding one."""
+    cache = event.encoded
+    if cache is None:
+        cache = event.encoded = {}
+    if cache.get("mine_at") == positions:
+        made = cache.get("mine")
+        if isinstance(made, bytes):
+            return made
+    data = chunk(cursor_id(positions) + sse_body(event))
+    cache["mine_at"] = dict(positions)
+    cache["mine"] = data
+    return data
 
 
 async def mine_events(

@@ -29,6 +29,8 @@ from .wire import WsWire
 class RateLimit:
     """A token bucket: `rate` messages per second sustained, bursts up to `burst`."""
 
+    __slots__ = ("rate", "burst", "tokens", "at")  # one per WebSocket: no __dict__ each
+
     def __init__(self, rate: float, burst: float) -> None:
         self.rate = rate
         self.burst = burst
@@ -75,6 +77,8 @@ def unknown_field(msg: dict[str, Any]) -> tuple[str, str] | None:
 
 class WsSession:
     """One WebSocket: reads client messages and writes events, one task each, sharing one MultiWatch."""
+
+    __slots__ = ("ws", "wire", "state", "user", "mw", "send_lock", "idle", "direct", "limit")
 
     def __init__(
         self, ws: WebSocket, state: PushState, user: str, wire: WsWire | None = None, *, session: str | None = None
