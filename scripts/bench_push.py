@@ -2,8 +2,9 @@
 
 Measures, for each N, the latency from PUBLISH (the time stamp inside the event) to the moment the load
 client reads it, p50 and p99 over every (client, event) pair, the share of events delivered, and the web
-process's RSS growth per connection. The load client is one asyncio process with bare sockets and no
-parsing beyond finding the time stamps, so it adds as little of its own time as possible.
+process's RSS growth per connection, its CPU per event, and its garbage-collection pauses while the events flow
+(bench/gc_probe.py runs inside it). The load clients (bench/push_client.py, one process per 5,000 subscribers) use
+bare sockets and parse nothing beyond the time stamps, so they add as little of their own time as possible.
 
 Usable as a module (`run(quick) -> dict`, called by scripts/bench) or as `scripts/bench-push [--quick]`.
 """
@@ -11,12 +12,9 @@ Usable as a module (`run(quick) -> dict`, called by scripts/bench) or as `script
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import json
 import os
-import re
-import resource
 import signal
 import socket
 import statistics
@@ -31,23 +29,18 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench.users import make_token  # noqa: E402  (after the path is set)
+from bench.push_client import raise_fd_limit  # noqa: E402  (after the path is set)
+from bench.users import make_token  # noqa: E402
 from service.embedded import die_with_parent  # noqa: E402
 from service.events import user_channel  # noqa: E402
 
 # The reference servers (bench/naive_push.py, bench/floor_push.py) forward this user's channel to every client.
 NAIVE_USER = "bench-naive"
-TRANSPORTS = ("sse", "ws", "naive", "floor")
+TRANSPORTS = ("sse", "ws", "naive", "floor")  # and "mine": GET /api/events (every job of the user), on request
 REFERENCES = ("naive", "floor")
-
-STAMP = re.compile(rb'"t":([0-9.]+)')
-SNAPSHOT = b'"kind":"snapshot"'
-
-
-def raise_fd_limit() -> None:
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft < hard:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+CLIENTS_PER_PROCESS = 5000  # load client processes: one per 5,000 subscribers (fds, and a second core to read with)
+SETTLE_S = 1.0  # after the last subscriber connected, before RSS is read and the events start
+NAIVE_MAX = 5000  # the naive reference is skipped above this (1.6 s p99 at 5,000 already)
 
 
 def rss_kb(pid: int) -> int:
@@ -69,91 +62,11 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-class Client(asyncio.Protocol):
-    """One subscriber: notes when the snapshot arrived and the receive time of every stamped event."""
-
-    def __init__(self, hello: tuple[bytes, bytes], ready: asyncio.Future[None], lat: list[float]) -> None:
-        self.hello, self.after_upgrade = hello
-        self.ready = ready
-        self.lat = lat
-        self.tail = b""
-        self.transport: asyncio.Transport | None = None
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-        transport.write(self.hello)
-
-    def upgraded(self, chunk: bytes) -> None:
-        if self.after_upgrade and b"\r\n\r\n" in chunk and chunk.startswith(b"HTTP/1.1 101"):
-            assert self.transport is not None
-            self.transport.write(self.after_upgrade)  # a frame sent with the upgrade request may be lost
-            self.after_upgrade = b""
-
-    def data_received(self, data: bytes) -> None:
-        now = time.time()
-        chunk = self.tail + data
-        self.tail = chunk[-64:]
-        if self.after_upgrade:
-            self.upgraded(chunk)
-        if not self.ready.done() and SNAPSHOT in chunk:
-            self.ready.set_result(None)
-            self.tail = b""
-            return
-        for m in STAMP.finditer(data):
-            self.lat.append(now - float(m.group(1)))
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if not self.ready.done():
-            self.ready.set_exception(ConnectionError("closed before the snapshot"))
-
-
-def ws_hello(port: int, job_id: str, token: str) -> tuple[bytes, bytes]:
-    key = base64.b64encode(os.urandom(16)).decode()
-    upgrade = (
-        f"GET /api/ws HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-        f"Authorization: Bearer {token}\r\n"
-        f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
-    ).encode()
-    payload = json.dumps({"type": "subscribe", "job_id": job_id}).encode()
-    mask = os.urandom(4)
-    masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
-    frame = bytes([0x81, 0x80 | len(payload)]) + mask + masked
-    return upgrade, frame
-
-
-def sse_hello(port: int, job_id: str, token: str) -> tuple[bytes, bytes]:
-    head = f"GET /api/jobs/{job_id}/events HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nAuthorization: Bearer {token}\r\n\r\n"
-    return head.encode(), b""
-
-
 def pct(values: list[float], q: float) -> float:
     if not values:
         return float("nan")
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-
-
-async def connect_all(port: int, hello: tuple[bytes, bytes], n: int, lat: list[float]) -> list[Client]:
-    loop = asyncio.get_running_loop()
-    clients: list[Client] = []
-    sem = asyncio.Semaphore(200)
-
-    async def one() -> None:
-        async with sem:
-            ready: asyncio.Future[None] = loop.create_future()
-            for attempt in range(5):
-                try:
-                    _, proto = await loop.create_connection(lambda: Client(hello, ready, lat), "127.0.0.1", port)
-                    break
-                except OSError:
-                    await asyncio.sleep(0.1 * (attempt + 1))
-            else:
-                raise ConnectionError("could not connect")
-            clients.append(proto)
-            await asyncio.wait_for(ready, 60)
-
-    await asyncio.gather(*(one() for _ in range(n)))
-    return clients
 
 
 async def publish_events(
@@ -176,12 +89,113 @@ async def publish_events(
         await redis.aclose()
 
 
+class Loaders:
+    """The load client processes (bench/push_client.py): up to CLIENTS_PER_PROCESS subscribers each."""
+
+    def __init__(self) -> None:
+        self.procs: list[asyncio.subprocess.Process] = []
+
+    async def start(self, spec: dict[str, Any], n: int) -> float:
+        """Start them and wait until every subscriber has its snapshot; returns the seconds that took."""
+        per = -(-n // max(1, -(-n // CLIENTS_PER_PROCESS)))
+        t0 = time.monotonic()
+        for first in range(0, n, per):
+            arg = json.dumps({**spec, "n": min(per, n - first)})
+            self.procs.append(
+                await asyncio.create_subprocess_exec(
+                    sys.executable,
+                    "-m",
+                    "bench.push_client",
+                    arg,
+                    stdin=asyncio.subprocess.PIPE,
+                    stdout=asyncio.subprocess.PIPE,
+                    cwd=ROOT,
+                    limit=1 << 27,  # one line carries every latency of the process
+                    preexec_fn=_child_setup,
+                )
+            )
+        for proc in self.procs:
+            assert proc.stdout is not None
+            line = await asyncio.wait_for(proc.stdout.readline(), 600)
+            if not line:
+                raise RuntimeError("a load client ended before its subscribers were connected")
+        return time.monotonic() - t0
+
+    async def say(self, word: str) -> None:
+        for proc in self.procs:
+            assert proc.stdin is not None
+            proc.stdin.write(word.encode() + b"\n")
+            await proc.stdin.drain()
+
+    async def go(self) -> None:
+        await self.say("go")
+        for proc in self.procs:
+            assert proc.stdout is not None
+            await asyncio.wait_for(proc.stdout.readline(), 60)
+
+    async def results(self) -> tuple[list[float], float]:
+        """Every latency (ms) and the clients' CPU seconds since "go"."""
+        await self.say("stop")
+        lat: list[float] = []
+        cpu = 0.0
+        for proc in self.procs:
+            assert proc.stdout is not None
+            got = json.loads(await asyncio.wait_for(proc.stdout.readline(), 120))
+            lat += got["lat_ms"]
+            cpu += got["cpu_s"]
+        return lat, cpu
+
+    async def close(self) -> None:
+        for proc in self.procs:
+            if proc.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.kill()
+            await proc.wait()
+
+
+class GcProbe:
+    """Talks to bench/gc_probe.py inside the web process: `reset`, then `dump` what it timed since."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.cmd = path.with_suffix(path.suffix + ".cmd")
+
+    async def reset(self) -> None:
+        self.cmd.write_text("reset")
+        await self._taken()
+
+    async def dump(self, command: str = "dump") -> dict[str, Any]:
+        self.path.unlink(missing_ok=True)
+        self.cmd.write_text(command)
+        for _ in range(200):
+            if self.path.exists():
+                return json.loads(self.path.read_text())  # type: ignore[no-any-return]
+            await asyncio.sleep(0.05)
+        return {}
+
+    async def _taken(self) -> None:
+        for _ in range(200):
+            if not self.cmd.exists():
+                return
+            await asyncio.sleep(0.05)
+
+
 async def measure(
-    transport: str, n: int, *, port: int, pid: int, redis_url: str, events: int, interval: float, token: str
+    transport: str,
+    n: int,
+    *,
+    port: int,
+    pid: int,
+    redis_url: str,
+    events: int,
+    interval: float,
+    token: str,
+    gc_probe: GcProbe,
 ) -> dict[str, Any]:
     import httpx
 
     auth = {"Authorization": f"Bearer {token}"}
+    loaders = Loaders()
     async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30, headers=auth) as http:
         if transport in REFERENCES:
             job_id, user_id = f"{transport}-{n}", NAIVE_USER  # a fresh Stream: the log refuses old seqs
@@ -191,59 +205,69 @@ async def measure(
             job_id = r.json()["job_id"]
             user_id = (await http.get("/api/me")).json()["user"]["id"]
         rss_before = rss_kb(pid)
-        lat: list[float] = []
-        hello = (ws_hello if transport == "ws" else sse_hello)(port, job_id, token)
-        t0 = time.monotonic()
-        clients = await connect_all(port, hello, n, lat)
-        connect_s = time.monotonic() - t0
-        await asyncio.sleep(0.5)
-        rss_connected = rss_kb(pid)
-        parked = (await http.get("/healthz")).json()["gateway"].get("parked")
-        spy = None
-        if os.environ.get("BENCH_PUSH_PROFILE"):
-            spy = subprocess.Popen(  # noqa: ASYNC220 (profiling only)
-                [
-                    str(ROOT / ".venv/bin/py-spy"),
-                    "record",
-                    "-p",
-                    str(pid),
-                    "-o",
-                    os.environ["BENCH_PUSH_PROFILE"],
-                    "-f",
-                    "speedscope",
-                    "-d",
-                    str(int(events * interval) + 1),
-                    "-r",
-                    "200",
-                ],
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-            )
-            await asyncio.sleep(1)
-        elif os.environ.get("BENCH_PUSH_PERF"):  # kernel and C frames too: `perf report -i FILE`
-            spy = subprocess.Popen(  # noqa: ASYNC220 (profiling only)
-                ["perf", "record", "-e", "cpu-clock", "-g", "-p", str(pid), "-o", os.environ["BENCH_PUSH_PERF"]]
-                + ["--", "sleep", str(int(events * interval) + 1)],
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-            )
-            await asyncio.sleep(0.5)
-        server_cpu0, client_cpu0 = cpu_s(pid), time.process_time()
-        await publish_events(redis_url, user_id, job_id, events, interval, first_seq=2)
-        await asyncio.sleep(min(2.0, 0.5 + n / 2000))
-        server_cpu, client_cpu = cpu_s(pid) - server_cpu0, time.process_time() - client_cpu0
-        if spy is not None:
-            await asyncio.to_thread(spy.wait)
-        rss_after = rss_kb(pid)
-        for c in clients:
-            if c.transport is not None:
-                c.transport.abort()
-        for _ in range(200):
+        try:
+            spec = {"transport": transport, "port": port, "job_id": job_id, "token": token}
+            await gc_probe.reset()
+            connect_s = await loaders.start(spec, n)
+            await asyncio.sleep(SETTLE_S)
+            gc_connecting = await gc_probe.dump()
+            if transport not in REFERENCES and os.environ.get("GC_FREEZE_SETTLE_SECONDS", "1") != "0":
+                for _ in range(100):  # the web process freezes what the streams hold once they settle (gcfreeze.py)
+                    if (await http.get("/healthz")).json()["gateway"].get("gc_frozen_objects"):
+                        break
+                    await asyncio.sleep(0.1)
+            rss_connected = rss_kb(pid)
+            parked = (await http.get("/healthz")).json()["gateway"].get("parked")
+            spy = None
+            if os.environ.get("BENCH_PUSH_PROFILE"):
+                spy = subprocess.Popen(  # noqa: ASYNC220 (profiling only)
+                    [
+                        str(ROOT / ".venv/bin/py-spy"),
+                        "record",
+                        "-p",
+                        str(pid),
+                        "-o",
+                        os.environ["BENCH_PUSH_PROFILE"],
+                        "-f",
+                        "speedscope",
+                        "-d",
+                        str(int(events * interval) + 1),
+                        "-r",
+                        "200",
+                    ],
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
+                await asyncio.sleep(1)
+            elif os.environ.get("BENCH_PUSH_PERF"):  # kernel and C frames too: `perf report -i FILE`
+                spy = subprocess.Popen(  # noqa: ASYNC220 (profiling only)
+                    ["perf", "record", "-e", "cpu-clock", "-g", "-p", str(pid), "-o", os.environ["BENCH_PUSH_PERF"]]
+                    + ["--", "sleep", str(int(events * interval) + 1)],
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
+                await asyncio.sleep(0.5)
+            await gc_probe.reset()
+            await loaders.go()
+            server_cpu0 = cpu_s(pid)
+            await publish_events(redis_url, user_id, job_id, events, interval, first_seq=2)
+            await asyncio.sleep(min(2.0, 0.5 + n / 2000))
+            server_cpu = cpu_s(pid) - server_cpu0
+            gc_seen = await gc_probe.dump()
+            forced = (await gc_probe.dump("collect")).get("forced_full_ms")  # before the clients hang up
+            lat, client_cpu = await loaders.results()
+            if spy is not None:
+                await asyncio.to_thread(spy.wait)
+            rss_after = rss_kb(pid)
+        finally:
+            await loaders.close()
+        for _ in range(400):
             gw = (await http.get("/healthz")).json()["gateway"]
             if gw["connections"] == 0:
                 break
             await asyncio.sleep(0.05)
-    ms = [x * 1000 for x in lat]
+    ms = lat
+    full = gc_seen.get("gen2", {})
     return {
         "transport": transport,
         "subscribers": n,
@@ -256,9 +280,19 @@ async def measure(
         "parked": parked,  # subscribers on the direct fan-out path once all were connected
         "rss_per_conn_kb": round((max(rss_connected, rss_after) - rss_before) / n, 1),
         "connect_s": round(connect_s, 2),
-        # CPU per event while publishing (the client's includes publishing and its own idle loop)
+        "client_procs": len(loaders.procs),
+        # CPU per event while publishing (the clients' is theirs alone, summed over their processes)
         "server_cpu_ms_per_event": round(server_cpu * 1000 / events, 1),
         "client_cpu_ms_per_event": round(client_cpu * 1000 / events, 1),
+        # the web process's garbage collections while the events flowed (after the connections settled)
+        "gc_full_max_ms": full.get("max_ms"),
+        "gc_full_count": full.get("count"),
+        "gc_young_max_ms": max((gc_seen.get(g, {}).get("max_ms") or 0.0) for g in ("gen0", "gen1")),
+        "gc_frozen": gc_seen.get("frozen"),
+        "gc_forced_full_ms": forced,  # one full collection forced after the events: what the next would cost
+        # and while the subscribers connected (a storm of new connections: not steady streaming)
+        "gc_connect_full_max_ms": gc_connecting.get("gen2", {}).get("max_ms"),
+        "gc_connect_full_count": gc_connecting.get("gen2", {}).get("count"),
     }
 
 
@@ -297,10 +331,11 @@ def start_web(
     env: dict[str, str], port: int, log: Path, app: str = "service.api.app:app_from_env"
 ) -> subprocess.Popen[bytes]:
     """uvicorn serving `app`, or for app "floor" the bare uvloop server of bench/floor_push.py."""
+    probe = [sys.executable, "-m", "bench.gc_probe"]  # times the process's garbage collections (GC_PROBE_FILE)
     if app == "floor":
-        cmd = [sys.executable, "-m", "bench.floor_push"]
+        cmd = [*probe, "bench.floor_push"]
     else:
-        cmd = [sys.executable, "-m", "uvicorn", "--factory", app, "--host", "127.0.0.1"]
+        cmd = [*probe, "uvicorn", "--factory", app, "--host", "127.0.0.1"]
         cmd += ["--port", str(port), "--no-access-log", "--log-level", "warning", "--backlog", "4096"]
     with log.open("wb") as out:
         return subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, preexec_fn=_child_setup, cwd=ROOT)
@@ -335,7 +370,7 @@ async def _run(
     from service.embedded import EmbeddedRedis
 
     raise_fd_limit()
-    sizes = sizes or ([100, 1000] if quick else [100, 1000, 5000])
+    sizes = sizes or ([100, 1000] if quick else [100, 1000, 5000, 10000])
     events = events or (10 if quick else 20)
     interval = 0.25
     results: list[dict[str, Any]] = []
@@ -345,6 +380,8 @@ async def _run(
             results.append(await redis_baseline(redis.url, events * 5, 0.02))
             for n in sizes:  # each size's transports back to back, so they share the machine's load
                 for transport in transports:
+                    if transport == "naive" and n > NAIVE_MAX:
+                        continue
                     port = free_port()
                     db_path = Path(tmp) / f"bench-{transport}-{n}.db"
                     token = await make_token(db_path)
@@ -359,6 +396,8 @@ async def _run(
                         "LOG_LEVEL": "WARNING",
                         "NAIVE_CHANNEL": user_channel(NAIVE_USER),
                         "FLOOR_CHANNEL": user_channel(NAIVE_USER),
+                        "GC_PROBE_FILE": str(Path(tmp) / f"gc-{transport}-{n}.json"),
+                        "GC_FREEZE_SETTLE_SECONDS": os.environ.get("GC_FREEZE_SETTLE_SECONDS", "1"),
                     }
                     apps = {"naive": "bench.naive_push:app", "floor": "floor"}
                     app = apps.get(transport, "service.api.app:app_from_env")
@@ -378,6 +417,7 @@ async def _run(
                             events=events,
                             interval=gap,
                             token=token,
+                            gc_probe=GcProbe(Path(env["GC_PROBE_FILE"])),
                         )
                         row["interval_s"] = gap
                         if row["delivered"] < 1:
@@ -413,11 +453,20 @@ def run(
 
 
 def table(result: dict[str, Any]) -> str:
-    lines = ["| transport | subscribers | p50 ms | p99 ms | delivered | server KB/conn |", "|---|---|---|---|---|---|"]
+    lines = [
+        "| transport | subscribers | p50 ms | p99 ms | p99 ÷ floor | delivered | server KB/conn | server CPU ms/event "
+        "| full-GC pauses while events flow: max ms (count) | a forced full GC after, ms |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    floor = {r["subscribers"]: r for r in result["push"] if r["transport"] == "floor"}
     for r in result["push"]:
+        ref = floor.get(r["subscribers"])
+        ratio = f"{r['p99_ms'] / ref['p99_ms']:.2f}" if ref and ref["p99_ms"] and r["transport"] != "floor" else ""
+        gc_col = f"{r['gc_full_max_ms']} ({r['gc_full_count']})" if r.get("gc_full_count") is not None else ""
         lines.append(
-            f"| {r['transport']} | {r['subscribers']} | {r['p50_ms']} | {r['p99_ms']} | "
-            f"{r.get('delivered', 1.0)} | {r.get('rss_per_conn_kb', '')} |"
+            f"| {r['transport']} | {r['subscribers']} | {r['p50_ms']} | {r['p99_ms']} | {ratio} | "
+            f"{r.get('delivered', 1.0)} | {r.get('rss_per_conn_kb', '')} | {r.get('server_cpu_ms_per_event', '')} | "
+            f"{gc_col} | {r.get('gc_forced_full_ms', '')} |"
         )
     return "\n".join(lines)
 

@@ -156,6 +156,14 @@ class Settings:
     sse_ping_seconds: float = field(
         default=15.0, metadata={"env": "SSE_PING_SECONDS", "doc": "Keepalive comment interval on SSE streams"}
     )
+    gc_freeze_settle_seconds: float = field(
+        default=5.0,
+        metadata={
+            "env": "GC_FREEZE_SETTLE_SECONDS",
+            "doc": "Web: once the open streams have held steady this long, gc.freeze() what they hold, so full garbage "
+            "collections skip it (0: off)",
+        },
+    )
     push_send_timeout: float = field(
         default=10.0,
         metadata={
@@ -467,6 +475,7 @@ class Settings:
             ("MAX_BODY_BYTES", self.max_body_bytes >= 1024, "must be at least 1024"),
             ("EVENT_STREAM_MAXLEN", self.event_stream_maxlen >= 100, "must be at least 100"),
             ("SSE_PING_SECONDS", self.sse_ping_seconds > 0, "must be positive"),
+            ("GC_FREEZE_SETTLE_SECONDS", self.gc_freeze_settle_seconds >= 0, "must be 0 (off) or more"),
             ("MAX_ACTIVE_JOBS", self.max_active_jobs >= 1, "must be at least 1"),
             ("SUBMISSIONS_PER_MINUTE", self.submissions_per_minute >= 1, "must be at least 1"),
             ("MAX_STREAMS", self.max_streams >= 1, "must be at least 1"),

@@ -113,6 +113,8 @@ def _rate_key(user_id: str) -> str:
 class StreamSlot:
     """One open stream; release() is idempotent so every exit path may call it."""
 
+    __slots__ = ("_slots", "user_id", "kind", "_held")
+
     def __init__(self, slots: StreamSlots, user_id: str, kind: str) -> None:
         self._slots = slots
         self.user_id = user_id

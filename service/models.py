@@ -166,7 +166,7 @@ class Event:
     data: dict[str, Any]
     ts: float = field(default_factory=now)
     # Encoded forms (JSON, SSE body), made once per event and shared by every client of a fan-out.
-    encoded: dict[str, bytes | str] | None = field(default=None, repr=False, compare=False)
+    encoded: dict[str, bytes | str | dict[str, int]] | None = field(default=None, repr=False, compare=False)
 
     @property
     def terminal(self) -> bool:

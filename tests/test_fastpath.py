@@ -343,3 +343,67 @@ async def test_a_subscription_task_that_dies_is_restarted_and_watchers_get_later
     finally:
         await gateway.stop()
         await redis.aclose()
+
+
+MINE_CLIENTS = 20
+
+
+async def test_api_events_writes_from_the_dispatch_and_a_fault_there_loses_no_event(
+    live: tuple[LiveServer, list[Gateway]],
+    settings: Settings,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """`GET /api/events` (every job of the caller) takes the direct write too (multiwatch.MineDirect): each event
+    with this stream's cursor as its id. Faulted mid-job, every client still gets every event once, in order, with
+    the right cursor, and `sse_direct` is off."""
+    web, _ = live
+    async with user_client(web, settings, "alice") as client:
+        got: dict[int, list[int]] = {i: [] for i in range(MINE_CLIENTS)}
+        ids: dict[int, list[str | None]] = {i: [] for i in range(MINE_CLIENTS)}
+        first: dict[int, int] = {}
+        limits = httpx.Limits(max_connections=MINE_CLIENTS + 10)
+        opened = 0
+        async with httpx.AsyncClient(base_url=web.url, headers=client.headers, limits=limits, timeout=30) as http:
+
+            async def watch(i: int) -> None:
+                nonlocal opened
+                async with http.stream("GET", "/api/events") as response:
+                    assert response.status_code == 200
+                    opened += 1
+                    async for event in read_events(response):
+                        if event.event == "position":
+                            continue
+                        first.setdefault(i, event.data["seq"])
+                        got[i].append(event.data["seq"])
+                        ids[i].append(event.id)
+                        if event.data.get("status") in TERMINAL:
+                            return
+
+            watchers = [asyncio.create_task(watch(i)) for i in range(MINE_CLIENTS)]
+
+            async def all_open() -> bool:
+                return opened == MINE_CLIENTS and (await health(client))["connections"] == MINE_CLIENTS
+
+            await until(all_open, what="every /api/events stream open")
+            r = await client.post("/api/jobs", json={"type": "titles", "input": {"text": "Fault lines [[slow:2.5]]"}})
+            job_id = r.json()["job_id"]
+            async with run_worker(settings):
+
+                async def some_live_events() -> bool:
+                    return all(len(s) >= 3 for s in got.values())
+
+                await until(some_live_events, what="live events written from the dispatch")
+                assert (await health(client))["fast_paths"]["sse_direct"] == "on"
+                with caplog.at_level(logging.ERROR, logger="aijobs.fastpath"):
+                    monkeypatch.setattr(SseWire, "ready", broken)
+                    await asyncio.wait_for(asyncio.gather(*watchers), 30)
+                    monkeypatch.undo()
+            log = await full_log(client, job_id)
+            assert_every_event_once_in_order(got, log, first)
+            for i, seqs in got.items():  # the cursor: this job at the event's seq, and empty once it ended
+                assert ids[i] == [f"{job_id}:{s}" for s in seqs[:-1]] + [""], ids[i]
+            state = await health(client)
+            assert state["fast_paths"]["sse_direct"].startswith("off: AttributeError"), state
+            logged = [r for r in caplog.records if r.name == "aijobs.fastpath"]
+            assert len(logged) == 1 and "sse_direct" in logged[0].getMessage(), "logged once"

@@ -29,6 +29,7 @@ from websockets.streams import StreamReader
 from service.api.app import App
 from service.api.headers import SSE_HEADERS
 from service.push.fastpath import FastPath
+from service.push.slim import SLIM_CONN_ATTRS, SLIM_PROTO_ATTRS, Flag, Inbox, slim
 from service.push.wire import (
     RAW_SEND,
     SSE_CYCLE_ATTRS,
@@ -165,3 +166,75 @@ def test_installed_uvicorn_is_the_pinned_one() -> None:
     spec = SpecifierSet(pinned("uvicorn"))
     assert any(s.operator == "<" for s in spec), "uvicorn needs an upper bound: wire.py reads its internals"
     assert version("uvicorn") in spec
+
+
+async def ws_slim_probe(ws: WebSocket) -> None:
+    """Accept, trim uvicorn's protocol (slim.py), then echo two messages and write one frame through the wire."""
+    await ws.accept()
+    wire = ws_wire(ws.scope)
+    assert wire is not None
+    proto = wire.proto
+    # What slim expects of the pinned uvicorn, on a live connection: every attribute it touches, of these types.
+    assert all(hasattr(proto, a) for a in SLIM_PROTO_ATTRS) and all(hasattr(proto.conn, a) for a in SLIM_CONN_ATTRS)
+    assert type(proto.queue) is asyncio.Queue and type(proto.writable) is asyncio.Event
+    assert proto.request is not None and proto.response is not None
+    path = FastPath("ws_slim")
+    assert slim(proto, path), path.error
+    assert isinstance(proto.queue, Inbox) and isinstance(proto.writable, Flag)
+    assert proto.request is None and proto.response is None and proto.conn.available_extensions == []
+    for _ in range(2):
+        await ws.send_text("echo " + await ws.receive_text())
+    assert wire.ready()
+    wire.write(ws_text_frame(b"direct"))
+    seen["slim"] = ws.scope[RAW_SEND]
+    await ws.receive_text()  # the client's last word, then its close
+
+
+async def test_a_slimmed_websocket_still_receives_sends_and_closes() -> None:
+    app = App(routes=[WebSocketRoute("/ws", ws_slim_probe)], max_body_bytes=1024)
+    async with serve(app) as live:
+        url = live.url.replace("http://", "ws://") + "/ws"
+        async with websockets.connect(url) as ws:
+            await ws.send("a")
+            await ws.send("b")  # queued behind the first, in the trimmed inbox
+            assert [await ws.recv(), await ws.recv(), await ws.recv()] == ["echo a", "echo b", "direct"]
+            await ws.send("bye")
+        proto = seen["slim"].__self__
+        for _ in range(200):
+            if proto.disconnected:
+                break
+            await asyncio.sleep(0.01)
+        assert proto.disconnected and proto.writable.is_set()
+
+
+def test_slim_on_an_unexpected_object_changes_nothing_and_turns_itself_off() -> None:
+    class Changed:  # what a changed uvicorn could look like: the queue is something else
+        queue: Any = object()
+        writable = asyncio.Event()
+        request = response = object()
+        handshake_complete = True
+
+        class conn:
+            available_extensions: list[Any] = [object()]
+
+    proto = Changed()
+    path = FastPath("ws_slim")
+    assert not slim(proto, path)
+    assert not path.on and path.error is not None and "queue" in path.error
+    assert proto.request is not None and proto.conn.available_extensions, "left as it was"
+
+
+async def test_inbox_and_flag_wake_their_waiters() -> None:
+    inbox = Inbox([])
+    got = asyncio.ensure_future(inbox.get())
+    cancelled = asyncio.ensure_future(inbox.get())
+    await asyncio.sleep(0)
+    cancelled.cancel()
+    inbox.put_nowait(1)
+    assert await got == 1 and inbox.empty()
+    flag = Flag(False)
+    waiting = asyncio.ensure_future(flag.wait())
+    await asyncio.sleep(0)
+    assert not waiting.done()
+    flag.set()
+    assert await waiting is True and flag.is_set()

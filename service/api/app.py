@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,7 @@ from ..files import tighten_dir
 from ..jobs import JobService
 from ..metrics import Metrics
 from ..push.gateway import Gateway
+from ..push.gcfreeze import GcFreezer
 from ..push.positions import PositionTicker
 from ..push.sse import SseResponse
 from ..push.wire import RAW_SEND
@@ -82,6 +84,7 @@ async def healthz(request: Request) -> Response:
             "fast_paths": state.gateway.fast.report(),
             "restarts": state.gateway.restarts,
             "resubscribed": state.gateway.resubscribed,
+            "gc_frozen_objects": gc.get_freeze_count(),  # GC_FREEZE_SETTLE_SECONDS (push/gcfreeze.py)
         },
     }
     return JSONResponse(body, status_code=200 if ok else 503)
@@ -229,6 +232,8 @@ def create_app(
         events = EventLog(redis, maxlen=settings.event_stream_maxlen)
         gateway = Gateway(redis, ping_seconds=settings.sse_ping_seconds)
         await gateway.start()
+        freezer = GcFreezer(lambda: gateway.connections, settings.gc_freeze_settle_seconds)
+        freezer.start()
         jobs = JobService(
             store=store,
             queue=JobQueue(redis, queue_name=settings.queue_name),
@@ -268,6 +273,7 @@ def create_app(
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+            await freezer.stop()
             await gateway.stop()
             await store.close()
             await redis.aclose()

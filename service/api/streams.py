@@ -20,6 +20,7 @@ from starlette.websockets import WebSocket, WebSocketState
 
 from ..errors import AijobsError
 from ..push.multiwatch import mine_events, multi_watch, parse_cursor
+from ..push.slim import slim
 from ..push.sse import SseResponse
 from ..push.watch import JobWatch, watch_events
 from ..push.wire import sse_wire, ws_wire
@@ -99,8 +100,9 @@ async def all_events(request: Request) -> Response:
         ) from None
     mw = multi_watch(state, user, current_session(request))
     slot = acquire_stream_slot(request, user)
+    wire = sse_wire(request.scope, state.gateway.fast.sse_direct)  # live events written from the dispatch when idle
     return SseResponse(
-        mine_events(mw, cursor, state.settings.sse_ping_seconds),
+        mine_events(mw, cursor, state.settings.sse_ping_seconds, wire),
         headers=sse_headers(request.scope),
         send_timeout=state.settings.push_send_timeout,
         on_close=slot.release,
@@ -158,10 +160,17 @@ async def websocket_endpoint(ws: WebSocket) -> None:
         await refuse(ws, exc)
         return
     try:
+        session = current_session(ws)
         await ws.accept()
         fast = state.gateway.fast
         wire = ws_wire(ws.scope, fast.ws_lane, fast.ws_direct)
-        await WsSession(ws, state, user, wire, session=current_session(ws)).run()
+        if wire is not None:
+            slim(wire.proto, fast.ws_slim)  # what uvicorn keeps after the handshake, trimmed (push/slim.py)
+        # The handshake's headers said who and from where; nothing reads them after it. Kept, they are ~1 KB of
+        # small objects per connection for the rest of its life (uvicorn's scope is this same dict).
+        ws.scope["headers"] = []
+        ws.__dict__.pop("_headers", None)  # Starlette's cached view of them
+        await WsSession(ws, state, user, wire, session=session).run()
     finally:
         slot.release()
         if ws.application_state is WebSocketState.CONNECTED and ws.client_state is WebSocketState.CONNECTED:

@@ -12,11 +12,14 @@ The modules:
 - watch.py: `JobWatch`, one job followed by one client in seq order, catching up from the job's Redis Stream;
   `watch_events`, the SSE stream of one job; `sse_lane`/`ws_lane`, the lanes for clients that follow one job.
 - multiwatch.py: `MultiWatch`, one client following many jobs (a JobWatch each, or "mine": every job of the
-  user); `mine_events`, the SSE stream of every job, with its `<job_id>:<seq>,…` cursor.
+  user); `mine_events`, the SSE stream of every job, with its `<job_id>:<seq>,…` cursor, and `MineDirect`, its
+  live events written from the dispatch while it idles.
 - ws.py: `WsSession`, one WebSocket: the client's messages checked and rate-limited, a reader task and a writer.
 - frames.py: an event's wire encodings (SSE frame, HTTP chunk, WebSocket frame), made once per event, not per client.
 - wire.py: the direct write: pre-encoded bytes to a client's socket through uvicorn's private objects (pinned).
 - fastpath.py: the switches of those fast paths; each turns itself off on its first error (normal path serves).
+- slim.py: what uvicorn keeps per WebSocket after the handshake, trimmed (pinned internals too, a switch of its own).
+- gcfreeze.py: `GcFreezer`, gc.freeze() once the open streams settle, so full collections skip what they hold.
 - sse.py: `SseResponse`, the light ASGI response every SSE stream is sent with.
 - positions.py: `PositionTicker`, a queued job's live place and wait, pushed to this process's watchers only.
 - state.py: `PushState`, what push needs of the web process.

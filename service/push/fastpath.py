@@ -38,17 +38,21 @@ class FastPath:
 
 class FastPaths:
     """The gateway's switches, one per fast path: `sse_lane` and `ws_lane` (a parked group's fan-out, and
-    the wire checks that decide whether a client may park), `ws_direct` (`WsSession.fast`)."""
+    the wire checks that decide whether a client may park), `ws_direct` (`WsSession.fast`), `sse_direct` (a
+    `GET /api/events` stream's writes from the dispatch), and `ws_slim` (slim.py: not a write path, but uvicorn's
+    objects too, trimmed after a WebSocket handshake)."""
 
-    __slots__ = ("sse_lane", "ws_lane", "ws_direct")
+    __slots__ = ("sse_lane", "ws_lane", "ws_direct", "sse_direct", "ws_slim")
 
     def __init__(self) -> None:
         self.sse_lane = FastPath("sse_lane")
         self.ws_lane = FastPath("ws_lane")
         self.ws_direct = FastPath("ws_direct")
+        self.sse_direct = FastPath("sse_direct")
+        self.ws_slim = FastPath("ws_slim")
 
     def all(self) -> tuple[FastPath, ...]:
-        return (self.sse_lane, self.ws_lane, self.ws_direct)
+        return (self.sse_lane, self.ws_lane, self.ws_direct, self.sse_direct, self.ws_slim)
 
     def report(self) -> dict[str, str]:
         """For /healthz: "on", or "off: <the error that turned it off>"."""

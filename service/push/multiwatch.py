@@ -16,17 +16,17 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections import OrderedDict
 from collections.abc import AsyncGenerator
 
 from ..events import EventLog
 from ..jobs import JobService
 from ..models import TERMINAL_STATUSES, Event, EventKind
 from ..store.base import JobStore
-from .frames import PING_FRAME, sse_body, sse_ended_frame
+from .frames import PING_CHUNK, PING_FRAME, sse_body, sse_ended_frame
 from .gateway import Gateway, Subscriber
 from .state import PushState
 from .watch import RETRY_MS, JobWatch
+from .wire import SseWire, chunk
 
 MAX_JOBS_PER_CLIENT = 1000
 # A `GET /api/events` cursor (`Last-Event-ID` / `?cursor=`): `<job_id>:<seq>` joined by commas, or empty, at most
@@ -38,6 +38,20 @@ _DONE_MEMORY = 1000
 
 
 class MultiWatch:
+    __slots__ = (
+        "user_id",
+        "store",
+        "events",
+        "jobs",
+        "gateway",
+        "sub",
+        "watches",
+        "mine",
+        "_done",
+        "_started",
+        "lock",
+    )  # one per WebSocket and GET /api/events stream: no __dict__ each
+
     def __init__(
         self,
         *,
@@ -54,14 +68,18 @@ class MultiWatch:
         self.jobs = jobs
         self.gateway = gateway
         self.sub = Subscriber(user_id, set(), session=session)
-        self.sub.watched = lambda: [j for j, w in self.watches.items() if w.queued and not w.done]
+        self.sub.watched = self.queued  # a bound method: lighter per connection than a closure
         self.watches: dict[str, JobWatch] = {}
         self.mine = False
-        self._done: OrderedDict[str, None] = OrderedDict()  # recently finished: a stray late event is ignored
+        self._done: dict[str, None] = {}  # recently finished (oldest first): a stray late event is ignored
         self._started = False
         # A WebSocket adds jobs from its reader while its writer sends: both hold this around work + send,
         # so a catch-up and live events of the same job never interleave out of order.
         self.lock = asyncio.Lock()
+
+    def queued(self) -> list[str]:
+        """The gateway's `Subscriber.watched`: this client's jobs that are queued (for position updates)."""
+        return [j for j, w in self.watches.items() if w.queued and not w.done]
 
     async def start(self) -> None:
         await self.gateway.subscribe(self.sub)
@@ -85,7 +103,7 @@ class MultiWatch:
                 self.sub.job_ids.discard(job_id)
             self._done[job_id] = None
             if len(self._done) > _DONE_MEMORY:
-                self._done.popitem(last=False)
+                del self._done[next(iter(self._done))]
 
     async def add_job(self, job_id: str, after: int | None) -> list[Event]:
         """Watch one job (already authorized by the caller) from `after` (None: from a snapshot)."""
@@ -187,7 +205,81 @@ def multi_watch(state: PushState, user: str, session: str | None = None) -> Mult
     )
 
 
-async def mine_events(mw: MultiWatch, cursor: dict[str, int] | None, ping: float) -> AsyncGenerator[bytes, None]:
+def cursor_id(positions: dict[str, int]) -> bytes:
+    """The `id:` line of a `GET /api/events` event: every running job's resume point on this stream."""
+    return b"id: " + ",".join(f"{j}:{s}" for j, s in positions.items()).encode() + b"\n"
+
+
+class MineDirect:
+    """A `GET /api/events` stream's live events written from the gateway's dispatch while its task idles (wire.py),
+    as `WsSession.fast` does for a WebSocket: no task wake-up per event. Its frames differ per client only by the
+    `id:` line (this stream's cursor), so the event's `event:`/`data:` lines are the one encoding every client shares,
+    and the cursor is joined per write. Only live events of jobs this stream already follows, never one that ends a
+    job (the task retires it and moves the cursor) nor a job new to it (the task catches it up from its Stream)."""
+
+    __slots__ = ("mw", "positions", "wire")
+
+    def __init__(self, mw: MultiWatch, positions: dict[str, int], wire: SseWire) -> None:
+        self.mw = mw
+        self.positions = positions  # the stream's cursor, shared with `mine_events`
+        self.wire = wire
+
+    def __call__(self, event: Event | None) -> bool:
+        """The gateway's `Subscriber.fast`: True once written (or known sent), False to take the normal path. An
+        error reaches `Subscriber.offer`, which turns `sse_direct` off and sends the event the normal way: so the
+        watch and the cursor move only once the chunk is written."""
+        wire = self.wire
+        if not wire.ready():
+            return False
+        if event is None:
+            wire.write(PING_CHUNK)
+            return True
+        if ends_job(event):
+            return False
+        watch = self.mw.watches.get(event.job_id)
+        if watch is None:
+            return False
+        if event.kind is EventKind.POSITION:
+            if watch.live([event]):
+                wire.write(chunk(sse_body(event)))  # ephemeral: no id, the cursor does not move
+            return True
+        if event.seq <= watch.last:
+            return True  # sent already
+        positions = self.positions
+        before = positions.get(event.job_id)
+        positions[event.job_id] = event.seq
+        try:
+            wire.write(mine_chunk(event, positions))
+        except BaseException:
+            if before is None:
+                del positions[event.job_id]
+            else:
+                positions[event.job_id] = before
+            raise
+        watch._accept(event)
+        return True
+
+
+def mine_chunk(event: Event, positions: dict[str, int]) -> bytes:
+    """The HTTP chunk of `event` behind the cursor `positions` (`cursor_id`). Streams that follow the same jobs share a
+    cursor, so the last one made is kept on the event with a copy of its cursor: a fan-out to thousands of such
+    streams makes it once, and compares a small dict per client instead of joining and encoding one."""
+    cache = event.encoded
+    if cache is None:
+        cache = event.encoded = {}
+    if cache.get("mine_at") == positions:
+        made = cache.get("mine")
+        if isinstance(made, bytes):
+            return made
+    data = chunk(cursor_id(positions) + sse_body(event))
+    cache["mine_at"] = dict(positions)
+    cache["mine"] = data
+    return data
+
+
+async def mine_events(
+    mw: MultiWatch, cursor: dict[str, int] | None, ping: float, wire: SseWire | None = None
+) -> AsyncGenerator[bytes, None]:
     positions: dict[str, int] = dict(cursor or {})
 
     def frame(event: Event) -> bytes:
@@ -197,9 +289,11 @@ async def mine_events(mw: MultiWatch, cursor: dict[str, int] | None, ping: float
             positions.pop(event.job_id, None)
         else:
             positions[event.job_id] = event.seq
-        ident = ",".join(f"{j}:{s}" for j, s in positions.items())
-        return b"id: " + ident.encode() + b"\n" + sse_body(event)
+        return cursor_id(positions) + sse_body(event)
 
+    sub = mw.sub
+    direct = MineDirect(mw, positions, wire) if wire is not None else None
+    sub.fast_path = path = mw.gateway.fast.sse_direct
     await mw.start()
     try:
         batch: list[Event] | None = await mw.add_mine(cursor)
@@ -215,7 +309,12 @@ async def mine_events(mw: MultiWatch, cursor: dict[str, int] | None, ping: float
                 for chunk in [frame(event) for event in batch]:
                     yield chunk
             batch = None  # hold no event while idle
-            batch = await mw.next_batch()
+            if direct is not None and path.on:
+                sub.fast = direct  # idle: live events go straight to the socket (MineDirect)
+            try:
+                batch = await mw.next_batch()
+            finally:
+                sub.fast = None
             if mw.sub.ended:
                 yield sse_ended_frame(mw.sub.ended)
                 return

@@ -29,6 +29,8 @@ from .wire import WsWire
 class RateLimit:
     """A token bucket: `rate` messages per second sustained, bursts up to `burst`."""
 
+    __slots__ = ("rate", "burst", "tokens", "at")  # one per WebSocket: no __dict__ each
+
     def __init__(self, rate: float, burst: float) -> None:
         self.rate = rate
         self.burst = burst
@@ -75,6 +77,8 @@ def unknown_field(msg: dict[str, Any]) -> tuple[str, str] | None:
 
 class WsSession:
     """One WebSocket: reads client messages and writes events, one task each, sharing one MultiWatch."""
+
+    __slots__ = ("ws", "wire", "state", "user", "mw", "send_lock", "idle", "direct", "limit")
 
     def __init__(
         self, ws: WebSocket, state: PushState, user: str, wire: WsWire | None = None, *, session: str | None = None
@@ -210,21 +214,6 @@ class WsSession:
             await self.control("subscribed", job_id=job_id)
             await self.send_events(await self.mw.add_job(job_id, after))
 
-    async def reader(self) -> None:
-        while True:
-            message = await self.ws.receive()
-            if message["type"] == "websocket.disconnect":
-                return
-            if not self.limit.take():
-                await self.error("rate_limited", "Too many messages; slow down.")
-                continue
-            text = message.get("text")
-            if text is None:
-                await self.error("invalid_message", "Send JSON text messages.")
-                continue
-            await self.handle(text)
-            self.park()
-
     def fast(self, event: Event | None) -> bool:
         """Live event (None: keepalive) while the writer is idle: written from the gateway's dispatch (wire.py).
 
@@ -294,8 +283,20 @@ class WsSession:
             me.cancel()
 
         writer.add_done_callback(writer_ended)
-        try:
-            await self.reader()
+        try:  # the reader, inline: a coroutine frame less per idle connection
+            while True:
+                message = await self.ws.receive()
+                if message["type"] == "websocket.disconnect":
+                    return
+                if not self.limit.take():
+                    await self.error("rate_limited", "Too many messages; slow down.")
+                    continue
+                text = message.get("text")
+                if text is None:
+                    await self.error("invalid_message", "Send JSON text messages.")
+                    continue
+                await self.handle(text)
+                self.park()
         except asyncio.CancelledError:
             if not writer.done():
                 raise  # cancelled from outside, not by the writer
