@@ -175,6 +175,20 @@ class EventLog:
         with contextlib.suppress(Exception):
             await self._batch.drain()
 
+    async def newest_seqs(self, job_ids: list[str]) -> list[int]:
+        """`newest_seq` of many jobs in one round trip."""
+        if not job_ids:
+            return []
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for job_id in job_ids:
+                pipe.xrevrange(stream_key(job_id), count=1)
+            replies = await pipe.execute()
+        out = []
+        for entries in replies:
+            entry_id = entries[0][0] if entries else b"0-0"
+            out.append(int((entry_id.decode() if isinstance(entry_id, bytes) else entry_id).split("-")[1]))
+        return out
+
     async def newest_seq(self, job_id: str) -> int:
         """The seq of the job's newest logged event (0: none). Ahead of the store's while a run is between two
         checkpoints: a resume point up to this one is real."""

@@ -17,6 +17,10 @@ after the store answered a ping, and gives the turn back if its pass fails.
   (a poison pill that kills every worker it touches), or `cancelled` if a cancel was asked for.
 - Reconciler: a queued job that Redis does not hold (Redis restarted empty, or was down when the job was
   submitted) gets a new ticket and is enqueued again. The store is the truth; Redis is rebuilt from it.
+- Re-announcer: a job that ended in the last two intervals but whose Stream lacks its end event (its worker died
+  between the store's terminal write and the publish, which the worker queues without waiting; or Redis lost it)
+  is announced from the store, so a watcher still connected hears the end instead of waiting until it reconnects.
+  The publish is fenced by seq: an end event that arrives late anyway is refused, never told twice.
 - Expiry: a job not started within its maximum wait becomes `expired`.
 - Cleanup (an arq cron, once a minute across all workers): finished jobs past their retention are deleted,
   and finished jobs' event streams are dropped after EVENT_RETENTION (a late watcher gets a snapshot).
@@ -43,6 +47,8 @@ log = logging.getLogger("aijobs.lifecycle")
 
 RECONCILE_GRACE = 2.0  # seconds a queued job may sit between its store write and its enqueue
 RECONCILE_CHUNK = 500  # queue entries checked per Redis round trip
+REANNOUNCE_GRACE = 5.0  # seconds a finished job's end event may still be on its way (queued by its worker)
+REANNOUNCE_LIMIT = 5000  # finished jobs checked per pass (more: the busiest minute of a big deployment; logged)
 
 
 def about(job: Job) -> dict[str, object]:
@@ -144,6 +150,31 @@ class Maintenance:
             log.warning("queued job was missing from Redis; enqueued again", extra=about(job))
         return fixed
 
+    async def reannounce(self, *, at: float | None = None) -> int:
+        """Announce, from the store, every recently finished job whose Stream lacks its end; returns how many.
+
+        Checks the jobs that ended in the two sweep intervals before the last REANNOUNCE_GRACE seconds (`at`: now),
+        so a pass that another worker skipped is covered by the next; each check is one XREVRANGE, pipelined."""
+        until = (at if at is not None else now()) - REANNOUNCE_GRACE
+        since = until - 2 * self.settings.sweep_seconds
+        ended = await self.store.finished_seqs(since, until, limit=REANNOUNCE_LIMIT)
+        if len(ended) == REANNOUNCE_LIMIT:
+            log.warning("more jobs ended than one re-announce pass checks", extra={"checked": REANNOUNCE_LIMIT})
+        fixed = 0
+        for start in range(0, len(ended), RECONCILE_CHUNK):
+            chunk = ended[start : start + RECONCILE_CHUNK]
+            logged = await self.events.newest_seqs([job_id for job_id, _, _ in chunk])
+            for (job_id, _, seq), newest in zip(chunk, logged, strict=True):
+                if newest >= seq:
+                    continue
+                job = await self.store.get(job_id)
+                if job is None or not job.terminal:
+                    continue  # purged, or retried since
+                await self.events.announce(job)
+                fixed += 1
+                log.warning("announced a finished job whose end event was missing", extra=about(job))
+        return fixed
+
     async def expire(self) -> int:
         expired = await self.store.expire_overdue()
         for job in expired:
@@ -208,6 +239,7 @@ class Maintenance:
         await self.sweep_leases()
         await self.expire()
         await self.reconcile()
+        await self.reannounce()
         await self.forget_keys()
 
     async def run_forever(self) -> None:

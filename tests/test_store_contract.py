@@ -437,6 +437,12 @@ async def test_expiry_listing_purge_and_durations(store: JobStore) -> None:
     assert await store.recent_durations("summary") == []
     finished = set(await store.finished_before(now() + 1))
     assert finished == {overdue.id, run.id}
+    ended = await store.finished_seqs(t - 1, now() + 1)  # oldest first, with the seq each one's end event has
+    assert {job_id for job_id, _, _ in ended} == {overdue.id, run.id}
+    done = await store.get(run.id)
+    assert done is not None and (run.id, run.user_id, done.seq) in ended
+    assert await store.finished_seqs(t - 10, t - 1) == [] and await store.finished_seqs(now() + 1, now() + 2) == []
+    assert fresh.id not in {job_id for job_id, _, _ in ended}, "an active job has not ended"
     purged = await store.purge(completed_before=now() + 1, others_before=t - 3600, idempotency_before=0)
     assert purged == [run.id], "failed/expired jobs are kept longer"
     assert await store.get(run.id) is None and await store.get(overdue.id) is not None

@@ -104,3 +104,33 @@ async def test_a_failed_pass_gives_the_turn_back(sweepers: tuple[JobStore, Sweep
     with pytest.raises(RuntimeError):
         await broken.sweep_if_my_turn()
     assert await good.sweep_if_my_turn()  # not locked out for the interval by a worker that could not sweep
+
+
+async def test_a_finished_job_whose_end_event_was_lost_is_announced_once(
+    sweepers: tuple[JobStore, Sweepers],
+) -> None:
+    """A worker that died between the store's terminal write and the publish (the end event is queued, not awaited)
+    left the job `completed` with no end in its Stream: the next pass announces it from the store, once; a job
+    whose end did reach the Stream is left alone."""
+    store, make = sweepers
+    m = make("w1")
+    run = uuid.uuid4().hex[:8]
+    lost, told = f"lost-end-{run}", f"told-end-{run}"
+    for job_id in (lost, told):
+        await store.create(Job(id=job_id, user_id="u", type="summary", input={}))
+        claimed = await store.claim(job_id, worker_id="w", token="t", ticket=1)
+        assert claimed is not None
+        await m.events.announce(claimed)  # `processing` reached the Stream for both
+    lost_done = await store.finish(lost, "t", status=JobStatus.COMPLETED, result={"ok": 1})
+    told_done = await store.finish(told, "t", status=JobStatus.COMPLETED, result={"ok": 2})
+    assert lost_done is not None and told_done is not None
+    await m.events.announce(told_done)  # only this one's end was published
+    assert await m.events.newest_seqs([lost, told]) == [lost_done.seq - 1, told_done.seq]
+
+    assert await m.reannounce() == 0, "within the grace the worker's queued event may still be on its way"
+    later = now() + 6  # past REANNOUNCE_GRACE
+    assert await m.reannounce(at=later) == 1
+    assert await m.events.newest_seqs([lost, told]) == [lost_done.seq, told_done.seq]
+    (end,) = await m.events.read_after(lost, lost_done.seq - 1)
+    assert end.terminal and end.data["status"] == "completed"
+    assert await m.reannounce(at=later) == 0, "told once"

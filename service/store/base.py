@@ -198,6 +198,10 @@ class JobStore(Protocol):
 
     async def finished_before(self, before: float, *, limit: int = 1000) -> list[str]: ...
 
+    async def finished_seqs(self, since: float, until: float, *, limit: int = 5000) -> list[tuple[str, str, int]]:
+        """(id, user id, seq) of the jobs that ended in [since, until), oldest first: the maintenance pass checks
+        that each one's Stream holds its end (lifecycle.Maintenance.reannounce)."""
+
     async def queue_ahead(self, job: Job) -> int: ...
 
     async def running(self) -> list[Job]: ...

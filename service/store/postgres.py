@@ -733,6 +733,14 @@ class PostgresJobStore:
         )
         return [r[0] for r in rows]
 
+    async def finished_seqs(self, since: float, until: float, *, limit: int = 5000) -> list[tuple[str, str, int]]:
+        rows = await self._rows(
+            "SELECT id, user_id, seq FROM jobs WHERE completed_at >= %s AND completed_at < %s "
+            "AND status IN ('completed','failed','cancelled','expired') ORDER BY completed_at LIMIT %s",
+            (since, until, limit),
+        )
+        return [(r[0], r[1], int(r[2])) for r in rows]
+
     async def queue_ahead(self, job: Job) -> int:
         from ..queue import PRIORITY_STEP_SECONDS
 

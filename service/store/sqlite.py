@@ -511,6 +511,14 @@ class SQLiteJobStore:
         ) as cur:
             return [row[0] for row in await cur.fetchall()]
 
+    async def finished_seqs(self, since: float, until: float, *, limit: int = 5000) -> list[tuple[str, str, int]]:
+        async with self.db.execute(
+            "SELECT id, user_id, seq FROM jobs WHERE completed_at >= ? AND completed_at < ? "
+            "AND status IN ('completed','failed','cancelled','expired') ORDER BY completed_at LIMIT ?",
+            (since, until, limit),
+        ) as cur:
+            return [(row[0], row[1], int(row[2])) for row in await cur.fetchall()]
+
     async def queue_ahead(self, job: Job) -> int:
         """Queued jobs that run before this one, scored as queue.py scores them: ready time minus the priority
         head start, except a deferred retry (ready_at set past its requeue time), which counts from its due time."""
