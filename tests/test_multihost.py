@@ -151,13 +151,16 @@ async def test_a_cut_off_worker_hosts_jobs_finish_elsewhere_and_its_late_writes_
                 await until(all_lost, timeout=60, what="worker b's runs ending lease lost")
             except AssertionError as exc:
                 raise AssertionError(f"{exc}\n{c.net.describe('work-b')}\n{cut.log()[-5000:]}") from None
-            # Its runs waited on the cut links, and their writes (renewals, checkpoints) went out once the link was
-            # back: the store refused them (a lease token that is not the job's) and the runs stopped. A run that
-            # had given up during the cut (its renewal failing for a whole lease) sends nothing late; at least one
-            # must have tried, or this test did not show a refusal.
+            # Each renewal is bounded by the lease left to it (a silent path cannot hold the heartbeat), so worker b
+            # normally stops its runs itself during the cut, as their leases lapse, and sends nothing late; a run
+            # that still had a write on the cut link when it came back is refused by the store (a lease token that
+            # is not the job's). Either way every run ended lease lost (above), and the rows and Streams below are
+            # exactly as they were before the restore: nothing worker b sent changed anything.
             late = lost(restore_mark)
-            assert late, cut.log()[-3000:]
-            print(f"{len(late)} of worker b's runs refused {time.monotonic() - restored_at:.1f} s after the restore")
+            print(
+                f"{len(victims) - len(late)} of worker b's runs stopped themselves during the cut, {len(late)} were "
+                f"refused after the restore ({time.monotonic() - restored_at:.1f} s after it)"
+            )
             for client in clients.values():
                 assert await asyncio.to_thread(client.proc.wait, 60) == 0, client.log()[-3000:]
             final_rows, final_streams = rows(), await streams(redis, ids)
