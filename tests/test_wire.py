@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import json
 import tomllib
 from importlib.metadata import version
 from pathlib import Path
@@ -238,3 +239,24 @@ async def test_inbox_and_flag_wake_their_waiters() -> None:
     assert not waiting.done()
     flag.set()
     assert await waiting is True and flag.is_set()
+
+
+def test_a_relayed_events_published_json_is_what_encoding_it_again_would_make() -> None:
+    """The gateway sends every client the JSON as it was published (Event.to_json on the worker) instead of
+    encoding the decoded event again: the two must be the same text, for every kind, text and number."""
+    from service.models import Event, EventKind, dumps
+
+    samples = [
+        Event(job_id="j", seq=3, kind=EventKind.DELTA, data={"text": 'Grüße, 世界 "q" \\n ✓'}, ts=1796316119.4125),
+        Event(job_id="j", seq=4, kind=EventKind.PROGRESS, data={"percentage": 33.3, "current_step": None}),
+        Event(
+            job_id="j",
+            seq=9,
+            kind=EventKind.STATUS,
+            data={"status": "completed", "attempt": 1, "result": {"titles": ["a", "b"], "n": 2, "x": 1e-7}},
+        ),  # fmt: skip
+    ]
+    for event in samples:
+        published = event.to_json()
+        relayed = Event.from_dict(json.loads(published))
+        assert dumps(relayed.to_dict()) == published
