@@ -94,6 +94,14 @@ def announcement(job: Job) -> Event:
     return Event(job_id=job.id, seq=job.seq, kind=EventKind.STATUS, data=status_data(job))
 
 
+def _newest(entries: list[Any]) -> int:
+    """The seq in the id (`0-<seq>`) of an `XREVRANGE … COUNT 1` reply's entry; 0 for an empty Stream."""
+    if not entries:
+        return 0
+    entry_id = entries[0][0]
+    return int((entry_id.decode() if isinstance(entry_id, bytes) else entry_id).split("-")[1])
+
+
 class EventLog:
     """Publish events and read them back; used by the API, the worker and the gateway."""
 
@@ -183,20 +191,12 @@ class EventLog:
             for job_id in job_ids:
                 pipe.xrevrange(stream_key(job_id), count=1)
             replies = await pipe.execute()
-        out = []
-        for entries in replies:
-            entry_id = entries[0][0] if entries else b"0-0"
-            out.append(int((entry_id.decode() if isinstance(entry_id, bytes) else entry_id).split("-")[1]))
-        return out
+        return [_newest(entries) for entries in replies]
 
     async def newest_seq(self, job_id: str) -> int:
         """The seq of the job's newest logged event (0: none). Ahead of the store's while a run is between two
         checkpoints: a resume point up to this one is real."""
-        entries = await self.redis.xrevrange(stream_key(job_id), count=1)
-        if not entries:
-            return 0
-        entry_id = entries[0][0]
-        return int((entry_id.decode() if isinstance(entry_id, bytes) else entry_id).split("-")[1])
+        return _newest(await self.redis.xrevrange(stream_key(job_id), count=1))
 
     async def resumable(self, job_id: str, after: int, stored_seq: int) -> bool:
         """Whether `after` is a seq this job has reached: the store's, or past it in the log."""

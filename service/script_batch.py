@@ -25,7 +25,7 @@ from redis.commands.core import AsyncScript
 from redis.exceptions import NoScriptError, ResponseError
 
 from .metrics import redis_errors_of
-from .redis_silence import Silence, silence_of
+from .redis_silence import RedisSilent, Silence, silence_of
 
 _Call = tuple[AsyncScript, int, tuple[Any, ...], asyncio.Future[Any]]
 
@@ -45,10 +45,10 @@ class ScriptBatch:
     def call(self, script: AsyncScript, keys: list[Any], args: list[Any]) -> asyncio.Future[Any]:
         """Queue one call; the future resolves to what `await script(keys=keys, args=args)` would return."""
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        if self.silence is not None and self.silence.silent:
+        if self.silence is not None:
             try:
                 self.silence.check()
-            except Exception as exc:
+            except RedisSilent as exc:
                 future.set_exception(exc)
                 return future
         self._pending.append((script, len(keys), (*keys, *args), future))

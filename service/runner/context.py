@@ -274,13 +274,19 @@ class RunContext:
 
     def _timer_fired(self) -> None:
         self._timer = None
-        self._timed = asyncio.ensure_future(self._timed_store())
+        self._timed = self._in_background(lambda: self._store(self.seq), "timed checkpoint not written")
 
-    async def _timed_store(self) -> None:
-        try:
-            await self._store(self.seq)
-        except Exception as exc:  # a lost lease or an unreachable store: the task's next write finds out
-            log.info("timed checkpoint not written", extra={"job_id": self.job_id, "error": repr(exc)})
+    def _in_background(self, send: Callable[[], Awaitable[None]], failed: str) -> asyncio.Future[None]:
+        """What a timer sends (a checkpoint, held-back progress or text), as a task of its own: a failure is logged,
+        not raised, since it is a lost lease or an unreachable store that the task's next write finds out."""
+
+        async def run() -> None:
+            try:
+                await send()
+            except Exception as exc:
+                log.info(failed, extra={"job_id": self.job_id, "error": repr(exc)})
+
+        return asyncio.ensure_future(run())
 
     def close(self) -> None:
         """The attempt is over: no timed checkpoint nor held-back progress any more."""
@@ -348,13 +354,7 @@ class RunContext:
 
     def _progress_timer_fired(self) -> None:
         self._progress_timer = None
-        self._progress_timed = asyncio.ensure_future(self._timed_progress())
-
-    async def _timed_progress(self) -> None:
-        try:
-            await self._release_progress()
-        except Exception as exc:  # a lost lease or an unreachable store: the task's next write finds out
-            log.info("held-back progress not announced", extra={"job_id": self.job_id, "error": repr(exc)})
+        self._progress_timed = self._in_background(self._release_progress, "held-back progress not announced")
 
     async def _release_progress(self) -> None:
         """Announce the held-back progress event, if any."""
@@ -382,13 +382,7 @@ class RunContext:
 
     def _delta_timer_fired(self) -> None:
         self._delta_timer = None
-        self._delta_timed = asyncio.ensure_future(self._timed_delta())
-
-    async def _timed_delta(self) -> None:
-        try:
-            await self.flush()
-        except Exception as exc:  # a lost lease or an unreachable store: the task's next write finds out
-            log.info("held-back text not announced", extra={"job_id": self.job_id, "error": repr(exc)})
+        self._delta_timed = self._in_background(self.flush, "held-back text not announced")
 
     async def flush(self) -> None:
         """Announce a held-back progress event, then the text gathered since the last flush (one delta event)."""

@@ -212,10 +212,10 @@ class JobRunner:
         """Queue the job's status event without waiting for Redis (what follows is queued after it)."""
 
         def done(future: asyncio.Future[bool]) -> None:
-            if not future.cancelled() and future.exception() is not None:
-                if isinstance(future.exception(), RedisSilent):
-                    return  # Redis's path is silent: said once (service/redis_silence.py), re-announced when back
-                log.warning("could not publish an event", extra={"job_id": job.id, "error": repr(future.exception())})
+            exc = None if future.cancelled() else future.exception()
+            # a silent Redis is said once (service/redis_silence.py), and the job re-announced when it answers
+            if exc is not None and not isinstance(exc, RedisSilent):
+                log.warning("could not publish an event", extra={"job_id": job.id, "error": repr(exc)})
 
         try:
             self.events.publish_soon(job.user_id, announcement(job)).add_done_callback(done)
