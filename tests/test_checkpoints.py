@@ -7,6 +7,7 @@ and a run whose job was taken over between two checkpoints is stopped by the Red
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -16,8 +17,8 @@ import pytest
 from redis.asyncio import Redis
 
 from service.config import Settings
-from service.events import EventLog
-from service.models import Job, JobStatus
+from service.events import EventLog, announcement
+from service.models import Event, EventKind, Job, JobStatus
 from service.providers.simulated import SimulatedProvider
 from service.runner import CHECKPOINT_SECONDS, LeaseLost, RecordingProvider, RunContext
 from service.store import JobStore, open_store
@@ -103,7 +104,6 @@ async def test_a_run_taken_over_between_checkpoints_is_stopped_by_the_log(run: R
         run.claimed.id, "tok", status=JobStatus.QUEUED, error=None, step="Re-queued", record=None
     )
     assert taken is not None and taken.seq > run.ctx.seq + UNSTORED_EVENTS_MAX - 1
-    from service.events import announcement
 
     assert await run.events.publish("u", announcement(taken))  # what the sweeper does
     run.ctx._progress_at = -1  # announced at once, not held back for the 0.1 s window
@@ -183,3 +183,37 @@ async def test_held_text_goes_out_by_its_timer(run: Run) -> None:
         return [e.data.get("text") for e in await run.events.read_after(run.claimed.id, start)] == ["held"]
 
     await until(announced, timeout=5, what="the held text to go out by its timer")
+
+
+class SlowProgressLog(EventLog):
+    """The real log, with each progress event's publish taking 0.3 s (a loaded Redis or event loop)."""
+
+    async def publish(self, user_id: str, event: Event) -> bool:
+        if event.kind is EventKind.PROGRESS:
+            await asyncio.sleep(0.3)
+        return await super().publish(user_id, event)
+
+
+async def test_nothing_is_announced_after_the_final_checkpoint_so_the_end_event_is_never_refused(run: Run) -> None:
+    """The flake of tests/test_page_a11y.py: text held for its 0.1 s window when the attempt ends; the final
+    checkpoint's flush announces the held step first, and that publish was slow. The text's timer fired meanwhile
+    and its send announced the text after the checkpoint's store write: one seq past the store, the very seq the
+    final write then took, so the log refused the job's end event as a duplicate and the page never saw it end."""
+    run.ctx.events = slow = SlowProgressLog(run.events.redis)
+    start = run.claimed.seq
+    run.ctx._last_flush = time.monotonic()
+    await run.ctx.delta("the titles")  # held: its timer fires in 0.1 s
+    run.ctx._progress_at = time.monotonic()
+    await run.ctx.progress(95, "Polishing titles…")  # held too
+    await run.ctx.checkpoint()  # announces the step (0.3 s), then the text
+    for timed in (run.ctx._progress_timed, run.ctx._delta_timed):  # a send a timer started, if any, has ended
+        if timed is not None:
+            await timed
+    job = await stored(run)
+    assert job.seq == run.ctx.seq, "the store holds every event announced"
+    finished = await run.store.finish(run.claimed.id, "tok", status=JobStatus.COMPLETED, result={"titles": []})
+    assert finished is not None
+    assert await slow.publish("u", announcement(finished)), "the end event was refused: its seq was taken"
+    log = await run.events.read_after(run.claimed.id, start)
+    assert [e.kind.value for e in log] == ["progress", "delta", "status"], [(e.seq, e.kind.value) for e in log]
+    assert [e.seq for e in log] == list(range(start + 1, finished.seq + 1)) and log[-1].terminal

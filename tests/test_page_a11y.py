@@ -3,11 +3,14 @@ main page, and over the operator page (/admin) with every list and chart filled.
 
 Real headless Chromium (Debian's), the real app and a real worker, in the light and the dark colour scheme (the
 page follows the system's). Each run signs a new user in through the token form, so "empty" really is empty.
-A failure prints each broken rule with the elements that break it (tests/axe.py).
+A failure prints each broken rule with the elements that break it (tests/axe.py). A card that does not reach a
+status in time fails with what the page, the store and the app's and worker's logs (INFO, captured by pytest and
+shown with the failure) said about it, so a failure on a loaded CI machine says why.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -20,13 +23,45 @@ from service.api.app import create_app
 from service.config import Settings
 from service.coordination import ProviderBackoff
 from service.embedded import EmbeddedRedis
+from service.events import EventLog
 from service.store import open_users
 
 from .axe import assert_accessible, audit, report
 from .chromium import launch_chromium
 from .conftest import LiveServer, fast_settings, make_user, run_worker, serve, wait_for_status
-from .procs import store_sql
-from .test_page import DESKTOP, PHONE, T, card, shot, submit, wait_status
+from .procs import store_row, store_sql
+from .test_page import DESKTOP, PHONE, T, card, shot, submit
+
+
+@pytest.fixture(autouse=True)
+def _app_and_worker_logs(caplog: pytest.LogCaptureFixture) -> None:
+    """The app's and the worker's INFO lines (both run in this process) go into the failure report."""
+    caplog.set_level(logging.INFO, logger="aijobs")
+    caplog.set_level(logging.INFO, logger="arq")
+
+
+async def wait_status(page: Any, settings: Settings, job_id: str, status: str) -> None:
+    """Wait for the card to show `status`; on a timeout, fail with the card's state and the job's row."""
+    try:
+        await page.wait_for_selector(f'.job[data-job-id="{job_id}"][data-status="{status}"]', timeout=T)
+    except Exception as exc:
+        shown = await page.evaluate(
+            """(id) => { const c = document.querySelector(`.job[data-job-id="${id}"]`);
+                         return c && {status: c.dataset.status, transport: c.dataset.transport,
+                                      meta: c.querySelector('.meta').textContent}; }""",
+            job_id,
+        )
+        row = store_row(settings, job_id)
+        keys = ("status", "attempts", "seq", "worker_id", "started_at", "completed_at")
+        stored = {k: row[k] for k in keys if k in row}
+        redis = Redis.from_url(settings.redis_url or "")
+        try:
+            logged = [(e.seq, e.kind.value, e.data.get("status")) for e in await EventLog(redis).read_after(job_id, 0)]
+        finally:
+            await redis.aclose()
+        raise AssertionError(
+            f"card {job_id} not {status} after {T} ms: card {shown}, store {stored}, its events in Redis {logged}"
+        ) from exc
 
 
 @pytest.fixture(scope="module")
@@ -101,17 +136,17 @@ async def test_every_state_of_the_page_passes_wcag21_aa(
             # Done: titles with Copy buttons, a summary, an image; history filled, pager buttons disabled.
             done = [queued, await submit(page, "summary", "A short text"), await submit(page, "image", "A red boat")]
             for job_id in done:
-                await wait_status(page, job_id, "completed")
+                await wait_status(page, a11y_settings, job_id, "completed")
             await page.wait_for_function("document.querySelectorAll('.history-list li').length === 3", timeout=T)
             await assert_accessible(page, f"with finished jobs ({scheme})")
 
             # Failed and cancelled: the problem in words, Retry and Remove.
             failed = await submit(page, "titles", "This one fails [[fail:400]]")
-            await wait_status(page, failed, "failed")
+            await wait_status(page, a11y_settings, failed, "failed")
             cancelled = await submit(page, "chat", "Cancel me [[slow:6]]")
-            await wait_status(page, cancelled, "processing")
+            await wait_status(page, a11y_settings, cancelled, "processing")
             await card(page, cancelled).locator(".cancel").click()
-            await wait_status(page, cancelled, "cancelled")
+            await wait_status(page, a11y_settings, cancelled, "cancelled")
             await assert_accessible(page, f"with a failed and a cancelled job ({scheme})")
             await shot(page, f"a11y-failed-{scheme}")
     finally:

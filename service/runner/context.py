@@ -401,8 +401,19 @@ class RunContext:
         await self._emit(EventKind.DELTA, {"text": piece}, text=piece)
 
     async def checkpoint(self) -> None:
-        """Announce what is pending and bring the store up to everything announced: before the final write."""
-        for timed in (self._progress_timed, self._delta_timed):
+        """Announce what is pending and bring the store up to everything announced: before the final write.
+
+        Nothing may be announced after it: the final write takes the store's next seq, and an event announced
+        meanwhile would already hold that seq in the log, which then refuses the job's end event as a duplicate
+        (its watchers never see the job end). A held-back event's timer could fire while this checkpoint's own
+        flush awaits a publish, and its send then took the held text and announced it after the store write below.
+        So the timers are stopped before anything is awaited (the flush below sends what they held), and each
+        send a timer already started is waited out."""
+        for timer in (self._progress_timer, self._delta_timer):
+            if timer is not None:
+                timer.cancel()
+        self._progress_timer = self._delta_timer = None
+        for timed in (self._progress_timed, self._delta_timed):  # no timer is left to start another one
             if timed is not None and not timed.done():
                 await timed  # never cancelled mid-announce: the held event goes out once
         await self.flush()

@@ -27,6 +27,7 @@ from ..models import Job, JobError, JobStatus, dumps, now
 from .base import FINAL_STEPS, UNSTORED_EVENTS_MAX, SchemaMismatch, StoreOpenError, UniqueViolation
 from .pg_batch import Bulk, Statement, WriteBatcher
 from .pg_migrations import MIGRATIONS, queue_key
+from .pg_outage import PROBE_TIMEOUT, Outage
 from .rows import _COLUMNS, _NAMES, _row_to_job
 
 log = logging.getLogger("aijobs.store")
@@ -161,29 +162,63 @@ def _unreachable(exc: BaseException) -> bool:
 
 
 class Failures:
-    """Operations on a store's pool that failed, not counting a unique-key refusal (for the metrics)."""
+    """Operations on a store's pool that failed, not counting a unique-key refusal (for the metrics), and whether
+    the server is known down (`outage`: then a request fails at once, pg_outage.py)."""
 
-    __slots__ = ("count",)
+    __slots__ = ("count", "outage")
 
-    def __init__(self) -> None:
+    def __init__(self, outage: Outage | None = None) -> None:
         self.count = 0
+        self.outage = outage
 
 
 @contextlib.asynccontextmanager
 async def _connection(pool: Any, failures: Failures) -> AsyncIterator[Any]:
     """A pooled connection; an unreachable server becomes StoreUnavailable (503 on the web, a paused claim on a
-    worker), never a 500. The pool checks each connection before handing it out and drops broken ones (see open)."""
+    worker), never a 500. The pool checks each connection before handing it out and drops broken ones (see open).
+    While the server is known down, StoreUnavailable comes at once, before the pool is asked."""
+    outage = failures.outage
+    if outage is not None:
+        outage.check()
     try:
         async with pool.connection() as conn:
             yield conn
     except Exception as exc:
         import psycopg
+        from psycopg_pool import PoolTimeout
 
         if not isinstance(exc, psycopg.errors.UniqueViolation):
             failures.count += 1
         if _unreachable(exc):
+            if outage is not None and isinstance(exc, PoolTimeout):
+                outage.suspect()  # down, or only busy: a probe's connect tells
             raise StoreUnavailable() from exc
         raise
+
+
+def _watched_connection_class(outage: Outage) -> type:
+    """psycopg's AsyncConnection, telling `outage` of each connect that fails (the pool's own reconnects too)."""
+    import psycopg
+
+    class WatchedConnection(psycopg.AsyncConnection):
+        @classmethod
+        async def connect(cls, *args: Any, **kwargs: Any) -> Any:
+            try:
+                return await super().connect(*args, **kwargs)
+            except psycopg.OperationalError as exc:
+                outage.connect_failed(exc)
+                raise
+
+    return WatchedConnection
+
+
+async def _probe(url: str, connect_timeout: float) -> None:
+    """A fresh connection (not the pool's) and `SELECT 1`: raises unless the server answers."""
+    import psycopg
+
+    kwargs = _configure_kwargs(connect_timeout)
+    async with await psycopg.AsyncConnection.connect(url, **kwargs) as conn:
+        await conn.execute("SELECT 1")
 
 
 class Result:
@@ -264,7 +299,8 @@ class PostgresJobStore:
         self.connect_timeout = connect_timeout
         self._pool: Any = None
         self._db: PgDb | None = None
-        self.failures = Failures()
+        self.outage = Outage(lambda: _probe(url, min(connect_timeout, PROBE_TIMEOUT)))
+        self.failures = Failures(self.outage)
         self._writes: WriteBatcher | None = None
 
     @property
@@ -303,11 +339,13 @@ class PostgresJobStore:
             # after a few seconds instead bounds that: the next request then starts a fresh try at once.
             reconnect_timeout=self.acquire_timeout,
             name="aijobs",
+            connection_class=_watched_connection_class(self.outage),  # a failed connect: requests fail at once
         )
         try:
             await pool.open(wait=True, timeout=self.connect_timeout)
         except Exception as exc:  # PoolTimeout: the pool has been retrying a connection that keeps failing
             await pool.close()
+            await self.outage.close()  # its probe: the store is not open, nothing is to be reconnected
             raise StoreOpenError(
                 f"cannot connect to PostgreSQL at {_shown(self.url)} within {self.connect_timeout:.0f} s ({exc}): "
                 "check DATABASE_URL and that the server is up and accepts this user"
@@ -327,6 +365,7 @@ class PostgresJobStore:
                 raise
 
     async def close(self) -> None:
+        await self.outage.close()
         if self._writes is not None:
             await self._writes.close()
             self._writes = None
