@@ -96,12 +96,11 @@ class QueueEstimator:
         cached = self._running
         if cached is None or time.monotonic() - cached[0] >= self.cache_seconds:
             cached = self._running = (time.monotonic(), [(j.type, j.started_at) for j in await self.store.running()])
+        typical = {job_type: 0.0 for job_type, _ in cached[1]}  # each type's average, awaited once per type, not
+        for job_type in typical:  # once per running job (a submit's estimate read it for each of 50 running jobs)
+            typical[job_type] = await self.duration(job_type, registry)
         t = now()
-        slots = []
-        for job_type, started_at in cached[1]:
-            d = await self.duration(job_type, registry)
-            slots.append(max(0.0, d - (t - (started_at or t))))
-        slots.sort()
+        slots = sorted([max(0.0, typical[job_type] - (t - (started_at or t))) for job_type, started_at in cached[1]])
         return capacity, slots[:capacity] + [0.0] * max(0, capacity - len(slots))
 
     async def estimate(
