@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import heapq
 import random
 
@@ -40,12 +41,16 @@ class _Running:
     def __init__(self, jobs: list[Job]) -> None:
         self.jobs = jobs
         self.duration_reads: list[str] = []
+        self.running_reads = 0
 
     async def running(self) -> list[Job]:
+        self.running_reads += 1
+        await asyncio.sleep(0)  # a read takes a while: other requests find the cache stale meanwhile
         return self.jobs
 
     async def recent_durations(self, job_type: str) -> list[float]:
         self.duration_reads.append(job_type)
+        await asyncio.sleep(0)
         return {"slow": [10.0, 30.0], "quick": [2.0]}[job_type]
 
 
@@ -65,3 +70,17 @@ async def test_free_slots_of_running_jobs_of_two_types() -> None:
     assert sorted(store.duration_reads) == ["quick", "slow"]  # each type's average read once
     estimator.note_capacity(2)
     assert [round(x, 1) for x in (await estimator.free_slots(TaskRegistry()))[1]] == [0.0, 0.0]  # the soonest two
+
+
+async def test_requests_that_find_the_cache_stale_together_share_one_read() -> None:
+    store = _Running([Job(id="j", user_id="u", type="slow", input={}, status=JobStatus.PROCESSING, started_at=now())])
+    estimator = QueueEstimator(store, None, cache_seconds=60)  # type: ignore[arg-type]
+    estimator.note_capacity(2)
+    answers = await asyncio.gather(*(estimator.free_slots(TaskRegistry()) for _ in range(20)))
+    assert store.running_reads == 1 and store.duration_reads == ["slow"]
+    assert all(capacity == 2 and 19 < free_in[0] <= 20 and free_in[1] == 0.0 for capacity, free_in in answers)
+    await estimator.free_slots(TaskRegistry())  # fresh: no read at all
+    assert store.running_reads == 1
+    estimator._running, estimator._durations = None, {}  # as if both expired: read again
+    await estimator.free_slots(TaskRegistry())
+    assert store.running_reads == 2 and store.duration_reads == ["slow", "slow"]
