@@ -94,7 +94,8 @@ async def direct_post(endpoint: Endpoint, scope: Scope, receive: Receive, allowe
         return await endpoint(request)
     except AijobsError as exc:
         return await handle_api_error(request, exc)
-    except HTTPException as exc:
-        return await handle_http_exception(request, exc)
+    except HTTPException as exc:  # the app's own handler for it, as ExceptionMiddleware finds it
+        handler = getattr(scope.get("app"), "exception_handlers", {}).get(HTTPException, handle_http_exception)
+        return await handler(request, exc)
     except Exception as exc:
         return await handle_unexpected(request, exc)
