@@ -7,9 +7,10 @@ slot frees after that. Running: progress so far extrapolated (elapsed Ã— (100 âˆ
 the type's average minus the time elapsed. No live worker: the wait is unknown (null), never a made-up number.
 
 Each type's average, the live capacity and the running jobs (type and start) are read at most once per
-`cache_seconds` (1 s) per web process, not on every request: a poll or a submit then costs no extra store or Redis
-call for them (reading every running job's row per submit was most of a submit's CPU with 50 jobs running). Queue
-position is never cached; the caller may pass it in when it read it with the job (one statement instead of two).
+`cache_seconds` (1 s) per web process, not on every request, and by one read when many requests find them stale
+together (`_once`): a poll or a submit then costs no extra store or Redis call for them (reading every running
+job's row per submit was most of a submit's CPU with 50 jobs running). Queue position is never cached; the caller
+may pass it in when it read it with the job (one statement instead of two).
 The greedy fill costs O(slots log slots) whatever the position, not a heap step per job ahead (`_fill`).
 """
 
