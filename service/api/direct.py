@@ -9,7 +9,7 @@ mapped to the same JSON errors; the Request is dropped before the response strea
 HEAD on these paths) still takes the full stack.
 
 The submit (POST /api/jobs) skips it too, for CPU rather than memory: the stack's dozen coroutine calls and `send`
-wrappers were ~15 % of the web process's CPU per submission. `direct_post` does what the stack does for it:
+wrappers cost 35–40 µs of a submission's ~210 µs (in-process, no HTTP). `direct_post` does what the stack does for it:
 identify the caller, the CSRF rule for a cookie request, and the same JSON answer to every refusal.
 """
 
