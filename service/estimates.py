@@ -7,18 +7,23 @@ slot frees after that. Running: progress so far extrapolated (elapsed Ã— (100 âˆ
 the type's average minus the time elapsed. No live worker: the wait is unknown (null), never a made-up number.
 
 Each type's average, the live capacity and the running jobs (type and start) are read at most once per
-`cache_seconds` (1 s) per web process, not on every request: a poll or a submit then costs no extra store or Redis
-call for them (reading every running job's row per submit was most of a submit's CPU with 50 jobs running). Queue
-position is never cached; the caller may pass it in when it read it with the job (one statement instead of two).
+`cache_seconds` (1 s) per web process, not on every request, and by one read when many requests find them stale
+together (`_once`): a poll or a submit then costs no extra store or Redis call for them (reading every running
+job's row per submit was most of a submit's CPU with 50 jobs running). Queue position is never cached; the caller
+may pass it in when it read it with the job (one statement instead of two).
 The greedy fill costs O(slots log slots) whatever the position, not a heap step per job ahead (`_fill`).
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
+import functools
 import heapq
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from .coordination import live_capacity
 from .models import Job, JobStatus, now
@@ -27,6 +32,11 @@ from .store.base import JobStore
 from .tasks.registry import TaskRegistry
 
 MAX_SIMULATED = 10_000
+T = TypeVar("T")
+
+
+async def _call(read: Callable[[], Awaitable[T]]) -> T:
+    return await read()
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,13 +59,33 @@ class QueueEstimator:
         self._unmeasured: set[str] = set()  # types whose cached duration is the `typical_seconds` fallback
         self._capacity: tuple[float, int] | None = None
         self._running: tuple[float, list[tuple[str, float | None]]] | None = None  # (read at, [(type, started_at)])
+        self._reading: dict[str, asyncio.Future[Any]] = {}  # the store reads under way, by what they refresh
+
+    def _once(self, key: str, read: Callable[[], Awaitable[T]]) -> Awaitable[T]:
+        """The refresh `key` under way, else `read()` started: when a cache expires under load, the requests that
+        find it stale together share one store read. (Each made its own: 50 reads of every running job's row at
+        once, then 50 conversions, at each expiry, the most of the web's CPU in the e2e profile after the POST.)"""
+        pending = self._reading.get(key)
+        loop = asyncio.get_running_loop()
+        if pending is None or pending.get_loop() is not loop:
+            # not in this request's context (its log fields, its span): it serves every request waiting on it
+            pending = loop.create_task(_call(read), context=contextvars.Context())
+            self._reading[key] = pending
+            pending.add_done_callback(functools.partial(self._read_done, key))
+        return asyncio.shield(pending)  # a waiter that goes away does not cancel the others' read
+
+    def _read_done(self, key: str, done: asyncio.Future[Any]) -> None:
+        if self._reading.get(key) is done:
+            del self._reading[key]
+        if not done.cancelled():
+            done.exception()  # its waiters got it; if none is left, it is not "never retrieved"
 
     async def duration(self, job_type: str, registry: TaskRegistry) -> float:
         """The type's average run time over its last 20 completed runs (its `typical_seconds` before any)."""
         cached = self._durations.get(job_type)
         if cached is not None and time.monotonic() - cached[0] < self.cache_seconds:
             return cached[1]
-        recent = await self.store.recent_durations(job_type)
+        recent = await self._once(f"durations:{job_type}", functools.partial(self.store.recent_durations, job_type))
         if recent:
             value = sum(recent) / len(recent)
             self._unmeasured.discard(job_type)
@@ -95,14 +125,18 @@ class QueueEstimator:
             return 0, []
         cached = self._running
         if cached is None or time.monotonic() - cached[0] >= self.cache_seconds:
-            cached = self._running = (time.monotonic(), [(j.type, j.started_at) for j in await self.store.running()])
+            cached = await self._once("running", self._read_running)
+        typical = {job_type: 0.0 for job_type, _ in cached[1]}  # each type's average, awaited once per type, not
+        for job_type in typical:  # once per running job (a submit's estimate read it for each of 50 running jobs)
+            typical[job_type] = await self.duration(job_type, registry)
         t = now()
-        slots = []
-        for job_type, started_at in cached[1]:
-            d = await self.duration(job_type, registry)
-            slots.append(max(0.0, d - (t - (started_at or t))))
-        slots.sort()
+        slots = sorted([max(0.0, typical[job_type] - (t - (started_at or t))) for job_type, started_at in cached[1]])
         return capacity, slots[:capacity] + [0.0] * max(0, capacity - len(slots))
+
+    async def _read_running(self) -> tuple[float, list[tuple[str, float | None]]]:
+        jobs = await self.store.running()
+        self._running = (time.monotonic(), [(j.type, j.started_at) for j in jobs])
+        return self._running
 
     async def estimate(
         self,

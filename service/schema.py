@@ -12,6 +12,7 @@ import dataclasses
 import functools
 import types
 import typing
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Literal, TypeVar, get_args, get_origin
 
 if TYPE_CHECKING:
@@ -59,65 +60,6 @@ def _unwrap_optional(tp: Any) -> tuple[Any, bool]:
     return tp, False
 
 
-def _check_value(path: str, tp: Any, value: Any, meta: dict[str, Any]) -> Any:
-    tp, optional = _unwrap_optional(tp)
-    if value is None:
-        if optional:
-            return None
-        raise ValidationError(path, "must not be null")
-    origin = get_origin(tp)
-    if origin is Literal:
-        choices = get_args(tp)
-        if value not in choices:
-            raise ValidationError(path, f"must be one of {', '.join(map(repr, choices))}")
-        return value
-    if origin is list:
-        if not isinstance(value, list):
-            raise ValidationError(path, "must be a list")
-        (item_tp,) = get_args(tp)
-        _check_len(path, value, meta, "items")
-        return [_check_value(f"{path}[{i}]", item_tp, v, {}) for i, v in enumerate(value)]
-    if origin is dict:
-        return _check_object(path, get_args(tp)[1], value, meta)
-    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
-        return _from_dict(tp, value, path)
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise ValidationError(path, "must be true or false")
-        return value
-    if tp is int:
-        number = as_integer(value)
-        if number is None:
-            raise ValidationError(path, "must be an integer")
-        _check_range(path, number, meta)
-        return number
-    if tp is float:
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ValidationError(path, "must be a number")
-        _check_range(path, value, meta)
-        return float(value)
-    if tp is str:
-        if not isinstance(value, str):
-            raise ValidationError(path, "must be a string")
-        _check_len(path, value, meta, "characters")
-        return value
-    raise TypeError(f"unsupported schema type {tp!r} at {path}")
-
-
-def _check_object(path: str, item_tp: Any, value: Any, meta: dict[str, Any]) -> dict[str, Any]:
-    """A JSON object with string keys (JSON has no other) and values of one type."""
-    if not isinstance(value, dict):
-        raise ValidationError(path, "must be a JSON object")
-    _check_len(path, value, meta, "entries")
-    item_meta = {"max_len": meta["item_max_len"]} if "item_max_len" in meta else {}
-    out: dict[str, Any] = {}
-    for key, item in value.items():
-        if "key_max_len" in meta and len(key) > meta["key_max_len"]:
-            raise ValidationError(path, f"has a key longer than {meta['key_max_len']} characters ({key[:20]!r}…)")
-        out[key] = _check_value(f"{path}.{key}", item_tp, item, item_meta)
-    return out
-
-
 def as_integer(value: Any) -> int | None:
     """`value` as an int if JSON Schema calls it an integer (so 1.0 too, as JSON has one number type), else None."""
     if isinstance(value, bool):
@@ -145,32 +87,191 @@ def _check_range(path: str, value: float, meta: dict[str, Any]) -> None:
         raise ValidationError(path, f"must be at most {meta['le']}")
 
 
-def _from_dict(cls: type[T], data: Any, prefix: str = "") -> T:
-    if not isinstance(data, dict):
-        raise ValidationError(prefix, "must be a JSON object")
+Check = Callable[[Any, str], Any]  # (JSON value, its dotted path) -> the validated value, or ValidationError
+
+
+@functools.cache
+def _compiled(cls: type[T]) -> Callable[[Any, str], T]:
+    """The class's validator, built once: walking the type hints per field per request (get_origin, get_args, the
+    metadata copied, dataclasses.fields twice) was most of a submit's validation cost. Same checks in the same
+    order, so the same first error with the same message and path."""
     hints = _hints(cls)
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - known)
-    if unknown:
-        raise ValidationError(f"{prefix}.{unknown[0]}" if prefix else unknown[0], "is not a known field")
-    values: dict[str, Any] = {}
+    known = frozenset(f.name for f in dataclasses.fields(cls))
+    plans: list[tuple[str, bool, Check]] = []
     for f in dataclasses.fields(cls):
-        path = f"{prefix}.{f.name}" if prefix else f.name
-        if f.name not in data:
-            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-                raise ValidationError(path, "is required")
-            continue
-        values[f.name] = _check_value(path, hints[f.name], data[f.name], dict(f.metadata))
-    return cls(**values)
+        required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        plans.append((f.name, required, _checker(hints[f.name], dict(f.metadata))))
+
+    def from_dict(data: Any, prefix: str) -> T:
+        if not isinstance(data, dict):
+            raise ValidationError(prefix, "must be a JSON object")
+        if not known.issuperset(data):
+            unknown = sorted(set(data) - known)[0]
+            raise ValidationError(f"{prefix}.{unknown}" if prefix else unknown, "is not a known field")
+        values: dict[str, Any] = {}
+        for name, required, check in plans:
+            if name in data:
+                values[name] = check(data[name], f"{prefix}.{name}" if prefix else name)
+            elif required:
+                raise ValidationError(f"{prefix}.{name}" if prefix else name, "is required")
+        return cls(**values)
+
+    return from_dict
+
+
+def _checker(tp: Any, meta: dict[str, Any]) -> Check:
+    """The check of one value of type `tp` under the constraints `meta`, chosen once from the type."""
+    tp, optional = _unwrap_optional(tp)
+    check = _plain_checker(tp, meta)
+
+    def nullable(value: Any, path: str) -> Any:
+        return None if value is None else check(value, path)
+
+    def not_null(value: Any, path: str) -> Any:
+        if value is None:
+            raise ValidationError(path, "must not be null")
+        return check(value, path)
+
+    return nullable if optional else not_null
+
+
+def _plain_checker(tp: Any, meta: dict[str, Any]) -> Check:  # one branch per supported type
+    origin = get_origin(tp)
+    has_len = "min_len" in meta or "max_len" in meta
+    has_range = "ge" in meta or "le" in meta
+    if origin is Literal:
+        choices = get_args(tp)
+        wrong = f"must be one of {', '.join(map(repr, choices))}"
+
+        def literal(value: Any, path: str) -> Any:
+            if value not in choices:
+                raise ValidationError(path, wrong)
+            return value
+
+        return literal
+    if origin is list:
+        (item_tp,) = get_args(tp)
+        item = _checker(item_tp, {})
+
+        def array(value: Any, path: str) -> Any:
+            if not isinstance(value, list):
+                raise ValidationError(path, "must be a list")
+            if has_len:
+                _check_len(path, value, meta, "items")
+            return [item(v, f"{path}[{i}]") for i, v in enumerate(value)]
+
+        return array
+    if origin is dict:
+        entry = _checker(get_args(tp)[1], {"max_len": meta["item_max_len"]} if "item_max_len" in meta else {})
+        key_max = meta.get("key_max_len")
+
+        def obj(value: Any, path: str) -> Any:  # string keys (JSON has no other), values of one type
+            if not isinstance(value, dict):
+                raise ValidationError(path, "must be a JSON object")
+            if has_len:
+                _check_len(path, value, meta, "entries")
+            out: dict[str, Any] = {}
+            for key, item in value.items():
+                if key_max is not None and len(key) > key_max:
+                    raise ValidationError(path, f"has a key longer than {key_max} characters ({key[:20]!r}…)")
+                out[key] = entry(item, f"{path}.{key}")
+            return out
+
+        return obj
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
+        nested = tp
+
+        def dataclass(value: Any, path: str) -> Any:  # looked up when used: a class may contain itself
+            return _compiled(nested)(value, path)
+
+        return dataclass
+    if tp is bool:
+
+        def boolean(value: Any, path: str) -> Any:
+            if not isinstance(value, bool):
+                raise ValidationError(path, "must be true or false")
+            return value
+
+        return boolean
+    if tp is int:
+
+        def integer(value: Any, path: str) -> Any:
+            number = as_integer(value)
+            if number is None:
+                raise ValidationError(path, "must be an integer")
+            if has_range:
+                _check_range(path, number, meta)
+            return number
+
+        return integer
+    if tp is float:
+
+        def number(value: Any, path: str) -> Any:
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise ValidationError(path, "must be a number")
+            if has_range:
+                _check_range(path, value, meta)
+            return float(value)
+
+        return number
+    if tp is str:
+
+        def string(value: Any, path: str) -> Any:
+            if not isinstance(value, str):
+                raise ValidationError(path, "must be a string")
+            if has_len:
+                _check_len(path, value, meta, "characters")
+            return value
+
+        return string
+
+    def unsupported(value: Any, path: str) -> Any:  # raised when met, as before, not when the class is first used
+        raise TypeError(f"unsupported schema type {tp!r} at {path}")
+
+    return unsupported
 
 
 def parse(cls: type[T], data: Any) -> T:
     """Validate JSON-decoded `data` into an instance of the dataclass `cls`."""
-    return _from_dict(cls, data)
+    return _compiled(cls)(data, "")
+
+
+_PLAIN = frozenset({str, int, float, bool, type(None)})
 
 
 def to_dict(value: Any) -> Any:
-    return dataclasses.asdict(value) if dataclasses.is_dataclass(value) and not isinstance(value, type) else value
+    """dataclasses.asdict for a dataclass instance (anything else as it is), without asdict's generic walk per value:
+    a validated input holds JSON values, copied as asdict copies them (lists and dicts anew, the rest deep)."""
+    if type(value) in _PLAIN or isinstance(value, type) or not dataclasses.is_dataclass(value):
+        return value
+    return _plain_dict(value)
+
+
+@functools.cache
+def _field_names(cls: type) -> tuple[str, ...]:
+    return tuple(f.name for f in dataclasses.fields(cls))
+
+
+def _plain_dict(obj: Any) -> dict[str, Any]:
+    return {name: _plain(getattr(obj, name)) for name in _field_names(obj.__class__)}
+
+
+def _plain(value: Any) -> Any:
+    kind = type(value)
+    if kind in _PLAIN:
+        return value
+    if kind is list:
+        return [_plain(v) for v in value]
+    if kind is dict:
+        return {_plain(k): _plain(v) for k, v in value.items()}
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return _plain_dict(value)
+    return dataclasses.asdict(_Box(value))["value"]  # anything else (tuples, sets, objects) exactly as asdict does
+
+
+@dataclasses.dataclass
+class _Box:
+    value: Any
 
 
 def json_schema(cls: type) -> dict[str, Any]:

@@ -177,7 +177,8 @@ def test_origin_rules() -> None:
 
 
 async def test_the_routes_served_before_the_middleware_take_only_gets_and_handshakes(settings: Settings) -> None:
-    """Why the CSRF rule (in AuthMiddleware) needs no copy on the direct SSE/WS path: nothing unsafe goes there."""
+    """Why the CSRF rule (in AuthMiddleware) needs no copy on the direct SSE/WS path: nothing unsafe goes there. (The
+    submit, also served before the middleware, applies the rule itself: test_cookie_changes_need_json_and_...)"""
     assert settings.redis_url
     app = create_app(settings, redis_url=settings.redis_url)
     direct = app.direct  # type: ignore[attr-defined]
@@ -210,7 +211,17 @@ async def test_security_headers_on_the_page_the_api_errors_static_files_and_stre
         async with httpx.AsyncClient(base_url=web.url, headers=headers) as anon:
             for path in ("/", "/healthz", "/static/app.js", "/api/openapi.json", "/api/me", "/nope", "/api/events"):
                 assert_security_headers(await anon.get(path), https=https)  # /api/events: a direct-path 401
-        job_id = (await client.post("/api/jobs", json=JOB, headers=headers)).json()["job_id"]
+        submitted = await client.post("/api/jobs", json=JOB, headers=headers)  # served before the middleware
+        assert submitted.status_code == 202
+        assert_security_headers(submitted, https=https)
+        job_id = submitted.json()["job_id"]
+        async with httpx.AsyncClient(base_url=web.url, headers=headers) as anon:  # its refusals too
+            refused = await anon.post("/api/jobs", json=JOB)
+            assert refused.status_code == 401 and refused.json()["error"]["code"] == "unauthenticated"
+            assert_security_headers(refused, https=https)
+        bad = await client.post("/api/jobs", content=b"{", headers={**headers, **JSON})
+        assert bad.status_code == 400 and bad.json()["error"]["code"] == "invalid_json"
+        assert_security_headers(bad, https=https)
         assert_security_headers(await client.get(f"/api/jobs/{job_id}", headers=headers), https=https)
         assert_security_headers(await client.get("/api/jobs/nope/events", headers=headers), https=https)
         for path in (f"/api/jobs/{job_id}/events", "/api/events"):  # streams: pre-encoded headers

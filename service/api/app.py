@@ -41,7 +41,7 @@ from .accounts import STATE_KEY, build_accounts
 from .admin import admin_routes
 from .auth import AuthMiddleware
 from .body import BodyCap
-from .direct import DirectRoutes, direct_response, direct_websocket
+from .direct import DirectRoutes, Endpoint, direct_post, direct_response, direct_websocket
 from .errors import error_response, handle_api_error, handle_http_exception, handle_unexpected
 from .headers import security_headers, with_security_headers
 from .history import list_jobs
@@ -118,18 +118,23 @@ class App(Starlette):
     """Starlette that also records the server's own `send` in the scope (push writes go under ASGI, wire.py), caps
     every request body before routing (body.py), serves the long-lived streams named in `direct` before its
     middleware stack (direct.py), and, for both paths, refuses a Host outside ALLOWED_HOSTS and adds the security
-    headers (headers.py)."""
+    headers (headers.py). `direct_posts`: POST endpoints by exact path served before the stack too (the submit), with
+    `allowed_origins` for AuthMiddleware's CSRF rule."""
 
     def __init__(
         self,
         *args: Any,
         direct: Sequence[str] = (),
+        direct_posts: dict[str, Endpoint] | None = None,
+        allowed_origins: tuple[str, ...] = (),
         max_body_bytes: int,
         allowed_hosts: tuple[str, ...] = (),
         metrics: MetricsEndpoint | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
+        self.direct_posts = direct_posts or {}
+        self.allowed_origins = allowed_origins
         self.metrics = metrics
         self.body_cap = BodyCap(max_body_bytes)
         found = [r for r in self.routes if isinstance(r, Route | WebSocketRoute) and r.name in direct]
@@ -165,6 +170,14 @@ class App(Starlette):
             receive = capped
             if scope["path"] == "/metrics" and self.metrics is not None:  # the operator's scrape: no user, no session
                 await self.metrics(scope, receive, with_security_headers(scope, send))
+                return
+            post = self.direct_posts.get(scope["path"]) if scope["method"] == "POST" else None
+            if post is not None and not scope.get("root_path"):
+                scope["app"] = self
+                scope["path_params"] = {}
+                response = await direct_post(post, scope, receive, self.allowed_origins)
+                response.raw_headers.extend(security_headers(scope))
+                await response(scope, receive, send)
                 return
         hit = self.direct.match(scope)
         if hit is not None:  # a long-lived stream: no middleware frames kept alive under it
@@ -316,6 +329,8 @@ def create_app(
         lifespan=lifespan,
         middleware=[Middleware(AuthMiddleware, allowed_origins=settings.allowed_origins)],
         direct=("job_events", "all_events", "ws"),
+        direct_posts={"/api/jobs": create_job},  # the route "jobs" above answers the same POST under the stack
+        allowed_origins=settings.allowed_origins,
         max_body_bytes=settings.max_body_bytes,
         allowed_hosts=settings.allowed_hosts,
         metrics=scrape,

@@ -9,7 +9,8 @@ on such requests. A Bearer request is exempt: a browser never adds the Authoriza
 
 The SSE and WebSocket routes served before the middleware stack (direct.py) need no CSRF rule: they are GETs and
 WebSocket handshakes only (`DirectRoutes.match`), which change nothing; the handshake's own Origin check is in
-streams.py and uses `origin_allowed` here.
+streams.py and uses `origin_allowed` here. The submit, also served before the stack (`direct_post`), applies the
+rule as AuthMiddleware does (`auth.csrf_refused`).
 """
 
 from __future__ import annotations

@@ -38,6 +38,12 @@ _AHEAD_OF_NEW = (
     "(COALESCE(jobs.ready_at, jobs.created_at) - CASE WHEN jobs.ready_at > jobs.updated_at THEN 0 "
     "ELSE jobs.priority * 10.0 END))"
 )
+# The submit's insert (create_ranked), made once rather than formatted on every submission.
+_CREATE_RANKED = (
+    f"INSERT INTO jobs ({_COLUMNS}) SELECT {', '.join('?' * len(_NAMES))} "
+    "WHERE ? IS NULL OR COALESCE((SELECT n FROM user_active WHERE user_id = ?), 0) < ? "
+    f"RETURNING {_AHEAD_OF_NEW}"
+)
 # One user's active jobs: a search of the jobs_user_status index (migration 2). No ORDER BY: with one, SQLite walks
 # jobs_user_created instead, every job the user ever had, to skip a sort of the few active ones (done in Python).
 ACTIVE_FOR_USER = f"SELECT {_COLUMNS} FROM jobs WHERE user_id = ? AND status IN ('queued', 'processing')"
@@ -157,9 +163,7 @@ class SQLiteJobStore:
         """
         job.seq = 1
         async with self.db.execute(
-            f"INSERT INTO jobs ({_COLUMNS}) SELECT {', '.join('?' * len(_NAMES))} "
-            "WHERE ? IS NULL OR COALESCE((SELECT n FROM user_active WHERE user_id = ?), 0) < ? "
-            f"RETURNING {_AHEAD_OF_NEW}",
+            _CREATE_RANKED,
             (
                 job.id,
                 job.user_id,
