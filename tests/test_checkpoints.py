@@ -11,13 +11,14 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import Any
 
 import pytest
 from redis.asyncio import Redis
 
 from service.config import Settings
 from service.events import EventLog
-from service.models import Job, JobStatus
+from service.models import Event, EventKind, Job, JobStatus
 from service.providers.simulated import SimulatedProvider
 from service.runner import CHECKPOINT_SECONDS, LeaseLost, RecordingProvider, RunContext
 from service.store import JobStore, open_store
@@ -183,3 +184,63 @@ async def test_held_text_goes_out_by_its_timer(run: Run) -> None:
         return [e.data.get("text") for e in await run.events.read_after(run.claimed.id, start)] == ["held"]
 
     await until(announced, timeout=5, what="the held text to go out by its timer")
+
+
+async def test_the_end_announces_held_step_and_text_in_one_call_and_the_finish_stores_them(
+    run: Run, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The held step and the held text go out in one script call at the end, and the final checkpoint rides in the
+    finish (`RunContext.final`): the store gets the text and a terminal seq past every event, in that one write."""
+    import service.runner.context as context
+
+    monkeypatch.setattr(context, "DELTA_FLUSH_SECONDS", 60.0)
+    monkeypatch.setattr(context, "PROGRESS_FLUSH_SECONDS", 60.0)
+    run.ctx._last_flush = time.monotonic()
+    start = run.claimed.seq
+    await run.ctx.progress(10, "Reading")
+    await run.ctx.progress(95, "Polishing")
+    await run.ctx.delta("All the text")
+    calls: list[int] = []
+    publish_many = run.events.publish_many
+
+    async def counted(user_id: str, events: list[Event]) -> int:
+        calls.append(len(events))
+        return await publish_many(user_id, events)
+
+    monkeypatch.setattr(run.events, "publish_many", counted)
+    writes: list[str] = []
+    progress = run.store.progress
+
+    async def counted_progress(*args: Any, **kwargs: Any) -> int | None:
+        writes.append("progress")
+        return await progress(*args, **kwargs)
+
+    monkeypatch.setattr(run.store, "progress", counted_progress)
+    unstored, announced = await run.ctx.final()
+    assert calls == [2], "the held step and the text: one call"
+    assert writes == [], "no checkpoint of its own"
+    assert unstored == "All the text" and announced == run.ctx.seq == start + 3
+    log = await run.events.read_after(run.claimed.id, start)
+    assert [(e.seq, e.kind.value) for e in log] == [
+        (start + 1, "progress"),
+        (start + 2, "progress"),
+        (start + 3, "delta"),
+    ]
+    done = await run.store.finish(
+        run.claimed.id, "tok", status=JobStatus.COMPLETED, result={}, append_output=unstored, seq=announced
+    )
+    assert done is not None and done.seq == start + 4 and done.partial_output == "All the text"
+
+
+async def test_events_published_together_stop_at_the_first_the_log_refuses(run: Run) -> None:
+    """Several events in one call are all or a prefix: after a take-over's event, neither the refused one nor any
+    after it reaches the log (one call per event would have let a later one in)."""
+    job_id, seq = run.claimed.id, run.claimed.seq
+    taken = Event(job_id, seq + 1, EventKind.STATUS, {"status": "queued"})
+    assert await run.events.publish("u", taken)
+    late = [Event(job_id, seq + 1 + i, EventKind.PROGRESS, {"percentage": i}) for i in range(3)]
+    assert await run.events.publish_many("u", late) == 0
+    assert [e.data for e in await run.events.read_after(job_id, seq)] == [{"status": "queued"}]
+    fresh = [Event(job_id, seq + 2 + i, EventKind.PROGRESS, {"percentage": i}) for i in range(2)]
+    assert await run.events.publish_many("u", fresh) == 2
+    assert [e.seq for e in await run.events.read_after(job_id, seq)] == [seq + 1, seq + 2, seq + 3]

@@ -194,6 +194,9 @@ class RecordingProvider:
         }
 
 
+_Item = tuple[EventKind, dict[str, Any], str | None]  # an event to announce: kind, data, the text it adds
+
+
 class LeaseLost(Exception):
     """The store refused a write: this run no longer owns the job."""
 
@@ -298,16 +301,19 @@ class RunContext:
             if timed is not None and not timed.done():
                 timed.cancel()
 
-    async def _emit(self, kind: EventKind, data: dict[str, Any], text: str | None = None) -> None:
-        """Announce the next event; write the store first when a checkpoint is due. One at a time: a held-back
-        progress event announced by its timer takes its turn beside the task's own events (each its own seq)."""
+    async def _emit(self, items: list[_Item]) -> None:
+        """Announce the next events (each its own seq, in order, one script call); write the store first when a
+        checkpoint is due. One batch at a time: a held-back progress event announced by its timer takes its turn
+        beside the task's own events."""
         async with self._emitting:
-            await self._emit_one(kind, data, text)
+            await self._emit_all(items)
 
-    async def _emit_one(self, kind: EventKind, data: dict[str, Any], text: str | None) -> None:
-        seq = self.seq + 1
-        if text:
-            self._unstored.append(text)
+    async def _emit_all(self, items: list[_Item]) -> None:
+        first = self.seq + 1
+        seq = self.seq + len(items)
+        for _kind, _data, text in items:
+            if text:
+                self._unstored.append(text)
         stored = (
             time.monotonic() - self._stored_at >= CHECKPOINT_SECONDS or seq - self._stored_seq > UNSTORED_EVENTS_MAX
         )
@@ -317,14 +323,14 @@ class RunContext:
         if not stored:
             self._store_later()
         try:
-            event = Event(job_id=self.job_id, seq=seq, kind=kind, data=data)
-            published = await self.events.publish(self.user_id, event)
+            events = [Event(self.job_id, first + i, kind, data) for i, (kind, data, _text) in enumerate(items)]
+            published = await self.events.publish_many(self.user_id, events)
         except RedisSilent:  # skipped at once: Redis's path is silent (said once, by service/redis_silence.py)
             return
         except Exception as exc:  # the store has (or will have, at the next checkpoint) it; a watcher resyncs from it
             log.warning("could not publish an event", extra={"job_id": self.job_id, "error": repr(exc)})
             return
-        if not published and not stored:
+        if published < len(items) and not stored:
             raise LeaseLost(self.job_id)  # the log holds a newer event: the job was taken over
 
     async def progress(self, percentage: float, step: str | None = None) -> None:
@@ -348,9 +354,10 @@ class RunContext:
                 loop = asyncio.get_running_loop()
                 self._progress_timer = loop.call_later(max(wait, 0.0), self._progress_timer_fired)
             return
-        await self.flush()
+        items = self._held_text()  # no progress is held here: the text gathered so far goes first, then this
         self._progress_at = time.monotonic()
-        await self._emit(EventKind.PROGRESS, data)
+        items.append((EventKind.PROGRESS, data, None))
+        await self._emit(items)
 
     def _progress_timer_fired(self) -> None:
         self._progress_timer = None
@@ -358,14 +365,20 @@ class RunContext:
 
     async def _release_progress(self) -> None:
         """Announce the held-back progress event, if any."""
+        items = self._held_progress()
+        if items:
+            await self._emit(items)
+
+    def _held_progress(self) -> list[_Item]:
+        """Take the held-back progress event (if any) to announce now."""
         if self._progress_timer is not None:
             self._progress_timer.cancel()
             self._progress_timer = None
         data, self._progress = self._progress, None
         if data is None:
-            return
+            return []
         self._progress_at = time.monotonic()
-        await self._emit(EventKind.PROGRESS, data)
+        return [(EventKind.PROGRESS, data, None)]
 
     async def delta(self, text: str) -> None:
         """Coalesced in time: text within DELTA_FLUSH_SECONDS of the last delta event (or of the attempt's start) is
@@ -385,23 +398,40 @@ class RunContext:
         self._delta_timed = self._in_background(self.flush, "held-back text not announced")
 
     async def flush(self) -> None:
-        """Announce a held-back progress event, then the text gathered since the last flush (one delta event)."""
-        await self._release_progress()
-        await self._flush_text()
+        """Announce a held-back progress event, then the text gathered since the last flush (one delta event): one
+        script call for both."""
+        items = self._held_progress() + self._held_text()
+        if items:
+            await self._emit(items)
 
-    async def _flush_text(self) -> None:
+    def _held_text(self) -> list[_Item]:
+        """Take the text gathered since the last flush (if any) as one delta event to announce now."""
         if self._delta_timer is not None:
             self._delta_timer.cancel()
             self._delta_timer = None
         if not self._pending:
-            return
+            return []
         piece = "".join(self._pending)
         self._pending.clear()
         self._last_flush = time.monotonic()
-        await self._emit(EventKind.DELTA, {"text": piece}, text=piece)
+        return [(EventKind.DELTA, {"text": piece}, piece)]
 
     async def checkpoint(self) -> None:
         """Announce what is pending and bring the store up to everything announced: before the final write."""
+        await self._settle()
+        await self._store(self.seq)
+
+    async def final(self) -> tuple[str | None, int | None]:
+        """Announce what is pending, and answer what the final write must carry for the store to reach everything
+        announced (`JobStore.finish`'s `append_output` and `seq`): the last checkpoint rides in the finish, one
+        store write fewer per job. (None, None): the store has it all."""
+        await self._settle()
+        if self.seq <= self._stored_seq:
+            return None, None
+        return "".join(self._unstored) or None, self.seq
+
+    async def _settle(self) -> None:
+        """Announce what is pending; no timed write or announcement is left running or to come."""
         for timed in (self._progress_timed, self._delta_timed):
             if timed is not None and not timed.done():
                 await timed  # never cancelled mid-announce: the held event goes out once
@@ -411,4 +441,3 @@ class RunContext:
             self._timer = None
         if self._timed is not None:
             await self._timed  # never cancelled mid-write: its outcome decides what is left to store
-        await self._store(self.seq)
