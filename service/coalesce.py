@@ -19,12 +19,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import hashlib
 import json
 import logging
 import os
 from collections.abc import Awaitable, Callable
-from dataclasses import asdict
 from typing import Any
 
 from redis.asyncio import Redis
@@ -80,12 +80,17 @@ def fingerprint(provider: str, key_id: str, request: dict[str, Any]) -> str:
 
 
 def _dump(result: ChatResult) -> str:
+    usage = result.usage  # by hand: dataclasses.asdict copies recursively, at twice the cost of the whole dump
     return json.dumps(
         {
             "text": result.text,
             "model": result.model,
             "finish_reason": result.finish_reason,
-            "usage": asdict(result.usage),
+            "usage": {
+                "prompt_tokens": usage.prompt_tokens,
+                "completion_tokens": usage.completion_tokens,
+                "estimated": usage.estimated,
+            },
         }
     )
 
@@ -114,6 +119,10 @@ class Coalescer:
         self._step = BatchedScript(batch, _STEP_LUA)
         self._done = BatchedScript(batch, _DONE_LUA)
         self._renew = BatchedScript(batch, _RENEW_LUA)
+        # The locks this process leads (lock key -> token), renewed together by one loop while any is held: a
+        # renewal task per call cost more CPU than the rest of a short call's coalescing.
+        self._held: dict[str, str] = {}
+        self._renewer: asyncio.Task[None] | None = None
 
     async def run(
         self, fp: str, call: Callable[[], Awaitable[ChatResult]], *, cache_ttl: float = 0.0
@@ -157,14 +166,19 @@ class Coalescer:
         call: Callable[[], Awaitable[ChatResult]],
         cache_ttl: float,
     ) -> ChatResult:
-        renewer = asyncio.create_task(self._keep(lock, token))
+        self._held[lock] = token
+        renewer = self._renewer
+        if renewer is None or renewer.done() or renewer.get_loop() is not asyncio.get_running_loop():
+            # serves every lead of this process: not in this caller's context (its log fields, its span)
+            self._renewer = asyncio.create_task(self._keep(), context=contextvars.Context())
         payload = ""
         try:
             result = await call()
             payload = _dump(result)
             return result
         finally:
-            renewer.cancel()  # not awaited: waiting for it here could swallow a cancel meant for this task
+            if self._held.get(lock) == token:
+                del self._held[lock]
             # Shielded: a cancelled leader still frees the lock at once, so that a follower calls without waiting
             # out the lease.
             with contextlib.suppress(Exception):
@@ -175,11 +189,14 @@ class Coalescer:
                     )
                 )
 
-    async def _keep(self, lock: str, token: str) -> None:
-        """Renew the leader's lease while its call runs (a dead process stops renewing: the lease lapses)."""
-        while True:
+    async def _keep(self) -> None:
+        """Renew the lease of every lock this process leads, every third of a lease, while it leads any (a dead
+        process stops renewing: its leases lapse). A lock taken between two rounds is renewed at the next, within a
+        third of its lease; one freed meanwhile is not (its lead ended). Ends when no lead is left."""
+        while self._held:
             await asyncio.sleep(self.lease / 3)
-            try:
-                await self._renew(keys=[lock], args=[token, int(self.lease * 1000)])
-            except Exception as exc:
-                log.warning("could not renew a coalescing lease", extra={"error": repr(exc)})
+            held = list(self._held.items())
+            renewals = [self._renew(keys=[lock], args=[token, int(self.lease * 1000)]) for lock, token in held]
+            for outcome in await asyncio.gather(*renewals, return_exceptions=True):
+                if isinstance(outcome, Exception):
+                    log.warning("could not renew a coalescing lease", extra={"error": repr(outcome)})
