@@ -18,7 +18,6 @@ The result crosses Redis as JSON (text, model, finish reason, usage): never pick
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import contextvars
 import hashlib
 import json
@@ -30,6 +29,7 @@ from typing import Any
 from redis.asyncio import Redis
 
 from .providers.base import ChatResult, Usage
+from .redis_silence import RedisSilent
 from .script_batch import BatchedScript, ScriptBatch
 
 log = logging.getLogger("aijobs.coalesce")
@@ -108,14 +108,24 @@ def _load(raw: bytes | str) -> ChatResult:
     )
 
 
+def _ignored(future: asyncio.Future[Any]) -> None:
+    """A lead's end that failed: its lock lapses with its lease (retrieved, so asyncio does not report it)."""
+    if not future.cancelled():
+        future.exception()
+
+
 class Coalescer:
     """Leader/follower per request fingerprint, through Redis (see the module's docstring)."""
 
-    def __init__(self, redis: Redis, *, lease: float = 30.0, poll: float = POLL_SECONDS) -> None:
+    def __init__(
+        self, redis: Redis, *, lease: float = 30.0, poll: float = POLL_SECONDS, batch: ScriptBatch | None = None
+    ) -> None:
         self.redis = redis
         self.lease = lease  # a dead leader's lock is taken over after this long; a live one renews it every third
         self.poll = poll
-        batch = ScriptBatch(redis)  # each call once per led job: the cheaper path (BatchedScript)
+        # Each call once per led job: the cheaper path (BatchedScript). The worker gives its event log's batch, so a
+        # job's steps share round trips with its events (the lead's end goes out with the job's last text).
+        batch = batch if batch is not None else ScriptBatch(redis)
         self._step = BatchedScript(batch, _STEP_LUA)
         self._done = BatchedScript(batch, _DONE_LUA)
         self._renew = BatchedScript(batch, _RENEW_LUA)
@@ -139,6 +149,8 @@ class Coalescer:
                     keys=[cache, lock, PREFIX + "res:" + fp + ":" + seen if seen else ""],
                     args=[token, int(self.lease * 1000), "1" if cache_ttl > 0 else "0"],
                 )
+            except RedisSilent:  # Redis's path is silent (said once, by service/redis_silence.py): no wait for it
+                return await call(), None
             except Exception as exc:
                 log.warning("coalescing unavailable, calling alone", extra={"error": repr(exc)})
                 return await call(), None
@@ -179,15 +191,14 @@ class Coalescer:
         finally:
             if self._held.get(lock) == token:
                 del self._held[lock]
-            # Shielded: a cancelled leader still frees the lock at once, so that a follower calls without waiting
-            # out the lease.
-            with contextlib.suppress(Exception):
-                await asyncio.shield(
-                    self._done(
-                        keys=[lock, PREFIX + "res:" + fp + ":" + token, cache],
-                        args=[token, payload, HANDOFF_SECONDS, cache_ttl if payload else 0],
-                    )
-                )
+            # Queued, not awaited: the lock is freed (and the result handed off) in the batch's next round trip, with
+            # whatever the job sends next, and a cancelled leader frees it as surely, so that a follower calls without
+            # waiting out the lease. Whatever this process asks Redis afterwards goes after it (the batch keeps order).
+            # Should it fail, the lock lapses with its lease, as a dead leader's does.
+            self._done(
+                keys=[lock, PREFIX + "res:" + fp + ":" + token, cache],
+                args=[token, payload, HANDOFF_SECONDS, cache_ttl if payload else 0],
+            ).add_done_callback(_ignored)
 
     async def _keep(self) -> None:
         """Renew the lease of every lock this process leads, every third of a lease, while it leads any (a dead

@@ -125,6 +125,7 @@ class EventLog:
         self.maxlen = maxlen
         # events published at about the same time share one round trip; none waits on a silent Redis
         self._batch = ScriptBatch(redis, skip_when_silent=True)
+        self.batch = self._batch  # the worker's coalescer sends through it too: a job's calls share round trips
         self._script = self._batch.register(_PUBLISH_LUA)
         self._script_many = self._batch.register(_PUBLISH_MANY_LUA)
         # how to re-read a job whose events were skipped (the worker gives its store's `get`); None: not re-announced

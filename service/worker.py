@@ -192,7 +192,9 @@ def build_worker(
             waits=RateLimitWaits(ctx["redis"], max_wait=settings.rate_limit_max_wait),
             governor=governor,
             # A dead leader's call is taken over after a job lease, as a dead worker's job is.
-            coalescer=Coalescer(ctx["redis"], lease=settings.lease_seconds) if settings.coalesce else None,
+            coalescer=Coalescer(ctx["redis"], lease=settings.lease_seconds, batch=events.batch)
+            if settings.coalesce
+            else None,
             result_cache_seconds=settings.result_cache_seconds,
             on_end=lambda job: webhooks.wake() if job.webhook else None,
             metrics=metrics,
