@@ -238,7 +238,7 @@ class RunContext:
     _timer: asyncio.TimerHandle | None = None
     _timed: asyncio.Future[None] | None = None
     _emitting: asyncio.Lock = field(default_factory=asyncio.Lock)  # the task and a timed progress take turns
-    _progress: dict[str, Any] | None = None  # a progress event held back (coalesced), the latest one
+    _progress: tuple[float, str | None, float] | None = None  # held back (coalesced), the latest: %, step, when
     _progress_at: float = -1.0  # when the last progress event was announced
     _progress_timer: asyncio.TimerHandle | None = None
     _progress_timed: asyncio.Future[None] | None = None
@@ -338,26 +338,31 @@ class RunContext:
         back and replaces any held before it (latest wins; a step it does not name stays the held one's); it goes
         out when the window ends (a timer), with the next event, or before the attempt's end (`checkpoint`). An
         instant job's nine steps in a few milliseconds become its first and its last."""
-        self._percentage = max(0.0, min(100.0, float(percentage)))
+        self._percentage = percentage = max(0.0, min(100.0, float(percentage)))
         if step is not None:
             self._step = step
         elif self._progress is not None:
-            step = self._progress["current_step"]
-        data: dict[str, Any] = {"percentage": round(self._percentage, 1), "current_step": step}
-        if self._percentage >= 5:  # time left, extrapolated from this attempt's pace so far
-            elapsed = time.monotonic() - self._started
-            data["estimated_time_remaining"] = round(elapsed * (100 - self._percentage) / self._percentage, 1)
-        wait = self._progress_at + PROGRESS_FLUSH_SECONDS - time.monotonic()
+            step = self._progress[1]
+        now = time.monotonic()
+        wait = self._progress_at + PROGRESS_FLUSH_SECONDS - now
         if wait > 0 or self._progress is not None:
-            self._progress = data
+            self._progress = (percentage, step, now)  # its event is made if it goes out (most are replaced first)
             if self._progress_timer is None:
                 loop = asyncio.get_running_loop()
                 self._progress_timer = loop.call_later(max(wait, 0.0), self._progress_timer_fired)
             return
+        data = self._progress_data(percentage, step, now)
         items = self._held_text()  # no progress is held here: the text gathered so far goes first, then this
-        self._progress_at = time.monotonic()
+        self._progress_at = now
         items.append((EventKind.PROGRESS, data, None))
         await self._emit(items)
+
+    def _progress_data(self, percentage: float, step: str | None, at: float) -> dict[str, Any]:
+        """A progress event's data: the step, and the time left extrapolated from this attempt's pace until `at`."""
+        data: dict[str, Any] = {"percentage": round(percentage, 1), "current_step": step}
+        if percentage >= 5:
+            data["estimated_time_remaining"] = round((at - self._started) * (100 - percentage) / percentage, 1)
+        return data
 
     def _progress_timer_fired(self) -> None:
         self._progress_timer = None
@@ -374,11 +379,11 @@ class RunContext:
         if self._progress_timer is not None:
             self._progress_timer.cancel()
             self._progress_timer = None
-        data, self._progress = self._progress, None
-        if data is None:
+        held, self._progress = self._progress, None
+        if held is None:
             return []
         self._progress_at = time.monotonic()
-        return [(EventKind.PROGRESS, data, None)]
+        return [(EventKind.PROGRESS, self._progress_data(*held), None)]
 
     async def delta(self, text: str) -> None:
         """Coalesced in time: text within DELTA_FLUSH_SECONDS of the last delta event (or of the attempt's start) is
