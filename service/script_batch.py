@@ -22,7 +22,9 @@ from typing import Any
 from hiredis import pack_command
 from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .metrics import redis_errors_of
 from .redis_silence import RedisSilent, Silence, silence_of
@@ -92,12 +94,7 @@ class ScriptBatch:
             # hiredis packs each command in C; redis-py's pure-Python packer cost more than the round trip.
             packed = b"".join([pack_command(("EVALSHA", script.sha, nkeys, *args)) for script, nkeys, args, _ in batch])
             await conn.send_packed_command(packed, check_health=False)
-            answers: list[Any] = []
-            for _ in batch:
-                try:
-                    answers.append(await conn.read_response())
-                except ResponseError as exc:  # this script's own error: the connection is still in step
-                    answers.append(exc)
+            answers = await _read_answers(conn, len(batch))
         except BaseException as exc:
             errors = redis_errors_of(self.redis)
             if errors is not None:
@@ -114,6 +111,35 @@ class ScriptBatch:
                 except Exception as exc:
                     answers[i] = exc
         return answers
+
+
+async def _read_answers(conn: Any, count: int) -> list[Any]:
+    """`count` answers, a script's own error as its answer (the connection is still in step after one).
+
+    Read from the connection's parser under one bound (the socket timeout) for the whole batch: redis-py's
+    `read_response` enters an `asyncio.timeout` (a timer scheduled and cancelled) per answer, which cost more than
+    reading the answer. A connection without the parser this expects is read the redis-py way."""
+    parser = getattr(conn, "_parser", None)
+    if parser is None or not hasattr(parser, "read_response"):
+        answers: list[Any] = []
+        for _ in range(count):
+            try:
+                answers.append(await conn.read_response())
+            except ResponseError as exc:
+                answers.append(exc)
+        return answers
+    timeout = getattr(conn, "socket_timeout", None)
+    try:
+        async with asyncio.timeout(timeout):
+            answers = [await parser.read_response() for _ in range(count)]
+    except TimeoutError:  # before OSError: TimeoutError is one. The caller disconnects, as redis-py would.
+        raise RedisTimeoutError("Timeout reading from Redis") from None
+    except OSError as exc:
+        raise RedisConnectionError(f"Error while reading from Redis: {exc.args}") from None
+    interval = getattr(conn, "health_check_interval", 0)
+    if interval:  # as redis-py's read_response: a connection just heard from needs no health check
+        conn.next_health_check = asyncio.get_running_loop().time() + interval
+    return answers
 
 
 class BatchedScript:

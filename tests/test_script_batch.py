@@ -9,9 +9,12 @@ import pytest
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from service.embedded import EmbeddedRedis, free_port
 from service.script_batch import ScriptBatch
+
+from .blackhole import blackhole
 
 INCR = "return redis.call('INCRBY', KEYS[1], ARGV[1])"
 FAIL = "return redis.error_reply('refused ' .. ARGV[1])"
@@ -60,3 +63,29 @@ async def test_a_cancelled_caller_leaves_the_others_answered(redis_server: Embed
         assert await asyncio.gather(*futures[1:]) == list(range(2, n + 2))  # the cancelled one still ran
     finally:
         await redis.aclose()
+
+
+async def test_a_silent_path_fails_the_batch_with_redis_timeout_and_the_connection_recovers(
+    redis_server: EmbeddedRedis,
+) -> None:
+    """The answers of a batch are read under one bound, the socket timeout: a path that drops packets fails every
+    call of the batch with redis-py's TimeoutError (what the silence detection looks for), in about that long, and
+    the connection that timed out is not handed out again mid-reply."""
+    host, port = redis_server.url.split("//")[1].split("/")[0].split(":")
+    async with blackhole(host, int(port)) as hole:
+        redis = Redis(host="127.0.0.1", port=hole.port, socket_timeout=0.5)
+        try:
+            batch = ScriptBatch(redis)
+            incr = batch.register(INCR)
+            await redis.delete("sb:t")
+            assert await batch.call(incr, ["sb:t"], [1]) == 1
+            hole.cut()
+            began = asyncio.get_running_loop().time()
+            answers = await asyncio.gather(*[batch.call(incr, ["sb:t"], [1]) for _ in range(3)], return_exceptions=True)
+            waited = asyncio.get_running_loop().time() - began
+            assert all(isinstance(a, RedisTimeoutError) for a in answers), answers
+            assert 0.4 < waited < 3, waited
+            hole.heal()
+            assert await batch.call(incr, ["sb:t"], [10]) in (11, 14), "a fresh connection, in step"
+        finally:
+            await redis.aclose()
