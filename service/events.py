@@ -180,16 +180,17 @@ class EventLog:
         """Append then publish several events of one job (consecutive seqs, in order) in one script call: how many
         went out, stopping at the first the log refuses (it holds that seq or a newer one). A run's held progress
         and its held text cost one call where they cost two."""
+        return int(await self.publish_many_soon(user_id, events))
+
+    def publish_many_soon(self, user_id: str, events: list[Event]) -> asyncio.Future[Any]:
+        """`publish_many` queued (as `publish_soon`): the future resolves to how many went out."""
         if len(events) == 1:
-            return int(await self.publish_soon(user_id, events[0]))
+            return self.publish_soon(user_id, events[0])
         argv: list[Any] = [self.maxlen, user_channel(user_id), STREAM_TTL_MS]
         for event in events:
             argv += (f"0-{event.seq}", event.to_json())
-        return int(
-            await self._watched(
-                events[0].job_id, self._batch.call(self._script_many, [stream_key(events[0].job_id)], argv)
-            )
-        )
+        job_id = events[0].job_id
+        return self._watched(job_id, self._batch.call(self._script_many, [stream_key(job_id)], argv))
 
     def publish_soon(self, user_id: str, event: Event) -> asyncio.Future[Any]:
         """Queue the event and return at once; the future resolves to 1 (published) or 0 (the log had that seq).

@@ -211,7 +211,8 @@ class RunContext:
     one (the output appended since, the latest percentage and step) and sets the store's seq to the announced
     one, still fenced by this run's lease token. An event announced without a store write is fenced by the Redis
     log instead: a take-over moves the seq past any such event (JobStore.take_over), so a late one is refused
-    there (`publish` answers False) and this run stops.
+    there, and this run stops (LeaseLost) when it looks at that answer: before it sends anything more, or at its
+    end (`_confirm`).
     """
 
     job_id: str
@@ -242,6 +243,7 @@ class RunContext:
     _progress_at: float = -1.0  # when the last progress event was announced
     _progress_timer: asyncio.TimerHandle | None = None
     _progress_timed: asyncio.Future[None] | None = None
+    _sent: tuple[asyncio.Future[Any], int, bool] | None = None  # the events last sent, unanswered: count, stored
 
     def __post_init__(self) -> None:
         self._stored_seq = self.seq
@@ -300,6 +302,7 @@ class RunContext:
         for timed in (self._timed, self._progress_timed, self._delta_timed):
             if timed is not None and not timed.done():
                 timed.cancel()
+        self._forget_sent()
 
     async def _emit(self, items: list[_Item]) -> None:
         """Announce the next events (each its own seq, in order, one script call); write the store first when a
@@ -309,6 +312,7 @@ class RunContext:
             await self._emit_all(items)
 
     async def _emit_all(self, items: list[_Item]) -> None:
+        await self._confirm()  # the events sent before: refused, and nothing more goes out
         first = self.seq + 1
         seq = self.seq + len(items)
         for _kind, _data, text in items:
@@ -324,14 +328,45 @@ class RunContext:
             self._store_later()
         try:
             events = [Event(self.job_id, first + i, kind, data) for i, (kind, data, _text) in enumerate(items)]
-            published = await self.events.publish_many(self.user_id, events)
+            sent = self.events.publish_many_soon(self.user_id, events)
+        except Exception as exc:  # the store has (or will have, at the next checkpoint) it; a watcher resyncs from it
+            log.warning("could not publish an event", extra={"job_id": self.job_id, "error": repr(exc)})
+            return
+        self._sent = (sent, len(items), stored)
+
+    async def _confirm(self) -> None:
+        """Look at the answer to the events last sent: LeaseLost if the log refused them and the store did not take
+        them either (the job was taken over). Sent without waiting, and looked at before anything more is sent (or
+        at the end), so the task runs on while they travel, with a provider call's round trip, say, and a run that
+        was taken over still shows nothing after the new run's first event."""
+        sent, self._sent = self._sent, None
+        if sent is None:
+            return
+        future, count, stored = sent
+        try:
+            published = await future
         except RedisSilent:  # skipped at once: Redis's path is silent (said once, by service/redis_silence.py)
             return
         except Exception as exc:  # the store has (or will have, at the next checkpoint) it; a watcher resyncs from it
             log.warning("could not publish an event", extra={"job_id": self.job_id, "error": repr(exc)})
             return
-        if published < len(items) and not stored:
+        if published < count and not stored:
             raise LeaseLost(self.job_id)  # the log holds a newer event: the job was taken over
+
+    def _forget_sent(self) -> None:
+        """The events last sent need no look at their answer (the attempt's final write is fenced on its own): a
+        failure is logged when it comes."""
+        sent, self._sent = self._sent, None
+        if sent is None:
+            return
+        job_id = self.job_id
+
+        def done(future: asyncio.Future[Any]) -> None:
+            exc = None if future.cancelled() else future.exception()
+            if exc is not None and not isinstance(exc, RedisSilent):
+                log.warning("could not publish an event", extra={"job_id": job_id, "error": repr(exc)})
+
+        sent[0].add_done_callback(done)
 
     async def progress(self, percentage: float, step: str | None = None) -> None:
         """Coalesced in time like deltas: within PROGRESS_FLUSH_SECONDS of the last progress event, this one is held
@@ -429,18 +464,26 @@ class RunContext:
     async def final(self) -> tuple[str | None, int | None]:
         """Announce what is pending, and answer what the final write must carry for the store to reach everything
         announced (`JobStore.finish`'s `append_output` and `seq`): the last checkpoint rides in the finish, one
-        store write fewer per job. (None, None): the store has it all."""
-        await self._settle()
+        store write fewer per job. (None, None): the store has it all.
+
+        The last events' answer is not waited for: the finish goes at once (each in its own round trip, together).
+        A run whose last events the log refused was taken over, so the store refuses its finish too (its token is
+        gone), and the terminal event is queued only after a finish the store took, behind these events."""
+        await self._settle(confirm=False)
+        self._forget_sent()
         if self.seq <= self._stored_seq:
             return None, None
         return "".join(self._unstored) or None, self.seq
 
-    async def _settle(self) -> None:
-        """Announce what is pending; no timed write or announcement is left running or to come."""
+    async def _settle(self, *, confirm: bool = True) -> None:
+        """Announce what is pending (`confirm`: and look at the answer, LeaseLost if refused); no timed write or
+        announcement is left running or to come."""
         for timed in (self._progress_timed, self._delta_timed):
             if timed is not None and not timed.done():
                 await timed  # never cancelled mid-announce: the held event goes out once
         await self.flush()
+        if confirm:
+            await self._confirm()
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
