@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-from typing import Any
+from typing import Any, cast
 
 from hiredis import pack_command
 from redis.asyncio import Redis
@@ -39,6 +39,7 @@ class ScriptBatch:
         self.redis = redis
         self.silence: Silence | None = silence_of(redis) if skip_when_silent else None
         self._pending: list[_Call] = []
+        self._loaded: set[str] = set()  # scripts (sha) this batch loaded, or ran, on the server
         self._sender: asyncio.Task[None] | None = None
 
     def register(self, source: str) -> AsyncScript:
@@ -91,10 +92,16 @@ class ScriptBatch:
         pool = self.redis.connection_pool
         conn = await pool.get_connection()
         try:
+            # A script this batch has not seen loaded is loaded first, in the same round trip: a call that failed
+            # NOSCRIPT is run again after the whole batch, so a job's later call (of another script, loaded) would
+            # have run before its earlier one.
+            fresh = {script.sha: script for script, *_ in batch if script.sha not in self._loaded}
+            loads = [pack_command(cast(Any, ("SCRIPT", "LOAD", script.script))) for script in fresh.values()]
             # hiredis packs each command in C; redis-py's pure-Python packer cost more than the round trip.
-            packed = b"".join([pack_command(("EVALSHA", script.sha, nkeys, *args)) for script, nkeys, args, _ in batch])
-            await conn.send_packed_command(packed, check_health=False)
-            answers = await _read_answers(conn, len(batch))
+            calls = [pack_command(("EVALSHA", script.sha, nkeys, *args)) for script, nkeys, args, _ in batch]
+            await conn.send_packed_command(b"".join(loads + calls), check_health=False)
+            answers = (await _read_answers(conn, len(loads) + len(batch)))[len(loads) :]
+            self._loaded.update(fresh)
         except BaseException as exc:
             errors = redis_errors_of(self.redis)
             if errors is not None:
@@ -106,6 +113,7 @@ class ScriptBatch:
         for i, answer in enumerate(answers):
             if isinstance(answer, NoScriptError):  # Redis restarted empty: EVAL loads it again
                 script, nkeys, args, _ = batch[i]
+                self._loaded.discard(script.sha)
                 try:
                     answers[i] = await script(keys=list(args[:nkeys]), args=list(args[nkeys:]))
                 except Exception as exc:

@@ -249,3 +249,15 @@ async def test_events_published_together_stop_at_the_first_the_log_refuses(run: 
     fresh = [Event(job_id, seq + 2 + i, EventKind.PROGRESS, {"percentage": i}) for i in range(2)]
     assert await run.events.publish_many("u", fresh) == 2
     assert [e.seq for e in await run.events.read_after(job_id, seq)] == [seq + 1, seq + 2, seq + 3]
+
+
+async def test_a_jobs_events_keep_their_order_when_redis_lost_its_scripts(run: Run) -> None:
+    """Several events in one call and a single one right after, in one batch, on a Redis that has no scripts loaded
+    (a restart): every one lands, in order (the end's held step and text, then the terminal event)."""
+    job_id, seq = run.claimed.id, run.claimed.seq
+    await run.events.redis.script_flush()
+    many = [Event(job_id, seq + 1 + i, EventKind.PROGRESS, {"percentage": i}) for i in range(2)]
+    end = Event(job_id, seq + 3, EventKind.STATUS, {"status": "completed"})
+    sent = [run.events.publish_many_soon("u", many), run.events.publish_soon("u", end)]
+    assert [await f for f in sent] == [2, 1]
+    assert [e.seq for e in await run.events.read_after(job_id, seq)] == [seq + 1, seq + 2, seq + 3]

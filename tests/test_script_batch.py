@@ -89,3 +89,21 @@ async def test_a_silent_path_fails_the_batch_with_redis_timeout_and_the_connecti
             assert await batch.call(incr, ["sb:t"], [10]) in (11, 14), "a fresh connection, in step"
         finally:
             await redis.aclose()
+
+
+async def test_a_script_not_yet_loaded_runs_in_its_place_in_the_batch(redis_server: EmbeddedRedis) -> None:
+    """A batch loads the scripts it has not run yet before calling them (same round trip): a call of a script
+    Redis does not know is not run again after the rest of its batch, behind later calls of a loaded script."""
+    redis = Redis.from_url(redis_server.url)
+    try:
+        await redis.delete("sb:order")
+        await redis.script_flush()
+        first = "return redis.call('RPUSH', KEYS[1], 'first ' .. ARGV[1])"
+        second = "return redis.call('RPUSH', KEYS[1], 'second ' .. ARGV[1])"
+        await redis.register_script(second)(keys=["sb:warm"], args=["0"])  # Redis knows this one only
+        batch = ScriptBatch(redis)
+        a, b = batch.register(first), batch.register(second)
+        await asyncio.gather(batch.call(a, ["sb:order"], [1]), batch.call(b, ["sb:order"], [2]))
+        assert await redis.lrange("sb:order", 0, -1) == [b"first 1", b"second 2"], "in the order called"
+    finally:
+        await redis.aclose()
