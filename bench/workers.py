@@ -61,7 +61,7 @@ def ready() -> None:
 async def run_aijobs(args: argparse.Namespace, clock: Clock) -> None:
     from service.config import Settings
     from service.providers.simulated import SimulatedProvider
-    from service.worker import build_worker
+    from service.worker import build_worker, tune_gc
 
     from .tasks import bench_registry
 
@@ -96,6 +96,7 @@ async def run_aijobs(args: argparse.Namespace, clock: Clock) -> None:
         ready()
 
     worker.on_startup = startup
+    tune_gc()  # as `aijobs worker` does
     await _run_arq(worker)
 
 

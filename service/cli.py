@@ -205,7 +205,7 @@ def _interrupt(signum: int, frame: object) -> None:
 def cmd_worker(args: argparse.Namespace) -> int:
     from arq.worker import Worker
 
-    from .worker import build_worker
+    from .worker import build_worker, tune_gc
 
     settings = _settings()
     setup_logging(settings.log_level, json_lines=settings.log_json, secrets=settings.secret_values())
@@ -216,6 +216,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
         )
     _check_schema(settings, "worker")
     worker: Worker = build_worker(settings, redis_url=settings.redis_url, burst=args.burst)
+    tune_gc()
     worker.run()
     return 0
 

@@ -18,18 +18,18 @@ The result crosses Redis as JSON (text, model, finish reason, usage): never pick
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import contextvars
 import hashlib
 import json
 import logging
 import os
 from collections.abc import Awaitable, Callable
-from dataclasses import asdict
 from typing import Any
 
 from redis.asyncio import Redis
 
 from .providers.base import ChatResult, Usage
+from .redis_silence import RedisSilent
 from .script_batch import BatchedScript, ScriptBatch
 
 log = logging.getLogger("aijobs.coalesce")
@@ -80,12 +80,17 @@ def fingerprint(provider: str, key_id: str, request: dict[str, Any]) -> str:
 
 
 def _dump(result: ChatResult) -> str:
+    usage = result.usage  # by hand: dataclasses.asdict copies recursively, at twice the cost of the whole dump
     return json.dumps(
         {
             "text": result.text,
             "model": result.model,
             "finish_reason": result.finish_reason,
-            "usage": asdict(result.usage),
+            "usage": {
+                "prompt_tokens": usage.prompt_tokens,
+                "completion_tokens": usage.completion_tokens,
+                "estimated": usage.estimated,
+            },
         }
     )
 
@@ -103,17 +108,31 @@ def _load(raw: bytes | str) -> ChatResult:
     )
 
 
+def _ignored(future: asyncio.Future[Any]) -> None:
+    """A lead's end that failed: its lock lapses with its lease (retrieved, so asyncio does not report it)."""
+    if not future.cancelled():
+        future.exception()
+
+
 class Coalescer:
     """Leader/follower per request fingerprint, through Redis (see the module's docstring)."""
 
-    def __init__(self, redis: Redis, *, lease: float = 30.0, poll: float = POLL_SECONDS) -> None:
+    def __init__(
+        self, redis: Redis, *, lease: float = 30.0, poll: float = POLL_SECONDS, batch: ScriptBatch | None = None
+    ) -> None:
         self.redis = redis
         self.lease = lease  # a dead leader's lock is taken over after this long; a live one renews it every third
         self.poll = poll
-        batch = ScriptBatch(redis)  # each call once per led job: the cheaper path (BatchedScript)
+        # Each call once per led job: the cheaper path (BatchedScript). The worker gives its event log's batch, so a
+        # job's steps share round trips with its events (the lead's end goes out with the job's last text).
+        batch = batch if batch is not None else ScriptBatch(redis)
         self._step = BatchedScript(batch, _STEP_LUA)
         self._done = BatchedScript(batch, _DONE_LUA)
         self._renew = BatchedScript(batch, _RENEW_LUA)
+        # The locks this process leads (lock key -> token), renewed together by one loop while any is held: a
+        # renewal task per call cost more CPU than the rest of a short call's coalescing.
+        self._held: dict[str, str] = {}
+        self._renewer: asyncio.Task[None] | None = None
 
     async def run(
         self, fp: str, call: Callable[[], Awaitable[ChatResult]], *, cache_ttl: float = 0.0
@@ -130,6 +149,8 @@ class Coalescer:
                     keys=[cache, lock, PREFIX + "res:" + fp + ":" + seen if seen else ""],
                     args=[token, int(self.lease * 1000), "1" if cache_ttl > 0 else "0"],
                 )
+            except RedisSilent:  # Redis's path is silent (said once, by service/redis_silence.py): no wait for it
+                return await call(), None
             except Exception as exc:
                 log.warning("coalescing unavailable, calling alone", extra={"error": repr(exc)})
                 return await call(), None
@@ -157,29 +178,36 @@ class Coalescer:
         call: Callable[[], Awaitable[ChatResult]],
         cache_ttl: float,
     ) -> ChatResult:
-        renewer = asyncio.create_task(self._keep(lock, token))
+        self._held[lock] = token
+        renewer = self._renewer
+        if renewer is None or renewer.done() or renewer.get_loop() is not asyncio.get_running_loop():
+            # serves every lead of this process: not in this caller's context (its log fields, its span)
+            self._renewer = asyncio.create_task(self._keep(), context=contextvars.Context())
         payload = ""
         try:
             result = await call()
             payload = _dump(result)
             return result
         finally:
-            renewer.cancel()  # not awaited: waiting for it here could swallow a cancel meant for this task
-            # Shielded: a cancelled leader still frees the lock at once, so that a follower calls without waiting
-            # out the lease.
-            with contextlib.suppress(Exception):
-                await asyncio.shield(
-                    self._done(
-                        keys=[lock, PREFIX + "res:" + fp + ":" + token, cache],
-                        args=[token, payload, HANDOFF_SECONDS, cache_ttl if payload else 0],
-                    )
-                )
+            if self._held.get(lock) == token:
+                del self._held[lock]
+            # Queued, not awaited: the lock is freed (and the result handed off) in the batch's next round trip, with
+            # whatever the job sends next, and a cancelled leader frees it as surely, so that a follower calls without
+            # waiting out the lease. Whatever this process asks Redis afterwards goes after it (the batch keeps order).
+            # Should it fail, the lock lapses with its lease, as a dead leader's does.
+            self._done(
+                keys=[lock, PREFIX + "res:" + fp + ":" + token, cache],
+                args=[token, payload, HANDOFF_SECONDS, cache_ttl if payload else 0],
+            ).add_done_callback(_ignored)
 
-    async def _keep(self, lock: str, token: str) -> None:
-        """Renew the leader's lease while its call runs (a dead process stops renewing: the lease lapses)."""
-        while True:
+    async def _keep(self) -> None:
+        """Renew the lease of every lock this process leads, every third of a lease, while it leads any (a dead
+        process stops renewing: its leases lapse). A lock taken between two rounds is renewed at the next, within a
+        third of its lease; one freed meanwhile is not (its lead ended). Ends when no lead is left."""
+        while self._held:
             await asyncio.sleep(self.lease / 3)
-            try:
-                await self._renew(keys=[lock], args=[token, int(self.lease * 1000)])
-            except Exception as exc:
-                log.warning("could not renew a coalescing lease", extra={"error": repr(exc)})
+            held = list(self._held.items())
+            renewals = [self._renew(keys=[lock], args=[token, int(self.lease * 1000)]) for lock, token in held]
+            for outcome in await asyncio.gather(*renewals, return_exceptions=True):
+                if isinstance(outcome, Exception):
+                    log.warning("could not renew a coalescing lease", extra={"error": repr(outcome)})

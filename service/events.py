@@ -53,7 +53,21 @@ local function publish_event(stream, id, payload, maxlen, channel, ttl)
   return 1
 end
 """
-_PUBLISH_LUA = PUBLISH_EVENT_LUA + "return publish_event(KEYS[1], ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5])"
+# Several events of one job in one call, in order (ARGV: maxlen, channel, ttl, then id and payload of each), stopping
+# at the first the log refuses: answers how many went out. All or a prefix, never one past a refused one, so a run
+# that was taken over shows nothing after the new run's first event, as one call per event would.
+_PUBLISH_MANY_LUA = (
+    PUBLISH_EVENT_LUA
+    + """
+local n = 0
+for i = 4, #ARGV, 2 do
+  local ok = publish_event(KEYS[1], ARGV[i], ARGV[i + 1], ARGV[1], ARGV[2], ARGV[3])
+  if ok ~= 1 then return ok == 0 and n or ok end
+  n = n + 1
+end
+return n
+"""
+)
 
 
 def stream_key(job_id: str) -> str:
@@ -110,7 +124,11 @@ class EventLog:
         self.maxlen = maxlen
         # events published at about the same time share one round trip; none waits on a silent Redis
         self._batch = ScriptBatch(redis, skip_when_silent=True)
-        self._script = self._batch.register(_PUBLISH_LUA)
+        self.batch = self._batch  # the worker's coalescer sends through it too: a job's calls share round trips
+        # One script for every event published here, one or several: after a Redis restart (scripts gone), a batch's
+        # calls of one script all fail NOSCRIPT and are run again in order; calls of two scripts could be reordered
+        # (one run, the other run again after it), and a job's later event would shut its earlier ones out.
+        self._script = self._batch.register(_PUBLISH_MANY_LUA)
         # how to re-read a job whose events were skipped (the worker gives its store's `get`); None: not re-announced
         self.reread: Callable[[str], Awaitable[Job | None]] | None = None
         self._missed: dict[str, None] = {}  # job ids, oldest first
@@ -159,16 +177,31 @@ class EventLog:
                 extra={"job_id": job.id, "user_id": job.user_id, "attempt": job.attempts, "error": repr(exc)},
             )
 
+    async def publish_many(self, user_id: str, events: list[Event]) -> int:
+        """Append then publish several events of one job (consecutive seqs, in order) in one script call: how many
+        went out, stopping at the first the log refuses (it holds that seq or a newer one). A run's held progress
+        and its held text cost one call where they cost two."""
+        return int(await self.publish_many_soon(user_id, events))
+
+    def publish_many_soon(self, user_id: str, events: list[Event]) -> asyncio.Future[Any]:
+        """`publish_many` queued (as `publish_soon`): the future resolves to how many went out."""
+        argv: list[Any] = [self.maxlen, user_channel(user_id), STREAM_TTL_MS]
+        for event in events:
+            argv += (f"0-{event.seq}", event.to_json())
+        job_id = events[0].job_id
+        return self._watched(job_id, self._batch.call(self._script, [stream_key(job_id)], argv))
+
     def publish_soon(self, user_id: str, event: Event) -> asyncio.Future[Any]:
         """Queue the event and return at once; the future resolves to 1 (published) or 0 (the log had that seq).
 
         Events go out in the order they were queued (script_batch.py), so a caller may queue an event and carry
         on: anything it queues afterwards lands after it.
         """
-        keys, argv = self.publish_call(user_id, event)
-        future = self._batch.call(self._script, keys, argv)
+        return self.publish_many_soon(user_id, [event])
+
+    def _watched(self, job_id: str, future: asyncio.Future[Any]) -> asyncio.Future[Any]:
+        """A publish that fails on a silent Redis remembers its job, to be re-announced when Redis answers."""
         if self.reread is not None:
-            job_id = event.job_id
 
             def done(f: asyncio.Future[Any]) -> None:
                 exc = None if f.cancelled() else f.exception()

@@ -17,12 +17,14 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-from typing import Any
+from typing import Any, cast
 
 from hiredis import pack_command
 from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .metrics import redis_errors_of
 from .redis_silence import RedisSilent, Silence, silence_of
@@ -37,6 +39,7 @@ class ScriptBatch:
         self.redis = redis
         self.silence: Silence | None = silence_of(redis) if skip_when_silent else None
         self._pending: list[_Call] = []
+        self._loaded: set[str] = set()  # scripts (sha) this batch loaded, or ran, on the server
         self._sender: asyncio.Task[None] | None = None
 
     def register(self, source: str) -> AsyncScript:
@@ -89,15 +92,16 @@ class ScriptBatch:
         pool = self.redis.connection_pool
         conn = await pool.get_connection()
         try:
+            # A script this batch has not seen loaded is loaded first, in the same round trip: a call that failed
+            # NOSCRIPT is run again after the whole batch, so a job's later call (of another script, loaded) would
+            # have run before its earlier one.
+            fresh = {script.sha: script for script, *_ in batch if script.sha not in self._loaded}
+            loads = [pack_command(cast(Any, ("SCRIPT", "LOAD", script.script))) for script in fresh.values()]
             # hiredis packs each command in C; redis-py's pure-Python packer cost more than the round trip.
-            packed = b"".join([pack_command(("EVALSHA", script.sha, nkeys, *args)) for script, nkeys, args, _ in batch])
-            await conn.send_packed_command(packed, check_health=False)
-            answers: list[Any] = []
-            for _ in batch:
-                try:
-                    answers.append(await conn.read_response())
-                except ResponseError as exc:  # this script's own error: the connection is still in step
-                    answers.append(exc)
+            calls = [pack_command(("EVALSHA", script.sha, nkeys, *args)) for script, nkeys, args, _ in batch]
+            await conn.send_packed_command(b"".join(loads + calls), check_health=False)
+            answers = (await _read_answers(conn, len(loads) + len(batch)))[len(loads) :]
+            self._loaded.update(fresh)
         except BaseException as exc:
             errors = redis_errors_of(self.redis)
             if errors is not None:
@@ -109,11 +113,41 @@ class ScriptBatch:
         for i, answer in enumerate(answers):
             if isinstance(answer, NoScriptError):  # Redis restarted empty: EVAL loads it again
                 script, nkeys, args, _ = batch[i]
+                self._loaded.discard(script.sha)
                 try:
                     answers[i] = await script(keys=list(args[:nkeys]), args=list(args[nkeys:]))
                 except Exception as exc:
                     answers[i] = exc
         return answers
+
+
+async def _read_answers(conn: Any, count: int) -> list[Any]:
+    """`count` answers, a script's own error as its answer (the connection is still in step after one).
+
+    Read from the connection's parser under one bound (the socket timeout) for the whole batch: redis-py's
+    `read_response` enters an `asyncio.timeout` (a timer scheduled and cancelled) per answer, which cost more than
+    reading the answer. A connection without the parser this expects is read the redis-py way."""
+    parser = getattr(conn, "_parser", None)
+    if parser is None or not hasattr(parser, "read_response"):
+        answers: list[Any] = []
+        for _ in range(count):
+            try:
+                answers.append(await conn.read_response())
+            except ResponseError as exc:
+                answers.append(exc)
+        return answers
+    timeout = getattr(conn, "socket_timeout", None)
+    try:
+        async with asyncio.timeout(timeout):
+            answers = [await parser.read_response() for _ in range(count)]
+    except TimeoutError:  # before OSError: TimeoutError is one. The caller disconnects, as redis-py would.
+        raise RedisTimeoutError("Timeout reading from Redis") from None
+    except OSError as exc:
+        raise RedisConnectionError(f"Error while reading from Redis: {exc.args}") from None
+    interval = getattr(conn, "health_check_interval", 0)
+    if interval:  # as redis-py's read_response: a connection just heard from needs no health check
+        conn.next_health_check = asyncio.get_running_loop().time() + interval
+    return answers
 
 
 class BatchedScript:

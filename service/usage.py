@@ -12,14 +12,22 @@ class PriceTable:
 
     def __init__(self, prices: Mapping[str, tuple[float, float]]) -> None:
         self.prices = prices  # Settings.prices: AI_PRICES parsed once
+        # model -> its price as found: the prefix search walks the whole table, and every provider call asks it
+        self._found: dict[str, tuple[float, float] | None] = {}
 
     def price(self, model: str | None) -> tuple[float, float] | None:
         if not model:
             return None
+        if model in self._found:
+            return self._found[model]
         if model in self.prices:
-            return self.prices[model]
-        best = max((name for name in self.prices if model.startswith(name)), key=len, default=None)
-        return self.prices[best] if best else None
+            price: tuple[float, float] | None = self.prices[model]
+        else:
+            best = max((name for name in self.prices if model.startswith(name)), key=len, default=None)
+            price = self.prices[best] if best else None
+        if len(self._found) < 10_000:  # models are few; a bound all the same, as names come from providers
+            self._found[model] = price
+        return price
 
     def cost(self, model: str | None, prompt_tokens: int, completion_tokens: int) -> float | None:
         price = self.price(model)

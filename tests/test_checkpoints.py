@@ -12,6 +12,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import Any
 
 import pytest
 from redis.asyncio import Redis
@@ -107,10 +108,12 @@ async def test_a_run_taken_over_between_checkpoints_is_stopped_by_the_log(run: R
 
     assert await run.events.publish("u", announcement(taken))  # what the sweeper does
     run.ctx._progress_at = -1  # announced at once, not held back for the 0.1 s window
+    await run.ctx.progress(20, "late")  # sent (not stored: no checkpoint due); its answer is looked at next
+    run.ctx._progress_at = -1
     with pytest.raises(LeaseLost):
-        await run.ctx.progress(20, "late")  # not stored (no checkpoint due), refused by the log
+        await run.ctx.progress(30, "later")  # the log refused the one before: this one is not even sent
     log = await run.events.read_after(run.claimed.id, run.claimed.seq)
-    assert [e.seq for e in log] == [run.claimed.seq + 1, taken.seq], "the late event is not in the log"
+    assert [e.seq for e in log] == [run.claimed.seq + 1, taken.seq], "neither late event is in the log"
     with pytest.raises(LeaseLost):
         await run.ctx.checkpoint()  # and the store refuses its checkpoint
     job = await stored(run)
@@ -123,6 +126,7 @@ async def test_progress_is_coalesced_in_time_the_first_and_last_always_go_out(ru
     start = run.claimed.seq
     for i in range(1, 10):
         await run.ctx.progress(i * 10, f"step {i}" if i % 2 else None)
+    await run.events.drain()  # sent without waiting for the answer: wait for it here
     log = await run.events.read_after(run.claimed.id, start)
     assert [(e.data["percentage"], e.data["current_step"]) for e in log] == [(10, "step 1")], "the first at once"
 
@@ -163,6 +167,7 @@ async def test_an_instant_stream_is_its_first_step_its_last_and_one_delta(
     for token in ("1. A", " title", "\n2. Another"):
         await run.ctx.delta(token)
         await run.ctx.progress(50, "Generating titles…")
+    await run.events.drain()
     log = await run.events.read_after(run.claimed.id, start)
     assert [e.kind.value for e in log] == ["progress"], "only the first step so far; the text is held"
     await run.ctx.progress(95, "Polishing titles…")
@@ -185,27 +190,47 @@ async def test_held_text_goes_out_by_its_timer(run: Run) -> None:
     await until(announced, timeout=5, what="the held text to go out by its timer")
 
 
-class SlowProgressLog(EventLog):
-    """The real log, with each progress event's publish taking 0.3 s (a loaded Redis or event loop)."""
+class GatedLog(EventLog):
+    """The real log, with every send's answer held until `gate` opens (a loaded Redis or event loop)."""
 
-    async def publish(self, user_id: str, event: Event) -> bool:
-        if event.kind is EventKind.PROGRESS:
-            await asyncio.sleep(0.3)
-        return await super().publish(user_id, event)
+    def __init__(self, redis: Redis) -> None:
+        super().__init__(redis)
+        self.gate = asyncio.Event()
+
+    def publish_many_soon(self, user_id: str, events: list[Event]) -> asyncio.Future[Any]:
+        async def gated() -> Any:
+            await self.gate.wait()
+            return await sent
+
+        sent = super().publish_many_soon(user_id, events)  # queued now, in order; only its answer is held
+        return asyncio.ensure_future(gated())
 
 
 async def test_nothing_is_announced_after_the_final_checkpoint_so_the_end_event_is_never_refused(run: Run) -> None:
-    """The flake of tests/test_page_a11y.py: text held for its 0.1 s window when the attempt ends; the final
-    checkpoint's flush announces the held step first, and that publish was slow. The text's timer fired meanwhile
-    and its send announced the text after the checkpoint's store write: one seq past the store, the very seq the
-    final write then took, so the log refused the job's end event as a duplicate and the page never saw it end."""
-    run.ctx.events = slow = SlowProgressLog(run.events.redis)
+    """The flake of tests/test_page_a11y.py: when the attempt ends, held progress is on its way (its timer fired, its
+    send waits for the answer to the events before it) and text is held too. The text's timer fired while the final
+    checkpoint waited for that send, so the checkpoint found nothing to flush and stored the seq before the text;
+    the text's own send then announced it one seq past the store: the very seq the final write took, so the log
+    refused the job's end event as a duplicate and the page never saw the job end. Each timer is fired by hand at
+    the moment that loses, so this is deterministic."""
+    run.ctx.events = gated = GatedLog(run.events.redis)
     start = run.claimed.seq
+    run.ctx._progress_at = -1.0
+    await run.ctx.progress(10, "Reading")  # goes out; its answer waits at the gate
+    await run.ctx.progress(95, "Polishing titles…")  # held back: its timer is set
     run.ctx._last_flush = time.monotonic()
-    await run.ctx.delta("the titles")  # held: its timer fires in 0.1 s
-    run.ctx._progress_at = time.monotonic()
-    await run.ctx.progress(95, "Polishing titles…")  # held too
-    await run.ctx.checkpoint()  # announces the step (0.3 s), then the text
+    await run.ctx.delta("the titles")  # held back too
+    assert run.ctx._progress_timer is not None and run.ctx._delta_timer is not None
+    run.ctx._progress_timer.cancel()
+    run.ctx._progress_timer_fired()  # the held step's send starts, and waits for the answer before it
+    checkpoint = asyncio.ensure_future(run.ctx.checkpoint())
+    for _ in range(5):
+        await asyncio.sleep(0)  # the checkpoint is now waiting for the held step's send
+    if run.ctx._delta_timer is not None:  # the text's timer fires now (the old code left it set)
+        run.ctx._delta_timer.cancel()
+        run.ctx._delta_timer_fired()
+    gated.gate.set()
+    await checkpoint
     for timed in (run.ctx._progress_timed, run.ctx._delta_timed):  # a send a timer started, if any, has ended
         if timed is not None:
             await timed
@@ -213,7 +238,81 @@ async def test_nothing_is_announced_after_the_final_checkpoint_so_the_end_event_
     assert job.seq == run.ctx.seq, "the store holds every event announced"
     finished = await run.store.finish(run.claimed.id, "tok", status=JobStatus.COMPLETED, result={"titles": []})
     assert finished is not None
-    assert await slow.publish("u", announcement(finished)), "the end event was refused: its seq was taken"
+    assert await run.events.publish("u", announcement(finished)), "the end event was refused: its seq was taken"
     log = await run.events.read_after(run.claimed.id, start)
-    assert [e.kind.value for e in log] == ["progress", "delta", "status"], [(e.seq, e.kind.value) for e in log]
+    kinds = [e.kind.value for e in log]
+    assert kinds == ["progress", "progress", "delta", "status"], [(e.seq, e.kind.value) for e in log]
     assert [e.seq for e in log] == list(range(start + 1, finished.seq + 1)) and log[-1].terminal
+
+
+async def test_the_end_announces_held_step_and_text_in_one_call_and_the_finish_stores_them(
+    run: Run, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The held step and the held text go out in one script call at the end, and the final checkpoint rides in the
+    finish (`RunContext.final`): the store gets the text and a terminal seq past every event, in that one write."""
+    import service.runner.context as context
+
+    monkeypatch.setattr(context, "DELTA_FLUSH_SECONDS", 60.0)
+    monkeypatch.setattr(context, "PROGRESS_FLUSH_SECONDS", 60.0)
+    run.ctx._last_flush = time.monotonic()
+    start = run.claimed.seq
+    await run.ctx.progress(10, "Reading")
+    await run.ctx.progress(95, "Polishing")
+    await run.ctx.delta("All the text")
+    calls: list[int] = []
+    publish_many_soon = run.events.publish_many_soon
+
+    def counted(user_id: str, events: list[Event]) -> Any:
+        calls.append(len(events))
+        return publish_many_soon(user_id, events)
+
+    monkeypatch.setattr(run.events, "publish_many_soon", counted)
+    writes: list[str] = []
+    progress = run.store.progress
+
+    async def counted_progress(*args: Any, **kwargs: Any) -> int | None:
+        writes.append("progress")
+        return await progress(*args, **kwargs)
+
+    monkeypatch.setattr(run.store, "progress", counted_progress)
+    unstored, announced = await run.ctx.final()
+    assert calls == [2], "the held step and the text: one call"
+    assert writes == [], "no checkpoint of its own"
+    assert unstored == "All the text" and announced == run.ctx.seq == start + 3
+    await run.events.drain()  # the end does not wait for their answer: the finish goes at once
+    log = await run.events.read_after(run.claimed.id, start)
+    assert [(e.seq, e.kind.value) for e in log] == [
+        (start + 1, "progress"),
+        (start + 2, "progress"),
+        (start + 3, "delta"),
+    ]
+    done = await run.store.finish(
+        run.claimed.id, "tok", status=JobStatus.COMPLETED, result={}, append_output=unstored, seq=announced
+    )
+    assert done is not None and done.seq == start + 4 and done.partial_output == "All the text"
+
+
+async def test_events_published_together_stop_at_the_first_the_log_refuses(run: Run) -> None:
+    """Several events in one call are all or a prefix: after a take-over's event, neither the refused one nor any
+    after it reaches the log (one call per event would have let a later one in)."""
+    job_id, seq = run.claimed.id, run.claimed.seq
+    taken = Event(job_id, seq + 1, EventKind.STATUS, {"status": "queued"})
+    assert await run.events.publish("u", taken)
+    late = [Event(job_id, seq + 1 + i, EventKind.PROGRESS, {"percentage": i}) for i in range(3)]
+    assert await run.events.publish_many("u", late) == 0
+    assert [e.data for e in await run.events.read_after(job_id, seq)] == [{"status": "queued"}]
+    fresh = [Event(job_id, seq + 2 + i, EventKind.PROGRESS, {"percentage": i}) for i in range(2)]
+    assert await run.events.publish_many("u", fresh) == 2
+    assert [e.seq for e in await run.events.read_after(job_id, seq)] == [seq + 1, seq + 2, seq + 3]
+
+
+async def test_a_jobs_events_keep_their_order_when_redis_lost_its_scripts(run: Run) -> None:
+    """Several events in one call and a single one right after, in one batch, on a Redis that has no scripts loaded
+    (a restart): every one lands, in order (the end's held step and text, then the terminal event)."""
+    job_id, seq = run.claimed.id, run.claimed.seq
+    await run.events.redis.script_flush()
+    many = [Event(job_id, seq + 1 + i, EventKind.PROGRESS, {"percentage": i}) for i in range(2)]
+    end = Event(job_id, seq + 3, EventKind.STATUS, {"status": "completed"})
+    sent = [run.events.publish_many_soon("u", many), run.events.publish_soon("u", end)]
+    assert [await f for f in sent] == [2, 1]
+    assert [e.seq for e in await run.events.read_after(job_id, seq)] == [seq + 1, seq + 2, seq + 3]

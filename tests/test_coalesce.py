@@ -265,3 +265,45 @@ async def test_cancelling_a_follower_leaves_the_leaders_call_alone(settings: Set
     assert cancelled["status"] == "cancelled"
     assert led["status"] == "completed" and not led["usage"].get("cached")
     assert chat_calls(fake) == 1
+
+
+async def test_leads_longer_than_the_lease_keep_their_locks_with_one_renewer(settings: Settings) -> None:
+    """Every lock a process leads is renewed by one shared loop: calls running for several leases keep their locks
+    (an identical call that arrives late still follows, it does not call again), and the loop ends with the last
+    lead."""
+    from service.coalesce import Coalescer
+    from service.providers.base import ChatResult, Usage
+
+    assert settings.redis_url
+    redis = Redis.from_url(settings.redis_url)
+    coalescer = Coalescer(redis, lease=0.3, poll=0.02)
+    gate = asyncio.Event()
+    calls: list[str] = []
+
+    def call_for(fp: str) -> Any:
+        async def call() -> ChatResult:
+            calls.append(fp)
+            await gate.wait()
+            return ChatResult(text=f"answer {fp}", model="m", usage=Usage(1, 2))
+
+        return call
+
+    fps = [uuid.uuid4().hex for _ in range(2)]
+    try:
+        leads = [asyncio.create_task(coalescer.run(fp, call_for(fp))) for fp in fps]
+        await until(lambda: asyncio.sleep(0, len(calls) == 2), what="both leads calling")
+        renewer = coalescer._renewer
+        assert renewer is not None
+        await asyncio.sleep(1.0)  # more than three leases: only renewals keep the locks
+        late = [asyncio.create_task(coalescer.run(fp, call_for(fp))) for fp in fps]
+        await asyncio.sleep(0.2)
+        assert calls == fps, "the late calls follow the live leaders"
+        gate.set()
+        led = await asyncio.gather(*leads)
+        followed = await asyncio.gather(*late)
+        assert [(r.text, how) for r, how in led] == [(f"answer {fp}", None) for fp in fps]
+        assert [(r.text, how) for r, how in followed] == [(f"answer {fp}", "call") for fp in fps]
+        assert coalescer._renewer is renewer, "one renewer for every lead"
+        await until(lambda: asyncio.sleep(0, renewer.done()), timeout=2, what="the renewer to end with the leads")
+    finally:
+        await redis.aclose()

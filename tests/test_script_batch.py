@@ -9,9 +9,12 @@ import pytest
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from service.embedded import EmbeddedRedis, free_port
 from service.script_batch import ScriptBatch
+
+from .blackhole import blackhole
 
 INCR = "return redis.call('INCRBY', KEYS[1], ARGV[1])"
 FAIL = "return redis.error_reply('refused ' .. ARGV[1])"
@@ -58,5 +61,49 @@ async def test_a_cancelled_caller_leaves_the_others_answered(redis_server: Embed
         futures = [batch.call(incr, ["sb:c"], [1]) for _ in range(n + 1)]
         futures[0].cancel()
         assert await asyncio.gather(*futures[1:]) == list(range(2, n + 2))  # the cancelled one still ran
+    finally:
+        await redis.aclose()
+
+
+async def test_a_silent_path_fails_the_batch_with_redis_timeout_and_the_connection_recovers(
+    redis_server: EmbeddedRedis,
+) -> None:
+    """The answers of a batch are read under one bound, the socket timeout: a path that drops packets fails every
+    call of the batch with redis-py's TimeoutError (what the silence detection looks for), in about that long, and
+    the connection that timed out is not handed out again mid-reply."""
+    host, port = redis_server.url.split("//")[1].split("/")[0].split(":")
+    async with blackhole(host, int(port)) as hole:
+        redis = Redis(host="127.0.0.1", port=hole.port, socket_timeout=0.5)
+        try:
+            batch = ScriptBatch(redis)
+            incr = batch.register(INCR)
+            await redis.delete("sb:t")
+            assert await batch.call(incr, ["sb:t"], [1]) == 1
+            hole.cut()
+            began = asyncio.get_running_loop().time()
+            answers = await asyncio.gather(*[batch.call(incr, ["sb:t"], [1]) for _ in range(3)], return_exceptions=True)
+            waited = asyncio.get_running_loop().time() - began
+            assert all(isinstance(a, RedisTimeoutError) for a in answers), answers
+            assert 0.4 < waited < 3, waited
+            hole.heal()
+            assert await batch.call(incr, ["sb:t"], [10]) in (11, 14), "a fresh connection, in step"
+        finally:
+            await redis.aclose()
+
+
+async def test_a_script_not_yet_loaded_runs_in_its_place_in_the_batch(redis_server: EmbeddedRedis) -> None:
+    """A batch loads the scripts it has not run yet before calling them (same round trip): a call of a script
+    Redis does not know is not run again after the rest of its batch, behind later calls of a loaded script."""
+    redis = Redis.from_url(redis_server.url)
+    try:
+        await redis.delete("sb:order")
+        await redis.script_flush()
+        first = "return redis.call('RPUSH', KEYS[1], 'first ' .. ARGV[1])"
+        second = "return redis.call('RPUSH', KEYS[1], 'second ' .. ARGV[1])"
+        await redis.register_script(second)(keys=["sb:warm"], args=["0"])  # Redis knows this one only
+        batch = ScriptBatch(redis)
+        a, b = batch.register(first), batch.register(second)
+        await asyncio.gather(batch.call(a, ["sb:order"], [1]), batch.call(b, ["sb:order"], [2]))
+        assert await redis.lrange("sb:order", 0, -1) == [b"first 1", b"second 2"], "in the order called"
     finally:
         await redis.aclose()

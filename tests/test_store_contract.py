@@ -121,6 +121,26 @@ async def test_every_accepted_write_adds_one_to_seq_and_a_stale_token_changes_no
     assert await store.get(job.id) == done
 
 
+async def test_a_finish_carries_the_final_checkpoint_output_and_seq(store: JobStore) -> None:
+    """The runner folds its last checkpoint into the finish: the output announced since the last checkpoint is
+    appended, and the terminal seq lands one past the last event announced (never behind the store's own)."""
+    job = await store.create(new_job())
+    assert await store.claim(job.id, worker_id="w1", token="t1", ticket=1) is not None
+    assert await store.progress(job.id, "t1", percentage=40, step="Writing", append_output="Hel") == 3
+    stale = await store.finish(job.id, "t0", status=JobStatus.COMPLETED, result={}, append_output="x", seq=50)
+    assert stale is None and (await store.get(job.id)).partial_output == "Hel"  # type: ignore[union-attr]
+    # events 4..7 announced without a store write; "lo" among them
+    done = await store.finish(job.id, "t1", status=JobStatus.COMPLETED, result={"ok": 1}, append_output="lo", seq=7)
+    assert done is not None and done.seq == 8 and done.partial_output == "Hello" and done.percentage == 100
+    assert done.status is JobStatus.COMPLETED and done.current_step == "Done" and done.lease_token is None
+    # a seq behind the store's own (or none) still moves it forward by one, and no text leaves the output as is
+    other = await store.create(new_job())
+    assert await store.claim(other.id, worker_id="w1", token="t2", ticket=1) is not None
+    assert await store.progress(other.id, "t2", percentage=10, step=None, append_output="A", seq=9) == 9
+    failed = await store.finish(other.id, "t2", status=JobStatus.FAILED, error=ERROR, seq=4)
+    assert failed is not None and failed.seq == 10 and failed.partial_output == "A" and failed.percentage == 10
+
+
 async def test_writes_in_flight_together_each_keep_their_own_answer_and_fencing(store: JobStore) -> None:
     """Concurrent writes are committed together (group commit on both stores; on PostgreSQL the claims, renewals,
     checkpoints and finishes of a batch are one statement each): every write still gets its own answer, two writes

@@ -194,6 +194,9 @@ class RecordingProvider:
         }
 
 
+_Item = tuple[EventKind, dict[str, Any], str | None]  # an event to announce: kind, data, the text it adds
+
+
 class LeaseLost(Exception):
     """The store refused a write: this run no longer owns the job."""
 
@@ -208,7 +211,8 @@ class RunContext:
     one (the output appended since, the latest percentage and step) and sets the store's seq to the announced
     one, still fenced by this run's lease token. An event announced without a store write is fenced by the Redis
     log instead: a take-over moves the seq past any such event (JobStore.take_over), so a late one is refused
-    there (`publish` answers False) and this run stops.
+    there, and this run stops (LeaseLost) when it looks at that answer: before it sends anything more, or at its
+    end (`_confirm`).
     """
 
     job_id: str
@@ -235,10 +239,11 @@ class RunContext:
     _timer: asyncio.TimerHandle | None = None
     _timed: asyncio.Future[None] | None = None
     _emitting: asyncio.Lock = field(default_factory=asyncio.Lock)  # the task and a timed progress take turns
-    _progress: dict[str, Any] | None = None  # a progress event held back (coalesced), the latest one
+    _progress: tuple[float, str | None, float] | None = None  # held back (coalesced), the latest: %, step, when
     _progress_at: float = -1.0  # when the last progress event was announced
     _progress_timer: asyncio.TimerHandle | None = None
     _progress_timed: asyncio.Future[None] | None = None
+    _sent: tuple[asyncio.Future[Any], int, bool] | None = None  # the events last sent, unanswered: count, stored
 
     def __post_init__(self) -> None:
         self._stored_seq = self.seq
@@ -297,17 +302,22 @@ class RunContext:
         for timed in (self._timed, self._progress_timed, self._delta_timed):
             if timed is not None and not timed.done():
                 timed.cancel()
+        self._forget_sent()
 
-    async def _emit(self, kind: EventKind, data: dict[str, Any], text: str | None = None) -> None:
-        """Announce the next event; write the store first when a checkpoint is due. One at a time: a held-back
-        progress event announced by its timer takes its turn beside the task's own events (each its own seq)."""
+    async def _emit(self, items: list[_Item]) -> None:
+        """Announce the next events (each its own seq, in order, one script call); write the store first when a
+        checkpoint is due. One batch at a time: a held-back progress event announced by its timer takes its turn
+        beside the task's own events."""
         async with self._emitting:
-            await self._emit_one(kind, data, text)
+            await self._emit_all(items)
 
-    async def _emit_one(self, kind: EventKind, data: dict[str, Any], text: str | None) -> None:
-        seq = self.seq + 1
-        if text:
-            self._unstored.append(text)
+    async def _emit_all(self, items: list[_Item]) -> None:
+        await self._confirm()  # the events sent before: refused, and nothing more goes out
+        first = self.seq + 1
+        seq = self.seq + len(items)
+        for _kind, _data, text in items:
+            if text:
+                self._unstored.append(text)
         stored = (
             time.monotonic() - self._stored_at >= CHECKPOINT_SECONDS or seq - self._stored_seq > UNSTORED_EVENTS_MAX
         )
@@ -317,40 +327,77 @@ class RunContext:
         if not stored:
             self._store_later()
         try:
-            event = Event(job_id=self.job_id, seq=seq, kind=kind, data=data)
-            published = await self.events.publish(self.user_id, event)
+            events = [Event(self.job_id, first + i, kind, data) for i, (kind, data, _text) in enumerate(items)]
+            sent = self.events.publish_many_soon(self.user_id, events)
+        except Exception as exc:  # the store has (or will have, at the next checkpoint) it; a watcher resyncs from it
+            log.warning("could not publish an event", extra={"job_id": self.job_id, "error": repr(exc)})
+            return
+        self._sent = (sent, len(items), stored)
+
+    async def _confirm(self) -> None:
+        """Look at the answer to the events last sent: LeaseLost if the log refused them and the store did not take
+        them either (the job was taken over). Sent without waiting, and looked at before anything more is sent (or
+        at the end), so the task runs on while they travel, with a provider call's round trip, say, and a run that
+        was taken over still shows nothing after the new run's first event."""
+        sent, self._sent = self._sent, None
+        if sent is None:
+            return
+        future, count, stored = sent
+        try:
+            published = await future
         except RedisSilent:  # skipped at once: Redis's path is silent (said once, by service/redis_silence.py)
             return
         except Exception as exc:  # the store has (or will have, at the next checkpoint) it; a watcher resyncs from it
             log.warning("could not publish an event", extra={"job_id": self.job_id, "error": repr(exc)})
             return
-        if not published and not stored:
+        if published < count and not stored:
             raise LeaseLost(self.job_id)  # the log holds a newer event: the job was taken over
+
+    def _forget_sent(self) -> None:
+        """The events last sent need no look at their answer (the attempt's final write is fenced on its own): a
+        failure is logged when it comes."""
+        sent, self._sent = self._sent, None
+        if sent is None:
+            return
+        job_id = self.job_id
+
+        def done(future: asyncio.Future[Any]) -> None:
+            exc = None if future.cancelled() else future.exception()
+            if exc is not None and not isinstance(exc, RedisSilent):
+                log.warning("could not publish an event", extra={"job_id": job_id, "error": repr(exc)})
+
+        sent[0].add_done_callback(done)
 
     async def progress(self, percentage: float, step: str | None = None) -> None:
         """Coalesced in time like deltas: within PROGRESS_FLUSH_SECONDS of the last progress event, this one is held
         back and replaces any held before it (latest wins; a step it does not name stays the held one's); it goes
         out when the window ends (a timer), with the next event, or before the attempt's end (`checkpoint`). An
         instant job's nine steps in a few milliseconds become its first and its last."""
-        self._percentage = max(0.0, min(100.0, float(percentage)))
+        self._percentage = percentage = max(0.0, min(100.0, float(percentage)))
         if step is not None:
             self._step = step
         elif self._progress is not None:
-            step = self._progress["current_step"]
-        data: dict[str, Any] = {"percentage": round(self._percentage, 1), "current_step": step}
-        if self._percentage >= 5:  # time left, extrapolated from this attempt's pace so far
-            elapsed = time.monotonic() - self._started
-            data["estimated_time_remaining"] = round(elapsed * (100 - self._percentage) / self._percentage, 1)
-        wait = self._progress_at + PROGRESS_FLUSH_SECONDS - time.monotonic()
+            step = self._progress[1]
+        now = time.monotonic()
+        wait = self._progress_at + PROGRESS_FLUSH_SECONDS - now
         if wait > 0 or self._progress is not None:
-            self._progress = data
+            self._progress = (percentage, step, now)  # its event is made if it goes out (most are replaced first)
             if self._progress_timer is None:
                 loop = asyncio.get_running_loop()
                 self._progress_timer = loop.call_later(max(wait, 0.0), self._progress_timer_fired)
             return
-        await self.flush()
-        self._progress_at = time.monotonic()
-        await self._emit(EventKind.PROGRESS, data)
+        data = self._progress_data(percentage, step, now)
+        items = self._held_text()  # no progress is held here: the text gathered so far goes first, then this
+        self._progress_at = now
+        items.append((EventKind.PROGRESS, data, None))
+        await self._emit(items)
+
+    def _progress_data(self, percentage: float, step: str | None, at: float) -> dict[str, Any]:
+        """A progress event's data: the step, and the time left extrapolated from this attempt's pace until `at`."""
+        data: dict[str, Any] = {"percentage": round(percentage, 1), "current_step": step}
+        if percentage >= 5:
+            data["estimated_time_remaining"] = round((at - self._started) * (100 - percentage) / percentage, 1)
+        return data
 
     def _progress_timer_fired(self) -> None:
         self._progress_timer = None
@@ -358,14 +405,20 @@ class RunContext:
 
     async def _release_progress(self) -> None:
         """Announce the held-back progress event, if any."""
+        items = self._held_progress()
+        if items:
+            await self._emit(items)
+
+    def _held_progress(self) -> list[_Item]:
+        """Take the held-back progress event (if any) to announce now."""
         if self._progress_timer is not None:
             self._progress_timer.cancel()
             self._progress_timer = None
-        data, self._progress = self._progress, None
-        if data is None:
-            return
+        held, self._progress = self._progress, None
+        if held is None:
+            return []
         self._progress_at = time.monotonic()
-        await self._emit(EventKind.PROGRESS, data)
+        return [(EventKind.PROGRESS, self._progress_data(*held), None)]
 
     async def delta(self, text: str) -> None:
         """Coalesced in time: text within DELTA_FLUSH_SECONDS of the last delta event (or of the attempt's start) is
@@ -385,30 +438,52 @@ class RunContext:
         self._delta_timed = self._in_background(self.flush, "held-back text not announced")
 
     async def flush(self) -> None:
-        """Announce a held-back progress event, then the text gathered since the last flush (one delta event)."""
-        await self._release_progress()
-        await self._flush_text()
+        """Announce a held-back progress event, then the text gathered since the last flush (one delta event): one
+        script call for both."""
+        items = self._held_progress() + self._held_text()
+        if items:
+            await self._emit(items)
 
-    async def _flush_text(self) -> None:
+    def _held_text(self) -> list[_Item]:
+        """Take the text gathered since the last flush (if any) as one delta event to announce now."""
         if self._delta_timer is not None:
             self._delta_timer.cancel()
             self._delta_timer = None
         if not self._pending:
-            return
+            return []
         piece = "".join(self._pending)
         self._pending.clear()
         self._last_flush = time.monotonic()
-        await self._emit(EventKind.DELTA, {"text": piece}, text=piece)
+        return [(EventKind.DELTA, {"text": piece}, piece)]
 
     async def checkpoint(self) -> None:
-        """Announce what is pending and bring the store up to everything announced: before the final write.
+        """Announce what is pending and bring the store up to everything announced: before the final write."""
+        await self._settle()
+        await self._store(self.seq)
+
+    async def final(self) -> tuple[str | None, int | None]:
+        """Announce what is pending, and answer what the final write must carry for the store to reach everything
+        announced (`JobStore.finish`'s `append_output` and `seq`): the last checkpoint rides in the finish, one
+        store write fewer per job. (None, None): the store has it all.
+
+        The last events' answer is not waited for: the finish goes at once (each in its own round trip, together).
+        A run whose last events the log refused was taken over, so the store refuses its finish too (its token is
+        gone), and the terminal event is queued only after a finish the store took, behind these events."""
+        await self._settle(confirm=False)
+        self._forget_sent()
+        if self.seq <= self._stored_seq:
+            return None, None
+        return "".join(self._unstored) or None, self.seq
+
+    async def _settle(self, *, confirm: bool = True) -> None:
+        """Announce what is pending (`confirm`: and look at the answer, LeaseLost if refused); no timed write or
+        announcement is left running or to come.
 
         Nothing may be announced after it: the final write takes the store's next seq, and an event announced
-        meanwhile would already hold that seq in the log, which then refuses the job's end event as a duplicate
-        (its watchers never see the job end). A held-back event's timer could fire while this checkpoint's own
-        flush awaits a publish, and its send then took the held text and announced it after the store write below.
-        So the timers are stopped before anything is awaited (the flush below sends what they held), and each
-        send a timer already started is waited out."""
+        afterwards would already hold that seq in the log, which then refuses the job's end event as a duplicate
+        (its watchers never see the job end: the a11y flake, tests/test_checkpoints.py). So both timers are stopped
+        before anything is awaited (the flush below takes what they held, in one call) and a send one of them
+        already started is waited out."""
         for timer in (self._progress_timer, self._delta_timer):
             if timer is not None:
                 timer.cancel()
@@ -417,9 +492,10 @@ class RunContext:
             if timed is not None and not timed.done():
                 await timed  # never cancelled mid-announce: the held event goes out once
         await self.flush()
+        if confirm:
+            await self._confirm()
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
         if self._timed is not None:
             await self._timed  # never cancelled mid-write: its outcome decides what is left to store
-        await self._store(self.seq)

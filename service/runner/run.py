@@ -321,7 +321,7 @@ class JobRunner:
             run.task = asyncio.current_task()  # the attempt runs in this task: stop() cancels it, settle() undoes that
             try:
                 try:
-                    result = await self._attempt(spec, ctx, job)
+                    result, unstored, announced = await self._attempt(spec, ctx, job)
                 finally:
                     shutdown = run.settle()
             except asyncio.CancelledError:
@@ -354,6 +354,8 @@ class JobRunner:
                     model=ai.model,
                     usage=ai.usage(),
                     record=attempt_record(job, ai.model or model or ai.default_model, None, seconds, ai.name),
+                    append_output=unstored,
+                    seq=announced,
                 )
             )
             if self.waits is not None and job.error is not None and job.error.code == RateLimited.code:
@@ -398,7 +400,8 @@ class JobRunner:
         if wait > 0:
             raise HeldBack(wait)
 
-    async def _attempt(self, spec: TaskSpec[Any], ctx: RunContext, job: Job) -> Any:
+    async def _attempt(self, spec: TaskSpec[Any], ctx: RunContext, job: Job) -> tuple[Any, str | None, int | None]:
+        """The task's result, and what of its output and events the finish must still store (RunContext.final)."""
         data = spec.parse_input(job.input)
         if self.provider_keys is not None:
             ctx.api_key = await self.provider_keys(job)  # the user's own key, decrypted just in time
@@ -409,8 +412,9 @@ class JobRunner:
                 )
         async with asyncio.timeout(spec.timeout or self.default_timeout):  # no extra task, unlike wait_for
             result = await spec.fn(ctx, data)
-        await ctx.checkpoint()  # the final checkpoint: the store's seq reaches every event announced
-        return result
+        # The final checkpoint rides in the finish: the store's seq reaches every event announced in that write.
+        unstored, announced = await ctx.final()
+        return result, unstored, announced
 
     async def _heartbeats(self) -> None:
         """Every heartbeat, renew the lease of every run (all at once); ends when no run is left."""

@@ -138,8 +138,14 @@ class JobStore(Protocol):
         model: str | None = None,
         usage: dict[str, Any] | None = None,
         record: dict[str, Any] | None = None,
+        append_output: str | None = None,
+        seq: int | None = None,
     ) -> Job | None:
-        """Write a terminal state (completed/failed/cancelled), drop the lease; the step: FINAL_STEPS[status]."""
+        """Write a terminal state (completed/failed/cancelled), drop the lease; the step: FINAL_STEPS[status].
+
+        `append_output` and `seq` fold the run's final checkpoint into this write (as `progress` takes them): the
+        output announced since the last checkpoint is appended, and the job's seq becomes one past the larger of
+        its own and `seq` (the last event the run announced), so the terminal event follows every one of them."""
 
     async def requeue(
         self,

@@ -107,15 +107,18 @@ _FINISH = Bulk(
     "UPDATE jobs SET status = v.p_status, result = v.p_result, error = v.p_error, model = COALESCE(v.p_model, model), "
     "usage = COALESCE(v.p_usage, usage), current_step = COALESCE(v.p_step, current_step), "
     "percentage = CASE WHEN v.p_status = 'completed' THEN 100 ELSE percentage END, lease_token = NULL, "
-    "lease_expires_at = NULL, completed_at = v.p_t, updated_at = v.p_t, seq = seq + 1, "
+    "lease_expires_at = NULL, completed_at = v.p_t, updated_at = v.p_t, "
+    "seq = GREATEST(seq, COALESCE(v.p_seq, 0)) + 1, "
+    "partial_output = CASE WHEN v.p_append IS NOT NULL THEN COALESCE(partial_output, '') || v.p_append "
+    "ELSE partial_output END, "
     "history = CASE WHEN v.p_rec IS NULL THEN history "
     "ELSE (COALESCE(history, '[]')::jsonb || jsonb_build_array(v.p_rec::jsonb))::text END "
     "FROM unnest(%b::text[], %b::text[], %b::text[], %b::text[], %b::text[], %b::text[], %b::float8[], %b::text[], "
-    "%b::text[], %b::text[]) WITH ORDINALITY "
-    "AS v(p_status, p_result, p_error, p_model, p_usage, p_step, p_t, p_rec, p_id, p_token, p_n) "
+    "%b::text[], %b::text[], %b::text[], %b::bigint[]) WITH ORDINALITY "
+    "AS v(p_status, p_result, p_error, p_model, p_usage, p_step, p_t, p_rec, p_id, p_token, p_append, p_seq, p_n) "
     "WHERE id = v.p_id AND lease_token = v.p_token AND status IS NOT DISTINCT FROM 'processing' "
     f"RETURNING v.p_n, {_COLUMNS}",
-    ("status", "result", "error", "model", "usage", "step", "t", "rec", "id", "token"),
+    ("status", "result", "error", "model", "usage", "step", "t", "rec", "id", "token", "append", "seq"),
 )
 
 
@@ -593,6 +596,8 @@ class PostgresJobStore:
         model: str | None = None,
         usage: dict[str, Any] | None = None,
         record: dict[str, Any] | None = None,
+        append_output: str | None = None,
+        seq: int | None = None,
     ) -> Job | None:
         return await self._write_one(
             _FINISH,
@@ -607,6 +612,8 @@ class PostgresJobStore:
                 "rec": dumps(record) if record else None,
                 "id": job_id,
                 "token": token,
+                "append": append_output,
+                "seq": seq,
             },
         )
 

@@ -306,6 +306,8 @@ class SQLiteJobStore:
         model: str | None = None,
         usage: dict[str, Any] | None = None,
         record: dict[str, Any] | None = None,
+        append_output: str | None = None,
+        seq: int | None = None,
     ) -> Job | None:
         t = now()
         percentage_sql = "100" if status is JobStatus.COMPLETED else "percentage"
@@ -314,8 +316,10 @@ class SQLiteJobStore:
         return await self._one(
             f"UPDATE jobs SET status = ?, result = ?, error = ?, model = COALESCE(?, model), "
             f"usage = COALESCE(?, usage), percentage = {percentage_sql}, current_step = COALESCE(?, current_step), "
-            "lease_token = NULL, "
-            f"lease_expires_at = NULL, completed_at = ?, updated_at = ?, seq = seq + 1, {_HISTORY_APPEND} "
+            "lease_token = NULL, partial_output = CASE WHEN ? IS NOT NULL THEN COALESCE(partial_output, '') || ? "
+            "ELSE partial_output END, "
+            "lease_expires_at = NULL, completed_at = ?, updated_at = ?, seq = MAX(seq, COALESCE(?, 0)) + 1, "
+            f"{_HISTORY_APPEND} "
             f"WHERE id = ? AND lease_token = ? AND status = 'processing' RETURNING {_COLUMNS}",
             (
                 status.value,
@@ -324,8 +328,11 @@ class SQLiteJobStore:
                 model,
                 dumps(usage) if usage else None,
                 step,
+                append_output,
+                append_output,
                 t,
                 t,
+                seq,
                 rec,
                 rec,
                 job_id,
