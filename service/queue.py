@@ -45,11 +45,17 @@ JOB_EXPIRES_MS = 2 * 24 * 3600 * 1000
 
 # Same effect as arq's enqueue_job (refuse a job id that exists or has a result), atomically, plus the wake-up.
 # A function, so the submit path (service/admit.py) can run it in the same script as the job's first event.
+# The wake-up is a token in the list `wake` (at most one: a token says "look at the queue", and one look takes
+# every job due): an idle worker waits on it with BLPOP, and Redis runs the worker's take right after the pop
+# (service/arq_worker.py). The PUBLISH on the channel of the same name wakes workers of the previous release,
+# which listened on pub/sub, during a rolling deploy.
 ENQUEUE_JOB_LUA = """
 local function enqueue_job(job_key, result_key, queue, expires_ms, payload, score, arq_id, wake)
   if redis.call('EXISTS', job_key, result_key) > 0 then return 0 end
   redis.call('PSETEX', job_key, expires_ms, payload)
   redis.call('ZADD', queue, score, arq_id)
+  redis.call('RPUSH', wake, '1')
+  redis.call('LTRIM', wake, -1, -1)
   redis.call('PUBLISH', wake, '1')
   return 1
 end
@@ -60,7 +66,8 @@ _ENQUEUE_LUA = (
 
 
 def wake_channel(queue_name: str) -> str:
-    """Where enqueue announces new work to idle workers of this queue."""
+    """Where enqueue announces new work to idle workers of this queue: the list idle workers BLPOP on (and the
+    pub/sub channel of the previous release's workers)."""
     return f"{queue_name}:wake"
 
 
