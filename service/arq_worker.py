@@ -23,6 +23,8 @@ tests/test_arq_worker.py checks against the installed arq. Should one of these f
 but a lost Redis connection, which arq's own path would meet too), the worker logs it once and falls back for
 good to arq's own poll, start, run and finish (`_fall_back`). A take script that failed halfway may leave a job
 marked in progress: arq's path takes it again once that mark expires (`in_progress_timeout_s`), late, not lost.
+So may a worker stopped during its wait, should a token come in the very instant it drops the waiting connection:
+the take behind the wait may have run with nobody left to read its answer.
 """
 
 from __future__ import annotations
@@ -142,7 +144,7 @@ class WakeableWorker(Worker):
     _wake: asyncio.Event | None = None  # set when a slot frees up on a worker whose slots were all taken
     _waiter: Any = None  # the pooled connection `_wait_and_take` blocks on, held from the first wait to the end
     _taken_early: list[Any] | None = None  # what the take behind the last wait took, for the next poll to run
-    _wait_failed_at = -1.0  # loop time the waiting connection last failed: wait on the timer alone for a while
+    _wait_failed_at = float("-inf")  # loop time the waiting connection last failed: the timer alone, for a while
     _paused_until: float = 0.0
     _start_script: Callable[..., Awaitable[Any]] | None = None
     _take_script: Callable[..., Awaitable[Any]] | None = None

@@ -27,6 +27,7 @@ from arq.constants import job_key_prefix, result_key_prefix
 from arq.jobs import serialize_job
 
 from .models import dumps
+from .script_batch import BatchedScript, ScriptBatch
 
 
 def json_serializer(value: Any) -> bytes:
@@ -79,7 +80,8 @@ class JobQueue:
     def __init__(self, redis: ArqRedis, *, queue_name: str) -> None:
         self.redis = redis
         self.queue_name = queue_name
-        self._enqueue = redis.register_script(_ENQUEUE_LUA)
+        # hiredis-packed, no per-call pool check (see BatchedScript): the enqueue → start latency's first leg
+        self._enqueue = BatchedScript(ScriptBatch(redis), _ENQUEUE_LUA)
 
     async def enqueue(
         self,

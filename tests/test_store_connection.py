@@ -13,7 +13,7 @@ import pytest
 
 from service.errors import StoreUnavailable
 from service.models import Job, JobStatus
-from service.store.connection import Connection, lock_held_elsewhere
+from service.store.connection import EAGER_AFTER_IDLE, Connection, lock_held_elsewhere
 from service.store.sqlite import SQLiteJobStore
 from service.store.users import JobSecrets
 
@@ -169,6 +169,7 @@ async def _eager_db(path: Path) -> Connection:
     await db.open_eager(["PRAGMA synchronous=NORMAL"])
     await db.execute("CREATE TABLE t (k TEXT PRIMARY KEY, v INTEGER)")
     await db.execute("INSERT INTO t VALUES ('a', 1)")
+    await asyncio.sleep(EAGER_AFTER_IDLE * 2)  # the writer idle long enough: the next eager write runs at once
     return db
 
 
@@ -184,6 +185,10 @@ async def test_an_eager_write_on_an_idle_writer_is_done_before_the_caller_yields
             assert (await cur.fetchone())[0] == 2
         with pytest.raises(sqlite3.IntegrityError):  # its own error, from the writer's path
             await db.execute_eager("INSERT INTO t VALUES ('a', 3)")
+        # a writer that just answered (a busy worker's) keeps batching: this one goes through its thread
+        busy = db.execute_eager("UPDATE t SET v = 4 WHERE k = 'a' RETURNING v")
+        assert not busy._future.done()
+        assert (await busy).rowcount == 1
     finally:
         await db.close()
 
