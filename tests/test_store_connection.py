@@ -13,7 +13,7 @@ import pytest
 
 from service.errors import StoreUnavailable
 from service.models import Job, JobStatus
-from service.store.connection import EAGER_AFTER_IDLE, Connection, lock_held_elsewhere
+from service.store.connection import Connection, lock_held_elsewhere
 from service.store.sqlite import SQLiteJobStore
 from service.store.users import JobSecrets
 
@@ -160,68 +160,3 @@ async def test_reads_go_on_while_a_write_waits_for_the_write_lock(tmp_path: Path
         assert await store.get(job.id) == touched  # and every read after it sees it
     finally:
         await store.close()
-
-
-async def _eager_db(path: Path) -> Connection:
-    db = Connection(path, busy_timeout_ms=5_000)
-    await db.open()
-    await db.call(lambda c: c.execute("PRAGMA journal_mode=WAL").fetchall())
-    await db.open_eager(["PRAGMA synchronous=NORMAL"])
-    await db.execute("CREATE TABLE t (k TEXT PRIMARY KEY, v INTEGER)")
-    await db.execute("INSERT INTO t VALUES ('a', 1)")
-    await asyncio.sleep(EAGER_AFTER_IDLE * 2)  # the writer idle long enough: the next eager write runs at once
-    return db
-
-
-async def test_an_eager_write_on_an_idle_writer_is_done_before_the_caller_yields(tmp_path: Path) -> None:
-    """The claim's path: nothing queued for the writer, so the statement runs at once, no thread hand-over."""
-    db = await _eager_db(tmp_path / "e.db")
-    try:
-        pending = db.execute_eager("UPDATE t SET v = 2 WHERE k = 'a' AND v = 1 RETURNING v")
-        assert pending._future.done()  # answered without a turn of the loop
-        async with pending as cur:
-            assert tuple(await cur.fetchone()) == (2,)
-        async with db.execute("SELECT v FROM t WHERE k = 'a'") as cur:  # the reader sees it, as any commit
-            assert (await cur.fetchone())[0] == 2
-        with pytest.raises(sqlite3.IntegrityError):  # its own error, from the writer's path
-            await db.execute_eager("INSERT INTO t VALUES ('a', 3)")
-        # a writer that just answered (a busy worker's) keeps batching: this one goes through its thread
-        busy = db.execute_eager("UPDATE t SET v = 4 WHERE k = 'a' RETURNING v")
-        assert not busy._future.done()
-        assert (await busy).rowcount == 1
-    finally:
-        await db.close()
-
-
-async def test_an_eager_write_waits_its_turn_behind_writes_already_queued(tmp_path: Path) -> None:
-    """Writes commit in the order made: with one queued, the eager one goes through the writer after it."""
-    db = await _eager_db(tmp_path / "e.db")
-    try:
-        first = db.execute("INSERT INTO t VALUES ('b', 1)")  # queued, not yet run
-        second = db.execute_eager("UPDATE t SET v = 5 WHERE k = 'b' RETURNING v")
-        assert not second._future.done()
-        assert (await first).rowcount == 1
-        async with second as cur:
-            assert tuple(await cur.fetchone()) == (5,)  # it saw the insert made before it
-    finally:
-        await db.close()
-
-
-async def test_an_eager_write_with_the_lock_held_elsewhere_waits_on_the_writers_thread(tmp_path: Path) -> None:
-    """Another process holds the write lock: the eager try fails at once (it never waits, so the loop never
-    blocks) and the write goes to the writer, which waits for the lock as every write does."""
-    path = tmp_path / "e.db"
-    db = await _eager_db(path)
-    other = sqlite3.connect(path, isolation_level=None)
-    try:
-        other.execute("BEGIN IMMEDIATE")
-        pending = db.execute_eager("UPDATE t SET v = 7 WHERE k = 'a' RETURNING v")
-        assert not pending._future.done()
-        await asyncio.sleep(0.05)  # the writer is waiting for the lock meanwhile
-        assert not pending._future.done()
-        other.execute("ROLLBACK")
-        async with pending as cur:
-            assert tuple(await cur.fetchone()) == (7,)
-    finally:
-        other.close()
-        await db.close()

@@ -13,15 +13,6 @@ lock, one WAL commit for many statements, and busy_timeout applies to the BEGIN)
 result (rows, rowcount) or exception, and none resolves before its batch committed. If a statement's error rolled
 the whole transaction back (SQLite does for a few errors), the batch runs again one statement at a time.
 
-A write that waits for nothing else (the worker's claim, `execute_eager`) runs at once on the caller's own thread
-when the writer has had nothing queued or running for EAGER_AFTER_IDLE seconds (an idle worker's next job; a
-busy one keeps batching: run at once there, claims came one by one instead of a batch at a time, and a 10,000-job
-drain cost a third more CPU a job), on a third connection that never waits for the write lock
-(busy_timeout 0) and never checkpoints (the writer's commits do): a job's start then pays no hand-over to the
-writer's thread and back (two thread wake-ups, each a scheduler delay on a loaded machine), only the statement
-itself (~0.05 ms). Anything queued, or the lock held elsewhere, and it goes to the writer like any other write,
-so writes still commit in the order they were made.
-
 A SELECT goes to the reader instead: in WAL mode a reader takes no lock a writer holds, so while our writer waits
 for the write lock (another process holds it), reads go on, neither failing nor waiting with it. A read sees
 every write that resolved before it was queued (those committed first). A statement that the write lock kept out
@@ -37,7 +28,6 @@ import contextlib
 import queue
 import sqlite3
 import threading
-import time
 from collections.abc import Callable, Generator, Sequence
 from pathlib import Path
 from typing import Any
@@ -45,7 +35,6 @@ from typing import Any
 from ..errors import StoreUnavailable
 
 MAX_BATCH = 256  # statements per transaction: bounds how long one batch holds the write lock
-EAGER_AFTER_IDLE = 0.002  # seconds the writer has been idle before `execute_eager` runs a write at once
 
 
 class Result:
@@ -131,8 +120,6 @@ class _Lane:
         # loop for the GIL; with 1,000 jobs starting at once that was the largest single cost of a claim).
         self._buffer: list[_Op] = []
         self._buffer_loop: asyncio.AbstractEventLoop | None = None
-        self.outstanding = 0  # operations submitted and not yet answered (on their loop): 0 means the lane is idle
-        self.idle_since = 0.0  # time.monotonic() of the last answer
         self.errors = 0  # statements that failed, not counting a unique-key refusal (written by the thread only)
 
     def submit(self, op: _Op) -> None:
@@ -144,7 +131,6 @@ class _Lane:
             self._buffer_loop = loop
             loop.call_soon(self._hand_over)
         self._buffer.append(op)
-        self.outstanding += 1
 
     def _hand_over(self) -> None:
         if self._buffer:
@@ -209,12 +195,7 @@ class _Lane:
             results.append(outcome)
         for target, (ops, results) in by_loop.items():
             with contextlib.suppress(RuntimeError):  # that loop closed: nobody is waiting any more
-                target.call_soon_threadsafe(self._answer, ops, results)
-
-    def _answer(self, ops: list[_Op], outcomes: list[tuple[Any, BaseException | None]]) -> None:
-        self.outstanding -= len(ops)
-        self.idle_since = time.monotonic()
-        _resolve(ops, outcomes)
+                target.call_soon_threadsafe(_resolve, ops, results)
 
     def _failed(self, exc: BaseException) -> tuple[None, BaseException]:
         """Count a failed statement; the write lock held elsewhere past busy_timeout becomes StoreUnavailable."""
@@ -250,7 +231,6 @@ class Connection:
         self.max_batch = max_batch
         self._writer = _Lane("aijobs-sqlite", _run_writes)
         self._reader = _Lane("aijobs-sqlite-read", _run_reads)
-        self._eager: sqlite3.Connection | None = None  # see `execute_eager`
         self._open = False
         self._closed = False
 
@@ -282,32 +262,6 @@ class Connection:
         """Queue one statement; await the Result (or `async with` it). Its effects are committed when it resolves."""
         return _Pending(self._submit(sql, params, None))
 
-    async def open_eager(self, pragmas: Sequence[str]) -> None:
-        """Open the connection `execute_eager` writes on (`pragmas`: the writer's own settings, which are per
-        connection, e.g. synchronous); it never waits for the write lock and leaves checkpoints to the writer."""
-        settings = [*pragmas, "PRAGMA busy_timeout=0", "PRAGMA wal_autocheckpoint=0"]
-        self._eager = await asyncio.to_thread(_connect, self.path, settings)
-
-    def execute_eager(self, sql: str, params: Sequence[Any] = ()) -> _Pending:
-        """`execute` for a write, run at once on this thread when the writer is idle (see the module docstring)."""
-        eager = self._eager
-        writer = self._writer
-        if (
-            eager is not None
-            and not writer.outstanding
-            and time.monotonic() - writer.idle_since > EAGER_AFTER_IDLE
-            and self._open
-            and not self._closed
-        ):
-            future: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
-            try:
-                future.set_result(_run_one(eager, _Op(future, sql, params)))
-                return _Pending(future)
-            except sqlite3.Error:  # the lock held elsewhere, or the statement's own error: the writer's path decides
-                if eager.in_transaction:
-                    eager.rollback()
-        return self.execute(sql, params)
-
     async def call(self, fn: Callable[[sqlite3.Connection], Any]) -> Any:
         """Run fn(connection) on the writer's thread, alone (it may run its own transaction)."""
         return await self._submit(None, (), fn)
@@ -318,17 +272,6 @@ class Connection:
         self._closed = True
         await self._writer.close()
         await self._reader.close()
-        eager, self._eager = self._eager, None
-        if eager is not None:
-            eager.close()
-
-
-def _connect(path: str, pragmas: Sequence[str]) -> sqlite3.Connection:
-    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-    conn.row_factory = sqlite3.Row
-    for pragma in pragmas:
-        conn.execute(pragma)
-    return conn
 
 
 def _run_reads(conn: sqlite3.Connection, batch: list[_Op]) -> list[tuple[Any, BaseException | None]]:

@@ -79,10 +79,6 @@ def _migrate(db: sqlite3.Connection) -> tuple[int, int]:
     return version, len(MIGRATIONS)
 
 
-# What `_prepare` sets per connection, for the connection the claim runs on at once (Connection.execute_eager).
-_EAGER_PRAGMAS = ("PRAGMA synchronous=NORMAL", "PRAGMA foreign_keys=ON")
-
-
 def _prepare(db: sqlite3.Connection) -> tuple[int, int]:
     _enable_wal(db)
     db.execute("PRAGMA synchronous=NORMAL")
@@ -119,7 +115,6 @@ class SQLiteJobStore:
         await db.open()
         try:
             self._migrated = await db.call(_prepare)
-            await db.open_eager(_EAGER_PRAGMAS)
         except BaseException:
             await db.close()
             raise
@@ -256,8 +251,7 @@ class SQLiteJobStore:
         `steps` (JSON: type -> one {"provider", "model"} per chain step) sets `running_on` to the job's step, picked
         by its type and model_index (past the end: the last step, as the runner picks), in this same write."""
         t = now()
-        # at once on this thread when the writer is idle: a job's start waits for no thread hand-over
-        async with self.db.execute_eager(
+        async with self.db.execute(
             "UPDATE jobs SET status = 'processing', attempts = attempts + 1, lease_token = ?, worker_id = ?, "
             "lease_expires_at = ?, started_at = COALESCE(started_at, ?), updated_at = ?, seq = seq + 1, "
             "error = NULL, current_step = 'Starting…', percentage = 0, partial_output = NULL, "
