@@ -1,10 +1,15 @@
 """arq's Worker, woken by enqueue instead of only by its poll timer.
 
 arq polls its queue every `poll_delay` seconds, so an idle worker meets a new job half a poll late on
-average (25 ms at our 50 ms default, 250 ms at arq's 0.5 s). JobQueue.enqueue PUBLISHes on the queue's
-wake channel in the same Lua call that adds the job; this worker listens on that channel and polls at
-once when told. The timer stays as the safety net: a lost wake-up (pub/sub is at-most-once, or the
-listener is reconnecting) or a deferred retry coming due costs at most one `poll_delay`, as before.
+average (25 ms at our 50 ms default, 250 ms at arq's 0.5 s). JobQueue.enqueue pushes a token on the queue's
+wake list in the same Lua call that adds the job. An idle worker with a free slot waits for it with
+`BLPOP wake <rest of the poll delay>` and sends its take script in the same write, behind the BLPOP on the same
+connection: Redis runs a client's commands in order, so the take runs the moment the pop returns (a token came)
+or times out (the poll timer), with no round trip and no turn of the loop between the wake-up and the take
+(`_wait_and_take`). The wait is the poll: one Redis call per idle cycle, as before. A lost token (Redis
+restarted) or a deferred retry coming due costs at most one `poll_delay`, as before; a worker whose slots are all
+taken waits on its own event instead (a slot freeing up), and a take that leaves due jobs behind (no slot free)
+puts a token back, so another idle worker looks at once.
 
 Starting jobs: arq takes each job with WATCH, EXISTS, ZSCORE and MULTI/PSETEX/EXEC (four round trips per job).
 `start_jobs` here takes every job that fits in the free slots with one Lua call that does the same checks
@@ -18,6 +23,8 @@ tests/test_arq_worker.py checks against the installed arq. Should one of these f
 but a lost Redis connection, which arq's own path would meet too), the worker logs it once and falls back for
 good to arq's own poll, start, run and finish (`_fall_back`). A take script that failed halfway may leave a job
 marked in progress: arq's path takes it again once that mark expires (`in_progress_timeout_s`), late, not lost.
+So may a worker stopped during its wait, should a token come in the very instant it drops the waiting connection:
+the take behind the wait may have run with nobody left to read its answer.
 """
 
 from __future__ import annotations
@@ -35,9 +42,11 @@ from arq.constants import in_progress_key_prefix, job_key_prefix, retry_key_pref
 from arq.jobs import SerializationError, deserialize_job_raw
 from arq.utils import ms_to_datetime, timestamp_ms
 from arq.worker import Function, RetryJob
+from hiredis import pack_command
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from .metrics import redis_errors_of
 from .queue import wake_channel
 from .script_batch import BatchedScript, ScriptBatch
 
@@ -51,7 +60,7 @@ _TRANSIENT = (RedisConnectionError, RedisTimeoutError, OSError)
 REDIS_RETRY_FIRST = 0.05
 REDIS_RETRY_MAX = 1.0
 
-WAKE_READ_SECONDS = 1.0  # one read of the wake-up channel waits this long for a message, then reads again
+WAIT_MIN_SECONDS = 0.001  # BLPOP's timeout resolution (0 would mean forever): a shorter wait polls at once
 
 FINISH_BATCH = 1000  # finished jobs removed per Redis call (Lua's unpack has a limit)
 
@@ -88,12 +97,22 @@ return taken
 """
 )
 # Read the due jobs and take those that fit the free slots, in one call (an idle worker's poll).
-# KEYS: the queue; ARGV after the prefixes: free slots, read limit.
+# KEYS: the queue, its wake list; ARGV after the prefixes: free slots, read limit, how long (ms) the call may have
+# waited in Redis behind a BLPOP since `now` was read (0: it did not). "Due" is at `now` moved on by the time
+# since, read from Redis's clock and never past now + wait (a deferred job is not taken more than that early).
+# Due jobs left without a slot put a token back on the wake list, for another idle worker.
 # Returns {taken, rest: [job id, ...]} (rest: due, but no slot was free).
 _TAKE_LUA = (
     _TAKE_ONE_LUA
     + """
-local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'WITHSCORES', 'LIMIT', 0, ARGV[7])
+local now = tonumber(ARGV[1])
+local waited = tonumber(ARGV[8])
+if waited > 0 then
+  local t = redis.call('TIME')
+  local server = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  now = math.min(now + waited, math.max(now, server))
+end
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'WITHSCORES', 'LIMIT', 0, ARGV[7])
 local taken, rest = {}, {}
 local free = tonumber(ARGV[6])
 for i = 1, #due, 2 do
@@ -102,6 +121,10 @@ for i = 1, #due, 2 do
   else
     rest[#rest + 1] = due[i]
   end
+end
+if #rest > 0 then
+  redis.call('RPUSH', KEYS[2], '1')
+  redis.call('LTRIM', KEYS[2], -1, -1)
 end
 return {taken, rest}
 """
@@ -118,8 +141,10 @@ return 0
 class WakeableWorker(Worker):
     """A Worker whose idle wait ends early when a job is enqueued on its queue."""
 
-    _wake: asyncio.Event | None = None
-    _wake_task: asyncio.Task[None] | None = None
+    _wake: asyncio.Event | None = None  # set when a slot frees up on a worker whose slots were all taken
+    _waiter: Any = None  # the pooled connection `_wait_and_take` blocks on, held from the first wait to the end
+    _taken_early: list[Any] | None = None  # what the take behind the last wait took, for the next poll to run
+    _wait_failed_at = float("-inf")  # loop time the waiting connection last failed: the timer alone, for a while
     _paused_until: float = 0.0
     _start_script: Callable[..., Awaitable[Any]] | None = None
     _take_script: Callable[..., Awaitable[Any]] | None = None
@@ -169,9 +194,9 @@ class WakeableWorker(Worker):
             self._scripts = ScriptBatch(self.pool)
         return BatchedScript(self._scripts, source)
 
-    def _prefixes(self) -> list[str | int]:
+    def _prefixes(self, now_ms: int | None = None) -> list[str | int]:
         return [
-            timestamp_ms(),
+            timestamp_ms() if now_ms is None else now_ms,
             int(self.in_progress_timeout_s * 1000),
             in_progress_key_prefix,
             job_key_prefix,
@@ -380,22 +405,23 @@ class WakeableWorker(Worker):
 
     async def _poll_iteration(self) -> None:
         """arq's poll, with the read of due jobs and the taking of those that fit in one Redis call."""
-        if self.arq_path or (self.burst and self.max_burst_jobs >= 0):
+        early, self._taken_early = self._taken_early, None
+        if early is not None:  # the take behind the last wait ran: its jobs are ours to run (whatever path), no take
+            await self._start_taken(*early)
+        elif self.arq_path or (self.burst and self.max_burst_jobs >= 0):
             return await super()._poll_iteration()
-        if self.allow_pick_jobs and self.job_counter < self.max_jobs:
+        elif self.allow_pick_jobs and self.job_counter < self.max_jobs:
             if self._take_script is None:
                 self._take_script = self._batched(_TAKE_LUA)
-            args = [*self._prefixes(), self.max_jobs - self.job_counter, self.queue_read_limit]
+            args = [*self._prefixes(), self.max_jobs - self.job_counter, self.queue_read_limit, 0]
             try:
-                taken, rest = await self._take_script(keys=[self.queue_name], args=args)
+                taken, rest = await self._take_script(keys=self._take_keys(), args=args)
             except _TRANSIENT:
                 raise
             except Exception as exc:
                 self._fall_back("the poll", exc)
                 return await super()._poll_iteration()
-            await self._run_taken(taken)
-            if rest:  # more are due than slots were free: start them as slots free up, as arq does
-                await self.start_jobs(rest)
+            await self._start_taken(taken, rest)
         if self.allow_abort_jobs:
             await self._cancel_aborted_jobs()
         if len(self.tasks) > self.job_counter:  # a done task is left only when it failed (or is arq's own)
@@ -405,6 +431,19 @@ class WakeableWorker(Worker):
                     t.result()  # as arq: errors in run_job propagate
         await self.heart_beat()
         return None
+
+    async def _start_taken(self, taken: list[Any], rest: list[Any]) -> None:
+        await self._run_taken(taken)
+        if taken:
+            # Two turns of the loop before this poll's bookkeeping and the next wait (packing and sending it): the
+            # jobs just started reach their store claim, and their claims reach the store's thread, first.
+            await asyncio.sleep(0)
+            await asyncio.sleep(0)
+        if rest:  # more are due than slots were free: start them as slots free up, as arq does
+            await self.start_jobs(rest)
+
+    def _take_keys(self) -> list[str]:
+        return [self.queue_name, wake_channel(self.queue_name)]
 
     async def _redis_lost(self, exc: BaseException) -> None:
         """A poll met a lost Redis connection (Redis down, or a Sentinel failover under way): wait a little and poll
@@ -418,36 +457,75 @@ class WakeableWorker(Worker):
         """Take no new job for `seconds` (the store could not claim one); running jobs go on."""
         self._paused_until = max(self._paused_until, asyncio.get_running_loop().time() + seconds)
 
-    async def _listen_for_wakes(self, subscribed: asyncio.Event) -> None:
-        assert self._wake is not None
-        backoff = 0.1
-        while True:
-            pubsub = self.pool.pubsub(ignore_subscribe_messages=True)
-            try:
-                await pubsub.subscribe(wake_channel(self.queue_name))
-                subscribed.set()
-                backoff = 0.1
-                while True:
-                    # a timeout of its own, not None: None would wait under the socket timeout (REDIS_SOCKET_TIMEOUT)
-                    # and take a quiet channel for a dead connection; this returns None when nothing came
-                    message = await pubsub.get_message(timeout=WAKE_READ_SECONDS)
-                    if message is not None:
-                        self._wake.set()
-            except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
-                log.warning("wake-up subscription lost; polling meanwhile", extra={"error": str(exc)})
-                subscribed.set()
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 5.0)
-            except Exception:  # not worth a crash: the poll timer still finds every job
-                log.exception("wake-up listener failed; this worker now polls every poll_delay only")
-                subscribed.set()
-                return
-            finally:
-                with contextlib.suppress(Exception):
-                    await pubsub.aclose()
+    def _waits_in_redis(self, seconds: float) -> bool:
+        """Whether this idle wait can be the BLPOP with the take behind it: a slot is free, jobs may be taken, and
+        the waiting connection did not just fail (then the timer alone serves, for a poll delay or a second)."""
+        return (
+            seconds >= WAIT_MIN_SECONDS
+            and not self.arq_path
+            and not self.burst
+            and self.allow_pick_jobs
+            and self.job_counter < self.max_jobs
+            and self.loop.time() - self._wait_failed_at > max(self.poll_delay_s, 1.0)
+        )
 
-    async def _idle(self, seconds: float) -> None:
-        """Sleep until the next poll is due or a job is enqueued, whichever comes first."""
+    async def _wait_and_take(self, seconds: float) -> None:
+        """Wait up to `seconds` for a wake token, and take the due jobs as it comes (or as the wait times out) in
+        the same Redis call: BLPOP, then the take script, written together on a connection of our own. What it
+        took waits in `_taken_early` for the next poll. A failure here is the wait's alone: the connection is
+        dropped, the rest of the wait is the timer's, and the next poll meets Redis's state as arq's would."""
+        free = self.max_jobs - self.job_counter
+        now_ms = timestamp_ms()
+        wait_ms = int(seconds * 1000) + 1
+        take: tuple[Any, ...] = (
+            "EVAL",
+            _TAKE_LUA,
+            2,
+            *self._take_keys(),
+            *self._prefixes(now_ms),
+            free,
+            self.queue_read_limit,
+            wait_ms,
+        )
+        conn = self._waiter
+        try:
+            if conn is None:
+                # the pool's, held for good: a Sentinel failover closes it with the pool's other connections
+                # (redis_url.follow_primary), and the next wait reconnects to the new primary
+                conn = self._waiter = await self.pool.connection_pool.get_connection()
+            await conn.connect()  # at once if still connected
+            pop: tuple[Any, ...] = ("BLPOP", wake_channel(self.queue_name), f"{seconds:.3f}")
+            packed = pack_command(pop) + pack_command(take)
+            await conn.send_packed_command(packed, check_health=False)
+            # the pop's own wait, then as long as any reply may take (the socket timeout would cut a long wait short)
+            bound = seconds + (conn.socket_timeout or 5.0)
+            async with asyncio.timeout(bound):
+                await conn.read_response(timeout=bound + 1, disconnect_on_error=False)  # the token, or nil
+                answer = await conn.read_response(timeout=bound + 1, disconnect_on_error=False)
+            if not isinstance(answer, list):  # a script error comes back as the exception, not raised
+                raise answer if isinstance(answer, Exception) else RedisTimeoutError(f"take answered {answer!r}")
+            self._taken_early = answer
+        except BaseException as exc:
+            # replies may be left unread: this connection is never used again as is. A cancel (shutdown) during the
+            # wait leaves Redis to drop the BLPOP and the take behind it with the connection.
+            if conn is not None:
+                await conn.disconnect(nowait=True)
+            if not isinstance(exc, Exception):
+                raise
+            self._wait_failed_at = self.loop.time()
+            errors = redis_errors_of(self.pool)
+            if errors is not None:
+                errors.note(exc)  # counted as a pooled connection's failure would be
+            if isinstance(exc, _TRANSIENT):
+                log.warning("wake-up wait failed; polling on the timer meanwhile", extra={"error": repr(exc)})
+            else:
+                self._fall_back("the wait for a wake-up", exc)
+            remaining = seconds - (self.loop.time() - self._wait_failed_at)
+            if remaining > 0:
+                await self._wait_locally(remaining)
+
+    async def _wait_locally(self, seconds: float) -> None:
+        """Sleep until the next poll is due or a slot frees up on a worker whose slots were all taken."""
         assert self._wake is not None
         if seconds > 0 and not self._wake.is_set():
             # asyncio.timeout, not wait_for: on Python 3.11 wait_for returns normally when the task is cancelled
@@ -455,6 +533,16 @@ class WakeableWorker(Worker):
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(seconds):
                     await self._wake.wait()
+
+    async def _idle(self, seconds: float) -> None:
+        """Sleep until the next poll is due or a job is enqueued, whichever comes first (and then take, when the
+        wait is in Redis)."""
+        assert self._wake is not None
+        if not self._wake.is_set():
+            if self._waits_in_redis(seconds):
+                await self._wait_and_take(seconds)
+            else:
+                await self._wait_locally(seconds)
         self._wake.clear()
 
     async def main(self) -> None:
@@ -474,13 +562,8 @@ class WakeableWorker(Worker):
         if self.on_startup:
             await self.on_startup(self.ctx)
         self._wake = asyncio.Event()
-        subscribed = asyncio.Event()
-        self._wake_task = asyncio.create_task(self._listen_for_wakes(subscribed), name="aijobs-worker-wake")
         loop = asyncio.get_running_loop()
-        try:  # from here on: a cancel (even during the first wait) also ends the listener, before the pool closes
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(5):  # (not wait_for: see _idle)
-                    await subscribed.wait()
+        try:  # from here on: a cancel (even during a wait) also closes the waiting connection
             while True:
                 self._wake.clear()  # anything enqueued from here on is seen by this iteration or wakes the next
                 before = loop.time()
@@ -505,6 +588,7 @@ class WakeableWorker(Worker):
                 self._full = self.job_counter >= self.max_jobs
                 await self._idle(self.poll_delay_s - (loop.time() - before))
         finally:
-            self._wake_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._wake_task
+            waiter, self._waiter = self._waiter, None
+            if waiter is not None:
+                await waiter.disconnect(nowait=True)
+                await self.pool.connection_pool.release(waiter)

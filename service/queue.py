@@ -27,6 +27,7 @@ from arq.constants import job_key_prefix, result_key_prefix
 from arq.jobs import serialize_job
 
 from .models import dumps
+from .script_batch import BatchedScript, ScriptBatch
 
 
 def json_serializer(value: Any) -> bytes:
@@ -46,11 +47,17 @@ JOB_EXPIRES_MS = 2 * 24 * 3600 * 1000
 
 # Same effect as arq's enqueue_job (refuse a job id that exists or has a result), atomically, plus the wake-up.
 # A function, so the submit path (service/admit.py) can run it in the same script as the job's first event.
+# The wake-up is a token in the list `wake` (at most one: a token says "look at the queue", and one look takes
+# every job due): an idle worker waits on it with BLPOP, and Redis runs the worker's take right after the pop
+# (service/arq_worker.py). The PUBLISH on the channel of the same name wakes workers of the previous release,
+# which listened on pub/sub, during a rolling deploy.
 ENQUEUE_JOB_LUA = """
 local function enqueue_job(job_key, result_key, queue, expires_ms, payload, score, arq_id, wake)
   if redis.call('EXISTS', job_key, result_key) > 0 then return 0 end
   redis.call('PSETEX', job_key, expires_ms, payload)
   redis.call('ZADD', queue, score, arq_id)
+  redis.call('RPUSH', wake, '1')
+  redis.call('LTRIM', wake, -1, -1)
   redis.call('PUBLISH', wake, '1')
   return 1
 end
@@ -61,7 +68,8 @@ _ENQUEUE_LUA = (
 
 
 def wake_channel(queue_name: str) -> str:
-    """Where enqueue announces new work to idle workers of this queue."""
+    """Where enqueue announces new work to idle workers of this queue: the list idle workers BLPOP on (and the
+    pub/sub channel of the previous release's workers)."""
     return f"{queue_name}:wake"
 
 
@@ -73,7 +81,8 @@ class JobQueue:
     def __init__(self, redis: ArqRedis, *, queue_name: str) -> None:
         self.redis = redis
         self.queue_name = queue_name
-        self._enqueue = redis.register_script(_ENQUEUE_LUA)
+        # hiredis-packed, no per-call pool check (see BatchedScript): the enqueue → start latency's first leg
+        self._enqueue = BatchedScript(ScriptBatch(redis), _ENQUEUE_LUA)
 
     async def enqueue(
         self,

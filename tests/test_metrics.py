@@ -151,22 +151,25 @@ async def test_a_scrape_during_a_load_run_shows_every_metric_moving(
                         await wait_for_status(alice, failed, {"failed"})
                         work = await scrape(worker_metrics)
 
-                        # Redis cuts every subscriber's connection: the web's gateway and the worker's wake-up
-                        # listener each see the error, count it, and resubscribe.
+                        # Redis cuts the web gateway's subscription and the worker's wait for a wake-up (its BLPOP,
+                        # cut again until one was caught waiting): each sees the error, counts it, and connects again.
                         redis = Redis.from_url(settings.redis_url)
-                        try:
-                            await redis.client_kill_filter(_type="pubsub")
-                        finally:
-                            await redis.aclose()
+                        await redis.client_kill_filter(_type="pubsub")
 
                         async def redis_errors_seen() -> bool:
+                            for client in await redis.client_list():
+                                if client.get("cmd") == "blpop":
+                                    await redis.client_kill_filter(_id=client["id"])
                             web_now, worker_now = await scrape(web_metrics), await scrape(worker_metrics)
                             return (
                                 value(web_now, "aijobs_redis_errors_total") >= 1
                                 and value(worker_now, "aijobs_redis_errors_total") >= 1
                             )
 
-                        await until(redis_errors_seen, 10, "the pub/sub cut counted in web and worker")
+                        try:
+                            await until(redis_errors_seen, 10, "the cuts counted in web and worker")
+                        finally:
+                            await redis.aclose()
                     during = await scrape(web_metrics)
                 reading.cancel()
                 # the streams closed: the gauges come back down

@@ -5,13 +5,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+from typing import Any
 
 import httpx
 from arq.connections import RedisSettings, create_pool
 from arq.constants import in_progress_key_prefix, job_key_prefix, retry_key_prefix
+from redis.asyncio import Redis
 
+from service.arq_worker import _TAKE_LUA
 from service.config import Settings
-from service.queue import JobQueue, json_deserializer, json_serializer
+from service.queue import JobQueue, json_deserializer, json_serializer, wake_channel
 
 from .conftest import run_worker, until, wait_for_status
 
@@ -123,3 +126,123 @@ async def test_a_cancel_that_comes_with_a_wake_up_still_stops_the_worker(setting
             await task
         with contextlib.suppress(asyncio.CancelledError):
             await worker.close()
+
+
+async def _blocked_waiters(redis: Redis) -> list[dict[str, Any]]:
+    return [c for c in await redis.client_list() if c.get("cmd") == "blpop"]
+
+
+async def test_an_idle_worker_waits_in_redis_and_the_take_behind_the_wait_starts_the_job(settings: Settings) -> None:
+    """Idle, the worker blocks on the wake list with its take queued behind; one enqueue's token starts the job
+    (a minute's poll delay: only the token can), and no token is left over."""
+    assert settings.redis_url
+    slow = dataclasses.replace(settings, poll_delay=60.0)
+    redis = Redis.from_url(settings.redis_url)
+    pool = await create_pool(
+        RedisSettings.from_dsn(settings.redis_url), job_serializer=json_serializer, job_deserializer=json_deserializer
+    )
+    try:
+        async with run_worker(slow) as worker:
+
+            async def waiting() -> bool:
+                return len(await _blocked_waiters(redis)) == 1
+
+            await until(waiting, what="the worker to wait on its wake list")
+            queue = JobQueue(pool, queue_name=settings.queue_name)
+            assert await queue.enqueue("no-such-job", ticket=3, priority=5)  # not in the store: the claim skips it
+
+            async def finished() -> bool:
+                return await redis.zscore(settings.queue_name, "no-such-job.3") is None
+
+            await until(finished, what="the woken worker to take and finish the job")
+            assert worker.jobs_complete == 1
+            assert await redis.llen(wake_channel(settings.queue_name)) == 0  # the worker's pop took the token
+            await until(waiting, what="the worker to wait again")
+    finally:
+        await pool.aclose()
+        await redis.aclose()
+
+
+async def test_a_job_enqueued_without_a_token_is_taken_when_the_wait_times_out(settings: Settings) -> None:
+    """A lost wake-up (arq's own enqueue pushes none; a Redis restart drops one) costs at most a poll delay:
+    the take behind the wait runs when the BLPOP times out."""
+    assert settings.redis_url
+    quick = dataclasses.replace(settings, poll_delay=0.2)
+    redis = await create_pool(
+        RedisSettings.from_dsn(settings.redis_url), job_serializer=json_serializer, job_deserializer=json_deserializer
+    )
+    try:
+        async with run_worker(quick) as worker:
+            await until(lambda: _one_waiter(redis), what="the worker to wait on its wake list")
+            await redis.enqueue_job("aijobs:cleanup", _job_id="no-token", _queue_name=settings.queue_name)
+            assert await redis.llen(wake_channel(settings.queue_name)) == 0
+
+            async def gone() -> bool:
+                return not await redis.exists(job_key_prefix + "no-token")
+
+            await until(gone, 5, "the job to be found by the timed-out wait's take")
+            assert worker.jobs_complete >= 1
+    finally:
+        await redis.aclose()
+
+
+async def _one_waiter(redis: Redis) -> bool:
+    return len(await _blocked_waiters(redis)) == 1
+
+
+async def test_a_killed_wait_connection_is_replaced_and_jobs_still_start(settings: Settings) -> None:
+    """Redis drops the waiting connection: the worker counts the error, polls on its timer meanwhile, then waits
+    in Redis again on a new connection; a job enqueued meanwhile still starts."""
+    assert settings.redis_url
+    quick = dataclasses.replace(settings, poll_delay=0.2)
+    redis = await create_pool(
+        RedisSettings.from_dsn(settings.redis_url), job_serializer=json_serializer, job_deserializer=json_deserializer
+    )
+    try:
+        async with run_worker(quick) as worker:
+            await until(lambda: _one_waiter(redis), what="the worker to wait on its wake list")
+            (waiter,) = await _blocked_waiters(redis)
+            await redis.client_kill_filter(_id=waiter["id"])
+            await redis.enqueue_job("aijobs:cleanup", _job_id="after-kill", _queue_name=settings.queue_name)
+
+            async def gone() -> bool:
+                return not await redis.exists(job_key_prefix + "after-kill")
+
+            await until(gone, 5, "the job to start with the wait connection gone")
+            assert worker.jobs_complete >= 1
+
+            async def new_waiter() -> bool:
+                waiters = await _blocked_waiters(redis)
+                return len(waiters) == 1 and waiters[0]["id"] != waiter["id"]
+
+            await until(new_waiter, 5, "a new wait connection")
+    finally:
+        await redis.aclose()
+
+
+async def test_the_take_behind_a_wait_is_due_by_redis_time_but_never_past_the_wait(settings: Settings) -> None:
+    """The take's `now` was read before the wait: it moves on by Redis's clock, bounded by the wait's length, so
+    a deferred job is neither missed for a whole extra poll nor taken early; due jobs left without a slot put a
+    token back for another worker."""
+    assert settings.redis_url
+    redis = Redis.from_url(settings.redis_url)
+    queue, wake = "take-lua-test", wake_channel("take-lua-test")
+    try:
+        await redis.delete(queue, wake)
+        seconds, _ = await redis.time()
+        now = seconds * 1000
+        await redis.zadd(queue, {"due": now - 10_000, "soon": now - 2_000, "later": now + 60_000, "also": now - 20})
+        take = redis.register_script(_TAKE_LUA)
+        prefixes = [in_progress_key_prefix + "t:", job_key_prefix + "t:", retry_key_prefix + "t:"]
+        # read 5 s ago, waited at most 1 s: due by then are only the jobs due 4 s ago
+        taken, rest = await take(keys=[queue, wake], args=[now - 5_000, 1000, *prefixes, 10, 100, 1_000])
+        assert [taken[i] for i in range(0, len(taken), 4)] == [b"due"]
+        assert rest == [] and await redis.llen(wake) == 0
+        # read now, may have waited 2 minutes: Redis's clock says `later` is not due yet; one slot for two due jobs
+        taken, rest = await take(keys=[queue, wake], args=[now, 1000, *prefixes, 1, 100, 120_000])
+        assert [taken[i] for i in range(0, len(taken), 4)] == [b"soon"]
+        assert rest == [b"also"]
+        assert await redis.llen(wake) == 1  # a token for another idle worker
+    finally:
+        await redis.delete(queue, wake, *(await redis.keys("arq:*t:*")))
+        await redis.aclose()
