@@ -21,6 +21,7 @@ from typing import Any, cast
 
 from hiredis import pack_command
 from redis.asyncio import Redis
+from redis.asyncio.connection import AbstractConnection
 from redis.commands.core import AsyncScript
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, ResponseError
@@ -126,9 +127,12 @@ async def _read_answers(conn: Any, count: int) -> list[Any]:
 
     Read from the connection's parser under one bound (the socket timeout) for the whole batch: redis-py's
     `read_response` enters an `asyncio.timeout` (a timer scheduled and cancelled) per answer, which cost more than
-    reading the answer. A connection without the parser this expects is read the redis-py way."""
+    reading the answer. A connection without the parser this expects, or whose class reads answers its own way (a
+    Sentinel-managed one turns a demoted primary's READONLY into a lost connection: redis_url.FailoverConnection),
+    is read the redis-py way."""
     parser = getattr(conn, "_parser", None)
-    if parser is None or not hasattr(parser, "read_response"):
+    own_read = getattr(type(conn), "read_response", None) is not AbstractConnection.read_response
+    if parser is None or not hasattr(parser, "read_response") or own_read:
         answers: list[Any] = []
         for _ in range(count):
             try:
