@@ -160,3 +160,82 @@ async def test_reads_go_on_while_a_write_waits_for_the_write_lock(tmp_path: Path
         assert await store.get(job.id) == touched  # and every read after it sees it
     finally:
         await store.close()
+
+
+async def _now_db(path: Path) -> Connection:
+    db = Connection(path, busy_timeout_ms=5_000)
+    await db.open()
+    await db.call(lambda c: c.execute("PRAGMA journal_mode=WAL").fetchall())
+    await db.execute("CREATE TABLE t (k TEXT PRIMARY KEY, v INTEGER)")
+    await db.execute("INSERT INTO t VALUES ('a', 1)")
+    db._writer._idle_since = -1.0  # as if idle for long (the writer just answered the setup's writes)
+    return db
+
+
+async def test_a_write_now_on_an_idle_writer_is_done_before_the_caller_yields(tmp_path: Path) -> None:
+    """The claim's path on an idle worker: the statement runs at once, on the writer's own connection."""
+    db = await _now_db(tmp_path / "n.db")
+    try:
+        pending = db.execute_now("UPDATE t SET v = 2 WHERE k = 'a' AND v = 1 RETURNING v")
+        assert pending._future.done()  # answered without a turn of the loop
+        async with pending as cur:
+            assert tuple(await cur.fetchone()) == (2,)
+        async with db.execute("SELECT v FROM t WHERE k = 'a'") as cur:  # committed: the reader sees it
+            assert (await cur.fetchone())[0] == 2
+        db._writer._idle_since = -1.0
+        with pytest.raises(sqlite3.IntegrityError):  # its own error, from the writer's path
+            await db.execute_now("INSERT INTO t VALUES ('a', 3)")
+    finally:
+        await db.close()
+
+
+async def test_writes_now_batch_behind_queued_writes_in_a_burst_and_on_a_busy_writer(tmp_path: Path) -> None:
+    """Writes commit in the order made (one queued: the next goes behind it); of a burst in one turn of the loop
+    only the first runs at once (the rest group-commit on the writer's thread); a writer that answered within
+    IDLE_FOR_NOW is busy, and its writes batch."""
+    db = await _now_db(tmp_path / "n.db")
+    try:
+        first = db.execute("INSERT INTO t VALUES ('b', 1)")  # queued, not yet run
+        second = db.execute_now("UPDATE t SET v = 5 WHERE k = 'b' RETURNING v")
+        assert not second._future.done()
+        assert (await first).rowcount == 1
+        async with second as cur:
+            assert tuple(await cur.fetchone()) == (5,)  # it saw the insert made before it
+
+        db._writer._idle_since = -1.0
+        burst = [db.execute_now("INSERT INTO t VALUES (?, ?)", (f"k{i}", i)) for i in range(5)]
+        assert [p._future.done() for p in burst] == [True, False, False, False, False]
+        assert all(r.rowcount == 1 for r in await asyncio.gather(*burst))
+
+        busy = db.execute_now("UPDATE t SET v = 6 WHERE k = 'b'")  # the writer answered just now
+        assert not busy._future.done()
+        assert (await busy).rowcount == 1
+    finally:
+        await db.close()
+
+
+async def test_a_write_now_with_the_lock_held_elsewhere_waits_on_the_writers_thread(tmp_path: Path) -> None:
+    """Another process holds the write lock: the try at once fails at once (the loop never waits for the lock)
+    and the write goes to the writer, which waits for the lock as every write does."""
+    path = tmp_path / "n.db"
+    db = await _now_db(path)
+    other = sqlite3.connect(path, isolation_level=None)
+    try:
+        other.execute("BEGIN IMMEDIATE")
+        pending = db.execute_now("UPDATE t SET v = 7 WHERE k = 'a' RETURNING v")
+        assert not pending._future.done()
+        deadline = asyncio.get_running_loop().time() + 5
+        while db._writer.outstanding == 0:  # handed to the writer, which now waits for the lock
+            assert asyncio.get_running_loop().time() < deadline
+            await asyncio.sleep(0.01)
+        assert not pending._future.done()
+        other.execute("ROLLBACK")
+        async with pending as cur:
+            assert tuple(await cur.fetchone()) == (7,)
+        async with db.execute("PRAGMA busy_timeout") as cur:  # the writer's own timeout is back
+            pass
+        assert db._writer.conn is not None
+        assert db._writer.conn.execute("PRAGMA busy_timeout").fetchone()[0] == 5_000
+    finally:
+        other.close()
+        await db.close()

@@ -13,6 +13,12 @@ lock, one WAL commit for many statements, and busy_timeout applies to the BEGIN)
 result (rows, rowcount) or exception, and none resolves before its batch committed. If a statement's error rolled
 the whole transaction back (SQLite does for a few errors), the batch runs again one statement at a time.
 
+A lone write on an idle writer (the worker's claim, `execute_now`) runs at once on the caller's thread, on the
+writer's own connection under the lock the writer's thread holds for each batch: a job's start then pays the
+statement, not two thread hand-overs. Only when the writer has answered everything and been idle IDLE_FOR_NOW, and
+once per turn of the loop: a busy worker's claims (a take's burst, or one after each finish in a drain) group-commit
+on the thread as before; run one commit each on the loop, they halved a drain.
+
 A SELECT goes to the reader instead: in WAL mode a reader takes no lock a writer holds, so while our writer waits
 for the write lock (another process holds it), reads go on, neither failing nor waiting with it. A read sees
 every write that resolved before it was queued (those committed first). A statement that the write lock kept out
@@ -34,6 +40,7 @@ from typing import Any
 
 from ..errors import StoreUnavailable
 
+IDLE_FOR_NOW = 0.005  # seconds the writer must have been idle for `run_now` (a busy worker's writes batch instead)
 MAX_BATCH = 256  # statements per transaction: bounds how long one batch holds the write lock
 
 
@@ -120,6 +127,12 @@ class _Lane:
         # loop for the GIL; with 1,000 jobs starting at once that was the largest single cost of a claim).
         self._buffer: list[_Op] = []
         self._buffer_loop: asyncio.AbstractEventLoop | None = None
+        self.outstanding = 0  # operations queued and not yet answered (counted on the loop): 0, the thread is idle
+        self.conn: sqlite3.Connection | None = None  # the thread's connection, for `run_now` (None: closing)
+        self.busy_timeout_ms = 0
+        self.lock = threading.Lock()  # held by whoever uses `conn`: the thread for a batch, or `run_now`
+        self._ran_now = False  # `run_now` ran a write in this turn of the loop: the next ones batch
+        self._idle_since = 0.0  # when the thread last answered (loop time): `run_now` only for a lane idle a while
         self.errors = 0  # statements that failed, not counting a unique-key refusal (written by the thread only)
 
     def submit(self, op: _Op) -> None:
@@ -131,6 +144,43 @@ class _Lane:
             self._buffer_loop = loop
             loop.call_soon(self._hand_over)
         self._buffer.append(op)
+        self.outstanding += 1
+
+    def run_now(self, op: _Op) -> bool:
+        """Run a lone write on the caller's thread, on the thread's own connection, when nothing is queued for it
+        or running: the statement alone, without two thread hand-overs (see Connection.execute_now). It never
+        waits for the write lock (busy_timeout 0 meanwhile): held elsewhere, or any error, and False: the caller
+        queues it as any write, and the thread's path decides."""
+        conn = self.conn
+        if conn is None or self.outstanding or self._buffer or self._ran_now:
+            return False
+        loop = op.future.get_loop()
+        if loop.time() - self._idle_since < IDLE_FOR_NOW:
+            return False
+        # One per turn of the loop: a burst (a take's claims, whose tasks all start in one turn) would otherwise run
+        # one commit each on the loop instead of one group commit on the thread (a drain ran at half speed).
+        self._ran_now = True
+        loop.call_soon(self._next_turn)
+        if not self.lock.acquire(blocking=False):
+            return False
+        try:
+            if self.conn is None or conn.in_transaction:
+                return False
+            conn.execute("PRAGMA busy_timeout=0")
+            try:
+                op.future.set_result(_run_one(conn, op))
+                return True
+            except sqlite3.Error:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                return False
+            finally:
+                conn.execute(f"PRAGMA busy_timeout={self.busy_timeout_ms}")
+        finally:
+            self.lock.release()
+
+    def _next_turn(self) -> None:
+        self._ran_now = False
 
     def _hand_over(self) -> None:
         if self._buffer:
@@ -155,11 +205,14 @@ class _Lane:
         except BaseException as exc:
             loop.call_soon_threadsafe(_settle, opened, None, exc)
             return
+        self.conn = conn
         loop.call_soon_threadsafe(_settle, opened, None, None)
         try:
             self._serve(conn, max_batch)
         finally:
-            conn.close()
+            self.conn = None
+            with self.lock:
+                conn.close()
 
     def _serve(self, conn: sqlite3.Connection, max_batch: int) -> None:
         get, get_nowait = self.queue.get, self.queue.get_nowait
@@ -185,7 +238,8 @@ class _Lane:
 
     def _run(self, conn: sqlite3.Connection, batch: list[_Op]) -> None:
         """Run one batch and answer each of its operations on its own loop, one wake-up per loop."""
-        outcomes = self.run_batch(conn, batch)
+        with self.lock:  # released before the answers go: a loop that sees the lane idle finds the lock free
+            outcomes = self.run_batch(conn, batch)
         by_loop: dict[asyncio.AbstractEventLoop, tuple[list[_Op], list[Any]]] = {}
         for op, outcome in zip(batch, outcomes, strict=True):  # one loop, unless a caller moved loops
             if outcome[1] is not None:
@@ -195,7 +249,13 @@ class _Lane:
             results.append(outcome)
         for target, (ops, results) in by_loop.items():
             with contextlib.suppress(RuntimeError):  # that loop closed: nobody is waiting any more
-                target.call_soon_threadsafe(_resolve, ops, results)
+                target.call_soon_threadsafe(self._answer, ops, results)
+
+    def _answer(self, ops: list[_Op], outcomes: list[tuple[Any, BaseException | None]]) -> None:
+        self.outstanding -= len(ops)
+        if not self.outstanding:
+            self._idle_since = ops[0].future.get_loop().time()
+        _resolve(ops, outcomes)
 
     def _failed(self, exc: BaseException) -> tuple[None, BaseException]:
         """Count a failed statement; the write lock held elsewhere past busy_timeout becomes StoreUnavailable."""
@@ -212,6 +272,7 @@ class _Lane:
     async def close(self) -> None:
         if self.thread is None:
             return
+        self.conn = None  # no `run_now` from here on
         self._hand_over()
         self.queue.put(None)
         thread, self.thread = self.thread, None
@@ -241,6 +302,7 @@ class Connection:
 
     async def open(self) -> None:
         busy = f"PRAGMA busy_timeout={int(self.busy_timeout_ms)}"  # a reader may meet a recovery in progress
+        self._writer.busy_timeout_ms = int(self.busy_timeout_ms)
         await self._writer.open(self.path, [busy], self.max_batch)
         try:
             # query_only: a statement taken for a read that would write fails here instead of writing unbatched
@@ -261,6 +323,19 @@ class Connection:
     def execute(self, sql: str, params: Sequence[Any] = ()) -> _Pending:
         """Queue one statement; await the Result (or `async with` it). Its effects are committed when it resolves."""
         return _Pending(self._submit(sql, params, None))
+
+    def execute_now(self, sql: str, params: Sequence[Any] = ()) -> _Pending:
+        """`execute` for a lone write, run at once on this thread when the writer has nothing queued or running (the
+        worker's claim: a job's start then pays the statement, ~0.05 ms, not the hand-over to the writer's thread and
+        back, ~0.3 ms of scheduler wake-ups). On the writer's own connection, so writes still commit in the order
+        made and no third connection is open; the lock held elsewhere, or any error, and it is queued as any write."""
+        if not self._open or self._closed:
+            raise sqlite3.ProgrammingError("Cannot operate on a closed database.")
+        future = asyncio.get_running_loop().create_future()
+        op = _Op(future, sql, params)
+        if not self._writer.run_now(op):
+            self._writer.submit(op)
+        return _Pending(future)
 
     async def call(self, fn: Callable[[sqlite3.Connection], Any]) -> Any:
         """Run fn(connection) on the writer's thread, alone (it may run its own transaction)."""

@@ -255,7 +255,8 @@ class SQLiteJobStore:
         `steps` (JSON: type -> one {"provider", "model"} per chain step) sets `running_on` to the job's step, picked
         by its type and model_index (past the end: the last step, as the runner picks), in this same write."""
         t = now()
-        async with self.db.execute(
+        # at once on this thread when the writer is idle (Connection.execute_now): a job's start waits for no thread
+        async with self.db.execute_now(
             "UPDATE jobs SET status = 'processing', attempts = attempts + 1, lease_token = ?, worker_id = ?, "
             "lease_expires_at = ?, started_at = COALESCE(started_at, ?), updated_at = ?, seq = seq + 1, "
             "error = NULL, current_step = 'Starting…', percentage = 0, partial_output = NULL, "
