@@ -312,9 +312,14 @@ async def mine_events(
             if direct is not None and path.on:
                 sub.fast = direct  # idle: live events go straight to the socket (MineDirect)
             try:
-                batch = await mw.next_batch()
+                woke = await sub.wait()
             finally:
+                # Off before `take`, as the WebSocket writer does: a job new to this stream is caught up from its
+                # Stream inside `take` (an await), and a live event of it written directly meanwhile moved the
+                # watch past the events the catch-up then returned, so they were dropped (a fast worker's
+                # `processing` overtook the job's `queued`).
                 sub.fast = None
+            batch = await mw.take() if woke else None
             if mw.sub.ended:
                 yield sse_ended_frame(mw.sub.ended)
                 return
