@@ -29,7 +29,6 @@ after the store answered a ping, and gives the turn back if its pass fails.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 
@@ -49,10 +48,6 @@ log = logging.getLogger("aijobs.lifecycle")
 RECONCILE_GRACE = 2.0  # seconds a queued job may sit between its store write and its enqueue
 RECONCILE_CHUNK = 500  # queue entries checked per Redis round trip
 REANNOUNCE_GRACE = 5.0  # seconds a finished job's end event may still be on its way (queued by its worker)
-# A lapsed run's claim event is looked for this many Stream entries at a time, newest first, in at most this many
-# reads (a Stream holds up to EventLog's maxlen, 2,000, of the job's events).
-ORIGIN_SCAN_CHUNK = 500
-ORIGIN_SCAN_CHUNKS = 5
 REANNOUNCE_LIMIT = 5000  # finished jobs checked per pass (more: the busiest minute of a big deployment; logged)
 
 
@@ -120,33 +115,10 @@ class Maintenance:
             await self.events.announce(done)
             if done.status is JobStatus.QUEUED:
                 try:
-                    origin = await self._lapsed_origin(job)  # the next spell's lines carry the submitter's ids
-                    await self.queue.enqueue(done.id, ticket=done.seq, priority=done.priority, origin=origin)
+                    await self.queue.enqueue(done.id, ticket=done.seq, priority=done.priority)
                 except Exception as exc:  # Redis is down: the reconciler enqueues it once Redis is back
                     log.warning("could not enqueue a taken-over job", extra={**about(done), "error": repr(exc)})
         return taken
-
-    async def _lapsed_origin(self, job: Job) -> dict[str, str] | None:
-        """The submitting request's ids from the queue entry of the run whose lease lapsed (its worker died with it
-        still held), so the job's next spell logs them too. That entry's ticket is one below the seq of the run's
-        claim event, the newest `processing` event of its attempt in the job's Stream. None when either is gone
-        (the Stream trimmed past it, the entry expired or re-run): the job runs on, its lines without them."""
-        key = stream_key(job.id)
-        newest: str | bytes = "+"
-        try:
-            for _ in range(ORIGIN_SCAN_CHUNKS):
-                entries = await self.events.redis.xrevrange(key, max=newest, min="-", count=ORIGIN_SCAN_CHUNK)
-                for _, fields in entries:
-                    event = json.loads(fields.get(b"e") or fields.get("e") or "{}")
-                    if event.get("status") == "processing" and event.get("attempt") == job.attempts:
-                        return await self.queue.origin_of(job.id, int(event["seq"]) - 1)
-                if len(entries) < ORIGIN_SCAN_CHUNK:
-                    return None
-                last = entries[-1][0]
-                newest = "(" + (last.decode() if isinstance(last, bytes) else last)
-        except Exception as exc:  # only the log lines' ids are at stake: the take-over goes on
-            log.info("lapsed run's origin not found", extra={**about(job), "error": repr(exc)})
-        return None
 
     async def reconcile(self) -> int:
         """Enqueue every queued job Redis lacks (or holds only as a stale, never-claimed run)."""

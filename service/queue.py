@@ -42,7 +42,6 @@ def json_deserializer(raw: bytes) -> Any:
 PRIORITY_STEP_SECONDS = 10.0
 DEFAULT_PRIORITY = 5
 RUN_JOB_FUNCTION = "run_job"
-ORIGIN_KEYS = ("request_id", "traceparent")  # run_job's keyword arguments (tracing.Origin.enqueue_kwargs)
 JOB_EXPIRES_MS = 2 * 24 * 3600 * 1000
 
 # Same effect as arq's enqueue_job (refuse a job id that exists or has a result), atomically, plus the wake-up.
@@ -125,20 +124,6 @@ class JobQueue:
 
     async def depth(self) -> int:
         return int(await self.redis.zcard(self.queue_name))
-
-    async def origin_of(self, job_id: str, ticket: int) -> dict[str, str] | None:
-        """The submitting request's ids (`request_id`, `traceparent`) that this spell's queue entry carries, while
-        arq still holds the entry (a run whose worker died keeps it until its in-progress key expires); None when
-        the entry is gone or says none."""
-        raw = await self.redis.get(job_key_prefix + arq_job_id(job_id, ticket))
-        if raw is None:
-            return None
-        try:
-            kwargs = json_deserializer(raw).get("k") or {}
-        except (ValueError, AttributeError):
-            return None
-        origin = {k: v for k in ORIGIN_KEYS if isinstance(v := kwargs.get(k), str)}
-        return origin or None
 
     async def holds(self, job_id: str, ticket: int) -> bool:
         """Whether this ticket is on the queue (waiting, or taken by a worker that has not finished it)."""
