@@ -176,14 +176,15 @@ async def test_a_job_enqueued_without_a_token_is_taken_when_the_wait_times_out(s
             await until(lambda: _one_waiter(redis), what="the worker to wait on its wake list")
             await redis.enqueue_job("aijobs:cleanup", _job_id="no-token", _queue_name=settings.queue_name)
             assert await redis.llen(wake_channel(settings.queue_name)) == 0
-
-            async def gone() -> bool:
-                return not await redis.exists(job_key_prefix + "no-token")
-
-            await until(gone, 5, "the job to be found by the timed-out wait's take")
+            await until(lambda: _gone(redis, "no-token"), 5, "the job to be found by the timed-out wait's take")
             assert worker.jobs_complete >= 1
     finally:
         await redis.aclose()
+
+
+async def _gone(redis: Redis, job_id: str) -> bool:
+    """arq dropped the job's key: it ran and finished."""
+    return not await redis.exists(job_key_prefix + job_id)
 
 
 async def _one_waiter(redis: Redis) -> bool:
@@ -204,11 +205,7 @@ async def test_a_killed_wait_connection_is_replaced_and_jobs_still_start(setting
             (waiter,) = await _blocked_waiters(redis)
             await redis.client_kill_filter(_id=waiter["id"])
             await redis.enqueue_job("aijobs:cleanup", _job_id="after-kill", _queue_name=settings.queue_name)
-
-            async def gone() -> bool:
-                return not await redis.exists(job_key_prefix + "after-kill")
-
-            await until(gone, 5, "the job to start with the wait connection gone")
+            await until(lambda: _gone(redis, "after-kill"), 5, "the job to start with the wait connection gone")
             assert worker.jobs_complete >= 1
 
             async def new_waiter() -> bool:
