@@ -18,14 +18,16 @@ import httpx
 from arq.connections import RedisSettings, create_pool
 from arq.constants import job_key_prefix
 
+from service.api.app import create_app
 from service.config import Settings
+from service.embedded import EmbeddedRedis
 from service.events import EventLog
 from service.lifecycle import Maintenance
 from service.models import Job, JobStatus, now
 from service.queue import JobQueue, arq_job_id, json_deserializer, json_serializer
 from service.store import open_store
 
-from .conftest import wait_for_status
+from .conftest import fast_settings, make_user, run_worker, serve, wait_for_status
 from .procs import WorkerProcess, spawn, store_row, workers
 
 TRACE = "0af7651916cd43dd8448eb211c80319c"
@@ -130,3 +132,49 @@ async def test_the_sweeper_and_the_reconciler_enqueue_a_job_with_its_stored_orig
     finally:
         await store.close()
         await redis.aclose()
+
+
+async def test_a_taken_over_run_is_a_span_in_the_submitting_posts_trace(
+    redis_server: EmbeddedRedis, tmp_path: Path
+) -> None:
+    """With TRACING on, the run the sweeper enqueued after a lost one is a child of the POST's span, as the first
+    run would have been (in-process web and worker; the dead worker is a claim whose lease has already lapsed)."""
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    settings = fast_settings(
+        redis_server, tmp_path, tracing=True, sim_delay=0.05, lease_seconds=2.0, heartbeat_seconds=0.5,
+        sweep_seconds=0.5,
+    )  # fmt: skip
+    assert settings.redis_url
+    async with serve(create_app(settings, redis_url=settings.redis_url, tracer_provider=provider)) as web:
+        token = await make_user(settings, "alice")
+        headers = {"Authorization": f"Bearer {token}", "traceparent": TRACEPARENT}
+        async with httpx.AsyncClient(base_url=web.url, timeout=10, headers=headers) as alice:
+            r = await alice.post("/api/jobs", json={"type": "titles", "input": {"text": "Traced past a dead worker"}})
+            assert r.status_code == 202, r.text
+            job_id = r.json()["job_id"]
+            store = open_store(settings)
+            await store.open()
+            try:  # a worker took the first spell and died with it: no worker has run anything yet
+                dead = await store.claim(job_id, worker_id="gone:1:x", token="dead", ticket=1, lease_seconds=-1)
+            finally:
+                await store.close()
+            assert dead is not None and dead.attempts == 1
+            async with run_worker(settings, tracer_provider=provider):
+                done = await wait_for_status(alice, job_id, {"completed", "failed", "cancelled"})
+                assert done["status"] == "completed" and done["attempt"] == 2, done
+                deadline = asyncio.get_running_loop().time() + 10
+                while not any(s.name == "run titles" for s in exporter.get_finished_spans()):
+                    assert asyncio.get_running_loop().time() < deadline, exporter.get_finished_spans()
+                    await asyncio.sleep(0.02)  # the run's span ends just after its completion is written
+    spans = exporter.get_finished_spans()
+    [post] = [s for s in spans if s.name == "POST /api/jobs"]
+    [run] = [s for s in spans if s.name == "run titles"]  # the dead spell's stale entry is skipped before a span
+    assert post.context.trace_id == run.context.trace_id == int(TRACE, 16)
+    assert run.parent is not None and run.parent.span_id == post.context.span_id, "a child of the POST's span"
+    assert run.attributes is not None and run.attributes["aijobs.attempt"] == 2
