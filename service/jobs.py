@@ -157,6 +157,7 @@ class JobService:
         """The job and its queue position when stored. Two round trips: one statement, one Redis script."""
         job_type, job_input, priority = validated or self.validate(body)
         spec = self.registry.get(job_type)
+        origin = tracing.current()  # the request's id (and trace): in the row and the queue entry, for every spell
         job = Job(
             id=job_id or str(uuid.uuid4()),
             user_id=user_id,
@@ -169,6 +170,8 @@ class JobService:
             own_provider_key=own_provider_key,
             webhook=webhook,
         )
+        if origin is not None:
+            job.request_id, job.traceparent = origin.request_id, origin.traceparent
         job.ready_at = job.created_at
         job.expires_at = job.created_at + (self.max_wait or spec.max_wait)
         try:
@@ -179,7 +182,6 @@ class JobService:
         if ahead is None:
             raise TooManyActive()
         self.metrics.job_submitted(job_type)
-        origin = tracing.current()  # the request's id (and trace) goes with the job to the worker
         try:
             admitted = await self.admission.admit(
                 user_id,

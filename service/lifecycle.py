@@ -34,6 +34,7 @@ import time
 
 from arq.constants import in_progress_key_prefix
 
+from . import tracing
 from .config import Settings
 from .coordination import register_worker
 from .events import EventLog, stream_key
@@ -52,8 +53,16 @@ REANNOUNCE_LIMIT = 5000  # finished jobs checked per pass (more: the busiest min
 
 
 def about(job: Job) -> dict[str, object]:
-    """The fields every log line about a job carries (a run's lines get them from its bound context)."""
-    return {"job_id": job.id, "user_id": job.user_id, "attempt": job.attempts}
+    """The fields every log line about a job carries (a run's lines get them from its bound context), with the
+    submitting request's ids as the store holds them."""
+    return {"job_id": job.id, "user_id": job.user_id, "attempt": job.attempts, **stored_origin(job).log_fields()}
+
+
+def stored_origin(job: Job) -> tracing.Origin:
+    """The submitting request's ids from the job's row: what a spell enqueued here carries to its worker, since the
+    spell that had them in its queue entry is gone (its worker died, or Redis lost it). None in both for a job
+    submitted before the store kept them (migration 12; PostgreSQL 4), or outside a request."""
+    return tracing.Origin(job.request_id, job.traceparent)
 
 
 _RELEASE_TURN = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0"
@@ -115,7 +124,8 @@ class Maintenance:
             await self.events.announce(done)
             if done.status is JobStatus.QUEUED:
                 try:
-                    await self.queue.enqueue(done.id, ticket=done.seq, priority=done.priority)
+                    origin = stored_origin(done).enqueue_kwargs()  # the next spell's lines and trace carry them
+                    await self.queue.enqueue(done.id, ticket=done.seq, priority=done.priority, origin=origin)
                 except Exception as exc:  # Redis is down: the reconciler enqueues it once Redis is back
                     log.warning("could not enqueue a taken-over job", extra={**about(done), "error": repr(exc)})
         return taken
@@ -145,7 +155,13 @@ class Maintenance:
                 continue
             await self.events.announce(fresh)
             delay = max(0.0, (fresh.ready_at or 0) - now())
-            await self.queue.enqueue(fresh.id, ticket=fresh.seq, priority=fresh.priority, defer_seconds=delay)
+            await self.queue.enqueue(
+                fresh.id,
+                ticket=fresh.seq,
+                priority=fresh.priority,
+                defer_seconds=delay,
+                origin=stored_origin(fresh).enqueue_kwargs(),
+            )
             fixed += 1
             log.warning("queued job was missing from Redis; enqueued again", extra=about(job))
         return fixed

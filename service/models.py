@@ -94,6 +94,10 @@ class Job:
     # {"url", "events"}: where to announce the job's end, and which ends (see service/webhooks/). Set at submit, never
     # changed; the store turns the job's terminal write into a delivery record in the same statement (a trigger).
     webhook: dict[str, Any] | None = None
+    # The submitting request's id and W3C traceparent (service/tracing.py), written with the job: every later spell
+    # carries them, also one the sweeper or reconciler enqueues again after the spell that carried them was lost.
+    request_id: str | None = None
+    traceparent: str | None = None
 
     @property
     def terminal(self) -> bool:

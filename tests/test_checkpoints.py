@@ -8,6 +8,7 @@ and a run whose job was taken over between two checkpoints is stopped by the Red
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -21,9 +22,11 @@ from service.config import Settings
 from service.events import EventLog, announcement
 from service.models import Event, EventKind, Job, JobStatus
 from service.providers.simulated import SimulatedProvider
-from service.runner import CHECKPOINT_SECONDS, LeaseLost, RecordingProvider, RunContext
+from service.queue import JobQueue
+from service.runner import CHECKPOINT_SECONDS, JobRunner, LeaseLost, RecordingProvider, RunContext
 from service.store import JobStore, open_store
 from service.store.base import UNSTORED_EVENTS_MAX
+from service.tasks import TaskRegistry
 
 from .conftest import until
 
@@ -316,3 +319,40 @@ async def test_a_jobs_events_keep_their_order_when_redis_lost_its_scripts(run: R
     sent = [run.events.publish_many_soon("u", many), run.events.publish_soon("u", end)]
     assert [await f for f in sent] == [2, 1]
     assert [e.seq for e in await run.events.read_after(job_id, seq)] == [seq + 1, seq + 2, seq + 3]
+
+
+async def test_an_end_event_the_log_refuses_is_logged_as_a_warning(
+    run: Run, settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The runner queues a job's end event without waiting for its answer; a refusal (the log holds that seq: the
+    page-never-sees-the-end flake above) was dropped without a word. Now it is a warning naming the job, the event
+    and its seq; an end the log takes says nothing."""
+    runner = JobRunner(
+        store=run.store, events=run.events, queue=JobQueue(run.events.redis, queue_name=settings.queue_name),
+        registry=TaskRegistry(), provider=SimulatedProvider(delay=0), worker_id="w", default_timeout=30,
+    )  # fmt: skip
+    other = await run.store.create(Job(id=uuid.uuid4().hex, user_id="u", type="chat", input={}))
+    assert await run.store.claim(other.id, worker_id="w", token="t2", lease_seconds=30)
+    taken = await run.store.finish(other.id, "t2", status=JobStatus.FAILED)
+    done = await run.store.finish(run.claimed.id, "tok", status=JobStatus.COMPLETED, result={})
+    assert taken is not None and done is not None and done.terminal
+    squatter = Event(done.id, done.seq, EventKind.PROGRESS, {"percentage": 99})  # what took the end's seq
+    assert await run.events.publish("u", squatter)
+
+    def refused() -> list[logging.LogRecord]:
+        return [r for r in caplog.records if r.getMessage().startswith("the job's event log refused")]
+
+    async def said() -> bool:
+        return bool(refused())
+
+    with caplog.at_level(logging.WARNING, logger="aijobs.runner"):
+        await runner._announce(taken)  # taken by the log: nothing said
+        await runner._announce(done)  # refused; its callback runs after the first one's (queued in order)
+        await until(said, what="the refusal's warning")
+    assert [r.__dict__.get("job_id") for r in caplog.records] == [done.id], "only the refused end is said"
+    fields = refused()[0].__dict__
+    assert (fields["job_id"], fields["event"], fields["seq"], fields["terminal"]) == (
+        done.id, "status:completed", done.seq, True,
+    )  # fmt: skip
+    assert [e.kind for e in await run.events.read_after(done.id, done.seq - 1)] == [EventKind.PROGRESS], "refused"
+    assert (await run.events.read_after(taken.id, taken.seq - 1))[0].terminal, "an end the log takes goes out"

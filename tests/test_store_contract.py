@@ -8,8 +8,10 @@ whichever tests/postgres.py finds or starts (never skipped).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
+import sqlite3
 import time
 import urllib.parse
 import uuid
@@ -30,10 +32,12 @@ from service.store import (
     job_secrets,
     open_store,
     operator_log,
+    pg_migrations,
     user_store,
     webhook_outbox,
     webhook_secrets,
 )
+from service.store import migrations as sqlite_migrations
 from service.store.admin import PurgeFilter
 from service.store.base import UNSTORED_EVENTS_MAX
 from service.store.queries import HistoryFilter
@@ -435,6 +439,29 @@ async def test_a_lapsed_lease_is_taken_over_once_and_the_old_owner_is_fenced_out
     assert again is not None and again.attempts == 2
     failed = await store.take_over(lapsed.id, "new", status=JobStatus.FAILED, error=lost, step="Lost", record=None)
     assert failed is not None and failed.status is JobStatus.FAILED and failed.completed_at is not None
+
+
+async def test_the_submitting_requests_origin_stays_with_the_job_through_every_spell(store: JobStore) -> None:
+    """Written by the submit's own insert; what the sweeper and reconciler read to enqueue the job again (their
+    spells have no queue entry of the submit's to take it from)."""
+    tp = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    job = await store.create(new_job(request_id="req-1", traceparent=tp))
+    plain = await store.create(new_job())
+    read = await store.get(plain.id)
+    assert read is not None and (read.request_id, read.traceparent) == (None, None), "submitted outside a request"
+    claimed = await store.claim(job.id, worker_id="w", token="old", ticket=1, lease_seconds=-1)
+    assert claimed is not None and (claimed.request_id, claimed.traceparent) == ("req-1", tp)
+    [lapsed] = [j for j in await store.expired_leases() if j.id == job.id]
+    assert lapsed.request_id == "req-1"
+    back = await store.take_over(job.id, "old", status=JobStatus.QUEUED, error=None, step="x", record=None)
+    assert back is not None and (back.request_id, back.traceparent) == ("req-1", tp), "the take-over's answer"
+    touched = await store.touch_queued(job.id, back.seq, step="Back in the queue…")
+    assert touched is not None and (touched.request_id, touched.traceparent) == ("req-1", tp), "the reconciler's"
+    again = await store.claim(job.id, worker_id="w", token="new", ticket=touched.seq)
+    assert again is not None and again.attempts == 2
+    requeued = await store.requeue(job.id, "new", error=ERROR, step="Retrying")
+    assert requeued is not None and requeued.request_id == "req-1"
+    assert [j.request_id for j in await store.list_queued(older_than=now() + 1) if j.id == job.id] == ["req-1"]
 
 
 async def test_expiry_listing_purge_and_durations(store: JobStore) -> None:
@@ -843,6 +870,54 @@ async def test_schema_older_or_newer_than_the_code_refuses_to_start(store: JobSt
     late = open_store(Settings(database_url=database_url))
     with pytest.raises(SchemaMismatch, match="newer than this code"):
         await late.open()
+
+
+async def test_a_store_from_before_the_origin_columns_upgrades_and_keeps_its_jobs(
+    database_url: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    """SQLite migration 12, PostgreSQL 4: a store at the schema before them (with a job running in it) upgrades; the
+    old job reads with no origin and goes on through the sweeper, a new one keeps both ids."""
+    old_row = ("old", "u", "summary", "processing", '{"text": "x"}', 2, 1000.0, 1000.0, 1000.0, 1000.0, "t")
+    insert = (
+        "INSERT INTO jobs (id, user_id, type, status, input, attempts, created_at, updated_at, ready_at, "
+        "lease_expires_at, lease_token) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    )
+    if database_url.startswith("sqlite"):
+        url = f"sqlite:///{tmp_path / 'old.db'}"
+        with contextlib.closing(sqlite3.connect(tmp_path / "old.db")) as db, db:
+            for number, sql in enumerate(sqlite_migrations.MIGRATIONS[:-1], start=1):
+                for statement in sqlite_migrations.statements(sql):
+                    db.execute(statement)
+                db.execute(f"PRAGMA user_version={number}")
+            db.execute(insert, old_row)
+        before = len(sqlite_migrations.MIGRATIONS) - 1
+    else:
+        import psycopg
+
+        url = request.getfixturevalue("postgres").schema_url()
+        before = len(pg_migrations.MIGRATIONS) - 1
+        with psycopg.connect(url, autocommit=True) as conn, conn.transaction():
+            conn.execute("CREATE TABLE aijobs_schema (version INTEGER NOT NULL)")
+            conn.execute("INSERT INTO aijobs_schema (version) VALUES (%s)", (before,))
+            for sql in pg_migrations.MIGRATIONS[:-1]:
+                conn.execute(sql)  # type: ignore[arg-type]
+            conn.execute(insert.replace("?", "%s"), old_row)  # type: ignore[arg-type]
+    store = open_store(Settings(database_url=url))
+    if store.dialect == "postgres":
+        await store.open(check_schema=False)  # type: ignore[call-arg]
+    else:
+        await store.open()  # SQLite migrates at start (migrate() then answers what open found and left)
+    try:
+        assert await store.migrate() == (before, before + 1)
+        old = await store.get("old")
+        assert old is not None and (old.request_id, old.traceparent) == (None, None) and old.attempts == 2
+        assert [j.id for j in await store.expired_leases()] == ["old"]
+        back = await store.take_over("old", "t", status=JobStatus.QUEUED, error=None, step="x", record=None)
+        assert back is not None and back.status is JobStatus.QUEUED and back.request_id is None
+        new = await store.create(new_job(request_id="req-new", traceparent=None))
+        assert (await store.get(new.id)).request_id == "req-new"  # type: ignore[union-attr]
+    finally:
+        await store.close()
 
 
 async def test_hosts_migrating_at_once_take_turns(postgres: PostgresForTests) -> None:

@@ -209,13 +209,31 @@ class JobRunner:
         return job
 
     def _announce_soon(self, job: Job) -> None:
-        """Queue the job's status event without waiting for Redis (what follows is queued after it)."""
+        """Queue the job's status event without waiting for Redis (what follows is queued after it).
 
-        def done(future: asyncio.Future[bool]) -> None:
+        The job's log refusing it (it holds that seq or a newer one) is said as a warning: nothing the run announces
+        follows its final write, so for a run's claim or end that is a bug in the seq accounting or a re-announce
+        that raced it, and a watcher then learns the state only from the store (its resync). Not announced again
+        with a fresh seq: that seq would be one the store's row never had (snapshots' `last_seq` and the log would
+        disagree), and where the log already holds this very end it would be told twice."""
+
+        def done(future: asyncio.Future[int]) -> None:
             exc = None if future.cancelled() else future.exception()
             # a silent Redis is said once (service/redis_silence.py), and the job re-announced when it answers
             if exc is not None and not isinstance(exc, RedisSilent):
                 log.warning("could not publish an event", extra={"job_id": job.id, "error": repr(exc)})
+            elif exc is None and not future.cancelled() and not future.result():
+                log.warning(
+                    "the job's event log refused its status event (it holds that seq or a newer one)",
+                    extra={
+                        "job_id": job.id,
+                        "user_id": job.user_id,
+                        "attempt": job.attempts,
+                        "event": f"status:{job.status.value}",
+                        "seq": job.seq,
+                        "terminal": job.terminal,
+                    },
+                )
 
         try:
             self.events.publish_soon(job.user_id, announcement(job)).add_done_callback(done)

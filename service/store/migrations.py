@@ -235,6 +235,18 @@ MIGRATIONS.append(
 )
 
 
+# 12: the submitting request's id and W3C traceparent (service/tracing.py), written with the job by the submit's own
+# insert. A spell's queue entry carries them to its worker; when that spell is lost (its worker died and the sweeper
+# takes the job over, or Redis lost the entry and the reconciler enqueues it again) the next spell's entry gets them
+# from here, so its log lines and trace still lead back to the request. NULL for jobs submitted before.
+MIGRATIONS.append(
+    """
+    ALTER TABLE jobs ADD COLUMN request_id TEXT;
+    ALTER TABLE jobs ADD COLUMN traceparent TEXT;
+    """
+)
+
+
 def statements(sql: str) -> list[str]:
     """A migration's statements, split on the `;` that end one (not those inside a trigger's BEGIN … END)."""
     out: list[str] = []

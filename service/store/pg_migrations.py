@@ -215,3 +215,12 @@ MIGRATIONS.append(
     CREATE INDEX operator_actions_acted ON operator_actions (acted_at);
     """
 )
+
+# 4: the submitting request's id and traceparent (SQLite's migration 12, whose comment says why). Nullable and without
+# a default, so adding them rewrites no rows.
+MIGRATIONS.append(
+    """
+    ALTER TABLE jobs ADD COLUMN request_id TEXT;
+    ALTER TABLE jobs ADD COLUMN traceparent TEXT;
+    """
+)

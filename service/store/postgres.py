@@ -494,6 +494,8 @@ class PostgresJobStore:
             "running_on": None,
             "own_provider_key": job.own_provider_key,
             "webhook": dumps(job.webhook) if job.webhook else None,
+            "request_id": job.request_id,
+            "traceparent": job.traceparent,
             "cap": max_active,
         }
         rows = await self._write(_INSERT, values)

@@ -11,14 +11,14 @@ _COLUMNS = (
     "id, user_id, type, status, priority, input, result, error, attempts, max_attempts, percentage, current_step, "
     "partial_output, model, usage, lease_token, worker_id, seq, created_at, started_at, completed_at, updated_at, "
     "lease_expires_at, cancel_requested, ready_at, expires_at, history, model_index, retry_of, running_on, "
-    "own_provider_key, webhook"
+    "own_provider_key, webhook, request_id, traceparent"
 )
 _NAMES = [c.strip() for c in _COLUMNS.split(",")]
 (
     _ID, _USER_ID, _TYPE, _STATUS, _PRIORITY, _INPUT, _RESULT, _ERROR, _ATTEMPTS, _MAX_ATTEMPTS, _PERCENTAGE,
     _CURRENT_STEP, _PARTIAL_OUTPUT, _MODEL, _USAGE, _LEASE_TOKEN, _WORKER_ID, _SEQ, _CREATED_AT, _STARTED_AT,
     _COMPLETED_AT, _UPDATED_AT, _LEASE_EXPIRES_AT, _CANCEL_REQUESTED, _READY_AT, _EXPIRES_AT, _HISTORY,
-    _MODEL_INDEX, _RETRY_OF, _RUNNING_ON, _OWN_PROVIDER_KEY, _WEBHOOK,
+    _MODEL_INDEX, _RETRY_OF, _RUNNING_ON, _OWN_PROVIDER_KEY, _WEBHOOK, _REQUEST_ID, _TRACEPARENT,
 ) = range(len(_NAMES))  # fmt: skip
 _loads = json.loads
 _STATUSES = {status.value: status for status in JobStatus}  # a dict lookup: Enum's call is slower than the rest
@@ -66,4 +66,6 @@ def _row_to_job(row: Any) -> Job:
         running_on=_loads(running_on) if running_on else None,
         own_provider_key=bool(row[_OWN_PROVIDER_KEY]),
         webhook=_loads(webhook) if webhook else None,
+        request_id=row[_REQUEST_ID],
+        traceparent=row[_TRACEPARENT],
     )

@@ -197,6 +197,8 @@ class SQLiteJobStore:
                 None,
                 int(job.own_provider_key),
                 dumps(job.webhook) if job.webhook else None,
+                job.request_id,
+                job.traceparent,
                 max_active,
                 job.user_id,
                 max_active,
