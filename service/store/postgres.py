@@ -30,7 +30,7 @@ from .pg_batch import Bulk, Statement, WriteBatcher
 from .pg_migrations import MIGRATIONS, queue_key
 from .pg_outage import PROBE_TIMEOUT, Outage
 from .rows import _COLUMNS, _NAMES, _row_to_job
-from .shared import EXPIRED_ERROR, SharedMethods, queue_score
+from .shared import EXPIRED_ERROR, SharedMethods, owned_ranked, queue_score
 
 log = logging.getLogger("aijobs.store")
 
@@ -541,12 +541,7 @@ class PostgresJobStore(SharedMethods):
             "AS ahead FROM jobs WHERE status = 'queued') AS r ON r.rid = jobs.id WHERE jobs.id = ANY(%s)",
             (list(owned),),
         )
-        out: dict[str, tuple[Job, int]] = {}
-        for row in rows:
-            job = _row_to_job(row)
-            if owned.get(job.id) == job.user_id:
-                out[job.id] = (job, int(row[len(_NAMES)]))
-        return out
+        return owned_ranked(rows, owned)
 
     async def claim(
         self,

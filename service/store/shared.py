@@ -13,9 +13,10 @@ from __future__ import annotations
 from typing import Any, Protocol
 
 from ..models import Job, dumps, now
-from .rows import _COLUMNS, _row_to_job
+from .rows import _COLUMNS, _NAMES, _row_to_job
 
-FINISHED = "status IN ('completed','failed','cancelled','expired')"
+# A job that has ended (admin.FINISHED lists the same statuses for the operator's filters).
+IS_FINISHED = "status IN ('completed','failed','cancelled','expired')"
 
 CANCEL_QUEUED = (
     "UPDATE jobs SET status = 'cancelled', cancel_requested = TRUE, completed_at = ?, updated_at = ?, "
@@ -49,9 +50,11 @@ PURGE_JOBS = (
     "OR (status IN ('failed', 'cancelled', 'expired') AND completed_at < ?) RETURNING id"
 )
 PURGE_KEYS = "DELETE FROM idempotency_keys WHERE created_at < ?"
-DELETE_FINISHED = f"DELETE FROM jobs WHERE id = ? AND user_id = ? AND {FINISHED} RETURNING id"
+DELETE_FINISHED = f"DELETE FROM jobs WHERE id = ? AND user_id = ? AND {IS_FINISHED} RETURNING id"
 DELETE_KEYS_OF_JOB = "DELETE FROM idempotency_keys WHERE user_id = ? AND job_id = ?"
 IDEMPOTENCY_DROP_STALE = "DELETE FROM idempotency_keys WHERE user_id = ? AND key = ? AND created_at < ?"
+
+_AHEAD_AT = len(_NAMES)  # where queued_ranked's rows hold the count of jobs ahead, after _COLUMNS
 
 
 def queue_score(job: Job) -> float:
@@ -62,6 +65,17 @@ def queue_score(job: Job) -> float:
 
     deferred = job.ready_at is not None and job.ready_at > job.updated_at
     return (job.ready_at or job.created_at) - (0.0 if deferred else job.priority * PRIORITY_STEP_SECONDS)
+
+
+def owned_ranked(rows: list[Any], owned: dict[str, str]) -> dict[str, tuple[Job, int]]:
+    """queued_ranked's answer from its rows (_COLUMNS, then the jobs ahead): only the jobs `owned` gives to their
+    owner, so another user's job id in the list reads as not queued."""
+    out: dict[str, tuple[Job, int]] = {}
+    for row in rows:
+        job = _row_to_job(row)
+        if owned.get(job.id) == job.user_id:
+            out[job.id] = (job, int(row[_AHEAD_AT]))
+    return out
 
 
 class _HasDb(Protocol):
@@ -97,7 +111,7 @@ class SharedMethods:
 
     async def finished_before(self: _HasDb, before: float, *, limit: int = 1000) -> list[str]:
         async with self.db.execute(
-            f"SELECT id FROM jobs WHERE completed_at < ? AND {FINISHED} ORDER BY completed_at DESC LIMIT ?",
+            f"SELECT id FROM jobs WHERE completed_at < ? AND {IS_FINISHED} ORDER BY completed_at DESC LIMIT ?",
             (before, limit),
         ) as cur:
             return [row[0] for row in await cur.fetchall()]
@@ -107,7 +121,7 @@ class SharedMethods:
     ) -> list[tuple[str, str, int]]:
         async with self.db.execute(
             "SELECT id, user_id, seq FROM jobs WHERE completed_at >= ? AND completed_at < ? "
-            f"AND {FINISHED} ORDER BY completed_at LIMIT ?",
+            f"AND {IS_FINISHED} ORDER BY completed_at LIMIT ?",
             (since, until, limit),
         ) as cur:
             return [(row[0], row[1], int(row[2])) for row in await cur.fetchall()]

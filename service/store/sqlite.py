@@ -26,6 +26,7 @@ from .shared import (
     REQUEST_CANCEL,
     TOUCH_QUEUED,
     SharedMethods,
+    owned_ranked,
     queue_score,
 )
 
@@ -246,13 +247,7 @@ class SQLiteJobStore(SharedMethods):
             "WHERE jobs.id IN (SELECT value FROM json_each(?))",
             (json.dumps(list(owned)),),
         ) as cur:
-            rows = await cur.fetchall()
-        out: dict[str, tuple[Job, int]] = {}
-        for row in rows:
-            job = _row_to_job(row)
-            if owned.get(job.id) == job.user_id:
-                out[job.id] = (job, int(row["ahead"]))
-        return out
+            return owned_ranked(await cur.fetchall(), owned)
 
     async def claim(
         self,
