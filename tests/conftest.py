@@ -21,7 +21,7 @@ from service.embedded import EmbeddedRedis
 from service.store import open_users
 from service.worker import build_worker
 
-from .postgres import PostgresForTests, migrated_schema_url
+from .postgres import EmbeddedPostgres, PostgresForTests, migrated_schema_url
 
 # AIJOBS_TEST_STORE=postgres runs the API-level tests on PostgreSQL: every `fast_settings` gets a fresh migrated
 # schema of the session's server (see tests/postgres.py for which server). Default: SQLite, a file per test.
@@ -86,6 +86,17 @@ def start_redis(data_dir: Path, tries: int = 3) -> EmbeddedRedis:
             if attempt == tries - 1:
                 raise
     raise AssertionError("unreachable")
+
+
+@pytest.fixture
+def private_postgres() -> Iterator[EmbeddedPostgres]:
+    """A PostgreSQL server of the test's own, to stop or cut off: doing that to the session's shared one would break
+    every other test running. Its jobs table holds only this test's jobs. Not migrated (tests/postgres.migrate)."""
+    server = EmbeddedPostgres().start()
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 @pytest.fixture(scope="session")
@@ -222,6 +233,16 @@ async def client_b(web: LiveServer, settings: Settings) -> AsyncIterator[httpx.A
     """A second user, `bob`, for isolation tests."""
     async with user_client(web, settings, "bob") as c:
         yield c
+
+
+async def submit_all(client: httpx.AsyncClient, bodies: list[dict]) -> list[str]:
+    """POST each body to /api/jobs, one after the other (each accepted: 202); the job ids in that order."""
+    ids = []
+    for body in bodies:
+        r = await client.post("/api/jobs", json=body)
+        assert r.status_code == 202, r.text
+        ids.append(r.json()["job_id"])
+    return ids
 
 
 async def until(check: Callable[[], Awaitable[bool]], timeout: float = WAIT_SECONDS, what: str = "condition") -> None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -20,32 +19,11 @@ from service.config import Settings
 from service.embedded import EmbeddedRedis
 from service.events import EventLog
 
-from .conftest import fast_settings, make_user, until, wait_for_status
-from .postgres import EmbeddedPostgres
+from .conftest import fast_settings, make_user, submit_all, until, wait_for_status
+from .postgres import EmbeddedPostgres, migrate
 from .procs import spawn, store_row, web_process, workers
 
 JOBS = 6
-
-
-@pytest.fixture
-def private_postgres() -> Iterator[EmbeddedPostgres]:
-    """A server of this test's own: stopping the machine's shared one would break every other test running."""
-    server = EmbeddedPostgres().start()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
-async def migrate(url: str) -> None:
-    from service.store.postgres import PostgresJobStore
-
-    store = PostgresJobStore(url, max_size=1)
-    await store.open(check_schema=False)
-    try:
-        await store.migrate()
-    finally:
-        await store.close()
 
 
 def assert_unavailable(r: httpx.Response) -> None:
@@ -85,11 +63,9 @@ async def test_postgres_restart_under_load(
             web_process(settings, tmp_path / "web.log") as web,
             httpx.AsyncClient(base_url=web.url, timeout=30, headers={"Authorization": f"Bearer {token}"}) as c,
         ):
-            ids = []
-            for i in range(JOBS):
-                r = await c.post("/api/jobs", json={"type": "summary", "input": {"text": f"Job {i}. [[slow:8]]"}})
-                assert r.status_code == 202, r.text
-                ids.append(r.json()["job_id"])
+            ids = await submit_all(
+                c, [{"type": "summary", "input": {"text": f"Job {i}. [[slow:8]]"}} for i in range(JOBS)]
+            )
 
             # 8 s each: on a loaded machine the six may start seconds apart, and all must still run at the halt.
             async def all_running() -> bool:
