@@ -9,6 +9,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -192,6 +193,23 @@ async def run_worker(settings: Settings, **kwargs: object) -> AsyncIterator[Work
         # arq's close() gathers its job tasks, which the cancelled main loop may have cancelled in turn
         with contextlib.suppress(asyncio.CancelledError):
             await worker.close()
+
+
+@pytest.fixture(scope="module")
+async def chromium() -> AsyncIterator[Any]:
+    """One Chromium per test module (a launch costs seconds of CPU); each test opens contexts of its own."""
+    from .chromium import launch_chromium  # here, not at the top: only the browser tests need playwright
+
+    async with launch_chromium() as b:
+        yield b
+
+
+@contextlib.asynccontextmanager
+async def serve_with_worker(settings: Settings) -> AsyncIterator[LiveServer]:
+    """The app on `settings` and an in-process worker: what a page test drives end to end."""
+    assert settings.redis_url
+    async with serve(create_app(settings, redis_url=settings.redis_url)) as server, run_worker(settings):
+        yield server
 
 
 @pytest.fixture
