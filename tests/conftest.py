@@ -14,11 +14,13 @@ from typing import Any
 import httpx
 import pytest
 import uvicorn
+from arq.connections import ArqRedis, RedisSettings, create_pool
 from arq.worker import Worker
 
 from service.api.app import create_app
 from service.config import Settings
 from service.embedded import EmbeddedRedis
+from service.queue import json_deserializer, json_serializer
 from service.store import open_users
 from service.worker import build_worker
 
@@ -210,6 +212,19 @@ async def serve_with_worker(settings: Settings) -> AsyncIterator[LiveServer]:
     assert settings.redis_url
     async with serve(create_app(settings, redis_url=settings.redis_url)) as server, run_worker(settings):
         yield server
+
+
+@pytest.fixture
+async def arq_redis(settings: Settings) -> AsyncIterator[ArqRedis]:
+    """An arq pool on the test's Redis with the JSON serializers aijobs' queue uses: to enqueue or inspect as arq."""
+    assert settings.redis_url
+    pool = await create_pool(
+        RedisSettings.from_dsn(settings.redis_url), job_serializer=json_serializer, job_deserializer=json_deserializer
+    )
+    try:
+        yield pool
+    finally:
+        await pool.aclose()
 
 
 @pytest.fixture
