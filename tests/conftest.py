@@ -16,10 +16,12 @@ import pytest
 import uvicorn
 from arq.connections import ArqRedis, RedisSettings, create_pool
 from arq.worker import Worker
+from redis.asyncio import Redis
 
 from service.api.app import create_app
 from service.config import Settings
 from service.embedded import EmbeddedRedis
+from service.events import EventLog
 from service.queue import json_deserializer, json_serializer
 from service.store import open_users
 from service.worker import build_worker
@@ -276,6 +278,20 @@ async def submit_all(client: httpx.AsyncClient, bodies: list[dict]) -> list[str]
         assert r.status_code == 202, r.text
         ids.append(r.json()["job_id"])
     return ids
+
+
+async def assert_ended_once(redis_url: str, ids: list[str], status: str) -> None:
+    """Each job's Stream (its whole event log) holds exactly one terminal event, and it says `status`."""
+    redis = Redis.from_url(redis_url)
+    try:
+        log = EventLog(redis)
+        for job_id in ids:
+            events = await log.read_after(job_id, 0)
+            terminal = [e for e in events if e.terminal]
+            assert len(terminal) == 1, [(e.seq, e.kind) for e in events]
+            assert terminal[0].data["status"] == status, terminal[0]
+    finally:
+        await redis.aclose()
 
 
 async def until(check: Callable[[], Awaitable[bool]], timeout: float = WAIT_SECONDS, what: str = "condition") -> None:

@@ -22,7 +22,7 @@ from service.embedded import EmbeddedRedis
 from service.events import EventLog
 
 from .blackhole import blackhole
-from .conftest import fast_settings, make_user, submit_all, until
+from .conftest import assert_ended_once, fast_settings, make_user, submit_all, until
 from .postgres import EmbeddedPostgres, migrate
 from .procs import pid_of, spawn, store_row, web_process, workers
 
@@ -183,13 +183,4 @@ async def test_a_worker_cut_off_from_postgres_loses_its_jobs_to_another(
                 assert "job completed" not in a.log()  # none of A's runs recorded an end
                 assert a.log().count("lease lost") >= PG_JOBS, a.log()[-3000:]  # each stopped, abandoned or refused
 
-    redis = Redis.from_url(redis_server.url)
-    try:
-        log = EventLog(redis)
-        for job_id in ids:
-            events = await log.read_after(job_id, 0)
-            terminal = [e for e in events if e.terminal]
-            assert len(terminal) == 1, [(e.seq, e.kind) for e in events]
-            assert terminal[0].data["status"] == "completed"
-    finally:
-        await redis.aclose()
+    await assert_ended_once(redis_server.url, ids, "completed")

@@ -13,13 +13,11 @@ from pathlib import Path
 
 import httpx
 import pytest
-from redis.asyncio import Redis
 
 from service.config import Settings
 from service.embedded import EmbeddedRedis
-from service.events import EventLog
 
-from .conftest import fast_settings, make_user, submit_all, until, wait_for_status
+from .conftest import assert_ended_once, fast_settings, make_user, submit_all, until, wait_for_status
 from .postgres import EmbeddedPostgres, migrate
 from .procs import spawn, store_row, web_process, workers
 
@@ -109,14 +107,5 @@ async def test_postgres_restart_under_load(
                 assert done["attempt"] == 1, done  # the worker kept its jobs: no take-over, no retry
             assert (await c.post("/api/jobs", json={"type": "summary", "input": {"text": "After."}})).status_code == 202
 
-    redis = Redis.from_url(redis_server.url)
-    try:
-        log = EventLog(redis)
-        for job_id in ids:
-            events = await log.read_after(job_id, 0)
-            terminal = [e for e in events if e.terminal]
-            assert len(terminal) == 1, [(e.seq, e.kind) for e in events]
-            assert terminal[0].data["status"] == "completed"
-    finally:
-        await redis.aclose()
+    await assert_ended_once(redis_server.url, ids, "completed")
     assert "Traceback" not in (tmp_path / "web.log").read_text(), (tmp_path / "web.log").read_text()[-3000:]
