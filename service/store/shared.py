@@ -83,31 +83,33 @@ class _HasDb(Protocol):
     def db(self) -> Any: ...
 
 
+async def _jobs(db: Any, sql: str, params: tuple[Any, ...]) -> list[Job]:
+    async with db.execute(sql, params) as cur:
+        return [_row_to_job(r) for r in await cur.fetchall()]
+
+
 class SharedMethods:
     """JobStore methods both stores run on their `db` (JobStore.db: `?` placeholders, rows read by position)."""
 
     async def list_active(self: _HasDb) -> list[Job]:
-        async with self.db.execute(
-            f"SELECT {_COLUMNS} FROM jobs WHERE status IN ('queued', 'processing') ORDER BY created_at", ()
-        ) as cur:
-            return [_row_to_job(r) for r in await cur.fetchall()]
+        return await _jobs(
+            self.db, f"SELECT {_COLUMNS} FROM jobs WHERE status IN ('queued', 'processing') ORDER BY created_at", ()
+        )
 
     async def expired_leases(self: _HasDb) -> list[Job]:
-        async with self.db.execute(
-            f"SELECT {_COLUMNS} FROM jobs WHERE status = 'processing' AND lease_expires_at < ?", (now(),)
-        ) as cur:
-            return [_row_to_job(r) for r in await cur.fetchall()]
+        return await _jobs(
+            self.db, f"SELECT {_COLUMNS} FROM jobs WHERE status = 'processing' AND lease_expires_at < ?", (now(),)
+        )
 
     async def list_queued(self: _HasDb, *, older_than: float) -> list[Job]:
-        async with self.db.execute(
+        return await _jobs(
+            self.db,
             f"SELECT {_COLUMNS} FROM jobs WHERE status = 'queued' AND updated_at < ? ORDER BY created_at",
             (older_than,),
-        ) as cur:
-            return [_row_to_job(r) for r in await cur.fetchall()]
+        )
 
     async def running(self: _HasDb) -> list[Job]:
-        async with self.db.execute(f"SELECT {_COLUMNS} FROM jobs WHERE status = 'processing'", ()) as cur:
-            return [_row_to_job(r) for r in await cur.fetchall()]
+        return await _jobs(self.db, f"SELECT {_COLUMNS} FROM jobs WHERE status = 'processing'", ())
 
     async def finished_before(self: _HasDb, before: float, *, limit: int = 1000) -> list[str]:
         async with self.db.execute(
