@@ -9,19 +9,24 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 import uvicorn
+from arq.connections import ArqRedis, RedisSettings, create_pool
 from arq.worker import Worker
+from redis.asyncio import Redis
 
 from service.api.app import create_app
 from service.config import Settings
 from service.embedded import EmbeddedRedis
+from service.events import EventLog
+from service.queue import json_deserializer, json_serializer
 from service.store import open_users
 from service.worker import build_worker
 
-from .postgres import PostgresForTests, migrated_schema_url
+from .postgres import EmbeddedPostgres, PostgresForTests, migrated_schema_url
 
 # AIJOBS_TEST_STORE=postgres runs the API-level tests on PostgreSQL: every `fast_settings` gets a fresh migrated
 # schema of the session's server (see tests/postgres.py for which server). Default: SQLite, a file per test.
@@ -86,6 +91,17 @@ def start_redis(data_dir: Path, tries: int = 3) -> EmbeddedRedis:
             if attempt == tries - 1:
                 raise
     raise AssertionError("unreachable")
+
+
+@pytest.fixture
+def private_postgres() -> Iterator[EmbeddedPostgres]:
+    """A PostgreSQL server of the test's own, to stop or cut off: doing that to the session's shared one would break
+    every other test running. Its jobs table holds only this test's jobs. Not migrated (tests/postgres.migrate)."""
+    server = EmbeddedPostgres().start()
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 @pytest.fixture(scope="session")
@@ -183,6 +199,36 @@ async def run_worker(settings: Settings, **kwargs: object) -> AsyncIterator[Work
             await worker.close()
 
 
+@pytest.fixture(scope="module")
+async def chromium() -> AsyncIterator[Any]:
+    """One Chromium per test module (a launch costs seconds of CPU); each test opens contexts of its own."""
+    from .chromium import launch_chromium  # here, not at the top: only the browser tests need playwright
+
+    async with launch_chromium() as b:
+        yield b
+
+
+@contextlib.asynccontextmanager
+async def serve_with_worker(settings: Settings) -> AsyncIterator[LiveServer]:
+    """The app on `settings` and an in-process worker: what a page test drives end to end."""
+    assert settings.redis_url
+    async with serve(create_app(settings, redis_url=settings.redis_url)) as server, run_worker(settings):
+        yield server
+
+
+@pytest.fixture
+async def arq_redis(settings: Settings) -> AsyncIterator[ArqRedis]:
+    """An arq pool on the test's Redis with the JSON serializers aijobs' queue uses: to enqueue or inspect as arq."""
+    assert settings.redis_url
+    pool = await create_pool(
+        RedisSettings.from_dsn(settings.redis_url), job_serializer=json_serializer, job_deserializer=json_deserializer
+    )
+    try:
+        yield pool
+    finally:
+        await pool.aclose()
+
+
 @pytest.fixture
 async def web(settings: Settings) -> AsyncIterator[LiveServer]:
     assert settings.redis_url
@@ -222,6 +268,30 @@ async def client_b(web: LiveServer, settings: Settings) -> AsyncIterator[httpx.A
     """A second user, `bob`, for isolation tests."""
     async with user_client(web, settings, "bob") as c:
         yield c
+
+
+async def submit_all(client: httpx.AsyncClient, bodies: list[dict]) -> list[str]:
+    """POST each body to /api/jobs, one after the other (each accepted: 202); the job ids in that order."""
+    ids = []
+    for body in bodies:
+        r = await client.post("/api/jobs", json=body)
+        assert r.status_code == 202, r.text
+        ids.append(r.json()["job_id"])
+    return ids
+
+
+async def assert_ended_once(redis_url: str, ids: list[str], status: str) -> None:
+    """Each job's Stream (its whole event log) holds exactly one terminal event, and it says `status`."""
+    redis = Redis.from_url(redis_url)
+    try:
+        log = EventLog(redis)
+        for job_id in ids:
+            events = await log.read_after(job_id, 0)
+            terminal = [e for e in events if e.terminal]
+            assert len(terminal) == 1, [(e.seq, e.kind) for e in events]
+            assert terminal[0].data["status"] == status, terminal[0]
+    finally:
+        await redis.aclose()
 
 
 async def until(check: Callable[[], Awaitable[bool]], timeout: float = WAIT_SECONDS, what: str = "condition") -> None:

@@ -230,20 +230,21 @@ class PostgresForTests:
             self.server.stop()
 
 
-def migrated_schema_url(pg: PostgresForTests) -> str:
-    """A fresh schema migrated by the store's own `migrate` (run on a loop of its own: callers may be sync)."""
+async def migrate(url: str) -> None:
+    """Migrate the database at `url` with the store's own `migrate`, as `aijobs migrate` does."""
     from service.store.postgres import PostgresJobStore
 
+    store = PostgresJobStore(url, max_size=1)
+    await store.open(check_schema=False)
+    try:
+        await store.migrate()
+    finally:
+        await store.close()
+
+
+def migrated_schema_url(pg: PostgresForTests) -> str:
+    """A fresh schema migrated by the store's own `migrate` (run on a loop of its own: callers may be sync)."""
     url = pg.schema_url()
-
-    async def migrate() -> None:
-        store = PostgresJobStore(url, max_size=1)
-        await store.open(check_schema=False)
-        try:
-            await store.migrate()
-        finally:
-            await store.close()
-
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
-        pool.submit(asyncio.run, migrate()).result()
+        pool.submit(asyncio.run, migrate(url)).result()
     return url

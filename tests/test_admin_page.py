@@ -14,13 +14,11 @@ from typing import Any
 import httpx
 import pytest
 
-from service.api.app import create_app
 from service.config import Settings
 from service.embedded import EmbeddedRedis
 from service.store import open_users
 
-from .chromium import launch_chromium
-from .conftest import LiveServer, fast_settings, make_user, run_worker, serve, wait_for_status
+from .conftest import LiveServer, fast_settings, make_user, serve_with_worker, wait_for_status
 from .test_page import DESKTOP, PHONE, T, shot
 
 
@@ -31,22 +29,14 @@ def admin_settings(redis_server: EmbeddedRedis, tmp_path_factory: pytest.TempPat
 
 @pytest.fixture(scope="module")
 async def live(admin_settings: Settings) -> AsyncIterator[LiveServer]:
-    assert admin_settings.redis_url
-    async with serve(create_app(admin_settings, redis_url=admin_settings.redis_url)) as server:
-        async with run_worker(admin_settings):
-            yield server
+    async with serve_with_worker(admin_settings) as server:
+        yield server
 
 
-@pytest.fixture(scope="module")
-async def browser() -> AsyncIterator[Any]:
-    async with launch_chromium() as b:
-        yield b
-
-
-async def signed_in(browser: Any, url: str, token: str, **options: Any) -> tuple[Any, Any, list[str]]:
+async def signed_in(chromium: Any, url: str, token: str, **options: Any) -> tuple[Any, Any, list[str]]:
     """A browser context signed in with the token (POST /api/session, as the page's sign-in form does), under
     the page's real CSP; the page, and the errors and CSP refusals it reports."""
-    context = await browser.new_context(bypass_csp=False, **options)
+    context = await chromium.new_context(bypass_csp=False, **options)
     r = await context.request.post(
         f"{url}/api/session", data={"token": token}, headers={"Origin": url, "Content-Type": "application/json"}
     )
@@ -59,7 +49,7 @@ async def signed_in(browser: Any, url: str, token: str, **options: Any) -> tuple
 
 
 async def test_an_operator_retries_a_failed_job_and_watches_it_complete(
-    browser: Any, live: LiveServer, admin_settings: Settings
+    chromium: Any, live: LiveServer, admin_settings: Settings
 ) -> None:
     alice = await make_user(admin_settings, "alice")
     async with open_users(admin_settings) as users:
@@ -69,7 +59,7 @@ async def test_an_operator_retries_a_failed_job_and_watches_it_complete(
         failed = (await api.post("/api/jobs", json={"type": "titles", "input": {"text": text}})).json()["job_id"]
         await wait_for_status(api, failed, {"failed"}, timeout=T / 1000)
 
-    context, page, problems = await signed_in(browser, live.url, root, viewport=DESKTOP)
+    context, page, problems = await signed_in(chromium, live.url, root, viewport=DESKTOP)
     try:
         response = await page.goto(f"{live.url}/admin")
         assert response.status == 200 and "default-src 'self'" in response.headers["content-security-policy"]
@@ -114,9 +104,11 @@ async def test_an_operator_retries_a_failed_job_and_watches_it_complete(
         await context.close()
 
 
-async def test_a_user_who_is_not_an_operator_gets_404(browser: Any, live: LiveServer, admin_settings: Settings) -> None:
+async def test_a_user_who_is_not_an_operator_gets_404(
+    chromium: Any, live: LiveServer, admin_settings: Settings
+) -> None:
     token = await make_user(admin_settings, "mallory")
-    context, page, _ = await signed_in(browser, live.url, token)
+    context, page, _ = await signed_in(chromium, live.url, token)
     try:
         response = await page.goto(f"{live.url}/admin")
         assert response.status == 404

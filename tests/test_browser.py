@@ -15,7 +15,7 @@ import pytest
 
 from service.config import Settings
 
-from .chromium import launch_chromium, own_contexts
+from .chromium import own_contexts
 from .conftest import LiveServer
 from .procs import free_port, web_process
 from .sse import collect
@@ -51,13 +51,6 @@ async def client(web: LiveServer) -> AsyncIterator[httpx.AsyncClient]:
         r = await c.post("/api/session", json={})
         assert r.status_code == 200, r.text
         yield c
-
-
-@pytest.fixture(scope="module")
-async def chromium() -> AsyncIterator[Any]:
-    """One Chromium for the module (a launch costs seconds of CPU); each test gets contexts of its own."""
-    async with launch_chromium() as b:
-        yield b
 
 
 @pytest.fixture

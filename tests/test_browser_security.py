@@ -24,7 +24,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from service.api.app import create_app
 from service.config import Settings
 
-from .chromium import launch_chromium, own_contexts
+from .chromium import own_contexts
 from .conftest import LiveServer, make_user, run_worker, serve, until
 
 T = 20_000  # ms: the longest any single browser wait may take
@@ -62,13 +62,6 @@ class Recorder:
 
     def from_origin(self, origin: str, method: str = "POST") -> list[Seen]:
         return [s for s in self.seen if s.origin == origin and s.method == method]
-
-
-@pytest.fixture(scope="module")
-async def chromium() -> AsyncIterator[Any]:
-    """One Chromium for the module (a launch costs seconds of CPU); each test gets contexts of its own."""
-    async with launch_chromium() as b:
-        yield b
 
 
 @pytest.fixture

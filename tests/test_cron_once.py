@@ -6,27 +6,20 @@ from __future__ import annotations
 
 import time
 
-from arq.connections import RedisSettings, create_pool
+from arq.connections import ArqRedis
 
 from service.config import Settings
-from service.queue import json_deserializer, json_serializer
 from service.worker import CLEANUP_CRON, build_worker
 
 
-async def test_a_late_enqueue_of_the_minutes_cleanup_is_a_no_op(settings: Settings) -> None:
+async def test_a_late_enqueue_of_the_minutes_cleanup_is_a_no_op(settings: Settings, arq_redis: ArqRedis) -> None:
     assert settings.redis_url
-    redis = await create_pool(
-        RedisSettings.from_dsn(settings.redis_url), job_serializer=json_serializer, job_deserializer=json_deserializer
-    )
     minute_id = f"{CLEANUP_CRON}:{int(time.time() // 60 * 60_000)}"  # as arq names a unique cron's run
-    try:
-        first = await redis.enqueue_job(CLEANUP_CRON, _job_id=minute_id, _queue_name=settings.queue_name)
-        assert first is not None
-        worker = build_worker(settings, redis_url=settings.redis_url, burst=True, handle_signals=False)
-        await worker.async_run()  # the first worker runs it, to the end
-        assert worker.jobs_complete == 1
-        late = await redis.enqueue_job(CLEANUP_CRON, _job_id=minute_id, _queue_name=settings.queue_name)
-        assert late is None  # the second worker's enqueue of the same minute: nothing to run
-        await worker.close()
-    finally:
-        await redis.aclose()
+    first = await arq_redis.enqueue_job(CLEANUP_CRON, _job_id=minute_id, _queue_name=settings.queue_name)
+    assert first is not None
+    worker = build_worker(settings, redis_url=settings.redis_url, burst=True, handle_signals=False)
+    await worker.async_run()  # the first worker runs it, to the end
+    assert worker.jobs_complete == 1
+    late = await arq_redis.enqueue_job(CLEANUP_CRON, _job_id=minute_id, _queue_name=settings.queue_name)
+    assert late is None  # the second worker's enqueue of the same minute: nothing to run
+    await worker.close()

@@ -10,6 +10,7 @@ is started again and its watchers get later events.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
@@ -106,6 +107,29 @@ async def full_log(client: httpx.AsyncClient, job_id: str) -> list[int]:
     return [e.data["seq"] for e in log]
 
 
+@contextlib.asynccontextmanager
+async def fault_mid_job(
+    settings: Settings,
+    got: dict[int, list[int]],
+    watchers: list[asyncio.Task[None]],
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> AsyncIterator[None]:
+    """Run the job (a worker) until every watcher has had live events through the fast path, then yield for the test
+    to inject its fault; on leaving, wait for every watcher to see the job end and undo the fault. The fast path's
+    log records stay in `caplog`."""
+    async with run_worker(settings):
+
+        async def some_live_events() -> bool:
+            return all(len(s) >= 3 for s in got.values())
+
+        await until(some_live_events, what="live events through the fast path, before the fault")
+        with caplog.at_level(logging.ERROR, logger="aijobs.fastpath"):
+            yield
+            await asyncio.wait_for(asyncio.gather(*watchers), 30)
+            monkeypatch.undo()
+
+
 def assert_every_event_once_in_order(got: dict[int, list[int]], log: list[int], first: dict[int, int]) -> None:
     for client, seqs in got.items():
         assert seqs == [s for s in log if s >= first[client]], f"client {client}: {seqs} != the log {log}"
@@ -145,17 +169,9 @@ async def test_a_fault_in_the_sse_fast_path_mid_job_loses_no_event_for_100_clien
 
             await until(all_parked, what="every client parked on the SSE lane")
             assert (await health(client))["fast_paths"]["sse_lane"] == "on"
-            async with run_worker(settings):
-
-                async def some_live_events() -> bool:  # through the lane, before the fault
-                    return all(len(s) >= 3 for s in got.values())
-
-                await until(some_live_events, what="live events through the lane")
+            async with fault_mid_job(settings, got, watchers, caplog, monkeypatch):
                 before = [len(s) for s in got.values()]
-                with caplog.at_level(logging.ERROR, logger="aijobs.fastpath"):
-                    assert inject(gateways[0], monkeypatch) == CLIENTS
-                    await asyncio.wait_for(asyncio.gather(*watchers), 30)
-                    monkeypatch.undo()
+                assert inject(gateways[0], monkeypatch) == CLIENTS
             log = await full_log(client, job_id)
             assert_every_event_once_in_order(got, log, first)
             assert min(len(s) for s in got.values()) > max(before), "the job went on after the fault"
@@ -213,16 +229,8 @@ async def test_a_fault_in_the_websocket_fast_paths_mid_job_loses_no_event(
             return (await health(client))["parked"] == WS_CLIENTS
 
         await until(all_parked, what="every WebSocket parked on the WS lane")
-        async with run_worker(settings):
-
-            async def some_live_events() -> bool:
-                return all(len(s) >= 3 for s in got.values())
-
-            await until(some_live_events, what="live events through the lane")
-            with caplog.at_level(logging.ERROR, logger="aijobs.fastpath"):
-                assert inject(gateways[0], monkeypatch) == WS_CLIENTS
-                await asyncio.wait_for(asyncio.gather(*watchers), 30)
-                monkeypatch.undo()
+        async with fault_mid_job(settings, got, watchers, caplog, monkeypatch):
+            assert inject(gateways[0], monkeypatch) == WS_CLIENTS
         log = await full_log(client, job_id)
         assert_every_event_once_in_order(got, log, first)
         state = await health(client)
@@ -388,17 +396,9 @@ async def test_api_events_writes_from_the_dispatch_and_a_fault_there_loses_no_ev
             await until(all_open, what="every /api/events stream open")
             r = await client.post("/api/jobs", json={"type": "titles", "input": {"text": "Fault lines [[slow:2.5]]"}})
             job_id = r.json()["job_id"]
-            async with run_worker(settings):
-
-                async def some_live_events() -> bool:
-                    return all(len(s) >= 3 for s in got.values())
-
-                await until(some_live_events, what="live events written from the dispatch")
+            async with fault_mid_job(settings, got, watchers, caplog, monkeypatch):
                 assert (await health(client))["fast_paths"]["sse_direct"] == "on"
-                with caplog.at_level(logging.ERROR, logger="aijobs.fastpath"):
-                    monkeypatch.setattr(SseWire, "ready", broken)
-                    await asyncio.wait_for(asyncio.gather(*watchers), 30)
-                    monkeypatch.undo()
+                monkeypatch.setattr(SseWire, "ready", broken)
             log = await full_log(client, job_id)
             assert_every_event_once_in_order(got, log, first)
             for i, seqs in got.items():  # the cursor: this job at the event's seq, and empty once it ended

@@ -21,11 +21,10 @@ from typing import Any
 import httpx
 import pytest
 
-from service.api.app import create_app
 from service.config import Settings
 from service.embedded import EmbeddedRedis
 
-from .conftest import LiveServer, fast_settings, make_user, run_worker, serve
+from .conftest import LiveServer, fast_settings, make_user, serve_with_worker
 from .sse import SseEvent, read_events
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -58,11 +57,7 @@ def types_settings(redis_server: EmbeddedRedis, tmp_path_factory: pytest.TempPat
 
 @pytest.fixture(scope="module")
 async def live(types_settings: Settings) -> AsyncIterator[LiveServer]:
-    assert types_settings.redis_url
-    async with (
-        serve(create_app(types_settings, redis_url=types_settings.redis_url)) as server,
-        run_worker(types_settings),
-    ):
+    async with serve_with_worker(types_settings) as server:
         yield server
 
 

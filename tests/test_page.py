@@ -19,8 +19,7 @@ from service.config import Settings
 from service.embedded import EmbeddedRedis
 
 from .axe import assert_accessible
-from .chromium import launch_chromium
-from .conftest import LiveServer, fast_settings, make_user, run_worker, serve
+from .conftest import LiveServer, fast_settings, make_user, run_worker, serve, serve_with_worker
 
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
 DESKTOP = {"width": 1200, "height": 900}
@@ -35,24 +34,14 @@ def page_settings(redis_server: EmbeddedRedis, tmp_path_factory: pytest.TempPath
 
 @pytest.fixture(scope="module")
 async def live(page_settings: Settings) -> AsyncIterator[LiveServer]:
-    assert page_settings.redis_url
-    async with (
-        serve(create_app(page_settings, redis_url=page_settings.redis_url)) as server,
-        run_worker(page_settings),
-    ):
+    async with serve_with_worker(page_settings) as server:
         yield server
 
 
-@pytest.fixture(scope="module")
-async def browser() -> AsyncIterator[Any]:
-    async with launch_chromium() as b:
-        yield b
-
-
 @pytest.fixture
-async def page(browser: Any, live: LiveServer, request: pytest.FixtureRequest) -> AsyncIterator[Any]:
+async def page(chromium: Any, live: LiveServer, request: pytest.FixtureRequest) -> AsyncIterator[Any]:
     viewport = getattr(request, "param", DESKTOP)
-    context = await browser.new_context(viewport=viewport)
+    context = await chromium.new_context(viewport=viewport)
     pg = await context.new_page()
     errors: list[str] = []
     pg.on("pageerror", lambda exc: errors.append(str(exc)))
@@ -311,11 +300,11 @@ async def test_reload_keeps_open_cards(page: Any) -> None:
 
 
 async def test_sign_in_with_a_token_then_a_queued_job_waits_for_a_worker(
-    browser: Any, web: LiveServer, settings: Settings
+    chromium: Any, web: LiveServer, settings: Settings
 ) -> None:
     """Without demo login the page asks for a token; with no worker a job shows its place and says why it waits."""
     token = await make_user(settings, "carol")
-    context = await browser.new_context(viewport=DESKTOP)
+    context = await chromium.new_context(viewport=DESKTOP)
     try:
         page = await context.new_page()
         await sign_in_with_token(page, web.url, token)
@@ -338,11 +327,11 @@ async def test_sign_in_with_a_token_then_a_queued_job_waits_for_a_worker(
 
 
 async def test_signed_out_in_another_tab_the_page_asks_to_sign_in_again(
-    browser: Any, web: LiveServer, settings: Settings
+    chromium: Any, web: LiveServer, settings: Settings
 ) -> None:
     """The server ends a signed-out session's open streams; the page stops following and shows the sign-in form."""
     token = await make_user(settings, "tabby")
-    context = await browser.new_context(viewport=DESKTOP)
+    context = await chromium.new_context(viewport=DESKTOP)
     try:
         page = await context.new_page()
         await sign_in_with_token(page, web.url, token)
@@ -361,14 +350,14 @@ async def test_signed_out_in_another_tab_the_page_asks_to_sign_in_again(
         await context.close()
 
 
-async def test_queued_card_follows_its_place_as_the_queue_drains(browser: Any, settings: Settings) -> None:
+async def test_queued_card_follows_its_place_as_the_queue_drains(chromium: Any, settings: Settings) -> None:
     """Over SSE the card's place and wait come from pushed `position` events (its 3 s poll is off there)."""
     from dataclasses import replace
 
     s = replace(settings, worker_concurrency=1, position_push_seconds=0.2)
     assert s.redis_url
     token = await make_user(s, "quinn")
-    context = await browser.new_context(viewport=DESKTOP)
+    context = await chromium.new_context(viewport=DESKTOP)
     async with serve(create_app(s, redis_url=s.redis_url)) as web:
         try:
             async with httpx.AsyncClient(base_url=web.url, headers={"Authorization": f"Bearer {token}"}) as api:
@@ -391,9 +380,9 @@ async def test_queued_card_follows_its_place_as_the_queue_drains(browser: Any, s
             await context.close()
 
 
-async def test_a_page_load_asks_for_nothing_that_is_missing(browser: Any, live: LiveServer) -> None:
+async def test_a_page_load_asks_for_nothing_that_is_missing(chromium: Any, live: LiveServer) -> None:
     """Every request the page makes answers (the icon included: no /favicon.ico 404 on each load)."""
-    context = await browser.new_context(viewport=DESKTOP)
+    context = await chromium.new_context(viewport=DESKTOP)
     failed: list[str] = []
     try:
         pg = await context.new_page()

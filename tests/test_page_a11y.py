@@ -27,7 +27,6 @@ from service.events import EventLog
 from service.store import open_users
 
 from .axe import assert_accessible, audit, report
-from .chromium import launch_chromium
 from .conftest import LiveServer, fast_settings, make_user, run_worker, serve, wait_for_status
 from .procs import store_row, store_sql
 from .test_page import DESKTOP, PHONE, T, card, shot, submit
@@ -77,14 +76,8 @@ async def app_only(a11y_settings: Settings) -> AsyncIterator[LiveServer]:
         yield server
 
 
-@pytest.fixture(scope="module")
-async def browser() -> AsyncIterator[Any]:
-    async with launch_chromium() as b:
-        yield b
-
-
-async def signed_in_page(browser: Any, url: str, token: str, scheme: str) -> tuple[Any, Any]:
-    context = await browser.new_context(viewport=DESKTOP, color_scheme=scheme)
+async def signed_in_page(chromium: Any, url: str, token: str, scheme: str) -> tuple[Any, Any]:
+    context = await chromium.new_context(viewport=DESKTOP, color_scheme=scheme)
     page = await context.new_page()
     errors: list[str] = []
     page.on("pageerror", lambda exc: errors.append(str(exc)))
@@ -103,10 +96,10 @@ async def signed_in_page(browser: Any, url: str, token: str, scheme: str) -> tup
 
 @pytest.mark.parametrize("scheme", ["light", "dark"])
 async def test_every_state_of_the_page_passes_wcag21_aa(
-    browser: Any, app_only: LiveServer, a11y_settings: Settings, scheme: str
+    chromium: Any, app_only: LiveServer, a11y_settings: Settings, scheme: str
 ) -> None:
     token = await make_user(a11y_settings, f"axe-{scheme}")
-    context, page = await signed_in_page(browser, app_only.url, token, scheme)
+    context, page = await signed_in_page(chromium, app_only.url, token, scheme)
     try:
         # Empty: no card, no history, the queue panel says no worker runs.
         await page.wait_for_selector("#history >> text=No jobs yet", timeout=T)
@@ -153,7 +146,7 @@ async def test_every_state_of_the_page_passes_wcag21_aa(
         await context.close()
 
 
-async def test_the_operator_page_passes_wcag21_aa(browser: Any, app_only: LiveServer, a11y_settings: Settings) -> None:
+async def test_the_operator_page_passes_wcag21_aa(chromium: Any, app_only: LiveServer, a11y_settings: Settings) -> None:
     """/admin with something in every list (queued, running, stuck, failed, expired, an action, a pause), its charts
     and their tables of numbers open, a job in the detail panel: light on a desktop, dark on a 390 px phone."""
     user = await make_user(a11y_settings, "axe-owner")
@@ -185,7 +178,7 @@ async def test_the_operator_page_passes_wcag21_aa(browser: Any, app_only: LiveSe
         await ProviderBackoff(redis).pause("simulated", "sim-1", 120)
     finally:
         await redis.aclose()
-    context = await browser.new_context(viewport=DESKTOP, color_scheme="light")
+    context = await chromium.new_context(viewport=DESKTOP, color_scheme="light")
     try:
         await context.request.post(
             f"{url}/api/session", data={"token": token}, headers={"Origin": url, "Content-Type": "application/json"}
@@ -211,12 +204,12 @@ async def test_the_operator_page_passes_wcag21_aa(browser: Any, app_only: LiveSe
         await context.close()
 
 
-async def test_the_audit_runs_under_the_pages_csp_and_finds_bad_contrast(browser: Any, app_only: LiveServer) -> None:
+async def test_the_audit_runs_under_the_pages_csp_and_finds_bad_contrast(chromium: Any, app_only: LiveServer) -> None:
     """The engine is live under the page's own Content-Security-Policy (no inline script), and reports the old grey.
 
     #777 on white (4.47:1), the page's grey before, is the one violation found, on the one element that has it.
     """
-    context = await browser.new_context(viewport=DESKTOP, color_scheme="light", bypass_csp=False)
+    context = await chromium.new_context(viewport=DESKTOP, color_scheme="light", bypass_csp=False)
     try:
         page = await context.new_page()
         response = await page.goto(app_only.url + "/")

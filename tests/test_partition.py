@@ -11,12 +11,10 @@ takes its jobs over, and its late writes are refused once the path heals: one te
 from __future__ import annotations
 
 import signal
-from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import httpx
-import pytest
 from redis.asyncio import Redis
 
 from service.config import Settings
@@ -24,8 +22,8 @@ from service.embedded import EmbeddedRedis
 from service.events import EventLog
 
 from .blackhole import blackhole
-from .conftest import fast_settings, make_user, until
-from .postgres import EmbeddedPostgres
+from .conftest import assert_ended_once, fast_settings, make_user, submit_all, until
+from .postgres import EmbeddedPostgres, migrate
 from .procs import pid_of, spawn, store_row, web_process, workers
 
 JOBS = 8
@@ -52,12 +50,13 @@ async def test_a_worker_cut_off_from_redis_finishes_its_running_jobs(settings: S
                 web_process(settings, tmp_path / "web.log") as web,
                 httpx.AsyncClient(base_url=web.url, timeout=30, headers={"Authorization": f"Bearer {token}"}) as c,
             ):
-                ids = []
-                for i in range(JOBS):
-                    body = {"type": "chat", "input": {"messages": [{"role": "user", "content": f"Job {i} [[slow:6]]"}]}}
-                    r = await c.post("/api/jobs", json=body)
-                    assert r.status_code == 202, r.text
-                    ids.append(r.json()["job_id"])
+                ids = await submit_all(
+                    c,
+                    [
+                        {"type": "chat", "input": {"messages": [{"role": "user", "content": f"Job {i} [[slow:6]]"}]}}
+                        for i in range(JOBS)
+                    ],
+                )
 
                 async def all_running() -> bool:
                     assert worker.proc.poll() is None, worker.log()[-3000:]
@@ -111,24 +110,12 @@ async def test_a_worker_cut_off_from_redis_finishes_its_running_jobs(settings: S
     assert "Traceback" not in worker.log(), worker.log()[-3000:]
 
 
-@pytest.fixture
-def private_postgres() -> Iterator[EmbeddedPostgres]:
-    """A server of this test's own (tests/test_pg_outage.py): its jobs table holds only this test's jobs."""
-    server = EmbeddedPostgres().start()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
 async def test_a_worker_cut_off_from_postgres_loses_its_jobs_to_another(
     private_postgres: EmbeddedPostgres, redis_server: EmbeddedRedis, tmp_path: Path
 ) -> None:
     """Worker A's path to PostgreSQL is blackholed mid-job (its Redis path stays up): its leases lapse, worker B's
     sweeper takes its jobs over and runs them to the end, once each; when A's path heals, the writes it held are
     refused (its lease token is spent), so no job gets a second terminal state or event."""
-    from .test_pg_outage import migrate
-
     await migrate(private_postgres.url)
     settings = fast_settings(redis_server, tmp_path, database_url=private_postgres.url)
     token = await make_user(settings, "alice")
@@ -151,11 +138,9 @@ async def test_a_worker_cut_off_from_postgres_loses_its_jobs_to_another(
                 web_process(settings, tmp_path / "web.log") as web,
                 httpx.AsyncClient(base_url=web.url, timeout=30, headers={"Authorization": f"Bearer {token}"}) as c,
             ):
-                ids = []
-                for i in range(PG_JOBS):
-                    r = await c.post("/api/jobs", json={"type": "summary", "input": {"text": f"Job {i}. [[slow:4]]"}})
-                    assert r.status_code == 202, r.text
-                    ids.append(r.json()["job_id"])
+                ids = await submit_all(
+                    c, [{"type": "summary", "input": {"text": f"Job {i}. [[slow:4]]"}} for i in range(PG_JOBS)]
+                )
 
                 async def all_on_a() -> bool:
                     assert a.proc.poll() is None, a.log()[-3000:]
@@ -198,13 +183,4 @@ async def test_a_worker_cut_off_from_postgres_loses_its_jobs_to_another(
                 assert "job completed" not in a.log()  # none of A's runs recorded an end
                 assert a.log().count("lease lost") >= PG_JOBS, a.log()[-3000:]  # each stopped, abandoned or refused
 
-    redis = Redis.from_url(redis_server.url)
-    try:
-        log = EventLog(redis)
-        for job_id in ids:
-            events = await log.read_after(job_id, 0)
-            terminal = [e for e in events if e.terminal]
-            assert len(terminal) == 1, [(e.seq, e.kind) for e in events]
-            assert terminal[0].data["status"] == "completed"
-    finally:
-        await redis.aclose()
+    await assert_ended_once(redis_server.url, ids, "completed")

@@ -18,17 +18,17 @@ from service.api.app import create_app
 from service.config import Settings
 from service.embedded import EmbeddedRedis
 
-from .conftest import fast_settings, make_user, run_worker, serve, until, wait_for_status
-from .postgres import EmbeddedPostgres
+from .conftest import fast_settings, make_user, run_worker, serve, submit_all, until, wait_for_status
+from .postgres import EmbeddedPostgres, migrate
 from .procs import store_row
-from .test_pg_outage import assert_unavailable, migrate, private_postgres  # noqa: F401 (a fixture)
+from .test_pg_outage import assert_unavailable
 
 POOL_TIMEOUT = 5.0  # PostgresJobStore's acquire_timeout: what each request waited before
 FAST = 2.0  # a bound well under it (a loaded machine's round trip included), not a benchmark
 
 
 async def test_requests_fail_fast_while_postgres_is_down_and_recover_after(
-    private_postgres: EmbeddedPostgres,  # noqa: F811 (the fixture imported above)
+    private_postgres: EmbeddedPostgres,
     redis_server: EmbeddedRedis,
     tmp_path: Path,
 ) -> None:
@@ -43,11 +43,7 @@ async def test_requests_fail_fast_while_postgres_is_down_and_recover_after(
         run_worker(settings),
     ):
         texts = ["Runs through the outage. [[slow:4]]", "Queued behind it.", "Queued too."]
-        ids = []
-        for text in texts:
-            r = await c.post("/api/jobs", json={"type": "summary", "input": {"text": text}})
-            assert r.status_code == 202, r.text
-            ids.append(r.json()["job_id"])
+        ids = await submit_all(c, [{"type": "summary", "input": {"text": text}} for text in texts])
 
         async def first_running() -> bool:
             return store_row(settings, ids[0])["status"] == "processing"

@@ -9,43 +9,19 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
-from redis.asyncio import Redis
 
 from service.config import Settings
 from service.embedded import EmbeddedRedis
-from service.events import EventLog
 
-from .conftest import fast_settings, make_user, until, wait_for_status
-from .postgres import EmbeddedPostgres
+from .conftest import assert_ended_once, fast_settings, make_user, submit_all, until, wait_for_status
+from .postgres import EmbeddedPostgres, migrate
 from .procs import spawn, store_row, web_process, workers
 
 JOBS = 6
-
-
-@pytest.fixture
-def private_postgres() -> Iterator[EmbeddedPostgres]:
-    """A server of this test's own: stopping the machine's shared one would break every other test running."""
-    server = EmbeddedPostgres().start()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
-async def migrate(url: str) -> None:
-    from service.store.postgres import PostgresJobStore
-
-    store = PostgresJobStore(url, max_size=1)
-    await store.open(check_schema=False)
-    try:
-        await store.migrate()
-    finally:
-        await store.close()
 
 
 def assert_unavailable(r: httpx.Response) -> None:
@@ -85,11 +61,9 @@ async def test_postgres_restart_under_load(
             web_process(settings, tmp_path / "web.log") as web,
             httpx.AsyncClient(base_url=web.url, timeout=30, headers={"Authorization": f"Bearer {token}"}) as c,
         ):
-            ids = []
-            for i in range(JOBS):
-                r = await c.post("/api/jobs", json={"type": "summary", "input": {"text": f"Job {i}. [[slow:8]]"}})
-                assert r.status_code == 202, r.text
-                ids.append(r.json()["job_id"])
+            ids = await submit_all(
+                c, [{"type": "summary", "input": {"text": f"Job {i}. [[slow:8]]"}} for i in range(JOBS)]
+            )
 
             # 8 s each: on a loaded machine the six may start seconds apart, and all must still run at the halt.
             async def all_running() -> bool:
@@ -133,14 +107,5 @@ async def test_postgres_restart_under_load(
                 assert done["attempt"] == 1, done  # the worker kept its jobs: no take-over, no retry
             assert (await c.post("/api/jobs", json={"type": "summary", "input": {"text": "After."}})).status_code == 202
 
-    redis = Redis.from_url(redis_server.url)
-    try:
-        log = EventLog(redis)
-        for job_id in ids:
-            events = await log.read_after(job_id, 0)
-            terminal = [e for e in events if e.terminal]
-            assert len(terminal) == 1, [(e.seq, e.kind) for e in events]
-            assert terminal[0].data["status"] == "completed"
-    finally:
-        await redis.aclose()
+    await assert_ended_once(redis_server.url, ids, "completed")
     assert "Traceback" not in (tmp_path / "web.log").read_text(), (tmp_path / "web.log").read_text()[-3000:]

@@ -17,13 +17,11 @@ from typing import Any
 import httpx
 import pytest
 
-from service.api.app import create_app
 from service.api.headers import IMPORT_MAP_PAGE, IMPORT_MAP_SHA256
 from service.config import Settings
 from service.embedded import EmbeddedRedis
 
-from .chromium import launch_chromium
-from .conftest import LiveServer, fast_settings, run_worker, serve, until
+from .conftest import LiveServer, fast_settings, serve_with_worker, until
 
 ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = ROOT / "test-artifacts"
@@ -52,24 +50,14 @@ def example_settings(redis_server: EmbeddedRedis, tmp_path_factory: pytest.TempP
 
 @pytest.fixture(scope="module")
 async def live(example_settings: Settings) -> AsyncIterator[LiveServer]:
-    assert example_settings.redis_url
-    async with (
-        serve(create_app(example_settings, redis_url=example_settings.redis_url)) as server,
-        run_worker(example_settings),
-    ):
+    async with serve_with_worker(example_settings) as server:
         yield server
 
 
-@pytest.fixture(scope="module")
-async def browser() -> AsyncIterator[Any]:
-    async with launch_chromium() as b:
-        yield b
-
-
 @pytest.fixture
-async def page(browser: Any, live: LiveServer) -> AsyncIterator[Any]:
+async def page(chromium: Any, live: LiveServer) -> AsyncIterator[Any]:
     """The example under the server's real policy (no bypass), signed in by the demo login, with nothing refused."""
-    context = await browser.new_context(bypass_csp=False, viewport={"width": 900, "height": 800})
+    context = await chromium.new_context(bypass_csp=False, viewport={"width": 900, "height": 800})
     await context.add_init_script(WATCH)
     pg = await context.new_page()
     errors: list[str] = []

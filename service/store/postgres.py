@@ -24,11 +24,13 @@ from typing import Any
 
 from ..errors import StoreUnavailable
 from ..models import Job, JobError, JobStatus, dumps, now
+from . import shared
 from .base import FINAL_STEPS, UNSTORED_EVENTS_MAX, SchemaMismatch, StoreOpenError, UniqueViolation
 from .pg_batch import Bulk, Statement, WriteBatcher
 from .pg_migrations import MIGRATIONS, queue_key
 from .pg_outage import PROBE_TIMEOUT, Outage
 from .rows import _COLUMNS, _NAMES, _row_to_job
+from .shared import EXPIRED_ERROR, SharedMethods, owned_ranked, queue_score
 
 log = logging.getLogger("aijobs.store")
 
@@ -120,6 +122,23 @@ _FINISH = Bulk(
     f"RETURNING v.p_n, {_COLUMNS}",
     ("status", "result", "error", "model", "usage", "step", "t", "rec", "id", "token", "append", "seq"),
 )
+
+
+def placeholders(sql: str) -> str:
+    """A statement written with SQLite's `?` placeholders (those both stores share), in psycopg's `%s`."""
+    return sql.replace("%", "%%").replace("?", "%s")
+
+
+# The statements shared.py holds for both stores, in psycopg's placeholders.
+_CANCEL_QUEUED = placeholders(shared.CANCEL_QUEUED)
+_REQUEST_CANCEL = placeholders(shared.REQUEST_CANCEL)
+_TOUCH_QUEUED = placeholders(shared.TOUCH_QUEUED)
+_EXPIRE_OVERDUE = placeholders(shared.EXPIRE_OVERDUE)
+_PURGE_JOBS = placeholders(shared.PURGE_JOBS)
+_PURGE_KEYS = placeholders(shared.PURGE_KEYS)
+_DELETE_FINISHED = placeholders(shared.DELETE_FINISHED)
+_DELETE_KEYS_OF_JOB = placeholders(shared.DELETE_KEYS_OF_JOB)
+_IDEMPOTENCY_DROP_STALE = placeholders(shared.IDEMPOTENCY_DROP_STALE)
 
 
 def _shown(url: str) -> str:
@@ -271,7 +290,7 @@ class PgDb:
 
         pg = self._sql.get(sql)
         if pg is None:
-            pg = self._sql[sql] = sql.replace("%", "%%").replace("?", "%s")
+            pg = self._sql[sql] = placeholders(sql)
         try:
             async with _connection(self.pool, self.failures) as conn:
                 cur = await conn.execute(pg, tuple(params))
@@ -281,7 +300,7 @@ class PgDb:
             raise UniqueViolation(str(exc)) from None
 
 
-class PostgresJobStore:
+class PostgresJobStore(SharedMethods):
     dialect = "postgres"
 
     def __init__(
@@ -524,12 +543,7 @@ class PostgresJobStore:
             "AS ahead FROM jobs WHERE status = 'queued') AS r ON r.rid = jobs.id WHERE jobs.id = ANY(%s)",
             (list(owned),),
         )
-        out: dict[str, tuple[Job, int]] = {}
-        for row in rows:
-            job = _row_to_job(row)
-            if owned.get(job.id) == job.user_id:
-                out[job.id] = (job, int(row[len(_NAMES)]))
-        return out
+        return owned_ranked(rows, owned)
 
     async def claim(
         self,
@@ -653,11 +667,6 @@ class PostgresJobStore:
             },
         )
 
-    async def list_active(self) -> list[Job]:
-        return await self._many(
-            f"SELECT {_COLUMNS} FROM jobs WHERE status IN ('queued', 'processing') ORDER BY created_at", ()
-        )
-
     async def active_for_user(self, user_id: str) -> list[Job]:
         """One user's queued and processing jobs, oldest first (the jobs_user_status index)."""
         return await self._many(
@@ -673,24 +682,10 @@ class PostgresJobStore:
 
     async def cancel_queued(self, job_id: str, user_id: str) -> Job | None:
         t = now()
-        return await self._write_one(
-            "UPDATE jobs SET status = 'cancelled', cancel_requested = TRUE, completed_at = %s, updated_at = %s, "
-            "seq = seq + 1, current_step = 'Cancelled', error = NULL "
-            f"WHERE id = %s AND user_id = %s AND status = 'queued' RETURNING {_COLUMNS}",
-            (t, t, job_id, user_id),
-        )
+        return await self._write_one(_CANCEL_QUEUED, (t, t, job_id, user_id))
 
     async def request_cancel(self, job_id: str, user_id: str) -> Job | None:
-        return await self._write_one(
-            "UPDATE jobs SET cancel_requested = TRUE "
-            f"WHERE id = %s AND user_id = %s AND status = 'processing' RETURNING {_COLUMNS}",
-            (job_id, user_id),
-        )
-
-    async def expired_leases(self) -> list[Job]:
-        return await self._many(
-            f"SELECT {_COLUMNS} FROM jobs WHERE status = 'processing' AND lease_expires_at < %s", (now(),)
-        )
+        return await self._write_one(_REQUEST_CANCEL, (job_id, user_id))
 
     async def take_over(
         self,
@@ -723,114 +718,38 @@ class PostgresJobStore:
         )
 
     async def touch_queued(self, job_id: str, seq: int, *, step: str) -> Job | None:
-        return await self._write_one(
-            "UPDATE jobs SET seq = seq + 1, current_step = %s, updated_at = %s "
-            f"WHERE id = %s AND status = 'queued' AND seq = %s RETURNING {_COLUMNS}",
-            (step, now(), job_id, seq),
-        )
-
-    async def list_queued(self, *, older_than: float) -> list[Job]:
-        return await self._many(
-            f"SELECT {_COLUMNS} FROM jobs WHERE status = 'queued' AND updated_at < %s ORDER BY created_at",
-            (older_than,),
-        )
+        return await self._write_one(_TOUCH_QUEUED, (step, now(), job_id, seq))
 
     async def expire_overdue(self) -> list[Job]:
         t = now()
-        error = dumps(
-            {
-                "message": "No worker started this job within its maximum wait: check that a worker is running "
-                "(`aijobs worker`), then retry the job.",
-                "code": "expired",
-                "retryable": False,
-            }
-        )
-        return await self._many(
-            "UPDATE jobs SET status = 'expired', error = %s, current_step = 'Expired', completed_at = %s, "
-            "updated_at = %s, seq = seq + 1 "
-            f"WHERE status = 'queued' AND started_at IS NULL AND expires_at < %s RETURNING {_COLUMNS}",
-            (error, t, t, t),
-        )
+        return await self._many(_EXPIRE_OVERDUE, (EXPIRED_ERROR, t, t, t))
 
     async def purge(self, *, completed_before: float, others_before: float, idempotency_before: float) -> list[str]:
-        rows = await self._rows(
-            "DELETE FROM jobs WHERE (status = 'completed' AND completed_at < %s) "
-            "OR (status IN ('failed', 'cancelled', 'expired') AND completed_at < %s) RETURNING id",
-            (completed_before, others_before),
-        )
+        rows = await self._rows(_PURGE_JOBS, (completed_before, others_before))
         async with _connection(self.pool, self.failures) as conn:
-            await conn.execute("DELETE FROM idempotency_keys WHERE created_at < %s", (idempotency_before,))
+            await conn.execute(_PURGE_KEYS, (idempotency_before,))
         return [r[0] for r in rows]
 
     async def delete_finished(self, job_id: str, user_id: str) -> bool:
-        rows = await self._rows(
-            "DELETE FROM jobs WHERE id = %s AND user_id = %s "
-            "AND status IN ('completed','failed','cancelled','expired') RETURNING id",
-            (job_id, user_id),
-        )
+        rows = await self._rows(_DELETE_FINISHED, (job_id, user_id))
         if rows:
             async with _connection(self.pool, self.failures) as conn:
-                await conn.execute("DELETE FROM idempotency_keys WHERE user_id = %s AND job_id = %s", (user_id, job_id))
+                await conn.execute(_DELETE_KEYS_OF_JOB, (user_id, job_id))
         return bool(rows)
-
-    async def finished_before(self, before: float, *, limit: int = 1000) -> list[str]:
-        rows = await self._rows(
-            "SELECT id FROM jobs WHERE completed_at < %s AND status IN ('completed','failed','cancelled','expired') "
-            "ORDER BY completed_at DESC LIMIT %s",
-            (before, limit),
-        )
-        return [r[0] for r in rows]
-
-    async def finished_seqs(self, since: float, until: float, *, limit: int = 5000) -> list[tuple[str, str, int]]:
-        rows = await self._rows(
-            "SELECT id, user_id, seq FROM jobs WHERE completed_at >= %s AND completed_at < %s "
-            "AND status IN ('completed','failed','cancelled','expired') ORDER BY completed_at LIMIT %s",
-            (since, until, limit),
-        )
-        return [(r[0], r[1], int(r[2])) for r in rows]
 
     async def queue_ahead(self, job: Job) -> int:
         from ..queue import PRIORITY_STEP_SECONDS
 
-        deferred = job.ready_at is not None and job.ready_at > job.updated_at
-        mine = (job.ready_at or job.created_at) - (0.0 if deferred else job.priority * PRIORITY_STEP_SECONDS)
         assert PRIORITY_STEP_SECONDS == 10.0, "a new migration must redefine pg_migrations.QUEUE_AT with the new step"
         rows = await self._rows(
-            f"SELECT COUNT(*) FROM jobs WHERE status = 'queued' AND {queue_key()} < %s::float8", (mine,)
+            f"SELECT COUNT(*) FROM jobs WHERE status = 'queued' AND {queue_key()} < %s::float8", (queue_score(job),)
         )
         return int(rows[0][0]) if rows else 0
-
-    async def running(self) -> list[Job]:
-        return await self._many(f"SELECT {_COLUMNS} FROM jobs WHERE status = 'processing'", ())
-
-    async def recent_durations(self, job_type: str, *, limit: int = 20) -> list[float]:
-        rows = await self._rows(
-            "SELECT completed_at - started_at FROM jobs WHERE type = %s AND status = 'completed' AND attempts = 1 "
-            "ORDER BY completed_at DESC LIMIT %s",
-            (job_type, limit),
-        )
-        return [float(r[0]) for r in rows]
-
-    async def idempotency_get(self, user_id: str, key: str, *, since: float) -> tuple[str, str] | None:
-        rows = await self._rows(
-            "SELECT request_hash, job_id FROM idempotency_keys WHERE user_id = %s AND key = %s AND created_at >= %s",
-            (user_id, key, since),
-        )
-        return (rows[0][0], rows[0][1]) if rows else None
-
-    async def idempotency_release(self, user_id: str, key: str, job_id: str) -> None:
-        async with _connection(self.pool, self.failures) as conn:
-            await conn.execute(
-                "DELETE FROM idempotency_keys WHERE user_id = %s AND key = %s AND job_id = %s", (user_id, key, job_id)
-            )
 
     async def idempotency_put(self, user_id: str, key: str, request_hash: str, job_id: str, *, since: float) -> bool:
         """Reserve the key for this job; False if another request holds it (a stale one is replaced)."""
         async with _connection(self.pool, self.failures) as conn:
-            await conn.execute(
-                "DELETE FROM idempotency_keys WHERE user_id = %s AND key = %s AND created_at < %s",
-                (user_id, key, since),
-            )
+            await conn.execute(_IDEMPOTENCY_DROP_STALE, (user_id, key, since))
             cur = await conn.execute(
                 "INSERT INTO idempotency_keys (user_id, key, request_hash, job_id, created_at) "
                 "VALUES (%s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",

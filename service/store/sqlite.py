@@ -14,6 +14,21 @@ from .base import FINAL_STEPS, UNSTORED_EVENTS_MAX, SchemaMismatch
 from .connection import Connection
 from .migrations import MIGRATIONS, statements
 from .rows import _COLUMNS, _NAMES, _row_to_job
+from .shared import (
+    CANCEL_QUEUED,
+    DELETE_FINISHED,
+    DELETE_KEYS_OF_JOB,
+    EXPIRE_OVERDUE,
+    EXPIRED_ERROR,
+    IDEMPOTENCY_DROP_STALE,
+    PURGE_JOBS,
+    PURGE_KEYS,
+    REQUEST_CANCEL,
+    TOUCH_QUEUED,
+    SharedMethods,
+    owned_ranked,
+    queue_score,
+)
 
 # How many queued jobs run before the row `jobs` under the priority rule (NULL unless it is queued). The order
 # expression must match the jobs_queue_order index word for word for SQLite to use it (10.0 is
@@ -92,7 +107,7 @@ def _prepare(db: sqlite3.Connection) -> tuple[int, int]:
     return _migrate(db)
 
 
-class SQLiteJobStore:
+class SQLiteJobStore(SharedMethods):
     """Migrates itself on open: the embedded store of one machine (`scripts/dev`, tests) needs no separate step,
     and BEGIN IMMEDIATE already makes concurrent starters take turns. `aijobs migrate` runs the same code."""
 
@@ -234,13 +249,7 @@ class SQLiteJobStore:
             "WHERE jobs.id IN (SELECT value FROM json_each(?))",
             (json.dumps(list(owned)),),
         ) as cur:
-            rows = await cur.fetchall()
-        out: dict[str, tuple[Job, int]] = {}
-        for row in rows:
-            job = _row_to_job(row)
-            if owned.get(job.id) == job.user_id:
-                out[job.id] = (job, int(row["ahead"]))
-        return out
+            return owned_ranked(await cur.fetchall(), owned)
 
     async def claim(
         self,
@@ -384,13 +393,6 @@ class SQLiteJobStore:
             ),
         )
 
-    async def list_active(self) -> list[Job]:
-        async with self.db.execute(
-            f"SELECT {_COLUMNS} FROM jobs WHERE status IN ('queued', 'processing') ORDER BY created_at"
-        ) as cur:
-            rows = await cur.fetchall()
-        return [_row_to_job(r) for r in rows]
-
     async def active_for_user(self, user_id: str) -> list[Job]:
         return sorted(await self._many(ACTIVE_FOR_USER, (user_id,)), key=lambda job: job.created_at)
 
@@ -407,25 +409,11 @@ class SQLiteJobStore:
     async def cancel_queued(self, job_id: str, user_id: str) -> Job | None:
         """A queued job is cancelled on the spot, so no worker can claim it afterwards."""
         t = now()
-        return await self._one(
-            "UPDATE jobs SET status = 'cancelled', cancel_requested = 1, completed_at = ?, updated_at = ?, "
-            "seq = seq + 1, current_step = 'Cancelled', error = NULL "
-            f"WHERE id = ? AND user_id = ? AND status = 'queued' RETURNING {_COLUMNS}",
-            (t, t, job_id, user_id),
-        )
+        return await self._one(CANCEL_QUEUED, (t, t, job_id, user_id))
 
     async def request_cancel(self, job_id: str, user_id: str) -> Job | None:
         """Flag a running job; its owner sees the flag (control message or heartbeat) and stops."""
-        return await self._one(
-            "UPDATE jobs SET cancel_requested = 1 "
-            f"WHERE id = ? AND user_id = ? AND status = 'processing' RETURNING {_COLUMNS}",
-            (job_id, user_id),
-        )
-
-    async def expired_leases(self) -> list[Job]:
-        return await self._many(
-            f"SELECT {_COLUMNS} FROM jobs WHERE status = 'processing' AND lease_expires_at < ?", (now(),)
-        )
+        return await self._one(REQUEST_CANCEL, (job_id, user_id))
 
     async def take_over(
         self,
@@ -465,123 +453,43 @@ class SQLiteJobStore:
 
     async def touch_queued(self, job_id: str, seq: int, *, step: str) -> Job | None:
         """Give a queued job a new queue ticket (its seq), so a lost or stale queue entry can be replaced."""
-        return await self._one(
-            "UPDATE jobs SET seq = seq + 1, current_step = ?, updated_at = ? "
-            f"WHERE id = ? AND status = 'queued' AND seq = ? RETURNING {_COLUMNS}",
-            (step, now(), job_id, seq),
-        )
-
-    async def list_queued(self, *, older_than: float) -> list[Job]:
-        return await self._many(
-            f"SELECT {_COLUMNS} FROM jobs WHERE status = 'queued' AND updated_at < ? ORDER BY created_at",
-            (older_than,),
-        )
+        return await self._one(TOUCH_QUEUED, (step, now(), job_id, seq))
 
     async def expire_overdue(self) -> list[Job]:
         """Queued jobs never started within their maximum wait become `expired`."""
         t = now()
-        error = dumps(
-            {
-                "message": "No worker started this job within its maximum wait: check that a worker is running "
-                "(`aijobs worker`), then retry the job.",
-                "code": "expired",
-                "retryable": False,
-            }
-        )
-        return await self._many(
-            "UPDATE jobs SET status = 'expired', error = ?, current_step = 'Expired', completed_at = ?, "
-            "updated_at = ?, seq = seq + 1 "
-            f"WHERE status = 'queued' AND started_at IS NULL AND expires_at < ? RETURNING {_COLUMNS}",
-            (error, t, t, t),
-        )
+        return await self._many(EXPIRE_OVERDUE, (EXPIRED_ERROR, t, t, t))
 
     async def purge(self, *, completed_before: float, others_before: float, idempotency_before: float) -> list[str]:
         """Delete finished jobs past their retention (failed ones are kept longer); returns their ids."""
-        async with self.db.execute(
-            "DELETE FROM jobs WHERE (status = 'completed' AND completed_at < ?) "
-            "OR (status IN ('failed', 'cancelled', 'expired') AND completed_at < ?) RETURNING id",
-            (completed_before, others_before),
-        ) as cur:
+        async with self.db.execute(PURGE_JOBS, (completed_before, others_before)) as cur:
             ids = [row[0] for row in await cur.fetchall()]
-        await self.db.execute("DELETE FROM idempotency_keys WHERE created_at < ?", (idempotency_before,))
+        await self.db.execute(PURGE_KEYS, (idempotency_before,))
         return ids
 
     async def delete_finished(self, job_id: str, user_id: str) -> bool:
-        async with self.db.execute(
-            "DELETE FROM jobs WHERE id = ? AND user_id = ? "
-            "AND status IN ('completed','failed','cancelled','expired') RETURNING id",
-            (job_id, user_id),
-        ) as cur:
+        async with self.db.execute(DELETE_FINISHED, (job_id, user_id)) as cur:
             gone = bool(await cur.fetchall())
         if gone:
-            await self.db.execute("DELETE FROM idempotency_keys WHERE user_id = ? AND job_id = ?", (user_id, job_id))
+            await self.db.execute(DELETE_KEYS_OF_JOB, (user_id, job_id))
         return gone
 
-    async def finished_before(self, before: float, *, limit: int = 1000) -> list[str]:
-        async with self.db.execute(
-            "SELECT id FROM jobs WHERE completed_at < ? AND status IN ('completed','failed','cancelled','expired') "
-            "ORDER BY completed_at DESC LIMIT ?",
-            (before, limit),
-        ) as cur:
-            return [row[0] for row in await cur.fetchall()]
-
-    async def finished_seqs(self, since: float, until: float, *, limit: int = 5000) -> list[tuple[str, str, int]]:
-        async with self.db.execute(
-            "SELECT id, user_id, seq FROM jobs WHERE completed_at >= ? AND completed_at < ? "
-            "AND status IN ('completed','failed','cancelled','expired') ORDER BY completed_at LIMIT ?",
-            (since, until, limit),
-        ) as cur:
-            return [(row[0], row[1], int(row[2])) for row in await cur.fetchall()]
-
     async def queue_ahead(self, job: Job) -> int:
-        """Queued jobs that run before this one, scored as queue.py scores them: ready time minus the priority
-        head start, except a deferred retry (ready_at set past its requeue time), which counts from its due time."""
+        """Queued jobs that run before this one (shared.queue_score)."""
         from ..queue import PRIORITY_STEP_SECONDS
 
-        deferred = job.ready_at is not None and job.ready_at > job.updated_at
-        mine = (job.ready_at or job.created_at) - (0.0 if deferred else job.priority * PRIORITY_STEP_SECONDS)
         # The expression must match the jobs_queue_order index (and _AHEAD) word for word for SQLite to use it.
         assert PRIORITY_STEP_SECONDS == 10.0, "update the jobs_queue_order index and _AHEAD with the new step"
         async with self.db.execute(
-            "SELECT COUNT(*) FROM jobs WHERE status = 'queued' AND "
-            "(COALESCE(ready_at, created_at) - CASE WHEN ready_at > updated_at THEN 0 ELSE priority * 10.0 END) < ?",
-            (mine,),  # the strict < leaves the job itself out (see _AHEAD)
+            f"SELECT COUNT(*) FROM jobs WHERE status = 'queued' AND {_QUEUE_KEY} < ?",
+            (queue_score(job),),  # the strict < leaves the job itself out (see _AHEAD)
         ) as cur:
             row = await cur.fetchone()
         return int(row[0]) if row else 0
 
-    async def running(self) -> list[Job]:
-        return await self._many(f"SELECT {_COLUMNS} FROM jobs WHERE status = 'processing'", ())
-
-    async def recent_durations(self, job_type: str, *, limit: int = 20) -> list[float]:
-        """How long the last completed first-attempt runs of a type took, newest first."""
-        async with self.db.execute(
-            "SELECT completed_at - started_at FROM jobs WHERE type = ? AND status = 'completed' AND attempts = 1 "
-            "ORDER BY completed_at DESC LIMIT ?",
-            (job_type, limit),
-        ) as cur:
-            return [float(row[0]) for row in await cur.fetchall()]
-
-    async def idempotency_get(self, user_id: str, key: str, *, since: float) -> tuple[str, str] | None:
-        """(request hash, job id) for a key this user used since `since`."""
-        async with self.db.execute(
-            "SELECT request_hash, job_id FROM idempotency_keys WHERE user_id = ? AND key = ? AND created_at >= ?",
-            (user_id, key, since),
-        ) as cur:
-            row = await cur.fetchone()
-        return (row[0], row[1]) if row else None
-
-    async def idempotency_release(self, user_id: str, key: str, job_id: str) -> None:
-        """Free a key reserved for a job the store then refused, so the same request may be sent again."""
-        await self.db.execute(
-            "DELETE FROM idempotency_keys WHERE user_id = ? AND key = ? AND job_id = ?", (user_id, key, job_id)
-        )
-
     async def idempotency_put(self, user_id: str, key: str, request_hash: str, job_id: str, *, since: float) -> bool:
         """Reserve the key for this job; False if another request holds it (a stale one is replaced)."""
-        await self.db.execute(
-            "DELETE FROM idempotency_keys WHERE user_id = ? AND key = ? AND created_at < ?", (user_id, key, since)
-        )
+        await self.db.execute(IDEMPOTENCY_DROP_STALE, (user_id, key, since))
         async with self.db.execute(
             "INSERT OR IGNORE INTO idempotency_keys (user_id, key, request_hash, job_id, created_at) "
             "VALUES (?, ?, ?, ?, ?)",
