@@ -131,8 +131,11 @@ async def test_operators_act_on_anyones_job_and_each_action_is_recorded(
 ) -> None:
     async with run_worker(settings):
         text = f"fails once {uuid.uuid4().hex[:8]} [[fail:400:times=1]]"
-        failed = (await client.post("/api/jobs", json={"type": "summary", "input": {"text": text}})).json()["job_id"]
+        posted = await client.post("/api/jobs", json={"type": "summary", "input": {"text": text}})
+        failed = posted.json()["job_id"]
         await wait_for_status(client, failed, {"failed"})
+        seen = await root.get(f"/api/admin/jobs/{failed}")  # the id to find the job's log lines, web and worker
+        assert valid("AdminJob", seen.json())["request_id"] == posted.headers["X-Request-ID"], seen.text
         assert unknown_path(
             await client.post(f"/api/admin/jobs/{failed}/retry"), "POST", f"/api/admin/jobs/{failed}/retry"
         )

@@ -34,6 +34,7 @@ ADMIN_JOB_FIELDS: dict[str, Any] = {
     "model": _nullable(STR),
     "cancel_requested": BOOL,
     "retry_of": _nullable(STR),
+    "request_id": _nullable(STR),
     "own_provider_key": BOOL,
     "created_at": TIME,
     "started_at": TIME,

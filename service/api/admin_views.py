@@ -58,6 +58,7 @@ def admin_job(owned: OwnedJob) -> dict[str, Any]:
         "model": job.model,
         "cancel_requested": job.cancel_requested,
         "retry_of": job.retry_of,
+        "request_id": job.request_id,
         "own_provider_key": job.own_provider_key,
         "created_at": iso(job.created_at),
         "started_at": iso(job.started_at),

@@ -201,6 +201,7 @@ export function jobDetail(job, { act, armed }) {
       row("Error", job.error ? errorText(job) : null),
       row("Worker", job.worker_id),
       row("Retry of", job.retry_of),
+      row("Request", job.request_id),
       row("Created", clock(job.created_at)),
       row("Started", clock(job.started_at)),
       row("Ended", clock(job.completed_at)),
