@@ -24,13 +24,26 @@ from typing import Any
 
 from ..errors import StoreUnavailable
 from ..models import Job, JobError, JobStatus, dumps, now
-from . import shared
 from .base import FINAL_STEPS, UNSTORED_EVENTS_MAX, SchemaMismatch, StoreOpenError, UniqueViolation
 from .pg_batch import Bulk, Statement, WriteBatcher
 from .pg_migrations import MIGRATIONS, queue_key
 from .pg_outage import PROBE_TIMEOUT, Outage
 from .rows import _COLUMNS, _NAMES, _row_to_job
-from .shared import EXPIRED_ERROR, SharedMethods, owned_ranked, queue_score
+from .shared import (
+    CANCEL_QUEUED,
+    DELETE_FINISHED,
+    DELETE_KEYS_OF_JOB,
+    EXPIRE_OVERDUE,
+    EXPIRED_ERROR,
+    IDEMPOTENCY_DROP_STALE,
+    PURGE_JOBS,
+    PURGE_KEYS,
+    REQUEST_CANCEL,
+    TOUCH_QUEUED,
+    SharedMethods,
+    owned_ranked,
+    queue_score,
+)
 
 log = logging.getLogger("aijobs.store")
 
@@ -130,15 +143,15 @@ def placeholders(sql: str) -> str:
 
 
 # The statements shared.py holds for both stores, in psycopg's placeholders.
-_CANCEL_QUEUED = placeholders(shared.CANCEL_QUEUED)
-_REQUEST_CANCEL = placeholders(shared.REQUEST_CANCEL)
-_TOUCH_QUEUED = placeholders(shared.TOUCH_QUEUED)
-_EXPIRE_OVERDUE = placeholders(shared.EXPIRE_OVERDUE)
-_PURGE_JOBS = placeholders(shared.PURGE_JOBS)
-_PURGE_KEYS = placeholders(shared.PURGE_KEYS)
-_DELETE_FINISHED = placeholders(shared.DELETE_FINISHED)
-_DELETE_KEYS_OF_JOB = placeholders(shared.DELETE_KEYS_OF_JOB)
-_IDEMPOTENCY_DROP_STALE = placeholders(shared.IDEMPOTENCY_DROP_STALE)
+_CANCEL_QUEUED = placeholders(CANCEL_QUEUED)
+_REQUEST_CANCEL = placeholders(REQUEST_CANCEL)
+_TOUCH_QUEUED = placeholders(TOUCH_QUEUED)
+_EXPIRE_OVERDUE = placeholders(EXPIRE_OVERDUE)
+_PURGE_JOBS = placeholders(PURGE_JOBS)
+_PURGE_KEYS = placeholders(PURGE_KEYS)
+_DELETE_FINISHED = placeholders(DELETE_FINISHED)
+_DELETE_KEYS_OF_JOB = placeholders(DELETE_KEYS_OF_JOB)
+_IDEMPOTENCY_DROP_STALE = placeholders(IDEMPOTENCY_DROP_STALE)
 
 
 def _shown(url: str) -> str:
