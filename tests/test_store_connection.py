@@ -182,6 +182,10 @@ async def test_a_write_now_on_an_idle_writer_is_done_before_the_caller_yields(tm
             assert tuple(await cur.fetchone()) == (2,)
         async with db.execute("SELECT v FROM t WHERE k = 'a'") as cur:  # committed: the reader sees it
             assert (await cur.fetchone())[0] == 2
+        await db.execute("INSERT INTO t VALUES ('c', 1)")  # the thread's next batch waits for the lock again
+        assert db._writer.conn is not None
+        with db._writer.lock:
+            assert db._writer.conn.execute("PRAGMA busy_timeout").fetchone()[0] == 5_000
         db._writer._idle_since = -1.0
         with pytest.raises(sqlite3.IntegrityError):  # its own error, from the writer's path
             await db.execute_now("INSERT INTO t VALUES ('a', 3)")

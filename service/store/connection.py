@@ -132,6 +132,7 @@ class _Lane:
         self.busy_timeout_ms = 0
         self.lock = threading.Lock()  # held by whoever uses `conn`: the thread for a batch, or `run_now`
         self._ran_now = False  # `run_now` ran a write in this turn of the loop: the next ones batch
+        self._no_wait = False  # `run_now` set busy_timeout 0 on `conn` (under `lock`): the thread sets it back
         self._idle_since = 0.0  # when the thread last answered (loop time): `run_now` only for a lane idle a while
         self.errors = 0  # statements that failed, not counting a unique-key refusal (written by the thread only)
 
@@ -149,8 +150,8 @@ class _Lane:
     def run_now(self, op: _Op) -> bool:
         """Run a lone write on the caller's thread, on the thread's own connection, when nothing is queued for it
         or running: the statement alone, without two thread hand-overs (see Connection.execute_now). It never
-        waits for the write lock (busy_timeout 0 meanwhile): held elsewhere, or any error, and False: the caller
-        queues it as any write, and the thread's path decides."""
+        waits for the write lock (busy_timeout 0, set back by the thread before its next batch): held elsewhere, or
+        any error, and False: the caller queues it as any write, and the thread's path decides."""
         conn = self.conn
         if conn is None or self.outstanding or self._buffer or self._ran_now:
             return False
@@ -166,7 +167,9 @@ class _Lane:
         try:
             if self.conn is None or conn.in_transaction:
                 return False
-            conn.execute("PRAGMA busy_timeout=0")
+            if not self._no_wait:  # left so for the thread to undo before its next batch (off a job's start)
+                conn.execute("PRAGMA busy_timeout=0")
+                self._no_wait = True
             try:
                 op.future.set_result(_run_one(conn, op))
                 return True
@@ -174,8 +177,6 @@ class _Lane:
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
                 return False
-            finally:
-                conn.execute(f"PRAGMA busy_timeout={self.busy_timeout_ms}")
         finally:
             self.lock.release()
 
@@ -239,6 +240,9 @@ class _Lane:
     def _run(self, conn: sqlite3.Connection, batch: list[_Op]) -> None:
         """Run one batch and answer each of its operations on its own loop, one wake-up per loop."""
         with self.lock:  # released before the answers go: a loop that sees the lane idle finds the lock free
+            if self._no_wait:
+                conn.execute(f"PRAGMA busy_timeout={self.busy_timeout_ms}")
+                self._no_wait = False
             outcomes = self.run_batch(conn, batch)
         by_loop: dict[asyncio.AbstractEventLoop, tuple[list[_Op], list[Any]]] = {}
         for op, outcome in zip(batch, outcomes, strict=True):  # one loop, unless a caller moved loops
