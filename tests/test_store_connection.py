@@ -193,6 +193,33 @@ async def test_a_write_now_on_an_idle_writer_is_done_before_the_caller_yields(tm
         await db.close()
 
 
+async def test_an_idle_writer_readies_its_connection_so_a_write_now_runs_its_statement_alone(tmp_path: Path) -> None:
+    """The writer's thread, idle for IDLE_FOR_NOW, sets busy_timeout 0 itself: a write now (a job's start) then
+    runs its one statement and nothing else; the thread's next batch waits for the write lock again."""
+    db = await _now_db(tmp_path / "n.db")
+    try:
+        lane = db._writer
+        assert lane.conn is not None
+        deadline = asyncio.get_running_loop().time() + 5
+        while not lane._no_wait:
+            assert asyncio.get_running_loop().time() < deadline
+            await asyncio.sleep(0.01)
+        ran: list[str] = []
+        with lane.lock:
+            lane.conn.set_trace_callback(ran.append)
+        pending = db.execute_now("UPDATE t SET v = 2 WHERE k = 'a' RETURNING v")
+        assert pending._future.done()
+        assert ran == ["UPDATE t SET v = 2 WHERE k = 'a' RETURNING v"]
+        with lane.lock:
+            lane.conn.set_trace_callback(None)
+            assert lane.conn.execute("PRAGMA busy_timeout").fetchone()[0] == 0
+        await db.execute("INSERT INTO t VALUES ('c', 1)")
+        with lane.lock:
+            assert lane.conn.execute("PRAGMA busy_timeout").fetchone()[0] == 5_000
+    finally:
+        await db.close()
+
+
 async def test_writes_now_batch_behind_queued_writes_in_a_burst_and_on_a_busy_writer(tmp_path: Path) -> None:
     """Writes commit in the order made (one queued: the next goes behind it); of a burst in one turn of the loop
     only the first runs at once (the rest group-commit on the writer's thread); a writer that answered within

@@ -17,7 +17,8 @@ A lone write on an idle writer (the worker's claim, `execute_now`) runs at once 
 writer's own connection under the lock the writer's thread holds for each batch: a job's start then pays the
 statement, not two thread hand-overs. Only when the writer has answered everything and been idle IDLE_FOR_NOW, and
 once per turn of the loop: a busy worker's claims (a take's burst, or one after each finish in a drain) group-commit
-on the thread as before; run one commit each on the loop, they halved a drain.
+on the thread as before; run one commit each on the loop, they halved a drain. The writer's thread, idle that long,
+sets busy_timeout 0 for it meanwhile (the loop must never wait for the lock) and back before its next batch.
 
 A SELECT goes to the reader instead: in WAL mode a reader takes no lock a writer holds, so while our writer waits
 for the write lock (another process holds it), reads go on, neither failing nor waiting with it. A read sees
@@ -117,9 +118,12 @@ def _run_one(conn: sqlite3.Connection, op: _Op) -> Any:
 class _Lane:
     """One sqlite3 connection, the thread that owns it and the queue it serves, batch by batch."""
 
-    def __init__(self, name: str, run_batch: Callable[[sqlite3.Connection, list[_Op]], list[Any]]) -> None:
+    def __init__(
+        self, name: str, run_batch: Callable[[sqlite3.Connection, list[_Op]], list[Any]], *, for_now: bool = False
+    ) -> None:
         self.name = name
         self.run_batch = run_batch
+        self.for_now = for_now  # the writer: idle IDLE_FOR_NOW, its thread readies `conn` for `run_now`
         self.queue: queue.SimpleQueue[list[_Op] | None] = queue.SimpleQueue()
         self.thread: threading.Thread | None = None
         # Statements queued during one turn of the loop, handed to the thread together at its end (`_hand_over`):
@@ -167,7 +171,7 @@ class _Lane:
         try:
             if self.conn is None or conn.in_transaction:
                 return False
-            if not self._no_wait:  # left so for the thread to undo before its next batch (off a job's start)
+            if not self._no_wait:  # the thread's `_next` did not get to it yet; the thread sets it back
                 conn.execute("PRAGMA busy_timeout=0")
                 self._no_wait = True
             try:
@@ -216,9 +220,9 @@ class _Lane:
                 conn.close()
 
     def _serve(self, conn: sqlite3.Connection, max_batch: int) -> None:
-        get, get_nowait = self.queue.get, self.queue.get_nowait
+        get_nowait = self.queue.get_nowait
         while True:
-            first = get()
+            first = self._next(conn)
             if first is None:
                 return
             waiting = list(first)
@@ -236,6 +240,22 @@ class _Lane:
                 self._run(conn, waiting[start : start + max_batch])
             if stop:
                 return
+
+    def _next(self, conn: sqlite3.Connection) -> list[_Op] | None:
+        """The next operations queued. A writer left idle IDLE_FOR_NOW sets busy_timeout 0 meanwhile, ready for
+        `run_now` (which would otherwise pay that statement on a job's start, ~0.06 ms on an idle worker's cold
+        caches); a busy writer's batches come sooner and never pay it."""
+        if not self.for_now:
+            return self.queue.get()
+        try:
+            return self.queue.get(timeout=IDLE_FOR_NOW)
+        except queue.Empty:
+            pass
+        with self.lock, contextlib.suppress(sqlite3.Error):
+            if not self._no_wait:
+                conn.execute("PRAGMA busy_timeout=0")
+                self._no_wait = True
+        return self.queue.get()
 
     def _run(self, conn: sqlite3.Connection, batch: list[_Op]) -> None:
         """Run one batch and answer each of its operations on its own loop, one wake-up per loop."""
@@ -294,7 +314,7 @@ class Connection:
         self.path = str(path)
         self.busy_timeout_ms = busy_timeout_ms
         self.max_batch = max_batch
-        self._writer = _Lane("aijobs-sqlite", _run_writes)
+        self._writer = _Lane("aijobs-sqlite", _run_writes, for_now=True)
         self._reader = _Lane("aijobs-sqlite-read", _run_reads)
         self._open = False
         self._closed = False
