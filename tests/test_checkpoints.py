@@ -316,3 +316,22 @@ async def test_a_jobs_events_keep_their_order_when_redis_lost_its_scripts(run: R
     sent = [run.events.publish_many_soon("u", many), run.events.publish_soon("u", end)]
     assert [await f for f in sent] == [2, 1]
     assert [e.seq for e in await run.events.read_after(job_id, seq)] == [seq + 1, seq + 2, seq + 3]
+
+
+async def test_the_claims_processing_goes_out_before_a_first_event_made_before_the_task_yields(run: Run) -> None:
+    """The runner queues `processing` a turn after the task starts; a task whose first line announces progress
+    (no turn of the loop yet) has it queued first, once, so the log holds both in seq order."""
+    calls: list[int] = []
+
+    def announce_start() -> None:
+        calls.append(1)
+        run.events.publish_soon("u", announcement(run.claimed))
+
+    run.ctx.announce_start = announce_start
+    await run.ctx.progress(10, "first")
+    await run.ctx.progress(100, "last")
+    await run.ctx.checkpoint()
+    await run.events.drain()
+    log = await run.events.read_after(run.claimed.id, run.claimed.seq - 1)
+    assert [(e.kind.value, e.seq) for e in log[:2]] == [("status", run.claimed.seq), ("progress", run.claimed.seq + 1)]
+    assert log[0].data["status"] == "processing" and calls == [1]
