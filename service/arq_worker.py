@@ -435,8 +435,10 @@ class WakeableWorker(Worker):
     async def _start_taken(self, taken: list[Any], rest: list[Any]) -> None:
         await self._run_taken(taken)
         if taken:
-            # Two turns of the loop before this poll's bookkeeping and the next wait (packing and sending it): the
-            # jobs just started reach their store claim, and their claims reach the store's thread, first.
+            # Three turns of the loop before this poll's bookkeeping and the next wait (packing and sending it): the
+            # jobs just started reach their store claim, their claims reach the store (a lone claim on an idle
+            # writer runs on the loop as that turn ends: store/connection.py), and such a job its function, first.
+            await asyncio.sleep(0)
             await asyncio.sleep(0)
             await asyncio.sleep(0)
         if rest:  # more are due than slots were free: start them as slots free up, as arq does

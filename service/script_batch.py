@@ -19,9 +19,9 @@ import asyncio
 import contextvars
 from typing import Any, cast
 
-from hiredis import pack_command
+from hiredis import Reader, pack_command
 from redis.asyncio import Redis
-from redis.asyncio.connection import AbstractConnection
+from redis.asyncio.connection import AbstractConnection, ConnectionPool
 from redis.commands.core import AsyncScript
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, ResponseError
@@ -91,7 +91,7 @@ class ScriptBatch:
 
     async def _run(self, batch: list[_Call]) -> list[Any]:
         pool = self.redis.connection_pool
-        conn = await pool.get_connection()
+        conn = await checkout(pool)
         try:
             # A script this batch has not seen loaded is loaded first, in the same round trip: a call that failed
             # NOSCRIPT is run again after the whole batch, so a job's later call (of another script, loaded) would
@@ -120,6 +120,39 @@ class ScriptBatch:
                 except Exception as exc:
                     answers[i] = exc
         return answers
+
+
+async def checkout(pool: ConnectionPool) -> AbstractConnection:
+    """A connection from the pool, as `pool.get_connection()` hands it out, without the turn of the loop its check
+    costs when nothing is wrong: redis-py looks for unread data or a server-closed socket by reading under a 0 s
+    timeout, which always yields once and raises and catches a cancel (a lone call's latency, e.g. an enqueue's,
+    paid that turn before its bytes went). What that read would find, the loop has already put in the connection's
+    buffers: nothing there, and it goes as is; anything else (or a pool or parser other than the ones this reads)
+    and the pool's own check decides, reconnecting as it would."""
+    if type(pool).get_connection is not ConnectionPool.get_connection:  # a blocking pool waits for one its own way
+        return await pool.get_connection()
+    conn = pool.get_available_connection()
+    try:
+        if not _idle_and_clean(conn):
+            await pool.ensure_connection(conn)
+    except BaseException:
+        await pool.release(conn)
+        raise
+    return conn
+
+
+def _idle_and_clean(conn: AbstractConnection) -> bool:
+    """Connected, nothing unread in hiredis's buffer or the stream's, and no end of file or error seen."""
+    parser = getattr(conn, "_parser", None)
+    reader, stream = getattr(parser, "_reader", None), getattr(parser, "_stream", None)
+    if not conn.is_connected or not isinstance(reader, Reader) or not isinstance(stream, asyncio.StreamReader):
+        return False
+    return (
+        not reader.has_data()
+        and not getattr(stream, "_buffer", True)
+        and not stream.at_eof()
+        and stream.exception() is None
+    )
 
 
 async def _read_answers(conn: Any, count: int) -> list[Any]:

@@ -356,3 +356,22 @@ async def test_an_end_event_the_log_refuses_is_logged_as_a_warning(
     )  # fmt: skip
     assert [e.kind for e in await run.events.read_after(done.id, done.seq - 1)] == [EventKind.PROGRESS], "refused"
     assert (await run.events.read_after(taken.id, taken.seq - 1))[0].terminal, "an end the log takes goes out"
+
+
+async def test_the_claims_processing_goes_out_before_a_first_event_made_before_the_task_yields(run: Run) -> None:
+    """The runner queues `processing` a turn after the task starts; a task whose first line announces progress
+    (no turn of the loop yet) has it queued first, once, so the log holds both in seq order."""
+    calls: list[int] = []
+
+    def announce_start() -> None:
+        calls.append(1)
+        run.events.publish_soon("u", announcement(run.claimed))
+
+    run.ctx.announce_start = announce_start
+    await run.ctx.progress(10, "first")
+    await run.ctx.progress(100, "last")
+    await run.ctx.checkpoint()
+    await run.events.drain()
+    log = await run.events.read_after(run.claimed.id, run.claimed.seq - 1)
+    assert [(e.kind.value, e.seq) for e in log[:2]] == [("status", run.claimed.seq), ("progress", run.claimed.seq + 1)]
+    assert log[0].data["status"] == "processing" and calls == [1]

@@ -107,3 +107,37 @@ async def test_a_script_not_yet_loaded_runs_in_its_place_in_the_batch(redis_serv
         assert await redis.lrange("sb:order", 0, -1) == [b"first 1", b"second 2"], "in the order called"
     finally:
         await redis.aclose()
+
+
+async def test_a_pooled_connection_the_server_closed_or_left_unread_is_replaced_before_a_batch(
+    redis_server: EmbeddedRedis,
+) -> None:
+    """The batch's own check-out (no turn of the loop when nothing is wrong) still finds what redis-py's would:
+    a connection Redis closed while it sat in the pool, or one with an answer nobody read, is not sent on."""
+    redis = Redis.from_url(redis_server.url)
+    admin = Redis.from_url(redis_server.url)
+    try:
+        await redis.delete("sb:p")
+        batch = ScriptBatch(redis)
+        incr = batch.register(INCR)
+        assert await batch.call(incr, ["sb:p"], [1]) == 1
+        pool = redis.connection_pool
+        (conn,) = pool._available_connections
+        client_id = await redis.client_id()  # on that same connection, the pool's only one
+        assert pool._available_connections == [conn]
+        assert await admin.client_kill_filter(_id=client_id) == 1
+        deadline = asyncio.get_running_loop().time() + 5
+        while not conn._reader.at_eof():  # the loop saw Redis close it
+            assert asyncio.get_running_loop().time() < deadline
+            await asyncio.sleep(0.01)
+        assert await batch.call(incr, ["sb:p"], [1]) == 2  # reconnected, not failed
+        (conn,) = pool._available_connections
+        await conn.send_packed_command(b"*1\r\n$4\r\nPING\r\n")  # an answer left unread
+        deadline = asyncio.get_running_loop().time() + 5
+        while not conn._reader._buffer:
+            assert asyncio.get_running_loop().time() < deadline
+            await asyncio.sleep(0.01)
+        assert await batch.call(incr, ["sb:p"], [1]) == 3  # not "PONG": that connection was not used as is
+    finally:
+        await admin.aclose()
+        await redis.aclose()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sqlite3
+import threading
 import uuid
 from pathlib import Path
 
@@ -172,16 +173,41 @@ async def _now_db(path: Path) -> Connection:
     return db
 
 
-async def test_a_write_now_on_an_idle_writer_is_done_before_the_caller_yields(tmp_path: Path) -> None:
-    """The claim's path on an idle worker: the statement runs at once, on the writer's own connection."""
+def _threads_of(db: Connection) -> list[tuple[int, str]]:
+    """Record (thread, statement) for every statement the writer's connection runs from here on."""
+    ran: list[tuple[int, str]] = []
+    assert db._writer.conn is not None
+    with db._writer.lock:
+        db._writer.conn.set_trace_callback(lambda sql: ran.append((threading.get_ident(), sql)))
+    return ran
+
+
+async def test_a_lone_write_now_on_an_idle_writer_runs_on_the_loop_in_one_turn(tmp_path: Path) -> None:
+    """The claim's path on an idle worker: the statement runs on the loop's thread when the turn's writes are
+    handed over, on the writer's own connection, and nothing else runs with it (the idle writer's thread had set
+    busy_timeout 0 already); the thread's next batch waits for the write lock again."""
     db = await _now_db(tmp_path / "n.db")
     try:
+        lane = db._writer
+        deadline = asyncio.get_running_loop().time() + 5
+        while not lane._no_wait:  # the idle thread readies the connection
+            assert asyncio.get_running_loop().time() < deadline
+            await asyncio.sleep(0.01)
+        ran = _threads_of(db)
         pending = db.execute_now("UPDATE t SET v = 2 WHERE k = 'a' AND v = 1 RETURNING v")
-        assert pending._future.done()  # answered without a turn of the loop
+        assert not pending._future.done()  # the turn's other writes may still join it
+        await asyncio.sleep(0)
+        assert pending._future.done()  # handed over at the turn's end: run there, not on the thread
+        assert ran == [(threading.get_ident(), "UPDATE t SET v = 2 WHERE k = 'a' AND v = 1 RETURNING v")]
         async with pending as cur:
             assert tuple(await cur.fetchone()) == (2,)
         async with db.execute("SELECT v FROM t WHERE k = 'a'") as cur:  # committed: the reader sees it
             assert (await cur.fetchone())[0] == 2
+        await db.execute("INSERT INTO t VALUES ('c', 1)")  # the thread's next batch waits for the lock again
+        assert db._writer.conn is not None
+        with db._writer.lock:
+            db._writer.conn.set_trace_callback(None)
+            assert db._writer.conn.execute("PRAGMA busy_timeout").fetchone()[0] == 5_000
         db._writer._idle_since = -1.0
         with pytest.raises(sqlite3.IntegrityError):  # its own error, from the writer's path
             await db.execute_now("INSERT INTO t VALUES ('a', 3)")
@@ -189,27 +215,32 @@ async def test_a_write_now_on_an_idle_writer_is_done_before_the_caller_yields(tm
         await db.close()
 
 
-async def test_writes_now_batch_behind_queued_writes_in_a_burst_and_on_a_busy_writer(tmp_path: Path) -> None:
-    """Writes commit in the order made (one queued: the next goes behind it); of a burst in one turn of the loop
-    only the first runs at once (the rest group-commit on the writer's thread); a writer that answered within
+async def test_writes_now_batch_on_the_thread_in_a_burst_behind_queued_writes_and_on_a_busy_writer(
+    tmp_path: Path,
+) -> None:
+    """Writes commit in the order made (one queued: the next goes behind it); a burst in one turn of the loop (a
+    take's claims) goes to the writer's thread whole, as one group commit; a writer that answered within
     IDLE_FOR_NOW is busy, and its writes batch."""
     db = await _now_db(tmp_path / "n.db")
     try:
         first = db.execute("INSERT INTO t VALUES ('b', 1)")  # queued, not yet run
         second = db.execute_now("UPDATE t SET v = 5 WHERE k = 'b' RETURNING v")
-        assert not second._future.done()
         assert (await first).rowcount == 1
         async with second as cur:
             assert tuple(await cur.fetchone()) == (5,)  # it saw the insert made before it
 
         db._writer._idle_since = -1.0
+        ran = _threads_of(db)
         burst = [db.execute_now("INSERT INTO t VALUES (?, ?)", (f"k{i}", i)) for i in range(5)]
-        assert [p._future.done() for p in burst] == [True, False, False, False, False]
         assert all(r.rowcount == 1 for r in await asyncio.gather(*burst))
+        inserts = [t for t, sql in ran if sql.startswith("INSERT")]
+        assert len(inserts) == 5 and threading.get_ident() not in inserts
+        assert sum(sql == "BEGIN IMMEDIATE" for _, sql in ran) == 1  # one transaction for the burst
 
+        ran.clear()
         busy = db.execute_now("UPDATE t SET v = 6 WHERE k = 'b'")  # the writer answered just now
-        assert not busy._future.done()
         assert (await busy).rowcount == 1
+        assert [t for t, sql in ran if sql.startswith("UPDATE")] != [threading.get_ident()]
     finally:
         await db.close()
 

@@ -225,6 +225,7 @@ class RunContext:
     events: EventLog
     api_key: str | None = None
     seq: int = 0  # the seq of the last event this run announced (the claim's, at first)
+    announce_start: Callable[[], None] | None = None  # queues the claim's `processing`, if not queued yet
     _pending: list[str] = field(default_factory=list)  # delta text not yet announced
     _unstored: list[str] = field(default_factory=list)  # text announced, not yet in the store
     _stored_seq: int = 0
@@ -328,6 +329,9 @@ class RunContext:
             self._store_later()
         try:
             events = [Event(self.job_id, first + i, kind, data) for i, (kind, data, _text) in enumerate(items)]
+            if self.announce_start is not None:  # the task's first event came before the turn `processing` waits for
+                announce, self.announce_start = self.announce_start, None
+                announce()
             sent = self.events.publish_many_soon(self.user_id, events)
         except Exception as exc:  # the store has (or will have, at the next checkpoint) it; a watcher resyncs from it
             log.warning("could not publish an event", extra={"job_id": self.job_id, "error": repr(exc)})

@@ -13,11 +13,15 @@ lock, one WAL commit for many statements, and busy_timeout applies to the BEGIN)
 result (rows, rowcount) or exception, and none resolves before its batch committed. If a statement's error rolled
 the whole transaction back (SQLite does for a few errors), the batch runs again one statement at a time.
 
-A lone write on an idle writer (the worker's claim, `execute_now`) runs at once on the caller's thread, on the
-writer's own connection under the lock the writer's thread holds for each batch: a job's start then pays the
-statement, not two thread hand-overs. Only when the writer has answered everything and been idle IDLE_FOR_NOW, and
-once per turn of the loop: a busy worker's claims (a take's burst, or one after each finish in a drain) group-commit
-on the thread as before; run one commit each on the loop, they halved a drain.
+A lone write on an idle writer (the worker's claim, `execute_now`) runs on the loop's thread when the turn's writes
+are handed over, on the writer's own connection under the lock the writer's thread holds for each batch: a job's
+start then pays the statement, not two thread hand-overs. Only when it is all that turn of the loop queued and the
+writer has answered everything and been idle IDLE_FOR_NOW: a busy worker's claims (a take's burst, or one after each
+finish in a drain) group-commit on the thread as before (run one commit each on the loop, they halved a drain), and
+so does the first claim of a burst on a worker just idle (run alone at once, it cost the e2e figure ~9 % of the
+worker's CPU per job: that job ran ahead of its burst, and the rest went as smaller batches). The writer's thread,
+idle that long, sets busy_timeout 0 for it meanwhile (the loop must never wait for the lock) and back before its
+next batch.
 
 A SELECT goes to the reader instead: in WAL mode a reader takes no lock a writer holds, so while our writer waits
 for the write lock (another process holds it), reads go on, neither failing nor waiting with it. A read sees
@@ -40,7 +44,7 @@ from typing import Any
 
 from ..errors import StoreUnavailable
 
-IDLE_FOR_NOW = 0.005  # seconds the writer must have been idle for `run_now` (a busy worker's writes batch instead)
+IDLE_FOR_NOW = 0.005  # seconds the writer must have been idle for `_run_here` (a busy worker's writes batch instead)
 MAX_BATCH = 256  # statements per transaction: bounds how long one batch holds the write lock
 
 
@@ -117,9 +121,12 @@ def _run_one(conn: sqlite3.Connection, op: _Op) -> Any:
 class _Lane:
     """One sqlite3 connection, the thread that owns it and the queue it serves, batch by batch."""
 
-    def __init__(self, name: str, run_batch: Callable[[sqlite3.Connection, list[_Op]], list[Any]]) -> None:
+    def __init__(
+        self, name: str, run_batch: Callable[[sqlite3.Connection, list[_Op]], list[Any]], *, for_now: bool = False
+    ) -> None:
         self.name = name
         self.run_batch = run_batch
+        self.for_now = for_now  # the writer: idle IDLE_FOR_NOW, its thread readies `conn` for `_run_here`
         self.queue: queue.SimpleQueue[list[_Op] | None] = queue.SimpleQueue()
         self.thread: threading.Thread | None = None
         # Statements queued during one turn of the loop, handed to the thread together at its end (`_hand_over`):
@@ -128,63 +135,65 @@ class _Lane:
         self._buffer: list[_Op] = []
         self._buffer_loop: asyncio.AbstractEventLoop | None = None
         self.outstanding = 0  # operations queued and not yet answered (counted on the loop): 0, the thread is idle
-        self.conn: sqlite3.Connection | None = None  # the thread's connection, for `run_now` (None: closing)
+        self.conn: sqlite3.Connection | None = None  # the thread's connection, for `_run_here` (None: closing)
         self.busy_timeout_ms = 0
-        self.lock = threading.Lock()  # held by whoever uses `conn`: the thread for a batch, or `run_now`
-        self._ran_now = False  # `run_now` ran a write in this turn of the loop: the next ones batch
-        self._idle_since = 0.0  # when the thread last answered (loop time): `run_now` only for a lane idle a while
+        self.lock = threading.Lock()  # held by whoever uses `conn`: the thread for a batch, or `_run_here`
+        self._lone: _Op | None = None  # a write for `_run_here`, if it is still alone when this turn's batch goes
+        self._no_wait = False  # `_run_here` set busy_timeout 0 on `conn` (under `lock`): the thread sets it back
+        self._idle_since = 0.0  # when the thread last answered (loop time): `_run_here` only for a lane idle a while
         self.errors = 0  # statements that failed, not counting a unique-key refusal (written by the thread only)
 
-    def submit(self, op: _Op) -> None:
-        """Queue an operation for the thread, at the end of this turn of the loop with the others queued meanwhile."""
+    def submit(self, op: _Op, *, here: bool = False) -> None:
+        """Queue an operation for the thread, at the end of this turn of the loop with the others queued meanwhile;
+        `here`: run it on the loop instead if it is still alone then and the writer idle (`_run_here`)."""
         loop = op.future.get_loop()
         if self._buffer and self._buffer_loop is not loop:  # a caller on another loop: that batch goes now
             self._hand_over()
         if not self._buffer:
             self._buffer_loop = loop
             loop.call_soon(self._hand_over)
+            self._lone = op if here and not self.outstanding else None
         self._buffer.append(op)
         self.outstanding += 1
 
-    def run_now(self, op: _Op) -> bool:
-        """Run a lone write on the caller's thread, on the thread's own connection, when nothing is queued for it
-        or running: the statement alone, without two thread hand-overs (see Connection.execute_now). It never
-        waits for the write lock (busy_timeout 0 meanwhile): held elsewhere, or any error, and False: the caller
-        queues it as any write, and the thread's path decides."""
+    def _run_here(self, op: _Op) -> bool:
+        """Run a lone write on the loop's thread, on the thread's own connection, when it is all this turn of the
+        loop queued and the writer has been idle IDLE_FOR_NOW with nothing queued or running: the statement alone,
+        without the two thread hand-overs (see Connection.execute_now). It never waits for the write lock
+        (busy_timeout 0, set back by the thread before its next batch): held elsewhere, or any error, and False:
+        it goes to the thread as any write, and the thread's path decides."""
         conn = self.conn
-        if conn is None or self.outstanding or self._buffer or self._ran_now:
-            return False
         loop = op.future.get_loop()
-        if loop.time() - self._idle_since < IDLE_FOR_NOW:
+        if conn is None or self.outstanding != 1 or loop.time() - self._idle_since < IDLE_FOR_NOW:
             return False
-        # One per turn of the loop: a burst (a take's claims, whose tasks all start in one turn) would otherwise run
-        # one commit each on the loop instead of one group commit on the thread (a drain ran at half speed).
-        self._ran_now = True
-        loop.call_soon(self._next_turn)
         if not self.lock.acquire(blocking=False):
             return False
         try:
             if self.conn is None or conn.in_transaction:
                 return False
-            conn.execute("PRAGMA busy_timeout=0")
+            if not self._no_wait:  # the thread's `_next` did not get to it yet; the thread sets it back
+                conn.execute("PRAGMA busy_timeout=0")
+                self._no_wait = True
             try:
-                op.future.set_result(_run_one(conn, op))
-                return True
-            except sqlite3.Error:
+                result = _run_one(conn, op)
+            except Exception:  # the thread runs it again and answers its error (or finds the lock free)
                 if conn.in_transaction:
-                    conn.execute("ROLLBACK")
+                    with contextlib.suppress(sqlite3.Error):
+                        conn.execute("ROLLBACK")
                 return False
-            finally:
-                conn.execute(f"PRAGMA busy_timeout={self.busy_timeout_ms}")
         finally:
             self.lock.release()
-
-    def _next_turn(self) -> None:
-        self._ran_now = False
+        self.outstanding -= 1
+        self._idle_since = loop.time()
+        _settle(op.future, result, None)
+        return True
 
     def _hand_over(self) -> None:
         if self._buffer:
             ops, self._buffer = self._buffer, []
+            lone, self._lone = self._lone, None
+            if lone is not None and len(ops) == 1 and self._run_here(lone):
+                return
             self.queue.put(ops)
 
     async def open(self, path: str, pragmas: Sequence[str], max_batch: int) -> None:
@@ -215,9 +224,9 @@ class _Lane:
                 conn.close()
 
     def _serve(self, conn: sqlite3.Connection, max_batch: int) -> None:
-        get, get_nowait = self.queue.get, self.queue.get_nowait
+        get_nowait = self.queue.get_nowait
         while True:
-            first = get()
+            first = self._next(conn)
             if first is None:
                 return
             waiting = list(first)
@@ -236,9 +245,28 @@ class _Lane:
             if stop:
                 return
 
+    def _next(self, conn: sqlite3.Connection) -> list[_Op] | None:
+        """The next operations queued. A writer left idle IDLE_FOR_NOW sets busy_timeout 0 meanwhile, ready for
+        `_run_here` (which would otherwise pay that statement on a job's start, ~0.06 ms on an idle worker's cold
+        caches); a busy writer's batches come sooner and never pay it."""
+        if not self.for_now:
+            return self.queue.get()
+        try:
+            return self.queue.get(timeout=IDLE_FOR_NOW)
+        except queue.Empty:
+            pass
+        with self.lock, contextlib.suppress(sqlite3.Error):
+            if not self._no_wait:
+                conn.execute("PRAGMA busy_timeout=0")
+                self._no_wait = True
+        return self.queue.get()
+
     def _run(self, conn: sqlite3.Connection, batch: list[_Op]) -> None:
         """Run one batch and answer each of its operations on its own loop, one wake-up per loop."""
         with self.lock:  # released before the answers go: a loop that sees the lane idle finds the lock free
+            if self._no_wait:
+                conn.execute(f"PRAGMA busy_timeout={self.busy_timeout_ms}")
+                self._no_wait = False
             outcomes = self.run_batch(conn, batch)
         by_loop: dict[asyncio.AbstractEventLoop, tuple[list[_Op], list[Any]]] = {}
         for op, outcome in zip(batch, outcomes, strict=True):  # one loop, unless a caller moved loops
@@ -272,7 +300,7 @@ class _Lane:
     async def close(self) -> None:
         if self.thread is None:
             return
-        self.conn = None  # no `run_now` from here on
+        self.conn = None  # no `_run_here` from here on
         self._hand_over()
         self.queue.put(None)
         thread, self.thread = self.thread, None
@@ -290,7 +318,7 @@ class Connection:
         self.path = str(path)
         self.busy_timeout_ms = busy_timeout_ms
         self.max_batch = max_batch
-        self._writer = _Lane("aijobs-sqlite", _run_writes)
+        self._writer = _Lane("aijobs-sqlite", _run_writes, for_now=True)
         self._reader = _Lane("aijobs-sqlite-read", _run_reads)
         self._open = False
         self._closed = False
@@ -325,16 +353,16 @@ class Connection:
         return _Pending(self._submit(sql, params, None))
 
     def execute_now(self, sql: str, params: Sequence[Any] = ()) -> _Pending:
-        """`execute` for a lone write, run at once on this thread when the writer has nothing queued or running (the
-        worker's claim: a job's start then pays the statement, ~0.05 ms, not the hand-over to the writer's thread and
-        back, ~0.3 ms of scheduler wake-ups). On the writer's own connection, so writes still commit in the order
-        made and no third connection is open; the lock held elsewhere, or any error, and it is queued as any write."""
+        """`execute` for a lone write, run on this thread at the end of this turn of the loop when it is still the
+        only write queued and the writer has nothing running (the worker's claim on an idle worker: a job's start
+        then pays the statement, ~0.1-0.25 ms, not the hand-over to the writer's thread and back, ~0.3 ms of
+        scheduler wake-ups). On the writer's own connection, so writes still commit in the order made and no third
+        connection is open; joined by another write, the lock held elsewhere, or any error, and it goes to the
+        writer's thread as any write."""
         if not self._open or self._closed:
             raise sqlite3.ProgrammingError("Cannot operate on a closed database.")
         future = asyncio.get_running_loop().create_future()
-        op = _Op(future, sql, params)
-        if not self._writer.run_now(op):
-            self._writer.submit(op)
+        self._writer.submit(_Op(future, sql, params), here=True)
         return _Pending(future)
 
     async def call(self, fn: Callable[[sqlite3.Connection], Any]) -> Any:
